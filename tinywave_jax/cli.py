@@ -1,0 +1,40 @@
+"""`tinywave` command line: one sub-command per job; each area registers its own sub-commands.
+
+A module in COMMAND_MODULES defines `register(subparsers)`, which adds parsers whose
+`func(args) -> int | None` does the work. Heavy imports (jax, torch) happen inside `func`, so
+`tinywave --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "tinywave_jax.convert.commands",     # import-hf, export-hf
+    "tinywave_jax.scoring",              # score
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinywave",
+        description="Layer-aligned distillation of speech language models in JAX (TinyWave).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"tinywave {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
