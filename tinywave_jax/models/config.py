@@ -105,7 +105,9 @@ class LlamaConfig:
             raise ConfigError(f"{where}: pretraining_tp must be 1")
         kw = {k: hf[k] for k in cls.HF_KEYS if k in hf and hf[k] is not None}
         for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            v = hf.get(k)
+            if k not in hf:
+                continue
+            v = hf[k]
             if isinstance(v, list):  # several eos ids: keep the first, it is only a default
                 v = v[0] if v else None
             kw[k] = v

@@ -1,0 +1,101 @@
+"""KV-cached generation: one prefill over the (left-padded) prompt, then a compiled loop of one-token steps.
+
+Prompts are left-padded to a common length P, as `transformers.generate` does; positions come from the
+prompt mask (cumsum - 1), so a padded row continues exactly as it would alone. The cache has
+P + max_new_tokens slots; slot s of every row holds the token at array column s.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import LlamaConfig
+from .llama import Llama
+
+
+def init_cache(config: LlamaConfig, batch: int, length: int, dtype=None) -> tuple:
+    shape = (config.num_hidden_layers, batch, length, config.num_key_value_heads, config.head_dim)
+    dtype = dtype or jnp.dtype(config.dtype)
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (ids [B, P], mask [B, P]) left-padded to the longest prompt."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, np.int32)
+    mask = np.zeros((len(prompts), width), bool)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = p
+        mask[i, width - len(p):] = True
+    return ids, mask
+
+
+def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float,
+                  banned: Optional[jax.Array]) -> jax.Array:
+    """Temperature, banned ids, top-k and nucleus (top-p) filtering on float32 logits [B, V]."""
+    neg = jnp.finfo(jnp.float32).min
+    logits = logits.astype(jnp.float32)
+    if banned is not None:
+        logits = jnp.where(banned[None, :], neg, logits)
+    if temperature > 0:
+        logits = logits / temperature
+    if top_k and top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, neg, logits)
+    if top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # keep a token if the mass strictly before it is < top_p (so the top token is always kept)
+        keep_sorted = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+        logits = jnp.where(keep, logits, neg)
+    return logits
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "temperature",
+                                             "top_k", "top_p", "stop_ids", "pad_id"))
+def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_mask: jax.Array,
+             rng: jax.Array, *, max_new_tokens: int, greedy: bool = True, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, banned: Optional[jax.Array] = None,
+             stop_ids: tuple = (), pad_id: int = 0) -> jax.Array:
+    """Returns new tokens [B, max_new_tokens]; after a stop id a row emits `pad_id`."""
+    model = Llama(config)
+    b, p = prompt_ids.shape
+    prompt_mask = prompt_mask.astype(bool)
+    total = p + max_new_tokens
+    cache = init_cache(config, b, total)
+    cache_mask = jnp.zeros((b, total), bool).at[:, :p].set(prompt_mask)
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
+    out = model.apply({"params": params}, prompt_ids, positions, cache=cache, cache_slot=0,
+                      cache_mask=cache_mask)
+    lengths = prompt_mask.sum(axis=1).astype(jnp.int32)
+
+    def pick(logits, key):
+        if greedy:
+            masked = filter_logits(logits, 0.0, 0, 1.0, banned)
+            return jnp.argmax(masked, axis=-1).astype(jnp.int32)
+        return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p, banned)).astype(jnp.int32)
+
+    def step(carry, i):
+        cache, cache_mask, logits, done, key = carry
+        key, sub = jax.random.split(key)
+        token = pick(logits, sub)
+        token = jnp.where(done, pad_id, token)
+        if stop_ids:
+            done = done | jnp.isin(token, jnp.asarray(stop_ids))
+        slot = p + i
+        cache_mask = cache_mask.at[:, slot].set(True)
+        o = model.apply({"params": params}, token[:, None], (lengths + i)[:, None], cache=cache,
+                        cache_slot=slot, cache_mask=cache_mask)
+        return (o.cache, cache_mask, o.logits[:, -1], done, key), token
+
+    carry = (out.cache, cache_mask, out.logits[:, -1], jnp.zeros((b,), bool), rng)
+    _, tokens = jax.lax.scan(step, carry, jnp.arange(max_new_tokens))
+    return tokens.T
