@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: venv test clean
+.PHONY: venv test clean espeak
 
 venv: $(STAMP)
 
@@ -16,7 +16,13 @@ $(STAMP): setup.cfg pyproject.toml
 	rm -f $(VENV)/.installed-*; touch $@
 
 # Tests see 8 simulated CPU devices (set in tests/conftest.py before jax is imported).
-test: venv
+# espeak-ng synthesises the real speech that audio tests and the demo use.
+espeak:
+	@command -v espeak-ng >/dev/null || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) ; } || \
+	  { echo "espeak-ng is missing and apt-get is unavailable: install espeak-ng by hand" >&2; exit 1; }
+
+test: venv espeak
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 clean:
