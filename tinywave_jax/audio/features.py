@@ -1,0 +1,142 @@
+"""Log-mel and MFCC features in numpy/scipy, framed at a chosen rate (the built-in phonetic units).
+
+Framing: at `frame_rate` Hz the hop is `SAMPLE_RATE / frame_rate` samples and an audio of N samples
+gives `N // hop` frames (floor; frame i starts at i * hop / SAMPLE_RATE seconds). Each frame's
+analysis window (Hann, `window_seconds` long, default 40 ms = one 25 Hz hop) is centred on the
+middle of its hop span, zero-padded at the edges, so frame i describes samples [i*hop, (i+1)*hop).
+Mel scale: HTK (2595 log10(1 + f/700)), triangular filters on the power spectrum, natural log with
+a 1e-10 floor; MFCC = orthonormal DCT-II of the log-mel energies.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from ..config import ConfigError
+from .io import SAMPLE_RATE
+
+LOG_FLOOR = 1e-10
+
+
+@dataclasses.dataclass
+class SpectralConfig:
+    """Built-in phonetic features (stream "hubert" when no HuBERT model is used)."""
+    features: Literal["mfcc", "logmel"] = "mfcc"
+    frame_rate: float = 25.0        # Hz; 25 matches mHuBERT-25Hz units
+    window_seconds: float = 0.04    # Hann window, centred on each hop span
+    n_mels: int = 40
+    n_mfcc: int = 13
+    fmin: float = 20.0
+    fmax: float = 7600.0
+    deltas: bool = True             # append first-order deltas (context from +-2 frames)
+    cmn: bool = True                # subtract the utterance mean (removes channel/speaker tilt)
+
+    def validate(self):
+        check_frame_rate(self.frame_rate, "frame_rate")
+        if not 0 < self.fmin < self.fmax <= SAMPLE_RATE / 2:
+            raise ConfigError(f"fmin/fmax: need 0 < fmin < fmax <= {SAMPLE_RATE // 2}, got "
+                             f"{self.fmin}, {self.fmax}")
+        if self.features == "mfcc" and not 0 < self.n_mfcc <= self.n_mels:
+            raise ConfigError(f"n_mfcc: need 0 < n_mfcc <= n_mels, got {self.n_mfcc} > "
+                              f"{self.n_mels}")
+
+    @property
+    def dim(self) -> int:
+        base = self.n_mfcc if self.features == "mfcc" else self.n_mels
+        return base * (2 if self.deltas else 1)
+
+
+def check_frame_rate(frame_rate: float, key: str) -> None:
+    """A frame rate must give a whole number of samples per hop at SAMPLE_RATE."""
+    hop = SAMPLE_RATE / frame_rate if frame_rate > 0 else 0.0
+    if hop < 1 or abs(hop - round(hop)) > 1e-6:
+        raise ConfigError(f"{key}: {frame_rate} Hz does not give a whole hop at {SAMPLE_RATE} Hz")
+
+
+def hop_samples(frame_rate: float) -> int:
+    return int(round(SAMPLE_RATE / frame_rate))
+
+
+def frame_signal(wav: np.ndarray, hop: int, window: int, first: int = 0,
+                 last: int | None = None) -> np.ndarray:
+    """[N] -> frames [first, last) of the N // hop, each [window] samples, frame i centred on the
+    middle of samples [i*hop, (i+1)*hop) and zero-padded beyond the signal."""
+    n = len(wav) // hop
+    last = n if last is None else min(last, n)
+    offset = (hop - window) // 2                       # start of frame 0 (may be negative)
+    lo = first * hop + offset
+    hi = (last - 1) * hop + offset + window if last > first else lo
+    seg = np.asarray(wav[max(lo, 0):max(min(hi, len(wav)), 0)], dtype=np.float64)
+    seg = np.pad(seg, (max(0, -lo), max(0, hi - max(lo, len(wav)))))
+    starts = np.arange(last - first) * hop
+    return seg[starts[:, None] + np.arange(window)[None, :]]
+
+
+def mel_filterbank(n_mels: int, n_fft: int, fmin: float, fmax: float,
+                   sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """[n_mels, n_fft // 2 + 1] HTK triangular filters (peak 1) on the FFT bin frequencies."""
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    def mel_to_hz(m):
+        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs[None, :] - lower) / (centre - lower)
+    falling = (upper - freqs[None, :]) / (upper - centre)
+    return np.maximum(0.0, np.minimum(rising, falling))
+
+
+FRAMES_PER_BLOCK = 4096   # frames analysed at once: bounds memory on hour-long files
+
+
+def power_spectrogram(wav: np.ndarray, frame_rate: float, window_seconds: float,
+                      first: int = 0, last: int | None = None) -> np.ndarray:
+    """[frames, n_fft // 2 + 1] power spectra of Hann-windowed frames [first, last)
+    (n_fft: the next power of 2 of the window)."""
+    window = int(round(window_seconds * SAMPLE_RATE))
+    n_fft = 1 << (window - 1).bit_length()
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)   # periodic Hann
+    frames = frame_signal(wav, hop_samples(frame_rate), window, first, last) * hann
+    return np.abs(np.fft.rfft(frames, n=n_fft, axis=-1)) ** 2
+
+
+def log_mel(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
+    """[frames, n_mels] natural-log mel energies."""
+    window = int(round(cfg.window_seconds * SAMPLE_RATE))
+    fbank = mel_filterbank(cfg.n_mels, 1 << (window - 1).bit_length(), cfg.fmin, cfg.fmax)
+    n = len(wav) // hop_samples(cfg.frame_rate)
+    blocks = [power_spectrogram(wav, cfg.frame_rate, cfg.window_seconds, i, i + FRAMES_PER_BLOCK)
+              @ fbank.T for i in range(0, n, FRAMES_PER_BLOCK)]
+    mel = np.concatenate(blocks) if blocks else np.zeros((0, cfg.n_mels))
+    return np.log(np.maximum(mel, LOG_FLOOR))
+
+
+def mfcc(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
+    """[frames, n_mfcc] orthonormal DCT-II of the log-mel energies."""
+    from scipy.fft import dct
+
+    return dct(log_mel(wav, cfg), type=2, norm="ortho", axis=-1)[:, :cfg.n_mfcc]
+
+
+def deltas(feats: np.ndarray, width: int = 2) -> np.ndarray:
+    """Regression deltas sum_k k (x[t+k] - x[t-k]) / (2 sum_k k^2), edges repeated."""
+    padded = np.pad(feats, ((width, width), (0, 0)), mode="edge")
+    n = len(feats)
+    num = sum(k * (padded[width + k:width + k + n] - padded[width - k:width - k + n])
+              for k in range(1, width + 1))
+    return num / (2 * sum(k * k for k in range(1, width + 1)))
+
+
+def phonetic_features(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
+    """[frames, cfg.dim] float32: MFCC or log-mel, plus deltas and utterance mean removal if set."""
+    feats = mfcc(wav, cfg) if cfg.features == "mfcc" else log_mel(wav, cfg)
+    if cfg.cmn and len(feats):
+        feats = feats - feats.mean(axis=0, keepdims=True)
+    if cfg.deltas:
+        feats = np.concatenate([feats, deltas(feats)], axis=-1)
+    return feats.astype(np.float32)

@@ -1,0 +1,131 @@
+"""`units fit`: fits built-in phonetic units, pitch bins and style classes on a user's audio."""
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .extractor import (CONFIG_FILE, PhoneticConfig, PitchFiles, StyleFiles, UnitsConfig,
+                        load_extractor, read_units_config, write_units_config)
+from .features import SpectralConfig, phonetic_features
+from .io import SAMPLE_RATE, read_audio
+from .kmeans import clamp_clusters, fit_kmeans
+from .pitch import fit_pitch_edges, normalised_log_f0, speaker_mean, tracker_f0
+from .style import style_features
+
+
+@dataclasses.dataclass
+class FitSummary:
+    files: int
+    skipped: int
+    hours: float
+    frames: dict[str, int]          # training frames per stream
+    vocab_sizes: dict[str, int]
+    out_dir: str
+
+
+def _resolve_phonetic(spec_dir: Path) -> PhoneticConfig:
+    """The phonetic section of a HuBERT spec folder with its paths made absolute."""
+    ph = read_units_config(spec_dir).phonetic
+    if ph.kind != "hubert":
+        raise ValueError(f"{spec_dir}: --hubert needs a HuBERT spec folder (phonetic.kind hubert)")
+    absolute = lambda p: str(p if Path(p).is_absolute() else (spec_dir / p).resolve())  # noqa: E731
+    return dataclasses.replace(ph, centroids=absolute(ph.centroids),
+                               hubert=dataclasses.replace(ph.hubert,
+                                                          model_dir=absolute(ph.hubert.model_dir)))
+
+
+def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
+              features: str = "mfcc", pitch_bins: int = 64, style_classes: int = 100,
+              seed: int = 0, hubert_spec: str | Path | None = None, max_hours: float | None = None,
+              skip_bad: bool = False, overwrite: bool = False,
+              log: Callable[[str], None] = print) -> FitSummary:
+    """Fits and writes a units folder; `pitch_bins`/`style_classes` 0 leave that stream out.
+
+    With `hubert_spec`, phonetic units come from that HuBERT spec (nothing is fitted for them).
+    Files are visited in a seeded random order when `max_hours` caps the training audio.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / CONFIG_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{out_dir / CONFIG_FILE} exists (pass --overwrite to replace it)")
+    if units < 1 and hubert_spec is None:
+        raise ValueError(f"--units must be >= 1, got {units}")
+    if pitch_bins == 1 or pitch_bins < 0 or style_classes < 0:
+        raise ValueError("--pitch-bins must be 0 (off) or >= 2; --style-classes >= 0")
+
+    phonetic = (_resolve_phonetic(Path(hubert_spec)) if hubert_spec is not None else
+                PhoneticConfig(kind="spectral", spectral=SpectralConfig(features=features)))
+    pitch = PitchFiles(bins=pitch_bins) if pitch_bins else None
+    style = StyleFiles(classes=style_classes) if style_classes else None
+    if pitch:
+        pitch.validate()
+    if style:
+        style.validate()
+
+    order = list(files)
+    if max_hours is not None:
+        np.random.default_rng(seed).shuffle(order)
+    phon, pitch_values, style_rows = [], [], []
+    seconds, used, skipped, last_log = 0.0, 0, 0, time.monotonic()
+    for i, path in enumerate(order):
+        if max_hours is not None and seconds >= max_hours * 3600:
+            break
+        try:
+            wav = read_audio(path)
+        except ValueError as e:
+            if not skip_bad:
+                raise ValueError(f"{e} (pass --skip-bad to leave such files out)") from None
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            skipped += 1
+            continue
+        if phonetic.kind == "spectral":
+            phon.append(phonetic_features(wav, phonetic.spectral))
+        if pitch or style:
+            track = tracker_f0(wav, pitch or PitchFiles())
+            if pitch:
+                pitch_values.append(normalised_log_f0(wav, pitch, track=track))
+            if style:
+                style_rows.append(style_features(wav, style, track, speaker_mean(*track[:2], None)))
+        seconds += len(wav) / SAMPLE_RATE
+        used += 1
+        if time.monotonic() - last_log > 10 or i == len(order) - 1:
+            log(f"units fit: read {used} files ({seconds / 3600:.3f} h)")
+            last_log = time.monotonic()
+    if used == 0:
+        raise ValueError("units fit: no readable audio among the inputs")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = {}
+    if phonetic.kind == "spectral":
+        x = np.concatenate(phon)
+        frames["hubert"] = len(x)
+        k = clamp_clusters(x, units, "phonetic units")
+        log(f"units fit: k-means with {k} phonetic units on {len(x)} frames of dim {x.shape[1]}")
+        np.save(out_dir / phonetic.centroids, fit_kmeans(x, k, seed=seed))
+    if pitch:
+        values = np.concatenate(pitch_values)
+        frames["pitch"] = len(values)
+        np.save(out_dir / pitch.edges, fit_pitch_edges(values, pitch.bins))
+        log(f"units fit: {pitch.bins} pitch bins from {int(np.isfinite(values).sum())} voiced of "
+            f"{len(values)} frames (bin 0 = unvoiced)")
+    if style:
+        raw = np.concatenate(style_rows)
+        frames["style"] = len(raw)
+        mean, std = raw.mean(axis=0), np.maximum(raw.std(axis=0), 1e-6)
+        z = (raw - mean) / std
+        k = clamp_clusters(z, style.classes, "style classes")
+        style = dataclasses.replace(style, classes=k)
+        log(f"units fit: k-means with {k} style classes on {len(z)} windows")
+        np.save(out_dir / style.norm, np.stack([mean, std]))
+        np.save(out_dir / style.centroids, fit_kmeans(z, k, seed=seed))
+    write_units_config(UnitsConfig(phonetic=phonetic, pitch=pitch, style=style), out_dir)
+    vocab = load_extractor(out_dir).vocab_sizes      # proves the folder loads
+    summary = FitSummary(files=used, skipped=skipped, hours=seconds / 3600, frames=frames,
+                         vocab_sizes=vocab, out_dir=str(out_dir))
+    log(f"units fit: wrote {out_dir}: {used} files ({skipped} skipped), {summary.hours:.3f} h, "
+        f"frames {frames}, vocab {vocab}")
+    return summary
