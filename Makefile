@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: venv test clean espeak
+.PHONY: venv test demo clean espeak shellcheck
 
 venv: $(STAMP)
 
@@ -22,8 +22,18 @@ espeak:
 	  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) ; } || \
 	  { echo "espeak-ng is missing and apt-get is unavailable: install espeak-ng by hand" >&2; exit 1; }
 
-test: venv espeak
+# shellcheck lints the launch scripts (tests/test_launch.py runs it when it is installed).
+shellcheck:
+	@command -v shellcheck >/dev/null || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null) ; } || \
+	  { echo "shellcheck is missing and apt-get is unavailable: install shellcheck by hand" >&2; exit 1; }
+
+test: venv espeak shellcheck
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+
+# The whole recipe on CPU, no downloads (about 15 min on 2 cores); reruns resume from runs/demo.
+demo: venv espeak
+	$(BIN)/tinywave demo --workdir runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
