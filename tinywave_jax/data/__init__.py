@@ -1,0 +1,27 @@
+"""Token layout, tokenized speech corpus (ArrayRecord via TFDS) and grain training pipelines.
+
+    layout    TokenLayout / LayoutConfig, token strings, dedup and the expressive merge
+    streams   record -> token sequence (speech, expressive, interleaved, text)
+    corpus    `tinywave corpus build` (units manifest or audio) -> TFDS ArrayRecord; CorpusSource
+    pipeline  DataConfig, make_train_iterator (grain; packing, hosts, state), pack_sequences
+
+Names are imported lazily so that `tinywave --help` does not pay for grain and TFDS.
+"""
+import importlib
+
+_NAMES = {
+    "layout": ["LayoutConfig", "TokenLayout", "dedup", "ids_to_string", "join_spans",
+               "load_tokenizer", "merge_streams", "parse_token_string", "preset_layout"],
+    "streams": ["PATTERNS", "BadRecord", "interleave", "sequence_for"],
+    "corpus": ["CorpusError", "CorpusSource", "build_corpus"],
+    "pipeline": ["DataConfig", "TrainIterator", "contract_batch", "make_dataset",
+                 "make_train_iterator", "pack_sequences"],
+}
+_WHERE = {name: mod for mod, names in _NAMES.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
