@@ -287,10 +287,15 @@ class Llama(nn.Module):
 
 
 # ---- functional helpers ----------------------------------------------------------------------
+@functools.lru_cache(maxsize=32)
+def _jitted_init(config: LlamaConfig):
+    # Eager Flax init dispatches op by op (seconds even for tiny models); one compile is faster.
+    return jax.jit(lambda rng: nn.meta.unbox(Llama(config).init(rng, jnp.zeros((1, 8), jnp.int32))["params"]))
+
+
 def init_params(config: LlamaConfig, rng: Array) -> dict:
     """Random parameters (HF's init: normal(0.02) weights, unit norms), as a plain pytree."""
-    variables = Llama(config).init(rng, jnp.zeros((1, 8), jnp.int32))
-    return nn.meta.unbox(variables["params"])
+    return _jitted_init(config)(rng)
 
 
 def abstract_params(config: LlamaConfig) -> dict:

@@ -1,0 +1,1 @@
+"""Training: the distillation train step and loop, optimiser, LoRA."""
