@@ -1,0 +1,122 @@
+"""Exact resume through the real CLI: N steps straight == k steps, SIGKILL once checkpoint k is
+durable, --resume (stopped by SIGTERM, which checkpoints and exits cleanly), --resume to N.
+Parameters and logged metrics must be identical on CPU."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import yaml
+
+from tinywave_jax.checkpoint import load_model
+from tinywave_jax.train.loop import checkpoint_manager, restore_checkpoint, run
+from tinywave_jax.train.metrics import read_metrics
+from tinywave_jax.train.session import Session, prepare
+
+from train_fixtures import SHARED_OVER, distill_config, distill_dict, enable_compile_cache
+
+enable_compile_cache()
+
+N, K = 8, 3
+OVER = SHARED_OVER     # teacher + a narrower student with a trained width projector
+assert OVER["train"]["steps"] == N and OVER["train"]["checkpoint_every"] == K
+TIMING_KEYS = {"tokens_per_s", "mfu"}
+
+
+def _cli(config: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "tinywave_jax.cli", "distill", str(config), "--quiet", *extra]
+
+
+def _env() -> dict:
+    env = dict(os.environ)   # XLA_FLAGS (8 CPU devices) and the compile cache come from the tests
+    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+def _wait_for(predicate, proc, what: str, timeout: float = 240.0):
+    t0 = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited ({proc.returncode}) before {what}:\n"
+                                 + proc.stderr.read().decode()[-3000:])
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _durable(run_dir: Path, step: int) -> bool:
+    d = run_dir / "checkpoints" / str(step)  # orbax renames the finished step folder into place
+    return (d / "commit_success.txt").is_file() and (d / "_CHECKPOINT_METADATA").is_file()
+
+
+def _logged_past(run_dir: Path, step: int) -> bool:
+    path = run_dir / "metrics.jsonl"
+    return path.is_file() and any(json.loads(l)["step"] > step
+                                  for l in path.read_text().splitlines() if l.strip())
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
+    straight = run(distill_config(run_dir=str(tmp_path / "straight"), **OVER), echo=False)
+
+    run_dir = tmp_path / "interrupted"
+    config = tmp_path / "interrupted.yaml"
+    d = distill_dict(run_dir=str(run_dir), **OVER)
+    d["train"]["throttle_s"] = 0.7   # slow steps, so the kill lands mid-run
+    config.write_text(yaml.safe_dump(d))
+
+    proc = subprocess.Popen(_cli(config), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(lambda: _durable(run_dir, K), proc, f"checkpoint {K}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    mngr = checkpoint_manager(run_dir)
+    assert mngr.latest_step() == K
+    mngr.close()
+
+    proc = subprocess.Popen(_cli(config, "--resume"), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    _wait_for(lambda: _logged_past(run_dir, K), proc, f"a step past {K}")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert "stopped at step" in out.decode()
+    mngr = checkpoint_manager(run_dir)
+    stopped = mngr.latest_step()
+    mngr.close()
+    assert K < stopped < N and not (run_dir / "final").exists()
+
+    done = subprocess.run(_cli(config, "--resume", "train.throttle_s=0"), env=_env(),
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+
+    a, _, _ = load_model(straight["final_dir"])
+    b, _, _ = load_model(run_dir / "final")
+    jax.tree.map(np.testing.assert_array_equal, b, a)
+    rows_a, rows_b = read_metrics(tmp_path / "straight"), read_metrics(run_dir)
+    assert [r["step"] for r in rows_b] == list(range(1, N + 1)) == [r["step"] for r in rows_a]
+    for ra, rb in zip(rows_a, rows_b):
+        assert {k: v for k, v in ra.items() if k not in TIMING_KEYS} == \
+               {k: v for k, v in rb.items() if k not in TIMING_KEYS}
+
+
+def test_restore_refuses_another_process_count(tmp_path):
+    session = Session(prepare(distill_config()), None)
+    _, trainable = session.frozen_and_trainable()
+    state = session.init_state(trainable)
+    mngr = checkpoint_manager(tmp_path)
+    mngr.save(0, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state._asdict()), data=ocp.args.JsonSave({"index": 0}),
+        meta=ocp.args.JsonSave({"kind": "distill", "process_count": 2})))
+    mngr.wait_until_finished()
+    with pytest.raises(ValueError, match="saved by 2 processes, this run has 1"):
+        restore_checkpoint(mngr, session.abstract_state())
+    mngr.close()

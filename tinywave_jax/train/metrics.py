@@ -1,0 +1,116 @@
+"""Step metrics: model FLOPs / MFU, the JSONL + TensorBoard writer, and the progress line.
+
+Model FLOPs per trained token (PaLM appendix B convention; matmuls only, 2 FLOPs per MAC):
+    student (forward + backward):  6 * N_s + 12 * L_s * H_s * hd_s * T
+    teacher (forward only):        2 * N_t +  4 * L_t * H_t * hd_t * T
+where N is the parameter count WITHOUT the input embedding table (a lookup, no matmul; the LM head
+counts), L the layers run, H * hd the attention width and T the sequence length (the attention
+term counts the full T x T score and value products, as PaLM does, not the causal half). The
+loss heads (chunked logits of the distillation loss, blockwise attention KL) are not model FLOPs
+and are not counted. MFU = FLOPs per step * steps per second / (peak_flops_per_device * devices).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from ..models.config import LlamaConfig
+
+
+def matmul_params(config: LlamaConfig, layers: Optional[int] = None,
+                  with_head: bool = True) -> int:
+    """Parameters that take part in matmuls: decoder layers (`layers` of them) and the LM head."""
+    layers = config.num_hidden_layers if layers is None else layers
+    per_layer = (config.num_params() - config.vocab_size * config.hidden_size
+                 * (1 if config.tie_word_embeddings else 2) - config.hidden_size) \
+        // config.num_hidden_layers
+    head = config.vocab_size * config.hidden_size if with_head else 0
+    return layers * per_layer + head
+
+
+def flops_per_token(student: LlamaConfig, seq_len: int, teacher: Optional[LlamaConfig] = None,
+                    teacher_head: bool = True) -> float:
+    """Model FLOPs per token of one training step (formula in the module doc)."""
+    s = student
+    flops = 6 * matmul_params(s) + 12 * s.num_hidden_layers * s.num_attention_heads * s.head_dim * seq_len
+    if teacher is not None:
+        t = teacher
+        flops += 2 * matmul_params(t, with_head=teacher_head) \
+            + 4 * t.num_hidden_layers * t.num_attention_heads * t.head_dim * seq_len
+    return float(flops)
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to `metrics.jsonl` and mirrors scalars to
+    TensorBoard event files (tensorboardX, no TensorFlow) under `tb/`."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if enabled and tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drops rows past `step` (written by a run that was killed after its last checkpoint)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        rows = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(r + "\n" for r in rows))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Progress:
+    """`step 120/1000 loss 3.412 ce 3.01 tok/s 52.1k eta 0:14:02` lines on stderr."""
+
+    def __init__(self, total_steps: int, stream=sys.stderr):
+        self.total, self.stream = total_steps, stream
+        self.last = None   # (time, step) of the previous line; the first interval includes compiling
+
+    def line(self, step: int, metrics: dict) -> str:
+        now = time.time()
+        eta = float("inf")
+        if self.last is not None and step > self.last[1]:
+            eta = (self.total - step) * (now - self.last[0]) / (step - self.last[1])
+        self.last = (now, step)
+        parts = [f"step {step}/{self.total}", f"loss {metrics['loss']:.4f}"]
+        for k in ("ce", "logit_kl", "hidden", "attention_kl"):
+            if k in metrics:
+                parts.append(f"{k} {metrics[k]:.4f}")
+        if "tokens_per_s" in metrics:
+            parts.append(f"tok/s {metrics['tokens_per_s'] / 1e3:.1f}k")
+        if "mfu" in metrics:
+            parts.append(f"mfu {100 * metrics['mfu']:.1f}%")
+        parts.append("eta " + (time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"))
+        return " ".join(parts)
+
+    def print(self, step: int, metrics: dict) -> None:
+        print(self.line(step, metrics), file=self.stream, flush=True)
