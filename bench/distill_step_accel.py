@@ -1,9 +1,10 @@
 """One bf16 layer-aligned distillation step on an accelerator: step time, tokens/s, MFU, peak memory.
 
-The step is the project's objective (`distill.distill_loss`: CE + T^2 logit KL + cosine hidden +
-blockwise attention KL at every mapped layer pair) on the Flax model, with the teacher (bf16 params
-and compute) outside the gradient and the student in float32 master weights with bf16 compute,
-AdamW, full remat. Weights are random: speed does not depend on their values.
+The step is the one `tinywave distill` runs (`train.session.Session`, built from
+configs/tinywave_base.yaml): CE + T^2 logit KL + cosine hidden + blockwise attention KL at every
+mapped layer pair, the teacher (bf16 params and compute) outside the gradient, the student in
+float32 master weights with bf16 compute, AdamW, remat per --remat, one microbatch, mesh = all
+local devices as fsdp. Weights and tokens are random: speed does not depend on their values.
 
 MFU counts model FLOPs only (PaLM convention, no remat recomputation):
   student 3 x forward + teacher 1 x forward, forward = 2 * non-embedding params + 2 * D * V
@@ -21,14 +22,10 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
+import yaml
 
-from tinywave_jax.distill import DistillLossConfig, distill_loss
-from tinywave_jax.distill.layer_map import resolve_layer_map
 from tinywave_jax.models import config as mc
-from tinywave_jax.models import llama
 
 PRESETS = {
     # SpiritLM-Base-7B teacher -> TinyWave-Base 2B student, the paper's 32 -> 10 map.
@@ -48,80 +45,58 @@ def forward_flops_per_token(c: mc.LlamaConfig, seq: int) -> float:
     return 2 * non_embed + 2 * c.hidden_size * c.vocab_size + 4 * c.num_hidden_layers * seq * attn_width
 
 
-def build_step(tcfg, scfg, loss_cfg, t_layers, optimizer):
-    teacher, student = llama.Llama(tcfg), llama.Llama(scfg)
-    s_layers = tuple(range(scfg.num_hidden_layers))
+def project_config(preset: str, batch: int, seq: int, remat: str):
+    """configs/tinywave_base.yaml with random weights of the preset's shapes and synthetic tokens."""
+    from tinywave_jax.config import load_config, to_dict
+    from tinywave_jax.train.config import DistillConfig
 
-    def features(out, params, cfg):
-        return {"final_hidden": out.final_hidden, "head_kernel": llama.lm_head_kernel(params, cfg),
-                "hidden": out.hidden, "q": out.queries, "k": out.keys}
-
-    def step(s_params, opt_state, t_params, batch):
-        args = (batch["input_ids"], batch["positions"], batch["segment_ids"])
-        t_out = teacher.apply({"params": t_params}, *args, tap_layers=t_layers, tap_hidden=True,
-                              tap_qk=True, return_logits=False)
-        t_feat = jax.lax.stop_gradient(features(t_out, t_params, tcfg))
-
-        def loss_fn(p):
-            s_out = student.apply({"params": p}, *args, tap_layers=s_layers, tap_hidden=True,
-                                  tap_qk=True, return_logits=False)
-            return distill_loss(loss_cfg, batch, features(s_out, p, scfg), t_feat)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(s_params)
-        updates, opt_state = optimizer.update(grads, opt_state, s_params)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        return optax.apply_updates(s_params, updates), opt_state, metrics
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-def measure(preset: str, batch: int, seq: int, steps: int, peak_tflops: float) -> dict:
     tbase, sbase, map_name = PRESETS[preset]
-    tcfg = tbase.replace(dtype="bfloat16", param_dtype="bfloat16", remat="none")
-    scfg = sbase.replace(dtype="bfloat16", param_dtype="float32", remat="full")
-    lmap = resolve_layer_map(map_name, tcfg.num_hidden_layers, scfg.num_hidden_layers)
-    t_layers = tuple(int(t) for t in lmap.teacher_for_student)
-    loss_cfg = DistillLossConfig(layer_map=map_name)
-    optimizer = optax.adamw(1e-4, weight_decay=0.01)
+    shape = {k: v for k, v in to_dict(tbase).items() if k in mc.LlamaConfig.HF_KEYS or k in ("rope_theta",)}
+    over = ["teacher.path=null", f"teacher.shape={yaml.safe_dump(shape, default_flow_style=True, width=10**6).strip()}", "teacher.dtype=bfloat16",
+            f"student.num_layers={sbase.num_hidden_layers}", f"distill.layer_map={map_name}",
+            "data.source=synthetic", f"data.seq_len={seq}", f"data.batch_size={batch}",
+            f"data.synthetic.vocab_size={tbase.vocab_size}", "train.microbatches=1",
+            f"train.remat={remat}", "mesh.fsdp=-1"]
+    return load_config(DistillConfig, "configs/tinywave_base.yaml", over)
 
-    t_params = jax.jit(lambda k: llama.init_params(tcfg, k))(jax.random.key(0))
-    s_params = jax.jit(lambda k: llama.init_params(scfg, k))(jax.random.key(1))
-    opt_state = jax.jit(optimizer.init)(s_params)
-    rs = np.random.RandomState(0)
-    data = {
-        "input_ids": jnp.asarray(rs.randint(3, tcfg.vocab_size, (batch, seq)), jnp.int32),
-        "positions": jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq)),
-        "segment_ids": jnp.ones((batch, seq), jnp.int32),
-        "loss_mask": jnp.ones((batch, seq), jnp.float32).at[:, -1].set(0.0),
-    }
-    data["targets"] = jnp.roll(data["input_ids"], -1, axis=1)
-    step = build_step(tcfg, scfg, loss_cfg, t_layers, optimizer)
 
+def measure(preset: str, batch: int, seq: int, steps: int, peak_tflops: float, remat: str = "full") -> dict:
+    """Times the project's own compiled step (`train.session.Session`), as `tinywave distill` runs it."""
+    from tinywave_jax.train.data import make_batches
+    from tinywave_jax.train.loop import _global_batch
+    from tinywave_jax.train.metrics import flops_per_token
+    from tinywave_jax.train.session import Session, prepare
+
+    cfg = project_config(preset, batch, seq, remat)
+    job = prepare(cfg)
+    session = Session(job)
+    frozen, trainable = session.frozen_and_trainable()
+    state = session.init_state(trainable)
+    batches = make_batches(cfg.data, job.spec.student.vocab_size)
+    data = _global_batch(session, next(batches))
     t0 = time.perf_counter()
-    compiled = step.lower(s_params, opt_state, t_params, data).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    s_params, opt_state, metrics = compiled(s_params, opt_state, t_params, data)  # warm-up
+    state, metrics = session.step(state, frozen, data)  # compiles on the first call
     jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
     times = []
     for _ in range(steps):
+        data = _global_batch(session, next(batches))
         t0 = time.perf_counter()
-        s_params, opt_state, metrics = compiled(s_params, opt_state, t_params, data)
+        state, metrics = session.step(state, frozen, data)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
     tokens = batch * seq
-    model_flops = tokens * (3 * forward_flops_per_token(scfg, seq) + forward_flops_per_token(tcfg, seq))
+    ours = tokens * (3 * forward_flops_per_token(job.spec.student, seq)
+                     + forward_flops_per_token(job.spec.teacher, seq))
     mem = jax.devices()[0].memory_stats() or {}
     return {
         "preset": preset, "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-        "teacher_params": tcfg.num_params(), "student_params": scfg.num_params(),
-        "batch": batch, "seq": seq, "compile_s": round(compile_s, 1), "step_s": round(step_s, 4),
-        "tokens_per_s": round(tokens / step_s, 1),
-        "model_tflop_per_step": round(model_flops / 1e12, 2),
-        "mfu": round(model_flops / step_s / (peak_tflops * 1e12), 4), "peak_tflops": peak_tflops,
-        "xla_tflop_per_step": round(float(cost.get("flops", 0.0)) / 1e12, 2) if cost else None,
+        "teacher_params": job.spec.teacher.num_params(), "student_params": job.spec.student.num_params(),
+        "batch": batch, "seq": seq, "remat": remat, "first_step_s": round(compile_s, 1),
+        "step_s": round(step_s, 4), "tokens_per_s": round(tokens / step_s, 1),
+        "model_tflop_per_step": round(ours / 1e12, 2),
+        "mfu": round(ours / step_s / (peak_tflops * 1e12), 4), "peak_tflops": peak_tflops,
         "peak_mem_gib": round(mem.get("peak_bytes_in_use", 0) / 2**30, 2),
         "loss": float(metrics["loss"]), "terms": {k: round(float(metrics[k]), 4) for k in
                                                   ("ce", "logit_kl", "hidden", "attention_kl")},
@@ -135,10 +110,11 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--remat", default="full", help="train.remat for the student")
     a = ap.parse_args()
     for b in a.batch:
         try:
-            print(json.dumps(measure(a.preset, b, a.seq, a.steps, a.peak_tflops)), flush=True)
+            print(json.dumps(measure(a.preset, b, a.seq, a.steps, a.peak_tflops, a.remat)), flush=True)
         except Exception as e:  # e.g. out of memory at this batch: report and try the next
             print(json.dumps({"preset": a.preset, "batch": b, "seq": a.seq,
                               "error": f"{type(e).__name__}: {str(e)[:300]}"}), flush=True)

@@ -3,7 +3,8 @@
     layout    TokenLayout / LayoutConfig, token strings, dedup and the expressive merge
     streams   record -> token sequence (speech, expressive, interleaved, text)
     corpus    `tinywave corpus build` (units manifest or audio) -> TFDS ArrayRecord; CorpusSource
-    pipeline  DataConfig, make_train_iterator (grain; packing, hosts, state), pack_sequences
+    batches   the batch contract (contract_batch, pack_sequences), no grain needed
+    pipeline  DataConfig, make_train_iterator (grain; packing, hosts, state)
 
 Names are imported lazily so that `tinywave --help` does not pay for grain and TFDS.
 """
@@ -14,8 +15,8 @@ _NAMES = {
                "load_tokenizer", "merge_streams", "parse_token_string", "preset_layout"],
     "streams": ["PATTERNS", "BadRecord", "interleave", "sequence_for"],
     "corpus": ["CorpusError", "CorpusSource", "build_corpus"],
-    "pipeline": ["DataConfig", "TrainIterator", "contract_batch", "make_dataset",
-                 "make_train_iterator", "pack_sequences"],
+    "batches": ["contract_batch", "pack_sequences"],
+    "pipeline": ["DataConfig", "TrainIterator", "make_dataset", "make_train_iterator"],
 }
 _WHERE = {name: mod for mod, names in _NAMES.items() for name in names}
 __all__ = sorted(_WHERE)

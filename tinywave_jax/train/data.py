@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.pipeline import contract_batch
+from ..data.batches import contract_batch
 from .config import DataSection
 
 
