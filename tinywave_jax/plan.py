@@ -1,0 +1,348 @@
+"""`tinywave plan`: memory and speed of a run's step on a target mesh, without weights or hardware.
+
+The distill (or train) step of CONFIG is lowered and compiled ahead of time from ABSTRACT inputs
+(ShapeDtypeStructs carrying the run's shardings: no parameter is allocated) for a mesh of N
+simulated CPU devices (`jax_num_cpu_devices`, set before the backend starts; the command re-runs
+itself in a fresh process when this one already has a backend with too few devices). It reports
+per device:
+
+  * parameters (student, teacher / frozen base), optimizer state and batch: exact, from each
+    array's shard shape under the run's shardings;
+  * XLA's buffer assignment (`compiled.memory_analysis()`): argument, output, alias (donated
+    state reused for the output) and temp (activations, gradients, collectives' buffers) bytes;
+    peak ~ argument + output - alias + temp;
+  * model FLOPs per step (the trainer's own `flops_per_token`, PaLM convention) and XLA's cost
+    analysis of the per-device program (which counts a while-loop body once: with scanned layers
+    or microbatches it is a lower bound, so it is only "meaningful" without them);
+  * step time and tokens/s at the device's peak FLOP/s times an assumed MFU.
+
+What the CPU compile cannot tell: the TPU/GPU compilers fuse, lay out and schedule differently,
+so their temp bytes differ (docs/scaling.md, "Planning a run", compares with a real H100 run).
+The parameter/optimizer figures do not depend on the backend.
+
+Topologies: a `configs/hw/NAME.yaml` overlay (its keys become overrides after CONFIG and before
+yours, as in the launchers; its `hw:` section gives devices, peak FLOP/s and HBM), or an explicit
+mesh shape `DATA,FSDP,TENSOR` with --peak-tflops / --hbm-gib.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .config import ConfigError, read_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+HW_DIR = ROOT / "configs" / "hw"
+DEFAULT_DEVICES = 8          # an overlay that names no device count (cpu.yaml): 8 simulated
+_CHILD_ENV = "TINYWAVE_PLAN_CHILD"
+GiB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str
+    devices: int
+    overrides: tuple[str, ...]          # config overrides the topology implies (mesh, dtypes, ...)
+    peak_flops: Optional[float]         # per device, FLOP/s
+    hbm_bytes: Optional[float]          # per device
+
+
+def _hw_overrides(path: Path) -> list[str]:
+    """The overlay's keys as `key=value` overrides: launch/hw_overrides.py, as the launchers do."""
+    spec = importlib.util.spec_from_file_location("_tinywave_hw_overrides",
+                                                  ROOT / "launch" / "hw_overrides.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.overrides(path)
+
+
+def resolve_topology(name: str, peak_tflops: Optional[float] = None,
+                     hbm_gib: Optional[float] = None, devices: Optional[int] = None) -> Topology:
+    """`name`: an overlay in configs/hw (e.g. tpu-v5p-64, h100x8, cpu) or `DATA,FSDP,TENSOR`."""
+    peak = None if peak_tflops is None else peak_tflops * 1e12
+    hbm = None if hbm_gib is None else hbm_gib * GiB
+    m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*", name)
+    if m:
+        d, f, t = (int(x) for x in m.groups())
+        if min(d, f, t) < 1:
+            raise ConfigError(f"--topology {name!r}: mesh sizes must be >= 1")
+        if peak is None or hbm is None:
+            raise ConfigError(f"--topology {name!r}: an explicit mesh shape needs --peak-tflops "
+                              "and --hbm-gib (per device)")
+        return Topology(f"mesh {d}x{f}x{t}", d * f * t,
+                        (f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}"), peak, hbm)
+    path = HW_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in HW_DIR.glob("*.yaml")))
+        raise ConfigError(f"--topology {name!r}: no {path} (overlays: {names}; or DATA,FSDP,TENSOR)")
+    hw = read_yaml(path).get("hw") or {}
+    n = devices or hw.get("chips") or hw.get("gpus_per_node") or DEFAULT_DEVICES
+    if peak is None:
+        peak = hw.get("peak_bf16_flops_per_chip") or hw.get("peak_flops_per_chip")
+    if hbm is None and hw.get("hbm_gb_per_chip"):
+        hbm = float(hw["hbm_gb_per_chip"]) * 1e9       # vendors' GB
+    return Topology(name, int(n), tuple(_hw_overrides(path)),
+                    None if peak is None else float(peak), hbm)
+
+
+def load_run_config(path: str, overrides: list[str]):
+    """DistillConfig (the YAML has `teacher:`) or TrainConfig (it has `model:`)."""
+    from .config import load_config
+    from .train.config import DistillConfig, TrainConfig
+    data = read_yaml(path)
+    if "teacher" in data:
+        return load_config(DistillConfig, path, overrides)
+    if "model" in data:
+        return load_config(TrainConfig, path, overrides)
+    raise ConfigError(f"{path}: neither a distill config (teacher:) nor a train config (model:)")
+
+
+def _per_device_bytes(abstract_tree, sharding_tree) -> int:
+    import jax
+    import numpy as np
+    leaves = jax.tree_util.tree_leaves(abstract_tree)
+    shardings = jax.tree_util.tree_leaves(sharding_tree)
+    return int(sum(math.prod(sh.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+                   for a, sh in zip(leaves, shardings)))
+
+
+def _with_shardings(abstract_tree, sharding_tree):
+    import jax
+    return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                        abstract_tree, sharding_tree)
+
+
+def abstract_inputs(session):
+    """(state, frozen params, batch) of the session's step as sharded ShapeDtypeStructs."""
+    import jax
+    import jax.numpy as jnp
+
+    from .parallel import batch_sharding
+    from .train.step import BATCH_KEYS
+    cfg = session.cfg
+    state = session.abstract_state()
+    frozen = _with_shardings(session.frozen_abstract, session.frozen_shardings)
+    bsh = batch_sharding(session.mesh)
+    shape = (cfg.data.batch_size, cfg.data.seq_len)
+    batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "loss_mask" else jnp.int32,
+                                     sharding=bsh) for k in BATCH_KEYS}
+    return state, frozen, batch
+
+
+def _xla_flops(compiled) -> Optional[float]:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends have none
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return None if flops is None or flops < 0 else float(flops)
+
+
+def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None) -> dict:
+    """The plan of `cfg` on `topology` (see module doc). `devices`: the jax devices to build the
+    mesh on (default: the first `topology.devices` of this process; any platform)."""
+    import time
+
+    import jax
+
+    from .parallel import make_mesh
+    from .train.metrics import flops_per_token
+    from .train.session import Session, prepare
+
+    if not 0 < mfu <= 1:
+        raise ConfigError(f"--mfu: must be in (0, 1], got {mfu}")
+    devices = list(jax.devices()[:topology.devices] if devices is None else devices)
+    if len(devices) != topology.devices:
+        raise ValueError(f"plan for {topology.devices} devices, this process has {len(devices)}")
+    job = prepare(cfg)
+    session = Session(job, make_mesh(cfg.mesh, devices))
+    spec = session.spec
+    state, frozen, batch = abstract_inputs(session)
+
+    t0 = time.perf_counter()
+    compiled = session.step.lower(state, frozen, batch).compile()
+    compile_s = time.perf_counter() - t0
+    ma = compiled.memory_analysis()
+    xla = {k: int(getattr(ma, f"{k}_size_in_bytes")) for k in
+           ("argument", "output", "alias", "temp", "generated_code")}
+    xla["peak"] = xla["argument"] + xla["output"] - xla["alias"] + xla["temp"]
+
+    sh = session.state_shardings
+    frozen_bytes = {k: _per_device_bytes(frozen[k], session.frozen_shardings[k]) for k in frozen}
+    memory = {
+        "student_params": _per_device_bytes(state.params, sh.params),
+        "optimizer_state": _per_device_bytes(state.opt_state, sh.opt_state),
+        "teacher_params": frozen_bytes.get("teacher", 0),
+        "frozen_base_params": frozen_bytes.get("base", 0),
+        "batch": _per_device_bytes(batch, {k: v.sharding for k, v in batch.items()}),
+    }
+    tokens = cfg.data.batch_size * cfg.data.seq_len
+    model_flops = flops_per_token(spec.student, cfg.data.seq_len,
+                                  spec.teacher if spec.needs_teacher else None,
+                                  teacher_head=spec.loss.weights.logit_kl > 0) * tokens
+    xla_flops = _xla_flops(compiled)
+    loops = spec.student.scan_layers or spec.microbatches > 1
+    plan = {
+        "config_kind": job.kind, "topology": topology.name, "devices": topology.devices,
+        "mesh": dict(session.mesh.shape), "backend_compiled_for": devices[0].platform,
+        "batch_rows": cfg.data.batch_size, "seq_len": cfg.data.seq_len,
+        "microbatches": spec.microbatches, "tokens_per_step": tokens,
+        "dtype": spec.student.dtype, "param_dtype": spec.student.param_dtype,
+        "remat": spec.student.remat, "compile_s": round(compile_s, 2),
+        "memory_per_device_bytes": memory, "xla_memory_per_device_bytes": xla,
+        "hbm_per_device_bytes": topology.hbm_bytes,
+        "fits": None if topology.hbm_bytes is None else xla["peak"] <= topology.hbm_bytes,
+        "model_flops_per_step": model_flops,
+        "xla_flops_per_step": None if xla_flops is None else xla_flops * topology.devices,
+        "xla_flops_loops_counted_once": loops,
+        "peak_flops_per_device": topology.peak_flops, "mfu": mfu,
+    }
+    if topology.peak_flops:
+        step_s = model_flops / (topology.devices * topology.peak_flops * mfu)
+        plan.update(step_s=step_s, tokens_per_s=tokens / step_s)
+    return plan
+
+
+def _gib(n) -> str:
+    """Bytes, right-aligned, in GiB (or MiB below 1 GiB)."""
+    return f"{n / GiB:8.2f} GiB" if n >= GiB else f"{n / 2 ** 20:8.2f} MiB"
+
+
+def format_plan(p: dict) -> str:
+    m, x = p["memory_per_device_bytes"], p["xla_memory_per_device_bytes"]
+    mesh = " x ".join(f"{k} {v}" for k, v in p["mesh"].items())
+    lines = [
+        f"plan: {p['config_kind']} step on {p['topology']} ({p['devices']} devices: {mesh}), "
+        f"compiled for simulated {p['backend_compiled_for']} devices in {p['compile_s']:.1f} s",
+        f"  batch {p['batch_rows']} x {p['seq_len']} tokens ({p['tokens_per_step']:,} per step), "
+        f"microbatches {p['microbatches']}, compute {p['dtype']}, master {p['param_dtype']}, "
+        f"remat {p['remat']}",
+        "memory per device:",
+        f"  student params      {_gib(m['student_params'])}",
+        f"  optimizer state     {_gib(m['optimizer_state'])}",
+    ]
+    if m["teacher_params"]:
+        lines.append(f"  teacher params      {_gib(m['teacher_params'])}")
+    if m["frozen_base_params"]:
+        lines.append(f"  frozen base params  {_gib(m['frozen_base_params'])}")
+    lines += [
+        f"  batch               {_gib(m['batch'])}",
+        f"  XLA arguments       {_gib(x['argument'])}   (all of the above)",
+        f"  XLA outputs         {_gib(x['output'])}   of which {_gib(x['alias']).strip()} reuse "
+        "donated arguments",
+        f"  XLA temporaries     {_gib(x['temp'])}   (activations, gradients, gathered weights)",
+        f"  peak (arg+out-alias+temp) {_gib(x['peak']).strip()}",
+    ]
+    hbm = p["hbm_per_device_bytes"]
+    if hbm is None:
+        lines.append("  device memory unknown (give --hbm-gib): fit not checked")
+    elif p["fits"]:
+        lines.append(f"  fits: {100 * x['peak'] / hbm:.0f}% of {_gib(hbm).strip()} per device")
+    else:
+        lines.append(f"  DOES NOT FIT: needs {_gib(x['peak']).strip()} per device, the device has "
+                     f"{_gib(hbm).strip()} (raise train.microbatches, train.remat=full, more "
+                     "fsdp/tensor devices)")
+    lines.append("compute per step:")
+    lines.append(f"  model FLOPs         {p['model_flops_per_step']:.4g}  (PaLM convention, no "
+                 "remat recomputation)")
+    if p["xla_flops_per_step"] is not None:
+        note = ("; loop bodies counted once: a lower bound" if p["xla_flops_loops_counted_once"]
+                else "")
+        lines.append(f"  XLA cost analysis   {p['xla_flops_per_step']:.4g}  (all devices{note})")
+    if p.get("step_s"):
+        lines.append(f"  at {p['peak_flops_per_device'] / 1e12:.1f} TFLOP/s per device and "
+                     f"{100 * p['mfu']:.0f}% MFU: {p['step_s']:.3f} s per step, "
+                     f"{p['tokens_per_s']:,.0f} tokens/s")
+    else:
+        lines.append("  no peak FLOP/s known (give --peak-tflops): no step time")
+    return "\n".join(lines)
+
+
+# ---- command ---------------------------------------------------------------------------------
+def _configure_devices(n: int) -> bool:
+    """Makes this process's jax backend n simulated CPU devices if it has not started yet.
+    False when a backend is already up without n CPU devices (the caller re-executes)."""
+    import jax
+    from jax._src import xla_bridge
+    if not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", n)
+        return True
+    devs = jax.devices()
+    return devs[0].platform == "cpu" and len(devs) >= n
+
+
+def _reexec(n: int, argv: list[str]) -> int:
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
+                   os.environ.get("XLA_FLAGS", "")).strip()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **{_CHILD_ENV: "1"},
+               XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={n}".strip())
+    return subprocess.call([sys.executable, "-m", "tinywave_jax.cli", "plan"] + argv, env=env)
+
+
+def _run(args) -> int:
+    later = argparse.ArgumentParser(prog="tinywave plan", add_help=False)
+    _add_options(later)
+    args.overrides = [a for a in args.overrides if a != "--"]
+    _, overrides = later.parse_known_args(args.overrides, namespace=args)
+    bad = [o for o in overrides if o.startswith("-") or "=" not in o]
+    if bad:
+        raise ConfigError(f"plan: not an option nor a key=value override: {' '.join(bad)}")
+    args.overrides = overrides
+    if not args.topology:
+        raise ConfigError("plan: --topology is required (configs/hw name or DATA,FSDP,TENSOR)")
+    topo = resolve_topology(args.topology, args.peak_tflops, args.hbm_gib, args.devices)
+    if not _configure_devices(topo.devices):
+        if os.environ.get(_CHILD_ENV):
+            raise ConfigError(f"could not get {topo.devices} simulated CPU devices")
+        return _reexec(topo.devices, _argv(args))
+    cfg = load_run_config(args.config, list(topo.overrides) + overrides)
+    plan = make_plan(cfg, topo, args.mfu)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def _add_options(p) -> None:
+    p.add_argument("--topology", default=None,
+                   help="configs/hw overlay name (tpu-v5p-64, h100x8, cpu, ...) or DATA,FSDP,TENSOR")
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation (0.4)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak TFLOP/s per device (default: the overlay's hw: section)")
+    p.add_argument("--hbm-gib", type=float, default=None,
+                   help="device memory in GiB (default: the overlay's hw.hbm_gb_per_chip)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="device count for an overlay (default: its hw.chips / gpus_per_node, or 8)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan", help="memory/FLOPs/step-time plan of a run on a target mesh (AOT, no weights)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="run config YAML (distill or train)")
+    _add_options(p)
+    # REMAINDER: options may also follow the overrides (`x.yaml a=1 --topology cpu`); _run sorts them.
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
+                   help="dotted config overrides (after the overlay's), e.g. train.microbatches=8")
+    p.set_defaults(func=_run)
+
+
+def _argv(args) -> list[str]:
+    """The parsed arguments back as a command line (for the re-executed child)."""
+    out = [args.config, "--topology", args.topology, "--mfu", repr(args.mfu)]
+    for flag, value in (("--peak-tflops", args.peak_tflops), ("--hbm-gib", args.hbm_gib),
+                        ("--devices", args.devices)):
+        if value is not None:
+            out += [flag, repr(value)]
+    return out + (["--json"] if args.json else []) + list(args.overrides)
