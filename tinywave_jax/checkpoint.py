@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,34 +42,69 @@ def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> None:
         raise FileExistsError(f"{out_dir} is not empty (pass --overwrite / overwrite=True to replace it)")
 
 
+def _multiprocess():
+    """The running jax when several processes share this save, else None (jax is only consulted
+    when the caller already imported it: a converter run is always one process)."""
+    jax = sys.modules.get("jax")
+    return jax if jax is not None and jax.process_count() > 1 else None
+
+
+def is_primary_process() -> bool:
+    jax = _multiprocess()
+    return jax is None or jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+    if _multiprocess() is not None:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def _shared_tag() -> str:
+    """A temporary-folder tag every process agrees on (process 0's)."""
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if _multiprocess() is not None:
+        from jax.experimental import multihost_utils
+        raw = np.frombuffer(tag.ljust(32).encode(), np.uint8)
+        tag = bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)).decode().strip()
+    return tag
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yields a fresh temporary sibling of `out_dir` to fill; on success it becomes `out_dir`
     (an old `out_dir` is removed only after the new one is in place), on error it is deleted.
-    Refuses a non-empty `out_dir` unless `overwrite`."""
+    Refuses a non-empty `out_dir` unless `overwrite`. With several jax processes all of them get
+    the same folder (to write their shards into) and only process 0 creates, renames or removes."""
     out_dir = Path(os.path.abspath(out_dir))  # normalises "." and "..", which have no siblings
     check_output_dir(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    primary = is_primary_process()
+    tag = _shared_tag()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{tag}")
-    tmp.mkdir()
+    if primary:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    _sync(f"tinywave-save-begin-{tag}")
     try:
         yield tmp
-        check_output_dir(out_dir, overwrite)  # someone may have written there meanwhile
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
-            out_dir.rename(old)
-        try:
-            tmp.rename(out_dir)
-        except BaseException:
+        _sync(f"tinywave-save-written-{tag}")
+        if primary:
+            check_output_dir(out_dir, overwrite)  # someone may have written there meanwhile
+            old = None
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
+                out_dir.rename(old)
+            try:
+                tmp.rename(out_dir)
+            except BaseException:
+                if old is not None:
+                    old.rename(out_dir)
+                raise
             if old is not None:
-                old.rename(out_dir)
-            raise
-        if old is not None:
-            shutil.rmtree(old)
+                shutil.rmtree(old)
+        _sync(f"tinywave-save-done-{tag}")
     finally:
-        if tmp.exists():
+        if primary and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -115,14 +151,16 @@ def save_model(out_dir: str | Path, params: dict, config: LlamaConfig,
     from . import __version__
     out_dir = Path(out_dir)
     check_params(params, config, where=f"saving {out_dir}")
+    primary = is_primary_process()  # several processes: all write params, process 0 the rest
     with atomic_output_dir(out_dir, overwrite) as tmp:
-        config.write_hf_file(tmp / "config.json")
-        tokenizer_files = copy_tokenizer_files(tokenizer_dir, tmp / "tokenizer")
         ckptr = _params_checkpointer()
         try:
             ckptr.save((tmp / "params").resolve(), args=ocp.args.PyTreeSave(params))
         finally:
             ckptr.close()
+        if primary:
+            config.write_hf_file(tmp / "config.json")
+        tokenizer_files = copy_tokenizer_files(tokenizer_dir, tmp / "tokenizer") if primary else []
         info = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -130,7 +168,8 @@ def save_model(out_dir: str | Path, params: dict, config: LlamaConfig,
             "num_params": config.num_params(), "tokenizer_files": tokenizer_files,
             "provenance": provenance or {},
         }
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if primary:
+            (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 
 

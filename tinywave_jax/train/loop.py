@@ -41,9 +41,26 @@ def checkpoint_manager(run_dir: str | Path, keep: int = 3, async_save: bool = Tr
                                              enable_async_checkpointing=async_save))
 
 
+def _all_process_states(data_state: dict) -> dict:
+    """Every process's data-iterator state (orbax writes JSON items from process 0 only)."""
+    if jax.process_count() == 1:
+        return data_state
+    import json
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+    raw = np.frombuffer(json.dumps(data_state).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32))).reshape(-1)
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[:raw.size] = raw
+    rows = np.asarray(multihost_utils.process_allgather(buf))
+    return {"processes": [json.loads(bytes(rows[i, :sizes[i]])) for i in range(len(sizes))]}
+
+
 def save_checkpoint(mngr, state: TrainState, data_state: dict, meta: dict) -> None:
     import orbax.checkpoint as ocp
     step = int(jax.device_get(state.step))
+    data_state = _all_process_states(data_state)
     mngr.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state._asdict()), data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave({**meta, "step": step, "process_count": jax.process_count()})))
@@ -68,7 +85,10 @@ def restore_checkpoint(mngr, target: TrainState, step: int | None = None) -> tup
     state = TrainState(**{f: jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(getattr(target, f)),
                                                            jax.tree_util.tree_leaves(got.state[f]))
                           for f in TrainState._fields})
-    return state, got.data, meta
+    data = got.data
+    if isinstance(data, dict) and "processes" in data:  # saved by several processes
+        data = data["processes"][jax.process_index()]
+    return state, data, meta
 
 
 # ---- the loop ---------------------------------------------------------------------------------
