@@ -64,7 +64,6 @@ def measure(preset: str, batch: int, seq: int, steps: int, peak_tflops: float, r
     """Times the project's own compiled step (`train.session.Session`), as `tinywave distill` runs it."""
     from tinywave_jax.train.data import make_batches
     from tinywave_jax.train.loop import _global_batch
-    from tinywave_jax.train.metrics import flops_per_token
     from tinywave_jax.train.session import Session, prepare
 
     cfg = project_config(preset, batch, seq, remat)

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from data_fixtures import synthetic_utterance, write_units_manifest
-from train_fixtures import TEACHER, distill_dict, enable_compile_cache
+from train_fixtures import TEACHER, distill_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,6 @@ def test_two_processes_checkpoint_resume_match_one_process(tmp_path, monkeypatch
     from tinywave_jax.train import data as train_data
     from tinywave_jax.train import loop
 
-    enable_compile_cache()
     rng = np.random.default_rng(7)
     manifest = write_units_manifest(tmp_path / "units.jsonl",
                                     [synthetic_utterance(rng, k) for k in range(24)])

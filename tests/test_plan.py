@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from train_fixtures import TEACHER, distill_dict, enable_compile_cache
+from train_fixtures import TEACHER, distill_dict
 from tinywave_jax import cli
 from tinywave_jax.config import ConfigError
 from tinywave_jax.plan import format_plan, make_plan, resolve_topology
@@ -46,7 +46,6 @@ def test_topologies_from_overlays_and_shapes():
 
 
 def test_plan_1b_distill_on_8_devices(tmp_path, capsys):
-    enable_compile_cache()
     seq, rows, s_layers = 128, 16, 4
     cfg = distill_dict(teacher={"shape": BIG, "dtype": "bfloat16"}, student={"num_layers": s_layers},
                        distill={"attention_block_size": 64, "logit_chunk_size": 64},
@@ -103,7 +102,6 @@ def test_plan_memory_matches_a_real_step(tmp_path):
     from tinywave_jax.train.data import make_batches
     from tinywave_jax.train.session import Session, prepare
 
-    enable_compile_cache()
     cfg = from_dict(DistillConfig, distill_dict(teacher={"shape": dict(TEACHER, vocab_size=256)},
                                                 mesh={"data": 2, "fsdp": 4, "tensor": 1}))
     plan = make_plan(cfg, Topology("test", 8, (), 1e12, 1e9))

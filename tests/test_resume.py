@@ -20,9 +20,8 @@ from tinywave_jax.train.loop import checkpoint_manager, restore_checkpoint, run
 from tinywave_jax.train.metrics import read_metrics
 from tinywave_jax.train.session import Session, prepare
 
-from train_fixtures import SHARED_OVER, distill_config, distill_dict, enable_compile_cache
+from train_fixtures import SHARED_OVER, distill_config, distill_dict
 
-enable_compile_cache()
 
 N, K = 8, 3
 OVER = SHARED_OVER     # teacher + a narrower student with a trained width projector

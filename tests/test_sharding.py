@@ -11,9 +11,8 @@ from tinywave_jax.parallel import LOGICAL_AXIS_RULES, MeshConfig, fit_spec, logi
 from tinywave_jax.train.loop import checkpoint_manager, restore_checkpoint, save_checkpoint
 from tinywave_jax.train.session import Session, prepare
 
-from train_fixtures import distill_config, enable_compile_cache, one_step
+from train_fixtures import distill_config, one_step
 
-enable_compile_cache()
 
 
 def test_rules_table_maps_logical_axes():

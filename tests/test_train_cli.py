@@ -18,9 +18,8 @@ from tinywave_jax.train.config import DistillConfig, TrainConfig
 from tinywave_jax.train.loop import checkpoint_manager
 from tinywave_jax.train.session import prepare
 
-from train_fixtures import SHARED_OVER, TEACHER, distill_dict, enable_compile_cache
+from train_fixtures import SHARED_OVER, TEACHER, distill_dict
 
-enable_compile_cache()
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 

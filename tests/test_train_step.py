@@ -14,10 +14,9 @@ from tinywave_jax.train.loop import run
 from tinywave_jax.train.metrics import read_metrics
 from tinywave_jax.train.session import prepare
 
-from train_fixtures import (SHARED_OVER, TEACHER, distill_config, enable_compile_cache, one_step,
+from train_fixtures import (SHARED_OVER, TEACHER, distill_config, one_step,
                             train_config)
 
-enable_compile_cache()
 
 
 def test_gradient_accumulation_equals_full_batch():

@@ -48,20 +48,6 @@ def train_config(**over) -> TrainConfig:
     return from_dict(TrainConfig, _merge(base, over))
 
 
-def enable_compile_cache() -> None:
-    """Persistent XLA compilation cache for the training tests: the same tiny programs (model init,
-    train steps) are compiled by several tests and by CLI subprocesses; on 2 CPU cores each compile
-    costs seconds, a cache hit milliseconds. Results are identical either way."""
-    import os
-    import tempfile
-
-    import jax
-    path = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                                 os.path.join(tempfile.gettempdir(), "tinywave_jax_test_xla_cache"))
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
 def one_step(cfg, mesh_shape=(1, 1, 1), devices=None, steps: int = 1, batch_index: int = 0):
     """(state, metrics, session) after `steps` train steps of `cfg` on a mesh of `mesh_shape`."""
     import jax

@@ -13,6 +13,14 @@ import sys
 COMMAND_MODULES = [
     "tinywave_jax.convert.commands",     # import-hf, export-hf
     "tinywave_jax.scoring",              # score
+    "tinywave_jax.audio.commands",       # units fit / hubert-spec / extract
+    "tinywave_jax.distill.commands",     # init-student
+    "tinywave_jax.train.commands",       # distill, train
+    "tinywave_jax.data.commands",        # corpus build / info / show
+    "tinywave_jax.eval.commands",        # eval
+    "tinywave_jax.generation",           # generate
+    "tinywave_jax.demo.commands",        # demo
+    "tinywave_jax.plan",                 # plan
 ]
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from grain._src.python.experimental.index_shuffle.python import index_shuffle_module
 
 from ..config import ConfigError
-from .batches import contract_batch, pack_sequences  # noqa: F401 (re-exported)
+from .batches import contract_batch
 from .layout import LayoutConfig, load_tokenizer
 from .streams import DEFAULT_PATTERN_PROBS, KINDS, PATTERNS, BadRecord, sequence_for
 

@@ -14,7 +14,7 @@ chunks of 256 tokens, the "uniform" layer map (TinyWave's own is the "tinywave" 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Mapping, Optional, Sequence, Union
+from typing import Literal, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp

@@ -1,2 +1,4 @@
 """Llama-family decoders (teacher and student share one implementation)."""
-from .config import LlamaConfig, RopeScaling, tiny_config  # noqa: F401
+from .config import LlamaConfig, RopeScaling, tiny_config
+
+__all__ = ["LlamaConfig", "RopeScaling", "tiny_config"]
