@@ -1,0 +1,30 @@
+"""Evaluation: pairwise-likelihood benchmarks (sSC, tSC, SALMon, sWUGGY, sBLIMP, token pairs),
+perplexity, and teacher-vs-student reports (`tinywave eval`).
+
+    benchmarks   benchmark folders -> (positive, negative) file pairs, as the reference loaders
+    sequences    Seq (ids + first scored token), benchmark audio -> tokens, layout resolution
+    pairwise     mean / sum scoring and 1 / 0.5 / 0 pair accuracy, overall and per group
+    perplexity   per-token and per-second perplexity of a corpus split or jsonl
+    report       teacher vs student table (markdown + JSON)
+    harness      evaluate(): inputs -> scores for one model or a teacher/student pair
+
+Names are imported lazily so that `tinywave --help` stays fast.
+"""
+import importlib
+
+_NAMES = {
+    "harness": ["TASKS", "evaluate", "prepare_inputs", "run_task"],
+    "benchmarks": ["BenchmarkError", "FilePair", "benchmark_pairs", "salmon_pairs"],
+    "pairwise": ["PairItem", "pair_outcome", "pairwise_accuracy", "read_pairs_jsonl",
+                 "sequence_score"],
+    "perplexity": ["perplexity", "read_ppl_jsonl"],
+    "sequences": ["AudioTokenizer", "Seq", "resolve_layout"],
+}
+_WHERE = {name: mod for mod, names in _NAMES.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,123 @@
+"""Token sequences to score, and how benchmark audio becomes one.
+
+A `Seq` is a token id sequence plus `score_from`: the index of the first token whose
+log-likelihood counts (tokens before it are context only). Token t >= 1 is predicted from
+tokens [0, t), so `score_from` is at least 1.
+
+Audio is tokenised the way SpiritLM is prompted with speech: bos, `[Speech]`, then the speech
+tokens of the layout (base: deduplicated HuBERT units; expressive: style/pitch/HuBERT merged by
+time, HuBERT and pitch deduplicated). Only the speech tokens are scored (`score_from` = 2): bos
+and the marker are identical in the positive and the negative, and the marker's likelihood
+says nothing about the audio.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+AUDIO_SCORE_FROM = 2      # bos, [Speech]
+
+
+@dataclasses.dataclass
+class Seq:
+    ids: np.ndarray
+    score_from: int = 1
+    name: str = ""
+    seconds: float | None = None
+
+    @property
+    def num_scored(self) -> int:
+        return len(self.ids) - self.score_from
+
+
+def checked_seq(ids, where: str, score_from=1, seconds=None) -> Seq:
+    """A Seq from untrusted values (a jsonl record); errors name `where`."""
+    if not isinstance(ids, (list, tuple, np.ndarray)) or not all(
+            isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{where}: ids must be a list of integers")
+    if not isinstance(score_from, int) or isinstance(score_from, bool) or score_from < 1:
+        raise ValueError(f"{where}: score_from must be an integer >= 1, got {score_from!r}")
+    if len(ids) <= score_from:
+        raise ValueError(f"{where}: {len(ids)} tokens leave nothing to score from token "
+                         f"{score_from} on")
+    if seconds is not None and (not isinstance(seconds, (int, float)) or not seconds > 0):
+        raise ValueError(f"{where}: seconds must be a positive number, got {seconds!r}")
+    return Seq(np.asarray(ids, np.int64), score_from, where,
+               None if seconds is None else float(seconds))
+
+
+class AudioTokenizer:
+    """Benchmark audio -> Seq through a units extractor folder (`tinywave units fit` / HuBERT
+    spec). `expressive` (default: the layout's) merges pitch and style tokens in."""
+
+    def __init__(self, extractor_dir: str | Path, layout, expressive: bool | None = None):
+        from ..audio import load_extractor
+        self.layout = layout
+        self.expressive = layout.is_expressive if expressive is None else expressive
+        if self.expressive and not layout.is_expressive:
+            raise ValueError(f"layout {layout.name} has no pitch/style tokens")
+        self.extractor = load_extractor(extractor_dir)
+        self.streams = ("hubert", "pitch", "style") if self.expressive else ("hubert",)
+        for s in self.streams:
+            have = self.extractor.vocab_sizes.get(s)
+            if have is None:
+                raise ValueError(f"extractor {extractor_dir} gives no {s} tokens, which layout "
+                                 f"{layout.name} needs (expressive={self.expressive})")
+            if have > layout.stream_size(s):
+                raise ValueError(f"extractor {extractor_dir} has {have} {s} units but layout "
+                                 f"{layout.name} has only {layout.stream_size(s)}")
+        self._cache: dict[str, Seq] = {}
+
+    def __call__(self, path: str | Path) -> Seq:
+        from ..audio import SAMPLE_RATE, read_audio
+        from ..data.layout import SPEECH, join_spans, merge_streams
+        key = str(path)
+        if key not in self._cache:
+            wav = read_audio(path)
+            try:
+                streams = self.extractor.extract(wav)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
+            ids, _ = merge_streams(self.layout, {s: streams[s] for s in self.streams}, where=key)
+            seq = join_spans(self.layout, [(SPEECH, ids)])
+            self._cache[key] = Seq(seq.astype(np.int64), AUDIO_SCORE_FROM, key,
+                                   len(wav) / SAMPLE_RATE)
+        return self._cache[key]
+
+
+VOCAB_PRESETS = {32512: "spiritlm_base", 32768: "spiritlm_expressive"}
+
+
+def resolve_layout(spec: str | None, vocab_size: int):
+    """The token layout of a model: a preset name, a JSON file of LayoutConfig fields (e.g.
+    {"preset": null, "text_vocab_size": 100, "num_units": 50, "vocab_size": 211}), or None to
+    infer a SpiritLM preset from the vocabulary size (32512: base, 32768: expressive)."""
+    from ..config import ConfigError, from_dict
+    from ..data.layout import LayoutConfig, preset_layout
+    if spec is None:
+        if vocab_size not in VOCAB_PRESETS:
+            raise ConfigError(f"--layout: cannot infer the token layout of a model with vocab "
+                              f"{vocab_size}; give a preset ({', '.join(VOCAB_PRESETS.values())}) "
+                              "or a layout JSON file")
+        layout = preset_layout(VOCAB_PRESETS[vocab_size])
+    elif Path(spec).suffix == ".json" or Path(spec).is_file():
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"layout file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        try:
+            layout = from_dict(LayoutConfig, data).build()
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    else:
+        layout = preset_layout(spec)
+    if layout.used_size > vocab_size:
+        raise ConfigError(f"layout {layout.name} uses {layout.used_size} ids but the model's "
+                          f"vocabulary has {vocab_size}")
+    return layout
