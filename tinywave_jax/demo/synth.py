@@ -1,0 +1,117 @@
+"""espeak-ng speech with word timings known by construction.
+
+Each distinct word is synthesised once per voice and the utterance is the concatenation of its
+words' waveforms with fixed pauses, so every word's start and end is exact. To keep this fast,
+one espeak-ng call renders a chunk of words separated by long SSML breaks and is cut at those
+silences; a chunk whose cut does not give one piece per word is rendered word by word instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+RATE = 22050                  # espeak-ng's output rate
+WORD_GAP_S = 0.06             # pause between words
+SENTENCE_GAP_S = 0.30         # pause after a sentence
+EDGE_S = 0.10                 # silence at the start and end of an utterance
+_BREAK_MS = 400               # SSML break between words of one espeak call
+_SILENT = 0.01                # |amplitude| below this is silence (espeak output is clean)
+_CHUNK = 40                   # words per espeak call
+
+
+@dataclasses.dataclass(frozen=True)
+class Voice:
+    name: str                 # folder / speaker name
+    espeak: str               # espeak-ng voice, e.g. "en-us+m1"
+    speed: int                # words per minute
+    pitch: int                # 0-99
+
+
+# Training voices, then the held-out target-domain voice (teacher correction and benchmarks).
+VOICES = (Voice("v0", "en-us+m1", 175, 40), Voice("v1", "en+f3", 165, 65),
+          Voice("v2", "en-gb+m3", 155, 30), Voice("v3", "en-us+f2", 185, 55),
+          Voice("v4", "en+m7", 170, 50), Voice("v5", "en-gb+f4", 160, 45))
+TARGET_VOICE = Voice("target", "en-us+m3", 160, 50)
+
+
+def _espeak(text: str, voice: Voice, ssml: bool) -> np.ndarray:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError("espeak-ng is not installed: run `make espeak` (apt-get install espeak-ng)")
+    cmd = [exe, "--stdout", "-v", voice.espeak, "-s", str(voice.speed), "-p", str(voice.pitch)]
+    out = subprocess.run(cmd + (["-m"] if ssml else []) + [text], check=True,
+                         capture_output=True).stdout
+    import soundfile as sf
+    wav, rate = sf.read(io.BytesIO(out), dtype="float32")
+    if rate != RATE:
+        raise RuntimeError(f"espeak-ng produced {rate} Hz audio, expected {RATE}")
+    return wav
+
+
+def _sound_runs(wav: np.ndarray, min_gap_s: float) -> list[tuple[int, int]]:
+    """(start, end) samples of the sounding parts, merging parts closer than `min_gap_s`."""
+    hop = RATE // 200                                    # 5 ms blocks
+    n = len(wav) // hop
+    loud = np.abs(wav[:n * hop]).reshape(n, hop).max(axis=1) > _SILENT
+    edges = np.flatnonzero(np.diff(np.r_[0, loud.astype(np.int8), 0]))
+    runs = [[a, b] for a, b in zip(edges[::2], edges[1::2])]
+    merged: list = []
+    for a, b in runs:
+        if merged and (a - merged[-1][1]) * hop < min_gap_s * RATE:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+    return [(a * hop, b * hop) for a, b in merged]
+
+
+def _trim(wav: np.ndarray) -> np.ndarray:
+    runs = _sound_runs(wav, 1.0)
+    if not runs:
+        raise RuntimeError("espeak-ng produced silence")
+    return wav[runs[0][0]:runs[-1][1]]
+
+
+def _render_chunk(words: list[str], voice: Voice) -> dict[str, np.ndarray]:
+    ssml = "<speak>" + f' <break time="{_BREAK_MS}ms"/> '.join(words) + "</speak>"
+    wav = _espeak(ssml, voice, ssml=True)
+    runs = _sound_runs(wav, 0.6 * _BREAK_MS / 1000)
+    if len(runs) == len(words):
+        return {w: wav[a:b] for w, (a, b) in zip(words, runs)}
+    return {w: _trim(_espeak(w, voice, ssml=False)) for w in words}   # could not cut: one by one
+
+
+def synthesize_words(words, voice: Voice, threads: int = 2) -> dict[str, np.ndarray]:
+    """word -> trimmed waveform (float32, RATE Hz) for each distinct word."""
+    words = sorted(set(words))
+    chunks = [words[i:i + _CHUNK] for i in range(0, len(words), _CHUNK)]
+    bank: dict[str, np.ndarray] = {}
+    with ThreadPoolExecutor(threads) as pool:
+        for part in pool.map(lambda c: _render_chunk(c, voice), chunks):
+            bank.update(part)
+    return bank
+
+
+def render(sentences: list[list[str]], bank: dict[str, np.ndarray]
+           ) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """Sentences (lists of words) -> (waveform, [(word, start_s, end_s), ...])."""
+    pieces, words = [np.zeros(int(EDGE_S * RATE), np.float32)], []
+    t = len(pieces[0])
+    for k, sentence in enumerate(sentences):
+        for i, w in enumerate(sentence):
+            wav = bank[w]
+            words.append((w, t / RATE, (t + len(wav)) / RATE))
+            gap = SENTENCE_GAP_S if i == len(sentence) - 1 and k < len(sentences) - 1 else WORD_GAP_S
+            pieces += [wav, np.zeros(int(gap * RATE), np.float32)]
+            t += len(wav) + len(pieces[-1])
+    pieces.append(np.zeros(int(EDGE_S * RATE), np.float32))
+    return np.concatenate(pieces), words
+
+
+def write_wav(path, wav: np.ndarray) -> None:
+    import soundfile as sf
+    sf.write(str(path), wav, RATE, subtype="PCM_16")
