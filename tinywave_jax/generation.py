@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .jsonl import iter_jsonl
+
 MODALITIES = ("speech", "expressive", "text", "any")
 
 
@@ -177,23 +179,14 @@ def _prompts_from_args(args, layout):
     for s in args.prompt or []:
         prompts.append(s), names.append(s)
     if args.prompts:
-        path = Path(args.prompts)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompts file not found: {path}")
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON: {e}") from None
-            if isinstance(rec, dict) and isinstance(rec.get("prompt"), str):
+        for where, rec in iter_jsonl(args.prompts, "prompts file"):
+            if isinstance(rec.get("prompt"), str):
                 prompts.append(rec["prompt"])
-            elif isinstance(rec, dict) and isinstance(rec.get("ids"), list):
+            elif isinstance(rec.get("ids"), list):
                 prompts.append(rec["ids"])
             else:
-                raise ValueError(f"{path}:{n}: expected {{\"prompt\": \"...\"}} or {{\"ids\": [...]}}")
-            names.append(str(rec.get("name", f"{path}:{n}")))
+                raise ValueError(f"{where}: expected {{\"prompt\": \"...\"}} or {{\"ids\": [...]}}")
+            names.append(str(rec.get("name", where)))
     if args.prompt_audio:
         if not args.extractor:
             raise ValueError("--prompt-audio needs --extractor (a units folder)")

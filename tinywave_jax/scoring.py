@@ -8,14 +8,14 @@ once. Log-probabilities come from the final hidden state and the LM head in sequ
 from __future__ import annotations
 
 import functools
-import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from .jsonl import iter_jsonl, write_jsonl_atomic
 
 MIN_BUCKET = 16
 LOGIT_CHUNK = 256
@@ -113,35 +113,12 @@ def score_sequences(params, config, seqs: Sequence[Sequence[int]], batch_size: i
 
 
 def read_jsonl(path: str | Path, key: str = "ids") -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {path}")
     records = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON: {e}") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get(key), list):
-                raise ValueError(f"{path}:{n}: expected an object with a list {key!r}")
-            records.append(rec)
+    for where, rec in iter_jsonl(path):
+        if not isinstance(rec.get(key), list):
+            raise ValueError(f"{where}: expected an object with a list {key!r}")
+        records.append(rec)
     return records
-
-
-def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
-    """Writes to a temporary sibling and renames, so a failure never leaves a half file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def score_file(ckpt_dir: str | Path, in_path: str | Path, out_path: str | Path,

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..jsonl import iter_jsonl
 from .layout import STREAMS, dedup, time_key
 
 NAME, VERSION = "tinywave_corpus", "1.0.0"
@@ -68,21 +69,11 @@ def _words(raw, where):
 def read_manifest(path) -> list[Item]:
     """jsonl; each line one utterance. Relative `path` entries are relative to the manifest."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
     items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{path}:{n}: not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise CorpusError(f"{path}:{n}: expected a JSON object")
+    for where, data in iter_jsonl(path, "manifest", CorpusError):
         if "path" in data and not os.path.isabs(data["path"]):
             data["path"] = str(path.parent / data["path"])
-        items.append(Item(f"{path}:{n}", data))
+        items.append(Item(where, data))
     return items
 
 

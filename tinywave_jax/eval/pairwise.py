@@ -8,11 +8,11 @@ or summed log-likelihood over the scored tokens (see `Seq.score_from`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ..jsonl import iter_jsonl
 from .sequences import Seq, checked_seq
 
 SCORINGS = ("mean", "sum")
@@ -42,19 +42,9 @@ def pair_outcome(positive: float, negative: float) -> float:
 
 def read_pairs_jsonl(path: str | Path) -> list[PairItem]:
     """Lines {"positive": [ids], "negative": [ids], "group": "..."?, "score_from": int?}."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pairs file not found: {path}")
     items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON: {e}") from None
-        if not isinstance(rec, dict) or "positive" not in rec or "negative" not in rec:
+    for where, rec in iter_jsonl(path, "pairs file"):
+        if "positive" not in rec or "negative" not in rec:
             raise ValueError(f"{where}: expected an object with 'positive' and 'negative' id lists")
         start = rec.get("score_from", 1)
         items.append(PairItem(checked_seq(rec["positive"], f"{where} positive", start),

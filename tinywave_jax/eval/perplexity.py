@@ -16,29 +16,19 @@ expressive layout) and only the units are scored (`score_from` = 2), as for the 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from ..jsonl import iter_jsonl
 from .sequences import AUDIO_SCORE_FROM, Seq, checked_seq
 
 
 def read_ppl_jsonl(path: str | Path) -> list[Seq]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ppl input not found: {path}")
     seqs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON: {e}") from None
-        if not isinstance(rec, dict) or "ids" not in rec:
+    for where, rec in iter_jsonl(path, "ppl input"):
+        if "ids" not in rec:
             raise ValueError(f"{where}: expected an object with an 'ids' list")
         seqs.append(checked_seq(rec["ids"], where, rec.get("score_from", 1), rec.get("seconds")))
     if not seqs:

@@ -1,0 +1,41 @@
+"""JSON-lines files: one reader that names `file:line` on bad input, one atomic writer."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+def iter_jsonl(path: str | Path, what: str = "input file",
+               error: type[Exception] = ValueError) -> Iterator[tuple[str, dict]]:
+    """Yields ("path:line", object) for each non-blank line. A missing file raises
+    FileNotFoundError naming `what`; a line that is not a JSON object raises `error` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{where}: not valid JSON: {e}") from None
+            if not isinstance(rec, dict):
+                raise error(f"{where}: expected a JSON object")
+            yield where, rec
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
+    """Writes to a temporary sibling and renames, so a failure never leaves a half file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
