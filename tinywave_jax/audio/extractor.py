@@ -12,6 +12,7 @@ spectral phonetic units; a HuBERT spec folder is the same file with `phonetic.ki
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 from pathlib import Path
@@ -75,7 +76,7 @@ def timestamps(n: int, frame_rate: float) -> np.ndarray:
     return np.arange(n) * hop_samples(frame_rate) / SAMPLE_RATE
 
 
-class UnitExtractor:
+class UnitExtractor(abc.ABC):
     """Base of every extractor. `extract` returns stream name -> (int32 ids in
     [0, vocab_sizes[name]), float64 start times in seconds), one entry per frame, not deduplicated.
     "hubert" is always there (phonetic units, whatever produced them); "pitch" and "style" when the
@@ -83,11 +84,11 @@ class UnitExtractor:
     vocab_sizes: dict[str, int]
     frame_rates: dict[str, float]
 
+    @abc.abstractmethod
     def extract(self, wav: np.ndarray, f0_mean: float | None = None
                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """`f0_mean`: the speaker's mean natural-log F0 (log Hz) over voiced frames, used for pitch
         and style normalisation; None uses the utterance's own mean."""
-        raise NotImplementedError
 
 
 class StreamExtractor(UnitExtractor):

@@ -8,7 +8,7 @@
 
 Names are imported lazily so that `tinywave --help` does not pay for grain and TFDS.
 """
-import importlib
+from .._lazy import lazy_exports
 
 _NAMES = {
     "layout": ["LayoutConfig", "TokenLayout", "dedup", "ids_to_string", "join_spans",
@@ -18,11 +18,4 @@ _NAMES = {
     "batches": ["contract_batch", "pack_sequences"],
     "pipeline": ["DataConfig", "TrainIterator", "make_dataset", "make_train_iterator"],
 }
-_WHERE = {name: mod for mod, names in _NAMES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _NAMES)

@@ -10,7 +10,7 @@ perplexity, and teacher-vs-student reports (`tinywave eval`).
 
 Names are imported lazily so that `tinywave --help` stays fast.
 """
-import importlib
+from .._lazy import lazy_exports
 
 _NAMES = {
     "harness": ["TASKS", "evaluate", "prepare_inputs", "run_task"],
@@ -20,11 +20,4 @@ _NAMES = {
     "perplexity": ["perplexity", "read_ppl_jsonl"],
     "sequences": ["AudioTokenizer", "Seq", "resolve_layout"],
 }
-_WHERE = {name: mod for mod, names in _NAMES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _NAMES)
