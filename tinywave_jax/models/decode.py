@@ -18,7 +18,7 @@ from .llama import DecoderLayer, Llama, RMSNorm, lm_head_kernel, rope_cos_sin
 
 
 def init_cache(config: LlamaConfig, batch: int, length: int, dtype=None) -> tuple:
-    shape = (config.num_hidden_layers, batch, length, config.num_key_value_heads, config.head_dim)
+    shape = (config.num_hidden_layers, batch, config.num_key_value_heads, length, config.head_dim)
     dtype = dtype or jnp.dtype(config.dtype)
     return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
@@ -80,8 +80,12 @@ def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_ma
     cache = init_cache(config, b, total)
     cache_mask = jnp.zeros((b, total), bool).at[:, :p].set(prompt_mask)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
+    # Prefill: only the last column's logits are needed (prompts are left-padded), so the LM
+    # head runs on one position instead of all P ([B, P, V] would dominate a long prompt).
     out = model.apply({"params": params}, prompt_ids, positions, cache=cache, cache_slot=0,
-                      cache_mask=cache_mask)
+                      cache_mask=cache_mask, return_logits=False)
+    head = lm_head_kernel(params, config).astype(jnp.dtype(config.dtype))  # cast once
+    first_logits = jax.lax.dot_general(out.final_hidden[:, -1], head, (((1,), (0,)), ((), ())))
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)
 
     def pick(logits, key):
@@ -105,7 +109,6 @@ def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_ma
         layer_params = [jax.tree_util.tree_map(lambda x, l=l: x[l], params["layers"])
                         for l in range(config.num_hidden_layers)]
         caches = [(out.cache[0][l], out.cache[1][l]) for l in range(config.num_hidden_layers)]
-        head = lm_head_kernel(params, config).astype(jnp.dtype(config.dtype))  # cast once
 
         def forward(token, position, caches, cache_mask, slot):
             return _split_step(step_cfg, params, layer_params, head, token, position, caches,
@@ -126,7 +129,7 @@ def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_ma
         logits, caches = forward(token[:, None], (lengths + i)[:, None], caches, cache_mask, slot)
         return (caches, cache_mask, logits, done, key), token
 
-    carry = (caches, cache_mask, out.logits[:, -1], jnp.zeros((b,), bool), rng)
+    carry = (caches, cache_mask, first_logits, jnp.zeros((b,), bool), rng)
     # The last token needs no forward pass: max_new_tokens - 1 model steps, then one choice.
     (_, _, logits, done, key), tokens = jax.lax.scan(step, carry, jnp.arange(max_new_tokens - 1))
     last, _, _ = choose(logits, done, key)
@@ -141,7 +144,7 @@ def _split_step(config: LlamaConfig, params: dict, layer_params: list, head: jax
     dt = jnp.dtype(config.dtype)
     h = jnp.take(params["embed_tokens"]["embedding"], token, axis=0).astype(dt)
     cos, sin = rope_cos_sin(config, position, dt)
-    s = caches[0][0].shape[1]
+    s = caches[0][0].shape[2]  # [B, KVH, S, hd]
     mask = cache_mask.astype(bool)[:, None, :] & (jnp.arange(s)[None, None, :] <= slot)
     layer = DecoderLayer(config)
     new_caches = []

@@ -47,7 +47,7 @@ class LlamaOutput(NamedTuple):
     hidden: Optional[Array]        # [n_taps, B, T, D] hidden state after each tapped layer
     queries: Optional[Array]       # [n_taps, B, T, H, hd] post-RoPE queries of tapped layers
     keys: Optional[Array]          # [n_taps, B, T, KVH, hd] post-RoPE keys of tapped layers
-    cache: Optional[tuple]         # (k, v) each [L, B, S, KVH, hd] after writing the new tokens
+    cache: Optional[tuple]         # (k, v) each [L, B, KVH, S, hd] after writing the new tokens
 
 
 def _dtype(name: str):
@@ -100,14 +100,16 @@ def attention_mask(segment_ids: Array) -> Array:
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """q [B,Tq,H,hd], k/v [B,Tk,KVH,hd], mask [B,Tq,Tk] -> [B,Tq,H*hd]. Softmax in float32 (HF)."""
+    """q [B,Tq,H,hd], k/v [B,KVH,Tk,hd] (heads-major, the KV-cache layout), mask [B,Tq,Tk]
+    -> [B,Tq,H*hd]. Softmax in float32 (HF). Heads-major keys make both einsums plain batched
+    matmuls: with [B,Tk,KVH,hd] keys XLA on CPU transposes the whole cache per layer per token."""
     b, tq, h, hd = q.shape
-    kvh = k.shape[2]
+    kvh = k.shape[1]
     q = q.reshape(b, tq, kvh, h // kvh, hd)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k) * jnp.asarray(scale, q.dtype)
+    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k) * jnp.asarray(scale, q.dtype)
     scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    out = jnp.einsum("bkgqs,bksd->bqkgd", probs, v)
     return out.reshape(b, tq, h * hd)
 
 
@@ -150,13 +152,14 @@ class Attention(nn.Module):
         k = checkpoint_name(self.k_proj(x), "key_proj").reshape(b, t, c.num_key_value_heads, c.head_dim)
         v = checkpoint_name(self.v_proj(x), "value_proj").reshape(b, t, c.num_key_value_heads, c.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_heads, v_heads = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, hd]
         if cache_kv is not None:  # write the new tokens into the cache, attend over all slots
             ck, cv = cache_kv
-            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_slot, axis=1)
-            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_slot, axis=1)
+            ck = jax.lax.dynamic_update_slice_in_dim(ck, k_heads.astype(ck.dtype), cache_slot, axis=2)
+            cv = jax.lax.dynamic_update_slice_in_dim(cv, v_heads.astype(cv.dtype), cache_slot, axis=2)
             keys, values, new_cache = ck.astype(q.dtype), cv.astype(q.dtype), (ck, cv)
         else:
-            keys, values, new_cache = k, v, None
+            keys, values, new_cache = k_heads, v_heads, None
         out = dot_product_attention(q, keys, values, mask, c.head_dim ** -0.5)
         return checkpoint_name(self.o_proj(out), "attn_out"), q, k, new_cache
 
@@ -236,7 +239,7 @@ class Llama(nn.Module):
             seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
             mask = attention_mask(seg)
         else:  # keys are the cache slots; causal over slots, only slots that hold real tokens
-            s = cache[0].shape[2]
+            s = cache[0].shape[3]  # [L, B, KVH, S, hd]
             valid = jnp.ones((b, s), bool) if cache_mask is None else cache_mask.astype(bool)
             query_slot = cache_slot + jnp.arange(t)
             mask = valid[:, None, :] & (jnp.arange(s)[None, None, :] <= query_slot[None, :, None])
