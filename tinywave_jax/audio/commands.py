@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     fit.add_argument("--hubert", metavar="SPEC_DIR",
                      help="take phonetic units from this HuBERT spec; fit only pitch and style")
     fit.add_argument("--max-hours", type=float, help="fit on a seeded random subset this long")
+    fit.add_argument("--no-cmn", dest="cmn", action="store_false",
+                     help="keep each utterance's feature mean (default: subtract it); use when "
+                          "an utterance's units must not depend on its other parts")
     fit.add_argument("--skip-bad", action="store_true", help="warn on unreadable files, not fail")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing units folder")
     fit.set_defaults(func=_fit)
@@ -49,7 +52,7 @@ def _fit(args) -> int:
     fit_units(files, args.out_dir, units=args.units, features=args.features,
               pitch_bins=args.pitch_bins, style_classes=args.style_classes, seed=args.seed,
               hubert_spec=args.hubert, max_hours=args.max_hours, skip_bad=args.skip_bad,
-              overwrite=args.overwrite)
+              overwrite=args.overwrite, cmn=args.cmn)
     return 0
 
 

@@ -42,12 +42,14 @@ def _resolve_phonetic(spec_dir: Path) -> PhoneticConfig:
 def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
               features: str = "mfcc", pitch_bins: int = 64, style_classes: int = 100,
               seed: int = 0, hubert_spec: str | Path | None = None, max_hours: float | None = None,
+              cmn: bool = True,
               skip_bad: bool = False, overwrite: bool = False,
               log: Callable[[str], None] = print) -> FitSummary:
     """Fits and writes a units folder; `pitch_bins`/`style_classes` 0 leave that stream out.
 
     With `hubert_spec`, phonetic units come from that HuBERT spec (nothing is fitted for them).
     Files are visited in a seeded random order when `max_hours` caps the training audio.
+    `cmn`: subtract each utterance's feature mean (spectral units; see SpectralConfig.cmn).
     """
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() and not overwrite:
@@ -58,7 +60,7 @@ def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
         raise ValueError("--pitch-bins must be 0 (off) or >= 2; --style-classes >= 0")
 
     phonetic = (_resolve_phonetic(Path(hubert_spec)) if hubert_spec is not None else
-                PhoneticConfig(kind="spectral", spectral=SpectralConfig(features=features)))
+                PhoneticConfig(kind="spectral", spectral=SpectralConfig(features=features, cmn=cmn)))
     pitch = PitchFiles(bins=pitch_bins) if pitch_bins else None
     style = StyleFiles(classes=style_classes) if style_classes else None
     if pitch:
