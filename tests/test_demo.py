@@ -21,7 +21,9 @@ import pytest
 import soundfile as sf
 
 from tinywave_jax.demo import stories as story_data
-from tinywave_jax.demo.synth import RATE, TARGET_VOICE, VOICES, render, synthesize_words
+from tinywave_jax.demo.corpus import demo_stories
+from tinywave_jax.demo.settings import demo_settings
+from tinywave_jax.demo.synth import RATE, TARGET_VOICE, VOICES, WORD_ALIGN, render, synthesize_words
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +62,26 @@ def test_stories_are_well_formed():
         assert nonword not in vocab and nonword != word
 
 
+def test_generated_stories_differ_only_in_who_and_what():
+    """Template stories: distinct, reproducible, and the wrong ending is the right one's sentence
+    with every person, object, colour and place replaced by one the story never mentions."""
+    gen = story_data.generated_stories(200, seed=3)
+    assert [s.id for s in gen] == [f"gen{i:03d}" for i in range(200)]
+    assert len({s.sentences for s in gen}) == 200
+    assert gen == story_data.generated_stories(200, seed=3) != story_data.generated_stories(200, seed=4)
+    entity_words = {w.lower() for group in (story_data.NAMES, story_data.OBJECTS,
+                                            story_data.COLOURS, story_data.PLACES) for w in group}
+    for s in gen:
+        right, wrong = story_data.words_of(s.ending), story_data.words_of(s.wrong)
+        context = {w for c in s.context for w in story_data.words_of(c)}
+        assert len(right) == len(wrong)
+        for r, w in zip(right, wrong):
+            if r in entity_words:
+                assert w in entity_words and w not in context and r in context, (s.id, r, w)
+            else:
+                assert r == w, s.id
+
+
 def test_settings_fail_naming_the_key():
     from tinywave_jax.config import ConfigError
     from tinywave_jax.demo.settings import demo_settings
@@ -94,6 +116,8 @@ def test_word_timings_are_exact():
         covered[a:b] = True
     assert np.all(wav[~covered] == 0)
     assert all(e1 < s2 for (_, _, e1), (_, s2, _) in zip(words, words[1:]))
+    # every word starts on the unit-frame grid, so repeated words get the same frames
+    assert all(round(start * RATE) % WORD_ALIGN == 0 for _, start, _ in words)
 
 
 def test_quick_demo_runs_every_stage(quick_run):
@@ -138,7 +162,8 @@ def test_story_cloze_pairs_share_their_context(quick_run):
     story's ending."""
     workdir, _ = quick_run
     items = json.loads((workdir / "speech" / "bench" / "items.json").read_text())
-    story_by_id = {s.id: s for s in story_data.stories()}
+    story_by_id = {s.id: s for s in demo_stories(demo_settings(quick=True))}
+    assert any(i.startswith("gen") for i in story_by_id) and any(i.startswith("story") for i in story_by_id)
     test_endings = {story_by_id[it["story"]].ending for it in items["tsc"]}
     for task in ("ssc", "tsc"):
         assert items[task]
@@ -155,6 +180,36 @@ def test_story_cloze_pairs_share_their_context(quick_run):
             assert start > 0.4 * len(pos)                  # several context sentences first
             np.testing.assert_array_equal(pos[:start], neg[:start])
             assert not np.array_equal(pos[start:], neg[start:])
+
+
+def test_cloze_pairs_get_the_same_context_units(quick_run):
+    """The demo's units extractor turns a pair's shared context audio into the same units in
+    both files (no utterance-level normalisation), and a word repeated within an utterance into
+    the same units each time (frame-aligned words)."""
+    from tinywave_jax.audio.extractor import load_extractor
+    from tinywave_jax.audio.io import read_audio
+    workdir, _ = quick_run
+    extractor = load_extractor(workdir / "tokens" / "units")
+    items = json.loads((workdir / "speech" / "bench" / "items.json").read_text())
+    for it in items["ssc"]:
+        pos, neg = (extractor.extract(read_audio(workdir / "speech" / "bench" / "ssc" / f))["hubert"][0]
+                    for f in it["files"])
+        shared = int(it["ending_start"] * 25) - 3     # frames whose +-2 delta window is context
+        assert shared > 20
+        np.testing.assert_array_equal(pos[:shared], neg[:shared])
+    manifest = [json.loads(x) for x in (workdir / "speech" / "target.jsonl").read_text().splitlines()]
+    repeats = 0
+    for rec in manifest:
+        units = extractor.extract(read_audio(workdir / "speech" / rec["path"]))["hubert"][0]
+        seen = {}
+        for word, start, end in rec["words"]:
+            a, b = round(start * 25) + 2, round(end * 25) - 2   # frames inside the word
+            if b - a >= 2:
+                if word in seen:
+                    np.testing.assert_array_equal(units[a:b], seen[word], err_msg=f"{rec['id']} {word}")
+                    repeats += 1
+                seen[word] = units[a:b]
+    assert repeats > 10
 
 
 def test_results_table_matches_an_independent_perplexity(quick_run):

@@ -10,8 +10,8 @@ benchmarks all three (spoken / topic story cloze, word vs non-word, perplexity) 
 student to Hugging Face format, checking that transformers continues speech exactly as JAX does.
 Every stage is cached in WORKDIR: rerunning resumes where it stopped.
 
-example: tinywave demo --workdir runs/demo          (about 15 min on 2 CPU cores)
-         tinywave demo --workdir runs/quick --quick (toy sizes, about 3 min)
+example: tinywave demo --workdir runs/demo          (about 11 min on 2 idle CPU cores)
+         tinywave demo --workdir runs/quick --quick (toy sizes, about 1.5 min)
 """
 
 

@@ -22,12 +22,18 @@ from .synth import RATE, TARGET_VOICE, VOICES, Voice, render, synthesize_words, 
 SPLITS = ("train", "validation", "test")
 
 
+def demo_stories(settings) -> list:
+    """The run's stories: the hand-written ones (the first `max_stories`, 0 = all) and
+    `generated_stories` template stories."""
+    hand = story_data.stories()
+    if settings.max_stories:
+        hand = hand[:settings.max_stories]
+    return hand + story_data.generated_stories(settings.generated_stories, seed=settings.seed)
+
+
 def split_stories(settings) -> dict[str, list]:
     """Stories split by story with a fixed shuffle: test, validation, then the rest for training."""
-    all_stories = story_data.stories()
-    if settings.max_stories:
-        all_stories = all_stories[:settings.max_stories]
-    order = list(all_stories)
+    order = demo_stories(settings)
     random.Random(1234).shuffle(order)
     t, v = settings.test_stories, settings.valid_stories
     if t + v >= len(order):
@@ -68,17 +74,21 @@ def build_speech(settings, out: Path, log=print) -> dict:
                                   "words": [[w, round(s, 6), round(e, 6)] for w, s, e in words]})
         counts["seconds"] += n / RATE
 
-    for voice in voices:
-        texts = [s for sp in ("train", "validation") for st in splits[sp] for s in st.sentences]
+    # Each pretraining story is spoken by `voices_per_story` of the training voices, in turn.
+    per_story = min(settings.voices_per_story or len(voices), len(voices))
+    pretrain = [(sp, st) for sp in ("train", "validation") for st in splits[sp]]
+    for v, voice in enumerate(voices):
+        mine = [(sp, st) for i, (sp, st) in enumerate(pretrain)
+                if (v - i) % len(voices) < per_story]
+        texts = [s for _, st in mine for s in st.sentences]
         bank = synthesize_words([w for s in texts for w in story_data.words_of(s)], voice)
-        for sp in ("train", "validation"):
-            for st in splits[sp]:
-                add("pretrain", voice, st, sp, bank)
+        for sp, st in mine:
+            add("pretrain", voice, st, sp, bank)
         log(f"  voice {voice.name} ({voice.espeak}, {voice.speed} wpm, pitch {voice.pitch}): "
-            f"{len(bank)} words")
+            f"{len(mine)} stories, {len(bank)} words")
 
     target = TARGET_VOICE
-    texts = [s for st in story_data.stories() for s in (*st.sentences, st.wrong)]
+    texts = [s for sp in SPLITS for st in splits[sp] for s in (*st.sentences, st.wrong)]
     vocab = [w for s in texts for w in story_data.words_of(s)] + [w for p in pairs for w in p]
     bank = synthesize_words(vocab, target)
     for sp in SPLITS:
@@ -152,8 +162,11 @@ def build_tokens(settings, speech_dir: Path, out: Path, log=print) -> dict:
     train_wavs = [speech_dir / x["path"] for x in pretrain if x["split"] == "train"]
     fit = fit_units(train_wavs, out / "units", units=settings.units, features="mfcc",
                     pitch_bins=settings.pitch_bins, style_classes=settings.style_classes,
-                    seed=settings.seed, overwrite=True, log=lambda m: log("  " + m))
-    words = [w for st in story_data.stories() for s in (*st.sentences, st.wrong)
+                    seed=settings.seed, max_hours=settings.units_fit_hours, overwrite=True,
+                    # No utterance-mean removal: the cloze pairs share their context audio, and
+                    # with it the context's units must not depend on which ending follows.
+                    cmn=False, log=lambda m: log("  " + m))
+    words = [w for st in demo_stories(settings) for s in (*st.sentences, st.wrong)
              for w in story_data.words_of(s)]
     n_text = write_text_tokenizer(words, out / "tokenizer")
     layout_dict = layout_config(settings, n_text)

@@ -23,12 +23,15 @@ class ModelShape:
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
     # corpus: stories are split by story (test, validation, the rest for training)
-    max_stories: int = 0                  # 0: all bundled stories
-    test_stories: int = 12
-    valid_stories: int = 4
+    max_stories: int = 0                  # hand-written stories used (0: all 30)
+    generated_stories: int = 240          # template stories added (see demo/stories.py)
+    test_stories: int = 48                # each gives one sSC and one tSC pair
+    valid_stories: int = 8
     train_voices: int = 6                 # pretraining voices; the target voice is held out
+    voices_per_story: int = 1             # pretraining voices speaking each story (0: all)
     # tokens
     units: int = 64                       # MFCC k-means units
+    units_fit_hours: float = 0.5          # training audio the unit k-means is fitted on (at most)
     pitch_bins: int = 16
     style_classes: int = 8
     expressive: bool = False              # train and score style/pitch/unit merged streams
@@ -55,6 +58,10 @@ class DemoSettings:
         if self.test_stories < 2 or self.valid_stories < 1:
             raise ConfigError("test_stories must be >= 2 (topic cloze pairs stories) and "
                               "valid_stories >= 1")
+        if self.generated_stories < 0 or self.voices_per_story < 0:
+            raise ConfigError("generated_stories and voices_per_story: must be >= 0")
+        if self.units_fit_hours <= 0:
+            raise ConfigError("units_fit_hours: must be > 0")
         if self.train_voices < 1:
             raise ConfigError("train_voices: must be >= 1")
         if not 1 <= self.student_layers < self.teacher.num_hidden_layers:
@@ -68,7 +75,7 @@ class DemoSettings:
 
 
 # --quick: the same pipeline at toy sizes, for tests (< 3 min on 2 CPU cores).
-QUICK = {"max_stories": 12, "test_stories": 4, "valid_stories": 2, "train_voices": 2,
+QUICK = {"max_stories": 8, "generated_stories": 8, "test_stories": 4, "valid_stories": 2, "train_voices": 2,
          "units": 32, "pitch_bins": 8, "style_classes": 4,
          "teacher": {"num_hidden_layers": 3, "hidden_size": 64, "intermediate_size": 128,
                      "num_attention_heads": 4, "num_key_value_heads": 4},

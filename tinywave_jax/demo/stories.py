@@ -1,12 +1,19 @@
 """Bundled text of the demo, written for this project: short stories with a correct and a wrong
 ending (spoken story cloze), and real words paired with made-up non-words (a spoken word test).
 
-Each story is a few context sentences and an ending. The wrong ending is plausible English that
-contradicts the story (sSC); the topic test (tSC) instead takes the ending of another story.
+Each story is a few context sentences and an ending. The topic test (tSC) takes the ending of
+another story as the wrong one. Two kinds of story:
+  hand-written (`stories()`, 30)  the wrong ending is plausible English that contradicts the story;
+  generated (`generated_stories(n)`)  six templates filled with people, a coloured object and a
+      place; the wrong ending is the same sentence about people, an object, a colour and a place
+      that are all absent from the story, so only tracking who and what the story is about can
+      tell the two apart. Thirty stories cannot teach a toy model what a story means; hundreds
+      of generated ones can teach it to follow entities, which is what the cloze tests then probe.
 """
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 
 
@@ -233,6 +240,64 @@ def words_of(text: str) -> list[str]:
 
 def stories() -> list[Story]:
     return [Story(f"story{i:02d}", tuple(c), e, w) for i, (c, e, w) in enumerate(_RAW)]
+
+
+# ---- generated stories: templates x entities ---------------------------------------------------
+NAMES = ("Tom", "Anna", "Ben", "Lucy", "Sam", "Mia", "Jack", "Emma", "Max", "Lily", "Leo", "Ruby",
+         "Finn", "Nora", "Zoe", "Hugo")
+OBJECTS = ("kite", "ball", "hat", "cake", "book", "cup", "boat", "drum", "lamp", "bag", "key",
+           "coat", "bottle", "blanket", "picture", "wallet")
+COLOURS = ("red", "blue", "green", "yellow", "white", "black", "pink", "brown")
+PLACES = ("garden", "market", "station", "school", "river", "kitchen", "playground", "castle",
+          "beach", "street")
+# (context sentences, ending); {A} and {B} are people, {o} an object, {c} its colour, {p} a place.
+TEMPLATES = (
+    (("{A} had a {c} {o}.", "One day {A} took the {o} to the {p}.",
+      "{B} wanted to play with the {o} too."), "So {A} gave the {c} {o} to {B}."),
+    (("{A} went to the {p} with {B}.", "They saw a {c} {o} near the door.", "{B} picked up the {o}."),
+     "Then {A} and {B} took the {c} {o} home."),
+    (("{A} lost a {c} {o} at the {p}.", "{A} asked {B} for help.",
+      "They looked everywhere for the {o}."), "At last {B} found the {c} {o} at the {p}."),
+    (("{A} made a {c} {o} for {B}.", "It took {A} three days.", "{A} brought the {o} to the {p}."),
+     "{B} loved the {c} {o} from {A}."),
+    (("{A} and {B} lived near the {p}.", "Every morning they looked at a {o}.",
+      "One day {A} painted the {o} {c}."), "{B} said the {c} {o} was the best."),
+    (("{A} wanted a {c} {o}.", "{A} saved money for many weeks.", "Then {A} walked to the {p}."),
+     "At the {p} {A} bought the {c} {o}."),
+)
+
+
+def _entities(rng: random.Random) -> dict:
+    a, b = rng.sample(NAMES, 2)
+    return {"A": a, "B": b, "o": rng.choice(OBJECTS), "c": rng.choice(COLOURS), "p": rng.choice(PLACES)}
+
+
+def _disjoint_entities(rng: random.Random, used: dict) -> dict:
+    """Entities sharing no person, object, colour or place with `used`."""
+    while True:
+        e = _entities(rng)
+        if ({e["A"], e["B"]}.isdisjoint({used["A"], used["B"]})
+                and all(e[k] != used[k] for k in "ocp")):
+            return e
+
+
+def generated_stories(n: int, seed: int = 0) -> list[Story]:
+    """`n` distinct template stories (ids gen000, gen001, ...), the same for the same seed."""
+    rng = random.Random(seed)
+    out, seen = [], set()
+    if n > len(TEMPLATES) * len(NAMES) * (len(NAMES) - 1) * len(OBJECTS) * len(COLOURS) * len(PLACES):
+        raise ValueError(f"cannot generate {n} distinct stories")
+    while len(out) < n:
+        k, e = rng.randrange(len(TEMPLATES)), _entities(rng)
+        key = (k, *sorted(e.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        context, ending = TEMPLATES[k]
+        wrong = ending.format(**_disjoint_entities(rng, e))
+        out.append(Story(f"gen{len(out):03d}", tuple(c.format(**e) for c in context),
+                         ending.format(**e), wrong))
+    return out
 
 
 def word_pairs(vocabulary: set[str] | None = None) -> list[tuple[str, str]]:

@@ -19,6 +19,10 @@ RATE = 22050                  # espeak-ng's output rate
 WORD_GAP_S = 0.06             # pause between words
 SENTENCE_GAP_S = 0.30         # pause after a sentence
 EDGE_S = 0.10                 # silence at the start and end of an utterance
+# Every word starts on the 25 Hz unit-frame grid (40 ms = 882 samples at 22050 Hz, 640 at the
+# extractor's 16 kHz), so a word spoken twice gets the same frames, and the same units, wherever
+# it occurs; a jittered start would change them and hide repetitions from the model.
+WORD_ALIGN = 882
 _BREAK_MS = 400               # SSML break between words of one espeak call
 _SILENT = 0.01                # |amplitude| below this is silence (espeak output is clean)
 _CHUNK = 40                   # words per espeak call
@@ -98,16 +102,21 @@ def synthesize_words(words, voice: Voice, threads: int = 2) -> dict[str, np.ndar
 
 def render(sentences: list[list[str]], bank: dict[str, np.ndarray]
            ) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
-    """Sentences (lists of words) -> (waveform, [(word, start_s, end_s), ...])."""
-    pieces, words = [np.zeros(int(EDGE_S * RATE), np.float32)], []
+    """Sentences (lists of words) -> (waveform, [(word, start_s, end_s), ...]); every word starts
+    at a multiple of WORD_ALIGN samples (the pauses are stretched up to the grid)."""
+    def to_grid(n: int) -> int:
+        return -(-n // WORD_ALIGN) * WORD_ALIGN
+
+    pieces, words = [np.zeros(to_grid(int(EDGE_S * RATE)), np.float32)], []
     t = len(pieces[0])
     for k, sentence in enumerate(sentences):
         for i, w in enumerate(sentence):
             wav = bank[w]
             words.append((w, t / RATE, (t + len(wav)) / RATE))
             gap = SENTENCE_GAP_S if i == len(sentence) - 1 and k < len(sentences) - 1 else WORD_GAP_S
-            pieces += [wav, np.zeros(int(gap * RATE), np.float32)]
-            t += len(wav) + len(pieces[-1])
+            end = t + len(wav) + int(gap * RATE)
+            pieces += [wav, np.zeros(to_grid(end) - t - len(wav), np.float32)]
+            t = to_grid(end)
     pieces.append(np.zeros(int(EDGE_S * RATE), np.float32))
     return np.concatenate(pieces), words
 
