@@ -31,8 +31,8 @@ shellcheck:
 test: venv espeak shellcheck
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
-# The whole recipe on CPU, no downloads (~17 CPU-minutes; 11 min wall measured on the idle 2-core
-# machine); reruns resume from runs/demo. `tinywave demo --quick` is the ~1.5-minute version.
+# The whole recipe on CPU, no downloads (~17-24 CPU-minutes; 11-14 min wall measured on an idle
+# 2-core machine); reruns resume from runs/demo. `tinywave demo --quick` is the ~1.5-minute version.
 demo: venv espeak
 	$(BIN)/tinywave demo --workdir runs/demo
 

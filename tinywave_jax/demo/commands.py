@@ -10,7 +10,7 @@ benchmarks all three (spoken / topic story cloze, word vs non-word, perplexity) 
 student to Hugging Face format, checking that transformers continues speech exactly as JAX does.
 Every stage is cached in WORKDIR: rerunning resumes where it stopped.
 
-example: tinywave demo --workdir runs/demo          (about 11 min on 2 idle CPU cores)
+example: tinywave demo --workdir runs/demo          (11-14 min on 2 idle CPU cores)
          tinywave demo --workdir runs/quick --quick (toy sizes, about 1.5 min)
 """
 
