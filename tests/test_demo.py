@@ -92,6 +92,10 @@ def test_settings_fail_naming_the_key():
         demo_settings(overrides=["nonsense=1"])
     with pytest.raises(ConfigError, match="teacher.hidden_size"):
         demo_settings(overrides=["teacher.hidden_size=big"])
+    with pytest.raises(ConfigError, match="generated_stories"):
+        demo_settings(overrides=["generated_stories=-1"])
+    with pytest.raises(ConfigError, match="units_fit_hours"):
+        demo_settings(overrides=["units_fit_hours=0"])
 
 
 def test_stages_need_their_predecessors(tmp_path):
