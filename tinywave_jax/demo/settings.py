@@ -75,8 +75,8 @@ class DemoSettings:
 
 
 # --quick: the same pipeline at toy sizes, for tests (< 3 min on 2 CPU cores).
-QUICK = {"max_stories": 8, "generated_stories": 8, "test_stories": 4, "valid_stories": 2, "train_voices": 2,
-         "units": 32, "pitch_bins": 8, "style_classes": 4,
+QUICK = {"max_stories": 8, "generated_stories": 8, "test_stories": 4, "valid_stories": 2,
+         "train_voices": 2, "units": 32, "pitch_bins": 8, "style_classes": 4,
          "teacher": {"num_hidden_layers": 3, "hidden_size": 64, "intermediate_size": 128,
                      "num_attention_heads": 4, "num_key_value_heads": 4},
          "student_layers": 1, "seq_len": 128, "batch_size": 4, "pretrain_steps": 30,

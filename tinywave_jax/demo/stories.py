@@ -269,7 +269,8 @@ TEMPLATES = (
 
 def _entities(rng: random.Random) -> dict:
     a, b = rng.sample(NAMES, 2)
-    return {"A": a, "B": b, "o": rng.choice(OBJECTS), "c": rng.choice(COLOURS), "p": rng.choice(PLACES)}
+    return {"A": a, "B": b, "o": rng.choice(OBJECTS), "c": rng.choice(COLOURS),
+            "p": rng.choice(PLACES)}
 
 
 def _disjoint_entities(rng: random.Random, used: dict) -> dict:
@@ -285,8 +286,11 @@ def generated_stories(n: int, seed: int = 0) -> list[Story]:
     """`n` distinct template stories (ids gen000, gen001, ...), the same for the same seed."""
     rng = random.Random(seed)
     out, seen = [], set()
-    if n > len(TEMPLATES) * len(NAMES) * (len(NAMES) - 1) * len(OBJECTS) * len(COLOURS) * len(PLACES):
-        raise ValueError(f"cannot generate {n} distinct stories")
+    distinct = (len(TEMPLATES) * len(NAMES) * (len(NAMES) - 1) * len(OBJECTS) * len(COLOURS)
+                * len(PLACES))
+    if n > distinct:
+        raise ValueError(f"generated_stories: {n} asked, the templates give at most {distinct} "
+                         "distinct stories")
     while len(out) < n:
         k, e = rng.randrange(len(TEMPLATES)), _entities(rng)
         key = (k, *sorted(e.items()))

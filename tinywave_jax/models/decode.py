@@ -85,7 +85,7 @@ def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_ma
     out = model.apply({"params": params}, prompt_ids, positions, cache=cache, cache_slot=0,
                       cache_mask=cache_mask, return_logits=False)
     head = lm_head_kernel(params, config).astype(jnp.dtype(config.dtype))  # cast once
-    first_logits = jax.lax.dot_general(out.final_hidden[:, -1], head, (((1,), (0,)), ((), ())))
+    first_logits = _head_logits(out.final_hidden[:, -1], head)
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)
 
     def pick(logits, key):
@@ -154,5 +154,9 @@ def _split_step(config: LlamaConfig, params: dict, layer_params: list, head: jax
         new_caches.append(ys["cache"])
     final = RMSNorm(config.rms_norm_eps, dt, jnp.dtype(config.param_dtype)).apply(
         {"params": params["norm"]}, h)
-    logits = jax.lax.dot_general(final[:, -1], head, (((1,), (0,)), ((), ())))
-    return logits, new_caches
+    return _head_logits(final[:, -1], head), new_caches
+
+
+def _head_logits(final_hidden: jax.Array, head: jax.Array) -> jax.Array:
+    """[B, D] final-norm hidden states x [D, V] LM head -> [B, V] logits."""
+    return jax.lax.dot_general(final_hidden, head, (((1,), (0,)), ((), ())))
