@@ -59,10 +59,14 @@ def perplexity(params, config, seqs: list[Seq], batch_size: int = 8, progress: b
     from .pairwise import check_vocab
     check_vocab(seqs, config.vocab_size, config.max_position_embeddings)
     lps = score_sequences(params, config, [s.ids.tolist() for s in seqs], batch_size, progress)
-    nll = float(sum(-np.asarray(lp, np.float64)[s.score_from - 1:].sum() for lp, s in zip(lps, seqs)))
+    per_seq = [float(-np.asarray(lp, np.float64)[s.score_from - 1:].sum())
+               for lp, s in zip(lps, seqs)]
+    nll = float(sum(per_seq))
     tokens = sum(s.num_scored for s in seqs)
     out = {"n_sequences": len(seqs), "scored_tokens": tokens, "nll_sum": nll,
-           "nll_per_token": nll / tokens, "ppl": math.exp(nll / tokens)}
+           "nll_per_token": nll / tokens, "ppl": math.exp(nll / tokens),
+           # per sequence, for resampling (confidence intervals)
+           "sequence_nll": per_seq, "sequence_tokens": [s.num_scored for s in seqs]}
     if all(s.seconds is not None for s in seqs):
         seconds = float(sum(s.seconds for s in seqs))
         out.update(seconds=seconds, nll_per_second=nll / seconds,
