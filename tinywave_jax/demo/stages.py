@@ -1,0 +1,100 @@
+"""A run of named stages in a work folder, each recorded when done so a rerun resumes.
+
+`StagedRun` subclasses (`Demo`, `TeacherBuild`) define STAGES and a `stage_<name>()` method per
+stage returning a JSON-able dict; the folder's `settings.json` pins the settings, so a rerun with
+other settings is refused instead of mixing two runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from .settings import settings_dict
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (load-independent cost)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class StagedRun:
+    STAGES: tuple[str, ...] = ()
+    OPTIONAL: tuple[str, ...] = ()        # stages no later stage depends on
+    NEEDS: dict[str, list[str]] = {}      # stage -> executables / modules it needs
+
+    def __init__(self, workdir: str | Path, settings, log: Callable = print):
+        self.dir = Path(workdir)
+        self.settings = settings
+        self.log = log
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp = self.dir / "settings.json"
+        mine = settings_dict(settings)
+        if stamp.exists():
+            saved = json.loads(stamp.read_text())
+            if saved != mine:
+                diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+                raise ValueError(f"{self.dir} holds a run with other settings ({', '.join(diff)}); "
+                                 "use another --workdir (or delete this one)")
+        else:
+            stamp.write_text(json.dumps(mine, indent=1))
+
+    def record(self, stage: str) -> Path:
+        return self.dir / "stages" / f"{stage}.json"
+
+    def done(self, stage: str) -> dict | None:
+        path = self.record(stage)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def preflight(self, stages) -> None:
+        """Fails before any work when something a pending stage needs is missing."""
+        import importlib.util
+        import shutil
+        missing = []
+        for stage in (s for s in stages if self.done(s) is None):
+            for what in self.NEEDS.get(stage, []):
+                found = shutil.which(what) if what == "espeak-ng" else importlib.util.find_spec(what)
+                if not found:
+                    missing.append(f"{what} (stage {stage})")
+        if missing:
+            raise ValueError("this needs " + ", ".join(missing) + ": run `make demo`, "
+                             "or `make espeak` and `pip install -e '.[test]'`")
+
+    def check(self, stages) -> None:
+        """Hook: inputs a pending stage needs, checked before any stage runs."""
+
+    def run(self, stages=None) -> dict:
+        stages = self.STAGES if stages is None else stages
+        for k, stage in enumerate(self.STAGES):
+            if stage in stages:
+                missing = [s for s in self.STAGES[:k] if s not in stages and s not in self.OPTIONAL
+                           and self.done(s) is None]
+                if missing:
+                    raise ValueError(f"stage {stage} needs stage(s) {missing} first "
+                                     f"(run them, or leave --stages out)")
+        self.preflight(stages)
+        self.check(stages)
+        t0 = time.time()
+        out = {}
+        n = len(self.STAGES)
+        for k, stage in enumerate(self.STAGES, 1):
+            if stage not in stages:
+                continue
+            rec = self.done(stage)
+            if rec is not None:
+                self.log(f"[{k}/{n}] {stage}: cached ({rec['seconds']:.0f} s when run)")
+            else:
+                self.log(f"[{k}/{n}] {stage} ...")
+                t, cpu = time.time(), cpu_seconds()
+                info = getattr(self, f"stage_{stage}")()
+                rec = {"stage": stage, "seconds": round(time.time() - t, 1),
+                       "cpu_seconds": round(cpu_seconds() - cpu, 1), **info}
+                self.record(stage).parent.mkdir(parents=True, exist_ok=True)
+                self.record(stage).write_text(json.dumps(rec, indent=1))
+                self.log(f"[{k}/{n}] {stage}: done in {rec['seconds']:.0f} s")
+            out[stage] = rec
+        out["wall_seconds"] = round(time.time() - t0, 1)
+        return out
