@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo clean espeak shellcheck
+.PHONY: venv test demo demo-teacher clean espeak shellcheck
 
 venv: $(STAMP)
 
@@ -31,10 +31,15 @@ shellcheck:
 test: venv espeak shellcheck
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
-# The whole recipe on CPU, no downloads (~17-24 CPU-minutes; 11-14 min wall measured on an idle
-# 2-core machine); reruns resume from runs/demo. `tinywave demo --quick` is the ~1.5-minute version.
+# The whole recipe on CPU, no downloads, distilling the shipped teacher (tinywave_jax/demo/teacher);
+# reruns resume from runs/demo. The README gives the measured time; `tinywave demo --quick` is the
+# toy-size version the tests run, `--ablation` adds the ablation rows.
 demo: venv espeak
 	$(BIN)/tinywave demo --workdir runs/demo
+
+# Rebuilds the shipped teacher package (hours of CPU; its provenance is in docs/demo_teacher.md).
+demo-teacher: venv espeak
+	$(BIN)/tinywave demo-teacher --out tinywave_jax/demo/teacher --workdir runs/demo_teacher --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

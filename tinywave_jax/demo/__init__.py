@@ -1,13 +1,17 @@
-"""The built-in end-to-end demo (`tinywave demo`): spoken stories -> units -> teacher ->
-distilled student and baseline -> benchmarks -> Hugging Face export.
+"""The built-in end-to-end demo (`tinywave demo`) and its teacher (`tinywave demo-teacher`):
+spoken stories -> units -> pretrained teacher -> distilled student, baseline and ablation rows ->
+benchmarks with intervals -> Hugging Face export.
 
-    stories   the bundled stories (correct / wrong endings) and word / non-word pairs
-    synth     espeak-ng synthesis with word timings known by construction
-    corpus    stages 1-2: speech, units, tokenizer, layout, corpora
-    training  stages 3-4: run configs for `tinywave train` / `tinywave distill`
-    evaluate  stages 5-6: benchmarks, results table, export and generation check
+    world     the stories: a town of scenes, cloze endings, word / non-word pairs
+    synth     espeak-ng synthesis (several syntheses per voice) with word timings by construction
+    speech    which audio exists: pretraining, distillation, held-out and benchmark folders
+    tokens    tokenizer, token layout, corpora
+    training  run configs: teacher pretraining and correction, the student rows and their sweep
+    teacher   `tinywave demo-teacher`: pretrain, evaluate and package the teacher; hash checks
+    evaluate  scoring, paired-bootstrap intervals, the export check
+    results   results.md / results.json
     plots     loss curves and attention maps
-    pipeline  the stages, cached in a work folder; `run_demo`
+    stages    a work folder of cached stages;  pipeline  the demo's stages, `run_demo`
 """
 from .pipeline import STAGES, Demo, run_demo
 from .settings import DemoSettings, demo_settings

@@ -1,49 +1,110 @@
-"""`tinywave demo`: the whole TinyWave recipe on a CPU (see demo/pipeline.py)."""
+"""`tinywave demo` (the whole TinyWave recipe on a CPU, see demo/pipeline.py) and
+`tinywave demo-teacher` (pretrains and packages the demo's teacher, see demo/teacher.py)."""
 from __future__ import annotations
 
 import argparse
 
 _HELP = """\
-Synthesises spoken stories with espeak-ng, fits speech units, pretrains and LoRA-corrects a small
-teacher, distils a third-depth student (and trains a same-size baseline without distillation),
-benchmarks all three (spoken / topic story cloze, word vs non-word, perplexity) and exports the
-student to Hugging Face format, checking that transformers continues speech exactly as JAX does.
-Every stage is cached in WORKDIR: rerunning resumes where it stopped.
+Distils the shipped demo teacher (a 6-layer speech LM pretrained on 2,400 spoken stories, loaded
+with `tinywave import-hf` after its files' hashes are checked) into a 2-layer student on a small
+target-voice subset of its data (320 stories), and trains the same shape from scratch on exactly
+that subset as the baseline; both sweep the same learning rates, chosen on validation perplexity.
+Benchmarks all models on 128 held-out stories (spoken / topic story cloze, word vs non-word,
+perplexity, 95 % paired-bootstrap intervals) and exports the student to Hugging Face format,
+checking that transformers continues speech exactly as JAX does. `--ablation` adds the rows
+between the baseline and the full recipe. Every stage is cached in WORKDIR: a rerun resumes.
 
-example: tinywave demo --workdir runs/demo          (11-14 min on 2 idle CPU cores)
-         tinywave demo --workdir runs/quick --quick (toy sizes, about 1.5 min)
+example: tinywave demo --workdir runs/demo          (see the README for the measured time)
+         tinywave demo --workdir runs/quick --quick (toy sizes, for the tests)
+"""
+
+_TEACHER_HELP = """\
+Builds the demo's teacher package: synthesises the world's training stories (target voice plus
+one other voice each, every utterance its own espeak-ng synthesis with its own speed and pitch),
+fits the units, pretrains the teacher (about 25 minutes on 2 CPU cores), scores it on held-out validation and test stories and writes OUT: a Hugging Face folder
+with units/, layout.json and provenance.json (command, settings, data hashes, quality, file
+hashes). `tinywave_jax/demo/teacher/` was made by `tinywave demo-teacher --out
+tinywave_jax/demo/teacher --workdir runs/demo_teacher`; see docs/demo_teacher.md.
 """
 
 
 def register(subparsers) -> None:
     from .pipeline import STAGES
+    from .teacher import TeacherBuild
     p = subparsers.add_parser("demo", help="end-to-end TinyWave demo on CPU (no downloads)",
                               description=_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/demo", help="where every stage writes its outputs")
     p.add_argument("--quick", action="store_true", help="toy sizes (what the tests run)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also train and score the ablation rows (teacher-layer init + CE, "
+                        "+ logit KD, + hidden-state loss)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a demo setting (demo/settings.py), e.g. --set distill_steps=400")
+                   help="override a demo setting (demo/settings.py), e.g. --set distill_steps=300")
     p.add_argument("--stages", default=",".join(STAGES),
                    help="comma-separated stages to run (earlier ones must be done)")
     p.set_defaults(func=_run)
 
+    t = subparsers.add_parser("demo-teacher", help="pretrain and package the demo's teacher",
+                              description=_TEACHER_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--out", required=True, help="the teacher package folder to write")
+    t.add_argument("--workdir", default="runs/demo_teacher",
+                   help="where the stages write audio, corpora and the training run")
+    t.add_argument("--quick", action="store_true", help="toy sizes (what the tests run)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (demo/settings.py TeacherSettings), e.g. --set steps=500")
+    t.add_argument("--stages", default=",".join(TeacherBuild.STAGES),
+                   help="comma-separated stages to run (earlier ones must be done)")
+    t.set_defaults(func=_run_teacher)
 
-def _run(args) -> int:
+
+def _stages(arg: str, known) -> list[str]:
+    stages = [s.strip() for s in arg.split(",") if s.strip()]
+    bad = [s for s in stages if s not in known]
+    if bad:
+        raise ValueError(f"--stages: unknown stage(s) {bad}; stages are {list(known)}")
+    return stages
+
+
+def _quiet():
     import logging
     import os
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _run(args) -> int:
     import time
 
     from .pipeline import STAGES, run_demo
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.basicConfig(level=logging.WARNING)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        raise ValueError(f"--stages: unknown stage(s) {bad}; stages are {list(STAGES)}")
+    _quiet()
     t = time.time()
-    out = run_demo(args.workdir, args.quick, args.overrides, stages,
-                   log=lambda m: print(m, flush=True))
+    run_demo(args.workdir, args.quick, args.overrides, _stages(args.stages, STAGES),
+             ablation=args.ablation, log=lambda m: print(m, flush=True))
     print(f"demo: finished in {time.time() - t:.0f} s; outputs in {args.workdir} "
           f"(results.md, results.json, loss_curves.png, attention.png, student_hf/)")
-    return 0 if out else 1
+    return 0
+
+
+def _run_teacher(args) -> int:
+    import time
+
+    from .teacher import TeacherBuild, build_teacher
+    _quiet()
+    t = time.time()
+    build_teacher(args.out, args.workdir, args.quick, args.overrides, args.overwrite,
+                  _stages(args.stages, TeacherBuild.STAGES), _command(args),
+                  log=lambda m: print(m, flush=True))
+    print(f"demo-teacher: finished in {time.time() - t:.0f} s; package in {args.out}")
+    return 0
+
+
+def _command(args) -> str:
+    """The command line that reproduces this build (recorded in the provenance)."""
+    import shlex
+    parts = ["tinywave", "demo-teacher", "--out", args.out, "--workdir", args.workdir]
+    parts += ["--quick"] * args.quick + ["--overwrite"] * args.overwrite
+    parts += [x for o in args.overrides for x in ("--set", o)]
+    return " ".join(shlex.quote(p) for p in parts)

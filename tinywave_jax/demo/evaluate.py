@@ -1,8 +1,10 @@
-"""Demo stages 5 and 6: benchmarks for teacher, student and baseline; HF export check.
+"""Demo benchmarks with intervals: story cloze, word test and perplexity for each model, 95 %
+paired-bootstrap intervals, the results table, and the Hugging Face export check.
 
 Scoring follows the reference scorers (`tinywave eval`): a pair counts 1 when the positive's mean
-per-token log-likelihood over its speech units is higher, 0.5 on a tie; perplexity pools the NLL
-over all units of the target voice's test stories.
+per-unit log-likelihood is higher, 0.5 on a tie; perplexity pools the NLL over all units of the
+held-out stories. Intervals resample pairs (or utterances, for perplexity) with replacement,
+the same resamples for every model, so a difference between two models gets its own interval.
 """
 from __future__ import annotations
 
@@ -10,98 +12,111 @@ import json
 import math
 from pathlib import Path
 
-MODELS = ("teacher", "student", "baseline")
-TASKS = ("ssc", "tsc", "swuggy")
+import numpy as np
+
+CLOZE = ("ssc", "tsc")
 RESULT_KEYS = {"ssc": "ssc", "tsc": "tsc", "swuggy": "words"}
 
 
-def evaluate_models(models: dict[str, Path], bench_dir: Path, tokens_dir: Path, log=print) -> dict:
-    """{model: {"ssc", "tsc", "words", "ppl", "params", "layers"}} (accuracies in %)."""
-    from ..checkpoint import load_model
-    from ..eval.harness import prepare_inputs, run_task
-
-    layout = str(tokens_dir / "layout.json")
-    results: dict = {}
-    inputs = {}
-    for name, ckpt in models.items():
-        params, config, _ = load_model(ckpt)
-        if not inputs:
-            for task in TASKS:
-                inputs[task] = prepare_inputs(task, bench_dir / task, config.vocab_size,
-                                              extractor=str(tokens_dir / "units"), layout=layout,
-                                              log=lambda m: log("  " + m))
-            inputs["ppl"] = prepare_inputs("ppl", tokens_dir / "corpus" / "target",
-                                           config.vocab_size, layout=layout, split="test")
-        row = {"layers": config.num_hidden_layers, "params": config.num_params()}
-        for task in TASKS:
-            r = run_task(params, config, inputs[task], scoring="mean")
-            row[RESULT_KEYS[task]] = round(100 * r["accuracy"], 2)
-            row[f"{RESULT_KEYS[task]}_pairs"] = r["n_pairs"]
-        ppl = run_task(params, config, inputs["ppl"])
-        row["ppl"] = round(ppl["ppl"], 3)
-        row["ppl_tokens"] = ppl["scored_tokens"]
-        results[name] = row
-        log(f"  {name}: sSC {row['ssc']:.1f}  tSC {row['tsc']:.1f}  words {row['words']:.1f}  "
-            f"ppl {row['ppl']:.2f}")
-    return results
+def bench_inputs(bench_dir: Path, units_dir: Path, layout: Path, vocab_size: int, tasks,
+                 log=print) -> dict:
+    """{task: TaskInputs} for the pair folders under `bench_dir`."""
+    from ..eval.harness import prepare_inputs
+    return {t: prepare_inputs(t, bench_dir / t, vocab_size, extractor=str(units_dir),
+                              layout=str(layout), log=lambda m: log("  " + m)) for t in tasks}
 
 
-def acceptance(results: dict) -> dict:
-    """The issue's targets, checked on the table (reported, never tuned for)."""
-    t, s, b = (results[m] for m in MODELS)
-    checks = {}
-    for k in ("ssc", "tsc"):
-        checks[f"{k}_student_ge_90pct_teacher"] = s[k] >= 0.9 * t[k]
-        checks[f"{k}_student_above_baseline"] = s[k] > b[k]
-    checks["ppl_student_closer_to_teacher"] = (abs(math.log(s["ppl"] / t["ppl"]))
-                                               < abs(math.log(b["ppl"] / t["ppl"])))
-    return checks
+def ppl_inputs(corpus_dir: Path, split: str, layout: Path, vocab_size: int, limit=None):
+    from ..eval.harness import prepare_inputs
+    return prepare_inputs("ppl", corpus_dir, vocab_size, layout=str(layout), split=split,
+                          limit=limit)
 
 
-def results_markdown(results: dict, settings, checks: dict) -> str:
-    t = results["teacher"]
-    layers = lambda m: f"{results[m]['layers']} layer{'s' if results[m]['layers'] > 1 else ''}"  # noqa: E731
-    names = {"teacher": f"Teacher ({layers('teacher')}, LoRA-corrected)",
-             "student": f"TinyWave-style student ({layers('student')}, distilled)",
-             "baseline": f"Same size without distillation ({layers('baseline')})"}
-    lines = ["| model | params | sSC | tSC | words | PPL |", "|---|---|---|---|---|---|"]
-    for m in MODELS:
-        r = results[m]
-        lines.append(f"| {names[m]} | {r['params'] / 1e6:.2f}M | {r['ssc']:.1f} | {r['tsc']:.1f} | "
-                     f"{r['words']:.1f} | {r['ppl']:.2f} |")
-    s = results["student"]
-    lines.append(f"| student / teacher | {s['params'] / t['params']:.2f}x | "
-                 f"{100 * s['ssc'] / max(t['ssc'], 1e-9):.0f}% | "
-                 f"{100 * s['tsc'] / max(t['tsc'], 1e-9):.0f}% | "
-                 f"{100 * s['words'] / max(t['words'], 1e-9):.0f}% | |")
-    n = {k: t[f"{k}_pairs"] for k in ("ssc", "tsc", "words")}
-    lines += ["", f"Accuracy in % (pairwise, mean log-likelihood per unit); sSC {n['ssc']}, "
-              f"tSC {n['tsc']}, words {n['words']} pairs; PPL per unit on {t['ppl_tokens']} test "
-              "units, all in the held-out target voice.",
-              "", "Targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items())]
-    return "\n".join(lines) + "\n"
+def score_model(params, config, inputs: dict) -> dict:
+    """Raw scores: {"ssc": outcomes [n], ..., "ppl": (nll [n], tokens [n])} for the given inputs."""
+    from ..eval.harness import run_task
+    out = {}
+    for task, inp in inputs.items():
+        r = run_task(params, config, inp, scoring="mean")
+        if task == "ppl":
+            out[task] = (np.asarray(r["sequence_nll"]), np.asarray(r["sequence_tokens"], np.float64))
+        else:
+            out[task] = np.asarray([p["outcome"] for p in r["pairs"]])
+    return out
 
 
-def write_results(out_dir: Path, results: dict, settings) -> str:
-    checks = acceptance(results)
-    table = results_markdown(results, settings, checks)
-    (out_dir / "results.md").write_text(table)
-    doc = {m: {k: results[m][k] for k in ("ssc", "tsc", "words", "ppl")} for m in MODELS}
-    doc["details"] = results
-    doc["acceptance"] = checks
-    (out_dir / "results.json").write_text(json.dumps(doc, indent=1))
-    return table
+def ppl_of(nll: np.ndarray, tokens: np.ndarray) -> float:
+    return math.exp(nll.sum() / tokens.sum())
+
+
+def _resamples(n: int, draws: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(draws, n))
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [round(float(lo), 2), round(float(hi), 2)]
+
+
+def summarize(raw: dict, draws: int, seed: int = 0) -> dict:
+    """One model's row from raw scores: accuracies in %, perplexity, each with `<key>_ci`, and
+    `pairs`. The resamples depend only on (task, n, draws, seed), so they are the same for every
+    model scored on the same inputs."""
+    row, pairs = {}, {}
+    for k, (task, scores) in enumerate(sorted(raw.items())):
+        if task == "ppl":
+            nll, tok = scores
+            idx = _resamples(len(nll), draws, seed + k)
+            row["ppl"] = round(ppl_of(nll, tok), 3)
+            row["ppl_ci"] = _interval(np.exp(nll[idx].sum(1) / tok[idx].sum(1)))
+            row["ppl_tokens"] = int(tok.sum())
+            continue
+        key = RESULT_KEYS[task]
+        idx = _resamples(len(scores), draws, seed + k)
+        row[key] = round(100 * float(scores.mean()), 2)
+        row[f"{key}_ci"] = _interval(100 * scores[idx].mean(1))
+        pairs[task] = len(scores)
+    row["pairs"] = pairs
+    return row
+
+
+def difference(raw_a: dict, raw_b: dict, draws: int, seed: int = 0) -> dict:
+    """{task: {"diff", "ci"}}: accuracy of a minus b in points, with the paired-bootstrap interval
+    (the same resamples as `summarize`), and perplexity a minus b."""
+    out = {}
+    for k, task in enumerate(sorted(raw_a)):
+        if task == "ppl":
+            (na, ta), (nb, tb) = raw_a[task], raw_b[task]
+            idx = _resamples(len(na), draws, seed + k)
+            d = np.exp(na[idx].sum(1) / ta[idx].sum(1)) - np.exp(nb[idx].sum(1) / tb[idx].sum(1))
+            out["ppl"] = {"diff": round(ppl_of(na, ta) - ppl_of(nb, tb), 3), "ci": _interval(d)}
+            continue
+        a, b = raw_a[task], raw_b[task]
+        idx = _resamples(len(a), draws, seed + k)
+        out[RESULT_KEYS[task]] = {"diff": round(100 * float((a - b).mean()), 2),
+                                  "ci": _interval(100 * (a - b)[idx].mean(1))}
+    return out
+
+
+def save_raw(path: Path, raw: dict) -> None:
+    doc = {t: ([v[0].tolist(), v[1].tolist()] if t == "ppl" else v.tolist()) for t, v in raw.items()}
+    path.write_text(json.dumps(doc))
+
+
+def load_raw(path: Path) -> dict:
+    doc = json.loads(Path(path).read_text())
+    return {t: ((np.asarray(v[0]), np.asarray(v[1], np.float64)) if t == "ppl" else np.asarray(v))
+            for t, v in doc.items()}
 
 
 # ---------------------------------------------------------------- stage 6
 
-def export_and_compare(student_ckpt: Path, out_dir: Path, tokens_dir: Path, prompt_tokens: int,
-                       new_tokens: int, log=print) -> dict:
+def export_and_compare(student_ckpt: Path, out_dir: Path, corpus_dir: Path, layout_path: Path,
+                       prompt_tokens: int, new_tokens: int, log=print) -> dict:
     """Exports the student to HF, continues a test utterance greedily with JAX (KV-cached
     `decode.generate`) and with `transformers`, and asserts the continuations are equal."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import torch
     from transformers import LlamaForCausalLM
 
@@ -114,8 +129,8 @@ def export_and_compare(student_ckpt: Path, out_dir: Path, tokens_dir: Path, prom
     hf_dir = out_dir / "student_hf"
     export_hf(student_ckpt, hf_dir, overwrite=True)
     params, config, _ = load_model(student_ckpt)
-    layout = resolve_layout(str(tokens_dir / "layout.json"), config.vocab_size)
-    prompt = corpus_seqs(tokens_dir / "corpus" / "target", "test", layout, limit=1)[0].ids
+    layout = resolve_layout(str(layout_path), config.vocab_size)
+    prompt = corpus_seqs(corpus_dir, "test", layout, limit=1)[0].ids
     prompt = [int(i) for i in prompt[:prompt_tokens]]
 
     ids, mask = decode.left_pad([prompt])

@@ -1,155 +1,184 @@
 """`tinywave demo`: the TinyWave recipe end to end on a CPU, no downloads.
 
+The teacher is the shipped package `tinywave_jax/demo/teacher/` (or `--set teacher_dir=...`),
+made by `tinywave demo-teacher`: like SpiritLM, it was pretrained on far more than the
+distillation data (2,400 stories in seven voices against 320 in one) and comes with the units,
+tokenizer and layout it was trained with. Its files' hashes are checked before anything runs.
+
 Stages (each writes under WORKDIR and records itself in WORKDIR/stages/<stage>.json when done, so
 a rerun skips finished stages and resumes an interrupted training run from its checkpoint):
 
-  1 speech    espeak-ng stories in several voices, word timings by construction (demo/corpus.py)
-  2 tokens    `units fit` on the training audio, text tokenizer, token layout, two corpora
-  3 teacher   pretraining on the training voices, LoRA correction on the target voice
-  4 student   distilled third-depth student, and the same shape trained without distillation
-  5 bench     sSC / tSC / word test / perplexity for all three: results.md, results.json, PNGs
-  6 export    the student in Hugging Face format; its transformers greedy continuation of a
+  1 speech    the distillation corpus (target-voice audio of the first `distill_stories` training
+              stories), held-out validation / test stories and benchmark pairs (speech.py)
+  2 tokens    `tinywave import-hf` of the teacher; the corpora through the teacher's units
+  3 teacher   LoRA teacher correction on the distillation corpus
+  4 student   the distilled student and the from-scratch baseline, each trained at every
+              learning rate of `lr_sweep`; validation perplexity picks one per row
+  5 ablation  (only with --ablation) the rows between them: teacher-layer init + CE, + logit
+              KD, + hidden-state loss, each with the same sweep
+  6 bench     sSC / tSC / words / perplexity on the test stories with 95 % paired-bootstrap
+              intervals: results.md, results.json, loss curves and attention maps
+  7 export    the student in Hugging Face format; its transformers greedy continuation of a
               speech prompt must equal the JAX one
 """
 from __future__ import annotations
 
 import json
-import os
-import time
+import shutil
 from pathlib import Path
 from typing import Callable
 
-from .settings import DemoSettings, settings_dict
+from .settings import DemoSettings
+from .stages import StagedRun
+from .training import ABLATION_ROWS, MAIN_ROWS, ROWS
 
-STAGES = ("speech", "tokens", "teacher", "student", "bench", "export")
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process and its finished children (load-independent cost)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+STAGES = ("speech", "tokens", "teacher", "student", "ablation", "bench", "export")
 
 
-class Demo:
-    def __init__(self, workdir: str | Path, settings: DemoSettings, log: Callable = print):
-        self.dir = Path(workdir)
-        self.settings = settings
-        self.log = log
-        self.dir.mkdir(parents=True, exist_ok=True)
-        stamp = self.dir / "settings.json"
-        mine = settings_dict(settings)
-        if stamp.exists():
-            saved = json.loads(stamp.read_text())
-            if saved != mine:
-                diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-                raise ValueError(f"{self.dir} holds a demo run with other settings ({', '.join(diff)}); "
-                                 "use another --workdir (or delete this one)")
-        else:
-            stamp.write_text(json.dumps(mine, indent=1))
+class Demo(StagedRun):
+    STAGES = STAGES
+    OPTIONAL = ("ablation",)
+    NEEDS = {"speech": ["espeak-ng"], "bench": ["matplotlib"], "export": ["torch", "transformers"]}
 
-    # paths
-    @property
-    def speech_dir(self) -> Path:
-        return self.dir / "speech"
+    def __init__(self, workdir, settings: DemoSettings, log: Callable = print):
+        super().__init__(workdir, settings, log)
+        self.speech_dir, self.tokens_dir = self.dir / "speech", self.dir / "tokens"
+        self.runs_dir = self.dir / "runs"
 
     @property
-    def tokens_dir(self) -> Path:
-        return self.dir / "tokens"
+    def teacher_dir(self) -> Path:
+        from .teacher import PACKAGE_DIR
+        return Path(self.settings.teacher_dir) if self.settings.teacher_dir else PACKAGE_DIR
 
-    @property
-    def runs_dir(self) -> Path:
-        return self.dir / "runs"
+    def check(self, stages) -> None:
+        """The teacher package is intact and its world holds the splits this demo asks for."""
+        from .teacher import verify_teacher
+        if all(self.done(s) is not None for s in stages if s in ("speech", "tokens")):
+            return
+        from ..distill.layer_map import resolve_layer_map
+        prov = verify_teacher(self.teacher_dir)
+        world = prov["settings"]["world"]
+        s = self.settings
+        resolve_layer_map(s.layer_map, prov["settings"]["shape"]["num_hidden_layers"],
+                          s.student_layers, key="demo.layer_map")
+        for key, have in (("distill_stories", world["train"]), ("test_stories", world["test"]),
+                          ("valid_stories", world["validation"])):
+            if getattr(s, key) > have:
+                raise ValueError(f"{key}: {getattr(s, key)} asked, the teacher's world has "
+                                 f"{have} ({self.teacher_dir / 'provenance.json'})")
 
-    def record(self, stage: str) -> Path:
-        return self.dir / "stages" / f"{stage}.json"
+    def world(self, prov: dict) -> dict:
+        """The teacher's world (checked against its recorded hash), cut to this demo's sizes."""
+        from ..config import from_dict
+        from .world import WorldSplits, make_world, world_hash
+        world = make_world(from_dict(WorldSplits, prov["settings"]["world"], prefix="world"))
+        if world_hash(world) != prov["world_hash"]:
+            raise ValueError(f"{self.teacher_dir / 'provenance.json'}: its stories differ from "
+                             "the ones this version of tinywave_jax generates (world_hash)")
+        s = self.settings
+        return {"train": world["train"][:s.distill_stories],
+                "validation": world["validation"][:s.valid_stories],
+                "test": world["test"][:s.test_stories]}
 
-    def done(self, stage: str) -> dict | None:
-        path = self.record(stage)
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def preflight(self, stages) -> None:
-        """Fails before any work when something a pending stage needs is missing."""
-        import importlib.util
-        import shutil
-        pending = [s for s in stages if self.done(s) is None]
-        need = {"speech": ["espeak-ng"], "bench": ["matplotlib"], "export": ["torch", "transformers"]}
-        missing = []
-        for stage in pending:
-            for what in need.get(stage, []):
-                found = shutil.which(what) if what == "espeak-ng" else importlib.util.find_spec(what)
-                if not found:
-                    missing.append(f"{what} (stage {stage})")
-        if missing:
-            raise ValueError("tinywave demo needs " + ", ".join(missing) + ": run `make demo`, "
-                               "or `make espeak` and `pip install -e '.[test]'`")
-
-    def run(self, stages=STAGES) -> dict:
-        for k, stage in enumerate(STAGES):
-            if stage in stages:
-                missing = [s for s in STAGES[:k] if s not in stages and self.done(s) is None]
-                if missing:
-                    raise ValueError(f"stage {stage} needs stage(s) {missing} first "
-                                     f"(run them, or leave --stages out)")
-        self.preflight(stages)
-        t0 = time.time()
-        out = {}
-        for k, stage in enumerate(STAGES, 1):
-            if stage not in stages:
-                continue
-            rec = self.done(stage)
-            if rec is not None:
-                self.log(f"[{k}/{len(STAGES)}] {stage}: cached ({rec['seconds']:.0f} s when run)")
-            else:
-                self.log(f"[{k}/{len(STAGES)}] {stage} ...")
-                t, cpu = time.time(), _cpu_seconds()
-                info = getattr(self, f"stage_{stage}")()
-                rec = {"stage": stage, "seconds": round(time.time() - t, 1),
-                       "cpu_seconds": round(_cpu_seconds() - cpu, 1), **info}
-                self.record(stage).parent.mkdir(parents=True, exist_ok=True)
-                self.record(stage).write_text(json.dumps(rec, indent=1))
-                self.log(f"[{k}/{len(STAGES)}] {stage}: done in {rec['seconds']:.0f} s")
-            out[stage] = rec
-        out["wall_seconds"] = round(time.time() - t0, 1)
-        return out
+    def tokens(self) -> dict:
+        return {"layout": json.loads((self.tokens_dir / "layout.json").read_text()),
+                "tokenizer": self.tokens_dir / "teacher" / "tokenizer"}
 
     # ---------------------------------------------------------------- stages
     def stage_speech(self) -> dict:
-        from .corpus import build_speech
-        return build_speech(self.settings, self.speech_dir, self.log)
+        from . import speech
+        from .teacher import verify_teacher
+        from .world import WORD_PAIRS
+        world, out = self.world(verify_teacher(self.teacher_dir)), self.speech_dir
+        manifests = {"distill": speech.distill_rows(out, world["train"]),
+                     "heldout": speech.heldout_rows(out, world)}
+        for name, rows in manifests.items():
+            speech.write_manifest(out / f"{name}.jsonl", rows)
+        pairs = speech.write_bench(out, world["test"], "bench", WORD_PAIRS)
+        hours = speech.hours(manifests["distill"])
+        self.log(f"  {len(manifests['distill'])} distillation utterances ({hours:.2f} h), "
+                 f"benchmark pairs {pairs}")
+        return {"utterances": {k: len(v) for k, v in manifests.items()}, "pairs": pairs,
+                "distill_hours": hours}
 
     def stage_tokens(self) -> dict:
-        from .corpus import build_tokens
-        return build_tokens(self.settings, self.speech_dir, self.tokens_dir, self.log)
+        from ..convert.hf_import import import_hf
+        from . import tokens
+        teacher = self.teacher_dir
+        shutil.rmtree(self.tokens_dir, ignore_errors=True)
+        self.tokens_dir.mkdir(parents=True)
+        import_hf(teacher, self.tokens_dir / "teacher", dtype="float32")
+        shutil.copytree(teacher / "units", self.tokens_dir / "units")
+        shutil.copy2(teacher / "layout.json", self.tokens_dir / "layout.json")
+        layout = tokens.read_layout(self.tokens_dir / "layout.json")
+        summaries = tokens.build_corpora(
+            {n: self.speech_dir / f"{n}.jsonl" for n in ("distill", "heldout")},
+            self.tokens_dir / "units", self.tokens_dir / "corpus", layout["num_units"], self.log)
+        return {"teacher": str(teacher), "vocab_size": tokens.vocab_size(layout),
+                "corpora": tokens.corpus_counts(summaries)}
 
-    def _configs(self) -> dict:
-        from .training import run_configs
-        vocab = self.done("tokens")["vocab_size"]
-        return run_configs(self.settings, self.tokens_dir, self.runs_dir, vocab)
-
-    def _train(self, names) -> dict:
-        from .training import train_run
-        cfgs = self._configs()
-        return {name: str(train_run(name, cfgs[name], self.log)) for name in names}
+    def data(self) -> dict:
+        from .training import data_section
+        s = self.settings
+        return data_section(self.tokens_dir / "corpus" / "distill", self.tokens(), s.seq_len,
+                            s.batch_size, s.seed)
 
     def stage_teacher(self) -> dict:
-        return {"models": self._train(("teacher/pretrain", "teacher/correct"))}
+        from .training import correction_config, train_runs
+        cfg = correction_config(self.settings, self.tokens_dir / "teacher", self.data(),
+                                self.runs_dir / "teacher/correct")
+        return {"model": str(train_runs([("teacher/correct", cfg)], self.log)["teacher/correct"])}
+
+    def _sweep(self, rows) -> dict:
+        """Each row at every learning rate (all runs side by side, one CPU core each); validation
+        perplexity picks one learning rate per row (ties: the lower)."""
+        from ..checkpoint import load_model, load_model_config
+        from .evaluate import ppl_inputs, ppl_of, score_model
+        from .training import row_config, train_runs
+        s, teacher = self.settings, self.runs_dir / "teacher/correct/final"
+        t_config = load_model_config(teacher)
+        jobs = [(f"{row}/lr{lr:g}", row_config(row, lr, s, teacher, t_config, self.data(),
+                                               self.runs_dir / f"{row}/lr{lr:g}"))
+                for row in rows for lr in s.lr_sweep]
+        finals = train_runs(jobs, self.log)
+        valid = ppl_inputs(self.tokens_dir / "corpus" / "heldout", "validation",
+                           self.tokens_dir / "layout.json", t_config.vocab_size)
+        out = {}
+        for row in rows:
+            tried = {}
+            for lr in s.lr_sweep:
+                final = finals[f"{row}/lr{lr:g}"]
+                params, config, _ = load_model(final)
+                nll, tok = score_model(params, config, {"ppl": valid})["ppl"]
+                tried[f"{lr:g}"] = {"model": str(final), "valid_ppl": round(ppl_of(nll, tok), 4)}
+            best = min(tried, key=lambda k: (tried[k]["valid_ppl"], float(k)))
+            out[row] = {"description": ROWS[row][0], "chosen_lr": float(best),
+                        "model": tried[best]["model"], "sweep": tried}
+            self.log(f"  {row}: validation perplexity " + ", ".join(
+                f"lr {k} {v['valid_ppl']:.3f}" for k, v in tried.items()) + f"; chose lr {best}")
+        return out
 
     def stage_student(self) -> dict:
-        return {"models": self._train(("student/distill", "student/baseline"))}
+        return {"rows": self._sweep(MAIN_ROWS)}
 
-    def models(self) -> dict[str, Path]:
-        return {"teacher": self.runs_dir / "teacher/correct/final",
-                "student": self.runs_dir / "student/distill/final",
-                "baseline": self.runs_dir / "student/baseline/final"}
+    def stage_ablation(self) -> dict:
+        return {"rows": self._sweep(ABLATION_ROWS)}
+
+    def rows(self) -> dict:
+        """Every trained row so far (student, baseline and, after --ablation, the others)."""
+        out = {}
+        for stage in ("student", "ablation"):
+            rec = self.done(stage)
+            if rec is not None:
+                out.update(rec["rows"])
+        return out
 
     def stage_bench(self) -> dict:
-        from .evaluate import evaluate_models, write_results
-        results = evaluate_models(self.models(), self.speech_dir / "bench", self.tokens_dir,
-                                  self.log)
-        table = write_results(self.dir, results, self.settings)
-        self.log("\n" + table)
+        from .results import write_results
+        results = write_results(self, self.log)
         plots = self._plots()
-        return {"results": str(self.dir / "results.json"), "plots": plots}
+        return {"results": str(self.dir / "results.json"), "rows": sorted(results["rows"]),
+                "plots": plots}
 
     def _plots(self) -> list[str]:
         from ..checkpoint import load_model
@@ -157,29 +186,42 @@ class Demo:
         from ..eval.perplexity import corpus_seqs
         from ..eval.sequences import resolve_layout
         from .plots import plot_attention, plot_losses
-        runs = {name: self.runs_dir / name for name in
-                ("teacher/pretrain", "teacher/correct", "student/distill", "student/baseline")}
+        rows = self.rows()
+        runs = {"teacher/correct": self.runs_dir / "teacher/correct"}
+        runs.update({f"{r}/lr{rows[r]['chosen_lr']:g}": Path(rows[r]["model"]).parent
+                     for r in MAIN_ROWS})
         losses = plot_losses(runs, self.dir / "loss_curves.png")
-        models = self.models()
-        teacher = load_model(models["teacher"])[:2]
-        student = load_model(models["student"])[:2]
-        lm = resolve_layer_map("uniform", teacher[1].num_hidden_layers, student[1].num_hidden_layers)
+        teacher = load_model(self.runs_dir / "teacher/correct/final")[:2]
+        student = load_model(rows["student"]["model"])[:2]
+        lm = resolve_layer_map(self.settings.layer_map, teacher[1].num_hidden_layers,
+                               student[1].num_hidden_layers, key="demo.layer_map")
         layout = resolve_layout(str(self.tokens_dir / "layout.json"), teacher[1].vocab_size)
-        ids = corpus_seqs(self.tokens_dir / "corpus" / "target", "test", layout, limit=1)[0].ids[:96]
+        ids = corpus_seqs(self.tokens_dir / "corpus" / "heldout", "test", layout,
+                          limit=1)[0].ids[:96]
         attn = plot_attention(teacher, student, ids,
                               list(enumerate(lm.teacher_for_student)), self.dir / "attention.png",
-                              "one test utterance (target voice): teacher vs distilled student")
+                              "one test story (target voice): teacher vs distilled student")
         return [str(losses), str(attn)]
 
     def stage_export(self) -> dict:
         from .evaluate import export_and_compare
         s = self.settings
-        return export_and_compare(self.models()["student"], self.dir, self.tokens_dir,
-                                  s.prompt_tokens, s.generate_tokens, self.log)
+        return export_and_compare(Path(self.rows()["student"]["model"]), self.dir,
+                                  self.tokens_dir / "corpus" / "heldout",
+                                  self.tokens_dir / "layout.json", s.prompt_tokens,
+                                  s.generate_tokens, self.log)
+
+    def run(self, stages=None, ablation: bool = False) -> dict:
+        stages = [s for s in (STAGES if stages is None else stages)
+                  if s != "ablation" or ablation]
+        bench = self.done("bench")
+        if ablation and bench is not None and not set(ABLATION_ROWS) <= set(bench["rows"]):
+            self.record("bench").unlink()      # the table must gain the ablation rows
+        return super().run(stages)
 
 
 def run_demo(workdir: str | Path, quick: bool = False, overrides=(), stages=STAGES,
-             log: Callable = print) -> dict:
+             ablation: bool = False, log: Callable = print) -> dict:
     from .settings import demo_settings
     demo = Demo(workdir, demo_settings(quick, list(overrides)), log)
-    return demo.run(stages)
+    return demo.run(stages, ablation=ablation)

@@ -1,4 +1,5 @@
-"""`DemoSettings`: every size and step count of the demo, with the full and `--quick` presets.
+"""Every size and step count of the demo (`DemoSettings`) and of its teacher's pretraining
+(`TeacherSettings`), with their full and `--quick` presets.
 
 Overrides come as `key=value` strings (`tinywave demo --set distill_steps=300`), checked like every
 other config (an unknown key or a wrong type is a ConfigError naming it).
@@ -6,88 +7,104 @@ other config (an unknown key or a wrong type is a ConfigError naming it).
 from __future__ import annotations
 
 import dataclasses
+from typing import Union
 
 from ..config import ConfigError, apply_overrides, from_dict, to_dict
+from .world import WorldSplits
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
-    """The teacher's shape; the student keeps its width (TinyWave) at `student_layers` depth."""
+    """The teacher's shape; the student keeps its width (TinyWave) at a third of its depth."""
     num_hidden_layers: int = 6
     hidden_size: int = 128
     intermediate_size: int = 384
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSettings:
+    """`tinywave demo-teacher`: the world, its pretraining audio and the teacher's training."""
+    world: WorldSplits = dataclasses.field(default_factory=WorldSplits)
+    units: int = 64                       # MFCC k-means units
+    units_fit_hours: float = 1.0          # pretraining audio the k-means is fitted on (at most)
+    shape: ModelShape = dataclasses.field(default_factory=ModelShape)
+    seq_len: int = 256                    # >= a whole story (~200 units)
+    batch_size: int = 16
+    steps: int = 1000                     # ~22 min on 2 cores
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    seed: int = 0
+
+    def validate(self):
+        for f in ("units", "seq_len", "batch_size", "steps"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"{f}: must be >= 1")
+        if self.units_fit_hours <= 0 or self.learning_rate <= 0:
+            raise ConfigError("units_fit_hours and learning_rate: must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-    # corpus: stories are split by story (test, validation, the rest for training)
-    max_stories: int = 0                  # hand-written stories used (0: all 30)
-    generated_stories: int = 240          # template stories added (see demo/stories.py)
-    test_stories: int = 48                # each gives one sSC and one tSC pair
-    valid_stories: int = 8
-    train_voices: int = 6                 # pretraining voices; the target voice is held out
-    voices_per_story: int = 1             # pretraining voices speaking each story (0: all)
-    # tokens
-    units: int = 64                       # MFCC k-means units
-    units_fit_hours: float = 0.5          # training audio the unit k-means is fitted on (at most)
-    pitch_bins: int = 16
-    style_classes: int = 8
-    expressive: bool = False              # train and score style/pitch/unit merged streams
-    interleaved_weight: float = 0.2       # share of interleaved (speech/text) sequences
-    # models and training
-    teacher: ModelShape = dataclasses.field(default_factory=ModelShape)
+    """`tinywave demo`: the distillation data, the runs and their learning-rate sweep."""
+    teacher_dir: str = ""                 # "" = the shipped teacher (tinywave_jax/demo/teacher)
+    distill_stories: int = 320            # training stories in the distillation corpus (target voice)
+    test_stories: int = 128               # each gives one sSC and one tSC pair
+    valid_stories: int = 64               # validation perplexity picks each learning rate
     student_layers: int = 2
-    seq_len: int = 512                    # >= a whole story (~300-400 units): no unseen positions
-    batch_size: int = 4
-    pretrain_steps: int = 200
-    pretrain_lr: float = 3e-3
+    layer_map: Union[str, tuple[int, ...]] = (0, 5)   # teacher layer per student layer (chosen
+    #                                   on validation perplexity: (0, 5) beat uniform's (2, 5))
+    seq_len: int = 256
+    batch_size: int = 8
     lora_steps: int = 40
     lora_rank: int = 8
-    lora_lr: float = 2e-3
-    distill_steps: int = 200              # also the baseline's steps (same batches)
-    distill_lr: float = 2e-3
+    lora_lr: float = 1e-3
+    distill_steps: int = 300              # every student row's steps (same batches for all)
+    lr_sweep: tuple[float, ...] = (2e-3, 4e-3, 8e-3)   # tried by every row, chosen on validation
     temperature: float = 2.0
+    bootstrap: int = 2000                 # paired-bootstrap resamples for the 95 % intervals
     seed: int = 0
-    # export check
-    prompt_tokens: int = 40
+    prompt_tokens: int = 40               # export check
     generate_tokens: int = 24
 
     def validate(self):
-        if self.test_stories < 2 or self.valid_stories < 1:
-            raise ConfigError("test_stories must be >= 2 (topic cloze pairs stories) and "
-                              "valid_stories >= 1")
-        if self.generated_stories < 0 or self.voices_per_story < 0:
-            raise ConfigError("generated_stories and voices_per_story: must be >= 0")
-        if self.units_fit_hours <= 0:
-            raise ConfigError("units_fit_hours: must be > 0")
-        if self.train_voices < 1:
-            raise ConfigError("train_voices: must be >= 1")
-        if not 1 <= self.student_layers < self.teacher.num_hidden_layers:
-            raise ConfigError(f"student_layers: must be in [1, {self.teacher.num_hidden_layers})")
-        if not 0 <= self.interleaved_weight < 1:
-            raise ConfigError("interleaved_weight: must be in [0, 1)")
-        for f in ("pretrain_steps", "lora_steps", "distill_steps", "prompt_tokens",
-                  "generate_tokens", "seq_len", "batch_size", "units"):
+        if self.test_stories < 2 or self.valid_stories < 1 or self.distill_stories < 1:
+            raise ConfigError("test_stories must be >= 2 (topic cloze pairs stories), "
+                              "valid_stories and distill_stories >= 1")
+        if self.student_layers < 1:
+            raise ConfigError("student_layers: must be >= 1")
+        from ..distill.layer_map import check_layer_map_spec
+        check_layer_map_spec(self.layer_map, "demo.layer_map")
+        if not self.lr_sweep or any(not lr > 0 for lr in self.lr_sweep):
+            raise ConfigError("lr_sweep: give at least one learning rate, each > 0")
+        if len(set(self.lr_sweep)) != len(self.lr_sweep):
+            raise ConfigError("lr_sweep: learning rates repeat")
+        for f in ("lora_steps", "distill_steps", "prompt_tokens", "generate_tokens", "seq_len",
+                  "batch_size", "bootstrap"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f}: must be >= 1")
 
 
-# --quick: the same pipeline at toy sizes, for tests (< 3 min on 2 CPU cores).
-QUICK = {"max_stories": 8, "generated_stories": 8, "test_stories": 4, "valid_stories": 2,
-         "train_voices": 2, "units": 32, "pitch_bins": 8, "style_classes": 4,
-         "teacher": {"num_hidden_layers": 3, "hidden_size": 64, "intermediate_size": 128,
-                     "num_attention_heads": 4, "num_key_value_heads": 4},
-         "student_layers": 1, "seq_len": 128, "batch_size": 4, "pretrain_steps": 30,
-         "lora_steps": 6, "distill_steps": 20, "prompt_tokens": 16, "generate_tokens": 8}
+# --quick: the same pipelines at toy sizes, for tests (< 3 min each on 2 CPU cores).
+QUICK_DEMO = {"distill_stories": 16, "test_stories": 6, "valid_stories": 4, "lora_steps": 4,
+              "distill_steps": 8, "lr_sweep": [2e-3], "bootstrap": 200, "prompt_tokens": 16,
+              "generate_tokens": 8}
+QUICK_TEACHER = {"world": {"test": 6, "validation": 4, "train": 24}, "units": 16, "units_fit_hours": 0.05,
+                 "shape": {"num_hidden_layers": 3, "hidden_size": 32, "intermediate_size": 64,
+                           "num_attention_heads": 2, "num_key_value_heads": 2},
+                 "seq_len": 128, "batch_size": 4, "steps": 10, "warmup_steps": 2}
 
 
 def demo_settings(quick: bool = False, overrides: list[str] = ()) -> DemoSettings:
-    data = dict(QUICK) if quick else {}
-    data = apply_overrides(data, list(overrides))
+    data = apply_overrides(dict(QUICK_DEMO) if quick else {}, list(overrides))
     return from_dict(DemoSettings, data, prefix="demo")
 
 
-def settings_dict(s: DemoSettings) -> dict:
+def teacher_settings(quick: bool = False, overrides: list[str] = ()) -> TeacherSettings:
+    data = apply_overrides(dict(QUICK_TEACHER) if quick else {}, list(overrides))
+    return from_dict(TeacherSettings, data, prefix="demo-teacher")
+
+
+def settings_dict(s) -> dict:
     return to_dict(s)

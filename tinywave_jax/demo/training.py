@@ -1,95 +1,199 @@
-"""Demo stages 3 and 4 as `tinywave train` / `tinywave distill` run configs.
+"""The demo's training runs as `tinywave train` / `tinywave distill` run configs.
 
-  teacher/pretrain   a random Llama pretrained on the training voices (cross-entropy)
-  teacher/correct    LoRA teacher correction on the held-out target voice (merged at the end)
-  student/distill    a third of the teacher's layers, cut from it, distilled on the target voice
-                     with all four terms (CE, logit KL, hidden cosine, attention KL)
-  student/baseline   the same shape from random init, cross-entropy only, same steps and batches
+  teacher pretraining  (`tinywave demo-teacher`) a random Llama on the pretraining corpus, CE
+  teacher/correct      LoRA teacher correction on the distillation corpus (merged at the end)
+  <row>/lr<lr>         one student row at one learning rate of the sweep, on the distillation
+                       corpus, the same steps and batches for every row:
+                         baseline  random init, cross-entropy only
+                         init_ce   cut from the teacher's layers, cross-entropy only
+                         logit     + logit KD
+                         hidden    + hidden-state alignment
+                         student   + attention-map alignment: the full TinyWave recipe
 Each run's model is RUN_DIR/final (a tinywave model checkpoint); a run interrupted before that
-resumes from its latest checkpoint on the next `tinywave demo`.
+resumes from its latest checkpoint on the next call.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-RUNS = ("teacher/pretrain", "teacher/correct", "student/distill", "student/baseline")
+# row -> (what it is, loss weights; None: a random model trained with cross-entropy alone)
+ROWS = {
+    "baseline": ("random init, CE only", None),
+    "init_ce": ("teacher-layer init, CE only", {"ce": 1.0, "logit_kl": 0.0, "hidden": 0.0,
+                                                  "attention": 0.0}),
+    "logit": ("+ logit KD", {"ce": 1.0, "logit_kl": 1.0, "hidden": 0.0, "attention": 0.0}),
+    "hidden": ("+ hidden-state loss", {"ce": 1.0, "logit_kl": 1.0, "hidden": 1.0,
+                                       "attention": 0.0}),
+    "student": ("+ attention-map loss (full recipe)", {"ce": 1.0, "logit_kl": 1.0, "hidden": 1.0,
+                                                       "attention": 1.0}),
+}
+MAIN_ROWS = ("student", "baseline")
+ABLATION_ROWS = ("init_ce", "logit", "hidden")
 
 
-def _data(settings, tokens_dir: Path, corpus: str) -> dict:
-    import json
-    layout = json.loads((tokens_dir / "layout.json").read_text())
-    speech = "expressive" if settings.expressive else "speech"
-    mixture = {speech: 1.0 - settings.interleaved_weight}
-    if settings.interleaved_weight > 0:
-        mixture["interleaved"] = settings.interleaved_weight
-    return {"source": "corpus", "seq_len": settings.seq_len, "batch_size": settings.batch_size,
-            "seed": settings.seed,
-            "corpus": {"corpus_dir": str(tokens_dir / "corpus" / corpus), "split": "train",
-                       "mixture": mixture, "layout": layout,
-                       "tokenizer": str(tokens_dir / "tokenizer"),
-                       "interleaved_speech": "expressive" if settings.expressive else "hubert",
+def data_section(corpus_dir: Path, tokens: dict, seq_len: int, batch_size: int, seed: int) -> dict:
+    """A speech-only corpus data section; `tokens`: {"layout": dict, "tokenizer": folder}."""
+    return {"source": "corpus", "seq_len": seq_len, "batch_size": batch_size, "seed": seed,
+            "corpus": {"corpus_dir": str(corpus_dir), "split": "train", "mixture": {"speech": 1.0},
+                       "layout": tokens["layout"], "tokenizer": str(tokens["tokenizer"]),
                        "read_threads": 2}}
 
 
-def _loop(steps: int) -> dict:
+def loop_section(steps: int, checkpoint_every: int | None = None) -> dict:
     return {"steps": steps, "log_every": max(1, min(10, steps // 10)),
-            "checkpoint_every": max(1, steps // 2), "checkpoint_keep": 1,
+            "checkpoint_every": checkpoint_every or max(1, steps // 2), "checkpoint_keep": 1,
             "async_checkpoint": False, "tensorboard": True}
 
 
-def _optimizer(lr: float, steps: int) -> dict:
-    return {"learning_rate": lr, "warmup_steps": max(1, steps // 10), "min_lr_ratio": 0.1,
-            "weight_decay": 0.0, "clip_norm": 1.0}
+def optimizer_section(lr: float, steps: int, warmup: int | None = None) -> dict:
+    return {"learning_rate": lr, "warmup_steps": max(1, steps // 10) if warmup is None else warmup,
+            "min_lr_ratio": 0.1, "weight_decay": 0.0, "clip_norm": 1.0}
 
 
-def teacher_shape(settings, vocab_size: int) -> dict:
-    t = settings.teacher
-    return {"vocab_size": vocab_size, "hidden_size": t.hidden_size,
-            "intermediate_size": t.intermediate_size, "num_hidden_layers": t.num_hidden_layers,
-            "num_attention_heads": t.num_attention_heads,
-            "num_key_value_heads": t.num_key_value_heads, "max_position_embeddings": 2048,
+def model_shape(shape, vocab_size: int) -> dict:
+    return {"vocab_size": vocab_size, "hidden_size": shape.hidden_size,
+            "intermediate_size": shape.intermediate_size,
+            "num_hidden_layers": shape.num_hidden_layers,
+            "num_attention_heads": shape.num_attention_heads,
+            "num_key_value_heads": shape.num_key_value_heads, "max_position_embeddings": 2048,
             "bos_token_id": 1, "eos_token_id": 2}
 
 
-def run_configs(settings, tokens_dir: Path, runs_dir: Path, vocab_size: int) -> dict[str, dict]:
-    """Run name -> config dict (TrainConfig or DistillConfig fields), in run order."""
-    shape = teacher_shape(settings, vocab_size)
-    student_shape = {**shape, "num_hidden_layers": settings.student_layers}
-    target = _data(settings, tokens_dir, "target")
-    return {
-        "teacher/pretrain": {
-            "run_dir": str(runs_dir / "teacher/pretrain"),
-            "model": {"shape": shape, "seed": settings.seed},
-            "optimizer": _optimizer(settings.pretrain_lr, settings.pretrain_steps),
-            "train": _loop(settings.pretrain_steps),
-            "data": _data(settings, tokens_dir, "pretrain")},
-        "teacher/correct": {
-            "run_dir": str(runs_dir / "teacher/correct"),
-            "model": {"path": str(runs_dir / "teacher/pretrain/final")},
-            "lora": {"enabled": True, "rank": settings.lora_rank, "alpha": 2.0 * settings.lora_rank},
-            "optimizer": _optimizer(settings.lora_lr, settings.lora_steps),
-            "train": _loop(settings.lora_steps), "data": target},
-        "student/distill": {
-            "run_dir": str(runs_dir / "student/distill"),
-            "teacher": {"path": str(runs_dir / "teacher/correct/final"), "dtype": "float32"},
-            "student": {"num_layers": settings.student_layers},
-            "distill": {"weights": {"ce": 1.0, "logit_kl": 1.0, "hidden": 1.0, "attention": 1.0},
-                        "temperature": settings.temperature, "layer_map": "uniform",
-                        "init_layers": "mapped", "attention_block_size": 64,
-                        "logit_chunk_size": 128},
-            "optimizer": _optimizer(settings.distill_lr, settings.distill_steps),
-            "train": _loop(settings.distill_steps), "data": target},
-        "student/baseline": {
-            "run_dir": str(runs_dir / "student/baseline"),
-            "model": {"shape": student_shape, "seed": settings.seed + 1},
-            "optimizer": _optimizer(settings.distill_lr, settings.distill_steps),
-            "train": _loop(settings.distill_steps), "data": target,
-            "logit_chunk_size": 128},
-    }
+def pretrain_config(s, data: dict, run_dir: Path, vocab_size: int) -> dict:
+    """The teacher's pretraining (TeacherSettings `s`)."""
+    return {"run_dir": str(run_dir), "model": {"shape": model_shape(s.shape, vocab_size),
+                                               "seed": s.seed},
+            "optimizer": optimizer_section(s.learning_rate, s.steps, s.warmup_steps),
+            "train": loop_section(s.steps, checkpoint_every=max(1, min(250, s.steps))),
+            "data": data, "logit_chunk_size": 128}
+
+
+def correction_config(s, teacher_ckpt: Path, data: dict, run_dir: Path) -> dict:
+    """LoRA teacher correction (DemoSettings `s`)."""
+    return {"run_dir": str(run_dir), "model": {"path": str(teacher_ckpt)},
+            "lora": {"enabled": True, "rank": s.lora_rank, "alpha": 2.0 * s.lora_rank},
+            "optimizer": optimizer_section(s.lora_lr, s.lora_steps),
+            "train": loop_section(s.lora_steps), "data": data, "logit_chunk_size": 128}
+
+
+def row_config(row: str, lr: float, s, teacher_ckpt: Path, teacher_config, data: dict,
+               run_dir: Path) -> dict:
+    """One student row at learning rate `lr` (DemoSettings `s`); `teacher_config`: the corrected
+    teacher's LlamaConfig (the baseline takes its width and vocabulary)."""
+    weights = None if ROWS[row][1] is None else dict(ROWS[row][1])
+    layer_map = s.layer_map if isinstance(s.layer_map, str) else list(s.layer_map)
+    common = {"run_dir": str(run_dir), "optimizer": optimizer_section(lr, s.distill_steps),
+              "train": loop_section(s.distill_steps), "data": data}
+    if weights is None:
+        t = teacher_config
+        shape = {"vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
+                 "intermediate_size": t.intermediate_size, "num_hidden_layers": s.student_layers,
+                 "num_attention_heads": t.num_attention_heads,
+                 "num_key_value_heads": t.num_key_value_heads,
+                 "max_position_embeddings": t.max_position_embeddings,
+                 "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id}
+        return {**common, "model": {"shape": shape, "seed": s.seed + 1}, "logit_chunk_size": None}
+    return {**common, "teacher": {"path": str(teacher_ckpt), "dtype": "float32"},
+            "student": {"num_layers": s.student_layers},
+            "distill": {"weights": weights, "temperature": s.temperature,
+                        "layer_map": layer_map, "init_layers": "mapped",
+                        # whole-sequence logits and 128-query attention blocks: ~30 % faster
+                        # than chunking at these sizes, and the demo's memory is small
+                        "attention_block_size": 128, "logit_chunk_size": None}}
+
+
+def _cores() -> list[int]:
+    """The CPU cores runs are pinned to (with `taskset`); none where it is missing."""
+    import os
+    import shutil
+    if not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None:
+        return []
+    return sorted(os.sched_getaffinity(0))
+
+
+def train_runs(jobs: list[tuple[str, dict]], log=print, max_parallel: int | None = None
+               ) -> dict[str, Path]:
+    """Runs `jobs` ([(name, config dict)], each finished run skipped, an interrupted one resumed)
+    as `tinywave train|distill` subprocesses, each pinned to one CPU core, as many at once as
+    there are cores: a run's numerics then do not depend on how many run beside it, and two
+    single-core runs on 2 cores train ~1.5x faster than one run on both. Returns name -> final/.
+    Each run's console output is in RUN_DIR/train.log; progress is echoed every 30 s."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from ..config import from_dict
+    from ..train.config import DistillConfig, TrainConfig
+    from ..train.metrics import read_metrics
+    out, todo = {}, []
+    env = dict(os.environ)     # one CPU device per run, whatever this process simulates
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if not f.startswith("--xla_force_host_platform_device_count"))
+    for name, cfg in jobs:
+        from_dict(DistillConfig if "teacher" in cfg else TrainConfig, cfg, prefix=name)  # fail now
+        final = Path(cfg["run_dir"]) / "final"
+        if (final / "tinywave.json").is_file():
+            log(f"  {name}: done already ({final})")
+            out[name] = final
+        else:
+            todo.append((name, cfg))
+    cores = _cores()
+    slots = cores or [None]
+    slots = slots[:max_parallel] if max_parallel else slots
+    running: dict[int | None, tuple] = {}
+    last_echo = time.time()
+    while todo or running:
+        for core in [c for c in slots if c not in running]:
+            if not todo:
+                break
+            name, cfg = todo.pop(0)
+            run_dir = Path(cfg["run_dir"])
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            kind = "distill" if "teacher" in cfg else "train"
+            resume = any((run_dir / "checkpoints").glob("[0-9]*"))
+            cmd = [sys.executable, "-m", "tinywave_jax.cli", kind, str(run_dir / "run.yaml")]
+            cmd += ["--resume"] * resume
+            if core is not None:
+                cmd = ["taskset", "-c", str(core)] + cmd
+            logf = open(run_dir / "train.log", "a")
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            running[core] = (name, cfg, proc, logf, time.time())
+            log(f"  {name}: {'resuming' if resume else 'training'} for {cfg['train']['steps']} "
+                f"steps" + (f" on core {core}" if core is not None else ""))
+        time.sleep(0.5)
+        for core, (name, cfg, proc, logf, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            logf.close()
+            del running[core]
+            final = Path(cfg["run_dir"]) / "final"
+            if proc.returncode != 0 or not (final / "tinywave.json").is_file():
+                for _, _, other, _, _ in running.values():
+                    other.terminate()
+                tail = (Path(cfg["run_dir"]) / "train.log").read_text()[-3000:]
+                raise RuntimeError(f"{name}: training failed (exit {proc.returncode}); rerun to "
+                                   f"resume. End of {cfg['run_dir']}/train.log:\n{tail}")
+            rows = read_metrics(cfg["run_dir"])
+            log(f"  {name}: done in {time.time() - t0:.0f} s, final loss {rows[-1]['loss']:.4f}")
+            out[name] = final
+        if running and time.time() - last_echo > 30:
+            last_echo = time.time()
+            for name, cfg, *_ in running.values():
+                path = Path(cfg["run_dir"]) / "metrics.jsonl"
+                if path.exists() and path.read_text().strip():
+                    r = read_metrics(cfg["run_dir"])[-1]
+                    log(f"  {name}: step {r['step']}/{cfg['train']['steps']} loss {r['loss']:.4f} "
+                        f"tok/s {r['tokens_per_s'] / 1e3:.1f}k")
+    return out
 
 
 def train_run(name: str, cfg_dict: dict, log=print) -> Path:
-    """Runs (or resumes, or skips when finished) one run; returns its final model folder."""
+    """Runs (or resumes, or skips when finished) one run in this process; returns its final
+    model folder."""
     from ..config import from_dict
     from ..train.config import DistillConfig, TrainConfig
     from ..train.loop import checkpoint_manager, run
@@ -99,7 +203,7 @@ def train_run(name: str, cfg_dict: dict, log=print) -> Path:
     if (final / "tinywave.json").is_file():
         log(f"  {name}: done already ({final})")
         return final
-    cls = DistillConfig if name == "student/distill" else TrainConfig
+    cls = DistillConfig if "teacher" in cfg_dict else TrainConfig
     cfg = from_dict(cls, cfg_dict, prefix=name)
     resume = False
     if (run_dir / "checkpoints").is_dir():
@@ -109,6 +213,5 @@ def train_run(name: str, cfg_dict: dict, log=print) -> Path:
     log(f"  {name}: {'resuming' if resume else 'training'} for {cfg.train.steps} steps")
     out = run(cfg, resume=resume, echo=True)
     if out["final_dir"] is None:
-        raise RuntimeError(f"{name}: stopped at step {out['step']} before the end; rerun the demo "
-                           "to resume")
+        raise RuntimeError(f"{name}: stopped at step {out['step']} before the end; rerun to resume")
     return Path(out["final_dir"])

@@ -1,0 +1,114 @@
+"""The demo's results: every model scored on the test stories, `results.md` and `results.json`.
+
+results.json: per model (`teacher`, `student`, `baseline`, and the ablation rows when trained)
+`ssc`, `tsc`, `words` (accuracy in %), `ppl`, each with `<metric>_ci` ([lo, hi], 95 % paired
+bootstrap), `pairs` ({task: n}), `params`, `layers`, `lr` and `lr_sweep` (validation perplexity
+per learning rate tried); top level `student_minus_baseline` ({metric: {diff, ci}}), `targets`
+(the issue's targets, checked, never tuned for) and `settings`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .training import ROWS
+
+ORDER = ("teacher", "baseline", "init_ce", "logit", "hidden", "student")
+METRICS = ("ssc", "tsc", "words", "ppl")
+
+
+def score_all(demo, log=print) -> tuple[dict, dict]:
+    """(rows, raw scores) for the corrected teacher and every trained row, on the test inputs."""
+    from ..checkpoint import load_model
+    from .evaluate import bench_inputs, ppl_inputs, save_raw, score_model, summarize
+    s = demo.settings
+    models = {"teacher": {"model": str(demo.runs_dir / "teacher/correct/final")}}
+    models.update(demo.rows())
+    layout = demo.tokens_dir / "layout.json"
+    inputs, rows, raw = None, {}, {}
+    for name in (m for m in ORDER if m in models):
+        params, config, _ = load_model(models[name]["model"])
+        if inputs is None:
+            inputs = bench_inputs(demo.speech_dir / "bench", demo.tokens_dir / "units", layout,
+                                  config.vocab_size, ("ssc", "tsc", "swuggy"), log)
+            inputs["ppl"] = ppl_inputs(demo.tokens_dir / "corpus" / "heldout", "test", layout,
+                                       config.vocab_size)
+        raw[name] = score_model(params, config, inputs)
+        (demo.dir / "scores").mkdir(exist_ok=True)
+        save_raw(demo.dir / "scores" / f"{name}.json", raw[name])
+        row = summarize(raw[name], s.bootstrap, s.seed)
+        row.update(layers=config.num_hidden_layers, params=config.num_params())
+        if name != "teacher":
+            row.update(lr=models[name]["chosen_lr"],
+                       lr_sweep={lr: v["valid_ppl"] for lr, v in models[name]["sweep"].items()})
+        rows[name] = row
+        log(f"  {name}: " + "  ".join(f"{k} {row[k]:.1f}" for k in METRICS))
+    return rows, raw
+
+
+def targets(rows: dict, diff: dict) -> dict:
+    t, s, b = rows["teacher"], rows["student"], rows["baseline"]
+    return {
+        "teacher_ssc_ge_75": t["ssc"] >= 75, "teacher_tsc_ge_75": t["tsc"] >= 75,
+        "ssc_student_ge_90pct_teacher": s["ssc"] >= 0.9 * t["ssc"],
+        "tsc_student_ge_90pct_teacher": s["tsc"] >= 0.9 * t["tsc"],
+        "ssc_student_above_baseline": s["ssc"] > b["ssc"],
+        "tsc_student_above_baseline": s["tsc"] > b["tsc"],
+        "student_minus_baseline_interval_above_0": any(diff[k]["ci"][0] > 0 for k in ("ssc", "tsc")),
+        "ppl_student_below_baseline": s["ppl"] < b["ppl"],
+    }
+
+
+def _label(name: str, row: dict) -> str:
+    layers = f"{row['layers']} layer{'s' if row['layers'] > 1 else ''}"
+    if name == "teacher":
+        return f"Teacher ({layers}, pretrained, LoRA-corrected)"
+    if name == "student":
+        return f"**Distilled student** ({layers}, full recipe)"
+    if name == "baseline":
+        return f"Baseline ({layers}, random init, CE only)"
+    return f"{ROWS[name][0]} ({layers})"
+
+
+def _cell(row: dict, k: str, digits: int = 1) -> str:
+    lo, hi = row[f"{k}_ci"]
+    return f"{row[k]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def markdown(rows: dict, diff: dict, checks: dict) -> str:
+    lines = ["| model | params | lr | sSC | tSC | words | PPL |", "|---|---|---|---|---|---|---|"]
+    for name in (m for m in ORDER if m in rows):
+        r = rows[name]
+        lr = f"{r['lr']:g}" if "lr" in r else "-"
+        lines.append(f"| {_label(name, r)} | {r['params'] / 1e6:.2f}M | {lr} | {_cell(r, 'ssc')} | "
+                     f"{_cell(r, 'tsc')} | {_cell(r, 'words')} | {_cell(r, 'ppl', 2)} |")
+    t, s = rows["teacher"], rows["student"]
+    lines.append(f"| student / teacher | {s['params'] / t['params']:.2f}x | | "
+                 f"{100 * s['ssc'] / max(t['ssc'], 1e-9):.0f}% | "
+                 f"{100 * s['tsc'] / max(t['tsc'], 1e-9):.0f}% | "
+                 f"{100 * s['words'] / max(t['words'], 1e-9):.0f}% | |")
+    d = {k: f"{v['diff']:+.{2 if k == 'ppl' else 1}f} [{v['ci'][0]:+.{2 if k == 'ppl' else 1}f}, "
+            f"{v['ci'][1]:+.{2 if k == 'ppl' else 1}f}]" for k, v in diff.items()}
+    lines.append(f"| student - baseline | | | {d['ssc']} | {d['tsc']} | {d['words']} | {d['ppl']} |")
+    n = t["pairs"]
+    lines += ["", f"Accuracy in % (pairwise, mean log-likelihood per unit) with 95 % paired-bootstrap "
+              f"intervals; sSC {n['ssc']}, tSC {n['tsc']}, words {n['swuggy']} pairs; PPL per unit "
+              f"on {t['ppl_tokens']} units of the test stories, all in the target voice. Each row's "
+              "learning rate was chosen on validation perplexity from the same sweep.",
+              "", "Targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(demo, log=print) -> dict:
+    from ..config import to_dict
+    from .evaluate import difference
+    rows, raw = score_all(demo, log)
+    diff = difference(raw["student"], raw["baseline"], demo.settings.bootstrap, demo.settings.seed)
+    checks = targets(rows, diff)
+    table = markdown(rows, diff, checks)
+    (demo.dir / "results.md").write_text(table)
+    log("\n" + table)
+    doc = {**rows, "student_minus_baseline": diff, "targets": checks,
+           "settings": to_dict(demo.settings), "rows": {k: ROWS[k][0] for k in rows if k in ROWS}}
+    Path(demo.dir / "results.json").write_text(json.dumps(doc, indent=1))
+    return {"rows": list(rows)}
