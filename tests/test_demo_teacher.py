@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tinywave_jax.demo.settings import DemoSettings
 from tinywave_jax.demo.teacher import PACKAGE_DIR, TeacherError, verify_teacher
 
 pytestmark = pytest.mark.slow
@@ -112,4 +113,5 @@ def test_shipped_teacher_is_intact_and_worth_distilling():
     assert size <= 50e6
     test = prov["quality"]["test"]
     assert test["ssc"] >= 75 and test["tsc"] >= 75, test
-    assert prov["settings"]["world"]["train"] >= 5 * 320      # >= 5x the distillation stories
+    # >= 5x the distillation stories
+    assert prov["settings"]["world"]["train"] >= 5 * DemoSettings().distill_stories

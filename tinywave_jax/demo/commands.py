@@ -7,7 +7,7 @@ import argparse
 _HELP = """\
 Distils the shipped demo teacher (a 6-layer speech LM pretrained on 2,400 spoken stories, loaded
 with `tinywave import-hf` after its files' hashes are checked) into a 2-layer student on a small
-target-voice subset of its data (320 stories), and trains the same shape from scratch on exactly
+target-voice subset of its data (480 stories), and trains the same shape from scratch on exactly
 that subset as the baseline; both sweep the same learning rates, chosen on validation perplexity.
 Benchmarks all models on 128 held-out stories (spoken / topic story cloze, word vs non-word,
 perplexity, 95 % paired-bootstrap intervals) and exports the student to Hugging Face format,

@@ -2,7 +2,7 @@
 
 The teacher is the shipped package `tinywave_jax/demo/teacher/` (or `--set teacher_dir=...`),
 made by `tinywave demo-teacher`: like SpiritLM, it was pretrained on far more than the
-distillation data (2,400 stories in seven voices against 320 in one) and comes with the units,
+distillation data (2,400 stories in seven voices against 480 in one) and comes with the units,
 tokenizer and layout it was trained with. Its files' hashes are checked before anything runs.
 
 Stages (each writes under WORKDIR and records itself in WORKDIR/stages/<stage>.json when done, so
