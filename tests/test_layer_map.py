@@ -41,6 +41,7 @@ def test_explicit_map_and_init_layers():
     ([4, 7, 32], 32, 3, r"outside \[0, 32\)"),
     ([-1, 7, 9], 32, 3, "outside"),
     ([4, 4, 9], 32, 3, "strictly increasing"),
+    ([7, 4], 32, 2, "strictly increasing"),
     ([9, 7, 10], 32, 3, "strictly increasing"),
     ([1.5, 2, 3], 32, 3, "integers"),
     ("tinywave", 24, 10, r"outside \[0, 24\)"),     # 3l + 4 runs past a 24-layer teacher
@@ -70,5 +71,5 @@ def test_config_section_checks_the_map_before_depths_are_known(tmp_path):
     assert resolve_layer_map(cfg.layer_map, 10, 3, cfg.init_layers).pairs == ((0, 1), (1, 4), (2, 9))
     with pytest.raises(ConfigError, match=r"distill\.layer_map: .*strictly increasing"):
         load_config(DistillLossConfig, path, ["layer_map=[1, 9, 4]"])
-    with pytest.raises(ConfigError, match=r"distill\.layer_map: the explicit map is empty"):
+    with pytest.raises(ConfigError, match=r"distill\.layer_map: no teacher layers given"):
         check_layer_map_spec(())

@@ -17,12 +17,11 @@ def _parse_layers(text: str) -> list[int]:
 
 def _chosen_layers(args: argparse.Namespace, teacher_layers: int) -> tuple[tuple[int, ...], dict]:
     """Teacher layers to copy and how they were chosen (for the provenance record)."""
-    from .layer_map import resolve_layer_map
-    from .student_init import check_student_layers
+    from .layer_map import check_layer_list, resolve_layer_map
     if args.layers is not None:
         if args.layer_map is not None:
             raise ConfigError("--layers and --layer-map are exclusive: give one")
-        layers = check_student_layers(_parse_layers(args.layers), teacher_layers, "--layers")
+        layers = check_layer_list(_parse_layers(args.layers), teacher_layers, None, "--layers")
         if args.num_layers is not None and args.num_layers != len(layers):
             raise ConfigError(f"--num-layers {args.num_layers} disagrees with --layers, which "
                               f"lists {len(layers)} layers")
@@ -99,7 +98,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "init-student", help="build a student checkpoint from a teacher's layers (or random)",
         description="Copies the teacher's embeddings, final norm, LM head and the chosen decoder "
-                    "layers (in the order given) into a new tinywave checkpoint. Choose the "
+                    "layers (strictly increasing, as every layer list) into a new tinywave checkpoint. Choose the "
                     "layers with --layers, or --num-layers N and a --layer-map preset "
                     "(uniform: evenly spaced ending at the last layer; tinywave: 3l+4). "
                     "--random builds an untrained student of the shape in --config (an HF "
@@ -107,7 +106,10 @@ def register(subparsers) -> None:
     p.add_argument("teacher_ckpt", metavar="TEACHER_CKPT", nargs="?",
                    help="tinywave checkpoint of the teacher (optional with --random --config)")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--layers", default=None, help="teacher layers to copy, e.g. 4,7,10,...,31")
+    p.add_argument("--layers", default=None,
+                   help="teacher layers to copy, e.g. 4,7,10,...,31: each in [0, teacher depth), "
+                        "strictly increasing (the one rule of every layer list, "
+                        "distill.layer_map and distill.init_layers too)")
     p.add_argument("--layer-map", default=None,
                    help="preset giving the teacher layers for --num-layers: uniform (default) or tinywave")
     p.add_argument("--num-layers", type=int, default=None, help="student depth")

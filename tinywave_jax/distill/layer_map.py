@@ -6,7 +6,8 @@ teacher layer `m[l]`. It is given in the config (`distill.layer_map`) as
     teacher's last layer (32 -> 10 gives 2, 5, 8, 11, 15, 18, 21, 24, 27, 31);
   - `"tinywave"`: TinyWave's map `m[l] = 3 l + 4` (32 -> 10 gives 4, 7, ..., 31);
   - an explicit list of teacher layers, one per student layer.
-Every map must have one entry per student layer, lie in `[0, L_t)` and be strictly increasing.
+Every list of teacher layers, here and in `tinywave init-student --layers`, follows one rule
+(`check_layer_list`): one entry per student layer, each in `[0, L_t)`, strictly increasing.
 The teacher layers a student is initialised from default to the mapped ones (`"mapped"`), or an
 explicit list of the same length (`distill.init_layers`).
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Sequence, Union
+
+import numpy as np
 
 from ..config import ConfigError
 
@@ -51,20 +54,32 @@ def _preset(name: str, teacher_layers: int, student_layers: int, key: str) -> li
                       "or give a list of teacher layers, one per student layer")
 
 
-def _check(layers: Sequence[int], teacher_layers: int, student_layers: int, key: str,
-           what: str) -> tuple[int, ...]:
+def check_layer_list(layers: Sequence[int], teacher_layers: int | None,
+                     student_layers: int | None = None, key: str = "layers",
+                     what: str = "layers") -> tuple[int, ...]:
+    """THE rule for every list of teacher layers (`init-student --layers`, `distill.layer_map`,
+    `distill.init_layers`): at least one integer, each in [0, teacher_layers), strictly
+    increasing (a student keeps its teacher's layer order and uses a layer at most once), and one
+    per student layer when the student's depth is known. `teacher_layers=None`: depth unknown yet
+    (config validation). Returns the layers as a tuple of ints; ConfigError naming `key`."""
     layers = tuple(layers)
-    if any(isinstance(x, bool) or not isinstance(x, int) for x in layers):
-        raise ConfigError(f"{key}: {what} {list(layers)} must be integers")
-    if len(layers) != student_layers:
+    if not layers:
+        raise ConfigError(f"{key}: no teacher layers given; the student needs at least one")
+    if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in layers):
+        raise ConfigError(f"{key}: {what} {list(layers)} must be integers (teacher layer indices)")
+    layers = tuple(int(x) for x in layers)
+    if student_layers is not None and len(layers) != student_layers:
         raise ConfigError(f"{key}: {what} {list(layers)} has {len(layers)} entries; the student "
                           f"has {student_layers} layers and needs one teacher layer for each")
-    bad = [x for x in layers if not 0 <= x < teacher_layers]
+    bad = [x for x in layers if x < 0 or (teacher_layers is not None and x >= teacher_layers)]
     if bad:
-        raise ConfigError(f"{key}: {what} {list(layers)} has teacher layer(s) {bad} outside "
-                          f"[0, {teacher_layers}) (the teacher has {teacher_layers} layers)")
+        where = f"[0, {teacher_layers})" if teacher_layers is not None else ">= 0"
+        raise ConfigError(f"{key}: teacher layer(s) {bad} outside {where} in {what} {list(layers)}"
+                          + (f" (the teacher has {teacher_layers} layers)"
+                             if teacher_layers is not None else ""))
     if any(b <= a for a, b in zip(layers, layers[1:])):
-        raise ConfigError(f"{key}: {what} {list(layers)} must be strictly increasing")
+        raise ConfigError(f"{key}: {what} {list(layers)} must be strictly increasing (a student "
+                          "keeps its teacher's layer order and uses each layer at most once)")
     return layers
 
 
@@ -84,13 +99,14 @@ def resolve_layer_map(spec: LayerMapSpec, teacher_layers: int, student_layers: i
         what = f"preset {spec!r} gives"
     else:
         layers, what = spec, "map"
-    mapped = _check(layers, teacher_layers, student_layers, key, what)
+    mapped = check_layer_list(layers, teacher_layers, student_layers, key, what)
     if isinstance(init_layers, str):
         if init_layers != "mapped":
             raise ConfigError(f"{init_key}: {init_layers!r} is not 'mapped' or a list of layers")
         init = mapped
     else:
-        init = _check(init_layers, teacher_layers, student_layers, init_key, "init layers")
+        init = check_layer_list(init_layers, teacher_layers, student_layers, init_key,
+                                "init layers")
     return LayerMap(teacher_layers, student_layers, mapped, init)
 
 
@@ -100,9 +116,4 @@ def check_layer_map_spec(spec: LayerMapSpec, key: str = "distill.layer_map") -> 
         if spec not in PRESETS:
             _preset(spec, 1, 1, key)  # raises with the list of presets
         return
-    if len(spec) == 0:
-        raise ConfigError(f"{key}: the explicit map is empty")
-    if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in spec):
-        raise ConfigError(f"{key}: {list(spec)} must be non-negative integers")
-    if any(b <= a for a, b in zip(spec, spec[1:])):
-        raise ConfigError(f"{key}: {list(spec)} must be strictly increasing")
+    check_layer_list(spec, None, None, key, "map")

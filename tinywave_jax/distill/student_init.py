@@ -1,7 +1,7 @@
 """Building a student: a subset of the teacher's layers (TinyWave's init) or a random model.
 
 The student keeps the teacher's width, embeddings, final norm and LM head; its decoder layers are
-the chosen teacher layers, in the order given. Params are stacked over layers, so the student is
+the chosen teacher layers (strictly increasing: `layer_map.check_layer_list`). Params are stacked over layers, so the student is
 the teacher's non-layer leaves (shared, not copied) plus each stacked layer leaf indexed by the
 chosen rows: only the student's layers are copied (1/3 of a 7B teacher for TinyWave), never a
 second full teacher.
@@ -17,27 +17,9 @@ import numpy as np
 
 from ..config import ConfigError, from_dict
 from ..models.config import LlamaConfig
+from .layer_map import check_layer_list
 
 ShapeSpec = Union[LlamaConfig, dict, str, Path]
-
-
-def check_student_layers(layers: Sequence[int], teacher_layers: int, key: str = "layers") -> tuple[int, ...]:
-    """The chosen teacher layers as a tuple; ConfigError naming `key` unless they are integers in
-    [0, teacher_layers) without duplicates (any order: the student keeps the order given)."""
-    layers = tuple(layers)
-    if not layers:
-        raise ConfigError(f"{key}: no teacher layers given; the student needs at least one")
-    if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in layers):
-        raise ConfigError(f"{key}: {list(layers)} must be integers (teacher layer indices)")
-    layers = tuple(int(x) for x in layers)
-    bad = [x for x in layers if not 0 <= x < teacher_layers]
-    if bad:
-        raise ConfigError(f"{key}: teacher layer(s) {bad} outside [0, {teacher_layers}) "
-                          f"(the teacher has {teacher_layers} layers)")
-    dups = sorted({x for x in layers if layers.count(x) > 1})
-    if dups:
-        raise ConfigError(f"{key}: teacher layer(s) {dups} given more than once in {list(layers)}")
-    return layers
 
 
 def init_student_from_teacher(teacher_params: dict, teacher_config: LlamaConfig,
@@ -46,7 +28,7 @@ def init_student_from_teacher(teacher_params: dict, teacher_config: LlamaConfig,
 
     Works on numpy or jax arrays (also sharded ones); non-layer leaves are the teacher's own
     objects. `key` names the option in error messages (e.g. "--layers")."""
-    layers = check_student_layers(layers, teacher_config.num_hidden_layers, key)
+    layers = check_layer_list(layers, teacher_config.num_hidden_layers, None, key)
     if "layers" not in teacher_params:
         raise ConfigError("teacher params have no 'layers' subtree (not the tinywave layout)")
     rows = np.asarray(layers, dtype=np.int32)
