@@ -37,7 +37,7 @@ test: venv espeak shellcheck
 demo: venv espeak
 	$(BIN)/tinywave demo --workdir runs/demo
 
-# Rebuilds the shipped teacher package (hours of CPU; its provenance is in docs/demo_teacher.md).
+# Rebuilds the shipped teacher package (about 30 min on 2 cores; provenance: docs/demo_teacher.md).
 demo-teacher: venv espeak
 	$(BIN)/tinywave demo-teacher --out tinywave_jax/demo/teacher --workdir runs/demo_teacher --overwrite
 

@@ -14,17 +14,17 @@ perplexity, 95 % paired-bootstrap intervals) and exports the student to Hugging 
 checking that transformers continues speech exactly as JAX does. `--ablation` adds the rows
 between the baseline and the full recipe. Every stage is cached in WORKDIR: a rerun resumes.
 
-example: tinywave demo --workdir runs/demo          (see the README for the measured time)
+example: tinywave demo --workdir runs/demo          (about 11 min on 2 CPU cores; +12 with --ablation)
          tinywave demo --workdir runs/quick --quick (toy sizes, for the tests)
 """
 
 _TEACHER_HELP = """\
 Builds the demo's teacher package: synthesises the world's training stories (target voice plus
 one other voice each, every utterance its own espeak-ng synthesis with its own speed and pitch),
-fits the units, pretrains the teacher (about 25 minutes on 2 CPU cores), scores it on held-out validation and test stories and writes OUT: a Hugging Face folder
-with units/, layout.json and provenance.json (command, settings, data hashes, quality, file
-hashes). `tinywave_jax/demo/teacher/` was made by `tinywave demo-teacher --out
-tinywave_jax/demo/teacher --workdir runs/demo_teacher`; see docs/demo_teacher.md.
+fits the units, pretrains the teacher (about 29 minutes in all on 2 CPU cores), scores it on
+held-out validation and test stories and writes OUT: a Hugging Face folder with units/,
+layout.json and provenance.json (command, settings, data hashes, quality, file hashes).
+`tinywave_jax/demo/teacher/` was made this way; see docs/demo_teacher.md.
 """
 
 

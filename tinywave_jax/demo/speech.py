@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import world as world_text
-from .synth import OTHER_VOICES, RATE, TARGET_VOICE, Voice, render, synthesize_words, utterance_voice, write_wav
+from .synth import (OTHER_VOICES, RATE, TARGET_VOICE, Voice, render, synthesize_words,
+                    utterance_voice, write_wav)
 
 THREADS = 4     # espeak-ng runs as subprocesses: threads overlap them
 
