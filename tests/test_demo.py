@@ -367,6 +367,8 @@ def test_an_altered_teacher_fails_naming_the_file_before_any_work(tmp_path, dama
     assert proc.returncode == 2
     assert str(target) in proc.stderr and ("altered" in proc.stderr or "missing" in proc.stderr)
     assert not (tmp_path / "w" / "speech").exists()
+    # nor pins the workdir's settings: the same folder takes a corrected run
+    assert not (tmp_path / "w" / "settings.json").exists()
     missing = _demo(tmp_path / "w2", "--set", f"teacher_dir={tmp_path / 'nowhere'}")
     assert missing.returncode == 2 and "nowhere" in missing.stderr
 

@@ -32,15 +32,12 @@ class StagedRun:
         self.log = log
         self.dir.mkdir(parents=True, exist_ok=True)
         stamp = self.dir / "settings.json"
-        mine = settings_dict(settings)
         if stamp.exists():
-            saved = json.loads(stamp.read_text())
+            saved, mine = json.loads(stamp.read_text()), settings_dict(settings)
             if saved != mine:
                 diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
                 raise ValueError(f"{self.dir} holds a run with other settings ({', '.join(diff)}); "
                                  "use another --workdir (or delete this one)")
-        else:
-            stamp.write_text(json.dumps(mine, indent=1))
 
     def record(self, stage: str) -> Path:
         return self.dir / "stages" / f"{stage}.json"
@@ -77,6 +74,8 @@ class StagedRun:
                                      f"(run them, or leave --stages out)")
         self.preflight(stages)
         self.check(stages)
+        # pinned only once the inputs passed their checks: a refused run leaves no stamp behind
+        (self.dir / "settings.json").write_text(json.dumps(settings_dict(self.settings), indent=1))
         t0 = time.time()
         out = {}
         n = len(self.STAGES)
