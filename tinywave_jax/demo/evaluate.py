@@ -58,55 +58,57 @@ def _interval(values: np.ndarray) -> list[float]:
     return [round(float(lo), 2), round(float(hi), 2)]
 
 
+def _statistic(task: str, scores, idx=None):
+    """A task's statistic (accuracy in %, or perplexity) on all items, or with `idx` [draws, n]
+    on each resample (an array of `draws` values)."""
+    if task == "ppl":
+        nll, tok = scores
+        return ppl_of(nll, tok) if idx is None else np.exp(nll[idx].sum(1) / tok[idx].sum(1))
+    return 100 * float(scores.mean()) if idx is None else 100 * scores[idx].mean(1)
+
+
+def _tasks(raw: dict, draws: int, seed: int):
+    """(task, the key it reports under, its resamples) for each task, in a fixed order: the
+    resamples depend only on (task, n, draws, seed), so every model scored on the same inputs
+    gets the same ones."""
+    for k, task in enumerate(sorted(raw)):
+        n = len(raw[task][0] if task == "ppl" else raw[task])
+        yield task, RESULT_KEYS.get(task, task), _resamples(n, draws, seed + k)
+
+
 def summarize(raw: dict, draws: int, seed: int = 0) -> dict:
     """One model's row from raw scores: accuracies in %, perplexity, each with `<key>_ci`, and
-    `pairs`. The resamples depend only on (task, n, draws, seed), so they are the same for every
-    model scored on the same inputs."""
+    `pairs`."""
     row, pairs = {}, {}
-    for k, (task, scores) in enumerate(sorted(raw.items())):
+    for task, key, idx in _tasks(raw, draws, seed):
+        row[key] = round(_statistic(task, raw[task]), 3 if task == "ppl" else 2)
+        row[f"{key}_ci"] = _interval(_statistic(task, raw[task], idx))
         if task == "ppl":
-            nll, tok = scores
-            idx = _resamples(len(nll), draws, seed + k)
-            row["ppl"] = round(ppl_of(nll, tok), 3)
-            row["ppl_ci"] = _interval(np.exp(nll[idx].sum(1) / tok[idx].sum(1)))
-            row["ppl_tokens"] = int(tok.sum())
-            continue
-        key = RESULT_KEYS[task]
-        idx = _resamples(len(scores), draws, seed + k)
-        row[key] = round(100 * float(scores.mean()), 2)
-        row[f"{key}_ci"] = _interval(100 * scores[idx].mean(1))
-        pairs[task] = len(scores)
+            row["ppl_tokens"] = int(raw[task][1].sum())
+        else:
+            pairs[task] = len(raw[task])
     row["pairs"] = pairs
     return row
 
 
 def difference(raw_a: dict, raw_b: dict, draws: int, seed: int = 0) -> dict:
-    """{task: {"diff", "ci"}}: accuracy of a minus b in points, with the paired-bootstrap interval
-    (the same resamples as `summarize`), and perplexity a minus b."""
+    """{key: {"diff", "ci"}}: model a minus model b (accuracy points, perplexity), with the
+    paired-bootstrap interval (both on the same resamples, those of `summarize`)."""
     out = {}
-    for k, task in enumerate(sorted(raw_a)):
-        if task == "ppl":
-            (na, ta), (nb, tb) = raw_a[task], raw_b[task]
-            idx = _resamples(len(na), draws, seed + k)
-            d = np.exp(na[idx].sum(1) / ta[idx].sum(1)) - np.exp(nb[idx].sum(1) / tb[idx].sum(1))
-            out["ppl"] = {"diff": round(ppl_of(na, ta) - ppl_of(nb, tb), 3), "ci": _interval(d)}
-            continue
+    for task, key, idx in _tasks(raw_a, draws, seed):
         a, b = raw_a[task], raw_b[task]
-        idx = _resamples(len(a), draws, seed + k)
-        out[RESULT_KEYS[task]] = {"diff": round(100 * float((a - b).mean()), 2),
-                                  "ci": _interval(100 * (a - b)[idx].mean(1))}
+        if task == "ppl":
+            diff = _statistic(task, a) - _statistic(task, b)
+            boot = _statistic(task, a, idx) - _statistic(task, b, idx)
+        else:       # accuracy is linear in the outcomes: score the paired differences
+            diff, boot = _statistic(task, a - b), _statistic(task, a - b, idx)
+        out[key] = {"diff": round(diff, 3 if task == "ppl" else 2), "ci": _interval(boot)}
     return out
 
 
 def save_raw(path: Path, raw: dict) -> None:
     doc = {t: ([v[0].tolist(), v[1].tolist()] if t == "ppl" else v.tolist()) for t, v in raw.items()}
     path.write_text(json.dumps(doc))
-
-
-def load_raw(path: Path) -> dict:
-    doc = json.loads(Path(path).read_text())
-    return {t: ((np.asarray(v[0]), np.asarray(v[1], np.float64)) if t == "ppl" else np.asarray(v))
-            for t, v in doc.items()}
 
 
 # ---------------------------------------------------------------- stage 6

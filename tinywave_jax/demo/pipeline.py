@@ -86,6 +86,7 @@ class Demo(StagedRun):
 
     # ---------------------------------------------------------------- stages
     def stage_speech(self) -> dict:
+        from ..jsonl import write_jsonl_atomic
         from . import speech
         from .teacher import verify_teacher
         from .world import WORD_PAIRS
@@ -93,7 +94,7 @@ class Demo(StagedRun):
         manifests = {"distill": speech.distill_rows(out, world["train"]),
                      "heldout": speech.heldout_rows(out, world)}
         for name, rows in manifests.items():
-            speech.write_manifest(out / f"{name}.jsonl", rows)
+            write_jsonl_atomic(out / f"{name}.jsonl", rows)
         pairs = speech.write_bench(out, world["test"], "bench", WORD_PAIRS)
         hours = speech.hours(manifests["distill"])
         self.log(f"  {len(manifests['distill'])} distillation utterances ({hours:.2f} h), "

@@ -9,7 +9,6 @@ per learning rate tried); top level `student_minus_baseline` ({metric: {diff, ci
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .training import ROWS
 
@@ -70,9 +69,10 @@ def _label(name: str, row: dict) -> str:
     return f"{ROWS[name][0]} ({layers})"
 
 
-def _cell(row: dict, k: str, digits: int = 1) -> str:
-    lo, hi = row[f"{k}_ci"]
-    return f"{row[k]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+def _cell(value: float, ci, digits: int = 1, sign: str = "") -> str:
+    """`value [lo, hi]`; sign "+" prints signs (differences)."""
+    f = f"{sign}.{digits}f"
+    return f"{value:{f}} [{ci[0]:{f}}, {ci[1]:{f}}]"
 
 
 def markdown(rows: dict, diff: dict, checks: dict) -> str:
@@ -80,16 +80,16 @@ def markdown(rows: dict, diff: dict, checks: dict) -> str:
     for name in (m for m in ORDER if m in rows):
         r = rows[name]
         lr = f"{r['lr']:g}" if "lr" in r else "-"
-        lines.append(f"| {_label(name, r)} | {r['params'] / 1e6:.2f}M | {lr} | {_cell(r, 'ssc')} | "
-                     f"{_cell(r, 'tsc')} | {_cell(r, 'words')} | {_cell(r, 'ppl', 2)} |")
+        cells = " | ".join(_cell(r[k], r[f"{k}_ci"], 2 if k == "ppl" else 1) for k in METRICS)
+        lines.append(f"| {_label(name, r)} | {r['params'] / 1e6:.2f}M | {lr} | {cells} |")
     t, s = rows["teacher"], rows["student"]
     lines.append(f"| student / teacher | {s['params'] / t['params']:.2f}x | | "
                  f"{100 * s['ssc'] / max(t['ssc'], 1e-9):.0f}% | "
                  f"{100 * s['tsc'] / max(t['tsc'], 1e-9):.0f}% | "
                  f"{100 * s['words'] / max(t['words'], 1e-9):.0f}% | |")
-    d = {k: f"{v['diff']:+.{2 if k == 'ppl' else 1}f} [{v['ci'][0]:+.{2 if k == 'ppl' else 1}f}, "
-            f"{v['ci'][1]:+.{2 if k == 'ppl' else 1}f}]" for k, v in diff.items()}
-    lines.append(f"| student - baseline | | | {d['ssc']} | {d['tsc']} | {d['words']} | {d['ppl']} |")
+    cells = " | ".join(_cell(diff[k]["diff"], diff[k]["ci"], 2 if k == "ppl" else 1, "+")
+                       for k in METRICS)
+    lines.append(f"| student - baseline | | | {cells} |")
     n = t["pairs"]
     lines += ["", f"Accuracy in % (pairwise, mean log-likelihood per unit) with 95 % paired-bootstrap "
               f"intervals; sSC {n['ssc']}, tSC {n['tsc']}, words {n['swuggy']} pairs; PPL per unit "
@@ -110,5 +110,5 @@ def write_results(demo, log=print) -> dict:
     log("\n" + table)
     doc = {**rows, "student_minus_baseline": diff, "targets": checks,
            "settings": to_dict(demo.settings), "rows": {k: ROWS[k][0] for k in rows if k in ROWS}}
-    Path(demo.dir / "results.json").write_text(json.dumps(doc, indent=1))
+    (demo.dir / "results.json").write_text(json.dumps(doc, indent=1))
     return {"rows": list(rows)}

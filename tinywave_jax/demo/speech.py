@@ -119,14 +119,5 @@ def write_bench(out: Path, stories, folder: str, word_pairs=()) -> dict[str, int
     return {k: len(v) for k, v in items.items()}
 
 
-def write_manifest(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def read_manifest_rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-
-
 def hours(rows: list[dict]) -> float:
     return round(sum(r["seconds"] for r in rows) / 3600, 4)

@@ -95,13 +95,14 @@ class TeacherBuild(StagedRun):
 
     # ---------------------------------------------------------------- stages
     def stage_speech(self) -> dict:
+        from ..jsonl import write_jsonl_atomic
         from . import speech
         from .world import WORD_PAIRS, world_hash
         world, out = self.world(), self.speech_dir
         manifests = {"pretrain": speech.pretrain_rows(out, world["train"]),
                      "heldout": speech.heldout_rows(out, world)}
         for name, rows in manifests.items():
-            speech.write_manifest(out / f"{name}.jsonl", rows)
+            write_jsonl_atomic(out / f"{name}.jsonl", rows)
         pairs = {"bench": speech.write_bench(out, world["test"], "bench", WORD_PAIRS),
                  "bench_valid": speech.write_bench(out, world["validation"], "bench_valid")}
         hours = speech.hours(manifests["pretrain"])
@@ -112,10 +113,10 @@ class TeacherBuild(StagedRun):
     def stage_tokens(self) -> dict:
         from ..audio.fit import fit_units
         from . import tokens
-        from .speech import read_manifest_rows
+        from ..jsonl import iter_jsonl
         from .world import vocabulary
         s = self.settings
-        rows = read_manifest_rows(self.speech_dir / "pretrain.jsonl")
+        rows = [r for _, r in iter_jsonl(self.speech_dir / "pretrain.jsonl", "speech manifest")]
         fit = fit_units([self.speech_dir / r["path"] for r in rows], self.tokens_dir / "units",
                         units=s.units, features="mfcc", pitch_bins=0, style_classes=0,
                         seed=s.seed, max_hours=s.units_fit_hours, overwrite=True,
