@@ -1,4 +1,5 @@
 """Chunked CE / logit KL vs unchunked and numpy references; hidden alignment; the combined objective."""
+import dataclasses
 import functools
 
 import jax
@@ -9,6 +10,8 @@ import pytest
 from tinywave_jax.config import ConfigError, from_dict
 from tinywave_jax.distill import (DistillLossConfig, chunked_cross_entropy, chunked_logit_losses,
                                   distill_loss, hidden_alignment, init_hidden_projector)
+from tinywave_jax.distill.objective import (METRICS, LossWeights, loss_terms, normalisers,
+                                            weighted_loss)
 
 B, T, DS, DT, V = 2, 10, 6, 8, 32
 TEMP = 2.5
@@ -259,3 +262,27 @@ def test_identical_student_and_teacher_give_zero_distillation_terms():
 def test_config_errors_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         from_dict(DistillLossConfig, data)
+
+
+def test_every_term_is_declared_and_counted_over_its_declared_tokens():
+    """The objective's contract: each term is (sum, count) over exactly the tokens METRICS says it
+    averages, every LossWeights field weighs one declared metric, and an undeclared name fails."""
+    _, _, _, _, targets, mask = _data()
+    seg = np.ones((B, T), np.int32)
+    seg[1, 8:] = 0
+    batch = {"targets": targets, "loss_mask": mask, "segment_ids": jnp.asarray(seg)}
+    student, teacher = _features(6, DS, 2), _features(7, DT, 4)
+    proj = init_hidden_projector(jax.random.key(1), 2, DS, DT)
+    cfg = from_dict(DistillLossConfig, {"logit_chunk_size": 4, "attention_block_size": 4})
+    terms = loss_terms(cfg, batch, student, teacher, proj)
+    assert set(terms) == set(METRICS)
+    counts = normalisers(batch)
+    assert float(counts["loss_tokens"]) == float(np.sum(mask))
+    assert float(counts["valid_tokens"]) == float(np.sum(seg != 0))
+    for name, (total, count) in terms.items():
+        np.testing.assert_array_equal(np.broadcast_to(count, np.shape(total)),
+                                      counts[METRICS[name].normaliser], err_msg=name)
+    weights = [m.weight for m in METRICS.values() if m.weight is not None]
+    assert sorted(weights) == sorted(f.name for f in dataclasses.fields(LossWeights))
+    with pytest.raises(KeyError, match="'hiddn' is not declared"):
+        weighted_loss(cfg, {"hiddn": jnp.ones(())})

@@ -3,7 +3,8 @@
 - `losses`: chunked cross-entropy and temperature logit KL from hidden states + LM-head kernel,
   hidden-state alignment (1 - cosine or MSE, optional learned width projector).
 - `attention_kl`: KL(teacher attention || student attention), blockwise, O(T x block) memory.
-- `objective`: `DistillLossConfig` (the `distill:` section) and `distill_loss`, the weighted sum.
+- `objective`: `DistillLossConfig` (the `distill:` section), `METRICS` (every term's normaliser and
+  weight, declared once), `loss_terms` as (sum, count) and `distill_loss`, the weighted sum.
 - `layer_map`: which teacher layer each student layer is aligned to / initialised from.
 """
 from .attention_kl import attention_kl, head_groups

@@ -1,10 +1,13 @@
-"""The distillation objective: `DistillLossConfig` (the `distill:` config section) and `distill_loss`.
+"""The distillation objective: `DistillLossConfig` (the `distill:` config section), the declared
+metrics (`METRICS`) and how terms combine.
 
 total = w_ce * CE + w_logit_kl * T^2 KL_T(teacher || student) + w_hidden * mean_layers(hidden)
         + w_attention * mean_layers(attention KL)
-CE and the logit KL are means over `loss_mask` tokens; the hidden loss over valid (segment != 0)
-tokens; the attention KL over heads (groups) and valid query rows. A term with weight 0 is not
-computed at all, and its inputs need not be given.
+Every term is a (sum, count) pair over the tokens it averages (`loss_terms`): CE and the logit KL
+over `loss_mask` tokens; the hidden loss and the attention KL (a mean over heads/groups per query
+row) over valid (segment != 0) tokens. `METRICS` declares each name's normaliser and weight, in
+one place; a term not declared there fails loudly. The train step sums terms over microbatches
+and divides once. A term with weight 0 is not computed at all, and its inputs need not be given.
 
 Defaults where the TinyWave paper is silent (all configurable): every weight 1.0, temperature 2.0
 (Hinton et al.'s usual choice; the KL is scaled by T^2 so its gradient scale does not depend on T),
@@ -47,7 +50,7 @@ class DistillLossConfig:
     init_layers: Union[str, tuple[int, ...]] = "mapped"  # teacher layers the student copies
 
     def validate(self):
-        for name in ("ce", "logit_kl", "hidden", "attention"):
+        for name in (f.name for f in dataclasses.fields(LossWeights)):
             if getattr(self.weights, name) < 0:
                 raise ConfigError(f"distill.weights.{name}: must be >= 0, got "
                                   f"{getattr(self.weights, name)}")
@@ -69,7 +72,7 @@ class DistillLossConfig:
                                   "or a list of teacher layers")
         else:
             check_layer_map_spec(self.init_layers, "distill.init_layers")
-        if not any(getattr(self.weights, n) > 0 for n in ("ce", "logit_kl", "hidden", "attention")):
+        if not any(getattr(self.weights, f.name) > 0 for f in dataclasses.fields(LossWeights)):
             raise ConfigError("distill.weights: all weights are 0; nothing to train on")
 
 
@@ -93,9 +96,47 @@ def _aligned(student: Mapping, teacher: Mapping, key: str, term: str) -> list[tu
     return list(zip(s, t))
 
 
-def distill_loss(cfg: DistillLossConfig, batch: Mapping, student: Mapping, teacher: Mapping,
-                 projector: Optional[Mapping] = None) -> tuple[jax.Array, dict]:
-    """Weighted distillation loss and its metrics.
+# ---- the one declaration of what the objective computes ----------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One quantity the objective reports: the tokens it is averaged over and the weight (a
+    `LossWeights` field) that puts it in the loss; `weight=None` is reported only."""
+    normaliser: Literal["loss_tokens", "valid_tokens"]
+    weight: Optional[str] = None
+    per_layer: bool = False   # one value per mapped layer pair; the term is their mean
+
+
+METRICS: dict[str, Metric] = {
+    "ce": Metric("loss_tokens", "ce"),
+    "logit_kl": Metric("loss_tokens", "logit_kl"),
+    "kl_t1": Metric("loss_tokens"),        # KL at T = 1: the unsoftened student-teacher gap
+    "teacher_ce": Metric("loss_tokens"),   # the teacher's own CE on the same tokens
+    "hidden": Metric("valid_tokens", "hidden", per_layer=True),
+    "attention_kl": Metric("valid_tokens", "attention", per_layer=True),
+}
+
+
+def normalisers(batch: Mapping) -> dict:
+    """The token counts the metrics are averaged over (float32 scalars): `loss_mask` tokens and
+    non-padding (segment != 0) tokens. They depend on the batch only, never on the params."""
+    return {"loss_tokens": jnp.sum(batch["loss_mask"].astype(jnp.float32)),
+            "valid_tokens": jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32))}
+
+
+def _declared(name: str) -> Metric:
+    if name not in METRICS:
+        raise KeyError(f"objective: metric {name!r} is not declared in distill/objective.py "
+                       f"METRICS ({sorted(METRICS)}); declare its normaliser and weight there")
+    return METRICS[name]
+
+
+# ---- terms: (sum, count) over the tokens each averages ------------------------------------------
+Terms = dict   # name -> (sum, count): float32 scalars, or [pairs] arrays for per-layer metrics
+
+
+def loss_terms(cfg: DistillLossConfig, batch: Mapping, student: Mapping, teacher: Mapping,
+               projector: Optional[Mapping] = None) -> Terms:
+    """Every term with weight > 0 (and the metrics computed alongside) as (sum, count).
 
     batch: "targets" [B, T], "loss_mask" [B, T], "segment_ids" [B, T].
     student / teacher features (each needed only when its term's weight is > 0):
@@ -105,13 +146,9 @@ def distill_loss(cfg: DistillLossConfig, batch: Mapping, student: Mapping, teach
     Per-pair features are lists in layer-map order (entry i of the student list is aligned to
     entry i of the teacher list) or arrays stacked on a leading pair axis.
     projector: {"kernel": [P, D_s, D_t]} from `init_hidden_projector`, required when widths differ.
-    Returns (total float32 scalar, metrics) with metrics for each computed term: "ce", "logit_kl",
-    "kl_t1", "teacher_ce", "hidden", "attention_kl", per-layer "hidden/<i>", "attention_kl/<i>",
-    "num_tokens" and "loss".
     """
     w = cfg.weights
-    metrics: dict = {}
-    total = jnp.zeros((), jnp.float32)
+    terms: Terms = {}
     if w.ce > 0 or w.logit_kl > 0:
         sh = _need(student, "final_hidden", "student", "ce/logit_kl")
         sk = _need(student, "head_kernel", "student", "ce/logit_kl")
@@ -123,10 +160,8 @@ def distill_loss(cfg: DistillLossConfig, batch: Mapping, student: Mapping, teach
         else:
             sums = chunked_cross_entropy(sh, sk, batch["targets"], batch["loss_mask"],
                                          cfg.logit_chunk_size)
-        n = jnp.maximum(sums["num_tokens"], 1.0)
-        metrics.update({k: v / n for k, v in sums.items() if k != "num_tokens"})
-        metrics["num_tokens"] = sums["num_tokens"]
-        total += w.ce * metrics["ce"] + (w.logit_kl * metrics["logit_kl"] if w.logit_kl > 0 else 0)
+        count = sums.pop("num_tokens")
+        terms.update({k: (v, count) for k, v in sums.items()})
     valid = batch["segment_ids"] != 0
     if w.hidden > 0:
         per_layer = []
@@ -137,22 +172,66 @@ def distill_loss(cfg: DistillLossConfig, batch: Mapping, student: Mapping, teach
                     raise ValueError(f"hidden: student width {s.shape[-1]} != teacher width "
                                      f"{t.shape[-1]}; pass projector=init_hidden_projector(...)")
                 kernel = projector["kernel"][i]
-            out = hidden_alignment(s, t, valid, cfg.hidden_loss, kernel)
-            per_layer.append(out["sum"] / jnp.maximum(out["count"], 1.0))
-            metrics[f"hidden/{i}"] = per_layer[-1]
-        metrics["hidden"] = jnp.mean(jnp.stack(per_layer))
-        total += w.hidden * metrics["hidden"]
+            per_layer.append(hidden_alignment(s, t, valid, cfg.hidden_loss, kernel))
+        terms["hidden"] = _stack(per_layer)
     if w.attention > 0:
         qs = _aligned(student, teacher, "q", "attention")
         ks = _aligned(student, teacher, "k", "attention")
-        per_layer = []
-        for i, ((sq, tq), (sk, tk)) in enumerate(zip(qs, ks)):
-            out = attention_kl(sq, sk, tq, tk, batch["segment_ids"],
-                               block_size=cfg.attention_block_size, heads=cfg.attention_heads,
-                               student_scale=cfg.attention_scale, teacher_scale=cfg.attention_scale)
-            per_layer.append(out["sum"] / jnp.maximum(out["count"], 1.0))
-            metrics[f"attention_kl/{i}"] = per_layer[-1]
-        metrics["attention_kl"] = jnp.mean(jnp.stack(per_layer))
-        total += w.attention * metrics["attention_kl"]
-    metrics["loss"] = total
-    return total, metrics
+        terms["attention_kl"] = _stack([
+            attention_kl(sq, sk, tq, tk, batch["segment_ids"], block_size=cfg.attention_block_size,
+                         heads=cfg.attention_heads, student_scale=cfg.attention_scale,
+                         teacher_scale=cfg.attention_scale)
+            for (sq, tq), (sk, tk) in zip(qs, ks)])
+    for name in terms:
+        _declared(name)
+    return terms
+
+
+def _stack(per_layer: list[dict]) -> tuple:
+    return (jnp.stack([o["sum"] for o in per_layer]), jnp.stack([o["count"] for o in per_layer]))
+
+
+# ---- combining terms ------------------------------------------------------------------------------
+def means(terms: Terms, counts: Optional[Mapping] = None) -> dict:
+    """name -> sum / count. With `counts` (from `normalisers`), every term is divided by its declared
+    normaliser instead of its own count: a microbatch's means over the FULL batch's counts sum, over
+    microbatches, to the full batch's means exactly (the step's gradient accumulation)."""
+    out = {}
+    for name, (total, count) in terms.items():
+        if counts is not None:
+            count = counts[_declared(name).normaliser]
+        out[name] = total / jnp.maximum(count, 1.0)
+    return out
+
+
+def weighted_loss(cfg: DistillLossConfig, term_means: Mapping) -> jax.Array:
+    """sum over weighted terms of weight * mean (a per-layer term: the mean over its layers)."""
+    total = jnp.zeros((), jnp.float32)
+    for name, value in term_means.items():
+        metric = _declared(name)
+        if metric.weight is not None:
+            total += getattr(cfg.weights, metric.weight) * jnp.mean(value)
+    return total
+
+
+def metric_values(cfg: DistillLossConfig, terms: Terms, counts: Mapping) -> dict:
+    """The flat metrics of `terms` (each divided once by its own accumulated count): every term,
+    per-layer ones also as "<name>/<i>", "num_tokens" (loss_mask tokens) and "loss"."""
+    term_means = means(terms)
+    out = {}
+    for name, value in term_means.items():
+        if _declared(name).per_layer:
+            out.update({f"{name}/{i}": value[i] for i in range(value.shape[0])})
+        out[name] = jnp.mean(value)
+    out["num_tokens"] = counts["loss_tokens"]
+    out["loss"] = weighted_loss(cfg, term_means)
+    return out
+
+
+def distill_loss(cfg: DistillLossConfig, batch: Mapping, student: Mapping, teacher: Mapping,
+                 projector: Optional[Mapping] = None) -> tuple[jax.Array, dict]:
+    """The weighted loss of one batch and its metrics (`loss_terms` for the arguments): total =
+    sum over weighted terms of weight * mean, metrics as `metric_values`."""
+    terms = loss_terms(cfg, batch, student, teacher, projector)
+    metrics = metric_values(cfg, terms, normalisers(batch))
+    return metrics["loss"], metrics

@@ -2,10 +2,10 @@
 
 One step takes the global batch [B, T], splits it into `microbatches` interleaved row groups
 (rows j, j+M, j+2M, ... form microbatch j, so each stays evenly sharded over (data, fsdp)),
-and `lax.scan`s over them summing gradients. Each microbatch's loss terms are weighted by its share
-of the batch's tokens (loss_mask tokens for CE / logit KL, non-padding tokens for the hidden and
-attention terms), so the accumulated gradient equals the full-batch gradient of the token-mean loss
-exactly, whatever the padding.
+and `lax.scan`s over them summing gradients and the objective's (sum, count) terms. Each
+microbatch's terms are divided by the full batch's token counts (`objective.normalisers`, known
+before any forward), so the accumulated gradient equals the full-batch gradient of the token-mean
+loss exactly, whatever the padding; the logged metrics are the accumulated sums divided once.
 
 Compiled with `jax.jit(in_shardings, out_shardings, donate_argnums=0)`: the student TrainState is
 donated; the frozen params (teacher / LoRA base) are a separate, non-donated input.
@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from ..distill.objective import DistillLossConfig, distill_loss
+from ..distill.objective import (DistillLossConfig, Terms, loss_terms, means, metric_values,
+                                 normalisers, weighted_loss)
 from ..models.config import LlamaConfig
 from ..models.llama import Llama, lm_head_kernel
 from ..parallel import axis_rules_context, batch_sharding, replicated
@@ -29,8 +30,6 @@ from .lora import LoraConfig, apply_lora
 from .state import TrainState
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
-_MASK_TERMS = ("ce", "logit_kl", "kl_t1", "teacher_ce")   # means over loss_mask tokens
-_VALID_TERMS = ("hidden", "attention_kl")                 # means over non-padding tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,31 +85,15 @@ def teacher_features(spec: StepSpec, teacher: dict, mb: dict) -> dict:
 
 
 def microbatch_loss(spec: StepSpec, trainable: dict, frozen: dict, mb: dict, teacher: dict,
-                    totals: dict) -> tuple[jax.Array, dict]:
-    """This microbatch's share of the full-batch loss, and its share of every metric."""
+                    counts: dict) -> tuple[jax.Array, Terms]:
+    """This microbatch's share of the full-batch loss (its term sums over the FULL batch's counts,
+    so the shares add up to the full-batch loss exactly), and its terms as (sum, count)."""
     params = student_params(spec, trainable, frozen)
     w = spec.loss.weights
     student = _features(spec.student, params, mb, spec.student_taps, spec.tap_hidden, spec.tap_qk,
                         output=w.ce > 0 or w.logit_kl > 0)
-    _, m = distill_loss(spec.loss, mb, student, teacher, trainable.get("projector"))
-    f_mask = jnp.sum(mb["loss_mask"].astype(jnp.float32)) / jnp.maximum(totals["mask"], 1.0)
-    f_valid = jnp.sum((mb["segment_ids"] != 0).astype(jnp.float32)) / jnp.maximum(totals["valid"], 1.0)
-    out = {}
-    for k, v in m.items():
-        base = k.split("/")[0]
-        if base in _MASK_TERMS:
-            out[k] = v * f_mask
-        elif base in _VALID_TERMS:
-            out[k] = v * f_valid
-        elif k == "num_tokens":
-            out[k] = v
-    loss = jnp.zeros((), jnp.float32)
-    for term, weight in (("ce", w.ce), ("logit_kl", w.logit_kl), ("hidden", w.hidden),
-                         ("attention_kl", w.attention)):
-        if weight > 0:
-            loss = loss + weight * out[term]
-    out["loss"] = loss
-    return loss, out
+    terms = loss_terms(spec.loss, mb, student, teacher, trainable.get("projector"))
+    return weighted_loss(spec.loss, means(terms, counts)), terms
 
 
 def split_microbatches(batch: dict, m: int) -> dict:
@@ -125,18 +108,17 @@ def split_microbatches(batch: dict, m: int) -> dict:
 
 def train_step(spec: StepSpec, tx: optax.GradientTransformation, schedule, state: TrainState,
                frozen: dict, batch: dict) -> tuple[TrainState, dict]:
-    totals = {"mask": jnp.sum(batch["loss_mask"].astype(jnp.float32)),
-              "valid": jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32))}
+    counts = normalisers(batch)
     grad_fn = jax.value_and_grad(
-        lambda p, mb, t: microbatch_loss(spec, p, frozen, mb, t, totals), has_aux=True)
+        lambda p, mb, t: microbatch_loss(spec, p, frozen, mb, t, counts), has_aux=True)
 
     def one(mb):
         teacher = teacher_features(spec, frozen.get("teacher"), mb)
-        (_, metrics), grads = grad_fn(state.params, mb, teacher)
-        return grads, metrics
+        (_, terms), grads = grad_fn(state.params, mb, teacher)
+        return grads, terms
 
     if spec.microbatches == 1:
-        grads, metrics = one({k: batch[k] for k in BATCH_KEYS})
+        grads, terms = one({k: batch[k] for k in BATCH_KEYS})
     else:
         mbs = split_microbatches(batch, spec.microbatches)
         first = jax.tree.map(lambda x: x[0], mbs)
@@ -146,8 +128,8 @@ def train_step(spec: StepSpec, tx: optax.GradientTransformation, schedule, state
         def body(acc, mb):
             return jax.tree.map(jnp.add, acc, one(mb)), None
 
-        (grads, metrics), _ = lax.scan(body, zeros, mbs)
-    metrics = dict(metrics)
+        (grads, terms), _ = lax.scan(body, zeros, mbs)
+    metrics = metric_values(spec.loss, terms, counts)   # accumulated sums / counts, divided once
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = schedule(state.step)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
