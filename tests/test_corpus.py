@@ -8,7 +8,9 @@ import soundfile as sf
 
 from data_fixtures import as_source_record, synthetic_utterance, write_units_manifest
 from tinywave_jax.data import DataConfig, make_train_iterator, preset_layout
-from tinywave_jax.data.corpus import CorpusError, CorpusSource, build_corpus, version_dir
+from tinywave_jax.data.corpus_build import build_corpus
+from tinywave_jax.data.corpus_format import CorpusError
+from tinywave_jax.data.corpus_read import CorpusSource, version_dir
 from tinywave_jax.data.streams import speech_sequence
 
 N = 30

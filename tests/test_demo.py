@@ -159,7 +159,7 @@ def test_quick_demo_runs_every_stage(quick_run):
 def test_held_out_stories_and_waveforms_are_in_no_training_corpus(quick_run):
     """The distillation corpus holds training stories only; no benchmark or held-out file equals
     any training file, and the distillation corpus is the teacher's own target-voice subset."""
-    from tinywave_jax.data.corpus import CorpusSource
+    from tinywave_jax.data.corpus_read import CorpusSource
     workdir, _ = quick_run
     speech = workdir / "speech"
     distill = [json.loads(x) for x in (speech / "distill.jsonl").read_text().splitlines()]

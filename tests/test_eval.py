@@ -261,7 +261,7 @@ def test_salmon_audio_end_to_end(models, tmp_path):
 def test_ppl_of_a_corpus_split(models, tmp_path):
     """A corpus built by `build_corpus` from a units manifest; the reference rebuilds each
     sequence from the manifest (dedup, offsets, bos/[Speech]) and scores the units with torch."""
-    from tinywave_jax.data.corpus import build_corpus
+    from tinywave_jax.data.corpus_build import build_corpus
     root = models["root"]
     rng = np.random.default_rng(0)
     recs = []

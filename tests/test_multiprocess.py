@@ -93,7 +93,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 def test_two_processes_checkpoint_resume_match_one_process(tmp_path, monkeypatch):
     import jax
 
-    from tinywave_jax.data.corpus import build_corpus
+    from tinywave_jax.data.corpus_build import build_corpus
     from tinywave_jax.train import data as train_data
     from tinywave_jax.train import loop
 
@@ -149,7 +149,8 @@ def test_two_processes_checkpoint_resume_match_one_process(tmp_path, monkeypatch
     # the student state of step 4 as both runs checkpointed it, restored onto this process's mesh
     import orbax.checkpoint as ocp
 
-    from tinywave_jax.train.session import Session, prepare
+    from tinywave_jax.train.recipes import prepare
+    from tinywave_jax.train.session import Session
     target = Session(prepare(ref_cfg)).abstract_state()._asdict()
 
     def params_at_4(run_dir):

@@ -15,8 +15,8 @@ from tinywave_jax.config import load_config
 from tinywave_jax.models import llama
 from tinywave_jax.models.config import LlamaConfig
 from tinywave_jax.train.config import DistillConfig, TrainConfig
-from tinywave_jax.train.loop import checkpoint_manager
-from tinywave_jax.train.session import prepare
+from tinywave_jax.train.recipes import prepare
+from tinywave_jax.train.resume import checkpoint_manager
 
 from train_fixtures import SHARED_OVER, TEACHER, distill_dict
 
@@ -98,7 +98,7 @@ def test_lora_on_the_grain_corpus_trains_only_adapters_resumes_and_merges(tmp_pa
     adapters are merged into the exported weights."""
     from data_fixtures import synthetic_utterance, write_units_manifest
     from tinywave_jax.checkpoint import save_model
-    from tinywave_jax.data.corpus import build_corpus
+    from tinywave_jax.data.corpus_build import build_corpus
     rng = np.random.default_rng(1)
     manifest = write_units_manifest(tmp_path / "units.jsonl",
                                     [synthetic_utterance(rng, k) for k in range(16)])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _pairs(text: str, flag: str) -> dict:
@@ -64,8 +65,12 @@ def register(subparsers):
     s.set_defaults(func=_show)
 
 
+def _log_stderr(msg):
+    print(msg, file=sys.stderr)
+
+
 def _build(args):
-    from .corpus import build_corpus, format_summary, log_stderr
+    from .corpus_build import build_corpus, format_summary
     from .layout import STREAMS, preset_layout
     layout = preset_layout(args.layout)
     vocab = {s: layout.stream_size(s) for s in STREAMS}
@@ -75,18 +80,18 @@ def _build(args):
         shard_size=args.shard_size, workers=args.workers, valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction, vocab_sizes=vocab,
         frame_rates=_pairs(args.frame_rates, "--frame-rates"), max_skipped=args.max_skipped,
-        speaker_f0=not args.no_speaker_f0, log=log_stderr)
+        speaker_f0=not args.no_speaker_f0, log=_log_stderr)
     print(format_summary(summary))
 
 
 def _info(args):
     import json
     from pathlib import Path
-    from .corpus import CorpusSource, version_dir
+    from .corpus_read import CorpusSource, version_dir
     d = version_dir(args.corpus_dir)
     summary = Path(args.corpus_dir) / "summary.json"
     if summary.exists():
-        from .corpus import format_summary
+        from .corpus_build import format_summary
         print(format_summary(json.loads(summary.read_text())))
     info = json.loads((d / "dataset_info.json").read_text())
     for split in info.get("splits", []):
@@ -97,7 +102,7 @@ def _info(args):
 
 def _show(args):
     import numpy as np
-    from .corpus import CorpusSource
+    from .corpus_read import CorpusSource
     from .layout import ids_to_string, load_tokenizer, preset_layout
     from .streams import sequence_for
     layout = preset_layout(args.layout)

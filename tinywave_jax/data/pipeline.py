@@ -105,7 +105,7 @@ class _Tokens:
         self._lock = threading.Lock()
 
     def __call__(self, index, rng: np.random.Generator):
-        from .corpus import CorpusError
+        from .corpus_format import CorpusError
         try:
             rec = self.source[int(index)]
             ids = sequence_for(self.kind, rec, self.layout, self.tokenizer, rng,
@@ -172,7 +172,7 @@ def make_dataset(cfg: DataConfig, process_index: int = 0, process_count: int = 1
                  source=None):
     """The grain IterDataset of contract batches for one host (see the module docstring)."""
     from grain.experimental import ConcatThenSplitIterDataset
-    from .corpus import CorpusSource
+    from .corpus_read import CorpusSource
     cfg.validate()                      # also when built in Python rather than from YAML
     if cfg.batch_size % process_count:
         raise ConfigError(f"data.batch_size {cfg.batch_size} is not divisible by "

@@ -178,7 +178,7 @@ class TeacherBuild(StagedRun):
 
     def provenance(self, staging: Path) -> dict:
         from .. import __version__
-        from ..data.corpus import version_dir
+        from ..data.corpus_read import version_dir
         data_hashes = {f"speech/{n}.jsonl": sha256_file(self.speech_dir / f"{n}.jsonl")
                        for n in ("pretrain", "heldout")}
         for n in ("pretrain", "heldout"):

@@ -42,7 +42,7 @@ def build_corpora(manifests: dict[str, Path], units_dir: Path, out: Path, units:
                   log=print) -> dict:
     """One corpus per manifest under `out/<name>` (audio through the units folder); returns
     {name: summary}."""
-    from ..data.corpus import build_corpus
+    from ..data.corpus_build import build_corpus
     summaries = {}
     for name, manifest in manifests.items():
         n = len(Path(manifest).read_text().splitlines())

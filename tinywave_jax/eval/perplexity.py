@@ -38,7 +38,7 @@ def read_ppl_jsonl(path: str | Path) -> list[Seq]:
 
 def corpus_seqs(corpus_dir: str | Path, split: str, layout, limit: int | None = None) -> list[Seq]:
     """A corpus split's utterances as speech (or expressive) sequences with their durations."""
-    from ..data.corpus import CorpusSource
+    from ..data.corpus_read import CorpusSource
     from ..data.streams import sequence_for
     source = CorpusSource(corpus_dir, split)
     kind = "expressive" if layout.is_expressive else "speech"
