@@ -79,22 +79,23 @@ def jax_worker(a, out_dir: str) -> dict:
     import jax
     from tinywave_jax.convert.hf_export import hf_config_dict, params_to_hf_state
     from tinywave_jax.train.loop import _global_batch
-    from tinywave_jax.train.session import Session, prepare
+    from tinywave_jax.train.recipes import prepare
+    from tinywave_jax.train.session import Session
 
-    job = prepare(project_config(a, a.batch, a.seq))
-    session = Session(job)
+    recipe = prepare(project_config(a, a.batch, a.seq))
+    session = Session(recipe)
     frozen, trainable = session.frozen_and_trainable()
     state = session.init_state(trainable)
     host = make_batch(a.batch, a.seq, a.vocab)
-    for name, params, config in (("teacher", frozen["teacher"], job.teacher_full),
-                                 ("student", trainable["model"], job.spec.student)):
+    for name, params, config in (("teacher", frozen["teacher"], recipe.teacher_full),
+                                 ("student", trainable["model"], recipe.spec.student)):
         np.savez(os.path.join(out_dir, f"{name}.npz"), **dict(params_to_hf_state(params, config, "float32")))
         with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
             json.dump(hf_config_dict(config, "float32"), f)
     np.savez(os.path.join(out_dir, "batch.npz"), **host)
     with open(os.path.join(out_dir, "pairs.json"), "w") as f:
-        json.dump({"student": list(job.spec.student_taps), "teacher": list(job.spec.teacher_taps),
-                   "temperature": job.spec.loss.temperature}, f)
+        json.dump({"student": list(recipe.spec.student_taps), "teacher": list(recipe.spec.teacher_taps),
+                   "temperature": recipe.spec.loss.temperature}, f)
     data = _global_batch(session, host)
     jax.block_until_ready((state, frozen, data))
     base = rss_mib()
@@ -157,7 +158,8 @@ def mem_worker(a, out_dir: str) -> dict:
     import jax
     import jax.numpy as jnp
     from tinywave_jax.distill import objective
-    from tinywave_jax.train.session import Session, prepare
+    from tinywave_jax.train.recipes import prepare
+    from tinywave_jax.train.session import Session
 
     blockwise = objective.attention_kl
     out = {}
@@ -166,8 +168,8 @@ def mem_worker(a, out_dir: str) -> dict:
         peaks = {}
         for variant in ("none", "blockwise", "dense"):
             objective.attention_kl = dense_attention_kl if variant == "dense" else blockwise
-            job = prepare(project_config(a, 1, seq, 0.0 if variant == "none" else 1.0))
-            session = Session(job)
+            recipe = prepare(project_config(a, 1, seq, 0.0 if variant == "none" else 1.0))
+            session = Session(recipe)
             batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host.items()}
             t0 = time.perf_counter()
             compiled = session.step.lower(session.abstract_state(), session.frozen_abstract,

@@ -64,14 +64,15 @@ def measure(preset: str, batch: int, seq: int, steps: int, peak_tflops: float, r
     """Times the project's own compiled step (`train.session.Session`), as `tinywave distill` runs it."""
     from tinywave_jax.train.data import make_batches
     from tinywave_jax.train.loop import _global_batch
-    from tinywave_jax.train.session import Session, prepare
+    from tinywave_jax.train.recipes import prepare
+    from tinywave_jax.train.session import Session
 
     cfg = project_config(preset, batch, seq, remat)
-    job = prepare(cfg)
-    session = Session(job)
+    recipe = prepare(cfg)
+    session = Session(recipe)
     frozen, trainable = session.frozen_and_trainable()
     state = session.init_state(trainable)
-    batches = make_batches(cfg.data, job.spec.student.vocab_size)
+    batches = make_batches(cfg.data, recipe.spec.student.vocab_size)
     data = _global_batch(session, next(batches))
     t0 = time.perf_counter()
     state, metrics = session.step(state, frozen, data)  # compiles on the first call
@@ -86,12 +87,12 @@ def measure(preset: str, batch: int, seq: int, steps: int, peak_tflops: float, r
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
     tokens = batch * seq
-    ours = tokens * (3 * forward_flops_per_token(job.spec.student, seq)
-                     + forward_flops_per_token(job.spec.teacher, seq))
+    ours = tokens * (3 * forward_flops_per_token(recipe.spec.student, seq)
+                     + forward_flops_per_token(recipe.spec.teacher, seq))
     mem = jax.devices()[0].memory_stats() or {}
     return {
         "preset": preset, "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-        "teacher_params": job.spec.teacher.num_params(), "student_params": job.spec.student.num_params(),
+        "teacher_params": recipe.spec.teacher.num_params(), "student_params": recipe.spec.student.num_params(),
         "batch": batch, "seq": seq, "remat": remat, "first_step_s": round(compile_s, 1),
         "step_s": round(step_s, 4), "tokens_per_s": round(tokens / step_s, 1),
         "model_tflop_per_step": round(ours / 1e12, 2),

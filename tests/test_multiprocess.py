@@ -150,11 +150,12 @@ def test_two_processes_checkpoint_resume_match_one_process(tmp_path, monkeypatch
     import orbax.checkpoint as ocp
 
     from tinywave_jax.train.recipes import prepare
+    from tinywave_jax.train.resume import checkpoint_manager
     from tinywave_jax.train.session import Session
     target = Session(prepare(ref_cfg)).abstract_state()._asdict()
 
     def params_at_4(run_dir):
-        mngr = loop.checkpoint_manager(run_dir, async_save=False)
+        mngr = checkpoint_manager(run_dir, async_save=False)
         try:
             got = mngr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         finally:

@@ -16,9 +16,11 @@ import pytest
 import yaml
 
 from tinywave_jax.checkpoint import load_model
-from tinywave_jax.train.loop import checkpoint_manager, restore_checkpoint, run
+from tinywave_jax.train.loop import run
+from tinywave_jax.train.recipes import prepare
+from tinywave_jax.train.resume import checkpoint_manager, restore_checkpoint
 from tinywave_jax.train.metrics import read_metrics
-from tinywave_jax.train.session import Session, prepare
+from tinywave_jax.train.session import Session
 
 from train_fixtures import SHARED_OVER, distill_config, distill_dict
 

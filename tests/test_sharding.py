@@ -8,8 +8,9 @@ from jax.sharding import PartitionSpec as P
 
 from tinywave_jax.config import ConfigError
 from tinywave_jax.parallel import LOGICAL_AXIS_RULES, MeshConfig, fit_spec, logical_to_spec, make_mesh
-from tinywave_jax.train.loop import checkpoint_manager, restore_checkpoint, save_checkpoint
-from tinywave_jax.train.session import Session, prepare
+from tinywave_jax.train.recipes import prepare
+from tinywave_jax.train.resume import checkpoint_manager, restore_checkpoint, save_checkpoint
+from tinywave_jax.train.session import Session
 
 from train_fixtures import distill_config, one_step
 
@@ -71,8 +72,8 @@ def test_sharded_step_equals_single_device(reference_step, mesh_shape):
 
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
     cfg = distill_config()
-    job = prepare(cfg)
-    src = Session(job, make_mesh(MeshConfig(data=1, fsdp=8, tensor=1)))
+    recipe = prepare(cfg)
+    src = Session(recipe, make_mesh(MeshConfig(data=1, fsdp=8, tensor=1)))
     _, trainable = src.frozen_and_trainable()
     state = src.init_state(trainable)
     # make the optimizer state non-trivial so a mix-up would show
@@ -82,7 +83,7 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     mngr = checkpoint_manager(tmp_path, keep=2)
     save_checkpoint(mngr, state, {"index": 0}, {"kind": "distill"})
     mngr.wait_until_finished()
-    dst = Session(job, make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)))
+    dst = Session(recipe, make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)))
     restored, data_state, meta = restore_checkpoint(mngr, dst.abstract_state())
     mngr.close()
     assert data_state == {"index": 0} and meta["process_count"] == 1

@@ -12,7 +12,7 @@ from tinywave_jax.train.config import DataSection
 from tinywave_jax.train.data import SyntheticIterator
 from tinywave_jax.train.loop import run
 from tinywave_jax.train.metrics import read_metrics
-from tinywave_jax.train.session import prepare
+from tinywave_jax.train.recipes import prepare
 
 from train_fixtures import (SHARED_OVER, TEACHER, distill_config, one_step,
                             train_config)
@@ -45,13 +45,13 @@ def test_student_equal_to_teacher_has_zero_distillation_losses():
 
 
 def test_weight_zero_terms_and_their_taps_are_skipped():
-    job = prepare(distill_config(distill={"weights": {"hidden": 0.0, "attention": 0.0}}))
-    assert job.spec.teacher_taps == () and job.spec.student_taps == ()
-    assert job.spec.teacher.num_hidden_layers == 4        # logits needed: the whole teacher runs
-    job = prepare(distill_config(distill={"weights": {"logit_kl": 0.0, "attention": 0.0}}))
-    assert job.spec.teacher_taps == (1, 3) and job.spec.tap_hidden and not job.spec.tap_qk
-    job = prepare(distill_config(distill={"layer_map": [0, 1], "weights": {"logit_kl": 0.0}}))
-    assert job.spec.teacher.num_hidden_layers == 2        # teacher cut after its last tapped layer
+    recipe = prepare(distill_config(distill={"weights": {"hidden": 0.0, "attention": 0.0}}))
+    assert recipe.spec.teacher_taps == () and recipe.spec.student_taps == ()
+    assert recipe.spec.teacher.num_hidden_layers == 4        # logits needed: the whole teacher runs
+    recipe = prepare(distill_config(distill={"weights": {"logit_kl": 0.0, "attention": 0.0}}))
+    assert recipe.spec.teacher_taps == (1, 3) and recipe.spec.tap_hidden and not recipe.spec.tap_qk
+    recipe = prepare(distill_config(distill={"layer_map": [0, 1], "weights": {"logit_kl": 0.0}}))
+    assert recipe.spec.teacher.num_hidden_layers == 2        # teacher cut after its last tapped layer
     # attention weight 0 (the shared config): no q/k taps, no attention metrics
     _, m, session = one_step(distill_config(**SHARED_OVER), (1, 8, 1))
     assert session.spec.tap_hidden and not session.spec.tap_qk

@@ -55,7 +55,8 @@ def one_step(cfg, mesh_shape=(1, 1, 1), devices=None, steps: int = 1, batch_inde
     from tinywave_jax.parallel import MeshConfig, make_mesh
     from tinywave_jax.train.data import make_batches
     from tinywave_jax.train.loop import _global_batch
-    from tinywave_jax.train.session import Session, prepare
+    from tinywave_jax.train.recipes import prepare
+    from tinywave_jax.train.session import Session
     n = mesh_shape[0] * mesh_shape[1] * mesh_shape[2]
     mesh = make_mesh(MeshConfig(*mesh_shape), (devices or jax.devices())[:n])
     session = Session(prepare(cfg), mesh)

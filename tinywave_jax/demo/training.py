@@ -196,7 +196,8 @@ def train_run(name: str, cfg_dict: dict, log=print) -> Path:
     model folder."""
     from ..config import from_dict
     from ..train.config import DistillConfig, TrainConfig
-    from ..train.loop import checkpoint_manager, run
+    from ..train.loop import run
+    from ..train.resume import checkpoint_manager
 
     run_dir = Path(cfg_dict["run_dir"])
     final = run_dir / "final"

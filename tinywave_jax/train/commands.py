@@ -60,7 +60,7 @@ def _run(kind: str, args) -> int:
     from ..config import load_config
     from .config import DistillConfig, TrainConfig
     from .loop import run
-    from .session import prepare
+    from .recipes import prepare
 
     _split_flags(args)
     from ..parallel.distributed import maybe_initialize
