@@ -12,7 +12,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tinywave_jax import __version__
 from tinywave_jax.checkpoint import load_model, load_model_config, load_model_info, save_model
-from tinywave_jax.convert import ConversionError, export_hf, param_shapes
+from tinywave_jax.convert import export_hf
+from tinywave_jax.errors import ConversionError
+from tinywave_jax.models.param_layout import param_shapes
 from tinywave_jax.models.config import tiny_config
 
 # Divisible by the 2x4 mesh below; untied with attention bias so every kind of leaf appears.

@@ -16,7 +16,8 @@ from hf_reference import make_hf_model, params_from_hf
 from tinywave_jax import cli
 from tinywave_jax.checkpoint import load_model
 from tinywave_jax.config import ConfigError
-from tinywave_jax.convert import ConversionError, export_hf, hf_export, import_hf
+from tinywave_jax.convert import export_hf, hf_export, import_hf
+from tinywave_jax.errors import ConversionError
 from tinywave_jax.convert import safetensors_io as stio
 
 # Tiny shapes; vocab 211 is not a multiple of 128.

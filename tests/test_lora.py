@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from tinywave_jax.config import ConfigError, from_dict, load_config
-from tinywave_jax.convert import param_shapes
+from tinywave_jax.models.param_layout import param_shapes
 from tinywave_jax.models import llama
 from tinywave_jax.models.config import tiny_config
 from tinywave_jax.train.lora import (LoraConfig, apply_lora, init_lora, lora_logical_axes,

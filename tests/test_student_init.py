@@ -10,7 +10,7 @@ import pytest
 
 from tinywave_jax.checkpoint import load_model, save_model
 from tinywave_jax.config import ConfigError
-from tinywave_jax.convert import param_shapes
+from tinywave_jax.models.param_layout import param_shapes
 from tinywave_jax.distill import commands
 from tinywave_jax.distill.student_init import init_student_from_teacher, random_student
 from tinywave_jax.models import llama

@@ -3,109 +3,32 @@
     CKPT/config.json    the model config in Hugging Face form (LlamaConfig.write_hf_file)
     CKPT/tinywave.json  format version, parameter dtype, creation time, package version, the
                         tokenizer files included, and provenance (e.g. the source HF folder)
-    CKPT/params/        orbax checkpoint of the params tree (layout: convert/hf_names.py)
+    CKPT/params/        orbax checkpoint of the params tree (layout: models/param_layout.py)
     CKPT/tokenizer/     optional tokenizer / generation-config files from the source model
 
-Saves are atomic: everything is written into a temporary sibling folder that is renamed into
-place only once complete, so a half-written checkpoint never replaces a good one.
+Saves are atomic (outputs.atomic_output_dir): a half-written checkpoint never replaces a good one.
+The parameter layout is models/param_layout.py.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
-import os
 import shutil
-import sys
-import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from .convert.hf_names import ConversionError, check_params, flatten, param_shapes, set_path
+from .errors import ConversionError, MissingInputError
 from .models.config import LlamaConfig
+from .models.param_layout import check_params, flatten, param_shapes, set_path
+from .outputs import atomic_output_dir, is_primary_process
 
 FORMAT = "tinywave-model"
 FORMAT_VERSION = 1
 INFO_FILE = "tinywave.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json", "generation_config.json")
-
-
-def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> None:
-    """Raises FileExistsError unless `out_dir` is absent, empty, or `overwrite` is set."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder")
-    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty (pass --overwrite / overwrite=True to replace it)")
-
-
-def _multiprocess():
-    """The running jax when several processes share this save, else None (jax is only consulted
-    when the caller already imported it: a converter run is always one process)."""
-    jax = sys.modules.get("jax")
-    return jax if jax is not None and jax.process_count() > 1 else None
-
-
-def is_primary_process() -> bool:
-    jax = _multiprocess()
-    return jax is None or jax.process_index() == 0
-
-
-def _sync(name: str) -> None:
-    if _multiprocess() is not None:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
-
-
-def _shared_tag() -> str:
-    """A temporary-folder tag every process agrees on (process 0's)."""
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if _multiprocess() is not None:
-        from jax.experimental import multihost_utils
-        raw = np.frombuffer(tag.ljust(32).encode(), np.uint8)
-        tag = bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)).decode().strip()
-    return tag
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a fresh temporary sibling of `out_dir` to fill; on success it becomes `out_dir`
-    (an old `out_dir` is removed only after the new one is in place), on error it is deleted.
-    Refuses a non-empty `out_dir` unless `overwrite`. With several jax processes all of them get
-    the same folder (to write their shards into) and only process 0 creates, renames or removes."""
-    out_dir = Path(os.path.abspath(out_dir))  # normalises "." and "..", which have no siblings
-    check_output_dir(out_dir, overwrite)
-    primary = is_primary_process()
-    tag = _shared_tag()
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{tag}")
-    if primary:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    _sync(f"tinywave-save-begin-{tag}")
-    try:
-        yield tmp
-        _sync(f"tinywave-save-written-{tag}")
-        if primary:
-            check_output_dir(out_dir, overwrite)  # someone may have written there meanwhile
-            old = None
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
-                out_dir.rename(old)
-            try:
-                tmp.rename(out_dir)
-            except BaseException:
-                if old is not None:
-                    old.rename(out_dir)
-                raise
-            if old is not None:
-                shutil.rmtree(old)
-        _sync(f"tinywave-save-done-{tag}")
-    finally:
-        if primary and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def copy_tokenizer_files(src_dir: str | Path | None, dst_dir: Path) -> list[str]:
@@ -144,7 +67,7 @@ def _params_checkpointer():
 def save_model(out_dir: str | Path, params: dict, config: LlamaConfig,
                provenance: dict | None = None, overwrite: bool = False,
                tokenizer_dir: str | Path | None = None) -> Path:
-    """Writes params (numpy or jax arrays, layout of convert/hf_names.py) and config as a
+    """Writes params (numpy or jax arrays, layout of models/param_layout.py) and config as a
     checkpoint folder; tokenizer files found in `tokenizer_dir` are copied in."""
     import orbax.checkpoint as ocp
 
@@ -177,7 +100,7 @@ def load_model_info(ckpt_dir: str | Path) -> dict:
     """The checkpoint's tinywave.json, checked for format and version."""
     path = Path(ckpt_dir) / INFO_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{ckpt_dir}: not a tinywave model checkpoint (no {INFO_FILE})")
+        raise MissingInputError(f"{ckpt_dir}: not a tinywave model checkpoint (no {INFO_FILE})")
     try:
         info = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -198,7 +121,7 @@ def load_model_config(ckpt_dir: str | Path) -> LlamaConfig:
 def _stored_params(params_dir: Path) -> dict[tuple[str, ...], Any]:
     import orbax.checkpoint as ocp
     if not params_dir.is_dir():
-        raise FileNotFoundError(f"{params_dir}: parameter folder missing")
+        raise MissingInputError(f"{params_dir}: parameter folder missing")
     ckptr = ocp.StandardCheckpointer()
     try:
         meta = ckptr.metadata(params_dir).item_metadata

@@ -16,9 +16,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad config key or value; the message names the dotted key."""
+from .errors import ConfigError
 
 
 def _type_name(tp: Any) -> str:

@@ -1,6 +1,7 @@
 """Hugging Face <-> tinywave conversion (`tinywave import-hf` / `export-hf`).
 
-The name/shape mapping lives in `hf_names`; `hf_import` and `hf_export` use it both ways.
+The name/shape table lives in `models/param_layout.py`; `hf_import` and `hf_export` use it both
+ways.
 Attributes are imported lazily so `tinywave --help` does not pull in numpy-heavy modules.
 """
 from __future__ import annotations
@@ -10,5 +11,4 @@ from .._lazy import lazy_exports
 __getattr__, __all__ = lazy_exports(__name__, {
     "hf_import": ["import_hf", "hf_state_to_params", "HFWeights"],
     "hf_export": ["export_hf", "params_to_hf_state", "write_hf_dir"],
-    "hf_names": ["ConversionError", "tensor_maps", "param_shapes"],
 })

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..models.config import LlamaConfig
+from ..models.param_layout import TensorMap, check_params, flatten, tensor_maps
 from .hf_import import Progress
-from .hf_names import TensorMap, check_params, flatten, tensor_maps
 from .safetensors_io import TensorToWrite, write_file
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -109,7 +109,8 @@ def write_hf_dir(params: Mapping, config: LlamaConfig, out_dir: str | Path, dtyp
                  tokenizer_dir: str | Path | None = None,
                  progress: Progress | None = None) -> Path:
     """Writes params as a Hugging Face Llama folder (see module doc). dtype None: as stored."""
-    from ..checkpoint import atomic_output_dir, copy_tokenizer_files
+    from ..checkpoint import copy_tokenizer_files
+    from ..outputs import atomic_output_dir
     leaves = _host_leaves(params, config)
     dtype = np.dtype(dtype) if dtype is not None else _uniform_dtype(leaves)
     maps = {m.hf_name: m for m in tensor_maps(config)}
@@ -154,7 +155,8 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, dtype=None, overwrite: 
               progress: Progress | None = None) -> Path:
     """Writes the tinywave model checkpoint `ckpt_dir` as a Hugging Face folder `out_dir`.
     dtype None: the checkpoint's dtype."""
-    from ..checkpoint import check_output_dir, load_model
+    from ..checkpoint import load_model
+    from ..outputs import check_output_dir
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"tinywave checkpoint folder not found: {ckpt_dir}")

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
+from ..errors import ConversionError
 from ..models.config import LlamaConfig
-from .hf_names import (ConversionError, flatten, get_path, is_ignored, param_shapes, set_path,
-                       tensor_maps)
+from ..models.param_layout import flatten, get_path, param_shapes, set_path, tensor_maps
 from .safetensors_io import SafetensorsFile
 
 # Looked for in this order, like transformers: (listing file, kind).
@@ -27,8 +28,18 @@ WEIGHT_LAYOUTS = (("model.safetensors.index.json", "safetensors"),
 PARAM_DTYPES = ("float32", "bfloat16")
 _FLOAT_SOURCES = {np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16)}
 
+# HF buffers that are not parameters (older checkpoints saved the RoPE table).
+_NON_PARAMETERS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+
 # progress(tensors_done, tensors_total, bytes_done, bytes_total)
 Progress = Callable[[int, int, int, int], None]
+
+
+def is_ignored(hf_name: str, config: LlamaConfig) -> bool:
+    """HF tensors that are not parameters of our model and are skipped on import."""
+    if _NON_PARAMETERS.fullmatch(hf_name):
+        return True
+    return config.tie_word_embeddings and hf_name == "lm_head.weight"
 
 
 def to_numpy(x) -> np.ndarray:
@@ -173,7 +184,8 @@ def hf_state_to_params(state: Mapping, config: LlamaConfig, dtype="float32",
 def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32",
               overwrite: bool = False, progress: Progress | None = None) -> Path:
     """Converts a Hugging Face Llama folder into a tinywave model checkpoint at `out_dir`."""
-    from ..checkpoint import check_output_dir, save_model
+    from ..checkpoint import save_model
+    from ..outputs import check_output_dir
     if dtype not in PARAM_DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {list(PARAM_DTYPES)}")
     hf_dir = Path(hf_dir)

@@ -86,7 +86,7 @@ class TeacherBuild(StagedRun):
 
     def check(self, stages) -> None:
         if "package" in stages and self.done("package") is None:
-            from ..checkpoint import check_output_dir
+            from ..outputs import check_output_dir
             check_output_dir(self.out, self.overwrite)
 
     def world(self) -> dict:
@@ -155,7 +155,8 @@ class TeacherBuild(StagedRun):
         return {"quality": quality}
 
     def stage_package(self) -> dict:
-        from ..checkpoint import atomic_output_dir, load_model
+        from ..checkpoint import load_model
+        from ..outputs import atomic_output_dir
         from ..convert.hf_export import write_hf_dir
         staging = self.dir / "package"
         shutil.rmtree(staging, ignore_errors=True)

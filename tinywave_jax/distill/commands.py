@@ -59,7 +59,8 @@ def _random_config(args: argparse.Namespace):
 def _init_student(args: argparse.Namespace) -> int:
     import jax
 
-    from ..checkpoint import check_output_dir, load_model, save_model
+    from ..checkpoint import load_model, save_model
+    from ..outputs import check_output_dir
     from .student_init import init_student_from_teacher, random_student
 
     check_output_dir(args.out_dir, args.overwrite)  # fail before loading a 7B teacher

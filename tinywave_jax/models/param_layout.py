@@ -1,4 +1,6 @@
-"""The one table mapping Hugging Face Llama tensors to tinywave parameters, used both ways.
+"""The parameter layout of a Llama model: the one table of every tensor's path in the params tree,
+its shape, and its Hugging Face name (the checkpoint format checks against it; HF conversion maps
+through it both ways).
 
 tinywave params (nested dicts; per-layer tensors stacked on a leading layer axis L):
   embed_tokens/embedding [V, D]            <- model.embed_tokens.weight [V, D]
@@ -12,20 +14,13 @@ RoPE is in HF's rotate_half layout on both sides, so q/k need no permutation.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 
 import ml_dtypes  # noqa: F401  (registers "bfloat16" as a numpy dtype name)
 import numpy as np
 
-from ..models.config import LlamaConfig
-
-# HF buffers that are not parameters (older checkpoints saved the RoPE table).
-_NON_PARAMETERS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
-
-
-class ConversionError(ValueError):
-    """A tensor or file that does not fit the model; the message names the file and tensor."""
+from ..errors import ConversionError
+from .config import LlamaConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,13 +83,6 @@ def param_shapes(config: LlamaConfig) -> dict:
             shape = (config.num_hidden_layers, *shape)
         set_path(tree, m.path, shape)
     return tree
-
-
-def is_ignored(hf_name: str, config: LlamaConfig) -> bool:
-    """HF tensors that are not parameters of our model and are skipped on import."""
-    if _NON_PARAMETERS.fullmatch(hf_name):
-        return True
-    return config.tie_word_embeddings and hf_name == "lm_head.weight"
 
 
 def get_path(tree: dict, path: tuple[str, ...]):
