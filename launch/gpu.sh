@@ -93,7 +93,8 @@ hw=()
 if [[ $HW != none ]]; then   # the overlay comes before the user's overrides, which win
   py=python3
   [[ -x $REPO/.venv/bin/python ]] && py=$REPO/.venv/bin/python
-  hw_lines=$("$py" "$REPO/launch/hw_overrides.py" "$HW") || die "cannot read hardware overlay $HW"
+  hw_lines=$(PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} "$py" -m tinywave_jax.hw "$HW") \
+    || die "cannot read hardware overlay $HW"
   [[ -z $hw_lines ]] || mapfile -t hw <<< "$hw_lines"
 fi
 cmd=("$TINYWAVE" "$TRAINER" "$CONFIG" "${hw[@]}" "${OVERRIDES[@]}")

@@ -177,11 +177,11 @@ default_runtime() {
   esac
 }
 
-# Hardware overlay -> key=value overrides (read here, with the repo's config reader).
+# Hardware overlay -> key=value overrides (read here, with this checkout's tinywave_jax.hw).
 hw_overrides() {
   local py=python3
   [[ -x $REPO/.venv/bin/python ]] && py=$REPO/.venv/bin/python
-  "$py" "$REPO/launch/hw_overrides.py" "$1"
+  PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} "$py" -m tinywave_jax.hw "$1"
 }
 
 case $ACTION in

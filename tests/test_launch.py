@@ -21,14 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from tinywave_jax import hw as hw_overlays
 from tinywave_jax.config import ConfigError, apply_overrides, from_dict, read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TPU = REPO / "launch" / "tpu.sh"
 GPU = REPO / "launch" / "gpu.sh"
 HW = sorted((REPO / "configs" / "hw").glob("*.yaml"))
-sys.path.insert(0, str(REPO / "launch"))
-import hw_overrides  # noqa: E402
 
 FAKE_GCLOUD = r'''#!PYTHON
 import json, os, shutil, subprocess, sys
@@ -257,7 +256,7 @@ def test_tpu_run_and_stop_on_every_worker(fake):
             first[w] = int((run_dirs[w] / f"trainer-tpu-w-{w}.pid").read_text())
             started.append(first[w])
             args = (fake.home / f"args-tpu-w-{w}.txt").read_text().splitlines()
-            assert args == ["distill", "cfg.yaml", *hw_overrides.overrides(hw), "x.y=two words", "--resume"]
+            assert args == ["distill", "cfg.yaml", *hw_overlays.overrides(hw), "x.y=two words", "--resume"]
             assert _alive(first[w])
         script = _remote(fake.calls()[0])
         assert fake.calls()[0][8] == "--worker=all" and "export 'LIBTPU_INIT_ARGS=--a=1 --b'" in script
@@ -301,7 +300,7 @@ def test_gpu_one_node_runs_one_process_with_overlay(fake):
     batch_env = {"SLURM_JOB_ID": "5", "SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_STEP_NODELIST": "n1"}
     fake.run(GPU, "cfg.yaml", "train.steps=5", "--resume", TINYWAVE_BIN=str(rec), **batch_env)
     (call,) = fake.trainer()
-    assert call["argv"] == ["distill", "cfg.yaml", *hw_overrides.overrides(hw), "train.steps=5", "--resume"]
+    assert call["argv"] == ["distill", "cfg.yaml", *hw_overlays.overrides(hw), "train.steps=5", "--resume"]
     assert fake.calls() == []
     # even inside a SLURM batch script of 4 tasks, one gpu.sh process starts no distributed runtime
     assert detect(call["env"], tpu_vm=False) is None and detect(batch_env, tpu_vm=False) is not None
@@ -354,7 +353,7 @@ def _distill_config(overrides):
 @pytest.mark.parametrize("path", HW, ids=[p.stem for p in HW])
 def test_hw_overlay_is_a_valid_config_that_fits_its_hardware(path):
     raw = read_yaml(path)
-    over = hw_overrides.overrides(path)
+    over = hw_overlays.overrides(path)
     rebuilt = apply_overrides({}, over)
     assert rebuilt == {k: v for k, v in raw.items() if k != "hw"}      # exact round trip
     cfg = _distill_config(over)
@@ -370,10 +369,10 @@ def test_hw_overlay_is_a_valid_config_that_fits_its_hardware(path):
 
 def test_overlay_floats_round_trip_through_overrides():
     for value in (1e20, 4.59e14, 0.1, 3, "bfloat16", "wait...", "a: b", None, True, [1, 2]):
-        text = hw_overrides._scalar(value)
+        text = hw_overlays._scalar(value)
         assert apply_overrides({}, [f"k={text}"])["k"] == value, text
     with pytest.raises(ConfigError, match="not found"):
-        hw_overrides.overrides("/nonexistent/hw.yaml")
+        hw_overlays.overrides("/nonexistent/hw.yaml")
 
 
 # --------------------------------------------------------------------------- distributed start-up

@@ -20,28 +20,26 @@ What the CPU compile cannot tell: the TPU/GPU compilers fuse, lay out and schedu
 so their temp bytes differ (docs/scaling.md, "Planning a run", compares with a real H100 run).
 The parameter/optimizer figures do not depend on the backend.
 
-Topologies: a `configs/hw/NAME.yaml` overlay (its keys become overrides after CONFIG and before
-yours, as in the launchers; its `hw:` section gives devices, peak FLOP/s and HBM), or an explicit
-mesh shape `DATA,FSDP,TENSOR` with --peak-tflops / --hbm-gib.
+Topologies: a hardware overlay NAME, one of the package's `tinywave_jax/hw/NAME.yaml` (linked as
+configs/hw; its keys become overrides after CONFIG and before yours, as in the launchers; its
+`hw:` section gives devices, peak FLOP/s and HBM), or an explicit mesh shape `DATA,FSDP,TENSOR`
+with --peak-tflops / --hbm-gib.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 from typing import Optional
 
+from . import hw as hw_overlays
 from .config import ConfigError, read_yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-HW_DIR = ROOT / "configs" / "hw"
 DEFAULT_DEVICES = 8          # an overlay that names no device count (cpu.yaml): 8 simulated
 _CHILD_ENV = "TINYWAVE_PLAN_CHILD"
 GiB = 2 ** 30
@@ -56,18 +54,10 @@ class Topology:
     hbm_bytes: Optional[float]          # per device
 
 
-def _hw_overrides(path: Path) -> list[str]:
-    """The overlay's keys as `key=value` overrides: launch/hw_overrides.py, as the launchers do."""
-    spec = importlib.util.spec_from_file_location("_tinywave_hw_overrides",
-                                                  ROOT / "launch" / "hw_overrides.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.overrides(path)
-
-
 def resolve_topology(name: str, peak_tflops: Optional[float] = None,
                      hbm_gib: Optional[float] = None, devices: Optional[int] = None) -> Topology:
-    """`name`: an overlay in configs/hw (e.g. tpu-v5p-64, h100x8, cpu) or `DATA,FSDP,TENSOR`."""
+    """`name`: a hardware overlay (tinywave_jax.hw: tpu-v5p-64, h100x8, cpu, ...) or
+    `DATA,FSDP,TENSOR`."""
     peak = None if peak_tflops is None else peak_tflops * 1e12
     hbm = None if hbm_gib is None else hbm_gib * GiB
     m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*", name)
@@ -80,17 +70,17 @@ def resolve_topology(name: str, peak_tflops: Optional[float] = None,
                               "and --hbm-gib (per device)")
         return Topology(f"mesh {d}x{f}x{t}", d * f * t,
                         (f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}"), peak, hbm)
-    path = HW_DIR / f"{name}.yaml"
-    if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in HW_DIR.glob("*.yaml")))
-        raise ConfigError(f"--topology {name!r}: no {path} (overlays: {names}; or DATA,FSDP,TENSOR)")
-    hw = read_yaml(path).get("hw") or {}
+    if name not in hw_overlays.names():
+        raise ConfigError(f"--topology {name!r}: no such hardware overlay (overlays: "
+                          f"{', '.join(hw_overlays.names())}; or DATA,FSDP,TENSOR)")
+    overlay = hw_overlays.load(name)
+    hw = overlay.get("hw") or {}
     n = devices or hw.get("chips") or hw.get("gpus_per_node") or DEFAULT_DEVICES
     if peak is None:
         peak = hw.get("peak_bf16_flops_per_chip") or hw.get("peak_flops_per_chip")
     if hbm is None and hw.get("hbm_gb_per_chip"):
         hbm = float(hw["hbm_gb_per_chip"]) * 1e9       # vendors' GB
-    return Topology(name, int(n), tuple(_hw_overrides(path)),
+    return Topology(name, int(n), tuple(hw_overlays.to_overrides(overlay)),
                     None if peak is None else float(peak), hbm)
 
 
@@ -301,7 +291,8 @@ def _run(args) -> int:
         raise ConfigError(f"plan: not an option nor a key=value override: {' '.join(bad)}")
     args.overrides = overrides
     if not args.topology:
-        raise ConfigError("plan: --topology is required (configs/hw name or DATA,FSDP,TENSOR)")
+        raise ConfigError("plan: --topology is required (hardware overlay name or "
+                          "DATA,FSDP,TENSOR)")
     topo = resolve_topology(args.topology, args.peak_tflops, args.hbm_gib, args.devices)
     if not _configure_devices(topo.devices):
         if os.environ.get(_CHILD_ENV):
@@ -315,7 +306,8 @@ def _run(args) -> int:
 
 def _add_options(p) -> None:
     p.add_argument("--topology", default=None,
-                   help="configs/hw overlay name (tpu-v5p-64, h100x8, cpu, ...) or DATA,FSDP,TENSOR")
+                   help="hardware overlay name (configs/hw: tpu-v5p-64, h100x8, cpu, ...) or "
+                   "DATA,FSDP,TENSOR")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation (0.4)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak TFLOP/s per device (default: the overlay's hw: section)")
