@@ -1,7 +1,13 @@
 """`tinywave plan`: AOT memory/FLOPs plan from abstract inputs on 8 simulated CPU devices."""
 from __future__ import annotations
 
+import configparser
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +49,45 @@ def test_topologies_from_overlays_and_shapes():
         resolve_topology("1,8,1")
     with pytest.raises(ConfigError, match="tpu-v5p-64"):       # lists the known overlays
         resolve_topology("tpu-v9")
+
+
+def _installed_copy(site: Path) -> Path:
+    """What `pip install` puts in site-packages: the package's .py files and its package_data."""
+    repo = Path(__file__).resolve().parent.parent
+    cfg = configparser.ConfigParser()
+    cfg.read(repo / "setup.cfg")
+    files = set((repo / "tinywave_jax").rglob("*.py"))
+    for pkg, patterns in cfg["options.package_data"].items():
+        pkg_dir = repo.joinpath(*pkg.split("."))
+        files |= {f for pat in patterns.split(",") for f in pkg_dir.glob(pat.strip())}
+    for f in files:
+        if "__pycache__" not in f.parts:
+            dest = site / f.relative_to(repo)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dest)
+    return site
+
+
+def test_plan_runs_from_an_installed_package_without_the_checkout(tmp_path):
+    """The overlays are package data read through importlib.resources: a copy of what an install
+    holds (no configs/ or launch/ beside it), run from elsewhere, resolves them and plans."""
+    site = _installed_copy(tmp_path / "site")
+    cfg = tmp_path / "tiny.yaml"
+    # CE only, one student layer: the smallest step to compile (~10 s)
+    cfg.write_text(yaml.safe_dump(distill_dict(
+        student={"num_layers": 1},
+        distill={"weights": {"ce": 1.0, "logit_kl": 0.0, "hidden": 0.0, "attention": 0.0}})))
+    script = (f"import tinywave_jax, sys\n"
+              f"assert tinywave_jax.__file__.startswith({str(site)!r}), tinywave_jax.__file__\n"
+              f"from tinywave_jax import cli\n"
+              f"sys.exit(cli.main(['plan', {str(cfg)!r}, '--topology', 'cpu', '--devices', '1', '--json']))\n")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = json.loads(proc.stdout)
+    assert plan["topology"] == "cpu" and plan["devices"] == 1
+    assert plan["dtype"] == "float32"               # from the overlay's train.dtype
 
 
 def test_plan_1b_distill_on_8_devices(tmp_path, capsys):
