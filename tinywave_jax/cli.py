@@ -3,6 +3,9 @@
 A module in COMMAND_MODULES defines `register(subparsers)`, which adds parsers whose
 `func(args) -> int | None` does the work. Heavy imports (jax, torch) happen inside `func`, so
 `tinywave --help` stays fast.
+
+A `TinywaveError` (errors.py: a bad config, input or output folder) is printed as one line naming
+what to fix, exit code 2; anything else is a bug and keeps its traceback (exit 1).
 """
 from __future__ import annotations
 
@@ -35,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
+    from .errors import TinywaveError
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except TinywaveError as e:
         print(f"tinywave {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, MissingInputError
 from ..models.config import LlamaConfig
 from ..models.param_layout import TensorMap, check_params, flatten, tensor_maps
 from .hf_import import Progress
@@ -33,10 +34,10 @@ def parse_size(size: int | str) -> int:
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(size))
         if not m or m.group(2).upper() not in _UNITS:
-            raise ValueError(f"max shard size {size!r} is not a size like 5GB, 500MB or 10KB")
+            raise ConfigError(f"max shard size {size!r} is not a size like 5GB, 500MB or 10KB")
         n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if n <= 0:
-        raise ValueError(f"max shard size must be positive, got {size!r}")
+        raise ConfigError(f"max shard size must be positive, got {size!r}")
     return n
 
 
@@ -159,7 +160,7 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, dtype=None, overwrite: 
     from ..outputs import check_output_dir
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"tinywave checkpoint folder not found: {ckpt_dir}")
+        raise MissingInputError(f"tinywave checkpoint folder not found: {ckpt_dir}")
     parse_size(max_shard_size)  # fail before the (long) load
     check_output_dir(out_dir, overwrite)
     params, config, _ = load_model(ckpt_dir, as_numpy=True)

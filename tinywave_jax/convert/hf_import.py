@@ -15,7 +15,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConfigError, ConversionError, MissingInputError
 from ..models.config import LlamaConfig
 from ..models.param_layout import flatten, get_path, param_shapes, set_path, tensor_maps
 from .safetensors_io import SafetensorsFile
@@ -83,7 +83,7 @@ class HFWeights(Mapping):
             if (hf_dir / listing).is_file():
                 break
         else:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{hf_dir}: no weights found (looked for "
                 f"{', '.join(name for name, _ in WEIGHT_LAYOUTS)})")
         self.listing = hf_dir / listing
@@ -95,7 +95,7 @@ class HFWeights(Mapping):
             path = hf_dir / fname
             if not path.is_file():
                 example = next(n for n, f in weight_map.items() if f == fname)
-                raise FileNotFoundError(f"{self.listing}: weight file {fname} (holding tensor "
+                raise MissingInputError(f"{self.listing}: weight file {fname} (holding tensor "
                                         f"{example!r}) not found")
             content = SafetensorsFile(path) if kind == "safetensors" else _load_bin(path)
             self.files.append(path)
@@ -187,10 +187,10 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32",
     from ..checkpoint import save_model
     from ..outputs import check_output_dir
     if dtype not in PARAM_DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {list(PARAM_DTYPES)}")
+        raise ConfigError(f"dtype {dtype!r} is not one of {list(PARAM_DTYPES)}")
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
-        raise FileNotFoundError(f"Hugging Face model folder not found: {hf_dir}")
+        raise MissingInputError(f"Hugging Face model folder not found: {hf_dir}")
     check_output_dir(out_dir, overwrite)  # fail before the (long) conversion
     config = LlamaConfig.from_hf_file(hf_dir / "config.json")
     weights = HFWeights(hf_dir)

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
+from ..errors import InputError
+
 DTYPES: dict[str, np.dtype] = {name: np.dtype(t).newbyteorder("<") for name, t in {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
@@ -29,7 +31,7 @@ _NAMES = {dt.newbyteorder("="): name for name, dt in DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(InputError):
     """A malformed safetensors file or an unsupported tensor; the message names file and tensor."""
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from .layout import STREAMS, time_key
 
 NAME, VERSION = "tinywave_corpus", "1.0.0"
 SPLITS = ("train", "validation", "test")
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """A bad corpus input or file; the message names the file and record."""
 
 

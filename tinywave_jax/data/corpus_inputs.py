@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import MissingInputError
 from ..jsonl import iter_jsonl
 from .corpus_format import SPLITS, CorpusError
 from .layout import STREAMS
@@ -56,7 +57,7 @@ def scan_audio_folder(folder) -> list[Item]:
     suffix, transcript from `x.txt`, alignment from `x.words.json` ([[word, start, end], ...])."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"audio folder not found: {folder}")
+        raise MissingInputError(f"audio folder not found: {folder}")
     items = []
     for p in sorted(q for q in folder.rglob("*") if q.suffix.lower() in AUDIO_SUFFIXES):
         data = {"path": str(p), "id": str(p.relative_to(folder).with_suffix("")),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import MissingInputError
 from .corpus_format import NAME, CorpusError, decode_record
 
 
@@ -18,7 +19,7 @@ def version_dir(corpus_dir) -> Path:
     versions = sorted(p for p in base.glob("*") if (p / "dataset_info.json").exists()) \
         if base.is_dir() else []
     if not versions:
-        raise FileNotFoundError(f"no {NAME} corpus under {d} (run `tinywave corpus build`)")
+        raise MissingInputError(f"no {NAME} corpus under {d} (run `tinywave corpus build`)")
     return versions[-1]
 
 

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import ConfigError
+from ..errors import ConfigError, InputError
 
 STREAMS = ("hubert", "pitch", "style")                 # merge order at equal times: style, pitch, hubert
 STREAM_PREFIX = {"hubert": "Hu", "pitch": "Pi", "style": "St"}
@@ -48,12 +48,12 @@ class TokenLayout:
     def __post_init__(self):
         for f in ("text_vocab_size", "num_units", "num_pitch", "num_style", "bos_id"):
             if getattr(self, f) < 0:
-                raise ValueError(f"layout {self.name}: {f} must be >= 0, got {getattr(self, f)}")
+                raise ConfigError(f"layout {self.name}: {f} must be >= 0, got {getattr(self, f)}")
         if self.bos_id >= self.text_vocab_size:
-            raise ValueError(f"layout {self.name}: bos_id {self.bos_id} must be a text id "
+            raise ConfigError(f"layout {self.name}: bos_id {self.bos_id} must be a text id "
                              f"(< text_vocab_size {self.text_vocab_size})")
         if self.vocab_size < self.used_size:
-            raise ValueError(f"layout {self.name}: vocab_size {self.vocab_size} < "
+            raise ConfigError(f"layout {self.name}: vocab_size {self.vocab_size} < "
                              f"{self.used_size} ids in use")
 
     @property
@@ -90,7 +90,7 @@ class TokenLayout:
         n = self.stream_size(stream)
         if units.size and (units.min() < 0 or units.max() >= n):
             bad = int(units[(units < 0) | (units >= n)][0])
-            raise ValueError(f"{where + ': ' if where else ''}{stream} unit {bad} is outside "
+            raise InputError(f"{where + ': ' if where else ''}{stream} unit {bad} is outside "
                              f"layout {self.name} ({n} {stream} tokens)")
         return (units.astype(np.int64) + self.offset(stream)).astype(np.int32)
 
@@ -114,7 +114,7 @@ class TokenLayout:
                 return f"[{STREAM_PREFIX[s]}{k}]"
         if self.used_size <= token_id < self.vocab_size:
             return f"[Unused{token_id}]"
-        raise ValueError(f"token id {token_id} is not a marker or unit id of layout {self.name} "
+        raise InputError(f"token id {token_id} is not a marker or unit id of layout {self.name} "
                          f"(vocab_size {self.vocab_size})")
 
     def str_to_id(self, token: str) -> int:
@@ -125,11 +125,11 @@ class TokenLayout:
             return self.speech_marker_id
         m = _TOKEN_RE.fullmatch(token)
         if m is None:
-            raise ValueError(f"{token!r} is not a layout token like [Hu12], [Pi3], [St7]")
+            raise InputError(f"{token!r} is not a layout token like [Hu12], [Pi3], [St7]")
         prefix, k = m.group(1), int(m.group(2))
         if prefix == "Unused":
             if not self.used_size <= k < self.vocab_size:
-                raise ValueError(f"{token}: not an unused id of layout {self.name}")
+                raise InputError(f"{token}: not an unused id of layout {self.name}")
             return k
         stream = {v: s for s, v in STREAM_PREFIX.items()}[prefix]
         return int(self.unit_ids(stream, [k], where=token)[0])
@@ -207,7 +207,7 @@ def stream_tokens(layout: TokenLayout, stream: str, units, times, where: str = "
     """One stream's (deduplicated where the rules say so) token ids and start times."""
     units, times = np.asarray(units), np.asarray(times, np.float64)
     if len(units) != len(times):
-        raise ValueError(f"{where}: {stream} has {len(units)} units but {len(times)} times")
+        raise InputError(f"{where}: {stream} has {len(units)} units but {len(times)} times")
     if stream in DEDUP_STREAMS:
         units, times = dedup(units, times)
     return layout.unit_ids(stream, units, where), times
@@ -254,10 +254,10 @@ def load_tokenizer(path: str, layout: TokenLayout):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path)
     if len(tok) > layout.text_vocab_size:
-        raise ValueError(f"tokenizer {path} has {len(tok)} tokens but layout {layout.name} "
+        raise InputError(f"tokenizer {path} has {len(tok)} tokens but layout {layout.name} "
                          f"reserves only {layout.text_vocab_size} text ids")
     if tok.bos_token_id is not None and tok.bos_token_id != layout.bos_id:
-        raise ValueError(f"tokenizer {path} has bos id {tok.bos_token_id} but layout "
+        raise InputError(f"tokenizer {path} has bos id {tok.bos_token_id} but layout "
                          f"{layout.name} uses bos_id {layout.bos_id}")
     return tok
 
@@ -265,10 +265,10 @@ def load_tokenizer(path: str, layout: TokenLayout):
 def encode_text(text: str, tokenizer, layout: TokenLayout, where: str = "") -> np.ndarray:
     """Text -> text ids without special tokens (bos is added once per sequence by join_spans)."""
     if tokenizer is None:
-        raise ValueError(f"{where + ': ' if where else ''}text needs a tokenizer (data.tokenizer)")
+        raise ConfigError(f"{where + ': ' if where else ''}text needs a tokenizer (data.tokenizer)")
     ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int32)
     if ids.size and ids.max() >= layout.text_vocab_size:
-        raise ValueError(f"{where}: tokenizer produced id {int(ids.max())} outside the text range")
+        raise InputError(f"{where}: tokenizer produced id {int(ids.max())} outside the text range")
     return ids
 
 
@@ -295,7 +295,7 @@ def ids_to_string(ids, layout: TokenLayout, tokenizer=None, strip_bos: bool = Tr
     def flush():
         if run:
             if tokenizer is None:
-                raise ValueError(f"text ids {run[:5]}... need a tokenizer to be shown")
+                raise ConfigError(f"text ids {run[:5]}... need a tokenizer to be shown")
             text = tokenizer.decode(run, skip_special_tokens=False,
                                     clean_up_tokenization_spaces=False).strip()
             parts.append((" " if parts else "") + text)

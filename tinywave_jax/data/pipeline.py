@@ -27,7 +27,7 @@ import grain
 import numpy as np
 from grain._src.python.experimental.index_shuffle.python import index_shuffle_module
 
-from ..config import ConfigError
+from ..errors import ConfigError, InputError
 from .batches import contract_batch
 from .layout import LayoutConfig, load_tokenizer
 from .streams import DEFAULT_PATTERN_PROBS, KINDS, PATTERNS, BadRecord, sequence_for
@@ -185,7 +185,7 @@ def make_dataset(cfg: DataConfig, process_index: int = 0, process_count: int = 1
         raise ConfigError(f"data.mixture.expressive: layout {layout.name} has no pitch/style")
     source = source if source is not None else CorpusSource(cfg.corpus_dir, cfg.split)
     if len(source) < process_count:
-        raise ValueError(f"{len(source)} records cannot be shared by {process_count} hosts")
+        raise InputError(f"{len(source)} records cannot be shared by {process_count} hosts")
     base = grain.MapDataset.range(len(source))[process_index::process_count]
     kinds = list(cfg.mixture)
     streams = [sequence_dataset(kind, k, source, base, cfg, layout, tokenizer)
@@ -245,14 +245,14 @@ class TrainIterator:
 
     def set_state(self, state: dict):
         if state.get("process_count") != self.process_count:
-            raise ValueError(
+            raise ConfigError(
                 f"data iterator state was saved with process_count={state.get('process_count')} "
                 f"but this run has {self.process_count}; per-host iterator states cannot be "
                 "remapped (resume with the same number of hosts, or start the data afresh)")
         mine = self._shape()
         diff = [k for k in mine if state.get(k) != mine[k]]
         if diff:
-            raise ValueError("data iterator state does not match this config: " + ", ".join(
+            raise ConfigError("data iterator state does not match this config: " + ", ".join(
                 f"{k} saved {state.get(k)!r} now {mine[k]!r}" for k in diff))
         self._it.set_state(state["grain"])
 

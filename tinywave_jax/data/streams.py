@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError, InputError
 from .layout import SPEECH, TEXT, TokenLayout, encode_text, join_spans, merge_streams, time_key
 
 PATTERNS = {            # name -> modality of each span
@@ -27,7 +28,7 @@ DEFAULT_PATTERN_PROBS = {name: 0.2 for name in PATTERNS}   # not published: unif
 KINDS = ("speech", "expressive", "interleaved", "text")
 
 
-class BadRecord(ValueError):
+class BadRecord(InputError):
     """A record that cannot give a correct sequence; the message names file, record and reason."""
 
 
@@ -55,7 +56,8 @@ def speech_sequence(rec, layout, leading_marker=True) -> np.ndarray:
 
 def expressive_sequence(rec, layout, leading_marker=True) -> np.ndarray:
     if not layout.is_expressive:
-        raise ValueError(f"layout {layout.name} has no pitch/style tokens for the expressive stream")
+        raise ConfigError(f"data.layout: layout {layout.name} has no pitch/style tokens for the "
+                          "expressive stream")
     return join_spans(layout, [(SPEECH, _speech(rec, layout, True)[0])], leading_marker)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from ..errors import MissingInputError
 from ..config import ConfigError, from_dict
 from ..models.config import LlamaConfig
 from .layer_map import check_layer_list
@@ -56,7 +57,7 @@ def student_config_from(spec: ShapeSpec) -> LlamaConfig:
     if isinstance(spec, (str, Path)):
         path = Path(spec)
         if not path.is_file() and not (path / "config.json").is_file():
-            raise FileNotFoundError(f"student config not found: {path}")
+            raise MissingInputError(f"student config not found: {path}")
         file = path / "config.json" if path.is_dir() else path
         try:
             data = json.loads(file.read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.batches import contract_batch
+from ..errors import ConfigError
 from .config import DataSection
 
 
@@ -23,13 +24,13 @@ class SyntheticIterator:
                  process_count: int = 1):
         s = cfg.synthetic
         if cfg.batch_size % process_count:
-            raise ValueError(f"data.batch_size {cfg.batch_size} is not divisible by the "
+            raise ConfigError(f"data.batch_size {cfg.batch_size} is not divisible by the "
                              f"{process_count} processes")
         self.cfg, self.rows = cfg, cfg.batch_size // process_count
         self.process_index, self.process_count = process_index, process_count
         self.vocab = s.vocab_size or vocab_size
         if self.vocab > vocab_size:
-            raise ValueError(f"data.synthetic.vocab_size {self.vocab} exceeds the model vocabulary "
+            raise ConfigError(f"data.synthetic.vocab_size {self.vocab} exceeds the model vocabulary "
                              f"{vocab_size}")
         table_rng = np.random.default_rng(s.table_seed)
         n = self.vocab - s.first_id
@@ -72,7 +73,7 @@ class SyntheticIterator:
         mine = self.get_state()
         diff = [k for k in mine if k != "index" and state.get(k) != mine[k]]
         if diff:
-            raise ValueError("data iterator state does not match this run: " + ", ".join(
+            raise ConfigError("data iterator state does not match this run: " + ", ".join(
                 f"{k} saved {state.get(k)!r} now {mine[k]!r}" for k in diff))
         self.index = int(state["index"])
 

@@ -22,6 +22,7 @@ import jax
 import yaml
 
 from ..config import ConfigError, to_dict
+from ..errors import OutputExistsError
 from .data import make_batches
 from .metrics import MetricsWriter, Progress, flops_per_token
 from .recipes import prepare
@@ -75,7 +76,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True) -> dict:
     try:
         latest = mngr.latest_step()
         if latest is not None and not resume:
-            raise FileExistsError(f"{run_dir} already holds checkpoints (latest step {latest}); "
+            raise OutputExistsError(f"{run_dir} already holds checkpoints (latest step {latest}); "
                                   "pass --resume to continue it or choose another run_dir")
         frozen, trainable = session.frozen_and_trainable(trainable_too=latest is None)
         if latest is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 
+from ..errors import ConfigError, MissingInputError
 from .state import TrainState
 
 
@@ -56,10 +57,10 @@ def restore_checkpoint(mngr, target: TrainState, step: int | None = None) -> tup
     import orbax.checkpoint as ocp
     step = mngr.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"{mngr.directory}: no checkpoint to restore")
+        raise MissingInputError(f"{mngr.directory}: no checkpoint to restore")
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     if meta.get("process_count") != jax.process_count():
-        raise ValueError(f"{mngr.directory}/{step}: saved by {meta.get('process_count')} processes, "
+        raise ConfigError(f"{mngr.directory}/{step}: saved by {meta.get('process_count')} processes, "
                          f"this run has {jax.process_count()}; the data iterator state is per "
                          "process and cannot be remapped (resume with the same process count)")
     got = mngr.restore(step, args=ocp.args.Composite(
