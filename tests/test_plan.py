@@ -145,7 +145,8 @@ def test_plan_memory_matches_a_real_step(tmp_path):
     from tinywave_jax.plan import Topology
     from tinywave_jax.train.config import DistillConfig
     from tinywave_jax.train.data import make_batches
-    from tinywave_jax.train.session import Session, prepare
+    from tinywave_jax.train.recipes import prepare
+    from tinywave_jax.train.session import Session
 
     cfg = from_dict(DistillConfig, distill_dict(teacher={"shape": dict(TEACHER, vocab_size=256)},
                                                 mesh={"data": 2, "fsdp": 4, "tensor": 1}))

@@ -148,15 +148,16 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None) -> dict:
 
     from .parallel import make_mesh
     from .train.metrics import flops_per_token
-    from .train.session import Session, prepare
+    from .train.recipes import prepare
+    from .train.session import Session
 
     if not 0 < mfu <= 1:
         raise ConfigError(f"--mfu: must be in (0, 1], got {mfu}")
     devices = list(jax.devices()[:topology.devices] if devices is None else devices)
     if len(devices) != topology.devices:
         raise ValueError(f"plan for {topology.devices} devices, this process has {len(devices)}")
-    job = prepare(cfg)
-    session = Session(job, make_mesh(cfg.mesh, devices))
+    recipe = prepare(cfg)
+    session = Session(recipe, make_mesh(cfg.mesh, devices))
     spec = session.spec
     state, frozen, batch = abstract_inputs(session)
 
@@ -184,7 +185,7 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None) -> dict:
     xla_flops = _xla_flops(compiled)
     loops = spec.student.scan_layers or spec.microbatches > 1
     plan = {
-        "config_kind": job.kind, "topology": topology.name, "devices": topology.devices,
+        "config_kind": recipe.kind, "topology": topology.name, "devices": topology.devices,
         "mesh": dict(session.mesh.shape), "backend_compiled_for": devices[0].platform,
         "batch_rows": cfg.data.batch_size, "seq_len": cfg.data.seq_len,
         "microbatches": spec.microbatches, "tokens_per_step": tokens,
