@@ -8,6 +8,7 @@ from transformers import HubertConfig, HubertModel
 
 from speech_fixtures import synthesize
 from tinywave_jax import cli
+from tinywave_jax.errors import InputError
 from tinywave_jax.audio import load_extractor, read_audio
 from tinywave_jax.audio.extractor import CONFIG_FILE
 
@@ -90,17 +91,17 @@ def test_torch_centroid_file_and_hubert_spec_command(hubert_dir, tmp_path):
 def test_hubert_errors_name_the_file_and_numbers(hubert_dir, tmp_path):
     bad = tmp_path / "km13.npy"
     np.save(bad, np.zeros((20, 13), np.float32))
-    with pytest.raises(ValueError, match=rf"{bad}.*13.*32"):
+    with pytest.raises(InputError, match=rf"{bad}.*13.*32"):
         load_extractor(_spec(tmp_path / "a", hubert_dir / "model", bad))
-    with pytest.raises(ValueError, match=r"stride product is 640 .* 50 Hz needs a hop of 320"):
+    with pytest.raises(InputError, match=r"stride product is 640 .* 50 Hz needs a hop of 320"):
         load_extractor(_spec(tmp_path / "b", hubert_dir / "model", hubert_dir / "km.npy",
                              frame_rate=50.0))
-    with pytest.raises(ValueError, match="layer 5 asked but the model has 3 layers"):
+    with pytest.raises(InputError, match="layer 5 asked but the model has 3 layers"):
         load_extractor(_spec(tmp_path / "c", hubert_dir / "model", hubert_dir / "km.npy", layer=5))
-    with pytest.raises(ValueError, match="not a Hugging Face HubertModel folder"):
+    with pytest.raises(InputError, match="not a Hugging Face HubertModel folder"):
         load_extractor(_spec(tmp_path / "d", tmp_path / "nowhere", hubert_dir / "km.npy"))
     ext = load_extractor(_spec(tmp_path / "e", hubert_dir / "model", hubert_dir / "km.npy"))
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(InputError, match="too short"):
         ext.extract(np.full(300, 0.1, np.float32))
 
 

@@ -10,6 +10,7 @@ from tinywave_jax.audio import SAMPLE_RATE, UnitExtractor, list_audio, load_extr
 from tinywave_jax.audio.extractor import CONFIG_FILE
 from tinywave_jax.audio.pitch import UNVOICED_BIN
 from tinywave_jax import cli
+from tinywave_jax.errors import ConfigError, InputError
 
 FIT_ARGS = ["--units", "24", "--pitch-bins", "16", "--style-classes", "6", "--seed", "3"]
 
@@ -130,7 +131,7 @@ def _bad_files(tmp_path):
 
 def test_bad_audio_raises_value_error_naming_the_file(tmp_path):
     for why, path in _bad_files(tmp_path).items():
-        with pytest.raises(ValueError, match=str(path)) as err:
+        with pytest.raises(InputError, match=str(path)) as err:
             read_audio(path)
         assert why.split()[0] in str(err.value) or why == "corrupt", (why, err.value)
 
@@ -149,9 +150,9 @@ def test_fit_fails_on_a_bad_file_unless_skipped(corpus, tmp_path, capsys):
 
 def test_extract_rejects_silent_or_too_short_waveforms(corpus):
     ext = load_extractor(corpus / "units")
-    with pytest.raises(ValueError, match="silent"):
+    with pytest.raises(InputError, match="silent"):
         ext.extract(np.zeros(16000, np.float32))
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(InputError, match="too short"):
         ext.extract(np.full(100, 0.1, np.float32))
 
 
@@ -162,9 +163,9 @@ def test_centroid_file_of_wrong_dimension_names_file_and_dims(corpus, tmp_path):
         (units / f.name).write_bytes(f.read_bytes())
     bad = units / "phonetic_centroids.npy"
     np.save(bad, np.zeros((24, 13), np.float32))
-    with pytest.raises(ValueError, match=rf"{bad}.*13.*26"):
+    with pytest.raises(InputError, match=rf"{bad}.*13.*26"):
         load_extractor(units)
-    with pytest.raises(ValueError, match="not a units folder"):
+    with pytest.raises(InputError, match="not a units folder"):
         load_extractor(tmp_path)
 
 
@@ -206,10 +207,10 @@ def test_bad_units_config_names_the_file_and_key(corpus, tmp_path):
     cfg = json.loads((corpus / "units" / CONFIG_FILE).read_text())
     cfg["pitch"]["bins_typo"] = 3
     (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=rf"{tmp_path / CONFIG_FILE}.*pitch\.bins_typo"):
+    with pytest.raises(ConfigError, match=rf"{tmp_path / CONFIG_FILE}.*pitch\.bins_typo"):
         load_extractor(tmp_path)
     cfg["pitch"].pop("bins_typo")
     cfg["style"]["frame_rate"] = 0.3          # 53333.3 samples per window
     (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"style\.frame_rate: 0\.3 Hz"):
+    with pytest.raises(ConfigError, match=r"style\.frame_rate: 0\.3 Hz"):
         load_extractor(tmp_path)

@@ -102,8 +102,9 @@ def test_settings_fail_naming_the_key():
 
 def test_stages_need_their_predecessors(tmp_path):
     from tinywave_jax.demo import Demo, demo_settings
+    from tinywave_jax.errors import ConfigError
     demo = Demo(tmp_path / "w", demo_settings(quick=True))
-    with pytest.raises(ValueError, match=r"stage bench needs stage\(s\) \['speech', 'tokens'"):
+    with pytest.raises(ConfigError, match=r"stage bench needs stage\(s\) \['speech', 'tokens'"):
         demo.run(("bench",))
     assert not (tmp_path / "w" / "stages").exists()
 

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import ConfigError, InputError, TinywaveError
 from .jsonl import iter_jsonl
 
 MODALITIES = ("speech", "expressive", "text", "any")
@@ -39,15 +40,15 @@ def allowed_ids(layout, vocab_size: int, modality: str, stop_ids: Sequence[int] 
     elif modality in ("speech", "expressive"):
         streams = ("hubert",) if modality == "speech" else ("hubert", "pitch", "style")
         if modality == "expressive" and not layout.is_expressive:
-            raise ValueError(f"--modality expressive: layout {layout.name} has no pitch/style "
-                             "tokens")
+            raise ConfigError(f"--modality expressive: layout {layout.name} has no pitch/style "
+                              "tokens")
         for s in streams:
             allowed[layout.offset(s):layout.offset(s) + layout.stream_size(s)] = True
     else:
         raise ValueError(f"modality {modality!r} is not one of {MODALITIES}")
     for i in stop_ids:
         if not 0 <= i < vocab_size:
-            raise ValueError(f"stop id {i} is outside the vocabulary [0, {vocab_size})")
+            raise ConfigError(f"stop id {i} (--stop) is outside the vocabulary [0, {vocab_size})")
         allowed[i] = True
     return allowed
 
@@ -66,15 +67,15 @@ def parse_prompt(prompt, layout, tokenizer=None, where: str = "prompt") -> np.nd
     if isinstance(prompt, str):
         try:
             ids = parse_token_string(prompt, layout, tokenizer, add_bos=True)
-        except ValueError as e:
+        except TinywaveError as e:  # keep the class: a missing tokenizer is a ConfigError
             msg = str(e).replace("(data.tokenizer)", "(--tokenizer)")
-            raise ValueError(f"{where} {prompt[:60]!r}: {msg}") from None
+            raise type(e)(f"{where} {prompt[:60]!r}: {msg}") from None
     else:
         if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in prompt):
-            raise ValueError(f"{where}: ids must be integers")
+            raise InputError(f"{where}: ids must be integers")
         ids = np.asarray(prompt, np.int64)
     if ids.size == 0:
-        raise ValueError(f"{where}: empty prompt")
+        raise InputError(f"{where}: empty prompt")
     return ids
 
 
@@ -106,11 +107,12 @@ def generate_tokens(model, prompts: Sequence, *, layout=None, modality: str = "a
     from .scoring import bucket_length
 
     if max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if not greedy and not temperature > 0:
-        raise ValueError(f"--temperature must be > 0 for sampling (use --greedy), got {temperature}")
+        raise ConfigError(f"--temperature must be > 0 for sampling (use --greedy), "
+                          f"got {temperature}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
     if not prompts:
         raise ValueError("no prompts given")
     params, config = _load_model(model)
@@ -121,7 +123,7 @@ def generate_tokens(model, prompts: Sequence, *, layout=None, modality: str = "a
     stop_ids = tuple(int(i) for i in stop_ids)
     banned = ~allowed_ids(layout, config.vocab_size, modality, stop_ids)
     if top_k < 0 or top_k > config.vocab_size:
-        raise ValueError(f"--top-k must be in [0, {config.vocab_size}], got {top_k}")
+        raise ConfigError(f"--top-k must be in [0, {config.vocab_size}], got {top_k}")
     names = list(prompt_names or [p if isinstance(p, str) else f"prompt {k}"
                                   for k, p in enumerate(prompts)])
     ids = [parse_prompt(p, layout, tokenizer, f"prompt {k}") for k, p in enumerate(prompts)]
@@ -130,15 +132,15 @@ def generate_tokens(model, prompts: Sequence, *, layout=None, modality: str = "a
         if bad.size:
             label = names[k] if not isinstance(prompts[k], str) or len(names[k]) <= 60 \
                 else names[k][:57] + "..."
-            raise ValueError(f"prompt {k} ({label}): ids outside the vocabulary "
+            raise InputError(f"prompt {k} ({label}): ids outside the vocabulary "
                              f"[0, {config.vocab_size}): {sorted(set(bad.tolist()))[:10]}")
     width = bucket_length(max(len(p) for p in ids), 1 << 62)
     if width + max_new_tokens > config.max_position_embeddings:
         width = max(len(p) for p in ids)
         if width + max_new_tokens > config.max_position_embeddings:
-            raise ValueError(f"longest prompt ({width} tokens) + --max-new-tokens "
-                             f"{max_new_tokens} exceeds the model's max_position_embeddings "
-                             f"({config.max_position_embeddings})")
+            raise ConfigError(f"longest prompt ({width} tokens) + --max-new-tokens "
+                              f"{max_new_tokens} exceeds the model's max_position_embeddings "
+                              f"({config.max_position_embeddings})")
     rows = min(batch_size, len(ids))
     key = jax.random.key(seed)
     banned_j = jnp.asarray(banned)  # always an array: one compiled program for every modality
@@ -185,18 +187,18 @@ def _prompts_from_args(args, layout):
             elif isinstance(rec.get("ids"), list):
                 prompts.append(rec["ids"])
             else:
-                raise ValueError(f"{where}: expected {{\"prompt\": \"...\"}} or {{\"ids\": [...]}}")
+                raise InputError(f"{where}: expected {{\"prompt\": \"...\"}} or {{\"ids\": [...]}}")
             names.append(str(rec.get("name", where)))
     if args.prompt_audio:
         if not args.extractor:
-            raise ValueError("--prompt-audio needs --extractor (a units folder)")
+            raise ConfigError("--prompt-audio needs --extractor (a units folder)")
         from .eval.sequences import AudioTokenizer
         expressive = {"expressive": True, "speech": False}.get(args.modality)  # else the layout's
         tokenize = AudioTokenizer(args.extractor, layout, expressive=expressive)
         for f in args.prompt_audio:
             prompts.append(tokenize(f).ids.tolist()), names.append(str(f))
     if not prompts:
-        raise ValueError("give at least one --prompt, --prompts FILE.jsonl or --prompt-audio FILE")
+        raise ConfigError("give at least one --prompt, --prompts FILE.jsonl or --prompt-audio FILE")
     return prompts, names
 
 

@@ -6,14 +6,16 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .errors import InputError, MissingInputError
+
 
 def iter_jsonl(path: str | Path, what: str = "input file",
-               error: type[Exception] = ValueError) -> Iterator[tuple[str, dict]]:
+               error: type[Exception] = InputError) -> Iterator[tuple[str, dict]]:
     """Yields ("path:line", object) for each non-blank line. A missing file raises
-    FileNotFoundError naming `what`; a line that is not a JSON object raises `error` naming it."""
+    MissingInputError naming `what`; a line that is not a JSON object raises `error` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingInputError(f"{what} not found: {path}")
     with path.open() as f:
         for n, line in enumerate(f, 1):
             if not line.strip():

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import InputError
 from .jsonl import iter_jsonl, write_jsonl_atomic
 
 MIN_BUCKET = 16
@@ -30,19 +31,19 @@ def bucket_length(n: int, max_len: int) -> int:
 
 
 def check_ids(seqs: Sequence[Sequence[int]], vocab_size: int, max_len: int, what: str = "sequence") -> None:
-    """Raises ValueError naming the sequence (0-based) and the offending ids or length."""
+    """Raises InputError naming the sequence (0-based) and the offending ids or length."""
     for i, s in enumerate(seqs):
         if len(s) == 0:
-            raise ValueError(f"{what} {i}: empty")
+            raise InputError(f"{what} {i}: empty")
         if len(s) > max_len:
-            raise ValueError(f"{what} {i}: {len(s)} tokens, longer than the model's "
+            raise InputError(f"{what} {i}: {len(s)} tokens, longer than the model's "
                              f"max_position_embeddings ({max_len})")
         arr = np.asarray(s)
         if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{what} {i}: ids must be integers")
+            raise InputError(f"{what} {i}: ids must be integers")
         bad = arr[(arr < 0) | (arr >= vocab_size)]
         if bad.size:
-            raise ValueError(f"{what} {i}: ids outside the vocabulary [0, {vocab_size}): "
+            raise InputError(f"{what} {i}: ids outside the vocabulary [0, {vocab_size}): "
                              f"{sorted(set(bad.tolist()))[:10]}")
 
 
@@ -116,7 +117,7 @@ def read_jsonl(path: str | Path, key: str = "ids") -> list[dict]:
     records = []
     for where, rec in iter_jsonl(path):
         if not isinstance(rec.get(key), list):
-            raise ValueError(f"{where}: expected an object with a list {key!r}")
+            raise InputError(f"{where}: expected an object with a list {key!r}")
         records.append(rec)
     return records
 
@@ -131,8 +132,8 @@ def score_file(ckpt_dir: str | Path, in_path: str | Path, out_path: str | Path,
         config = config.replace(dtype=dtype, param_dtype=dtype)
     try:
         lps = score_sequences(params, config, [r["ids"] for r in records], batch_size, progress)
-    except ValueError as e:  # name the file and line, not just the index
-        raise ValueError(f"{in_path}: {e}".replace("sequence ", "record ")) from None
+    except InputError as e:  # name the file, not just the index
+        raise InputError(f"{in_path}: {e}".replace("sequence ", "record ")) from None
     out = []
     for rec, lp in zip(records, lps):
         rec = dict(rec, logprobs=[float(x) for x in lp], sum_logprob=float(lp.sum()),

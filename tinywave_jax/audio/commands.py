@@ -76,11 +76,16 @@ def _hubert_spec(args) -> int:
 
 
 def _extract(args) -> int:
+    from ..errors import InputError
     from . import load_extractor, read_audio
 
     ext = load_extractor(args.units_dir)
     for path in args.audio:
-        streams = ext.extract(read_audio(path))
+        wav = read_audio(path)
+        try:
+            streams = ext.extract(wav)
+        except InputError as e:         # too short for the extractor...: name the file
+            raise InputError(f"{path}: {e}") from None
         parts = [f"{name}[{len(ids)}]: " + " ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20
                                                                             else "")
                  for name, (ids, _) in streams.items()]

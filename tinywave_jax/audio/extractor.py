@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from ..config import ConfigError, from_dict, to_dict
+from ..errors import InputError, MissingInputError
 from .features import SpectralConfig, hop_samples, phonetic_features
 from .hubert import HubertFeatures, HubertModelConfig
 from .io import SAMPLE_RATE, check_waveform
@@ -107,18 +108,18 @@ class StreamExtractor(UnitExtractor):
         self.vocab_sizes = {"hubert": len(self.centroids)}
         self.frame_rates = {"hubert": ph.frame_rate}
         if cfg.pitch is not None:
-            self.pitch_edges = np.load(self._file(cfg.pitch.edges), allow_pickle=False)
+            self.pitch_edges = _load_array(self._file(cfg.pitch.edges), "pitch edges")
             if self.pitch_edges.shape != (cfg.pitch.bins - 2,):
-                raise ValueError(f"{self._file(cfg.pitch.edges)}: expected {cfg.pitch.bins - 2} "
+                raise InputError(f"{self._file(cfg.pitch.edges)}: expected {cfg.pitch.bins - 2} "
                                  f"pitch edges for {cfg.pitch.bins} bins, got "
                                  f"{self.pitch_edges.shape}")
             self.vocab_sizes["pitch"] = cfg.pitch.bins
             self.frame_rates["pitch"] = cfg.pitch.frame_rate
         if cfg.style is not None:
             self.style_centroids = load_centroids(self._file(cfg.style.centroids), STYLE_FEATURES)
-            self.style_norm = np.load(self._file(cfg.style.norm), allow_pickle=False)
+            self.style_norm = _load_array(self._file(cfg.style.norm), "style normalisation")
             if self.style_norm.shape != (2, STYLE_FEATURES):
-                raise ValueError(f"{self._file(cfg.style.norm)}: expected shape (2, "
+                raise InputError(f"{self._file(cfg.style.norm)}: expected shape (2, "
                                  f"{STYLE_FEATURES}), got {self.style_norm.shape}")
             self.vocab_sizes["style"] = len(self.style_centroids)
             self.frame_rates["style"] = cfg.style.frame_rate
@@ -152,15 +153,25 @@ class StreamExtractor(UnitExtractor):
         return out
 
 
+def _load_array(path: Path, what: str) -> np.ndarray:
+    """A `.npy` array a units config names; a missing or unreadable file is named."""
+    if not path.is_file():
+        raise MissingInputError(f"{path}: {what} file not found")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: cannot read {what} ({e})") from None
+
+
 def read_units_config(directory: str | Path) -> UnitsConfig:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise ValueError(f"{directory}: not a units folder (no {CONFIG_FILE}); write one with "
+        raise InputError(f"{directory}: not a units folder (no {CONFIG_FILE}); write one with "
                          "`tinywave units fit` or `tinywave units hubert-spec`")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
     try:
         return from_dict(UnitsConfig, data)
     except ConfigError as e:

@@ -9,10 +9,11 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import ConfigError, InputError, OutputExistsError
 from .extractor import (CONFIG_FILE, PhoneticConfig, PitchFiles, StyleFiles, UnitsConfig,
                         load_extractor, read_units_config, write_units_config)
-from .features import SpectralConfig, phonetic_features
-from .io import SAMPLE_RATE, read_audio
+from .features import SpectralConfig, hop_samples, phonetic_features
+from .io import SAMPLE_RATE, check_waveform, read_audio
 from .kmeans import clamp_clusters, fit_kmeans
 from .pitch import fit_pitch_edges, normalised_log_f0, speaker_mean, tracker_f0
 from .style import style_features
@@ -32,7 +33,7 @@ def _resolve_phonetic(spec_dir: Path) -> PhoneticConfig:
     """The phonetic section of a HuBERT spec folder with its paths made absolute."""
     ph = read_units_config(spec_dir).phonetic
     if ph.kind != "hubert":
-        raise ValueError(f"{spec_dir}: --hubert needs a HuBERT spec folder (phonetic.kind hubert)")
+        raise InputError(f"{spec_dir}: --hubert needs a HuBERT spec folder (phonetic.kind hubert)")
     absolute = lambda p: str(p if Path(p).is_absolute() else (spec_dir / p).resolve())  # noqa: E731
     return dataclasses.replace(ph, centroids=absolute(ph.centroids),
                                hubert=dataclasses.replace(ph.hubert,
@@ -53,11 +54,11 @@ def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
     """
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir / CONFIG_FILE} exists (pass --overwrite to replace it)")
+        raise OutputExistsError(f"{out_dir / CONFIG_FILE} exists (pass --overwrite to replace it)")
     if units < 1 and hubert_spec is None:
-        raise ValueError(f"--units must be >= 1, got {units}")
+        raise ConfigError(f"--units must be >= 1, got {units}")
     if pitch_bins == 1 or pitch_bins < 0 or style_classes < 0:
-        raise ValueError("--pitch-bins must be 0 (off) or >= 2; --style-classes >= 0")
+        raise ConfigError("--pitch-bins must be 0 (off) or >= 2; --style-classes >= 0")
 
     phonetic = (_resolve_phonetic(Path(hubert_spec)) if hubert_spec is not None else
                 PhoneticConfig(kind="spectral", spectral=SpectralConfig(features=features, cmn=cmn)))
@@ -68,6 +69,7 @@ def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
     if style:
         style.validate()
 
+    min_samples = hop_samples(phonetic.frame_rate)     # one phonetic frame (style needs less)
     order = list(files)
     if max_hours is not None:
         np.random.default_rng(seed).shuffle(order)
@@ -77,10 +79,10 @@ def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
         if max_hours is not None and seconds >= max_hours * 3600:
             break
         try:
-            wav = read_audio(path)
-        except ValueError as e:
+            wav = check_waveform(read_audio(path), str(path), min_samples)
+        except InputError as e:
             if not skip_bad:
-                raise ValueError(f"{e} (pass --skip-bad to leave such files out)") from None
+                raise InputError(f"{e} (pass --skip-bad to leave such files out)") from None
             warnings.warn(f"skipping {e}", stacklevel=2)
             skipped += 1
             continue
@@ -98,7 +100,7 @@ def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
             log(f"units fit: read {used} files ({seconds / 3600:.3f} h)")
             last_log = time.monotonic()
     if used == 0:
-        raise ValueError("units fit: no readable audio among the inputs")
+        raise InputError("units fit: no readable audio among the inputs")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = {}

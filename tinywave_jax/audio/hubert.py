@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError
+from ..errors import InputError
 from .features import check_frame_rate, hop_samples
 from .io import SAMPLE_RATE
 
@@ -51,18 +52,18 @@ class HubertFeatures:
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
         if not (path / "config.json").is_file():
-            raise ValueError(f"{path}: not a Hugging Face HubertModel folder (no config.json)")
+            raise InputError(f"{path}: not a Hugging Face HubertModel folder (no config.json)")
         self.model = HubertModel.from_pretrained(str(path), dtype=torch.float32).eval()
         conf = self.model.config
         self.kernels, self.strides = tuple(conf.conv_kernel), tuple(conf.conv_stride)
         model_hop = int(np.prod(self.strides))
         if model_hop != hop_samples(cfg.frame_rate):
-            raise ValueError(
+            raise InputError(
                 f"{path}: the model's conv stride product is {model_hop} samples "
                 f"({SAMPLE_RATE / model_hop:g} Hz) but the configured frame rate "
                 f"{cfg.frame_rate:g} Hz needs a hop of {hop_samples(cfg.frame_rate)} samples")
         if cfg.layer > conf.num_hidden_layers:
-            raise ValueError(f"{path}: layer {cfg.layer} asked but the model has "
+            raise InputError(f"{path}: layer {cfg.layer} asked but the model has "
                              f"{conf.num_hidden_layers} layers")
         self.cfg, self.path, self.dim = cfg, path, conf.hidden_size
         # Shortest input giving one frame (the conv encoder's receptive field).

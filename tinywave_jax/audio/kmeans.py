@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError, MissingInputError
+
 FULL_BATCH_MAX_POINTS = 100_000   # above this, fit with mini-batches (Sculley 2010)
 MINIBATCH_SIZE = 10_000
 MINIBATCH_MAX_STEPS = 2_000       # 20M point visits: ample for 500 centres, bounded for big corpora
@@ -109,11 +111,11 @@ def load_centroids(path: str | Path, dim: int | None = None) -> np.ndarray:
     """[K, dim] float32 centroids from `.npy`, or a torch file (`.pt`/`.pth`/`.bin`, loaded with
     weights_only) holding a tensor/array or a dict with `cluster_centers_` (or `centroids`).
 
-    Raises ValueError naming the file when it is missing/unreadable, not 2-D, or its dimension
-    differs from `dim` (both dimensions named)."""
+    Raises MissingInputError naming the file when it is missing, InputError when it is unreadable,
+    not 2-D, or its dimension differs from `dim` (both dimensions named)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: centroid file not found")
+        raise MissingInputError(f"{path}: centroid file not found")
     try:
         if path.suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
@@ -127,12 +129,12 @@ def load_centroids(path: str | Path, dim: int | None = None) -> np.ndarray:
                 obj = obj[key]
             arr = obj.numpy() if hasattr(obj, "numpy") else np.asarray(obj)
     except Exception as e:
-        raise ValueError(f"{path}: cannot read centroids ({e}); sklearn/joblib pickles are not "
+        raise InputError(f"{path}: cannot read centroids ({e}); sklearn/joblib pickles are not "
                          "loaded: save `kmeans.cluster_centers_` with numpy.save instead") from None
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(f"{path}: centroids must be a non-empty [K, dim] array, got {arr.shape}")
+        raise InputError(f"{path}: centroids must be a non-empty [K, dim] array, got {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
-        raise ValueError(f"{path}: centroid dimension {arr.shape[1]} does not match the feature "
+        raise InputError(f"{path}: centroid dimension {arr.shape[1]} does not match the feature "
                          f"dimension {dim}")
     return arr

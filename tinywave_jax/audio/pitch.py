@@ -15,6 +15,7 @@ import dataclasses
 import numpy as np
 
 from ..config import ConfigError
+from ..errors import InputError
 from .features import FRAMES_PER_BLOCK, check_frame_rate, hop_samples
 from .io import SAMPLE_RATE
 
@@ -168,7 +169,8 @@ def fit_pitch_edges(values: np.ndarray, bins: int) -> np.ndarray:
     """`bins - 2` quantile edges of voiced normalised log-F0 values (for bins 1..bins-1)."""
     values = values[np.isfinite(values)]
     if values.size == 0:
-        raise ValueError("pitch: no voiced frames in the training audio to fit pitch bins on")
+        raise InputError("pitch: no voiced frames in the training audio to fit pitch bins on "
+                         "(pass --pitch-bins 0 to leave pitch out)")
     return np.quantile(values, np.linspace(0, 1, bins)[1:-1]).astype(np.float64)
 
 

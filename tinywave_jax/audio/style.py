@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from ..config import ConfigError
+from ..errors import InputError
 from .features import SpectralConfig, check_frame_rate, hop_samples, log_mel, mfcc
 from .io import SAMPLE_RATE
 
@@ -64,7 +65,7 @@ def style_features(wav: np.ndarray, cfg: StyleConfig, track: tuple[np.ndarray, n
     n = window_count(len(wav), cfg.frame_rate)
     coeffs = mfcc(wav, _MFCC)
     if len(coeffs) == 0:
-        raise ValueError(f"audio too short for style features ({len(wav)} samples)")
+        raise InputError(f"audio too short for style features ({len(wav)} samples)")
     mfcc_times = (np.arange(len(coeffs)) + 0.5) * hop_samples(_MFCC.frame_rate) / SAMPLE_RATE
     mfcc_win = _window_of(mfcc_times, cfg.frame_rate, n)
     energy = np.log(np.exp(log_mel(wav, _MFCC)).sum(axis=1) + 1e-10)[:, None]

@@ -64,7 +64,8 @@ def _stages(arg: str, known) -> list[str]:
     stages = [s.strip() for s in arg.split(",") if s.strip()]
     bad = [s for s in stages if s not in known]
     if bad:
-        raise ValueError(f"--stages: unknown stage(s) {bad}; stages are {list(known)}")
+        from ..errors import ConfigError
+        raise ConfigError(f"--stages: unknown stage(s) {bad}; stages are {list(known)}")
     return stages
 
 

@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from ..errors import ConfigError
 from .settings import DemoSettings
 from .stages import StagedRun
 from .training import ABLATION_ROWS, MAIN_ROWS, ROWS
@@ -64,17 +65,18 @@ class Demo(StagedRun):
         for key, have in (("distill_stories", world["train"]), ("test_stories", world["test"]),
                           ("valid_stories", world["validation"])):
             if getattr(s, key) > have:
-                raise ValueError(f"{key}: {getattr(s, key)} asked, the teacher's world has "
-                                 f"{have} ({self.teacher_dir / 'provenance.json'})")
+                raise ConfigError(f"{key}: {getattr(s, key)} asked, the teacher's world has "
+                                  f"{have} ({self.teacher_dir / 'provenance.json'})")
 
     def world(self, prov: dict) -> dict:
         """The teacher's world (checked against its recorded hash), cut to this demo's sizes."""
         from ..config import from_dict
+        from .teacher import TeacherError
         from .world import WorldSplits, make_world, world_hash
         world = make_world(from_dict(WorldSplits, prov["settings"]["world"], prefix="world"))
         if world_hash(world) != prov["world_hash"]:
-            raise ValueError(f"{self.teacher_dir / 'provenance.json'}: its stories differ from "
-                             "the ones this version of tinywave_jax generates (world_hash)")
+            raise TeacherError(f"{self.teacher_dir / 'provenance.json'}: its stories differ from "
+                               "the ones this version of tinywave_jax generates (world_hash)")
         s = self.settings
         return {"train": world["train"][:s.distill_stories],
                 "validation": world["validation"][:s.valid_stories],

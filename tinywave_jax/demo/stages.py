@@ -12,7 +12,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..errors import ConfigError, OutputExistsError, TinywaveError
 from .settings import settings_dict
+
+
+class MissingToolError(TinywaveError, RuntimeError):
+    """An executable or Python module a pending stage needs is not installed; the message says
+    how to install it."""
 
 
 def cpu_seconds() -> float:
@@ -36,8 +42,9 @@ class StagedRun:
             saved, mine = json.loads(stamp.read_text()), settings_dict(settings)
             if saved != mine:
                 diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-                raise ValueError(f"{self.dir} holds a run with other settings ({', '.join(diff)}); "
-                                 "use another --workdir (or delete this one)")
+                raise OutputExistsError(f"{self.dir} holds a run with other settings "
+                                        f"({', '.join(diff)}); use another --workdir (or delete "
+                                        "this one)")
 
     def record(self, stage: str) -> Path:
         return self.dir / "stages" / f"{stage}.json"
@@ -57,8 +64,8 @@ class StagedRun:
                 if not found:
                     missing.append(f"{what} (stage {stage})")
         if missing:
-            raise ValueError("this needs " + ", ".join(missing) + ": run `make demo`, "
-                             "or `make espeak` and `pip install -e '.[test]'`")
+            raise MissingToolError("this needs " + ", ".join(missing) + ": run `make demo`, "
+                                   "or `make espeak` and `pip install -e '.[test]'`")
 
     def check(self, stages) -> None:
         """Hook: inputs a pending stage needs, checked before any stage runs."""
@@ -70,8 +77,8 @@ class StagedRun:
                 missing = [s for s in self.STAGES[:k] if s not in stages and s not in self.OPTIONAL
                            and self.done(s) is None]
                 if missing:
-                    raise ValueError(f"stage {stage} needs stage(s) {missing} first "
-                                     f"(run them, or leave --stages out)")
+                    raise ConfigError(f"--stages: stage {stage} needs stage(s) {missing} first "
+                                      f"(run them, or leave --stages out)")
         self.preflight(stages)
         self.check(stages)
         # pinned only once the inputs passed their checks: a refused run leaves no stamp behind

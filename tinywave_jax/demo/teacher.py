@@ -20,6 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ..errors import InputError
 from .settings import TeacherSettings, settings_dict
 from .stages import StagedRun
 
@@ -42,7 +43,7 @@ def folder_hashes(folder: Path) -> dict[str, str]:
             if p.is_file() and p.name != PROVENANCE}
 
 
-class TeacherError(ValueError):
+class TeacherError(InputError):
     """A missing or altered teacher package; the message names the file."""
 
 
@@ -59,7 +60,7 @@ def verify_teacher(folder: str | Path) -> dict:
                            "there")
     try:
         prov = json.loads(prov_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TeacherError(f"{prov_path}: not valid JSON ({e})") from None
     if not isinstance(prov, dict) or prov.get("format") != FORMAT or \
             not isinstance(prov.get("files"), dict):

@@ -167,7 +167,9 @@ def make_world(splits: WorldSplits = WorldSplits()) -> dict[str, list[Story]]:
                 if text not in seen:
                     break
             else:
-                raise ValueError(f"world: cannot draw {total} distinct stories")
+                from ..errors import ConfigError
+                raise ConfigError(f"world: cannot draw {total} distinct stories (world.test + "
+                                  "world.validation + world.train); ask for fewer")
             seen.add(text)
             stranger = rng.choice([x for x in NAMES if x not in people])
             swapped = dict(zip("AB", people), **{ending_person(template): stranger})

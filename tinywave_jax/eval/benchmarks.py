@@ -23,6 +23,8 @@ import dataclasses
 import re
 from pathlib import Path
 
+from ..errors import InputError
+
 SALMON_SUBSETS = ("bg_alignment", "bg_all_consistency", "bg_domain_consistency",
                   "gender_consistency", "rir_consistency", "sentiment_alignment",
                   "sentiment_consistency", "speaker_consistency")
@@ -32,8 +34,8 @@ _SALMON_NAME = re.compile(r"sample_(\d+)_(\d+)")
 _MAX_LISTED = 20
 
 
-class BenchmarkError(ValueError):
-    """A benchmark folder that cannot be paired; the message names the files."""
+class BenchmarkError(InputError):
+    """A benchmark folder that is missing or cannot be paired; the message names the files."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import ConfigError
 from .benchmarks import AUDIO_TASKS, benchmark_pairs
 from .pairwise import SCORINGS, PairItem, pairwise_accuracy, read_pairs_jsonl
 from .perplexity import corpus_seqs, perplexity, read_ppl_jsonl
@@ -34,7 +35,7 @@ def prepare_inputs(task: str, data: str | Path, vocab_size: int, *, extractor=No
                    log=print) -> TaskInputs:
     """Reads and tokenises a task's data; `limit` keeps the first pairs / sequences."""
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        raise ConfigError(f"--task: unknown task {task!r}; expected one of {TASKS}")
     data = Path(data)
     if task == "pairs":
         return TaskInputs(task, pairs=read_pairs_jsonl(data)[:limit])
@@ -45,7 +46,7 @@ def prepare_inputs(task: str, data: str | Path, vocab_size: int, *, extractor=No
                                                  limit))
     files = benchmark_pairs(task, data)[:limit]
     if extractor is None:
-        raise ValueError(f"{task}: audio benchmarks need --extractor (a units folder)")
+        raise ConfigError(f"{task}: audio benchmarks need --extractor (a units folder)")
     tokenize = AudioTokenizer(extractor, resolve_layout(layout, vocab_size))
     log(f"eval {task}: tokenising {2 * len(files)} files of {len(files)} pairs")
     return TaskInputs(task, pairs=[PairItem(tokenize(f.positive), tokenize(f.negative), f.group,
@@ -93,7 +94,7 @@ def evaluate(ckpt: str | Path, task: str, data: str | Path, *, scoring: str = "m
     from ..checkpoint import load_model_config
     from . import report
     if scoring not in SCORINGS:
-        raise ValueError(f"--scoring {scoring!r} is not one of {SCORINGS}")
+        raise ConfigError(f"--scoring {scoring!r} is not one of {SCORINGS}")
     config = load_model_config(ckpt)
     inputs = prepare_inputs(task, data, config.vocab_size, extractor=extractor, layout=layout,
                             split=split, limit=limit, log=log)

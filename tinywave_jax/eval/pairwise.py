@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..jsonl import iter_jsonl
 from .sequences import Seq, checked_seq
 
@@ -45,13 +46,13 @@ def read_pairs_jsonl(path: str | Path) -> list[PairItem]:
     items = []
     for where, rec in iter_jsonl(path, "pairs file"):
         if "positive" not in rec or "negative" not in rec:
-            raise ValueError(f"{where}: expected an object with 'positive' and 'negative' id lists")
+            raise InputError(f"{where}: expected an object with 'positive' and 'negative' id lists")
         start = rec.get("score_from", 1)
         items.append(PairItem(checked_seq(rec["positive"], f"{where} positive", start),
                               checked_seq(rec["negative"], f"{where} negative", start),
                               str(rec.get("group", "")), where))
     if not items:
-        raise ValueError(f"{path}: no pairs")
+        raise InputError(f"{path}: no pairs")
     return items
 
 
@@ -60,10 +61,10 @@ def check_vocab(seqs: list[Seq], vocab_size: int, max_len: int) -> None:
     for s in seqs:
         bad = s.ids[(s.ids < 0) | (s.ids >= vocab_size)]
         if bad.size:
-            raise ValueError(f"{s.name}: ids outside the model's vocabulary [0, {vocab_size}): "
+            raise InputError(f"{s.name}: ids outside the model's vocabulary [0, {vocab_size}): "
                              f"{sorted(set(bad.tolist()))[:10]}")
         if len(s.ids) > max_len:
-            raise ValueError(f"{s.name}: {len(s.ids)} tokens, longer than the model's "
+            raise InputError(f"{s.name}: {len(s.ids)} tokens, longer than the model's "
                              f"max_position_embeddings ({max_len})")
 
 

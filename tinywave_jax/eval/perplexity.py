@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..jsonl import iter_jsonl
 from .sequences import AUDIO_SCORE_FROM, Seq, checked_seq
 
@@ -29,10 +30,10 @@ def read_ppl_jsonl(path: str | Path) -> list[Seq]:
     seqs = []
     for where, rec in iter_jsonl(path, "ppl input"):
         if "ids" not in rec:
-            raise ValueError(f"{where}: expected an object with an 'ids' list")
+            raise InputError(f"{where}: expected an object with an 'ids' list")
         seqs.append(checked_seq(rec["ids"], where, rec.get("score_from", 1), rec.get("seconds")))
     if not seqs:
-        raise ValueError(f"{path}: no sequences")
+        raise InputError(f"{path}: no sequences")
     return seqs
 
 
@@ -50,7 +51,7 @@ def corpus_seqs(corpus_dir: str | Path, split: str, layout, limit: int | None = 
         seqs.append(Seq(np.asarray(ids, np.int64), AUDIO_SCORE_FROM, rec["where"],
                         rec["duration"] if rec["duration"] > 0 else None))
     if not seqs:
-        raise ValueError(f"corpus {corpus_dir} split {split} is empty")
+        raise InputError(f"corpus {corpus_dir} split {split} is empty")
     return seqs
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, InputError, MissingInputError, TinywaveError
+
 AUDIO_SCORE_FROM = 2      # bos, [Speech]
 
 
@@ -37,14 +39,14 @@ def checked_seq(ids, where: str, score_from=1, seconds=None) -> Seq:
     """A Seq from untrusted values (a jsonl record); errors name `where`."""
     if not isinstance(ids, (list, tuple, np.ndarray)) or not all(
             isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
-        raise ValueError(f"{where}: ids must be a list of integers")
+        raise InputError(f"{where}: ids must be a list of integers")
     if not isinstance(score_from, int) or isinstance(score_from, bool) or score_from < 1:
-        raise ValueError(f"{where}: score_from must be an integer >= 1, got {score_from!r}")
+        raise InputError(f"{where}: score_from must be an integer >= 1, got {score_from!r}")
     if len(ids) <= score_from:
-        raise ValueError(f"{where}: {len(ids)} tokens leave nothing to score from token "
+        raise InputError(f"{where}: {len(ids)} tokens leave nothing to score from token "
                          f"{score_from} on")
     if seconds is not None and (not isinstance(seconds, (int, float)) or not seconds > 0):
-        raise ValueError(f"{where}: seconds must be a positive number, got {seconds!r}")
+        raise InputError(f"{where}: seconds must be a positive number, got {seconds!r}")
     return Seq(np.asarray(ids, np.int64), score_from, where,
                None if seconds is None else float(seconds))
 
@@ -58,16 +60,17 @@ class AudioTokenizer:
         self.layout = layout
         self.expressive = layout.is_expressive if expressive is None else expressive
         if self.expressive and not layout.is_expressive:
-            raise ValueError(f"layout {layout.name} has no pitch/style tokens")
+            raise ConfigError(f"layout {layout.name} has no pitch/style tokens to tokenise audio "
+                              "expressively (--modality expressive)")
         self.extractor = load_extractor(extractor_dir)
         self.streams = ("hubert", "pitch", "style") if self.expressive else ("hubert",)
         for s in self.streams:
             have = self.extractor.vocab_sizes.get(s)
             if have is None:
-                raise ValueError(f"extractor {extractor_dir} gives no {s} tokens, which layout "
+                raise InputError(f"extractor {extractor_dir} gives no {s} tokens, which layout "
                                  f"{layout.name} needs (expressive={self.expressive})")
             if have > layout.stream_size(s):
-                raise ValueError(f"extractor {extractor_dir} has {have} {s} units but layout "
+                raise InputError(f"extractor {extractor_dir} has {have} {s} units but layout "
                                  f"{layout.name} has only {layout.stream_size(s)}")
         self._cache: dict[str, Seq] = {}
 
@@ -79,8 +82,8 @@ class AudioTokenizer:
             wav = read_audio(path)
             try:
                 streams = self.extractor.extract(wav)
-            except ValueError as e:
-                raise ValueError(f"{path}: {e}") from None
+            except TinywaveError as e:      # too short, silent...: name the file
+                raise type(e)(f"{path}: {e}") from None
             ids, _ = merge_streams(self.layout, {s: streams[s] for s in self.streams}, where=key)
             seq = join_spans(self.layout, [(SPEECH, ids)])
             self._cache[key] = Seq(seq.astype(np.int64), AUDIO_SCORE_FROM, key,
@@ -95,7 +98,7 @@ def resolve_layout(spec: str | None, vocab_size: int):
     """The token layout of a model: a preset name, a JSON file of LayoutConfig fields (e.g.
     {"preset": null, "text_vocab_size": 100, "num_units": 50, "vocab_size": 211}), or None to
     infer a SpiritLM preset from the vocabulary size (32512: base, 32768: expressive)."""
-    from ..config import ConfigError, from_dict
+    from ..config import from_dict
     from ..data.layout import LayoutConfig, preset_layout
     if spec is None:
         if vocab_size not in VOCAB_PRESETS:
@@ -106,7 +109,7 @@ def resolve_layout(spec: str | None, vocab_size: int):
     elif Path(spec).suffix == ".json" or Path(spec).is_file():
         path = Path(spec)
         if not path.is_file():
-            raise FileNotFoundError(f"layout file not found: {path}")
+            raise MissingInputError(f"layout file not found: {path}")
         try:
             data = json.loads(path.read_text())
         except ValueError as e:
