@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import LlamaConfig
-from .llama import DecoderLayer, Llama, RMSNorm, lm_head_kernel, rope_cos_sin
+from .llama import Llama, unstack_layers
 
 
 def init_cache(config: LlamaConfig, batch: int, length: int, dtype=None) -> tuple:
@@ -70,23 +70,27 @@ def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_ma
 
     split_layers (default): the one-token steps run the layers from per-layer copies of the
     layer weights and caches (about 1x the layer weights of extra memory, several times faster
-    on CPU); False runs `Llama` with the stacked layout (no extra memory)."""
+    on CPU); False runs the layer scan over the stacked layout (no extra memory). Both are
+    `Llama.decode_step`."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     model = Llama(config)
     b, p = prompt_ids.shape
     prompt_mask = prompt_mask.astype(bool)
     total = p + max_new_tokens
-    cache = init_cache(config, b, total)
     cache_mask = jnp.zeros((b, total), bool).at[:, :p].set(prompt_mask)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
-    # Prefill: only the last column's logits are needed (prompts are left-padded), so the LM
-    # head runs on one position instead of all P ([B, P, V] would dominate a long prompt).
-    out = model.apply({"params": params}, prompt_ids, positions, cache=cache, cache_slot=0,
-                      cache_mask=cache_mask, return_logits=False)
-    head = lm_head_kernel(params, config).astype(jnp.dtype(config.dtype))  # cast once
-    first_logits = _head_logits(out.final_hidden[:, -1], head)
+    first_logits, caches = model.apply({"params": params}, prompt_ids, positions,
+                                       init_cache(config, b, total), 0, cache_mask,
+                                       method=Llama.decode_step)
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)
+    layer_params = None
+    if split_layers:  # split once, outside the token loop
+        layer_params, caches = unstack_layers(params, caches, config)
+
+    def forward(token, position, caches, cache_mask, slot):
+        return model.apply({"params": params}, token, position, caches, slot, cache_mask,
+                           layer_params, method=Llama.decode_step)
 
     def pick(logits, key):
         if greedy:
@@ -100,26 +104,6 @@ def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_ma
         if stop_ids:
             done = done | jnp.isin(token, jnp.asarray(stop_ids))
         return token, done, key
-
-    if split_layers:
-        # Per-layer weights and caches as separate arrays, split once: inside the token loop
-        # nothing is sliced out of the stacked [L, ...] arrays or restacked into them (XLA on
-        # CPU copies every such slice per step), and each layer's cache is updated in place.
-        step_cfg = config.replace(remat="none")
-        layer_params = [jax.tree_util.tree_map(lambda x, l=l: x[l], params["layers"])
-                        for l in range(config.num_hidden_layers)]
-        caches = [(out.cache[0][l], out.cache[1][l]) for l in range(config.num_hidden_layers)]
-
-        def forward(token, position, caches, cache_mask, slot):
-            return _split_step(step_cfg, params, layer_params, head, token, position, caches,
-                               cache_mask, slot)
-    else:
-        caches = out.cache
-
-        def forward(token, position, caches, cache_mask, slot):
-            o = model.apply({"params": params}, token, position, cache=caches, cache_slot=slot,
-                            cache_mask=cache_mask)
-            return o.logits[:, -1], o.cache
 
     def step(carry, i):
         caches, cache_mask, logits, done, key = carry
@@ -135,28 +119,3 @@ def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_ma
     last, _, _ = choose(logits, done, key)
     return jnp.concatenate([tokens.T, last[:, None]], axis=1)
 
-
-def _split_step(config: LlamaConfig, params: dict, layer_params: list, head: jax.Array,
-                token: jax.Array, position: jax.Array, caches: list, cache_mask: jax.Array,
-                slot) -> tuple[jax.Array, list]:
-    """One token [B, 1] through `Llama`'s own layer module, layer by layer; mirrors the cache
-    branch of `Llama.__call__` (embedding, RoPE, slot mask, final norm, LM head)."""
-    dt = jnp.dtype(config.dtype)
-    h = jnp.take(params["embed_tokens"]["embedding"], token, axis=0).astype(dt)
-    cos, sin = rope_cos_sin(config, position, dt)
-    s = caches[0][0].shape[2]  # [B, KVH, S, hd]
-    mask = cache_mask.astype(bool)[:, None, :] & (jnp.arange(s)[None, None, :] <= slot)
-    layer = DecoderLayer(config)
-    new_caches = []
-    for w, kv in zip(layer_params, caches):
-        carry, ys = layer.apply({"params": w}, {"h": h}, {"cache": kv}, cos, sin, mask, slot)
-        h = carry["h"]
-        new_caches.append(ys["cache"])
-    final = RMSNorm(config.rms_norm_eps, dt, jnp.dtype(config.param_dtype)).apply(
-        {"params": params["norm"]}, h)
-    return _head_logits(final[:, -1], head), new_caches
-
-
-def _head_logits(final_hidden: jax.Array, head: jax.Array) -> jax.Array:
-    """[B, D] final-norm hidden states x [D, V] LM head -> [B, V] logits."""
-    return jax.lax.dot_general(final_hidden, head, (((1,), (0,)), ((), ())))

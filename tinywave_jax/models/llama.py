@@ -5,14 +5,18 @@ transposed) and are ALWAYS stacked over layers (`params["layers"][...]` has a le
 `num_hidden_layers`): `scan_layers=False` unrolls the same scan instead of changing the layout, so
 conversion, student initialisation and checkpoints see one layout.
 
+Two entry points share the modules: `Llama.__call__` (`forward`, jitted) runs whole sequences with
+taps, for training and scoring; `Llama.decode_step` runs tokens through a KV cache, for
+`decode.generate`.
+
 Distillation taps: `tap_layers` names the layers whose output hidden state (`tap_hidden`) and
 post-RoPE queries/keys (`tap_qk`) are returned, stacked in the order given. Inside the layer scan they
 are written into a carried buffer with one extra "discard" slot that untapped layers write to, so no
 per-layer outputs are materialised for layers nobody asked about.
 
 Masking: token i attends to j iff j <= i and segment_ids[i] == segment_ids[j] (packed documents never
-see each other; padding has segment 0). With a KV cache the caller passes which cache slots hold real
-tokens (`cache_mask`) and the slot the new tokens are written at (`cache_slot`).
+see each other; padding has segment 0). In `decode_step` the caller passes which cache slots hold
+real tokens (`cache_mask`) and the slot the new tokens are written at (`cache_slot`).
 """
 from __future__ import annotations
 
@@ -47,7 +51,6 @@ class LlamaOutput(NamedTuple):
     hidden: Optional[Array]        # [n_taps, B, T, D] hidden state after each tapped layer
     queries: Optional[Array]       # [n_taps, B, T, H, hd] post-RoPE queries of tapped layers
     keys: Optional[Array]          # [n_taps, B, T, KVH, hd] post-RoPE keys of tapped layers
-    cache: Optional[tuple]         # (k, v) each [L, B, KVH, S, hd] after writing the new tokens
 
 
 def _dtype(name: str):
@@ -177,11 +180,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm block; also the body of the layer scan (carry in, carry out)."""
+    """One pre-norm block, written as the body of the layer scan: (carry, xs) -> (carry, ys).
+
+    Training: xs["slot"] is this layer's tap slot; the carry holds the hidden state "h" and the
+    tap buffers the caller asked for ("tap_h", "tap_q", "tap_k"). Decoding: xs["cache"] is this
+    layer's (k, v) cache, the new tokens are written at `cache_slot`, ys["cache"] is the result."""
     config: LlamaConfig
-    n_slots: int = 0          # tap buffer slots (taps + 1 discard slot); 0 = no taps
-    tap_hidden: bool = False
-    tap_qk: bool = False
 
     def setup(self):
         c = self.config
@@ -206,24 +210,68 @@ class DecoderLayer(nn.Module):
         x, q, k, new_cache = block(self, carry["h"], cos, sin, mask, xs.get("cache"), cache_slot)
         carry = dict(carry, h=x)
         # Tap writes stay outside remat so the buffers are never saved as per-layer residuals.
-        if self.tap_hidden:
+        if "tap_h" in carry:
             carry["tap_h"] = jax.lax.dynamic_update_index_in_dim(carry["tap_h"], x, xs["slot"], 0)
-        if self.tap_qk:
+        if "tap_q" in carry:
             carry["tap_q"] = jax.lax.dynamic_update_index_in_dim(carry["tap_q"], q, xs["slot"], 0)
             carry["tap_k"] = jax.lax.dynamic_update_index_in_dim(carry["tap_k"], k, xs["slot"], 0)
         return carry, ({"cache": new_cache} if new_cache is not None else {})
 
 
+def cache_attention_mask(cache_mask: Array, cache_slot, t: int) -> Array:
+    """[B, T, S] bool for T new tokens written at slots cache_slot..cache_slot+T-1: a query sees
+    the slots up to its own that hold real tokens (cache_mask [B, S], new tokens included)."""
+    query_slot = cache_slot + jnp.arange(t)
+    causal = jnp.arange(cache_mask.shape[1])[None, None, :] <= query_slot[None, :, None]
+    return cache_mask.astype(bool)[:, None, :] & causal
+
+
+def unstack_layers(params: dict, cache: tuple, config: LlamaConfig) -> tuple[list, list]:
+    """Stacked `params["layers"]` and cache (k, v) [L, ...] -> per-layer lists, for
+    `Llama.decode_step(..., layer_params=...)`."""
+    n = config.num_hidden_layers
+    layer_params = [jax.tree_util.tree_map(lambda x, l=l: x[l], params["layers"]) for l in range(n)]
+    return layer_params, [(cache[0][l], cache[1][l]) for l in range(n)]
+
+
 class Llama(nn.Module):
-    """`LlamaForCausalLM`: embed -> scanned decoder layers -> norm -> LM head."""
+    """`LlamaForCausalLM`: embed -> decoder layers (one scanned `DecoderLayer`) -> norm -> LM head.
+
+    Two entry points over the same modules and parameters: `__call__`, the full-sequence forward
+    with taps (training, scoring), and `decode_step`, tokens through a KV cache (generation)."""
     config: LlamaConfig
 
-    @nn.compact
+    def setup(self):
+        c = self.config
+        dt, pdt = _dtype(c.dtype), _dtype(c.param_dtype)
+        init = nn.initializers.normal(0.02)
+        self.embed_tokens = nn.Embed(
+            c.vocab_size, c.hidden_size, dtype=dt, param_dtype=pdt,
+            embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
+        # Always scanned so the parameters are stacked; scan_layers=False only unrolls it.
+        self.layers = nn.scan(
+            DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.num_hidden_layers, unroll=1 if c.scan_layers else c.num_hidden_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(c)
+        self.norm = RMSNorm(c.rms_norm_eps, dt, pdt)
+        if not c.tie_word_embeddings:
+            self.lm_head = nn.Dense(
+                c.vocab_size, use_bias=False, dtype=dt, param_dtype=pdt,
+                kernel_init=nn.with_logical_partitioning(init, ("embed", "vocab")))
+
+    def logits(self, final_hidden: Array) -> Array:
+        """[..., D] final-norm hidden states -> [..., V] logits."""
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.attend(final_hidden)
+        return self.lm_head(final_hidden)
+
     def __call__(self, input_ids: Array, positions: Optional[Array] = None,
                  segment_ids: Optional[Array] = None, *, tap_layers: Sequence[int] = (),
-                 tap_hidden: bool = False, tap_qk: bool = False, return_logits: bool = True,
-                 cache: Optional[tuple] = None, cache_slot: Any = 0,
-                 cache_mask: Optional[Array] = None) -> LlamaOutput:
+                 tap_hidden: bool = False, tap_qk: bool = False,
+                 return_logits: bool = True) -> LlamaOutput:
+        """Full-sequence forward; positions default to 0..T-1, segment_ids to one document."""
         c = self.config
         dt = _dtype(c.dtype)
         b, t = input_ids.shape
@@ -234,59 +282,58 @@ class Llama(nn.Module):
         if len(set(tap_layers)) != len(tap_layers):
             raise ValueError(f"tap_layers has duplicates: {tap_layers}")
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32) + (cache_slot if cache is not None else 0), (b, t))
-        if cache is None:
-            seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
-            mask = attention_mask(seg)
-        else:  # keys are the cache slots; causal over slots, only slots that hold real tokens
-            s = cache[0].shape[3]  # [L, B, KVH, S, hd]
-            valid = jnp.ones((b, s), bool) if cache_mask is None else cache_mask.astype(bool)
-            query_slot = cache_slot + jnp.arange(t)
-            mask = valid[:, None, :] & (jnp.arange(s)[None, None, :] <= query_slot[None, :, None])
-
-        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dt, param_dtype=_dtype(c.param_dtype),
-                         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
-                         name="embed_tokens")
-        h = embed(input_ids)
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        mask = attention_mask(jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids)
         cos, sin = rope_cos_sin(c, positions, dt)
 
         n_taps = len(tap_layers)
         tap_hidden, tap_qk = tap_hidden and n_taps > 0, tap_qk and n_taps > 0
         slot_of_layer = np.full(c.num_hidden_layers, n_taps, np.int32)  # n_taps = discard slot
         slot_of_layer[list(tap_layers)] = np.arange(n_taps, dtype=np.int32)
-        carry = {"h": h}
+        carry = {"h": self.embed_tokens(input_ids)}
         if tap_hidden:
             carry["tap_h"] = jnp.zeros((n_taps + 1, b, t, c.hidden_size), dt)
         if tap_qk:
             carry["tap_q"] = jnp.zeros((n_taps + 1, b, t, c.num_attention_heads, c.head_dim), dt)
             carry["tap_k"] = jnp.zeros((n_taps + 1, b, t, c.num_key_value_heads, c.head_dim), dt)
-        xs = {"slot": jnp.asarray(slot_of_layer)}
-        if cache is not None:
-            xs["cache"] = tuple(cache)
+        carry, _ = self.layers(carry, {"slot": jnp.asarray(slot_of_layer)}, cos, sin, mask, None)
 
-        layers = nn.scan(
-            DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=c.num_hidden_layers, unroll=1 if c.scan_layers else c.num_hidden_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(c, n_slots=n_taps + 1, tap_hidden=tap_hidden, tap_qk=tap_qk, name="layers")
-        carry, ys = layers(carry, xs, cos, sin, mask, cache_slot)
-
-        final = RMSNorm(c.rms_norm_eps, dt, _dtype(c.param_dtype), name="norm")(carry["h"])
-        logits = None
-        if return_logits:
-            if c.tie_word_embeddings:
-                logits = embed.attend(final)
-            else:
-                logits = nn.Dense(c.vocab_size, use_bias=False, dtype=dt, param_dtype=_dtype(c.param_dtype),
-                                  kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab")),
-                                  name="lm_head")(final)
+        final = self.norm(carry["h"])
         return LlamaOutput(
-            logits=logits, final_hidden=final,
+            logits=self.logits(final) if return_logits else None, final_hidden=final,
             hidden=carry["tap_h"][:n_taps] if tap_hidden else None,
             queries=carry["tap_q"][:n_taps] if tap_qk else None,
-            keys=carry["tap_k"][:n_taps] if tap_qk else None,
-            cache=ys.get("cache") if cache is not None else None)
+            keys=carry["tap_k"][:n_taps] if tap_qk else None)
+
+    def decode_step(self, input_ids: Array, positions: Array, cache, cache_slot, cache_mask: Array,
+                    layer_params: Optional[list] = None) -> tuple[Array, Any]:
+        """Tokens [B, T] (a prompt or one new token) through the KV cache: their keys/values are
+        written at slots cache_slot..cache_slot+T-1, and they attend to the slots up to theirs
+        that `cache_mask` [B, S] marks as real tokens (the new ones included). Returns the last
+        column's logits [B, V] and the new cache.
+
+        `cache` is (k, v), each [L, B, KVH, S, hd], run by the layer scan; or, with `layer_params`
+        (per-layer weights, see `unstack_layers`), a list of per-layer (k, v) run layer by layer
+        from separate arrays: the scan slices the stacked weights and caches and restacks the
+        caches on every call, which XLA on CPU copies, whereas separate caches update in place."""
+        dt = _dtype(self.config.dtype)
+        h = self.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(self.config, positions, dt)
+        mask = cache_attention_mask(cache_mask, cache_slot, input_ids.shape[1])
+        if layer_params is None:
+            carry, ys = self.layers({"h": h}, {"cache": tuple(cache)}, cos, sin, mask, cache_slot)
+            h, cache = carry["h"], ys["cache"]
+        else:
+            layer = DecoderLayer(self.config, parent=None)  # unbound: each call gets its weights
+            new_cache = []
+            for w, kv in zip(layer_params, cache):
+                carry, ys = layer.apply({"params": w}, {"h": h}, {"cache": kv}, cos, sin, mask,
+                                        cache_slot)
+                h = carry["h"]
+                new_cache.append(ys["cache"])
+            cache = new_cache
+        # Only the last column's logits: a prompt's [B, P, V] would dominate prefill.
+        return self.logits(self.norm(h[:, -1])), cache
 
 
 # ---- functional helpers ----------------------------------------------------------------------
