@@ -109,6 +109,35 @@ def test_greedy_kv_cache_decoding_matches_hf_generate():
         np.testing.assert_array_equal(ours[row], hf[0, len(prompt):].numpy())
 
 
+@pytest.mark.parametrize("layers", ["scan", "unrolled", "split"])
+def test_cache_decode_steps_equal_the_full_forward(layers):
+    """`decode_step` (prefill of a left-padded prompt, then one token at a time) gives the same
+    logits as the full forward at every column, with the layer scan, unrolled, and per layer."""
+    model = make_hf_model(seed=9, num_key_value_heads=2)
+    cfg = jax_config(model, scan_layers=layers != "unrolled")
+    params = params_from_hf(model, cfg)
+    P, T = 8, 20
+    ids = jnp.asarray(np.random.RandomState(10).randint(0, cfg.vocab_size, (2, T)))
+    mask = np.ones((2, T), bool)
+    mask[1, :3] = False  # row 1: 3 pad columns, then its prompt
+    pos = jnp.asarray(np.maximum(np.cumsum(mask, axis=1) - 1, 0))
+    full = llama.forward(params, cfg, ids, pos, jnp.asarray(mask, jnp.int32)).logits
+
+    step = jax.jit(lambda *args: llama.Llama(cfg).apply({"params": params}, *args,
+                                                        method=llama.Llama.decode_step))
+    cache_mask = jnp.asarray(mask).at[:, P:].set(False)
+    logits, cache = step(ids[:, :P], pos[:, :P], decode.init_cache(cfg, 2, T), 0, cache_mask, None)
+    got = [logits]
+    layer_params = None
+    if layers == "split":
+        layer_params, cache = llama.unstack_layers(params, cache, cfg)
+    for t in range(P, T):
+        cache_mask = cache_mask.at[:, t].set(True)
+        logits, cache = step(ids[:, t:t + 1], pos[:, t:t + 1], cache, t, cache_mask, layer_params)
+        got.append(logits)
+    assert rel_err(jnp.stack(got, axis=1), full[:, P - 1:]) < 1e-5
+
+
 def test_scan_unroll_and_remat_policies_agree():
     cfg = jax_config(make_hf_model(seed=6, num_key_value_heads=2, num_hidden_layers=2))
     params = llama.init_params(cfg, jax.random.key(0))
