@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo demo-teacher clean espeak shellcheck
+.PHONY: venv test lint format demo demo-teacher clean espeak shellcheck
 
 venv: $(STAMP)
 
@@ -27,6 +27,15 @@ shellcheck:
 	@command -v shellcheck >/dev/null || { command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null) ; } || \
 	  { echo "shellcheck is missing and apt-get is unavailable: install shellcheck by hand" >&2; exit 1; }
+
+# ruff (pinned in setup.cfg's test extra; rules in pyproject.toml): `make format` applies the fixes.
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: venv espeak shellcheck
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)

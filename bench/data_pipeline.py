@@ -9,6 +9,7 @@ alignments, written through `build_corpus` to ArrayRecord) in a temp dir, then t
 
 Ends by printing ONE JSON line: tokens_per_s, seq_len, batch, workers, mixture, ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,11 +40,23 @@ def synthetic_manifest(path: Path, n: int, seconds: float, seed: int = 0) -> flo
                 d = rng.uniform(0.15, 0.5)
                 words.append([f"w{rng.integers(0, 100)}", round(t, 3), round(t + d, 3)])
                 t += d + rng.choice([0.0, 0.1])
-            f.write(json.dumps({
-                "id": f"utt{k:06d}", "speaker": f"spk{k % 50}", "split": "train",
-                "units": {"hubert": hubert.tolist(), "pitch": pitch.tolist(),
-                          "style": rng.integers(0, 100, ns).tolist()},
-                "words": words, "transcript": " ".join(w for w, _, _ in words)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"utt{k:06d}",
+                        "speaker": f"spk{k % 50}",
+                        "split": "train",
+                        "units": {
+                            "hubert": hubert.tolist(),
+                            "pitch": pitch.tolist(),
+                            "style": rng.integers(0, 100, ns).tolist(),
+                        },
+                        "words": words,
+                        "transcript": " ".join(w for w, _, _ in words),
+                    }
+                )
+                + "\n"
+            )
     return total / 3600
 
 
@@ -61,18 +74,31 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from data_fixtures import make_tokenizer
+
     from tinywave_jax.data import DataConfig, build_corpus, make_train_iterator
+
     mixture = {k: float(v) for k, v in (kv.split("=") for kv in args.mixture.split(","))}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         hours = synthetic_manifest(tmp / "units.jsonl", args.utterances, args.seconds)
         t0 = time.perf_counter()
-        build_corpus(tmp / "corpus", manifest=tmp / "units.jsonl", shard_size=500, workers=1,
-                     log=lambda m: None)
+        build_corpus(
+            tmp / "corpus",
+            manifest=tmp / "units.jsonl",
+            shard_size=500,
+            workers=1,
+            log=lambda m: None,
+        )
         build_s = time.perf_counter() - t0
-        cfg = DataConfig(corpus_dir=str(tmp / "corpus"), mixture=mixture, seq_len=args.seq_len,
-                         batch_size=args.batch, worker_count=args.workers,
-                         read_threads=args.read_threads, tokenizer=make_tokenizer(tmp / "tok"))
+        cfg = DataConfig(
+            corpus_dir=str(tmp / "corpus"),
+            mixture=mixture,
+            seq_len=args.seq_len,
+            batch_size=args.batch,
+            worker_count=args.workers,
+            read_threads=args.read_threads,
+            tokenizer=make_tokenizer(tmp / "tok"),
+        )
         it = make_train_iterator(cfg, 0, 1)
         t0 = time.perf_counter()
         for _ in range(args.warmup):
@@ -83,13 +109,25 @@ def main(argv=None):
         for _ in range(args.steps):
             tokens += int((next(it)["segment_ids"] > 0).sum())
         dt = time.perf_counter() - t0
-    print(json.dumps({"bench": "data_pipeline", "tokens_per_s": round(tokens / dt),
-                      "batches_per_s": round(args.steps / dt, 2), "seq_len": args.seq_len,
-                      "batch": args.batch, "workers": args.workers,
-                      "read_threads": args.read_threads, "mixture": mixture,
-                      "corpus_hours": round(hours, 2), "utterances": args.utterances,
-                      "corpus_build_s": round(build_s, 1), "warmup_s": round(warm_s, 1),
-                      "steps": args.steps}))
+    print(
+        json.dumps(
+            {
+                "bench": "data_pipeline",
+                "tokens_per_s": round(tokens / dt),
+                "batches_per_s": round(args.steps / dt, 2),
+                "seq_len": args.seq_len,
+                "batch": args.batch,
+                "workers": args.workers,
+                "read_threads": args.read_threads,
+                "mixture": mixture,
+                "corpus_hours": round(hours, 2),
+                "utterances": args.utterances,
+                "corpus_build_s": round(build_s, 1),
+                "warmup_s": round(warm_s, 1),
+                "steps": args.steps,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ output - alias bytes of `compiled.memory_analysis()`. attn_loss_mem_overhead_<T>
   python bench/distill_step.py --batch 2 --seq 128 --mem-seqs 512 --steps 3   # quick check
 Prints progress lines, then ONE JSON line with every number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,31 +53,51 @@ def rss_mib() -> float:
 def make_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
     """One random document per row (segment 1 everywhere), the batch contract of the trainer."""
     from tinywave_jax.data.batches import contract_batch
+
     ids = np.random.default_rng(seed).integers(1, vocab, size=(batch, seq))
     return contract_batch(ids, np.ones((batch, seq), np.int32))
 
 
 # ------------------------------------------------------------------------------------------ JAX
 
+
 def project_config(a, batch: int, seq: int, attention_weight: float = 1.0):
     import yaml
+
     from tinywave_jax.config import load_config
     from tinywave_jax.train.config import DistillConfig
-    shape = dict(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.ffn,
-                 num_hidden_layers=a.teacher_layers, num_attention_heads=a.heads,
-                 num_key_value_heads=a.heads, max_position_embeddings=max(4096, seq))
-    over = ["teacher.path=null", "teacher.dtype=float32",
-            f"teacher.shape={yaml.safe_dump(shape, default_flow_style=True, width=10**6).strip()}",
-            f"student.num_layers={a.student_layers}", "distill.layer_map=uniform",
-            f"distill.weights.attention={attention_weight}",
-            "data.source=synthetic", f"data.seq_len={seq}", f"data.batch_size={batch}",
-            "train.microbatches=1", "train.dtype=float32", "train.param_dtype=float32",
-            f"train.remat={a.remat}", "mesh.fsdp=-1"]
+
+    shape = dict(
+        vocab_size=a.vocab,
+        hidden_size=a.hidden,
+        intermediate_size=a.ffn,
+        num_hidden_layers=a.teacher_layers,
+        num_attention_heads=a.heads,
+        num_key_value_heads=a.heads,
+        max_position_embeddings=max(4096, seq),
+    )
+    over = [
+        "teacher.path=null",
+        "teacher.dtype=float32",
+        f"teacher.shape={yaml.safe_dump(shape, default_flow_style=True, width=10**6).strip()}",
+        f"student.num_layers={a.student_layers}",
+        "distill.layer_map=uniform",
+        f"distill.weights.attention={attention_weight}",
+        "data.source=synthetic",
+        f"data.seq_len={seq}",
+        f"data.batch_size={batch}",
+        "train.microbatches=1",
+        "train.dtype=float32",
+        "train.param_dtype=float32",
+        f"train.remat={a.remat}",
+        "mesh.fsdp=-1",
+    ]
     return load_config(DistillConfig, os.path.join(ROOT, "configs/tinywave_base.yaml"), over)
 
 
 def jax_worker(a, out_dir: str) -> dict:
     import jax
+
     from tinywave_jax.convert.hf_export import hf_config_dict, params_to_hf_state
     from tinywave_jax.train.loop import _global_batch
     from tinywave_jax.train.recipes import prepare
@@ -87,15 +108,26 @@ def jax_worker(a, out_dir: str) -> dict:
     frozen, trainable = session.frozen_and_trainable()
     state = session.init_state(trainable)
     host = make_batch(a.batch, a.seq, a.vocab)
-    for name, params, config in (("teacher", frozen["teacher"], recipe.teacher_full),
-                                 ("student", trainable["model"], recipe.spec.student)):
-        np.savez(os.path.join(out_dir, f"{name}.npz"), **dict(params_to_hf_state(params, config, "float32")))
+    for name, params, config in (
+        ("teacher", frozen["teacher"], recipe.teacher_full),
+        ("student", trainable["model"], recipe.spec.student),
+    ):
+        np.savez(
+            os.path.join(out_dir, f"{name}.npz"),
+            **dict(params_to_hf_state(params, config, "float32")),
+        )
         with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
             json.dump(hf_config_dict(config, "float32"), f)
     np.savez(os.path.join(out_dir, "batch.npz"), **host)
     with open(os.path.join(out_dir, "pairs.json"), "w") as f:
-        json.dump({"student": list(recipe.spec.student_taps), "teacher": list(recipe.spec.teacher_taps),
-                   "temperature": recipe.spec.loss.temperature}, f)
+        json.dump(
+            {
+                "student": list(recipe.spec.student_taps),
+                "teacher": list(recipe.spec.teacher_taps),
+                "temperature": recipe.spec.loss.temperature,
+            },
+            f,
+        )
     data = _global_batch(session, host)
     jax.block_until_ready((state, frozen, data))
     base = rss_mib()
@@ -115,24 +147,45 @@ def jax_worker(a, out_dir: str) -> dict:
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
-    return {"first_losses": first, "step_s": step_s, "step_min_s": min(times), "compile_s": compile_s,
-            "tokens_per_s": a.batch * a.seq / step_s,
-            "peak_rss_delta_mib": rss_mib() - base,
-            "step_mem_xla_mib": mem_bytes(compiled) / 2**20,
-            "devices": len(jax.devices()), "jax": jax.__version__}
+    return {
+        "first_losses": first,
+        "step_s": step_s,
+        "step_min_s": min(times),
+        "compile_s": compile_s,
+        "tokens_per_s": a.batch * a.seq / step_s,
+        "peak_rss_delta_mib": rss_mib() - base,
+        "step_mem_xla_mib": mem_bytes(compiled) / 2**20,
+        "devices": len(jax.devices()),
+        "jax": jax.__version__,
+    }
 
 
 def mem_bytes(compiled) -> int:
     ma = compiled.memory_analysis()
-    return (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
-            - ma.alias_size_in_bytes)
+    return (
+        ma.temp_size_in_bytes
+        + ma.argument_size_in_bytes
+        + ma.output_size_in_bytes
+        - ma.alias_size_in_bytes
+    )
 
 
-def dense_attention_kl(student_q, student_k, teacher_q, teacher_k, segment_ids, *, block_size=None,
-                       heads="grouped", student_scale=None, teacher_scale=None):
+def dense_attention_kl(
+    student_q,
+    student_k,
+    teacher_q,
+    teacher_k,
+    segment_ids,
+    *,
+    block_size=None,
+    heads="grouped",
+    student_scale=None,
+    teacher_scale=None,
+):
     """Dense reference of `distill.attention_kl.attention_kl` (equal head counts): builds [B,H,T,T]."""
     import jax
     import jax.numpy as jnp
+
     if student_q.shape[2] != teacher_q.shape[2]:
         raise ValueError("dense variant: student and teacher need equal head counts")
     seg = segment_ids
@@ -157,6 +210,7 @@ def mem_worker(a, out_dir: str) -> dict:
     """Compiled-step peak bytes at batch 1 for each sequence: no attention term / blockwise / dense."""
     import jax
     import jax.numpy as jnp
+
     from tinywave_jax.distill import objective
     from tinywave_jax.train.recipes import prepare
     from tinywave_jax.train.session import Session
@@ -172,11 +226,16 @@ def mem_worker(a, out_dir: str) -> dict:
             session = Session(recipe)
             batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host.items()}
             t0 = time.perf_counter()
-            compiled = session.step.lower(session.abstract_state(), session.frozen_abstract,
-                                          batch).compile()
+            compiled = session.step.lower(
+                session.abstract_state(), session.frozen_abstract, batch
+            ).compile()
             peaks[variant] = mem_bytes(compiled)
-            print(f"  mem seq {seq} {variant}: {peaks[variant] / 2**20:.1f} MiB "
-                  f"(compiled in {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+            print(
+                f"  mem seq {seq} {variant}: {peaks[variant] / 2**20:.1f} MiB "
+                f"(compiled in {time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         objective.attention_kl = blockwise
         out[seq] = {k: v / 2**20 for k, v in peaks.items()}
     del jnp
@@ -184,6 +243,7 @@ def mem_worker(a, out_dir: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- torch
+
 
 def torch_worker(a, out_dir: str) -> dict:
     import torch
@@ -195,9 +255,12 @@ def torch_worker(a, out_dir: str) -> dict:
     def load(name):
         with open(os.path.join(out_dir, f"{name}.json")) as f:
             cfg = transformers.LlamaConfig(**json.load(f))
-        model = transformers.LlamaForCausalLM._from_config(cfg, attn_implementation="eager",
-                                                           dtype=torch.float32)
-        sd = {k: torch.from_numpy(v) for k, v in np.load(os.path.join(out_dir, f"{name}.npz")).items()}
+        model = transformers.LlamaForCausalLM._from_config(
+            cfg, attn_implementation="eager", dtype=torch.float32
+        )
+        sd = {
+            k: torch.from_numpy(v) for k, v in np.load(os.path.join(out_dir, f"{name}.npz")).items()
+        }
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if unexpected or [k for k in missing if "rotary" not in k]:
             raise RuntimeError(f"{name}: missing {missing} unexpected {unexpected}")
@@ -212,14 +275,17 @@ def torch_worker(a, out_dir: str) -> dict:
     b = {k: torch.from_numpy(v) for k, v in np.load(os.path.join(out_dir, "batch.npz")).items()}
     ids, targets, mask = b["input_ids"].long(), b["targets"].long(), b["loss_mask"].float()
     pos = b["positions"].long()
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
-                            weight_decay=0.1)
+    opt = torch.optim.AdamW(
+        student.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1
+    )
 
     def hooks(model, layers):
         store = {}
         for i in layers:
+
             def keep(mod, inp, out, i=i):
                 store[i] = out[0] if isinstance(out, tuple) else out
+
             model.model.layers[i].register_forward_hook(keep)
         return store
 
@@ -231,20 +297,28 @@ def torch_worker(a, out_dir: str) -> dict:
             t_out = teacher(input_ids=ids, position_ids=pos, output_attentions=True)
         s_out = student(input_ids=ids, position_ids=pos, output_attentions=True)
         n = mask.sum()
-        ce = (F.cross_entropy(s_out.logits.flatten(0, 1), targets.flatten(), reduction="none")
-              * mask.flatten()).sum() / n
+        ce = (
+            F.cross_entropy(s_out.logits.flatten(0, 1), targets.flatten(), reduction="none")
+            * mask.flatten()
+        ).sum() / n
         lpt = F.log_softmax(t_out.logits / temp, -1)
         lps = F.log_softmax(s_out.logits / temp, -1)
-        kl = ((lpt.exp() * (lpt - lps)).sum(-1) * mask).sum() / n * temp ** 2
+        kl = ((lpt.exp() * (lpt - lps)).sum(-1) * mask).sum() / n * temp**2
         hid, att = [], []
         for sl, tl in zip(pairs["student"], pairs["teacher"]):
-            hid.append((1 - F.cosine_similarity(s_hidden[sl], t_hidden[tl], dim=-1, eps=1e-8)).mean())
-            pt, ps = t_out.attentions[tl], s_out.attentions[sl]          # [B, H, T, T]
+            hid.append(
+                (1 - F.cosine_similarity(s_hidden[sl], t_hidden[tl], dim=-1, eps=1e-8)).mean()
+            )
+            pt, ps = t_out.attentions[tl], s_out.attentions[sl]  # [B, H, T, T]
             row = (pt * (pt.clamp_min(tiny).log() - ps.clamp_min(tiny).log())).sum(-1)
-            att.append(row.mean())                                       # heads, then rows
+            att.append(row.mean())  # heads, then rows
         hidden, attn = torch.stack(hid).mean(), torch.stack(att).mean()
-        return ce + kl + hidden + attn, {"ce": ce, "logit_kl": kl, "hidden": hidden,
-                                         "attention_kl": attn}
+        return ce + kl + hidden + attn, {
+            "ce": ce,
+            "logit_kl": kl,
+            "hidden": hidden,
+            "attention_kl": attn,
+        }
 
     def step():
         loss, parts = losses()
@@ -264,9 +338,16 @@ def torch_worker(a, out_dir: str) -> dict:
         step()
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
-    return {"first_losses": first, "step_s": step_s, "step_min_s": min(times), "tokens_per_s": a.batch * a.seq / step_s,
-            "peak_rss_delta_mib": rss_mib() - base, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "first_losses": first,
+        "step_s": step_s,
+        "step_min_s": min(times),
+        "tokens_per_s": a.batch * a.seq / step_s,
+        "peak_rss_delta_mib": rss_mib() - base,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -277,8 +358,11 @@ WORKERS = {"jax": jax_worker, "torch": torch_worker, "mem": mem_worker}
 def run_worker(name: str, argv: list, out_dir: str) -> dict:
     res = os.path.join(out_dir, f"{name}.result.json")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--worker", name,
-                    "--work-dir", out_dir], check=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *argv, "--worker", name, "--work-dir", out_dir],
+        check=True,
+        cwd=ROOT,
+    )
     print(f"[{name}] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     with open(res) as f:
         return json.load(f)
@@ -289,7 +373,9 @@ def r(x, n=4):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--teacher-layers", type=int, default=6)
     ap.add_argument("--student-layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=256)
@@ -313,27 +399,33 @@ def main():
             json.dump(result, f)
         return
 
-    argv = [x for x in sys.argv[1:]]
+    argv = list(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         # Alternating rounds, best (lowest median) round of each: the machine is shared, and a
         # burst of someone else's load during one framework's run would otherwise decide the ratio.
         ours_runs, ref_runs = [], []
         for _ in range(a.rounds):
-            ours_runs.append(run_worker("jax", argv, tmp))   # also writes weights + batch for torch
+            ours_runs.append(run_worker("jax", argv, tmp))  # also writes weights + batch for torch
             ref_runs.append(run_worker("torch", argv, tmp))
         mem = run_worker("mem", argv, tmp) if a.mem_seqs else {}
     ours = min(ours_runs, key=lambda x: x["step_s"])
     ref = min(ref_runs, key=lambda x: x["step_s"])
     print("first-step losses (ours | torch):", file=sys.stderr)
     for k in ours["first_losses"]:
-        print(f"  {k:13s} {ours['first_losses'][k]:.6f} | {ref['first_losses'][k]:.6f}", file=sys.stderr)
+        print(
+            f"  {k:13s} {ours['first_losses'][k]:.6f} | {ref['first_losses'][k]:.6f}",
+            file=sys.stderr,
+        )
     out = {
-        "jax_tokens_per_s": r(ours["tokens_per_s"], 1), "torch_tokens_per_s": r(ref["tokens_per_s"], 1),
+        "jax_tokens_per_s": r(ours["tokens_per_s"], 1),
+        "torch_tokens_per_s": r(ref["tokens_per_s"], 1),
         "speedup": r(ours["tokens_per_s"] / ref["tokens_per_s"], 3),
-        "jax_step_s": r(ours["step_s"]), "torch_step_s": r(ref["step_s"]),
+        "jax_step_s": r(ours["step_s"]),
+        "torch_step_s": r(ref["step_s"]),
         "jax_step_s_rounds": [r(x["step_s"]) for x in ours_runs],
         "torch_step_s_rounds": [r(x["step_s"]) for x in ref_runs],
-        "jax_step_s_min": r(ours["step_min_s"]), "torch_step_s_min": r(ref["step_min_s"]),
+        "jax_step_s_min": r(ours["step_min_s"]),
+        "torch_step_s_min": r(ref["step_min_s"]),
         "jax_compile_s": r(ours["compile_s"], 1),
         "jax_peak_rss_delta_mib": r(ours["peak_rss_delta_mib"], 1),
         "jax_step_mem_xla_mib": r(ours["step_mem_xla_mib"], 1),
@@ -345,12 +437,33 @@ def main():
         out[f"attn_loss_mem_overhead_{seq}"] = r((p["blockwise"] - p["none"]) / p["blockwise"])
         out[f"dense_attn_loss_mem_overhead_{seq}"] = r((p["dense"] - p["none"]) / p["dense"])
         out[f"step_mem_mib_{seq}"] = {k: r(v, 1) for k, v in p.items()}
-    out["config"] = {k: getattr(a, k) for k in ("teacher_layers", "student_layers", "hidden", "heads",
-                                                 "ffn", "vocab", "batch", "seq", "steps", "rounds", "remat",
-                                                 "mem_seqs")}
-    out["config"].update(layer_map="uniform", dtype="float32", mem_batch=1, cpus=os.cpu_count(),
-                         torch_threads=ref["threads"], jax=ours["jax"], torch=ref["torch"],
-                         transformers=ref["transformers"])
+    out["config"] = {
+        k: getattr(a, k)
+        for k in (
+            "teacher_layers",
+            "student_layers",
+            "hidden",
+            "heads",
+            "ffn",
+            "vocab",
+            "batch",
+            "seq",
+            "steps",
+            "rounds",
+            "remat",
+            "mem_seqs",
+        )
+    }
+    out["config"].update(
+        layer_map="uniform",
+        dtype="float32",
+        mem_batch=1,
+        cpus=os.cpu_count(),
+        torch_threads=ref["threads"],
+        jax=ours["jax"],
+        torch=ref["torch"],
+        transformers=ref["transformers"],
+    )
     print(json.dumps(out), flush=True)
 
 

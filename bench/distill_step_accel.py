@@ -15,6 +15,7 @@ The denominator is --peak-tflops (default 989: H100 SXM dense bf16 spec).
   python bench/distill_step_accel.py --preset cpu-smoke      # tiny shapes, for checking the script
 Prints one JSON line per measured configuration.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,18 +32,35 @@ PRESETS = {
     # SpiritLM-Base-7B teacher -> TinyWave-Base 2B student, the paper's 32 -> 10 map.
     "tinywave": (mc.SPIRITLM_BASE_7B, mc.TINYWAVE_BASE_2B, "tinywave"),
     # Half width, for cards that cannot hold the full pair.
-    "half": (mc.SPIRITLM_BASE_7B.replace(hidden_size=2048, intermediate_size=5504, num_attention_heads=16,
-                                         num_key_value_heads=16),
-             mc.SPIRITLM_BASE_7B.replace(hidden_size=2048, intermediate_size=5504, num_attention_heads=16,
-                                         num_key_value_heads=16, num_hidden_layers=10), "tinywave"),
-    "cpu-smoke": (mc.tiny_config(num_hidden_layers=6), mc.tiny_config(num_hidden_layers=2), "uniform"),
+    "half": (
+        mc.SPIRITLM_BASE_7B.replace(
+            hidden_size=2048, intermediate_size=5504, num_attention_heads=16, num_key_value_heads=16
+        ),
+        mc.SPIRITLM_BASE_7B.replace(
+            hidden_size=2048,
+            intermediate_size=5504,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            num_hidden_layers=10,
+        ),
+        "tinywave",
+    ),
+    "cpu-smoke": (
+        mc.tiny_config(num_hidden_layers=6),
+        mc.tiny_config(num_hidden_layers=2),
+        "uniform",
+    ),
 }
 
 
 def forward_flops_per_token(c: mc.LlamaConfig, seq: int) -> float:
     non_embed = c.num_params() - c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
     attn_width = c.num_attention_heads * c.head_dim
-    return 2 * non_embed + 2 * c.hidden_size * c.vocab_size + 4 * c.num_hidden_layers * seq * attn_width
+    return (
+        2 * non_embed
+        + 2 * c.hidden_size * c.vocab_size
+        + 4 * c.num_hidden_layers * seq * attn_width
+    )
 
 
 def project_config(preset: str, batch: int, seq: int, remat: str):
@@ -51,16 +69,31 @@ def project_config(preset: str, batch: int, seq: int, remat: str):
     from tinywave_jax.train.config import DistillConfig
 
     tbase, sbase, map_name = PRESETS[preset]
-    shape = {k: v for k, v in to_dict(tbase).items() if k in mc.LlamaConfig.HF_KEYS or k in ("rope_theta",)}
-    over = ["teacher.path=null", f"teacher.shape={yaml.safe_dump(shape, default_flow_style=True, width=10**6).strip()}", "teacher.dtype=bfloat16",
-            f"student.num_layers={sbase.num_hidden_layers}", f"distill.layer_map={map_name}",
-            "data.source=synthetic", f"data.seq_len={seq}", f"data.batch_size={batch}",
-            f"data.synthetic.vocab_size={tbase.vocab_size}", "train.microbatches=1",
-            f"train.remat={remat}", "mesh.fsdp=-1"]
+    shape = {
+        k: v
+        for k, v in to_dict(tbase).items()
+        if k in mc.LlamaConfig.HF_KEYS or k in ("rope_theta",)
+    }
+    over = [
+        "teacher.path=null",
+        f"teacher.shape={yaml.safe_dump(shape, default_flow_style=True, width=10**6).strip()}",
+        "teacher.dtype=bfloat16",
+        f"student.num_layers={sbase.num_hidden_layers}",
+        f"distill.layer_map={map_name}",
+        "data.source=synthetic",
+        f"data.seq_len={seq}",
+        f"data.batch_size={batch}",
+        f"data.synthetic.vocab_size={tbase.vocab_size}",
+        "train.microbatches=1",
+        f"train.remat={remat}",
+        "mesh.fsdp=-1",
+    ]
     return load_config(DistillConfig, "configs/tinywave_base.yaml", over)
 
 
-def measure(preset: str, batch: int, seq: int, steps: int, peak_tflops: float, remat: str = "full") -> dict:
+def measure(
+    preset: str, batch: int, seq: int, steps: int, peak_tflops: float, remat: str = "full"
+) -> dict:
     """Times the project's own compiled step (`train.session.Session`), as `tinywave distill` runs it."""
     from tinywave_jax.train.data import make_batches
     from tinywave_jax.train.loop import _global_batch
@@ -87,24 +120,38 @@ def measure(preset: str, batch: int, seq: int, steps: int, peak_tflops: float, r
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
     tokens = batch * seq
-    ours = tokens * (3 * forward_flops_per_token(recipe.spec.student, seq)
-                     + forward_flops_per_token(recipe.spec.teacher, seq))
+    ours = tokens * (
+        3 * forward_flops_per_token(recipe.spec.student, seq)
+        + forward_flops_per_token(recipe.spec.teacher, seq)
+    )
     mem = jax.devices()[0].memory_stats() or {}
     return {
-        "preset": preset, "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-        "teacher_params": recipe.spec.teacher.num_params(), "student_params": recipe.spec.student.num_params(),
-        "batch": batch, "seq": seq, "remat": remat, "first_step_s": round(compile_s, 1),
-        "step_s": round(step_s, 4), "tokens_per_s": round(tokens / step_s, 1),
+        "preset": preset,
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "teacher_params": recipe.spec.teacher.num_params(),
+        "student_params": recipe.spec.student.num_params(),
+        "batch": batch,
+        "seq": seq,
+        "remat": remat,
+        "first_step_s": round(compile_s, 1),
+        "step_s": round(step_s, 4),
+        "tokens_per_s": round(tokens / step_s, 1),
         "model_tflop_per_step": round(ours / 1e12, 2),
-        "mfu": round(ours / step_s / (peak_tflops * 1e12), 4), "peak_tflops": peak_tflops,
+        "mfu": round(ours / step_s / (peak_tflops * 1e12), 4),
+        "peak_tflops": peak_tflops,
         "peak_mem_gib": round(mem.get("peak_bytes_in_use", 0) / 2**30, 2),
-        "loss": float(metrics["loss"]), "terms": {k: round(float(metrics[k]), 4) for k in
-                                                  ("ce", "logit_kl", "hidden", "attention_kl")},
+        "loss": float(metrics["loss"]),
+        "terms": {
+            k: round(float(metrics[k]), 4) for k in ("ce", "logit_kl", "hidden", "attention_kl")
+        },
     }
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", default="tinywave", choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, nargs="+", default=[2])
     ap.add_argument("--seq", type=int, default=2048)
@@ -114,10 +161,21 @@ def main():
     a = ap.parse_args()
     for b in a.batch:
         try:
-            print(json.dumps(measure(a.preset, b, a.seq, a.steps, a.peak_tflops, a.remat)), flush=True)
+            print(
+                json.dumps(measure(a.preset, b, a.seq, a.steps, a.peak_tflops, a.remat)), flush=True
+            )
         except Exception as e:  # e.g. out of memory at this batch: report and try the next
-            print(json.dumps({"preset": a.preset, "batch": b, "seq": a.seq,
-                              "error": f"{type(e).__name__}: {str(e)[:300]}"}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "preset": a.preset,
+                        "batch": b,
+                        "seq": a.seq,
+                        "error": f"{type(e).__name__}: {str(e)[:300]}",
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

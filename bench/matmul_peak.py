@@ -5,6 +5,7 @@ proportion (docs/benchmarks.md).
 
 Prints one line per shape, then ONE JSON line {shape: {"torch_gflops", "jax_gflops"}}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
 
-SHAPES = {"1024x1024x1024": (1024, 1024, 1024), "2048x2048x2048": (2048, 2048, 2048),
-          "1024x256x688": (1024, 256, 688), "1024x688x256": (1024, 688, 256)}
+SHAPES = {
+    "1024x1024x1024": (1024, 1024, 1024),
+    "2048x2048x2048": (2048, 2048, 2048),
+    "1024x256x688": (1024, 256, 688),
+    "1024x688x256": (1024, 688, 256),
+}
 
 
 def rate(fn, flops: float, repeats: int) -> float:
@@ -43,11 +48,17 @@ def main():
         x, y = jnp.asarray(a.numpy()), jnp.asarray(b.numpy())
         matmul = jax.jit(jnp.matmul)
         flops = 2.0 * m * k * n
-        out[name] = {"torch_gflops": round(rate(lambda: a @ b, flops, args.repeats), 1),
-                     "jax_gflops": round(rate(lambda: matmul(x, y).block_until_ready(), flops,
-                                              args.repeats), 1)}
-        print(f"{name}: torch {out[name]['torch_gflops']} GFLOP/s, jax {out[name]['jax_gflops']} "
-              "GFLOP/s", flush=True)
+        out[name] = {
+            "torch_gflops": round(rate(lambda a=a, b=b: a @ b, flops, args.repeats), 1),
+            "jax_gflops": round(
+                rate(lambda f=matmul, x=x, y=y: f(x, y).block_until_ready(), flops, args.repeats), 1
+            ),
+        }
+        print(
+            f"{name}: torch {out[name]['torch_gflops']} GFLOP/s, jax {out[name]['jax_gflops']} "
+            "GFLOP/s",
+            flush=True,
+        )
     print(json.dumps(out))
 
 

@@ -2,6 +2,7 @@
 a persistent XLA compilation cache: the same tiny programs (model init, train steps) are compiled by
 many tests and by CLI subprocesses (which inherit JAX_COMPILATION_CACHE_DIR); on 2 CPU cores each
 compile costs seconds, a cache hit milliseconds. Results are identical either way."""
+
 import os
 import tempfile
 
@@ -10,8 +11,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), "tinywave_jax_test_xla_cache"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tinywave_jax_test_xla_cache")
+)
 
 import jax  # noqa: E402
 

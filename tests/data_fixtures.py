@@ -1,4 +1,5 @@
 """Helpers for the data tests: a small local Hugging Face tokenizer and synthetic utterances."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = ("and they went out together hello world the a of to in is was for on that with as "
-         "at by this it he she we you not but or from").split()
+WORDS = (
+    "and they went out together hello world the a of to in is was for on that with as "
+    "at by this it he she we you not but or from"
+).split()
 
 
 def make_tokenizer(directory, words=WORDS) -> str:
@@ -15,13 +18,15 @@ def make_tokenizer(directory, words=WORDS) -> str:
     Hugging Face tokenizer folder, loadable with AutoTokenizer.from_pretrained."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for w in list(words) + [f"w{k}" for k in range(100)]:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
     fast.save_pretrained(str(directory))
     return str(directory)
 
@@ -35,9 +40,11 @@ def synthetic_utterance(rng, k: int, units=501, pitch=64, style=100, words=True)
     n_pi = int(seconds * 12.5)
     pitch_u = np.repeat(rng.integers(0, pitch, n_pi), rng.integers(1, 4, n_pi))[:n_pi]
     style_u = rng.integers(0, style, max(1, int(seconds)))
-    rec = {"id": f"utt{k:04d}", "speaker": f"spk{k % 3}",
-           "units": {"hubert": hubert.tolist(), "pitch": pitch_u.tolist(),
-                     "style": style_u.tolist()}}
+    rec = {
+        "id": f"utt{k:04d}",
+        "speaker": f"spk{k % 3}",
+        "units": {"hubert": hubert.tolist(), "pitch": pitch_u.tolist(), "style": style_u.tolist()},
+    }
     if words:
         t, ws = 0.1, []
         while True:
@@ -60,10 +67,17 @@ def write_units_manifest(path, records) -> Path:
 def as_source_record(rec, where="mem"):
     """A manifest-style dict -> the record dict that CorpusSource returns (frame i at i/rate)."""
     rates = {"hubert": 25.0, "pitch": 12.5, "style": 1.0}
-    units = {s: [int(x) for x in u.split()] if isinstance(u, str) else u
-             for s, u in rec["units"].items()}
-    streams = {s: (np.asarray(u, np.int32), np.arange(len(u)) / rates[s])
-               for s, u in units.items()}
+    units = {
+        s: [int(x) for x in u.split()] if isinstance(u, str) else u for s, u in rec["units"].items()
+    }
+    streams = {s: (np.asarray(u, np.int32), np.arange(len(u)) / rates[s]) for s, u in units.items()}
     words = [tuple(w) for w in rec["words"]] if rec.get("words") else None
-    return {"id": rec["id"], "speaker": rec["speaker"], "transcript": rec.get("transcript", ""),
-            "duration": 0.0, "words": words, "where": f"{where}:{rec['id']}", "streams": streams}
+    return {
+        "id": rec["id"],
+        "speaker": rec["speaker"],
+        "transcript": rec.get("transcript", ""),
+        "duration": 0.0,
+        "words": words,
+        "where": f"{where}:{rec['id']}",
+        "streams": streams,
+    }

@@ -1,6 +1,7 @@
 """Independent reference for model tests: tiny random `transformers` Llama models and a direct
 state-dict -> params mapping written here (not the project's converter), so model parity does not
 depend on the conversion code it is meant to check."""
+
 import numpy as np
 import torch
 import transformers
@@ -10,13 +11,24 @@ from tinywave_jax.models.config import LlamaConfig
 
 def make_hf_model(seed=0, init_std=0.08, **overrides):
     """A random eager-attention LlamaForCausalLM; larger init std than HF's 0.02 so attention is peaked."""
-    kw = dict(vocab_size=211, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
-              num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
-              rms_norm_eps=1e-5, initializer_range=init_std, tie_word_embeddings=False)
+    kw = dict(
+        vocab_size=211,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        initializer_range=init_std,
+        tie_word_embeddings=False,
+    )
     kw.update(overrides)
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(**kw)
-    model = transformers.LlamaForCausalLM._from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    model = transformers.LlamaForCausalLM._from_config(
+        cfg, attn_implementation="eager", dtype=torch.float32
+    )
     with torch.no_grad():  # norms at 1.0 make every layer look alike; randomise them a little
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -48,8 +60,12 @@ def params_from_hf(model, config: LlamaConfig) -> dict:
         "embed_tokens": {"embedding": sd["model.embed_tokens.weight"]},
         "layers": {
             "input_layernorm": {"scale": stack("model.layers.{}.input_layernorm.weight", False)},
-            "post_attention_layernorm": {"scale": stack("model.layers.{}.post_attention_layernorm.weight", False)},
-            "self_attn": proj("self_attn", ["q_proj", "k_proj", "v_proj", "o_proj"], config.attention_bias),
+            "post_attention_layernorm": {
+                "scale": stack("model.layers.{}.post_attention_layernorm.weight", False)
+            },
+            "self_attn": proj(
+                "self_attn", ["q_proj", "k_proj", "v_proj", "o_proj"], config.attention_bias
+            ),
             "mlp": proj("mlp", ["gate_proj", "up_proj", "down_proj"], config.mlp_bias),
         },
         "norm": {"scale": sd["model.norm.weight"]},

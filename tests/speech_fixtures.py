@@ -2,6 +2,7 @@
 
 espeak-ng is a system package (`make espeak` installs it); a missing binary fails loudly.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -18,27 +19,36 @@ SENTENCES = [
 VOICES = [("en+m3", 160, 35), ("en+f3", 170, 60), ("en-us+m1", 150, 50)]
 
 
-def synthesize(path: str | Path, text: str, voice: str = "en+f3", speed: int = 160,
-               pitch: int = 50) -> Path:
+def synthesize(
+    path: str | Path, text: str, voice: str = "en+f3", speed: int = 160, pitch: int = 50
+) -> Path:
     """Writes espeak-ng speech for `text` to `path` (wav, 22050 Hz mono 16-bit) and returns it."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise RuntimeError("espeak-ng is not installed: run `make espeak` "
-                           "(apt-get install espeak-ng)")
+        raise RuntimeError(
+            "espeak-ng is not installed: run `make espeak` (apt-get install espeak-ng)"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([exe, "-w", str(path), "-v", voice, "-s", str(speed), "-p", str(pitch), text],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [exe, "-w", str(path), "-v", voice, "-s", str(speed), "-p", str(pitch), text],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
-def speech_corpus(directory: str | Path, sentences: list[str] = SENTENCES,
-                  voices: list[tuple[str, int, int]] = VOICES) -> list[Path]:
+def speech_corpus(
+    directory: str | Path,
+    sentences: list[str] = SENTENCES,
+    voices: list[tuple[str, int, int]] = VOICES,
+) -> list[Path]:
     """One wav per (voice, sentence) pair under `directory/<voice>/`; returns the paths in order."""
     directory = Path(directory)
     paths = []
     for v, (voice, speed, pitch) in enumerate(voices):
         for s, text in enumerate(sentences):
-            paths.append(synthesize(directory / f"voice{v}" / f"utt{s}.wav", text, voice, speed,
-                                    pitch))
+            paths.append(
+                synthesize(directory / f"voice{v}" / f"utt{s}.wav", text, voice, speed, pitch)
+            )
     return paths

@@ -1,4 +1,5 @@
 """Blockwise attention KL vs dense references: numpy float64 for values, dense jnp for gradients."""
+
 import functools
 
 import jax
@@ -16,8 +17,11 @@ SEG = np.array([[1] * 5 + [2] * 6 + [0] * 2, [0] * 3 + [7] * 10], np.int32)
 
 def _visible(seg):
     pos = np.arange(seg.shape[1])
-    return ((seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] != 0)
-            & (pos[None, None, :] <= pos[None, :, None]))          # [B, Tq, Tk]
+    return (
+        (seg[:, :, None] == seg[:, None, :])
+        & (seg[:, :, None] != 0)
+        & (pos[None, None, :] <= pos[None, :, None])
+    )  # [B, Tq, Tk]
 
 
 def numpy_attention_kl(sq, sk, tq, tk, seg, groups):
@@ -27,7 +31,7 @@ def numpy_attention_kl(sq, sk, tq, tk, seg, groups):
     def probs(q, k):
         q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
         h, kv = q.shape[2], k.shape[2]
-        k = np.repeat(k, h // kv, axis=2)                       # query head h <- kv head h // (h/kv)
+        k = np.repeat(k, h // kv, axis=2)  # query head h <- kv head h // (h/kv)
         s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
         s = np.where(mask, s, -np.inf)
         s = s - s.max(-1, keepdims=True)
@@ -54,8 +58,13 @@ def dense_jnp_attention_kl(sq, sk, tq, tk, seg, groups):
 
     ps, pt = probs(sq, sk), probs(tq, tk)
     safe = mask & (pt > 0)
-    kl = jnp.where(safe, pt * (jnp.log(jnp.where(safe, pt, 1.0))
-                               - jnp.log(jnp.where(safe, ps, 1.0))), 0.0).sum(-1).mean(1)
+    kl = (
+        jnp.where(
+            safe, pt * (jnp.log(jnp.where(safe, pt, 1.0)) - jnp.log(jnp.where(safe, ps, 1.0))), 0.0
+        )
+        .sum(-1)
+        .mean(1)
+    )
     valid = jnp.asarray(seg != 0)
     return jnp.sum(kl * valid) / jnp.sum(valid)
 
@@ -63,6 +72,7 @@ def dense_jnp_attention_kl(sq, sk, tq, tk, seg, groups):
 def _inputs(rng, hs, kvs, ht, kvt, t=T):
     def arr(*shape):
         return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
     return arr(B, t, hs, HD), arr(B, t, kvs, HD), arr(B, t, ht, HD), arr(B, t, kvt, HD)
 
 
@@ -80,12 +90,15 @@ _blockwise_grad = jax.jit(jax.value_and_grad(_blockwise_mean, (0, 1)), static_ar
 _dense_grad = jax.jit(jax.grad(dense_jnp_attention_kl, (0, 1)), static_argnums=(5,))
 
 
-@pytest.mark.parametrize("hs,kvs,ht,kvt,heads,block", [
-    (4, 4, 4, 4, "grouped", 4),   # MHA, ragged last block (13 = 3 * 4 + 1)
-    (4, 2, 8, 4, "grouped", 5),   # both GQA; teacher has 2x the heads: its pairs are averaged
-    (8, 4, 2, 1, "grouped", 16),  # student has 4x the heads (its groups averaged); block > T
-    (3, 3, 2, 2, "mean", 6),      # counts that do not divide: all heads averaged
-])
+@pytest.mark.parametrize(
+    "hs,kvs,ht,kvt,heads,block",
+    [
+        (4, 4, 4, 4, "grouped", 4),  # MHA, ragged last block (13 = 3 * 4 + 1)
+        (4, 2, 8, 4, "grouped", 5),  # both GQA; teacher has 2x the heads: its pairs are averaged
+        (8, 4, 2, 1, "grouped", 16),  # student has 4x the heads (its groups averaged); block > T
+        (3, 3, 2, 2, "mean", 6),  # counts that do not divide: all heads averaged
+    ],
+)
 def test_blockwise_matches_dense_value_and_grad(hs, kvs, ht, kvt, heads, block):
     rng = np.random.default_rng(hs * 100 + ht * 10 + block)
     sq, sk, tq, tk = _inputs(rng, hs, kvs, ht, kvt)
@@ -122,8 +135,14 @@ def test_padding_and_other_documents_do_not_matter():
     base = _blockwise(sq, sk, tq, tk, seg, 4)
     junk = 1e3 * jnp.asarray(rng.normal(size=sq.shape), jnp.float32)
     pad = jnp.asarray(SEG == 0)[:, :, None, None]
-    moved = _blockwise(jnp.where(pad, junk, sq), jnp.where(pad, junk, sk),
-                       jnp.where(pad, junk, tq), jnp.where(pad, junk, tk), seg, 4)
+    moved = _blockwise(
+        jnp.where(pad, junk, sq),
+        jnp.where(pad, junk, sk),
+        jnp.where(pad, junk, tq),
+        jnp.where(pad, junk, tk),
+        seg,
+        4,
+    )
     np.testing.assert_allclose(moved["sum"], base["sum"], rtol=1e-6)
     assert float(base["count"]) == float((SEG != 0).sum())
     # document 2 of row 0 replaced: document 1's rows are unchanged
@@ -131,8 +150,10 @@ def test_padding_and_other_documents_do_not_matter():
 
     def doc1_sum(q, k):
         return _blockwise(q, k, tq, tk, jnp.where(jnp.asarray(SEG) == 1, 1, 0), 4)["sum"]
-    np.testing.assert_allclose(doc1_sum(jnp.where(doc2, junk, sq), jnp.where(doc2, junk, sk)),
-                               doc1_sum(sq, sk), rtol=1e-6)
+
+    np.testing.assert_allclose(
+        doc1_sum(jnp.where(doc2, junk, sq), jnp.where(doc2, junk, sk)), doc1_sum(sq, sk), rtol=1e-6
+    )
 
 
 def test_identical_inputs_give_zero_kl_and_zero_grad():
@@ -149,8 +170,9 @@ def test_teacher_gets_no_gradient_and_bf16_inputs_are_accumulated_in_f32():
     sq, sk, tq, tk = _inputs(rng, 4, 4, 4, 4)
     seg = jnp.asarray(SEG)
     bf = [x.astype(jnp.bfloat16) for x in (sq, sk, tq, tk)]
-    value, grads = jax.jit(jax.value_and_grad(_blockwise_mean, (0, 1, 2, 3)),
-                           static_argnums=(5,))(*bf, seg, 4)
+    value, grads = jax.jit(jax.value_and_grad(_blockwise_mean, (0, 1, 2, 3)), static_argnums=(5,))(
+        *bf, seg, 4
+    )
     assert value.dtype == jnp.float32
     ref = numpy_attention_kl(*[np.asarray(x.astype(jnp.float32)) for x in bf], SEG, 4)
     np.testing.assert_allclose(value, ref, rtol=1e-5)
@@ -172,14 +194,17 @@ def test_head_counts_that_do_not_divide_fail_clearly():
 def _compiled_temp_bytes(t, block, b=1, h=8, hd=64):
     spec = jax.ShapeDtypeStruct((b, t, h, hd), jnp.float32)
     seg = jax.ShapeDtypeStruct((b, t), jnp.int32)
-    fn = jax.jit(jax.value_and_grad(
-        lambda sq, sk, tq, tk, s: _blockwise_mean(sq, sk, tq, tk, s, block), (0, 1)))
+    fn = jax.jit(
+        jax.value_and_grad(
+            lambda sq, sk, tq, tk, s: _blockwise_mean(sq, sk, tq, tk, s, block), (0, 1)
+        )
+    )
     return fn.lower(spec, spec, spec, spec, seg).compile().memory_analysis().temp_size_in_bytes
 
 
 def test_memory_is_far_below_one_dense_map_and_does_not_grow_quadratically():
-    dense_map = 1 * 8 * 1024 * 1024 * 4   # one [B, H, T, T] float32 map at T=1024: 32 MiB
+    dense_map = 1 * 8 * 1024 * 1024 * 4  # one [B, H, T, T] float32 map at T=1024: 32 MiB
     temp_1k = _compiled_temp_bytes(1024, 64)
     temp_2k = _compiled_temp_bytes(2048, 64)
     assert temp_1k < dense_map / 10, (temp_1k, dense_map)
-    assert temp_2k < 1.5 * temp_1k, (temp_1k, temp_2k)   # a T^2 term would quadruple it
+    assert temp_2k < 1.5 * temp_1k, (temp_1k, temp_2k)  # a T^2 term would quadruple it

@@ -1,8 +1,9 @@
 """Spectral features, the F0 tracker and k-means, each against an independent numpy reference."""
+
 import numpy as np
 import pytest
-
 from speech_fixtures import synthesize
+
 from tinywave_jax.audio import SAMPLE_RATE, estimate_f0, read_audio
 from tinywave_jax.audio.features import SpectralConfig, log_mel, mfcc, phonetic_features
 from tinywave_jax.audio.kmeans import fit_kmeans, nearest_centroid
@@ -19,10 +20,14 @@ def _reference_frame(wav, i, hop, window, n_mels, fmin, fmax):
     n_fft = 1
     while n_fft < window:
         n_fft *= 2
-    power = np.array([abs(sum(seg[n] * np.exp(-2j * np.pi * k * n / n_fft)
-                              for n in range(window))) ** 2 for k in range(n_fft // 2 + 1)])
-    mel = lambda f: 2595 * np.log10(1 + f / 700)           # noqa: E731
-    inv = lambda m: 700 * (10 ** (m / 2595) - 1)           # noqa: E731
+    power = np.array(
+        [
+            abs(sum(seg[n] * np.exp(-2j * np.pi * k * n / n_fft) for n in range(window))) ** 2
+            for k in range(n_fft // 2 + 1)
+        ]
+    )
+    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
+    inv = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
     pts = [inv(mel(fmin) + (mel(fmax) - mel(fmin)) * j / (n_mels + 1)) for j in range(n_mels + 2)]
     energies = []
     for m in range(n_mels):
@@ -34,9 +39,15 @@ def _reference_frame(wav, i, hop, window, n_mels, fmin, fmax):
             total += w * power[k]
         energies.append(np.log(max(total, 1e-10)))
     energies = np.array(energies)
-    dct = np.array([np.sqrt((1 if q == 0 else 2) / n_mels)
-                    * sum(energies[m] * np.cos(np.pi * q * (2 * m + 1) / (2 * n_mels))
-                          for m in range(n_mels)) for q in range(n_mels)])
+    dct = np.array(
+        [
+            np.sqrt((1 if q == 0 else 2) / n_mels)
+            * sum(
+                energies[m] * np.cos(np.pi * q * (2 * m + 1) / (2 * n_mels)) for m in range(n_mels)
+            )
+            for q in range(n_mels)
+        ]
+    )
     return energies, dct
 
 
@@ -44,11 +55,19 @@ def test_logmel_and_mfcc_match_direct_computation_for_one_frame():
     rng = np.random.default_rng(0)
     t = np.arange(int(0.3 * SR)) / SR
     wav = (np.sin(2 * np.pi * 220 * t) + 0.3 * rng.standard_normal(t.size)).astype(np.float32)
-    cfg = SpectralConfig(frame_rate=50.0, window_seconds=0.025, n_mels=20, n_mfcc=10,
-                         fmin=30.0, fmax=7000.0, deltas=False, cmn=False)
+    cfg = SpectralConfig(
+        frame_rate=50.0,
+        window_seconds=0.025,
+        n_mels=20,
+        n_mfcc=10,
+        fmin=30.0,
+        fmax=7000.0,
+        deltas=False,
+        cmn=False,
+    )
     lm, mf = log_mel(wav, cfg), mfcc(wav, cfg)
     assert lm.shape == (len(wav) // 320, 20) and mf.shape == (len(wav) // 320, 10)
-    for i in (0, 7):                       # an edge frame (zero padded) and an inner one
+    for i in (0, 7):  # an edge frame (zero padded) and an inner one
         ref_lm, ref_dct = _reference_frame(wav.astype(np.float64), i, 320, 400, 20, 30.0, 7000.0)
         np.testing.assert_allclose(lm[i], ref_lm, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(mf[i], ref_dct[:10], rtol=1e-6, atol=1e-5)
@@ -61,19 +80,21 @@ def test_phonetic_features_frame_count_and_dims():
         feats = phonetic_features(wav, cfg)
         assert feats.shape == ((SR + 700) // 640, dim) == (len(wav) * 25 // SR, cfg.dim)
         assert feats.dtype == np.float32 and np.all(np.isfinite(feats))
-        np.testing.assert_allclose(feats[:, :dim // 2].mean(axis=0), 0.0, atol=1e-4)  # CMN
+        np.testing.assert_allclose(feats[:, : dim // 2].mean(axis=0), 0.0, atol=1e-4)  # CMN
 
 
 @pytest.mark.parametrize("f0", [85.0, 131.0, 220.0, 347.0])
 def test_f0_tracker_recovers_sine_and_harmonic_tones(f0):
     t = np.arange(SR) / SR
-    tones = {"sine": np.sin(2 * np.pi * f0 * t),
-             "harmonic": sum(np.sin(2 * np.pi * k * f0 * t + k) / k for k in range(1, 9))}
+    tones = {
+        "sine": np.sin(2 * np.pi * f0 * t),
+        "harmonic": sum(np.sin(2 * np.pi * k * f0 * t + k) / k for k in range(1, 9)),
+    }
     for name, wav in tones.items():
         est, voiced, times = estimate_f0(0.5 * wav.astype(np.float32))
         assert len(est) == len(times) == SR // 160
         np.testing.assert_allclose(times[:2], [0.005, 0.015])
-        assert voiced[5:-5].all(), name                 # away from the zero-padded edges
+        assert voiced[5:-5].all(), name  # away from the zero-padded edges
         assert np.max(np.abs(est[voiced] / f0 - 1)) < 0.02, (name, est[voiced])
 
 

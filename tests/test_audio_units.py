@@ -1,15 +1,16 @@
 """`units fit` on real espeak-ng speech, the fitted extractor, and bad-input errors."""
+
 import json
 
 import numpy as np
 import pytest
 import soundfile as sf
-
 from speech_fixtures import SENTENCES, VOICES, speech_corpus, synthesize
+
+from tinywave_jax import cli
 from tinywave_jax.audio import SAMPLE_RATE, UnitExtractor, list_audio, load_extractor, read_audio
 from tinywave_jax.audio.extractor import CONFIG_FILE
 from tinywave_jax.audio.pitch import UNVOICED_BIN
-from tinywave_jax import cli
 from tinywave_jax.errors import ConfigError, InputError
 
 FIT_ARGS = ["--units", "24", "--pitch-bins", "16", "--style-classes", "6", "--seed", "3"]
@@ -60,7 +61,7 @@ def test_units_in_range_with_frame_counts_matching_durations(corpus):
             np.testing.assert_allclose(times, np.arange(len(ids)) / ext.frame_rates[name])
             used[name][ids] = True
         pitch = streams["pitch"][0]
-        assert 0 < (pitch == UNVOICED_BIN).sum() < len(pitch)   # speech has voiced and silent parts
+        assert 0 < (pitch == UNVOICED_BIN).sum() < len(pitch)  # speech has voiced and silent parts
     # the fitted units are actually used, not collapsed onto a few
     assert used["hubert"].sum() >= 20 and used["pitch"].sum() >= 12 and used["style"].sum() >= 4
 
@@ -71,11 +72,17 @@ def test_fit_is_deterministic_for_a_seed(corpus, tmp_path):
     assert main(["units", "fit", str(corpus / "audio"), str(again), *FIT_ARGS]) == 0
     seed_args = [a if a != "3" else "4" for a in FIT_ARGS]
     assert main(["units", "fit", str(corpus / "audio"), str(other), *seed_args]) == 0
-    for name in ("phonetic_centroids.npy", "pitch_edges.npy", "style_centroids.npy",
-                 "style_norm.npy"):
+    for name in (
+        "phonetic_centroids.npy",
+        "pitch_edges.npy",
+        "style_centroids.npy",
+        "style_norm.npy",
+    ):
         np.testing.assert_array_equal(np.load(corpus / "units" / name), np.load(again / name))
-    assert not np.array_equal(np.load(corpus / "units" / "phonetic_centroids.npy"),
-                              np.load(other / "phonetic_centroids.npy"))
+    assert not np.array_equal(
+        np.load(corpus / "units" / "phonetic_centroids.npy"),
+        np.load(other / "phonetic_centroids.npy"),
+    )
     wav = read_audio(corpus / "audio" / "voice1" / "utt0.wav")
     a, b = load_extractor(corpus / "units").extract(wav), load_extractor(again).extract(wav)
     for name in a:
@@ -98,8 +105,21 @@ def test_speaker_mean_shifts_pitch_bins(corpus):
 def test_small_audio_clamps_style_classes_with_a_warning(tmp_path):
     synthesize(tmp_path / "a" / "one.wav", "Hello there.", voice="en+f3")
     with pytest.warns(UserWarning, match="style classes"):
-        assert main(["units", "fit", str(tmp_path / "a"), str(tmp_path / "u"), "--units", "8",
-                     "--pitch-bins", "8"]) == 0
+        assert (
+            main(
+                [
+                    "units",
+                    "fit",
+                    str(tmp_path / "a"),
+                    str(tmp_path / "u"),
+                    "--units",
+                    "8",
+                    "--pitch-bins",
+                    "8",
+                ]
+            )
+            == 0
+        )
     ext = load_extractor(tmp_path / "u")
     assert 1 <= ext.vocab_sizes["style"] <= 2 and ext.vocab_sizes["hubert"] == 8
 
@@ -110,8 +130,25 @@ def test_manifest_input_and_stream_selection(corpus, tmp_path):
     manifest.write_text("# two files\n" + "".join(f"{p}\t123\n" for p in files))
     assert list_audio(manifest) == files
     out = tmp_path / "u"
-    assert main(["units", "fit", str(manifest), str(out), "--units", "10", "--features", "logmel",
-                 "--pitch-bins", "0", "--style-classes", "0"]) == 0
+    assert (
+        main(
+            [
+                "units",
+                "fit",
+                str(manifest),
+                str(out),
+                "--units",
+                "10",
+                "--features",
+                "logmel",
+                "--pitch-bins",
+                "0",
+                "--style-classes",
+                "0",
+            ]
+        )
+        == 0
+    )
     ext = load_extractor(out)
     assert ext.vocab_sizes == {"hubert": 10}
     streams = ext.extract(read_audio(files[0]))
@@ -143,8 +180,24 @@ def test_fit_fails_on_a_bad_file_unless_skipped(corpus, tmp_path, capsys):
     assert main(["units", "fit", str(audio), str(tmp_path / "u"), "--units", "8"]) == 2
     assert "zz_corrupt.wav" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="zz_corrupt.wav"):
-        assert main(["units", "fit", str(audio), str(tmp_path / "u"), "--units", "8",
-                     "--pitch-bins", "8", "--style-classes", "2", "--skip-bad"]) == 0
+        assert (
+            main(
+                [
+                    "units",
+                    "fit",
+                    str(audio),
+                    str(tmp_path / "u"),
+                    "--units",
+                    "8",
+                    "--pitch-bins",
+                    "8",
+                    "--style-classes",
+                    "2",
+                    "--skip-bad",
+                ]
+            )
+            == 0
+        )
     assert "2 files (1 skipped)" in capsys.readouterr().out
 
 
@@ -200,7 +253,7 @@ def test_read_audio_mixes_channels_and_resamples(tmp_path):
     wav = read_audio(tmp_path / "st.flac")
     assert wav.dtype == np.float32 and wav.shape == (2 * SAMPLE_RATE,)
     ref = 0.3 * np.sin(2 * np.pi * 300 * np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE)
-    np.testing.assert_allclose(wav[1000:-1000], ref[1000:-1000], atol=2e-3)   # away from edges
+    np.testing.assert_allclose(wav[1000:-1000], ref[1000:-1000], atol=2e-3)  # away from edges
 
 
 def test_bad_units_config_names_the_file_and_key(corpus, tmp_path):
@@ -210,7 +263,7 @@ def test_bad_units_config_names_the_file_and_key(corpus, tmp_path):
     with pytest.raises(ConfigError, match=rf"{tmp_path / CONFIG_FILE}.*pitch\.bins_typo"):
         load_extractor(tmp_path)
     cfg["pitch"].pop("bins_typo")
-    cfg["style"]["frame_rate"] = 0.3          # 53333.3 samples per window
+    cfg["style"]["frame_rate"] = 0.3  # 53333.3 samples per window
     (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match=r"style\.frame_rate: 0\.3 Hz"):
         load_extractor(tmp_path)

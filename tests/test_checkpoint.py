@@ -1,5 +1,6 @@
 """The tinywave model checkpoint: save/load round trip, dtype casts, restoring onto a mesh,
 atomic and refusing saves, and clear errors."""
+
 import json
 from pathlib import Path
 
@@ -8,24 +9,35 @@ import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tinywave_jax import __version__
 from tinywave_jax.checkpoint import load_model, load_model_config, load_model_info, save_model
 from tinywave_jax.convert import export_hf
 from tinywave_jax.errors import ConversionError
-from tinywave_jax.models.param_layout import param_shapes
 from tinywave_jax.models.config import tiny_config
+from tinywave_jax.models.param_layout import param_shapes
 
 # Divisible by the 2x4 mesh below; untied with attention bias so every kind of leaf appears.
-CONFIG = tiny_config(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
+CONFIG = tiny_config(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    attention_bias=True,
+)
 
 
 def _random_params(config, dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda shape: rng.standard_normal(shape).astype(dtype), param_shapes(config),
-                        is_leaf=lambda x: isinstance(x, tuple))
+    return jax.tree.map(
+        lambda shape: rng.standard_normal(shape).astype(dtype),
+        param_shapes(config),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
 
 
 def _flat(tree, prefix=()):
@@ -36,8 +48,16 @@ def _flat(tree, prefix=()):
 
 
 def test_layout_is_the_documented_one():
-    c = tiny_config(vocab_size=100, hidden_size=32, intermediate_size=40, num_hidden_layers=3,
-                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, mlp_bias=True)
+    c = tiny_config(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        mlp_bias=True,
+    )
     L, D, V, F, Q, KV = 3, 32, 100, 40, 4 * 16, 2 * 16
     want = {
         ("embed_tokens", "embedding"): (V, D),
@@ -69,9 +89,15 @@ def test_save_load_round_trip(tmp_path):
     tok.mkdir()
     (tok / "tokenizer.model").write_bytes(b"\x00spm")
     (tok / "unrelated.txt").write_text("not copied")
-    out = save_model(tmp_path / "m", params, CONFIG, provenance={"source": "unit test"},
-                     tokenizer_dir=tok)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "params", "tinywave.json", "tokenizer"]
+    out = save_model(
+        tmp_path / "m", params, CONFIG, provenance={"source": "unit test"}, tokenizer_dir=tok
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "params",
+        "tinywave.json",
+        "tokenizer",
+    ]
     assert [p.name for p in (out / "tokenizer").iterdir()] == ["tokenizer.model"]
     info = json.loads((out / "tinywave.json").read_text())
     assert info["format_version"] == 1 and info["dtype"] == "float32"
@@ -102,14 +128,18 @@ def test_dtype_cast_on_load(tmp_path):
     for k, v in _flat(params).items():
         got = np.asarray(_flat(loaded)[k])
         assert got.dtype == ml_dtypes.bfloat16
-        np.testing.assert_array_equal(got.view(np.uint16), v.astype(ml_dtypes.bfloat16).view(np.uint16))
+        np.testing.assert_array_equal(
+            got.view(np.uint16), v.astype(ml_dtypes.bfloat16).view(np.uint16)
+        )
     # A bfloat16 checkpoint restores as bfloat16, and up-casts exactly.
     save_model(tmp_path / "b", jax.tree.map(lambda a: a.astype(ml_dtypes.bfloat16), params), CONFIG)
     assert load_model_info(tmp_path / "b")["dtype"] == "bfloat16"
     up, config, _ = load_model(tmp_path / "b", dtype=np.float32)
     assert config.param_dtype == "float32"
     for k, v in _flat(params).items():
-        np.testing.assert_array_equal(np.asarray(_flat(up)[k]), v.astype(ml_dtypes.bfloat16).astype(np.float32))
+        np.testing.assert_array_equal(
+            np.asarray(_flat(up)[k]), v.astype(ml_dtypes.bfloat16).astype(np.float32)
+        )
 
 
 def test_restore_onto_mesh(tmp_path):
@@ -118,7 +148,8 @@ def test_restore_onto_mesh(tmp_path):
     params = _random_params(CONFIG, seed=2)
     # Save from device arrays sharded one way, restore onto another layout.
     on_device = jax.tree.map(
-        lambda a: jax.device_put(a, NamedSharding(mesh, P(*[None] * (a.ndim - 1), "b"))), params)
+        lambda a: jax.device_put(a, NamedSharding(mesh, P(*[None] * (a.ndim - 1), "b"))), params
+    )
     save_model(tmp_path / "m", on_device, CONFIG)
 
     def spec(path, shape):
@@ -130,8 +161,10 @@ def test_restore_onto_mesh(tmp_path):
 
     shapes = param_shapes(CONFIG)
     shardings = jax.tree_util.tree_map_with_path(
-        lambda kp, shape: NamedSharding(mesh, spec(tuple(k.key for k in kp), shape)), shapes,
-        is_leaf=lambda x: isinstance(x, tuple))
+        lambda kp, shape: NamedSharding(mesh, spec(tuple(k.key for k in kp), shape)),
+        shapes,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
     loaded, _, _ = load_model(tmp_path / "m", shardings=shardings, dtype="bfloat16")
     flat_sh = _flat(shardings)
     for k, v in _flat(params).items():
@@ -139,8 +172,9 @@ def test_restore_onto_mesh(tmp_path):
         assert got.sharding.is_equivalent_to(flat_sh[k], v.ndim), k
         assert got.dtype == ml_dtypes.bfloat16
         assert len(got.addressable_shards) == 8
-        np.testing.assert_array_equal(np.asarray(got).view(np.uint16),
-                                      v.astype(ml_dtypes.bfloat16).view(np.uint16))
+        np.testing.assert_array_equal(
+            np.asarray(got).view(np.uint16), v.astype(ml_dtypes.bfloat16).view(np.uint16)
+        )
     # One sharding for every leaf (replicated).
     replicated, _, _ = load_model(tmp_path / "m", shardings=NamedSharding(mesh, P()))
     emb = replicated["embed_tokens"]["embedding"]
@@ -186,7 +220,9 @@ def test_save_rejects_params_that_do_not_fit_the_config(tmp_path):
         save_model(tmp_path / "a", params, CONFIG)
     params = _random_params(CONFIG)
     params["layers"]["self_attn"]["k_proj"]["kernel"] = np.zeros((2, 64, 64), np.float32)
-    with pytest.raises(ConversionError, match=r"layers/self_attn/k_proj/kernel has shape \[2, 64, 64\]"):
+    with pytest.raises(
+        ConversionError, match=r"layers/self_attn/k_proj/kernel has shape \[2, 64, 64\]"
+    ):
         save_model(tmp_path / "b", params, CONFIG)
     params = _random_params(CONFIG)
     params["projector"] = {"kernel": np.zeros((3, 3), np.float32)}
@@ -201,7 +237,9 @@ def test_load_errors(tmp_path):
     save_model(tmp_path / "m", _random_params(CONFIG), CONFIG)
     # config.json disagreeing with the stored params: the message names the parameter.
     CONFIG.replace(intermediate_size=128).write_hf_file(tmp_path / "m" / "config.json")
-    with pytest.raises(ConversionError, match=r"layers/mlp/gate_proj/kernel has shape \[2, 64, 160\]"):
+    with pytest.raises(
+        ConversionError, match=r"layers/mlp/gate_proj/kernel has shape \[2, 64, 160\]"
+    ):
         load_model(tmp_path / "m")
     CONFIG.replace(mlp_bias=True).write_hf_file(tmp_path / "m" / "config.json")
     with pytest.raises(ConversionError, match="layers/mlp/gate_proj/bias .* missing"):
@@ -227,8 +265,11 @@ def test_extra_stored_entries_are_ignored_by_load_and_export(tmp_path):
     np.testing.assert_array_equal(loaded["lm_head"]["kernel"], params["lm_head"]["kernel"])
     hf = export_hf(out, tmp_path / "hf")
     import safetensors.numpy
+
     tensors = safetensors.numpy.load_file(Path(hf) / "model.safetensors")
     assert len(tensors) == 3 + CONFIG.num_hidden_layers * 13
     np.testing.assert_array_equal(tensors["lm_head.weight"], params["lm_head"]["kernel"].T)
-    np.testing.assert_array_equal(tensors["model.layers.1.self_attn.o_proj.weight"],
-                                  params["layers"]["self_attn"]["o_proj"]["kernel"][1].T)
+    np.testing.assert_array_equal(
+        tensors["model.layers.1.self_attn.o_proj.weight"],
+        params["layers"]["self_attn"]["o_proj"]["kernel"][1].T,
+    )

@@ -1,10 +1,17 @@
 """The CLI's error contract: a TinywaveError is one line and exit code 2; anything else is a bug
 and keeps its traceback (it propagates out of main, so Python prints it and exits 1)."""
+
 import pytest
 
 from tinywave_jax import cli
-from tinywave_jax.errors import (ConfigError, ConversionError, InputError, MissingInputError,
-                                 OutputExistsError, TinywaveError)
+from tinywave_jax.errors import (
+    ConfigError,
+    ConversionError,
+    InputError,
+    MissingInputError,
+    OutputExistsError,
+    TinywaveError,
+)
 
 
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
@@ -20,6 +27,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
     def broken(args):
         raise ValueError("an internal invariant broke")
+
     commands.choices["plan"].set_defaults(func=broken)
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     with pytest.raises(ValueError, match="an internal invariant broke"):

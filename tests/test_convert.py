@@ -1,5 +1,6 @@
 """HF <-> tinywave conversion: round trips against HF torch models, the safetensors reader/writer
 against the `safetensors` package, error messages on bad input, atomic export, and the CLI."""
+
 import json
 from pathlib import Path
 
@@ -10,24 +11,26 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 import transformers
+from hf_reference import make_hf_model, params_from_hf
 from huggingface_hub import split_torch_state_dict_into_shards
 
-from hf_reference import make_hf_model, params_from_hf
 from tinywave_jax import cli
 from tinywave_jax.checkpoint import load_model
 from tinywave_jax.config import ConfigError
 from tinywave_jax.convert import export_hf, hf_export, import_hf
-from tinywave_jax.errors import ConversionError
 from tinywave_jax.convert import safetensors_io as stio
+from tinywave_jax.errors import ConversionError
 
 # Tiny shapes; vocab 211 is not a multiple of 128.
 SMALL = dict(vocab_size=211, hidden_size=32, intermediate_size=48, num_hidden_layers=2)
 VARIANTS = {
     "mha_untied": dict(num_attention_heads=4, num_key_value_heads=4),
-    "gqa_tied_attnbias": dict(num_attention_heads=4, num_key_value_heads=2,
-                              tie_word_embeddings=True, attention_bias=True),
-    "gqa_untied_allbias": dict(num_attention_heads=4, num_key_value_heads=1, attention_bias=True,
-                               mlp_bias=True),
+    "gqa_tied_attnbias": dict(
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, attention_bias=True
+    ),
+    "gqa_untied_allbias": dict(
+        num_attention_heads=4, num_key_value_heads=1, attention_bias=True, mlp_bias=True
+    ),
 }
 FORMATS = ["safetensors", "sharded_safetensors", "bin", "sharded_bin"]
 TOKENIZER_FILE = {"tokenizer.json": '{"version": "1.0", "fake": true}\n'}
@@ -51,8 +54,10 @@ def _save_hf(model, out: Path, fmt: str) -> Path:
             torch.save(state, out / "pytorch_model.bin")
         else:
             names = list(state)
-            parts = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
-                     "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+            parts = {
+                "pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+                "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :],
+            }
             for fname, part in parts.items():
                 torch.save({k: state[k].clone() for k in part}, out / fname)
             index = {"metadata": {}, "weight_map": {k: f for f, p in parts.items() for k in p}}
@@ -64,7 +69,9 @@ def _save_hf(model, out: Path, fmt: str) -> Path:
 
 @pytest.fixture(scope="module")
 def models():
-    return {name: make_hf_model(seed=i, **SMALL, **kw) for i, (name, kw) in enumerate(VARIANTS.items())}
+    return {
+        name: make_hf_model(seed=i, **SMALL, **kw) for i, (name, kw) in enumerate(VARIANTS.items())
+    }
 
 
 def _read_hf_folder(folder: Path) -> dict[str, torch.Tensor]:
@@ -83,7 +90,9 @@ def _expected_hf_tensors(model) -> dict[str, torch.Tensor]:
 
 
 def _logits(model, seed=0, length=96):
-    ids = torch.randint(0, SMALL["vocab_size"], (2, length), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(
+        0, SMALL["vocab_size"], (2, length), generator=torch.Generator().manual_seed(seed)
+    )
     with torch.no_grad():
         return model(ids).logits
 
@@ -103,9 +112,13 @@ def test_round_trip_is_bit_exact(models, tmp_path, variant, fmt):
     for k, v in flat_ref.items():
         np.testing.assert_array_equal(params_leaf(params, k), v, err_msg=k)
     # save_pretrained also writes generation_config.json, which travels with the tokenizer files
-    expected_files = {"tokenizer.json"} | ({"generation_config.json"} if "safetensors" in fmt else set())
+    expected_files = {"tokenizer.json"} | (
+        {"generation_config.json"} if "safetensors" in fmt else set()
+    )
     assert set(info["tokenizer_files"]) == expected_files
-    assert (tmp_path / "ckpt" / "tokenizer" / "tokenizer.json").read_text() == TOKENIZER_FILE["tokenizer.json"]
+    assert (tmp_path / "ckpt" / "tokenizer" / "tokenizer.json").read_text() == TOKENIZER_FILE[
+        "tokenizer.json"
+    ]
     assert info["provenance"]["source_dir"] == str(hf_dir.resolve())
 
     export_hf(tmp_path / "ckpt", tmp_path / "out")
@@ -115,7 +128,9 @@ def test_round_trip_is_bit_exact(models, tmp_path, variant, fmt):
         assert got[k].dtype == torch.float32 and torch.equal(got[k], want[k]), k
     assert (tmp_path / "out" / "tokenizer.json").read_text() == TOKENIZER_FILE["tokenizer.json"]
 
-    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager")
+    back = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "out", attn_implementation="eager"
+    )
     torch.testing.assert_close(_logits(back), _logits(model), rtol=0, atol=0)
 
 
@@ -141,9 +156,13 @@ def test_bfloat16_export_and_import(models, tmp_path):
     got, want = _read_hf_folder(tmp_path / "bf16"), _expected_hf_tensors(model)
     for k in want:
         assert got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k].to(torch.bfloat16)), k
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", attn_implementation="eager")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "bf16", attn_implementation="eager"
+    )
     for k, v in loaded.state_dict().items():
-        assert v.dtype == torch.bfloat16 and torch.equal(v, model.state_dict()[k].to(torch.bfloat16)), k
+        assert v.dtype == torch.bfloat16 and torch.equal(
+            v, model.state_dict()[k].to(torch.bfloat16)
+        ), k
 
     # A bfloat16 checkpoint: params are the bf16 cast, and export keeps bf16 by default.
     import_hf(hf_dir, tmp_path / "ckpt16", dtype="bfloat16")
@@ -153,7 +172,12 @@ def test_bfloat16_export_and_import(models, tmp_path):
     assert emb.dtype == ml_dtypes.bfloat16
     np.testing.assert_array_equal(
         emb.view(np.uint16),
-        model.state_dict()["model.embed_tokens.weight"].to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))
+        model.state_dict()["model.embed_tokens.weight"]
+        .to(torch.bfloat16)
+        .view(torch.int16)
+        .numpy()
+        .view(np.uint16),
+    )
     export_hf(tmp_path / "ckpt16", tmp_path / "bf16b")
     got = _read_hf_folder(tmp_path / "bf16b")
     assert all(torch.equal(got[k], want[k].to(torch.bfloat16)) for k in want)
@@ -179,7 +203,8 @@ def test_multi_shard_export_index(models, tmp_path):
     # Same split as huggingface_hub's, for the tensors in transformers' state-dict order.
     split = split_torch_state_dict_into_shards(want, max_shard_size=max_size)
     assert {f: sorted(t) for f, t in split.filename_to_tensors.items()} == {
-        f: sorted(k for k, v in index["weight_map"].items() if v == f) for f in files}
+        f: sorted(k for k, v in index["weight_map"].items() if v == f) for f in files
+    }
     for f in files:
         with safetensors.safe_open(out / f, "pt") as sf:
             names = set(sf.keys())
@@ -192,6 +217,7 @@ def test_multi_shard_export_index(models, tmp_path):
 
 
 # ---- safetensors reader / writer against the reference implementation -------------------------
+
 
 def _sample_arrays():
     rng = np.random.default_rng(0)
@@ -232,8 +258,11 @@ def test_safetensors_reader_matches_reference_writer(tmp_path):
         assert f[k].dtype == v.dtype
         np.testing.assert_array_equal(f[k], v)
     t = torch.randn(3, 8)
-    safetensors.torch.save_file({"w": t.to(torch.bfloat16), "h": t.half()}, tmp_path / "b.safetensors",
-                                metadata={"format": "pt"})
+    safetensors.torch.save_file(
+        {"w": t.to(torch.bfloat16), "h": t.half()},
+        tmp_path / "b.safetensors",
+        metadata={"format": "pt"},
+    )
     g = stio.load_file(tmp_path / "b.safetensors")
     assert g["w"].dtype == ml_dtypes.bfloat16
     np.testing.assert_array_equal(g["w"].astype(np.float32), t.to(torch.bfloat16).float().numpy())
@@ -242,6 +271,7 @@ def test_safetensors_reader_matches_reference_writer(tmp_path):
 
 
 # ---- bad input -----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def hf_single(models, tmp_path):
@@ -260,7 +290,9 @@ def _import_fails(hf_dir, out, exc, *fragments):
         import_hf(hf_dir, out)
     for fragment in fragments:
         assert fragment in str(e.value), (fragment, str(e.value))
-    assert not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    assert not out.exists() and not [
+        p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")
+    ]
 
 
 def test_missing_config(hf_single, tmp_path):
@@ -278,30 +310,53 @@ def test_model_type_not_llama(hf_single, tmp_path):
 def test_missing_weight_file_named_in_index(models, tmp_path):
     hf_dir = _save_hf(models["mha_untied"], tmp_path / "hf", "sharded_safetensors")
     shard = json.loads((hf_dir / "model.safetensors.index.json").read_text())["weight_map"][
-        "model.layers.1.mlp.up_proj.weight"]
+        "model.layers.1.mlp.up_proj.weight"
+    ]
     (hf_dir / shard).unlink()
-    _import_fails(hf_dir, tmp_path / "ckpt", FileNotFoundError, "model.safetensors.index.json", shard)
+    _import_fails(
+        hf_dir, tmp_path / "ckpt", FileNotFoundError, "model.safetensors.index.json", shard
+    )
 
 
 def test_wrong_shape(hf_single, tmp_path):
     name = "model.layers.1.mlp.up_proj.weight"
     _rewrite_weights(hf_single, lambda t: t.update({name: t[name][:-1]}))
-    _import_fails(hf_single, tmp_path / "ckpt", ConversionError,
-                  str(hf_single / "model.safetensors"), name, "shape", "[47, 32]", "[48, 32]")
+    _import_fails(
+        hf_single,
+        tmp_path / "ckpt",
+        ConversionError,
+        str(hf_single / "model.safetensors"),
+        name,
+        "shape",
+        "[47, 32]",
+        "[48, 32]",
+    )
 
 
 def test_unexpected_tensor(hf_single, tmp_path):
     name = "model.layers.0.self_attn.q_norm.weight"
     _rewrite_weights(hf_single, lambda t: t.update({name: np.ones(8, np.float32)}))
-    _import_fails(hf_single, tmp_path / "ckpt", ConversionError,
-                  str(hf_single / "model.safetensors"), "unexpected", name)
+    _import_fails(
+        hf_single,
+        tmp_path / "ckpt",
+        ConversionError,
+        str(hf_single / "model.safetensors"),
+        "unexpected",
+        name,
+    )
 
 
 def test_missing_tensor(hf_single, tmp_path):
     name = "model.layers.1.self_attn.v_proj.bias"
     _rewrite_weights(hf_single, lambda t: t.pop(name))
-    _import_fails(hf_single, tmp_path / "ckpt", ConversionError,
-                  str(hf_single / "model.safetensors"), "missing", name)
+    _import_fails(
+        hf_single,
+        tmp_path / "ckpt",
+        ConversionError,
+        str(hf_single / "model.safetensors"),
+        "missing",
+        name,
+    )
 
 
 class _RunsCodeWhenUnpickled:
@@ -312,7 +367,9 @@ class _RunsCodeWhenUnpickled:
 def test_bin_that_would_run_code_is_refused(models, tmp_path, capsys):
     hf_dir = _save_hf(models["mha_untied"], tmp_path / "hf", "bin")
     state = torch.load(hf_dir / "pytorch_model.bin", weights_only=True)
-    torch.save({**state, "model.norm.weight": _RunsCodeWhenUnpickled()}, hf_dir / "pytorch_model.bin")
+    torch.save(
+        {**state, "model.norm.weight": _RunsCodeWhenUnpickled()}, hf_dir / "pytorch_model.bin"
+    )
     _import_fails(hf_dir, tmp_path / "ckpt", ConversionError, str(hf_dir / "pytorch_model.bin"))
     assert "this must never run" not in capsys.readouterr().out
 
@@ -327,16 +384,19 @@ def test_corrupt_safetensors_header(hf_single, tmp_path, damage):
         raw[:8] = (len(raw) * 2).to_bytes(8, "little")
     elif damage == "bad_offsets":
         n = int.from_bytes(raw[:8], "little")
-        header = raw[8:8 + n].decode().replace('"data_offsets":[0,', '"data_offsets":[4,', 1)
-        assert header != raw[8:8 + n].decode()
-        raw[8:8 + n] = header.encode()
+        header = raw[8 : 8 + n].decode().replace('"data_offsets":[0,', '"data_offsets":[4,', 1)
+        assert header != raw[8 : 8 + n].decode()
+        raw[8 : 8 + n] = header.encode()
     else:
         raw = raw[:-100]
     path.write_bytes(bytes(raw))
-    _import_fails(hf_single, tmp_path / "ckpt", stio.SafetensorsError, str(path), "corrupt safetensors header")
+    _import_fails(
+        hf_single, tmp_path / "ckpt", stio.SafetensorsError, str(path), "corrupt safetensors header"
+    )
 
 
 # ---- atomic export --------------------------------------------------------------------------
+
 
 @pytest.fixture
 def ckpt(hf_single, tmp_path):
@@ -353,7 +413,9 @@ def test_export_refuses_non_empty_target(ckpt, tmp_path):
     (out / "keep.txt").write_text("precious")
     with pytest.raises(FileExistsError, match="not empty"):
         export_hf(ckpt, out)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (
+        out / "keep.txt"
+    ).read_text() == "precious"
     export_hf(ckpt, out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
     assert _siblings(out) == []
@@ -387,6 +449,7 @@ def test_failed_export_leaves_no_partial_target(ckpt, tmp_path, monkeypatch, exi
 
 # ---- CLI ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def cli_main(monkeypatch):
     # Only this area's sub-commands: the test must not depend on other areas' modules.
@@ -399,20 +462,38 @@ def test_cli_import_and_export(cli_main, models, tmp_path, capsys):
     hf_dir = _save_hf(model, tmp_path / "hf", "sharded_bin")
     assert cli_main(["import-hf", str(hf_dir), str(tmp_path / "ckpt"), "--dtype", "bfloat16"]) == 0
     assert "tensors" in capsys.readouterr().err
-    assert cli_main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "out"),
-                     "--max-shard-size", "20KB"]) == 0
+    assert (
+        cli_main(
+            ["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--max-shard-size", "20KB"]
+        )
+        == 0
+    )
     assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
     got = _read_hf_folder(tmp_path / "out")
     want = _expected_hf_tensors(model)
     assert all(torch.equal(got[k], want[k].to(torch.bfloat16)) for k in want)
     gen = json.loads((tmp_path / "out" / "generation_config.json").read_text())
-    assert (gen["bos_token_id"], gen["eos_token_id"]) == (model.config.bos_token_id, model.config.eos_token_id)
+    assert (gen["bos_token_id"], gen["eos_token_id"]) == (
+        model.config.bos_token_id,
+        model.config.eos_token_id,
+    )
     # Export again into the now non-empty folder: refused, then allowed with --overwrite.
     capsys.readouterr()
     assert cli_main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert cli_main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--overwrite",
-                     "--dtype", "float32"]) == 0
+    assert (
+        cli_main(
+            [
+                "export-hf",
+                str(tmp_path / "ckpt"),
+                str(tmp_path / "out"),
+                "--overwrite",
+                "--dtype",
+                "float32",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
@@ -427,9 +508,11 @@ def test_cli_bad_paths(cli_main, tmp_path, capsys):
 
 # ---- helpers for other areas' tests, and the transformers 4.x config form --------------------
 
+
 def test_state_dict_helpers_round_trip(models):
     from tinywave_jax.convert import hf_state_to_params, params_to_hf_state
     from tinywave_jax.models.config import LlamaConfig
+
     model = models["gqa_tied_attnbias"]
     config = LlamaConfig.from_hf_dict(model.config.to_dict())
     params = hf_state_to_params(model.state_dict(), config)  # torch tensors in, numpy out
@@ -439,8 +522,9 @@ def test_state_dict_helpers_round_trip(models):
     want = _expected_hf_tensors(model)
     assert list(back) == list(want)  # transformers' state-dict order
     for k, v in want.items():
-        np.testing.assert_array_equal(back[k].view(np.uint16),
-                                      v.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))
+        np.testing.assert_array_equal(
+            back[k].view(np.uint16), v.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        )
 
 
 def test_transformers_4_config_form_with_llama3_rope(models, tmp_path):
@@ -451,9 +535,17 @@ def test_transformers_4_config_form_with_llama3_rope(models, tmp_path):
     cfg = json.loads((hf_dir / "config.json").read_text())
     cfg.pop("rope_parameters", None)
     cfg.pop("dtype", None)
-    cfg.update(rope_theta=50000.0, torch_dtype="float32",
-               rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+    cfg.update(
+        rope_theta=50000.0,
+        torch_dtype="float32",
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 4.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    )
     (hf_dir / "config.json").write_text(json.dumps(cfg))
     import_hf(hf_dir, tmp_path / "ckpt")
     _, config, _ = load_model(tmp_path / "ckpt", as_numpy=True)
@@ -462,9 +554,15 @@ def test_transformers_4_config_form_with_llama3_rope(models, tmp_path):
     export_hf(tmp_path / "ckpt", tmp_path / "out")
     rope = json.loads((tmp_path / "out" / "config.json").read_text())["rope_parameters"]
     assert rope["rope_type"] == "llama3" and rope["rope_theta"] == 50000.0 and rope["factor"] == 4.0
-    original = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager")
-    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager")
+    original = transformers.AutoModelForCausalLM.from_pretrained(
+        hf_dir, attn_implementation="eager"
+    )
+    back = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "out", attn_implementation="eager"
+    )
     assert back.config.rope_parameters["rope_type"] == "llama3"
-    torch.testing.assert_close(_logits(back, length=200), _logits(original, length=200), rtol=0, atol=0)
+    torch.testing.assert_close(
+        _logits(back, length=200), _logits(original, length=200), rtol=0, atol=0
+    )
     # The RoPE settings took effect: the same weights with the default RoPE give other logits.
     assert not torch.allclose(_logits(back, length=200), _logits(model, length=200))

@@ -1,12 +1,13 @@
 """`corpus build`: units manifest and audio -> TFDS ArrayRecord corpus; restart, bad input."""
+
 import json
 import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
-
 from data_fixtures import as_source_record, synthetic_utterance, write_units_manifest
+
 from tinywave_jax.data import DataConfig, make_train_iterator, preset_layout
 from tinywave_jax.data.corpus_build import build_corpus
 from tinywave_jax.data.corpus_format import CorpusError
@@ -21,9 +22,9 @@ def _manifest_records():
     recs = [synthetic_utterance(rng, k) for k in range(N)]
     for k, r in enumerate(recs):
         r["split"] = ["train", "train", "validation", "test"][k % 4]
-    del recs[5]["words"], recs[5]["transcript"]                    # no alignment: still valid
-    recs[7]["units"]["hubert"][3] = 501                           # beyond the layout
-    recs[11]["times"] = {"pitch": [0.0]}                          # wrong number of times
+    del recs[5]["words"], recs[5]["transcript"]  # no alignment: still valid
+    recs[7]["units"]["hubert"][3] = 501  # beyond the layout
+    recs[11]["times"] = {"pitch": [0.0]}  # wrong number of times
     recs[12]["units"]["style"] = " ".join(map(str, recs[12]["units"]["style"]))  # SpiritLM form
     recs[13]["times"] = {"hubert": (np.arange(len(recs[13]["units"]["hubert"])) * 0.04).tolist()}
     return recs
@@ -60,14 +61,18 @@ def test_summary_counts_and_names_skipped_lines(built):
 
 def test_records_readable_with_tfds_and_equal_to_the_manifest(built):
     import tensorflow_datasets as tfds
+
     root, recs, _, _, _ = built
     by_id = {r["id"]: r for r in recs}
     ds = tfds.data_source("tinywave_corpus", data_dir=str(root / "out"))
     ro = tfds.builder_from_directory(str(version_dir(root / "out"))).as_data_source("test")
     assert len(ro) == len(ds["test"]) > 0
     src = CorpusSource(root / "out", "train")
-    assert len(src) == len(ds["train"]) == sum(
-        r["split"] == "train" for k, r in enumerate(recs) if k not in (7, 11))
+    assert (
+        len(src)
+        == len(ds["train"])
+        == sum(r["split"] == "train" for k, r in enumerate(recs) if k not in (7, 11))
+    )
     for i in range(len(src)):
         rec, raw = src[i], ds["train"][i]
         want = by_id[rec["id"]]
@@ -80,8 +85,9 @@ def test_records_readable_with_tfds_and_equal_to_the_manifest(built):
             np.testing.assert_allclose(got_times, np.arange(len(units)) / rate, atol=1e-6)
         if "words" in want:
             assert [w for w, _, _ in rec["words"]] == [w for w, _, _ in want["words"]]
-            np.testing.assert_allclose([w[1:] for w in rec["words"]],
-                                       [w[1:] for w in want["words"]], atol=1e-6)
+            np.testing.assert_allclose(
+                [w[1:] for w in rec["words"]], [w[1:] for w in want["words"]], atol=1e-6
+            )
             assert rec["transcript"] == want["transcript"]
         else:
             assert rec["words"] is None
@@ -90,16 +96,29 @@ def test_records_readable_with_tfds_and_equal_to_the_manifest(built):
 
 def test_training_batches_from_the_built_corpus(built):
     root, recs, _, _, _ = built
-    cfg = DataConfig(corpus_dir=str(root / "out"), seq_len=32, batch_size=2, num_epochs=1,
-                     shuffle=False, read_threads=1)
+    cfg = DataConfig(
+        corpus_dir=str(root / "out"),
+        seq_len=32,
+        batch_size=2,
+        num_epochs=1,
+        shuffle=False,
+        read_threads=1,
+    )
     batches = list(make_train_iterator(cfg, 0, 1))
-    stream = [t for b in batches for row, seg in zip(b["input_ids"], b["segment_ids"])
-              for t, s in zip(row.tolist(), seg.tolist()) if s]
+    stream = [
+        t
+        for b in batches
+        for row, seg in zip(b["input_ids"], b["segment_ids"])
+        for t, s in zip(row.tolist(), seg.tolist())
+        if s
+    ]
     src = CorpusSource(root / "out", "train")
     layout = preset_layout("spiritlm_expressive")
     by_id = {r["id"]: r for r in recs}
-    want = [speech_sequence(as_source_record(by_id[src[i]["id"]]), layout).tolist()
-            for i in range(len(src))]
+    want = [
+        speech_sequence(as_source_record(by_id[src[i]["id"]]), layout).tolist()
+        for i in range(len(src))
+    ]
     assert stream == [t for seq in want for t in seq]
 
 
@@ -112,7 +131,7 @@ def test_restart_skips_finished_shards(built, tmp_path):
     assert "4 already staged, 0 to do" in logs[0]
     staging = out / "_staging"
     mtimes = {p.name: p.stat().st_mtime_ns for p in staging.glob("shard-*.pkl")}
-    (staging / "shard-00002.pkl").unlink()                 # as if killed while on shard 2
+    (staging / "shard-00002.pkl").unlink()  # as if killed while on shard 2
     logs = []
     again = build_corpus(out, manifest=manifest, shard_size=8, log=logs.append)
     assert "3 already staged, 1 to do" in logs[0] and again == summary
@@ -129,8 +148,12 @@ def test_restart_skips_finished_shards(built, tmp_path):
 
 def test_parallel_build_writes_the_same_records(built, tmp_path):
     root, _, manifest, summary, _ = built
-    assert build_corpus(tmp_path / "out", manifest=manifest, shard_size=8, workers=2,
-                        log=lambda m: None) == summary
+    assert (
+        build_corpus(
+            tmp_path / "out", manifest=manifest, shard_size=8, workers=2, log=lambda m: None
+        )
+        == summary
+    )
     a, b = CorpusSource(root / "out", "validation"), CorpusSource(tmp_path / "out", "validation")
     for i in range(len(a)):
         ra, rb = a[i], b[i]
@@ -142,10 +165,13 @@ def test_parallel_build_writes_the_same_records(built, tmp_path):
 def test_strict_build_fails_naming_the_line(built, tmp_path):
     _, _, manifest, _, _ = built
     with pytest.raises(CorpusError, match=r"units.jsonl:8: hubert unit 501"):
-        build_corpus(tmp_path / "out", manifest=manifest, shard_size=8, max_skipped=0,
-                     log=lambda m: None)
+        build_corpus(
+            tmp_path / "out", manifest=manifest, shard_size=8, max_skipped=0, log=lambda m: None
+        )
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "a", "units": {"hubert": [1, 2]}}\n{"id": "a", "units": {"hubert": [3]}}\n')
+    bad.write_text(
+        '{"id": "a", "units": {"hubert": [1, 2]}}\n{"id": "a", "units": {"hubert": [3]}}\n'
+    )
     with pytest.raises(CorpusError, match=r"duplicate utterance ids at .*bad.jsonl:1"):
         build_corpus(tmp_path / "out2", manifest=bad, log=lambda m: None)
     bad.write_text('{"id": "a", "units": {"hubert": [1, 2]}}\nnot json\n')
@@ -167,19 +193,35 @@ def test_corrupt_shard_names_file_and_record(built, tmp_path):
 
 def test_build_from_espeak_audio_with_speaker_mean_f0(tmp_path):
     from speech_fixtures import SENTENCES, VOICES, speech_corpus
+
     from tinywave_jax.audio import load_extractor, read_audio
     from tinywave_jax.audio.fit import fit_units
     from tinywave_jax.audio.pitch import mean_log_f0
+
     audio = tmp_path / "audio"
     paths = speech_corpus(audio, sentences=SENTENCES[:2], voices=VOICES[:2])
-    fit_units(paths, tmp_path / "units", units=16, pitch_bins=8, style_classes=2, seed=0,
-              log=lambda *a: None)
+    fit_units(
+        paths,
+        tmp_path / "units",
+        units=16,
+        pitch_bins=8,
+        style_classes=2,
+        seed=0,
+        log=lambda *a: None,
+    )
     (audio / "voice0" / "utt0.txt").write_text(SENTENCES[0])
     (audio / "voice0" / "utt0.words.json").write_text(json.dumps([["The", 0.1, 0.3]]))
     (audio / "voice1" / "broken.wav").write_bytes(b"RIFF not really a wav")
     sf.write(audio / "voice1" / "empty.wav", np.zeros(0, np.int16), 16000)
-    summary = build_corpus(tmp_path / "out", audio_dir=audio, extractor=tmp_path / "units",
-                           valid_fraction=0, test_fraction=0, workers=1, log=lambda m: None)
+    summary = build_corpus(
+        tmp_path / "out",
+        audio_dir=audio,
+        extractor=tmp_path / "units",
+        valid_fraction=0,
+        test_fraction=0,
+        workers=1,
+        log=lambda m: None,
+    )
     assert summary["skipped"]["count"] == 2
     broken, empty = sorted(summary["skipped"]["examples"])
     assert "broken.wav" in broken and "not readable" in broken
@@ -206,38 +248,76 @@ def test_build_from_espeak_audio_with_speaker_mean_f0(tmp_path):
 
 def test_cli_build_show_and_strict_error(built, tmp_path, capsys, monkeypatch):
     from tinywave_jax import cli
+
     monkeypatch.setattr(cli, "COMMAND_MODULES", ["tinywave_jax.data.commands"])
     root, recs, manifest, summary, _ = built
     out = str(tmp_path / "out")
-    assert cli.main(["corpus", "build", "--manifest", str(manifest), "--out", out,
-                     "--shard-size", "8"]) == 0
+    assert (
+        cli.main(
+            ["corpus", "build", "--manifest", str(manifest), "--out", out, "--shard-size", "8"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "skipped: 2" in printed and "units.jsonl:8: hubert unit 501" in printed
     assert cli.main(["corpus", "show", out, "--split", "test", "--index", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("[Speech][St") and "record 0" in lines[-2]
-    assert cli.main(["corpus", "build", "--manifest", str(manifest), "--out",
-                     str(tmp_path / "strict"), "--max-skipped", "0"]) == 2
+    assert (
+        cli.main(
+            [
+                "corpus",
+                "build",
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(tmp_path / "strict"),
+                "--max-skipped",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "units.jsonl:8: hubert unit 501" in capsys.readouterr().err
 
 
 def test_build_from_an_audio_manifest(tmp_path):
     from speech_fixtures import SENTENCES, synthesize
+
     from tinywave_jax.audio.fit import fit_units
+
     a = synthesize(tmp_path / "a.wav", SENTENCES[0], voice="en+m3")
     b = synthesize(tmp_path / "b.wav", SENTENCES[1], voice="en+m3")
-    fit_units([a, b], tmp_path / "units", units=8, pitch_bins=0, style_classes=0, seed=0,
-              log=lambda *x: None)
+    fit_units(
+        [a, b],
+        tmp_path / "units",
+        units=8,
+        pitch_bins=0,
+        style_classes=0,
+        seed=0,
+        log=lambda *x: None,
+    )
     manifest = tmp_path / "audio.jsonl"
-    manifest.write_text(json.dumps({"path": "a.wav", "speaker": "m3", "split": "validation",
-                                    "transcript": SENTENCES[0],
-                                    "words": [{"word": "The", "start": 0.1, "end": 0.3}]}) + "\n"
-                        + json.dumps({"path": "b.wav", "speaker": "m3", "split": "train"}) + "\n")
-    summary = build_corpus(tmp_path / "out", manifest=manifest, extractor=tmp_path / "units",
-                           log=lambda m: None)
+    manifest.write_text(
+        json.dumps(
+            {
+                "path": "a.wav",
+                "speaker": "m3",
+                "split": "validation",
+                "transcript": SENTENCES[0],
+                "words": [{"word": "The", "start": 0.1, "end": 0.3}],
+            }
+        )
+        + "\n"
+        + json.dumps({"path": "b.wav", "speaker": "m3", "split": "train"})
+        + "\n"
+    )
+    summary = build_corpus(
+        tmp_path / "out", manifest=manifest, extractor=tmp_path / "units", log=lambda m: None
+    )
     assert summary["splits"]["validation"]["utterances"] == 1
     assert summary["splits"]["train"]["utterances"] == 1 and summary["skipped"]["count"] == 0
     rec = CorpusSource(tmp_path / "out", "validation")[0]
     assert rec["id"] == "a" and rec["words"] == [("The", pytest.approx(0.1), pytest.approx(0.3))]
     assert set(rec["streams"]) == {"hubert"} and rec["streams"]["hubert"][0].max() < 8
-    assert not (tmp_path / "out" / "_staging" / "speaker_f0.json").exists()   # no pitch stream
+    assert not (tmp_path / "out" / "_staging" / "speaker_f0.json").exists()  # no pitch stream

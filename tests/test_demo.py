@@ -9,6 +9,7 @@ no-cache greedy loop in torch, the cache, and the notebook. Accuracy targets are
 at toy sizes they are noise; the full demo reports them. The teacher package's own command runs
 at its --quick size in test_demo_teacher.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,15 @@ import pytest
 import soundfile as sf
 
 from tinywave_jax.demo import world as world_text
-from tinywave_jax.demo.synth import (RATE, TARGET_VOICE, VOICES, WORD_ALIGN, render, synthesize_words,
-                                    utterance_voice)
+from tinywave_jax.demo.synth import (
+    RATE,
+    TARGET_VOICE,
+    VOICES,
+    WORD_ALIGN,
+    render,
+    synthesize_words,
+    utterance_voice,
+)
 from tinywave_jax.demo.teacher import PACKAGE_DIR
 
 pytestmark = pytest.mark.slow
@@ -34,15 +42,28 @@ ROWS = ("teacher", "baseline", "init_ce", "logit", "hidden", "student")
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)            # one CPU device, as `tinywave demo` runs for a user
+    env.pop("XLA_FLAGS", None)  # one CPU device, as `tinywave demo` runs for a user
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
 
 def _demo(workdir: Path, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinywave_jax.cli", "demo", "--quick",
-                           "--workdir", str(workdir), *extra], env=_env(), capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinywave_jax.cli",
+            "demo",
+            "--quick",
+            "--workdir",
+            str(workdir),
+            *extra,
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,25 +76,27 @@ def quick_run(tmp_path_factory):
 
 # ---------------------------------------------------------------- the world and its audio
 
+
 def test_world_splits_are_disjoint_and_wrong_endings_change_only_who():
     """Held-out stories are in no training split; an sSC wrong ending is the right one with its
     first person replaced by a name the story never mentions, and nothing else changed."""
     world = world_text.make_world()
     texts = {k: {s.text for s in v} for k, v in world.items()}
-    assert sum(map(len, texts.values())) == sum(map(len, world.values()))   # all distinct
+    assert sum(map(len, texts.values())) == sum(map(len, world.values()))  # all distinct
     assert not texts["train"] & (texts["test"] | texts["validation"])
-    assert world == world_text.make_world()                                 # reproducible
+    assert world == world_text.make_world()  # reproducible
     names = set(world_text.NAMES)
     for s in world["test"] + world["validation"] + world["train"][:300]:
         right, wrong = world_text.words_of(s.ending), world_text.words_of(s.wrong)
         assert len(right) == len(wrong)
         changed = {(r, w) for r, w in zip(right, wrong) if r != w}
         assert len(changed) == 1, s.id
-        (r, w), = changed
+        ((r, w),) = changed
         assert r.capitalize() in s.people and w.capitalize() == s.stranger
         assert s.stranger in names and s.stranger.lower() not in world_text.words_of(s.text)
     # the stranger is drawn uniformly: no name is much more often the wrong one
     from collections import Counter
+
     counts = Counter(s.stranger for s in world["train"])
     assert max(counts.values()) < 2 * min(counts.values())
     vocab = {w for s in world["train"] for w in world_text.words_of(s.text)}
@@ -85,6 +108,7 @@ def test_world_splits_are_disjoint_and_wrong_endings_change_only_who():
 def test_settings_fail_naming_the_key():
     from tinywave_jax.config import ConfigError
     from tinywave_jax.demo.settings import demo_settings, teacher_settings
+
     assert demo_settings(quick=True, overrides=["distill_steps=7"]).distill_steps == 7
     with pytest.raises(ConfigError, match="demo.nonsense"):
         demo_settings(overrides=["nonsense=1"])
@@ -103,6 +127,7 @@ def test_settings_fail_naming_the_key():
 def test_stages_need_their_predecessors(tmp_path):
     from tinywave_jax.demo import Demo, demo_settings
     from tinywave_jax.errors import ConfigError
+
     demo = Demo(tmp_path / "w", demo_settings(quick=True))
     with pytest.raises(ConfigError, match=r"stage bench needs stage\(s\) \['speech', 'tokens'"):
         demo.run(("bench",))
@@ -119,7 +144,7 @@ def test_word_timings_are_exact():
     for w, start, end in words:
         a, b = round(start * RATE), round(end * RATE)
         np.testing.assert_array_equal(wav[a:b], bank[w])
-        assert np.abs(bank[w]).max() > 0.05           # real speech, not silence
+        assert np.abs(bank[w]).max() > 0.05  # real speech, not silence
         covered[a:b] = True
     assert np.all(wav[~covered] == 0)
     assert all(e1 < s2 for (_, _, e1), (_, s2, _) in zip(words, words[1:]))
@@ -132,8 +157,8 @@ def test_held_out_audio_is_a_separate_synthesis():
     of that voice uses, so their word waveforms differ from every training rendering."""
     train = [utterance_voice(TARGET_VOICE, f"train{i:04d}", False) for i in range(300)]
     held = [utterance_voice(TARGET_VOICE, f"test{i:04d}", True) for i in range(300)]
-    assert utterance_voice(TARGET_VOICE, "train0001", False) == train[1]      # reproducible
-    assert len({(v.speed, v.pitch) for v in train}) > 100                      # many renderings
+    assert utterance_voice(TARGET_VOICE, "train0001", False) == train[1]  # reproducible
+    assert len({(v.speed, v.pitch) for v in train}) > 100  # many renderings
     assert {v.speed for v in train}.isdisjoint({v.speed for v in held})
     assert all(abs(v.speed - TARGET_VOICE.speed) <= 14 for v in train + held)
     words = ["bakery", "bread", "anna", "the"]
@@ -146,14 +171,22 @@ def test_held_out_audio_is_a_separate_synthesis():
 
 # ---------------------------------------------------------------- the quick run
 
+
 def test_quick_demo_runs_every_stage(quick_run):
     workdir, stdout = quick_run
     stages = ("speech", "tokens", "teacher", "student", "ablation", "bench", "export")
     for k, stage in enumerate(stages, 1):
         assert f"[{k}/7] {stage}: done" in stdout
         assert (workdir / "stages" / f"{stage}.json").is_file()
-    for name in ("results.md", "results.json", "loss_curves.png", "attention.png",
-                 "generation.json", "student_hf/config.json", "student_hf/model.safetensors"):
+    for name in (
+        "results.md",
+        "results.json",
+        "loss_curves.png",
+        "attention.png",
+        "generation.json",
+        "student_hf/config.json",
+        "student_hf/model.safetensors",
+    ):
         assert (workdir / name).is_file(), name
 
 
@@ -161,6 +194,7 @@ def test_held_out_stories_and_waveforms_are_in_no_training_corpus(quick_run):
     """The distillation corpus holds training stories only; no benchmark or held-out file equals
     any training file, and the distillation corpus is the teacher's own target-voice subset."""
     from tinywave_jax.data.corpus_read import CorpusSource
+
     workdir, _ = quick_run
     speech = workdir / "speech"
     distill = [json.loads(x) for x in (speech / "distill.jsonl").read_text().splitlines()]
@@ -169,17 +203,21 @@ def test_held_out_stories_and_waveforms_are_in_no_training_corpus(quick_run):
     assert all(x["split"] == "train" and x["speaker"] == TARGET_VOICE.name for x in distill)
     assert not train_stories & {x["transcript"] for x in heldout}
     src = CorpusSource(workdir / "tokens" / "corpus" / "distill", "train")
-    assert len(src) == len(distill) and {src[i]["id"] for i in range(len(src))} == \
-        {x["id"] for x in distill}
+    assert len(src) == len(distill) and {src[i]["id"] for i in range(len(src))} == {
+        x["id"] for x in distill
+    }
     train_hashes = {sf.read(speech / x["path"])[0].tobytes() for x in distill}
     bench = sorted((speech / "bench").rglob("*.wav"))
     assert len(bench) > 20
     for path in bench + [speech / x["path"] for x in heldout]:
         assert sf.read(path)[0].tobytes() not in train_hashes, path
     # the teacher's world: the distillation stories are its first training stories
-    world = world_text.make_world(world_text.WorldSplits(
-        **json.loads((PACKAGE_DIR / "provenance.json").read_text())["settings"]["world"]))
-    assert [x["transcript"] for x in distill] == [s.text for s in world["train"][:len(distill)]]
+    world = world_text.make_world(
+        world_text.WorldSplits(
+            **json.loads((PACKAGE_DIR / "provenance.json").read_text())["settings"]["world"]
+        )
+    )
+    assert [x["transcript"] for x in distill] == [s.text for s in world["train"][: len(distill)]]
 
 
 def test_story_cloze_pairs_share_their_context(quick_run):
@@ -201,7 +239,7 @@ def test_story_cloze_pairs_share_their_context(quick_run):
             pos, rate = sf.read(workdir / "speech" / "bench" / task / it["files"][0])
             neg, _ = sf.read(workdir / "speech" / "bench" / task / it["files"][1])
             start = round(it["ending_start"] * rate)
-            assert start > 0.4 * len(pos)                  # two context sentences first
+            assert start > 0.4 * len(pos)  # two context sentences first
             np.testing.assert_array_equal(pos[:start], neg[:start])
             assert not np.array_equal(pos[start:], neg[start:])
 
@@ -212,25 +250,32 @@ def test_cloze_pairs_get_the_same_context_units(quick_run):
     the same units each time (frame-aligned words)."""
     from tinywave_jax.audio.extractor import load_extractor
     from tinywave_jax.audio.io import read_audio
+
     workdir, _ = quick_run
     extractor = load_extractor(workdir / "tokens" / "units")
     items = json.loads((workdir / "speech" / "bench" / "items.json").read_text())
     for it in items["ssc"]:
-        pos, neg = (extractor.extract(read_audio(workdir / "speech" / "bench" / "ssc" / f))["hubert"][0]
-                    for f in it["files"])
-        shared = int(it["ending_start"] * 25) - 3     # frames whose +-2 delta window is context
+        pos, neg = (
+            extractor.extract(read_audio(workdir / "speech" / "bench" / "ssc" / f))["hubert"][0]
+            for f in it["files"]
+        )
+        shared = int(it["ending_start"] * 25) - 3  # frames whose +-2 delta window is context
         assert shared > 20
         np.testing.assert_array_equal(pos[:shared], neg[:shared])
-    manifest = [json.loads(x) for x in (workdir / "speech" / "distill.jsonl").read_text().splitlines()]
+    manifest = [
+        json.loads(x) for x in (workdir / "speech" / "distill.jsonl").read_text().splitlines()
+    ]
     repeats = 0
     for rec in manifest:
         units = extractor.extract(read_audio(workdir / "speech" / rec["path"]))["hubert"][0]
         seen = {}
         for word, start, end in rec["words"]:
-            a, b = round(start * 25) + 2, round(end * 25) - 2   # frames inside the word
+            a, b = round(start * 25) + 2, round(end * 25) - 2  # frames inside the word
             if b - a >= 2:
                 if word in seen:
-                    np.testing.assert_array_equal(units[a:b], seen[word], err_msg=f"{rec['id']} {word}")
+                    np.testing.assert_array_equal(
+                        units[a:b], seen[word], err_msg=f"{rec['id']} {word}"
+                    )
                     repeats += 1
                 seen[word] = units[a:b]
     assert repeats > 10
@@ -262,15 +307,19 @@ def test_results_json_holds_every_row_with_intervals(quick_run):
     for k in ("ssc", "tsc"):
         assert diff[k]["diff"] == pytest.approx(res["student"][k] - res["baseline"][k], abs=0.02)
         assert diff[k]["ci"][0] <= diff[k]["diff"] <= diff[k]["ci"][1]
-    assert set(res["targets"]) >= {"teacher_ssc_ge_75", "ssc_student_above_baseline",
-                                   "student_minus_baseline_interval_above_0",
-                                   "ppl_student_below_baseline"}
+    assert set(res["targets"]) >= {
+        "teacher_ssc_ge_75",
+        "ssc_student_above_baseline",
+        "student_minus_baseline_interval_above_0",
+        "ppl_student_below_baseline",
+    }
 
 
 def test_bootstrap_intervals_match_the_normal_approximation():
     """For many Bernoulli outcomes the 95 % paired-bootstrap interval is the textbook
     p +- 1.96 sqrt(p (1 - p) / n); identical models give a zero-width difference interval."""
     from tinywave_jax.demo.evaluate import difference, summarize
+
     rng = np.random.default_rng(0)
     a = (rng.random(900) < 0.7).astype(float)
     b = (rng.random(900) < 0.6).astype(float)
@@ -292,6 +341,7 @@ def test_student_perplexity_matches_transformers(quick_run):
 
     from tinywave_jax.eval.perplexity import corpus_seqs
     from tinywave_jax.eval.sequences import resolve_layout
+
     workdir, _ = quick_run
     res = json.loads((workdir / "results.json").read_text())
     hf = LlamaForCausalLM.from_pretrained(str(workdir / "student_hf"), dtype=torch.float32).eval()
@@ -302,7 +352,7 @@ def test_student_perplexity_matches_transformers(quick_run):
         with torch.no_grad():
             logp = torch.log_softmax(hf(ids).logits[0, :-1].double(), -1)
         tok = logp.gather(1, ids[0, 1:, None])[:, 0]
-        nll -= float(tok[seq.score_from - 1:].sum())
+        nll -= float(tok[seq.score_from - 1 :].sum())
         n += len(seq.ids) - seq.score_from
     assert n == res["student"]["ppl_tokens"]
     assert math.exp(nll / n) == pytest.approx(res["student"]["ppl"], rel=2e-3)
@@ -313,6 +363,7 @@ def test_export_continues_like_a_naive_greedy_loop(quick_run):
     cache) by the exported transformers model."""
     import torch
     from transformers import LlamaForCausalLM
+
     workdir, _ = quick_run
     gen = json.loads((workdir / "generation.json").read_text())
     assert gen["equal"] and gen["jax"] == gen["transformers"] and len(gen["jax"]) == 8
@@ -321,16 +372,17 @@ def test_export_continues_like_a_naive_greedy_loop(quick_run):
     for _ in range(len(gen["jax"])):
         with torch.no_grad():
             ids.append(int(hf(torch.tensor([ids])).logits[0, -1].argmax()))
-    assert ids[len(gen["prompt"]):] == gen["jax"]
+    assert ids[len(gen["prompt"]) :] == gen["jax"]
 
 
 def test_plots_are_images(quick_run):
     import matplotlib.image as mpimg
+
     workdir, _ = quick_run
     for name in ("loss_curves.png", "attention.png"):
         img = mpimg.imread(workdir / name)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
-        assert img[..., :3].std() > 0.05          # not a blank canvas
+        assert img[..., :3].std() > 0.05  # not a blank canvas
 
 
 def test_a_second_run_prints_the_same_table(quick_run, tmp_path):
@@ -377,13 +429,15 @@ def test_an_altered_teacher_fails_naming_the_file_before_any_work(tmp_path, dama
 def test_notebook_runs_on_the_quick_workdir(quick_run):
     import nbformat
     from nbclient import NotebookClient
+
     workdir, _ = quick_run
     nb = nbformat.read(Path(__file__).parents[1] / "notebooks" / "demo.ipynb", as_version=4)
     os.environ["TINYWAVE_DEMO_WORKDIR"] = str(workdir)
     os.environ["TINYWAVE_DEMO_QUICK"] = "1"
     try:
-        NotebookClient(nb, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(workdir)}}).execute()
+        NotebookClient(
+            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+        ).execute()
     finally:
         del os.environ["TINYWAVE_DEMO_WORKDIR"], os.environ["TINYWAVE_DEMO_QUICK"]
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

@@ -4,6 +4,7 @@ Checks the package it writes against independent readers (transformers loads the
 scores like our model; sha256 recomputed with hashlib), the data regime it records (held-out
 stories in no pretraining manifest), and the shipped package's own provenance.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,23 @@ def quick_teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher")
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-m", "tinywave_jax.cli", "demo-teacher", "--quick",
-                           "--out", str(root / "pkg"), "--workdir", str(root / "work")],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinywave_jax.cli",
+            "demo-teacher",
+            "--quick",
+            "--out",
+            str(root / "pkg"),
+            "--workdir",
+            str(root / "work"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "pkg", root / "work"
 
@@ -44,9 +59,16 @@ def test_package_records_every_file_and_its_origin(quick_teacher):
     files = {str(p.relative_to(pkg)) for p in pkg.rglob("*") if p.is_file()} - {"provenance.json"}
     assert set(prov["files"]) == files
     assert all(prov["files"][f] == _sha(pkg / f) for f in files)
-    assert {"config.json", "model.safetensors", "tokenizer.json", "layout.json",
-            "units/units.json"} <= files
-    assert prov["command"].startswith("tinywave demo-teacher --out ") and "--quick" in prov["command"]
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "layout.json",
+        "units/units.json",
+    } <= files
+    assert (
+        prov["command"].startswith("tinywave demo-teacher --out ") and "--quick" in prov["command"]
+    )
     assert prov["settings"]["world"] == {"test": 6, "validation": 4, "train": 24, "seed": 0}
     for name, digest in prov["data"]["sha256"].items():
         local = work / name if name.startswith("speech/") else None
@@ -66,7 +88,7 @@ def test_held_out_stories_are_not_in_the_pretraining_corpus(quick_teacher):
     assert {x["split"] for x in pre} == {"train"}
     assert not {x["transcript"] for x in pre} & {x["transcript"] for x in held}
     speakers = {x["speaker"] for x in pre}
-    assert len(speakers) == 7 and "target" in speakers       # every voice, target included
+    assert len(speakers) == 7 and "target" in speakers  # every voice, target included
 
 
 def test_transformers_loads_the_package_and_agrees(quick_teacher):
@@ -75,9 +97,10 @@ def test_transformers_loads_the_package_and_agrees(quick_teacher):
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
+    from tinywave_jax.checkpoint import load_model
     from tinywave_jax.convert.hf_import import import_hf
     from tinywave_jax.scoring import score_sequences
-    from tinywave_jax.checkpoint import load_model
+
     pkg, work = quick_teacher
     hf = LlamaForCausalLM.from_pretrained(str(pkg), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(pkg))
@@ -94,6 +117,7 @@ def test_transformers_loads_the_package_and_agrees(quick_teacher):
 
 def test_verify_names_the_altered_file(quick_teacher, tmp_path):
     import shutil
+
     pkg, _ = quick_teacher
     copy = tmp_path / "pkg"
     shutil.copytree(pkg, copy)

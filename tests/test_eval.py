@@ -1,6 +1,7 @@
 """`tinywave eval` against independent references: log-likelihoods from the transformers torch
 model loaded from our EXPORTED checkpoint, benchmark pairings written here from the reference
 loaders' rules, and hand-computed accuracy / perplexity."""
+
 import json
 import math
 import random
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from hf_reference import make_hf_model
 from speech_fixtures import synthesize
+
 from tinywave_jax import cli
 from tinywave_jax.convert import export_hf, import_hf
 from tinywave_jax.eval import BenchmarkError, benchmark_pairs, evaluate
@@ -29,11 +30,14 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     out = {"root": root}
     for name, seed in (("student", 21), ("teacher", 22)):
-        make_hf_model(seed=seed, vocab_size=VOCAB, num_key_value_heads=2).save_pretrained(root / f"{name}_hf")
+        make_hf_model(seed=seed, vocab_size=VOCAB, num_key_value_heads=2).save_pretrained(
+            root / f"{name}_hf"
+        )
         import_hf(root / f"{name}_hf", root / name)
         export_hf(root / name, root / f"{name}_export")
         out[name] = transformers.AutoModelForCausalLM.from_pretrained(
-            root / f"{name}_export", dtype=torch.float32).eval()
+            root / f"{name}_export", dtype=torch.float32
+        ).eval()
     (root / "layout.json").write_text(json.dumps(LAYOUT))
     return out
 
@@ -41,11 +45,13 @@ def models(tmp_path_factory):
 def torch_logprobs(model, ids):
     with torch.no_grad():
         logits = model(torch.tensor([list(ids)])).logits[0].double()
-    return torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+    return (
+        torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+    )
 
 
 def ref_score(model, ids, score_from, scoring):
-    lp = torch_logprobs(model, ids)[score_from - 1:]
+    lp = torch_logprobs(model, ids)[score_from - 1 :]
     return lp.mean() if scoring == "mean" else lp.sum()
 
 
@@ -57,8 +63,11 @@ def write_pairs(path, rs):
     recs = []
     for k in range(7):
         a, b = rs.randint(1, 60), rs.randint(1, 60)
-        rec = {"positive": rs.randint(0, VOCAB, a).tolist() + [5],
-               "negative": rs.randint(0, VOCAB, b).tolist() + [5], "group": "ab"[k % 2]}
+        rec = {
+            "positive": rs.randint(0, VOCAB, a).tolist() + [5],
+            "negative": rs.randint(0, VOCAB, b).tolist() + [5],
+            "group": "ab"[k % 2],
+        }
         if k == 3:
             rec["score_from"] = 1 + min(a, b) // 2
         recs.append(rec)
@@ -73,8 +82,23 @@ def test_pairs_match_exported_hf_model(models, scoring):
     root = models["root"]
     recs = write_pairs(root / f"pairs_{scoring}.jsonl", np.random.RandomState(3))
     out = root / f"out_pairs_{scoring}"
-    assert cli.main(["eval", str(root / "student"), "--task", "pairs", "--data",
-                     str(root / f"pairs_{scoring}.jsonl"), "--scoring", scoring, "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                str(root / "student"),
+                "--task",
+                "pairs",
+                "--data",
+                str(root / f"pairs_{scoring}.jsonl"),
+                "--scoring",
+                scoring,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     got = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     results = json.loads((out / "results.json").read_text())["result"]
     outcomes, by_group = [], {}
@@ -99,13 +123,25 @@ def test_pairs_match_exported_hf_model(models, scoring):
 def test_compare_writes_teacher_student_report(models):
     root = models["root"]
     recs = write_pairs(root / "pairs_cmp.jsonl", np.random.RandomState(4))
-    doc = evaluate(root / "student", "pairs", root / "pairs_cmp.jsonl", compare=root / "teacher",
-                   out=root / "cmp", log=lambda m: None)
+    doc = evaluate(
+        root / "student",
+        "pairs",
+        root / "pairs_cmp.jsonl",
+        compare=root / "teacher",
+        out=root / "cmp",
+        log=lambda m: None,
+    )
     acc = {}
     for who in ("student", "teacher"):
-        acc[who] = 100 * np.mean([ref_outcome(ref_score(models[who], r["positive"], r.get("score_from", 1), "mean"),
-                                              ref_score(models[who], r["negative"], r.get("score_from", 1), "mean"))
-                                  for r in recs])
+        acc[who] = 100 * np.mean(
+            [
+                ref_outcome(
+                    ref_score(models[who], r["positive"], r.get("score_from", 1), "mean"),
+                    ref_score(models[who], r["negative"], r.get("score_from", 1), "mean"),
+                )
+                for r in recs
+            ]
+        )
     report = json.loads((root / "cmp" / "report.json").read_text())
     overall = next(r for r in report["rows"] if r["group"] == "")
     assert overall["student"] == pytest.approx(acc["student"])
@@ -119,13 +155,16 @@ def test_compare_writes_teacher_student_report(models):
 def test_ppl_per_token_and_per_second(models):
     root = models["root"]
     rs = np.random.RandomState(5)
-    recs = [{"ids": rs.randint(0, VOCAB, n).tolist(), "seconds": float(n) / 10}
-            for n in (12, 40, 3, 60)]
+    recs = [
+        {"ids": rs.randint(0, VOCAB, n).tolist(), "seconds": float(n) / 10} for n in (12, 40, 3, 60)
+    ]
     recs[1]["score_from"] = 5
     (root / "ppl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     doc = evaluate(root / "student", "ppl", root / "ppl.jsonl", log=lambda m: None)["result"]
-    nll = sum(-torch_logprobs(models["student"], r["ids"])[r.get("score_from", 1) - 1:].sum()
-              for r in recs)
+    nll = sum(
+        -torch_logprobs(models["student"], r["ids"])[r.get("score_from", 1) - 1 :].sum()
+        for r in recs
+    )
     tokens = sum(len(r["ids"]) - r.get("score_from", 1) for r in recs)
     seconds = sum(r["seconds"] for r in recs)
     assert doc["scored_tokens"] == tokens
@@ -136,6 +175,7 @@ def test_ppl_per_token_and_per_second(models):
 
 # ------------------------------------------------------------------ benchmark folder pairing
 
+
 def touch(folder, names):
     folder.mkdir(parents=True, exist_ok=True)
     for n in names:
@@ -143,8 +183,10 @@ def touch(folder, names):
 
 
 def rel(pairs, root):
-    return [(p.positive.relative_to(root).as_posix(), p.negative.relative_to(root).as_posix(),
-             p.group) for p in pairs]
+    return [
+        (p.positive.relative_to(root).as_posix(), p.negative.relative_to(root).as_posix(), p.group)
+        for p in pairs
+    ]
 
 
 def test_salmon_pairing_follows_the_reference(tmp_path):
@@ -156,13 +198,16 @@ def test_salmon_pairing_follows_the_reference(tmp_path):
         rng.shuffle(names)
         touch(tmp_path / subset, names)
         # reference rule: group by the index field, j=0 is the positive, j=1 the negative
-        expected += [(f"{subset}/sample_{i}_0.wav", f"{subset}/sample_{i}_1.wav", subset)
-                     for i in indices]
+        expected += [
+            (f"{subset}/sample_{i}_0.wav", f"{subset}/sample_{i}_1.wav", subset) for i in indices
+        ]
     got = rel(benchmark_pairs("salmon", tmp_path), tmp_path)
     assert sorted(got) == sorted(expected)
 
 
-@pytest.mark.parametrize("task, sep", [("ssc", "_"), ("tsc", "_"), ("swuggy", "_"), ("sblimp", "+")])
+@pytest.mark.parametrize(
+    "task, sep", [("ssc", "_"), ("tsc", "_"), ("swuggy", "_"), ("sblimp", "+")]
+)
 def test_sorted_prefix_pairing_follows_the_reference(tmp_path, task, sep):
     rng = random.Random(1)
     keys = sorted(rng.sample(range(0, 5000), 16))  # integer order differs from string order
@@ -180,20 +225,28 @@ def test_sorted_prefix_pairing_follows_the_reference(tmp_path, task, sep):
     got = rel(benchmark_pairs(task, tmp_path / "nested"), tmp_path / "nested")
     for grp, part in (("a", shuffled[8:]), ("b", shuffled[:8])):
         ordered = sorted(part, key=lambda n: int(n.split(sep)[0]))
-        want = [(f"{grp}/{ordered[2 * i]}", f"{grp}/{ordered[2 * i + 1]}", grp)
-                for i in range(len(ordered) // 2)]
+        want = [
+            (f"{grp}/{ordered[2 * i]}", f"{grp}/{ordered[2 * i + 1]}", grp)
+            for i in range(len(ordered) // 2)
+        ]
         assert [g for g in got if g[2] == grp] == want
 
 
-@pytest.mark.parametrize("task, names, needles", [
-    ("ssc", ["0_a.wav", "1_b.wav", "2_c.wav"], ["odd number", "2_c.wav"]),
-    ("swuggy", ["0_a.wav", "x_b.wav", "y_c.wav", "1_d.wav"], ["x_b.wav", "y_c.wav"]),
-    ("sblimp", ["3+a.wav", "3+b.wav"], ["3+a.wav", "3+b.wav"]),
-    ("sblimp", ["3_a.wav", "4_b.wav"], ["3_a.wav", "4_b.wav", "'+'"]),
-    ("salmon", ["sample_0_0.wav", "sample_0_1.wav", "sample_1_0.wav", "sample_2_1.wav"],
-     ["sample_1_0.wav", "sample_2_1.wav", "unpaired"]),
-    ("salmon", ["sample_0_0.wav", "sample_0_1.wav", "noise.wav"], ["noise.wav"]),
-])
+@pytest.mark.parametrize(
+    "task, names, needles",
+    [
+        ("ssc", ["0_a.wav", "1_b.wav", "2_c.wav"], ["odd number", "2_c.wav"]),
+        ("swuggy", ["0_a.wav", "x_b.wav", "y_c.wav", "1_d.wav"], ["x_b.wav", "y_c.wav"]),
+        ("sblimp", ["3+a.wav", "3+b.wav"], ["3+a.wav", "3+b.wav"]),
+        ("sblimp", ["3_a.wav", "4_b.wav"], ["3_a.wav", "4_b.wav", "'+'"]),
+        (
+            "salmon",
+            ["sample_0_0.wav", "sample_0_1.wav", "sample_1_0.wav", "sample_2_1.wav"],
+            ["sample_1_0.wav", "sample_2_1.wav", "unpaired"],
+        ),
+        ("salmon", ["sample_0_0.wav", "sample_0_1.wav", "noise.wav"], ["noise.wav"]),
+    ],
+)
 def test_bad_benchmark_folders_list_the_files(models, tmp_path, task, names, needles, capsys):
     folder = tmp_path / ("bg_alignment" if task == "salmon" else "data")
     touch(folder, names)
@@ -202,40 +255,89 @@ def test_bad_benchmark_folders_list_the_files(models, tmp_path, task, names, nee
     for needle in needles:
         assert needle in str(e.value)
     # the command fails with the same message, before any audio is read
-    assert cli.main(["eval", str(models["root"] / "student"), "--task", task, "--data", str(folder),
-                     "--extractor", str(tmp_path)]) == 2
+    assert (
+        cli.main(
+            [
+                "eval",
+                str(models["root"] / "student"),
+                "--task",
+                task,
+                "--data",
+                str(folder),
+                "--extractor",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert all(needle in err for needle in needles)
 
 
 def test_bad_pairs_file_names_the_line(models, tmp_path, capsys):
     (tmp_path / "p.jsonl").write_text('{"positive": [1, 2, 3], "negative": [1, 2, 300]}\n')
-    assert cli.main(["eval", str(models["root"] / "student"), "--task", "pairs", "--data",
-                     str(tmp_path / "p.jsonl")]) == 2
+    assert (
+        cli.main(
+            [
+                "eval",
+                str(models["root"] / "student"),
+                "--task",
+                "pairs",
+                "--data",
+                str(tmp_path / "p.jsonl"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "p.jsonl:1 negative" in err and "300" in err
 
 
 # ------------------------------------------------------------------ audio benchmarks end to end
 
+
 def test_salmon_audio_end_to_end(models, tmp_path):
     """espeak wavs in SALMon layout -> our extractor -> tokens -> accuracy; the reference builds
     the tokens itself (dedup, offsets, bos/[Speech]) and scores them with the torch model."""
     from tinywave_jax.audio import load_extractor, read_audio
+
     root = models["root"]
     sentences = ["the cat sat on the mat", "a dog ran in the park", "we went home early today"]
     for k, text in enumerate(sentences):
         synthesize(tmp_path / "fit" / f"{k}.wav", text)
-    assert cli.main(["units", "fit", str(tmp_path / "fit"), str(tmp_path / "units"), "--units",
-                     "16", "--pitch-bins", "0", "--style-classes", "0"]) == 0
+    assert (
+        cli.main(
+            [
+                "units",
+                "fit",
+                str(tmp_path / "fit"),
+                str(tmp_path / "units"),
+                "--units",
+                "16",
+                "--pitch-bins",
+                "0",
+                "--style-classes",
+                "0",
+            ]
+        )
+        == 0
+    )
     bench = tmp_path / "salmon"
-    for subset, voices in (("gender_consistency", ("en+f3", "en+m3")),
-                           ("speaker_consistency", ("en+m1", "en+f2"))):
+    for subset, voices in (
+        ("gender_consistency", ("en+f3", "en+m3")),
+        ("speaker_consistency", ("en+m1", "en+f2")),
+    ):
         for i, text in enumerate(sentences[:2]):
             synthesize(bench / subset / f"sample_{i}_0.wav", text, voices[0])
             synthesize(bench / subset / f"sample_{i}_1.wav", text[::-1], voices[1])
-    doc = evaluate(root / "student", "salmon", bench, extractor=tmp_path / "units",
-                   layout=str(root / "layout.json"), log=lambda m: None)["result"]
+    doc = evaluate(
+        root / "student",
+        "salmon",
+        bench,
+        extractor=tmp_path / "units",
+        layout=str(root / "layout.json"),
+        log=lambda m: None,
+    )["result"]
     ext = load_extractor(tmp_path / "units")
 
     def ref_tokens(path):
@@ -246,10 +348,17 @@ def test_salmon_audio_end_to_end(models, tmp_path):
     expected = {}
     for subset in ("gender_consistency", "speaker_consistency"):
         for i in range(2):
-            p, n = (ref_score(models["student"], ref_tokens(bench / subset / f"sample_{i}_{j}.wav"),
-                              2, "mean") for j in (0, 1))
-            pair = next(x for x in doc["pairs"] if x["group"] == subset
-                        and x["name"].startswith(f"sample_{i}_0.wav"))
+            p, n = (
+                ref_score(
+                    models["student"], ref_tokens(bench / subset / f"sample_{i}_{j}.wav"), 2, "mean"
+                )
+                for j in (0, 1)
+            )
+            pair = next(
+                x
+                for x in doc["pairs"]
+                if x["group"] == subset and x["name"].startswith(f"sample_{i}_0.wav")
+            )
             assert pair["positive"] == pytest.approx(p, abs=1e-4)
             assert pair["negative"] == pytest.approx(n, abs=1e-4)
             expected.setdefault(subset, []).append(ref_outcome(p, n))
@@ -262,18 +371,35 @@ def test_ppl_of_a_corpus_split(models, tmp_path):
     """A corpus built by `build_corpus` from a units manifest; the reference rebuilds each
     sequence from the manifest (dedup, offsets, bos/[Speech]) and scores the units with torch."""
     from tinywave_jax.data.corpus_build import build_corpus
+
     root = models["root"]
     rng = np.random.default_rng(0)
     recs = []
     for k in range(5):
         units = np.repeat(rng.integers(0, 16, 30), rng.integers(1, 3, 30))[:40]
-        recs.append({"id": f"u{k}", "split": "test" if k < 3 else "train",
-                     "units": {"hubert": units.tolist()}, "duration": 1.0 + k / 4})
+        recs.append(
+            {
+                "id": f"u{k}",
+                "split": "test" if k < 3 else "train",
+                "units": {"hubert": units.tolist()},
+                "duration": 1.0 + k / 4,
+            }
+        )
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    build_corpus(tmp_path / "corpus", manifest=tmp_path / "m.jsonl",
-                 vocab_sizes={"hubert": 16, "pitch": 1, "style": 1}, log=lambda m: None)
-    doc = evaluate(root / "student", "ppl", tmp_path / "corpus", layout=str(root / "layout.json"),
-                   split="test", log=lambda m: None)["result"]
+    build_corpus(
+        tmp_path / "corpus",
+        manifest=tmp_path / "m.jsonl",
+        vocab_sizes={"hubert": 16, "pitch": 1, "style": 1},
+        log=lambda m: None,
+    )
+    doc = evaluate(
+        root / "student",
+        "ppl",
+        tmp_path / "corpus",
+        layout=str(root / "layout.json"),
+        split="test",
+        log=lambda m: None,
+    )["result"]
     nll, tokens = 0.0, 0
     for r in recs[:3]:
         u = np.asarray(r["units"]["hubert"])

@@ -1,6 +1,7 @@
 """`tinywave generate` / `generate_tokens`: greedy output equals transformers `generate` on our
 exported checkpoint, seeded sampling is reproducible, modality bans hold on a model biased
 toward the banned tokens, and bad prompts are named."""
+
 import json
 
 import jax
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from hf_reference import make_hf_model
+
 from tinywave_jax import cli
 from tinywave_jax.checkpoint import load_model
 from tinywave_jax.convert import export_hf, import_hf
@@ -17,21 +18,32 @@ from tinywave_jax.generation import generate_tokens
 
 VOCAB = 300
 # 100 text ids, [Text]=100, [Speech]=101, HuBERT 102..201, pitch 202..241, style 242..299
-LAYOUT = {"preset": None, "text_vocab_size": 100, "num_units": 100, "num_pitch": 40,
-          "num_style": 58, "vocab_size": VOCAB}
+LAYOUT = {
+    "preset": None,
+    "text_vocab_size": 100,
+    "num_units": 100,
+    "num_pitch": 40,
+    "num_style": 58,
+    "vocab_size": VOCAB,
+}
 TEXT_END, HU, PI, ST = 100, 102, 202, 242
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
-    make_hf_model(seed=31, vocab_size=VOCAB, num_key_value_heads=2, init_std=0.1).save_pretrained(root / "hf")
+    make_hf_model(seed=31, vocab_size=VOCAB, num_key_value_heads=2, init_std=0.1).save_pretrained(
+        root / "hf"
+    )
     import_hf(root / "hf", root / "ckpt")
     export_hf(root / "ckpt", root / "export")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(root / "export", dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        root / "export", dtype=torch.float32
+    ).eval()
     hf.generation_config.eos_token_id = None
     (root / "layout.json").write_text(json.dumps(LAYOUT))
     from tinywave_jax.eval import resolve_layout
+
     return {"root": root, "hf": hf, "layout": resolve_layout(str(root / "layout.json"), VOCAB)}
 
 
@@ -41,9 +53,27 @@ def test_greedy_cli_matches_hf_generate_on_the_export(model):
     id_prompts = [rs.randint(0, VOCAB, 50).tolist(), rs.randint(0, VOCAB, 23).tolist()]
     (root / "prompts.jsonl").write_text("".join(json.dumps({"ids": p}) + "\n" for p in id_prompts))
     string_prompt = "[Speech][Hu3][Hu7][Pi2][St0][Hu99]"
-    assert cli.main(["generate", str(root / "ckpt"), "--prompts", str(root / "prompts.jsonl"),
-                     "--prompt", string_prompt, "--greedy", "--max-new-tokens", "64", "--no-stop",
-                     "--layout", str(root / "layout.json"), "--out", str(root / "out.json")]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                str(root / "ckpt"),
+                "--prompts",
+                str(root / "prompts.jsonl"),
+                "--prompt",
+                string_prompt,
+                "--greedy",
+                "--max-new-tokens",
+                "64",
+                "--no-stop",
+                "--layout",
+                str(root / "layout.json"),
+                "--out",
+                str(root / "out.json"),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((root / "out.json").read_text())
     outs = doc["outputs"]
     # --prompt strings come first (bos prepended), then the file's id lists (as given)
@@ -52,8 +82,13 @@ def test_greedy_cli_matches_hf_generate_on_the_export(model):
     for out, prompt in zip(outs, [outs[0]["prompt_ids"]] + id_prompts):
         assert out["prompt_ids"] == prompt
         with torch.no_grad():
-            ref = model["hf"].generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False,
-                                       pad_token_id=0)[0, len(prompt):].tolist()
+            ref = (
+                model["hf"]
+                .generate(
+                    torch.tensor([prompt]), max_new_tokens=64, do_sample=False, pad_token_id=0
+                )[0, len(prompt) :]
+                .tolist()
+            )
         assert out["ids"] == ref
         assert len(out["tokens"]) == 64 and not out["stopped"]
         for i, tok in zip(out["ids"], out["tokens"]):  # token strings follow the layout
@@ -64,30 +99,45 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(model):
     params, config, _ = load_model(model["root"] / "ckpt")
     rs = np.random.RandomState(1)
     prompts = [rs.randint(0, VOCAB, n).tolist() for n in (5, 9, 14, 3)]
-    run = lambda **kw: [o["ids"] for o in generate_tokens(  # noqa: E731
-        (params, config), prompts, layout=model["layout"], max_new_tokens=32, stop_ids=(), **kw)]
+
+    def run(**kw):
+        outs = generate_tokens(
+            (params, config), prompts, layout=model["layout"], max_new_tokens=32, stop_ids=(), **kw
+        )
+        return [o["ids"] for o in outs]
+
     a, b, c = run(seed=7), run(seed=7), run(seed=8)
     assert a == b and a != c
     assert run(seed=3, top_k=1, temperature=1.0, top_p=1.0) == run(greedy=True)
 
 
-@pytest.mark.parametrize("modality, biased_to, allowed", [
-    ("speech", (0, TEXT_END), (HU, PI)),
-    ("expressive", (0, TEXT_END), (HU, VOCAB)),
-    ("text", (HU, VOCAB), (0, TEXT_END)),
-])
+@pytest.mark.parametrize(
+    "modality, biased_to, allowed",
+    [
+        ("speech", (0, TEXT_END), (HU, PI)),
+        ("expressive", (0, TEXT_END), (HU, VOCAB)),
+        ("text", (HU, VOCAB), (0, TEXT_END)),
+    ],
+)
 def test_banned_tokens_never_appear(model, modality, biased_to, allowed):
     params, config, _ = load_model(model["root"] / "ckpt")
     kernel = np.array(params["lm_head"]["kernel"])
-    kernel[:, biased_to[0]:biased_to[1]] *= 30.0  # some banned logit dominates every step
+    kernel[:, biased_to[0] : biased_to[1]] *= 30.0  # some banned logit dominates every step
     old = params["lm_head"]["kernel"]  # same placement as the loaded params: no recompilation
     params = dict(params, lm_head={"kernel": jax.device_put(kernel, old.sharding)})
     rs = np.random.RandomState(2)
     prompts = [rs.randint(0, VOCAB, 8).tolist() for _ in range(4)]
 
     def sample(modality, seed):
-        outs = generate_tokens((params, config), prompts, layout=model["layout"], modality=modality,
-                               max_new_tokens=32, seed=seed, stop_ids=())
+        outs = generate_tokens(
+            (params, config),
+            prompts,
+            layout=model["layout"],
+            modality=modality,
+            max_new_tokens=32,
+            seed=seed,
+            stop_ids=(),
+        )
         return np.array([o["ids"] for o in outs])
 
     free = sample("any", 0)
@@ -103,11 +153,23 @@ def test_stop_token_ends_a_row(model):
     params, config, _ = load_model(model["root"] / "ckpt")
     rs = np.random.RandomState(4)
     prompts = [rs.randint(0, VOCAB, n).tolist() for n in (12, 7, 16, 3)]
-    full = generate_tokens((params, config), prompts, layout=model["layout"], greedy=True,
-                           max_new_tokens=32, stop_ids=())
+    full = generate_tokens(
+        (params, config),
+        prompts,
+        layout=model["layout"],
+        greedy=True,
+        max_new_tokens=32,
+        stop_ids=(),
+    )
     stop = full[0]["ids"][10]
-    outs = generate_tokens((params, config), prompts, layout=model["layout"], greedy=True,
-                           max_new_tokens=32, stop_ids=(stop,))
+    outs = generate_tokens(
+        (params, config),
+        prompts,
+        layout=model["layout"],
+        greedy=True,
+        max_new_tokens=32,
+        stop_ids=(stop,),
+    )
     for f, o in zip(full, outs):
         if stop in f["ids"]:
             cut = f["ids"].index(stop)
@@ -116,18 +178,33 @@ def test_stop_token_ends_a_row(model):
             assert o["ids"] == f["ids"] and not o["stopped"]
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--prompt", "[Speech][Hu3][Hu150]"], ["[Hu150]", "outside"]),
-    (["--prompt", "[Speech] hello"], ["tokenizer"]),
-    (["--prompts", "{bad}"], ["prompts.jsonl:1", "300", "999"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--prompt", "[Speech][Hu3][Hu150]"], ["[Hu150]", "outside"]),
+        (["--prompt", "[Speech] hello"], ["tokenizer"]),
+        (["--prompts", "{bad}"], ["prompts.jsonl:1", "300", "999"]),
+    ],
+)
 def test_bad_prompts_are_named(model, tmp_path, args, needles, capsys):
     root = model["root"]
     if "{bad}" in args:
         (tmp_path / "prompts.jsonl").write_text(json.dumps({"ids": [1, 5, 300, 999]}) + "\n")
         args = [a.replace("{bad}", str(tmp_path / "prompts.jsonl")) for a in args]
-    assert cli.main(["generate", str(root / "ckpt"), *args, "--layout", str(root / "layout.json"),
-                     "--max-new-tokens", "4"]) == 2
+    assert (
+        cli.main(
+            [
+                "generate",
+                str(root / "ckpt"),
+                *args,
+                "--layout",
+                str(root / "layout.json"),
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert all(n in err for n in needles), err
 
@@ -136,14 +213,34 @@ def test_split_layer_decode_equals_the_stacked_model_path(model):
     """decode.generate's default per-layer step against the plain `Llama` cache path, sampling
     with top-k/top-p and a stop id, so every branch of the step is compared."""
     import jax.numpy as jnp
+
     from tinywave_jax.models import decode
+
     params, config, _ = load_model(model["root"] / "ckpt")
     rs = np.random.RandomState(6)
     ids, mask = decode.left_pad([rs.randint(0, VOCAB, n).tolist() for n in (11, 4)])
-    kw = dict(max_new_tokens=16, greedy=False, temperature=0.8, top_k=50, top_p=0.9,
-              stop_ids=(7,), banned=jnp.zeros(VOCAB, bool).at[:TEXT_END].set(True))
-    split, stacked = (np.asarray(decode.generate(params, config, jnp.asarray(ids), jnp.asarray(mask),
-                                                 jax.random.key(3), split_layers=s, **kw))
-                      for s in (True, False))
+    kw = dict(
+        max_new_tokens=16,
+        greedy=False,
+        temperature=0.8,
+        top_k=50,
+        top_p=0.9,
+        stop_ids=(7,),
+        banned=jnp.zeros(VOCAB, bool).at[:TEXT_END].set(True),
+    )
+    split, stacked = (
+        np.asarray(
+            decode.generate(
+                params,
+                config,
+                jnp.asarray(ids),
+                jnp.asarray(mask),
+                jax.random.key(3),
+                split_layers=s,
+                **kw,
+            )
+        )
+        for s in (True, False)
+    )
     np.testing.assert_array_equal(split, stacked)
     assert split.min() >= TEXT_END

@@ -5,6 +5,7 @@ arguments (JSON, one call per line). The fake gcloud also *executes* `tpu-vm ssh
 with /bin/sh once per simulated worker (own `hostname` each, a shared fake home), so the remote
 scripts themselves are tested: nohup start, per-worker logs and pid files, pid-file based stop.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ TPU = REPO / "launch" / "tpu.sh"
 GPU = REPO / "launch" / "gpu.sh"
 HW = sorted((REPO / "configs" / "hw").glob("*.yaml"))
 
-FAKE_GCLOUD = r'''#!PYTHON
+FAKE_GCLOUD = r"""#!PYTHON
 import json, os, shutil, subprocess, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as f:
@@ -47,9 +48,9 @@ elif args[:4] == ["compute", "tpus", "tpu-vm", "ssh"] and os.environ.get("FAKE_E
         env = dict(os.environ, PATH=os.path.join(os.environ["FAKE_BIN"], f"w{w}") + ":" + os.environ["PATH"])
         rc |= subprocess.run(["/bin/sh", "-c", script], cwd=os.path.join(home, f"w{w}"), env=env).returncode
     sys.exit(rc)
-'''
+"""
 
-FAKE_SRUN = r'''#!PYTHON
+FAKE_SRUN = r"""#!PYTHON
 import json, os, subprocess, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as f:
@@ -60,22 +61,22 @@ for rank in range(nodes):
     env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_NTASKS=str(nodes), SLURM_LOCALID="0",
                SLURM_STEP_NUM_NODES=str(nodes), SLURM_STEP_NODELIST="gpu[003-004]", SLURM_NODEID=str(rank))
     subprocess.run(cmd, env=env, check=True)
-'''
+"""
 
 # Records its argv and environment (GPU trainer stand-in).
-FAKE_RECORDER = r'''#!PYTHON
+FAKE_RECORDER = r"""#!PYTHON
 import json, os, sys
 with open(os.environ["FAKE_TRAINER_LOG"], "a") as f:
     f.write(json.dumps({"argv": sys.argv[1:], "env": dict(os.environ)}) + "\n")
-'''
+"""
 
 # The TPU trainer stand-in: records its arguments, runs until SIGTERM.
-FAKE_TRAINER = '''#!/bin/sh
+FAKE_TRAINER = """#!/bin/sh
 printf '%s\\n' "$@" > "$HOME_DIR/args-$(hostname).txt"
 trap 'echo "got TERM"; exit 0' TERM
 echo "trainer up"
 while :; do sleep 0.05; done
-'''
+"""
 
 
 def _script(path: Path, text: str) -> Path:
@@ -95,32 +96,61 @@ def fake(tmp_path):
     _script(bin_dir / "srun", FAKE_SRUN)
     for w in range(2):
         _script(bin_dir / f"w{w}" / "hostname", f"#!/bin/sh\necho tpu-w-{w}\n")
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_LOG=str(tmp_path / "calls.jsonl"),
-               FAKE_HOME=str(home), FAKE_BIN=str(bin_dir), FAKE_WORKERS="2", HOME_DIR=str(home),
-               FAKE_TRAINER_LOG=str(tmp_path / "trainer.jsonl"), TMPDIR=str(tmp_path))
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        FAKE_LOG=str(tmp_path / "calls.jsonl"),
+        FAKE_HOME=str(home),
+        FAKE_BIN=str(bin_dir),
+        FAKE_WORKERS="2",
+        HOME_DIR=str(home),
+        FAKE_TRAINER_LOG=str(tmp_path / "trainer.jsonl"),
+        TMPDIR=str(tmp_path),
+    )
     for k in [k for k in env if k.startswith(("TPU_", "TINYWAVE_", "SLURM_"))]:
         del env[k]
 
     class Fake:
         pass
+
     f = Fake()
     f.tmp, f.home, f.env = tmp_path, home, env
 
     def run(script, *args, ok=True, **extra):
-        p = subprocess.run(["bash", str(script), *map(str, args)], env={**env, **extra},
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            ["bash", str(script), *map(str, args)],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if ok:
             assert p.returncode == 0, p.stderr
         return p
+
     f.run = run
-    f.calls = lambda: ([json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
-                       if (tmp_path / "calls.jsonl").exists() else [])
-    f.trainer = lambda: [json.loads(line) for line in (tmp_path / "trainer.jsonl").read_text().splitlines()]
+    f.calls = lambda: (
+        [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+        if (tmp_path / "calls.jsonl").exists()
+        else []
+    )
+    f.trainer = lambda: [
+        json.loads(line) for line in (tmp_path / "trainer.jsonl").read_text().splitlines()
+    ]
     return f
 
 
 WHERE = ["--name", "tpu1", "--zone", "us-east5-a", "--project", "my-proj"]
-SSH = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "tpu1", "--zone=us-east5-a", "--project=my-proj"]
+SSH = [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    "tpu1",
+    "--zone=us-east5-a",
+    "--project=my-proj",
+]
 
 
 def _remote(call):
@@ -130,13 +160,15 @@ def _remote(call):
 
 # --------------------------------------------------------------------------- static checks
 
+
 def test_scripts_pass_shellcheck():
     """shellcheck when installed (`make test` installs it); bash's own syntax check always."""
     for script in (TPU, GPU):
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     if shutil.which("shellcheck"):
-        p = subprocess.run(["shellcheck", "--severity=style", str(TPU), str(GPU)],
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            ["shellcheck", "--severity=style", str(TPU), str(GPU)], capture_output=True, text=True
+        )
         assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -148,19 +180,31 @@ def test_scripts_never_kill_by_name():
 
 # --------------------------------------------------------------------------- tpu.sh
 
+
 def test_tpu_dry_run_prints_and_calls_nothing(fake):
-    p = fake.run(TPU, "--dry-run", *WHERE, "run", "configs/x.yaml", "data.corpus.corpus_dir=gs://b/c d",
-                 "--resume")
+    p = fake.run(
+        TPU,
+        "--dry-run",
+        *WHERE,
+        "run",
+        "configs/x.yaml",
+        "data.corpus.corpus_dir=gs://b/c d",
+        "--resume",
+    )
     assert fake.calls() == []
     line = p.stdout.strip()
     assert line.startswith("+ ")
-    argv = shlex.split(line[2:])                  # the printed command is valid shell
+    argv = shlex.split(line[2:])  # the printed command is valid shell
     assert argv[:9] == SSH + ["--worker=all"] and argv[9] == "--command"
-    assert "tinywave distill configs/x.yaml 'data.corpus.corpus_dir=gs://b/c d' --resume" in argv[10]
+    assert (
+        "tinywave distill configs/x.yaml 'data.corpus.corpus_dir=gs://b/c d' --resume" in argv[10]
+    )
     p = fake.run(TPU, "--dry-run", *WHERE, "--accelerator", "v5p-64", "--queued", "create")
-    assert p.stdout.strip() == ("+ gcloud compute tpus queued-resources create tpu1 --node-id=tpu1 "
-                                "--zone=us-east5-a --project=my-proj --accelerator-type=v5p-64 "
-                                "--runtime-version=v2-alpha-tpuv5")
+    assert p.stdout.strip() == (
+        "+ gcloud compute tpus queued-resources create tpu1 --node-id=tpu1 "
+        "--zone=us-east5-a --project=my-proj --accelerator-type=v5p-64 "
+        "--runtime-version=v2-alpha-tpuv5"
+    )
     assert fake.calls() == []
 
 
@@ -172,15 +216,55 @@ def test_tpu_create_delete_status_logs(fake):
     fake.run(TPU, *WHERE, "--worker", "1", "--lines", "20", "logs")
     fake.run(TPU, *WHERE, "status")
     c = fake.calls()
-    assert c[0] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "tpu1", "--zone=us-east5-a",
-                    "--project=my-proj", "--accelerator-type=v6e-64", "--version=v2-alpha-tpuv6e", "--spot"]
-    assert c[1] == ["gcloud", "compute", "tpus", "queued-resources", "create", "tpu1", "--node-id=tpu1",
-                    "--zone=us-east5-a", "--project=my-proj", "--accelerator-type=v5litepod-16",
-                    "--runtime-version=v2-alpha-tpuv5-lite"]
-    assert c[2] == ["gcloud", "compute", "tpus", "queued-resources", "delete", "tpu1", "--zone=us-east5-a",
-                    "--project=my-proj", "--force", "--quiet"]
-    assert c[3] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "tpu1", "--zone=us-east5-a",
-                    "--project=my-proj", "--quiet"]
+    assert c[0] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "create",
+        "tpu1",
+        "--zone=us-east5-a",
+        "--project=my-proj",
+        "--accelerator-type=v6e-64",
+        "--version=v2-alpha-tpuv6e",
+        "--spot",
+    ]
+    assert c[1] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "create",
+        "tpu1",
+        "--node-id=tpu1",
+        "--zone=us-east5-a",
+        "--project=my-proj",
+        "--accelerator-type=v5litepod-16",
+        "--runtime-version=v2-alpha-tpuv5-lite",
+    ]
+    assert c[2] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "delete",
+        "tpu1",
+        "--zone=us-east5-a",
+        "--project=my-proj",
+        "--force",
+        "--quiet",
+    ]
+    assert c[3] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "delete",
+        "tpu1",
+        "--zone=us-east5-a",
+        "--project=my-proj",
+        "--quiet",
+    ]
     assert c[4][8] == "--worker=1" and "tail -n 20" in _remote(c[4])
     assert c[5][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "tpu1"]
     assert c[6][8] == "--worker=all" and "pidfile" in _remote(c[6])
@@ -201,12 +285,18 @@ def test_tpu_settings_from_environment_and_bad_input(fake):
 
 
 def test_tpu_deploy_copies_archive_to_all_workers(fake):
-    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                         text=True, check=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     fake.run(TPU, *WHERE, "--install", "touch installed", "deploy", FAKE_EXEC="1")
     scp, ssh = fake.calls()
     assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
-    assert scp[6:] == ["tpu1:tinywave-src.tar.gz", "--zone=us-east5-a", "--project=my-proj", "--worker=all"]
+    assert scp[6:] == [
+        "tpu1:tinywave-src.tar.gz",
+        "--zone=us-east5-a",
+        "--project=my-proj",
+        "--worker=all",
+    ]
     with tarfile.open(scp[5]) as tar:
         assert "tinywave/setup.cfg" in tar.getnames()
     assert ssh[8] == "--worker=all"
@@ -217,7 +307,9 @@ def test_tpu_deploy_copies_archive_to_all_workers(fake):
         assert (code / ".deployed-ref").read_text().strip() == sha
         assert not (fake.home / f"w{w}" / "tinywave-src.tar.gz").exists()
     # deploy by git checkout on the workers instead
-    fake.run(TPU, *WHERE, "--git-url", "https://example.org/tinywave.git", "--ref", "v1.0", "deploy")
+    fake.run(
+        TPU, *WHERE, "--git-url", "https://example.org/tinywave.git", "--ref", "v1.0", "deploy"
+    )
     script = _remote(fake.calls()[-1])
     assert "git clone -q https://example.org/tinywave.git tinywave" in script
     assert "git fetch -q origin v1.0; git checkout -q --detach FETCH_HEAD" in script
@@ -246,20 +338,39 @@ def test_tpu_run_and_stop_on_every_worker(fake):
         run_dirs[w] = fake.home / f"w{w}" / "tinywave" / "runs" / "main"
     hw = REPO / "configs" / "hw" / "tpu-v5p-64.yaml"
     started = []
-    stranger = subprocess.Popen(["sleep", "60"])     # a PID that is not a trainer
+    stranger = subprocess.Popen(["sleep", "60"])  # a PID that is not a trainer
     try:
-        fake.run(TPU, *WHERE, "--hw", hw, "--env", "LIBTPU_INIT_ARGS=--a=1 --b", "run", "cfg.yaml",
-                 "x.y=two words", "--resume", FAKE_EXEC="1")
+        fake.run(
+            TPU,
+            *WHERE,
+            "--hw",
+            hw,
+            "--env",
+            "LIBTPU_INIT_ARGS=--a=1 --b",
+            "run",
+            "cfg.yaml",
+            "x.y=two words",
+            "--resume",
+            FAKE_EXEC="1",
+        )
         first = {}
         for w in range(2):
             _wait_for(fake.home / f"args-tpu-w-{w}.txt")
             first[w] = int((run_dirs[w] / f"trainer-tpu-w-{w}.pid").read_text())
             started.append(first[w])
             args = (fake.home / f"args-tpu-w-{w}.txt").read_text().splitlines()
-            assert args == ["distill", "cfg.yaml", *hw_overlays.overrides(hw), "x.y=two words", "--resume"]
+            assert args == [
+                "distill",
+                "cfg.yaml",
+                *hw_overlays.overrides(hw),
+                "x.y=two words",
+                "--resume",
+            ]
             assert _alive(first[w])
         script = _remote(fake.calls()[0])
-        assert fake.calls()[0][8] == "--worker=all" and "export 'LIBTPU_INIT_ARGS=--a=1 --b'" in script
+        assert (
+            fake.calls()[0][8] == "--worker=all" and "export 'LIBTPU_INIT_ARGS=--a=1 --b'" in script
+        )
 
         # A second run stops the recorded trainers first (SIGTERM by PID), then starts new ones.
         for w in range(2):
@@ -272,7 +383,7 @@ def test_tpu_run_and_stop_on_every_worker(fake):
             started.append(new)
             assert new != first[w] and _alive(new) and not _alive(first[w])
             log = (run_dirs[w] / f"worker-tpu-w-{w}.log").read_text()
-            assert log.count("trainer up") == 2 and "got TERM" in log   # appended, one per start
+            assert log.count("trainer up") == 2 and "got TERM" in log  # appended, one per start
 
         # stop: pid-file based; a pid file naming a non-trainer process leaves that process alone.
         (run_dirs[1] / "trainer-tpu-w-1.pid").write_text(f"{stranger.pid}\n")
@@ -293,14 +404,27 @@ def test_tpu_run_and_stop_on_every_worker(fake):
 
 # --------------------------------------------------------------------------- gpu.sh
 
+
 def test_gpu_one_node_runs_one_process_with_overlay(fake):
     from tinywave_jax.parallel.distributed import detect
+
     rec = _script(fake.tmp / "tinywave", FAKE_RECORDER)
     hw = REPO / "configs" / "hw" / "h100x8.yaml"
-    batch_env = {"SLURM_JOB_ID": "5", "SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_STEP_NODELIST": "n1"}
+    batch_env = {
+        "SLURM_JOB_ID": "5",
+        "SLURM_NTASKS": "4",
+        "SLURM_PROCID": "0",
+        "SLURM_STEP_NODELIST": "n1",
+    }
     fake.run(GPU, "cfg.yaml", "train.steps=5", "--resume", TINYWAVE_BIN=str(rec), **batch_env)
     (call,) = fake.trainer()
-    assert call["argv"] == ["distill", "cfg.yaml", *hw_overlays.overrides(hw), "train.steps=5", "--resume"]
+    assert call["argv"] == [
+        "distill",
+        "cfg.yaml",
+        *hw_overlays.overrides(hw),
+        "train.steps=5",
+        "--resume",
+    ]
     assert fake.calls() == []
     # even inside a SLURM batch script of 4 tasks, one gpu.sh process starts no distributed runtime
     assert detect(call["env"], tpu_vm=False) is None and detect(batch_env, tpu_vm=False) is not None
@@ -310,33 +434,77 @@ def test_gpu_one_node_runs_one_process_with_overlay(fake):
 
 def test_gpu_slurm_one_task_per_node(fake):
     from tinywave_jax.parallel.distributed import detect
+
     rec = _script(fake.tmp / "tinywave", FAKE_RECORDER)
-    fake.run(GPU, "--slurm", "--log-dir", fake.tmp / "logs", "cfg.yaml", "a=1", TINYWAVE_BIN=str(rec),
-             SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="2")
+    fake.run(
+        GPU,
+        "--slurm",
+        "--log-dir",
+        fake.tmp / "logs",
+        "cfg.yaml",
+        "a=1",
+        TINYWAVE_BIN=str(rec),
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NUM_NODES="2",
+    )
     (srun,) = fake.calls()
     n = srun.index(str(rec))
-    assert srun[:n] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-                        f"--output={fake.tmp / 'logs'}/task-%t.log"]
-    assert srun[n + 1:n + 3] == ["distill", "cfg.yaml"] and srun[-1] == "a=1"
+    assert srun[:n] == [
+        "srun",
+        "--nodes=2",
+        "--ntasks=2",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        f"--output={fake.tmp / 'logs'}/task-%t.log",
+    ]
+    assert srun[n + 1 : n + 3] == ["distill", "cfg.yaml"] and srun[-1] == "a=1"
     specs = [detect(call["env"], tpu_vm=False) for call in fake.trainer()]
     port = 61440 + 4242 % 4096
-    assert [(s.source, s.coordinator_address, s.num_processes, s.process_id, s.local_device_ids)
-            for s in specs] == [("slurm", f"gpu003:{port}", 2, r, None) for r in (0, 1)]
+    assert [
+        (s.source, s.coordinator_address, s.num_processes, s.process_id, s.local_device_ids)
+        for s in specs
+    ] == [("slurm", f"gpu003:{port}", 2, r, None) for r in (0, 1)]
     p = fake.run(GPU, "--slurm", "cfg.yaml", ok=False, TINYWAVE_BIN=str(rec))
     assert p.returncode == 2 and "allocation" in p.stderr
 
 
 def test_gpu_explicit_coordinator_and_dry_run(fake):
     rec = _script(fake.tmp / "tinywave", FAKE_RECORDER)
-    fake.run(GPU, "--hw", "none", "--coordinator", "10.0.0.1:1234", "--num-processes", "4",
-             "--process-id", "3", "cfg.yaml", TINYWAVE_BIN=str(rec))
+    fake.run(
+        GPU,
+        "--hw",
+        "none",
+        "--coordinator",
+        "10.0.0.1:1234",
+        "--num-processes",
+        "4",
+        "--process-id",
+        "3",
+        "cfg.yaml",
+        TINYWAVE_BIN=str(rec),
+    )
     env = fake.trainer()[0]["env"]
-    assert (env["TINYWAVE_COORDINATOR"], env["TINYWAVE_NUM_PROCESSES"], env["TINYWAVE_PROCESS_ID"]) == \
-        ("10.0.0.1:1234", "4", "3")
-    p = fake.run(GPU, "--dry-run", "--hw", "none", "--slurm", "--nodes", "3", "cfg.yaml",
-                 TINYWAVE_BIN="tinywave", SLURM_JOB_ID="7")
-    assert p.stdout.strip() == ("+ srun --nodes=3 --ntasks=3 --ntasks-per-node=1 --kill-on-bad-exit=1 "
-                                "tinywave distill cfg.yaml")
+    assert (
+        env["TINYWAVE_COORDINATOR"],
+        env["TINYWAVE_NUM_PROCESSES"],
+        env["TINYWAVE_PROCESS_ID"],
+    ) == ("10.0.0.1:1234", "4", "3")
+    p = fake.run(
+        GPU,
+        "--dry-run",
+        "--hw",
+        "none",
+        "--slurm",
+        "--nodes",
+        "3",
+        "cfg.yaml",
+        TINYWAVE_BIN="tinywave",
+        SLURM_JOB_ID="7",
+    )
+    assert p.stdout.strip() == (
+        "+ srun --nodes=3 --ntasks=3 --ntasks-per-node=1 --kill-on-bad-exit=1 "
+        "tinywave distill cfg.yaml"
+    )
     assert fake.calls() == [] and len(fake.trainer()) == 1
     p = fake.run(GPU, "--coordinator", "h:1", "cfg.yaml", ok=False)
     assert p.returncode == 2 and "go together" in p.stderr
@@ -344,8 +512,10 @@ def test_gpu_explicit_coordinator_and_dry_run(fake):
 
 # --------------------------------------------------------------------------- hardware overlays
 
+
 def _distill_config(overrides):
     from tinywave_jax.train.config import DistillConfig
+
     base = {"teacher": {"shape": {"num_hidden_layers": 4}}}
     return from_dict(DistillConfig, apply_overrides(base, overrides))
 
@@ -355,13 +525,13 @@ def test_hw_overlay_is_a_valid_config_that_fits_its_hardware(path):
     raw = read_yaml(path)
     over = hw_overlays.overrides(path)
     rebuilt = apply_overrides({}, over)
-    assert rebuilt == {k: v for k, v in raw.items() if k != "hw"}      # exact round trip
+    assert rebuilt == {k: v for k, v in raw.items() if k != "hw"}  # exact round trip
     cfg = _distill_config(over)
     hw = raw["hw"]
     peak = hw.get("peak_bf16_flops_per_chip", hw.get("peak_flops_per_chip"))
     assert cfg.train.peak_flops_per_device == peak
     chips = hw.get("chips") or hw.get("gpus_per_node") or 8
-    for devices in ({chips, 2 * chips} if "gpus_per_node" in hw else {chips}):
+    for devices in {chips, 2 * chips} if "gpus_per_node" in hw else {chips}:
         shape = cfg.mesh.shape(devices)
         rows = cfg.data.batch_size // cfg.train.microbatches
         assert rows % (shape["data"] * shape["fsdp"]) == 0
@@ -377,15 +547,31 @@ def test_overlay_floats_round_trip_through_overrides():
 
 # --------------------------------------------------------------------------- distributed start-up
 
+
 def test_detect_explicit_environment():
     from tinywave_jax.parallel.distributed import detect
-    env = {"TINYWAVE_COORDINATOR": "10.0.0.1:1234", "TINYWAVE_NUM_PROCESSES": "4", "TINYWAVE_PROCESS_ID": "2"}
+
+    env = {
+        "TINYWAVE_COORDINATOR": "10.0.0.1:1234",
+        "TINYWAVE_NUM_PROCESSES": "4",
+        "TINYWAVE_PROCESS_ID": "2",
+    }
     s = detect(env, tpu_vm=False)
-    assert s.initialize_kwargs() == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4,
-                                     "process_id": 2, "local_device_ids": None,
-                                     "cluster_detection_method": "deactivate"}
-    assert detect({**env, "TINYWAVE_LOCAL_DEVICE_IDS": "0,1"}, tpu_vm=False).local_device_ids == (0, 1)
-    assert detect({**env, "TINYWAVE_NUM_PROCESSES": "1", "TINYWAVE_PROCESS_ID": "0"}, tpu_vm=True) is None
+    assert s.initialize_kwargs() == {
+        "coordinator_address": "10.0.0.1:1234",
+        "num_processes": 4,
+        "process_id": 2,
+        "local_device_ids": None,
+        "cluster_detection_method": "deactivate",
+    }
+    assert detect({**env, "TINYWAVE_LOCAL_DEVICE_IDS": "0,1"}, tpu_vm=False).local_device_ids == (
+        0,
+        1,
+    )
+    assert (
+        detect({**env, "TINYWAVE_NUM_PROCESSES": "1", "TINYWAVE_PROCESS_ID": "0"}, tpu_vm=True)
+        is None
+    )
     assert detect({**env, "TINYWAVE_DISTRIBUTED": "off"}, tpu_vm=True) is None
     with pytest.raises(ConfigError, match="TINYWAVE_COORDINATOR missing"):
         detect({"TINYWAVE_NUM_PROCESSES": "2", "TINYWAVE_PROCESS_ID": "0"})
@@ -399,15 +585,32 @@ def test_detect_explicit_environment():
 
 def test_detect_slurm_and_tpu():
     from tinywave_jax.parallel.distributed import detect, first_slurm_host
-    assert [first_slurm_host(x) for x in ("node7", "gpu[003-004,9],cpu1", "a-b[12,14]", "h1,h2")] == \
-        ["node7", "gpu003", "a-b12", "h1"]
-    slurm = {"SLURM_JOB_ID": "100", "SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1",
-             "SLURM_STEP_NODELIST": "gpu[010-011]", "SLURM_STEP_NUM_NODES": "2"}
-    s = detect(slurm, tpu_vm=False)          # 8 tasks per node: one GPU each
-    assert (s.coordinator_address, s.num_processes, s.process_id, s.local_device_ids) == \
-        ("gpu010:61540", 16, 9, (1,))
-    one_per_node = {**slurm, "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
-                    "TINYWAVE_COORDINATOR": "head:999"}
+
+    assert [
+        first_slurm_host(x) for x in ("node7", "gpu[003-004,9],cpu1", "a-b[12,14]", "h1,h2")
+    ] == ["node7", "gpu003", "a-b12", "h1"]
+    slurm = {
+        "SLURM_JOB_ID": "100",
+        "SLURM_NTASKS": "16",
+        "SLURM_PROCID": "9",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_NODELIST": "gpu[010-011]",
+        "SLURM_STEP_NUM_NODES": "2",
+    }
+    s = detect(slurm, tpu_vm=False)  # 8 tasks per node: one GPU each
+    assert (s.coordinator_address, s.num_processes, s.process_id, s.local_device_ids) == (
+        "gpu010:61540",
+        16,
+        9,
+        (1,),
+    )
+    one_per_node = {
+        **slurm,
+        "SLURM_NTASKS": "2",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "0",
+        "TINYWAVE_COORDINATOR": "head:999",
+    }
     s = detect(one_per_node, tpu_vm=False)
     assert (s.coordinator_address, s.process_id, s.local_device_ids) == ("head:999", 1, None)
     assert detect({**slurm, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, tpu_vm=False) is None
@@ -418,6 +621,7 @@ def test_detect_slurm_and_tpu():
 
 def test_maybe_initialize_calls_initialize_only_when_needed():
     from tinywave_jax.parallel.distributed import maybe_initialize
+
     calls = []
     assert maybe_initialize({}, tpu_vm=False, initialize=lambda **kw: calls.append(kw)) is None
     assert calls == []
@@ -433,15 +637,29 @@ def test_two_real_processes_initialize_from_environment(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = ("from tinywave_jax.parallel.distributed import maybe_initialize\n"
-            "spec = maybe_initialize()\nimport jax\n"
-            "print(spec.source, jax.process_count(), jax.process_index(), flush=True)\n"
-            "jax.distributed.shutdown()\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-                                   "TINYWAVE_COORDINATOR": f"127.0.0.1:{port}",
-                                   "TINYWAVE_NUM_PROCESSES": "2", "TINYWAVE_PROCESS_ID": str(i)})
-             for i in range(2)]
+    code = (
+        "from tinywave_jax.parallel.distributed import maybe_initialize\n"
+        "spec = maybe_initialize()\nimport jax\n"
+        "print(spec.source, jax.process_count(), jax.process_index(), flush=True)\n"
+        "jax.distributed.shutdown()\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "JAX_PLATFORMS": "cpu",
+                "XLA_FLAGS": "",
+                "TINYWAVE_COORDINATOR": f"127.0.0.1:{port}",
+                "TINYWAVE_NUM_PROCESSES": "2",
+                "TINYWAVE_PROCESS_ID": str(i),
+            },
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert outs == [["env", "2", "0"], ["env", "2", "1"]]

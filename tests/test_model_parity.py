@@ -2,23 +2,34 @@
 
 Tolerance: relative error in the Frobenius norm, ||ours - hf|| / ||hf||, over the valid positions.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
 from hf_reference import jax_config, make_hf_model, params_from_hf, rel_err
+
 from tinywave_jax.models import decode, llama
 
 CONFIGS = {
     "mha_untied": dict(),
     "gqa_tied_theta": dict(num_key_value_heads=2, tie_word_embeddings=True, rope_theta=500000.0),
-    "mqa_bias_llama3": dict(num_key_value_heads=1, attention_bias=True, mlp_bias=True,
-                            rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                              high_freq_factor=4.0, original_max_position_embeddings=256)),
-    "linear_rope_headdim": dict(num_key_value_heads=2, head_dim=24,
-                                rope_scaling=dict(rope_type="linear", factor=2.0)),
+    "mqa_bias_llama3": dict(
+        num_key_value_heads=1,
+        attention_bias=True,
+        mlp_bias=True,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=256,
+        ),
+    ),
+    "linear_rope_headdim": dict(
+        num_key_value_heads=2, head_dim=24, rope_scaling=dict(rope_type="linear", factor=2.0)
+    ),
 }
 T, PAD_FROM = 512, 300  # row 1 is right-padded from PAD_FROM on
 
@@ -31,12 +42,23 @@ def case(request):
     mask = np.ones((2, T), np.int64)
     mask[1, PAD_FROM:] = 0
     with torch.no_grad():
-        ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                    output_hidden_states=True, output_attentions=True)
+        ref = model(
+            torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            output_hidden_states=True,
+            output_attentions=True,
+        )
     params = params_from_hf(model, cfg)
     layers = tuple(range(cfg.num_hidden_layers))
-    out = llama.forward(params, cfg, jnp.asarray(ids), segment_ids=jnp.asarray(mask, jnp.int32),
-                        tap_layers=layers, tap_hidden=True, tap_qk=True)
+    out = llama.forward(
+        params,
+        cfg,
+        jnp.asarray(ids),
+        segment_ids=jnp.asarray(mask, jnp.int32),
+        tap_layers=layers,
+        tap_hidden=True,
+        tap_qk=True,
+    )
     return cfg, ref, out
 
 
@@ -56,7 +78,10 @@ def test_hidden_states_match_hf(case):
     # HF returns [embeddings, after layer 0, ..., after layer L-2, final-normed output].
     for i in range(L - 1):
         for row in (0, 1):
-            assert rel_err(_valid(out.hidden[i], row), _valid(ref.hidden_states[i + 1].numpy(), row)) < 1e-5
+            assert (
+                rel_err(_valid(out.hidden[i], row), _valid(ref.hidden_states[i + 1].numpy(), row))
+                < 1e-5
+            )
     assert rel_err(out.final_hidden[0], ref.hidden_states[L][0].numpy()) < 1e-5
 
 
@@ -64,10 +89,13 @@ def test_attention_probs_from_queries_and_keys_match_hf(case):
     cfg, ref, out = case
     g = cfg.num_groups
     for i in range(cfg.num_hidden_layers):
-        q = np.asarray(out.queries[i], np.float64)                    # [B, T, H, hd]
-        k = np.repeat(np.asarray(out.keys[i], np.float64), g, axis=2)  # GQA: head h uses kv head h // g
+        q = np.asarray(out.queries[i], np.float64)  # [B, T, H, hd]
+        k = np.repeat(
+            np.asarray(out.keys[i], np.float64), g, axis=2
+        )  # GQA: head h uses kv head h // g
         scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(cfg.head_dim)
-        seg = np.ones((2, T)); seg[1, PAD_FROM:] = 0
+        seg = np.ones((2, T))
+        seg[1, PAD_FROM:] = 0
         allowed = np.tril(np.ones((T, T), bool))[None] & (seg[:, :, None] == seg[:, None, :])
         scores = np.where(allowed[:, None], scores, -np.inf)
         probs = np.exp(scores - scores.max(-1, keepdims=True))
@@ -99,14 +127,30 @@ def test_greedy_kv_cache_decoding_matches_hf_generate():
     cfg = jax_config(model)
     params = params_from_hf(model, cfg)
     rs = np.random.RandomState(5)
-    prompts = [rs.randint(3, cfg.vocab_size, 500).tolist(), rs.randint(3, cfg.vocab_size, 437).tolist()]
+    prompts = [
+        rs.randint(3, cfg.vocab_size, 500).tolist(),
+        rs.randint(3, cfg.vocab_size, 437).tolist(),
+    ]
     ids, mask = decode.left_pad(prompts)
-    ours = np.asarray(decode.generate(params, cfg, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
-                                      max_new_tokens=64, greedy=True))
-    for row, prompt in enumerate(prompts):  # each prompt alone in HF: padding must not change anything
+    ours = np.asarray(
+        decode.generate(
+            params,
+            cfg,
+            jnp.asarray(ids),
+            jnp.asarray(mask),
+            jax.random.key(0),
+            max_new_tokens=64,
+            greedy=True,
+        )
+    )
+    for row, prompt in enumerate(
+        prompts
+    ):  # each prompt alone in HF: padding must not change anything
         with torch.no_grad():
-            hf = model.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False, pad_token_id=0)
-        np.testing.assert_array_equal(ours[row], hf[0, len(prompt):].numpy())
+            hf = model.generate(
+                torch.tensor([prompt]), max_new_tokens=64, do_sample=False, pad_token_id=0
+            )
+        np.testing.assert_array_equal(ours[row], hf[0, len(prompt) :].numpy())
 
 
 @pytest.mark.parametrize("layers", ["scan", "unrolled", "split"])
@@ -123,8 +167,11 @@ def test_cache_decode_steps_equal_the_full_forward(layers):
     pos = jnp.asarray(np.maximum(np.cumsum(mask, axis=1) - 1, 0))
     full = llama.forward(params, cfg, ids, pos, jnp.asarray(mask, jnp.int32)).logits
 
-    step = jax.jit(lambda *args: llama.Llama(cfg).apply({"params": params}, *args,
-                                                        method=llama.Llama.decode_step))
+    step = jax.jit(
+        lambda *args: llama.Llama(cfg).apply(
+            {"params": params}, *args, method=llama.Llama.decode_step
+        )
+    )
     cache_mask = jnp.asarray(mask).at[:, P:].set(False)
     logits, cache = step(ids[:, :P], pos[:, :P], decode.init_cache(cfg, 2, T), 0, cache_mask, None)
     got = [logits]
@@ -133,9 +180,11 @@ def test_cache_decode_steps_equal_the_full_forward(layers):
         layer_params, cache = llama.unstack_layers(params, cache, cfg)
     for t in range(P, T):
         cache_mask = cache_mask.at[:, t].set(True)
-        logits, cache = step(ids[:, t:t + 1], pos[:, t:t + 1], cache, t, cache_mask, layer_params)
+        logits, cache = step(
+            ids[:, t : t + 1], pos[:, t : t + 1], cache, t, cache_mask, layer_params
+        )
         got.append(logits)
-    assert rel_err(jnp.stack(got, axis=1), full[:, P - 1:]) < 1e-5
+    assert rel_err(jnp.stack(got, axis=1), full[:, P - 1 :]) < 1e-5
 
 
 def test_scan_unroll_and_remat_policies_agree():
@@ -145,7 +194,9 @@ def test_scan_unroll_and_remat_policies_agree():
 
     def loss(p, c):
         out = llama.forward(p, c, ids, tap_layers=(1,), tap_hidden=True, tap_qk=True)
-        return jnp.mean(out.logits ** 2) + jnp.mean(out.hidden ** 2) + jnp.mean(out.queries * out.queries)
+        return (
+            jnp.mean(out.logits**2) + jnp.mean(out.hidden**2) + jnp.mean(out.queries * out.queries)
+        )
 
     grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
     ref_val, ref_grad = grad_fn(params, cfg)

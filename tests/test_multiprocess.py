@@ -11,6 +11,7 @@ how `make_array_from_process_local_data` lays the halves onto the mesh (process 
 to float32 round-off (the only difference is the order of the cross-process gradient sums).
 Data: the real grain corpus pipeline (`data.source: corpus`), each process its own records.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from data_fixtures import synthetic_utterance, write_units_manifest
 from train_fixtures import TEACHER, distill_dict
 
@@ -47,16 +47,31 @@ def _two_processes(args: list[str], tmp: Path, tag: str) -> None:
     port = _free_port()
     procs = []
     for pid in range(2):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                   JAX_PLATFORMS="cpu", TINYWAVE_COORDINATOR=f"127.0.0.1:{port}",
-                   TINYWAVE_NUM_PROCESSES="2", TINYWAVE_PROCESS_ID=str(pid),
-                   PYTHONPATH=str(ROOT))
+        env = dict(
+            os.environ,
+            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            JAX_PLATFORMS="cpu",
+            TINYWAVE_COORDINATOR=f"127.0.0.1:{port}",
+            TINYWAVE_NUM_PROCESSES="2",
+            TINYWAVE_PROCESS_ID=str(pid),
+            PYTHONPATH=str(ROOT),
+        )
         # No persistent compile cache: a cache hit in one process and a compile in the other
         # skew them by more than gloo's 30 s context set-up timeout on a loaded machine.
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
         log = open(tmp / f"{tag}-{pid}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, "-c", _LAUNCH] + args, cwd=ROOT, env=env,
-                                       stdout=log, stderr=subprocess.STDOUT), log))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-c", _LAUNCH] + args,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
     codes = []
     for p, log in procs:
         try:
@@ -98,18 +113,27 @@ def test_two_processes_checkpoint_resume_match_one_process(tmp_path, monkeypatch
     from tinywave_jax.train import loop
 
     rng = np.random.default_rng(7)
-    manifest = write_units_manifest(tmp_path / "units.jsonl",
-                                    [synthetic_utterance(rng, k) for k in range(24)])
+    manifest = write_units_manifest(
+        tmp_path / "units.jsonl", [synthetic_utterance(rng, k) for k in range(24)]
+    )
     build_corpus(tmp_path / "corpus", manifest=manifest, shard_size=8, log=lambda *a: None)
     cfg = distill_dict(
-        teacher={"shape": dict(TEACHER, vocab_size=32768)},   # spiritlm ids of the corpus
+        teacher={"shape": dict(TEACHER, vocab_size=32768)},  # spiritlm ids of the corpus
         train={"steps": 4, "checkpoint_every": 2, "async_checkpoint": False},
         # constant LR: the first invocation (train.steps=2) then has the same schedule as 4 steps
         optimizer={"min_lr_ratio": 1.0},
         mesh={"data": 1, "fsdp": 8, "tensor": 1},
-        data={"source": "corpus", "seq_len": 32, "batch_size": 8,
-              "corpus": {"corpus_dir": str(tmp_path / "corpus"), "read_threads": 1,
-                         "layout": {"preset": "spiritlm_expressive"}}})
+        data={
+            "source": "corpus",
+            "seq_len": 32,
+            "batch_size": 8,
+            "corpus": {
+                "corpus_dir": str(tmp_path / "corpus"),
+                "read_threads": 1,
+                "layout": {"preset": "spiritlm_expressive"},
+            },
+        },
+    )
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(cfg))
     multi = tmp_path / "multi"
@@ -130,11 +154,17 @@ def test_two_processes_checkpoint_resume_match_one_process(tmp_path, monkeypatch
     # one process, 8 devices, the same global batches, 4 steps straight
     from tinywave_jax.config import from_dict
     from tinywave_jax.train.config import DistillConfig
+
     single = tmp_path / "single"
     ref_cfg = from_dict(DistillConfig, {**cfg, "run_dir": str(single)})
     assert jax.device_count() == 8 and jax.process_count() == 1
-    monkeypatch.setattr(loop, "make_batches", lambda data, vocab, index, count: _Concat(
-        [train_data.make_batches(data, vocab, p, 2) for p in range(2)]))
+    monkeypatch.setattr(
+        loop,
+        "make_batches",
+        lambda data, vocab, index, count: _Concat(
+            [train_data.make_batches(data, vocab, p, 2) for p in range(2)]
+        ),
+    )
     t0 = time.time()
     loop.run(ref_cfg, echo=False)
     print(f"one process, steps 1-4: {time.time() - t0:.1f} s")
@@ -144,14 +174,17 @@ def test_two_processes_checkpoint_resume_match_one_process(tmp_path, monkeypatch
     for g, w in zip(got, want):
         assert g["num_tokens"] == w["num_tokens"] > 0
         for k in ("loss", "ce", "logit_kl", "hidden", "attention_kl", "grad_norm"):
-            np.testing.assert_allclose(g[k], w[k], rtol=2e-5, atol=1e-6, err_msg=f"step {g['step']} {k}")
-    assert got[-1]["loss"] != got[0]["loss"]          # it trained
+            np.testing.assert_allclose(
+                g[k], w[k], rtol=2e-5, atol=1e-6, err_msg=f"step {g['step']} {k}"
+            )
+    assert got[-1]["loss"] != got[0]["loss"]  # it trained
     # the student state of step 4 as both runs checkpointed it, restored onto this process's mesh
     import orbax.checkpoint as ocp
 
     from tinywave_jax.train.recipes import prepare
     from tinywave_jax.train.resume import checkpoint_manager
     from tinywave_jax.train.session import Session
+
     target = Session(prepare(ref_cfg)).abstract_state()._asdict()
 
     def params_at_4(run_dir):
@@ -163,13 +196,22 @@ def test_two_processes_checkpoint_resume_match_one_process(tmp_path, monkeypatch
         return jax.device_get(got.state["params"])
 
     p_multi, p_single = params_at_4(multi), params_at_4(single)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(p_multi), jax.tree_util.tree_leaves(p_single)):
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(p_multi), jax.tree_util.tree_leaves(p_single)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
 
     # final/ (overwritten by the resumed run, written by both processes together) loads whole
     from tinywave_jax.checkpoint import load_model
+
     final_multi, _, _ = load_model(multi / "final", as_numpy=True)
     final_single, _, _ = load_model(single / "final", as_numpy=True)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(final_multi), jax.tree_util.tree_leaves(final_single)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5, err_msg="final/" + jax.tree_util.keystr(path))
-    assert not [p.name for p in multi.iterdir() if p.name.startswith(".final")]  # no temporaries left
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(final_multi), jax.tree_util.tree_leaves(final_single)
+    ):
+        np.testing.assert_allclose(
+            a, b, rtol=1e-4, atol=2e-5, err_msg="final/" + jax.tree_util.keystr(path)
+        )
+    assert not [
+        p.name for p in multi.iterdir() if p.name.startswith(".final")
+    ]  # no temporaries left

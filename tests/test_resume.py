@@ -1,6 +1,7 @@
 """Exact resume through the real CLI: N steps straight == k steps, SIGKILL once checkpoint k is
 durable, --resume (stopped by SIGTERM, which checkpoints and exits cleanly), --resume to N.
 Parameters and logged metrics must be identical on CPU."""
+
 import json
 import os
 import signal
@@ -14,19 +15,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import yaml
+from train_fixtures import SHARED_OVER, distill_config, distill_dict
 
 from tinywave_jax.checkpoint import load_model
 from tinywave_jax.train.loop import run
+from tinywave_jax.train.metrics import read_metrics
 from tinywave_jax.train.recipes import prepare
 from tinywave_jax.train.resume import checkpoint_manager, restore_checkpoint
-from tinywave_jax.train.metrics import read_metrics
 from tinywave_jax.train.session import Session
 
-from train_fixtures import SHARED_OVER, distill_config, distill_dict
-
-
 N, K = 8, 3
-OVER = SHARED_OVER     # teacher + a narrower student with a trained width projector
+OVER = SHARED_OVER  # teacher + a narrower student with a trained width projector
 assert OVER["train"]["steps"] == N and OVER["train"]["checkpoint_every"] == K
 TIMING_KEYS = {"tokens_per_s", "mfu"}
 
@@ -36,7 +35,7 @@ def _cli(config: Path, *extra) -> list[str]:
 
 
 def _env() -> dict:
-    env = dict(os.environ)   # XLA_FLAGS (8 CPU devices) and the compile cache come from the tests
+    env = dict(os.environ)  # XLA_FLAGS (8 CPU devices) and the compile cache come from the tests
     env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     return env
@@ -46,8 +45,10 @@ def _wait_for(predicate, proc, what: str, timeout: float = 240.0):
     t0 = time.time()
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"training exited ({proc.returncode}) before {what}:\n"
-                                 + proc.stderr.read().decode()[-3000:])
+            raise AssertionError(
+                f"training exited ({proc.returncode}) before {what}:\n"
+                + proc.stderr.read().decode()[-3000:]
+            )
         if time.time() - t0 > timeout:
             proc.kill()
             raise AssertionError(f"timed out waiting for {what}")
@@ -61,8 +62,9 @@ def _durable(run_dir: Path, step: int) -> bool:
 
 def _logged_past(run_dir: Path, step: int) -> bool:
     path = run_dir / "metrics.jsonl"
-    return path.is_file() and any(json.loads(l)["step"] > step
-                                  for l in path.read_text().splitlines() if l.strip())
+    return path.is_file() and any(
+        json.loads(l)["step"] > step for l in path.read_text().splitlines() if l.strip()
+    )
 
 
 @pytest.mark.slow
@@ -72,10 +74,12 @@ def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
     run_dir = tmp_path / "interrupted"
     config = tmp_path / "interrupted.yaml"
     d = distill_dict(run_dir=str(run_dir), **OVER)
-    d["train"]["throttle_s"] = 0.7   # slow steps, so the kill lands mid-run
+    d["train"]["throttle_s"] = 0.7  # slow steps, so the kill lands mid-run
     config.write_text(yaml.safe_dump(d))
 
-    proc = subprocess.Popen(_cli(config), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cli(config), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     _wait_for(lambda: _durable(run_dir, K), proc, f"checkpoint {K}")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -83,8 +87,9 @@ def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
     assert mngr.latest_step() == K
     mngr.close()
 
-    proc = subprocess.Popen(_cli(config, "--resume"), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cli(config, "--resume"), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     _wait_for(lambda: _logged_past(run_dir, K), proc, f"a step past {K}")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
@@ -95,8 +100,9 @@ def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
     mngr.close()
     assert K < stopped < N and not (run_dir / "final").exists()
 
-    done = subprocess.run(_cli(config, "--resume", "train.throttle_s=0"), env=_env(),
-                          capture_output=True, timeout=300)
+    done = subprocess.run(
+        _cli(config, "--resume", "train.throttle_s=0"), env=_env(), capture_output=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
 
     a, _, _ = load_model(straight["final_dir"])
@@ -105,8 +111,9 @@ def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
     rows_a, rows_b = read_metrics(tmp_path / "straight"), read_metrics(run_dir)
     assert [r["step"] for r in rows_b] == list(range(1, N + 1)) == [r["step"] for r in rows_a]
     for ra, rb in zip(rows_a, rows_b):
-        assert {k: v for k, v in ra.items() if k not in TIMING_KEYS} == \
-               {k: v for k, v in rb.items() if k not in TIMING_KEYS}
+        assert {k: v for k, v in ra.items() if k not in TIMING_KEYS} == {
+            k: v for k, v in rb.items() if k not in TIMING_KEYS
+        }
 
 
 def test_restore_refuses_another_process_count(tmp_path):
@@ -114,9 +121,15 @@ def test_restore_refuses_another_process_count(tmp_path):
     _, trainable = session.frozen_and_trainable()
     state = session.init_state(trainable)
     mngr = checkpoint_manager(tmp_path)
-    mngr.save(0, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state._asdict()), data=ocp.args.JsonSave({"index": 0}),
-        meta=ocp.args.JsonSave({"kind": "distill", "process_count": 2})))
+    mngr.save(
+        0,
+        force=True,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state._asdict()),
+            data=ocp.args.JsonSave({"index": 0}),
+            meta=ocp.args.JsonSave({"kind": "distill", "process_count": 2}),
+        ),
+    )
     mngr.wait_until_finished()
     with pytest.raises(ValueError, match="saved by 2 processes, this run has 1"):
         restore_checkpoint(mngr, session.abstract_state())

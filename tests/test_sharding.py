@@ -1,19 +1,24 @@
 """Mesh, logical-axis rules and sharded training: a train step on 8 simulated CPU devices with
 mesh shapes (data, fsdp, tensor) = 8x1x1, 1x8x1, 2x2x2 equals the step on one device; a checkpoint
 saved on one mesh restores onto another with the same values."""
+
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from train_fixtures import distill_config, one_step
 
 from tinywave_jax.config import ConfigError
-from tinywave_jax.parallel import LOGICAL_AXIS_RULES, MeshConfig, fit_spec, logical_to_spec, make_mesh
+from tinywave_jax.parallel import (
+    LOGICAL_AXIS_RULES,
+    MeshConfig,
+    fit_spec,
+    logical_to_spec,
+    make_mesh,
+)
 from tinywave_jax.train.recipes import prepare
 from tinywave_jax.train.resume import checkpoint_manager, restore_checkpoint, save_checkpoint
 from tinywave_jax.train.session import Session
-
-from train_fixtures import distill_config, one_step
-
 
 
 def test_rules_table_maps_logical_axes():
@@ -57,13 +62,27 @@ def test_sharded_step_equals_single_device(reference_step, mesh_shape):
     cfg, ref_params, ref_metrics = reference_step
     state, metrics, session = one_step(cfg, mesh_shape)
     # float32 at "highest" matmul precision; sharded reductions sum in another order.
-    for k in ("loss", "ce", "logit_kl", "kl_t1", "teacher_ce", "hidden", "attention_kl", "grad_norm"):
+    for k in (
+        "loss",
+        "ce",
+        "logit_kl",
+        "kl_t1",
+        "teacher_ce",
+        "hidden",
+        "attention_kl",
+        "grad_norm",
+    ):
         np.testing.assert_allclose(metrics[k], ref_metrics[k], rtol=2e-5, atol=1e-7, err_msg=k)
     got = jax.device_get(state.params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, ref_params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, ref_params
+    )
     # the params really are sharded as the rules say
     q = state.params["model"]["layers"]["self_attn"]["q_proj"]["kernel"]
-    assert q.sharding.spec == session.param_shardings["model"]["layers"]["self_attn"]["q_proj"]["kernel"].spec
+    assert (
+        q.sharding.spec
+        == session.param_shardings["model"]["layers"]["self_attn"]["q_proj"]["kernel"].spec
+    )
     if mesh_shape[1] > 1:
         assert q.sharding.spec[1] == "fsdp"
     if mesh_shape[2] > 1:
@@ -77,8 +96,9 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     _, trainable = src.frozen_and_trainable()
     state = src.init_state(trainable)
     # make the optimizer state non-trivial so a mix-up would show
-    state = state._replace(opt_state=jax.tree.map(lambda x: x + 0.5 if x.dtype == np.float32 else x,
-                                                  state.opt_state))
+    state = state._replace(
+        opt_state=jax.tree.map(lambda x: x + 0.5 if x.dtype == np.float32 else x, state.opt_state)
+    )
     expected = jax.device_get(state)
     mngr = checkpoint_manager(tmp_path, keep=2)
     save_checkpoint(mngr, state, {"index": 0}, {"kind": "distill"})

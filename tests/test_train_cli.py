@@ -1,6 +1,7 @@
 """`tinywave distill` / `tinywave train` through the real CLI entry point: --help, bad configs that
 name the key, a width-mismatched student with a projector (trained, not exported), LoRA
 fine-tuning (only adapters trained, merged at the end), and every shipped config parses."""
+
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from train_fixtures import SHARED_OVER, TEACHER, distill_dict
 
 from tinywave_jax import cli
 from tinywave_jax.checkpoint import load_model
@@ -18,42 +20,59 @@ from tinywave_jax.train.config import DistillConfig, TrainConfig
 from tinywave_jax.train.recipes import prepare
 from tinywave_jax.train.resume import checkpoint_manager
 
-from train_fixtures import SHARED_OVER, TEACHER, distill_dict
-
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_help_documents_both_commands(capsys):
-    for cmd, words in (("distill", ["--resume", "KEY=VALUE", "final"]),
-                       ("train", ["lora.enabled", "--resume", "merged"])):
+    for cmd, words in (
+        ("distill", ["--resume", "KEY=VALUE", "final"]),
+        ("train", ["lora.enabled", "--resume", "merged"]),
+    ):
         with pytest.raises(SystemExit):
             cli.main([cmd, "--help"])
         out = capsys.readouterr().out
         assert all(w in out for w in words), (cmd, out)
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["train.stepz=3"], "train.stepz"),
-    (["distill.layer_map=[1, 7]"], "distill.layer_map"),
-    (["distill.layer_map=tinywav"], "distill.layer_map"),
-    (["student.shape={vocab_size: 256, hidden_size: 32, intermediate_size: 64, "
-      "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2}",
-      "student.num_layers=null"], "projector"),
-    (["train.microbatches=3"], "train.microbatches"),
-    (["mesh.data=3"], "mesh"),
-    (["distill.weights.ce=-1"], "distill.weights.ce"),
-    (["teacher.path=/nonexistent/ckpt", "teacher.shape=null"], "teacher.path"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["train.stepz=3"], "train.stepz"),
+        (["distill.layer_map=[1, 7]"], "distill.layer_map"),
+        (["distill.layer_map=tinywav"], "distill.layer_map"),
+        (
+            [
+                "student.shape={vocab_size: 256, hidden_size: 32, intermediate_size: 64, "
+                "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2}",
+                "student.num_layers=null",
+            ],
+            "projector",
+        ),
+        (["train.microbatches=3"], "train.microbatches"),
+        (["mesh.data=3"], "mesh"),
+        (["distill.weights.ce=-1"], "distill.weights.ce"),
+        (["teacher.path=/nonexistent/ckpt", "teacher.shape=null"], "teacher.path"),
+    ],
+)
 def test_bad_distill_config_names_the_key(tmp_path, capsys, overrides, key):
-    rc = cli.main(["distill", str(CONFIGS / "distill_tiny.yaml"), f"run_dir={tmp_path}", *overrides])
+    rc = cli.main(
+        ["distill", str(CONFIGS / "distill_tiny.yaml"), f"run_dir={tmp_path}", *overrides]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and key in err, err
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_bad_train_config_names_the_key(tmp_path, capsys):
-    rc = cli.main(["train", str(CONFIGS / "train_tiny.yaml"), f"run_dir={tmp_path}",
-                   "lora.enabled=true", "lora.targets=[q_proj, w_proj]"])
+    rc = cli.main(
+        [
+            "train",
+            str(CONFIGS / "train_tiny.yaml"),
+            f"run_dir={tmp_path}",
+            "lora.enabled=true",
+            "lora.targets=[q_proj, w_proj]",
+        ]
+    )
     assert rc == 2 and "lora.targets" in capsys.readouterr().err
 
 
@@ -63,7 +82,7 @@ def test_shipped_configs_parse():
         cfg = load_config(cls, path)
         if path.stem.endswith("_tiny"):
             prepare(cfg)
-        else:   # TinyWave presets: 7B teacher -> 10-layer student on the `tinywave` map
+        else:  # TinyWave presets: 7B teacher -> 10-layer student on the `tinywave` map
             assert cfg.distill.layer_map == "tinywave" and cfg.teacher.dtype == "bfloat16"
             assert cfg.student.num_layers == 10 or cfg.student.path
 
@@ -82,9 +101,11 @@ def test_distill_with_projector_and_rerun_guard(tmp_path, capsys):
     assert mngr.all_steps() == [4, 8]
     mngr.close()
     state_meta = json.loads((tmp_path / "checkpoints" / "8" / "state" / "_METADATA").read_text())
-    assert "projector" in json.dumps(state_meta)    # trained with the student, kept in the state
+    assert "projector" in json.dumps(state_meta)  # trained with the student, kept in the state
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 9)) and all(np.isfinite(r["loss"]) for r in rows)
+    assert [r["step"] for r in rows] == list(range(1, 9)) and all(
+        np.isfinite(r["loss"]) for r in rows
+    )
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["projector"] is True
     # a second run into the same folder without --resume is refused
@@ -97,42 +118,68 @@ def test_lora_on_the_grain_corpus_trains_only_adapters_resumes_and_merges(tmp_pa
     adapters carry optimizer state, the grain iterator state is checkpointed and resumed, and the
     adapters are merged into the exported weights."""
     from data_fixtures import synthetic_utterance, write_units_manifest
+
     from tinywave_jax.checkpoint import save_model
     from tinywave_jax.data.corpus_build import build_corpus
+
     rng = np.random.default_rng(1)
-    manifest = write_units_manifest(tmp_path / "units.jsonl",
-                                    [synthetic_utterance(rng, k) for k in range(16)])
+    manifest = write_units_manifest(
+        tmp_path / "units.jsonl", [synthetic_utterance(rng, k) for k in range(16)]
+    )
     build_corpus(tmp_path / "corpus", manifest=manifest, shard_size=8, log=lambda *a: None)
     cfg = LlamaConfig(**dict(TEACHER, vocab_size=32768, num_hidden_layers=2))  # spiritlm ids
     base = jax.device_get(llama.init_params(cfg, jax.random.key(3)))
     save_model(tmp_path / "base", base, cfg)
     run_dir = tmp_path / "lora"
-    args = ["train", str(CONFIGS / "train_tiny.yaml"), f"run_dir={run_dir}", "--quiet",
-            f"model.path={tmp_path / 'base'}", "model.shape=null", "lora.enabled=true",
-            "lora.rank=4", "lora.targets=[q_proj, v_proj]", "optimizer.warmup_steps=0",
-            "data.source=corpus", "data.seq_len=32", "train.steps=3", "train.log_every=1",
-            "train.checkpoint_every=2",
-            f"data.corpus={json.dumps({'corpus_dir': str(tmp_path / 'corpus'), 'read_threads': 2})}"]
+    args = [
+        "train",
+        str(CONFIGS / "train_tiny.yaml"),
+        f"run_dir={run_dir}",
+        "--quiet",
+        f"model.path={tmp_path / 'base'}",
+        "model.shape=null",
+        "lora.enabled=true",
+        "lora.rank=4",
+        "lora.targets=[q_proj, v_proj]",
+        "optimizer.warmup_steps=0",
+        "data.source=corpus",
+        "data.seq_len=32",
+        "train.steps=3",
+        "train.log_every=1",
+        "train.checkpoint_every=2",
+        f"data.corpus={json.dumps({'corpus_dir': str(tmp_path / 'corpus'), 'read_threads': 2})}",
+    ]
     # killed after step 2 would look like this: run 3 steps, drop the last checkpoint and rows
     assert cli.main(args) == 0
     data_state = json.loads((run_dir / "checkpoints" / "2" / "data" / "metadata").read_text())
     assert data_state["process_count"] == 1 and "grain" in data_state
     first = load_model(run_dir / "final")[0]
     import shutil
+
     shutil.rmtree(run_dir / "checkpoints" / "3")
     shutil.rmtree(run_dir / "final")
     assert cli.main(args + ["--resume"]) == 0
     merged, _, info = load_model(run_dir / "final")
-    jax.tree.map(np.testing.assert_array_equal, merged, first)   # resumed == straight
+    jax.tree.map(np.testing.assert_array_equal, merged, first)  # resumed == straight
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["num_tokens"] > 0 for r in rows)
     layers, base_layers = merged["layers"], base["layers"]
     for name in ("q_proj", "v_proj"):
-        assert not np.allclose(layers["self_attn"][name]["kernel"], base_layers["self_attn"][name]["kernel"])
+        assert not np.allclose(
+            layers["self_attn"][name]["kernel"], base_layers["self_attn"][name]["kernel"]
+        )
     for name in ("k_proj", "o_proj"):
-        np.testing.assert_array_equal(layers["self_attn"][name]["kernel"], base_layers["self_attn"][name]["kernel"])
-    np.testing.assert_array_equal(layers["mlp"]["up_proj"]["kernel"], base_layers["mlp"]["up_proj"]["kernel"])
-    np.testing.assert_array_equal(merged["embed_tokens"]["embedding"], base["embed_tokens"]["embedding"])
+        np.testing.assert_array_equal(
+            layers["self_attn"][name]["kernel"], base_layers["self_attn"][name]["kernel"]
+        )
+    np.testing.assert_array_equal(
+        layers["mlp"]["up_proj"]["kernel"], base_layers["mlp"]["up_proj"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        merged["embed_tokens"]["embedding"], base["embed_tokens"]["embedding"]
+    )
     assert info["provenance"]["lora"]["rank"] == 4
     state_meta = (run_dir / "checkpoints" / "3" / "state" / "_METADATA").read_text()
-    assert "lora_a" in state_meta and "embed_tokens" not in state_meta   # no optimizer state for the base
+    assert (
+        "lora_a" in state_meta and "embed_tokens" not in state_meta
+    )  # no optimizer state for the base

@@ -1,4 +1,5 @@
 """Tiny run configs shared by the training tests (dims divisible by every mesh axis used)."""
+
 from __future__ import annotations
 
 import copy
@@ -6,8 +7,15 @@ import copy
 from tinywave_jax.config import from_dict
 from tinywave_jax.train.config import DistillConfig, TrainConfig
 
-TEACHER = {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+TEACHER = {
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -22,17 +30,31 @@ def distill_dict(**over) -> dict:
         "run_dir": "unused",
         "teacher": {"shape": dict(TEACHER), "seed": 1, "dtype": "float32"},
         "student": {"num_layers": 2},
-        "distill": {"weights": {"ce": 1.0, "logit_kl": 1.0, "hidden": 1.0, "attention": 1.0},
-                    "temperature": 2.0, "layer_map": "uniform", "attention_block_size": 8,
-                    "logit_chunk_size": 16},
+        "distill": {
+            "weights": {"ce": 1.0, "logit_kl": 1.0, "hidden": 1.0, "attention": 1.0},
+            "temperature": 2.0,
+            "layer_map": "uniform",
+            "attention_block_size": 8,
+            "logit_chunk_size": 16,
+        },
         # eps large vs the gradients: Adam's first step is ~lr * sign(g) for tiny |g|, which would
         # turn round-off in near-zero gradients into lr-sized parameter differences.
-        "optimizer": {"learning_rate": 1e-2, "warmup_steps": 0, "weight_decay": 0.1,
-                      "clip_norm": 1.0, "eps": 1e-3},
+        "optimizer": {
+            "learning_rate": 1e-2,
+            "warmup_steps": 0,
+            "weight_decay": 0.1,
+            "clip_norm": 1.0,
+            "eps": 1e-3,
+        },
         "train": {"steps": 10, "log_every": 1, "checkpoint_every": 100, "tensorboard": False},
         "mesh": {"data": 1, "fsdp": -1, "tensor": 1},
-        "data": {"source": "synthetic", "seq_len": 32, "batch_size": 8, "seed": 0,
-                 "synthetic": {"branching": 3, "min_doc_len": 6, "max_doc_len": 24}},
+        "data": {
+            "source": "synthetic",
+            "seq_len": 32,
+            "batch_size": 8,
+            "seed": 0,
+            "synthetic": {"branching": 3, "min_doc_len": 6, "max_doc_len": 24},
+        },
     }
     return _merge(base, over)
 
@@ -57,6 +79,7 @@ def one_step(cfg, mesh_shape=(1, 1, 1), devices=None, steps: int = 1, batch_inde
     from tinywave_jax.train.loop import _global_batch
     from tinywave_jax.train.recipes import prepare
     from tinywave_jax.train.session import Session
+
     n = mesh_shape[0] * mesh_shape[1] * mesh_shape[2]
     mesh = make_mesh(MeshConfig(*mesh_shape), (devices or jax.devices())[:n])
     session = Session(prepare(cfg), mesh)
@@ -75,7 +98,9 @@ def one_step(cfg, mesh_shape=(1, 1, 1), devices=None, steps: int = 1, batch_inde
 # step (via the persistent cache): a narrower random student with a width projector, no attention
 # term, 8 steps, on all 8 devices (fsdp).
 NARROW_STUDENT = dict(TEACHER, hidden_size=16, intermediate_size=32, num_hidden_layers=2)
-SHARED_OVER = {"student": {"shape": NARROW_STUDENT, "seed": 2, "num_layers": None},
-               "projector": True,
-               "distill": {"weights": {"attention": 0.0}},
-               "train": {"steps": 8, "checkpoint_every": 3, "log_every": 1}}
+SHARED_OVER = {
+    "student": {"shape": NARROW_STUDENT, "seed": 2, "num_layers": None},
+    "projector": True,
+    "distill": {"weights": {"attention": 0.0}},
+    "train": {"steps": 8, "checkpoint_every": 3, "log_every": 1},
+}

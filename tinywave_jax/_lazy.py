@@ -1,4 +1,5 @@
 """Lazy re-exports for package `__init__`s, so `tinywave --help` never pays for jax, grain or TFDS."""
+
 from __future__ import annotations
 
 import importlib

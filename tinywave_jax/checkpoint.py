@@ -9,6 +9,7 @@
 Saves are atomic (outputs.atomic_output_dir): a half-written checkpoint never replaces a good one.
 The parameter layout is models/param_layout.py.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -27,8 +28,14 @@ from .outputs import atomic_output_dir, is_primary_process
 FORMAT = "tinywave-model"
 FORMAT_VERSION = 1
 INFO_FILE = "tinywave.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+)
 
 
 def copy_tokenizer_files(src_dir: str | Path | None, dst_dir: Path) -> list[str]:
@@ -56,22 +63,31 @@ def _params_checkpointer():
     barely compress; a model import must not hold more than one copy."""
     import jax
     import orbax.checkpoint as ocp
+
     handlers = ocp.type_handlers
     registry = handlers.create_type_handler_registry(
         (np.ndarray, handlers.NumpyHandler(deepcopy_host_arrays=False)),
-        (jax.Array, handlers.ArrayHandler()))
-    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry,
-                                                        use_compression=False))
+        (jax.Array, handlers.ArrayHandler()),
+    )
+    return ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False)
+    )
 
 
-def save_model(out_dir: str | Path, params: dict, config: LlamaConfig,
-               provenance: dict | None = None, overwrite: bool = False,
-               tokenizer_dir: str | Path | None = None) -> Path:
+def save_model(
+    out_dir: str | Path,
+    params: dict,
+    config: LlamaConfig,
+    provenance: dict | None = None,
+    overwrite: bool = False,
+    tokenizer_dir: str | Path | None = None,
+) -> Path:
     """Writes params (numpy or jax arrays, layout of models/param_layout.py) and config as a
     checkpoint folder; tokenizer files found in `tokenizer_dir` are copied in."""
     import orbax.checkpoint as ocp
 
     from . import __version__
+
     out_dir = Path(out_dir)
     check_params(params, config, where=f"saving {out_dir}")
     primary = is_primary_process()  # several processes: all write params, process 0 the rest
@@ -85,10 +101,13 @@ def save_model(out_dir: str | Path, params: dict, config: LlamaConfig,
             config.write_hf_file(tmp / "config.json")
         tokenizer_files = copy_tokenizer_files(tokenizer_dir, tmp / "tokenizer") if primary else []
         info = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "package_version": __version__, "dtype": _dtype_of(params),
-            "num_params": config.num_params(), "tokenizer_files": tokenizer_files,
+            "package_version": __version__,
+            "dtype": _dtype_of(params),
+            "num_params": config.num_params(),
+            "tokenizer_files": tokenizer_files,
             "provenance": provenance or {},
         }
         if primary:
@@ -109,8 +128,10 @@ def load_model_info(ckpt_dir: str | Path) -> dict:
         raise ConversionError(f"{path}: format is not {FORMAT!r}")
     version = info.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ConversionError(f"{path}: format_version {version!r} is not supported by this "
-                              f"tinywave_jax (reads up to {FORMAT_VERSION})")
+        raise ConversionError(
+            f"{path}: format_version {version!r} is not supported by this "
+            f"tinywave_jax (reads up to {FORMAT_VERSION})"
+        )
     return info
 
 
@@ -120,6 +141,7 @@ def load_model_config(ckpt_dir: str | Path) -> LlamaConfig:
 
 def _stored_params(params_dir: Path) -> dict[tuple[str, ...], Any]:
     import orbax.checkpoint as ocp
+
     if not params_dir.is_dir():
         raise MissingInputError(f"{params_dir}: parameter folder missing")
     ckptr = ocp.StandardCheckpointer()
@@ -130,8 +152,9 @@ def _stored_params(params_dir: Path) -> dict[tuple[str, ...], Any]:
     return flatten(meta.tree if hasattr(meta, "tree") else meta)
 
 
-def load_model(ckpt_dir: str | Path, dtype: Any = None, shardings: Any = None,
-               as_numpy: bool = False) -> tuple[dict, LlamaConfig, dict]:
+def load_model(
+    ckpt_dir: str | Path, dtype: Any = None, shardings: Any = None, as_numpy: bool = False
+) -> tuple[dict, LlamaConfig, dict]:
     """Reads a checkpoint: (params, config, info).
 
     dtype: cast every parameter to it on restore (None: as stored).
@@ -152,7 +175,7 @@ def load_model(ckpt_dir: str | Path, dtype: Any = None, shardings: Any = None,
     if shardings is None and not as_numpy:
         shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     if shardings is None or isinstance(shardings, jax.sharding.Sharding):
-        sharding_of = {path: shardings for path in expected}
+        sharding_of = dict.fromkeys(expected, shardings)
     else:
         sharding_of = flatten(shardings)
         for path in expected:
@@ -167,8 +190,10 @@ def load_model(ckpt_dir: str | Path, dtype: Any = None, shardings: Any = None,
         if path not in stored:
             raise ConversionError(f"{params_dir}: parameter {name} {list(shape)} is missing")
         if tuple(stored[path].shape) != shape:
-            raise ConversionError(f"{params_dir}: parameter {name} has shape "
-                                  f"{list(stored[path].shape)}, config.json implies {list(shape)}")
+            raise ConversionError(
+                f"{params_dir}: parameter {name} has shape "
+                f"{list(stored[path].shape)}, config.json implies {list(shape)}"
+            )
         dt = np.dtype(dtype) if dtype is not None else np.dtype(stored[path].dtype)
         if as_numpy:
             set_path(target, path, jax.ShapeDtypeStruct(shape, dt))
@@ -179,8 +204,12 @@ def load_model(ckpt_dir: str | Path, dtype: Any = None, shardings: Any = None,
             set_path(restore_args, path, ocp.ArrayRestoreArgs(sharding=sh, dtype=dt))
     ckptr = ocp.PyTreeCheckpointer()
     try:
-        params = ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True))
+        params = ckptr.restore(
+            params_dir,
+            args=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True
+            ),
+        )
     finally:
         ckptr.close()
     loaded_dtype = _dtype_of(params)

@@ -7,6 +7,7 @@ A module in COMMAND_MODULES defines `register(subparsers)`, which adds parsers w
 A `TinywaveError` (errors.py: a bad config, input or output folder) is printed as one line naming
 what to fix, exit code 2; anything else is a bug and keeps its traceback (exit 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,23 +15,24 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
-    "tinywave_jax.convert.commands",     # import-hf, export-hf
-    "tinywave_jax.scoring",              # score
-    "tinywave_jax.audio.commands",       # units fit / hubert-spec / extract
-    "tinywave_jax.distill.commands",     # init-student
-    "tinywave_jax.train.commands",       # distill, train
-    "tinywave_jax.data.commands",        # corpus build / info / show
-    "tinywave_jax.eval.commands",        # eval
-    "tinywave_jax.generation",           # generate
-    "tinywave_jax.demo.commands",        # demo
-    "tinywave_jax.plan",                 # plan
+    "tinywave_jax.convert.commands",  # import-hf, export-hf
+    "tinywave_jax.scoring",  # score
+    "tinywave_jax.audio.commands",  # units fit / hubert-spec / extract
+    "tinywave_jax.distill.commands",  # init-student
+    "tinywave_jax.train.commands",  # distill, train
+    "tinywave_jax.data.commands",  # corpus build / info / show
+    "tinywave_jax.eval.commands",  # eval
+    "tinywave_jax.generation",  # generate
+    "tinywave_jax.demo.commands",  # demo
+    "tinywave_jax.plan",  # plan
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinywave",
-        description="Layer-aligned distillation of speech language models in JAX (TinyWave).")
+        description="Layer-aligned distillation of speech language models in JAX (TinyWave).",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import TinywaveError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

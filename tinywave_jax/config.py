@@ -6,6 +6,7 @@ dotted overrides, and builds `Cls`, failing with a `ConfigError` that names the 
 an unknown key, a value of the wrong type, or a choice outside a `Literal`. A dataclass may define
 `validate(self)` for cross-field checks; it is called after construction, innermost first.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,7 +99,8 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
             f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
-            f"valid keys{' under ' + prefix if prefix else ''}: {', '.join(sorted(fields))}")
+            f"valid keys{' under ' + prefix if prefix else ''}: {', '.join(sorted(fields))}"
+        )
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name

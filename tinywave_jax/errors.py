@@ -6,6 +6,7 @@ Each class also derives from the builtin a caller would naturally catch (ValueEr
 FileNotFoundError, FileExistsError). Areas add their own subclasses next to the code that raises
 them (CorpusError, BenchmarkError, SafetensorsError, TeacherError).
 """
+
 from __future__ import annotations
 
 

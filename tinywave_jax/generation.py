@@ -15,6 +15,7 @@ The stop ids (default: the model's eos) are always allowed; a row stops at its f
 which is reported but not included in the output ids. Defaults are SpiritLM's: temperature 0.9,
 top-p 0.95, no top-k.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,16 +35,17 @@ def allowed_ids(layout, vocab_size: int, modality: str, stop_ids: Sequence[int] 
     """bool [vocab_size]: ids that may be generated under `modality`."""
     allowed = np.zeros(vocab_size, bool)
     if modality == "any":
-        allowed[:layout.used_size] = True
+        allowed[: layout.used_size] = True
     elif modality == "text":
-        allowed[:layout.text_vocab_size] = True
+        allowed[: layout.text_vocab_size] = True
     elif modality in ("speech", "expressive"):
         streams = ("hubert",) if modality == "speech" else ("hubert", "pitch", "style")
         if modality == "expressive" and not layout.is_expressive:
-            raise ConfigError(f"--modality expressive: layout {layout.name} has no pitch/style "
-                              "tokens")
+            raise ConfigError(
+                f"--modality expressive: layout {layout.name} has no pitch/style tokens"
+            )
         for s in streams:
-            allowed[layout.offset(s):layout.offset(s) + layout.stream_size(s)] = True
+            allowed[layout.offset(s) : layout.offset(s) + layout.stream_size(s)] = True
     else:
         raise ValueError(f"modality {modality!r} is not one of {MODALITIES}")
     for i in stop_ids:
@@ -64,6 +66,7 @@ def token_string(i: int, layout, tokenizer=None) -> str:
 def parse_prompt(prompt, layout, tokenizer=None, where: str = "prompt") -> np.ndarray:
     """A token string (bos prepended) or an id list (as given) -> int32 ids."""
     from .data.layout import parse_token_string
+
     if isinstance(prompt, str):
         try:
             ids = parse_token_string(prompt, layout, tokenizer, add_bos=True)
@@ -82,6 +85,7 @@ def parse_prompt(prompt, layout, tokenizer=None, where: str = "prompt") -> np.nd
 def _load_model(model, dtype=None):
     if isinstance(model, (str, Path)):
         from .checkpoint import load_model
+
         params, config, _ = load_model(model, dtype=dtype)
         if dtype:
             config = config.replace(dtype=dtype, param_dtype=dtype)
@@ -89,11 +93,23 @@ def _load_model(model, dtype=None):
     return model
 
 
-def generate_tokens(model, prompts: Sequence, *, layout=None, modality: str = "any",
-                    max_new_tokens: int = 64, temperature: float = 0.9, top_p: float = 0.95,
-                    top_k: int = 0, seed: int = 0, greedy: bool = False,
-                    stop_ids: Sequence[int] | None = None, tokenizer=None, batch_size: int = 8,
-                    prompt_names: Sequence[str] | None = None) -> list[dict]:
+def generate_tokens(
+    model,
+    prompts: Sequence,
+    *,
+    layout=None,
+    modality: str = "any",
+    max_new_tokens: int = 64,
+    temperature: float = 0.9,
+    top_p: float = 0.95,
+    top_k: int = 0,
+    seed: int = 0,
+    greedy: bool = False,
+    stop_ids: Sequence[int] | None = None,
+    tokenizer=None,
+    batch_size: int = 8,
+    prompt_names: Sequence[str] | None = None,
+) -> list[dict]:
     """Continues each prompt. `model`: checkpoint folder or (params, config); `layout`: a
     TokenLayout, preset name, layout JSON path or None (inferred from the vocabulary);
     `stop_ids` None: the model's eos. Returns per prompt {"prompt", "prompt_ids", "ids",
@@ -109,8 +125,9 @@ def generate_tokens(model, prompts: Sequence, *, layout=None, modality: str = "a
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if not greedy and not temperature > 0:
-        raise ConfigError(f"--temperature must be > 0 for sampling (use --greedy), "
-                          f"got {temperature}")
+        raise ConfigError(
+            f"--temperature must be > 0 for sampling (use --greedy), got {temperature}"
+        )
     if not 0 < top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
     if not prompts:
@@ -124,23 +141,31 @@ def generate_tokens(model, prompts: Sequence, *, layout=None, modality: str = "a
     banned = ~allowed_ids(layout, config.vocab_size, modality, stop_ids)
     if top_k < 0 or top_k > config.vocab_size:
         raise ConfigError(f"--top-k must be in [0, {config.vocab_size}], got {top_k}")
-    names = list(prompt_names or [p if isinstance(p, str) else f"prompt {k}"
-                                  for k, p in enumerate(prompts)])
+    names = list(
+        prompt_names or [p if isinstance(p, str) else f"prompt {k}" for k, p in enumerate(prompts)]
+    )
     ids = [parse_prompt(p, layout, tokenizer, f"prompt {k}") for k, p in enumerate(prompts)]
     for k, p in enumerate(ids):
         bad = p[(p < 0) | (p >= config.vocab_size)]
         if bad.size:
-            label = names[k] if not isinstance(prompts[k], str) or len(names[k]) <= 60 \
+            label = (
+                names[k]
+                if not isinstance(prompts[k], str) or len(names[k]) <= 60
                 else names[k][:57] + "..."
-            raise InputError(f"prompt {k} ({label}): ids outside the vocabulary "
-                             f"[0, {config.vocab_size}): {sorted(set(bad.tolist()))[:10]}")
+            )
+            raise InputError(
+                f"prompt {k} ({label}): ids outside the vocabulary "
+                f"[0, {config.vocab_size}): {sorted(set(bad.tolist()))[:10]}"
+            )
     width = bucket_length(max(len(p) for p in ids), 1 << 62)
     if width + max_new_tokens > config.max_position_embeddings:
         width = max(len(p) for p in ids)
         if width + max_new_tokens > config.max_position_embeddings:
-            raise ConfigError(f"longest prompt ({width} tokens) + --max-new-tokens "
-                              f"{max_new_tokens} exceeds the model's max_position_embeddings "
-                              f"({config.max_position_embeddings})")
+            raise ConfigError(
+                f"longest prompt ({width} tokens) + --max-new-tokens "
+                f"{max_new_tokens} exceeds the model's max_position_embeddings "
+                f"({config.max_position_embeddings})"
+            )
     rows = min(batch_size, len(ids))
     key = jax.random.key(seed)
     banned_j = jnp.asarray(banned)  # always an array: one compiled program for every modality
@@ -148,33 +173,52 @@ def generate_tokens(model, prompts: Sequence, *, layout=None, modality: str = "a
         temperature, top_k, top_p = 1.0, 0, 1.0
     outputs = []
     for chunk, lo in enumerate(range(0, len(ids), rows)):
-        batch = ids[lo:lo + rows]
+        batch = ids[lo : lo + rows]
         batch = batch + [batch[0]] * (rows - len(batch))  # keep one batch shape
         p_ids, p_mask = decode.left_pad([b.tolist() for b in batch])
         pad = width - p_ids.shape[1]
         p_ids = np.pad(p_ids, ((0, 0), (pad, 0)))
         p_mask = np.pad(p_mask, ((0, 0), (pad, 0)))
-        new = np.asarray(decode.generate(
-            params, config, jnp.asarray(p_ids), jnp.asarray(p_mask), jax.random.fold_in(key, chunk),
-            max_new_tokens=max_new_tokens, greedy=greedy, temperature=float(temperature),
-            top_k=int(top_k), top_p=float(top_p), banned=banned_j, stop_ids=stop_ids))
+        new = np.asarray(
+            decode.generate(
+                params,
+                config,
+                jnp.asarray(p_ids),
+                jnp.asarray(p_mask),
+                jax.random.fold_in(key, chunk),
+                max_new_tokens=max_new_tokens,
+                greedy=greedy,
+                temperature=float(temperature),
+                top_k=int(top_k),
+                top_p=float(top_p),
+                banned=banned_j,
+                stop_ids=stop_ids,
+            )
+        )
         for r in range(min(rows, len(ids) - lo)):
             k = lo + r
             row = new[r].tolist()
             stop_at = next((t for t, i in enumerate(row) if i in stop_ids), None)
             gen = row if stop_at is None else row[:stop_at]
             has_text = any(i < layout.text_vocab_size for i in gen)
-            outputs.append({
-                "prompt": names[k], "prompt_ids": ids[k].tolist(), "ids": gen,
-                "tokens": [token_string(i, layout, tokenizer) for i in gen],
-                "text": ids_to_string(gen, layout, tokenizer, strip_bos=False)
-                        if tokenizer is not None or not has_text else None,
-                "stopped": stop_at is not None,
-                "stop_id": None if stop_at is None else row[stop_at]})
+            outputs.append(
+                {
+                    "prompt": names[k],
+                    "prompt_ids": ids[k].tolist(),
+                    "ids": gen,
+                    "tokens": [token_string(i, layout, tokenizer) for i in gen],
+                    "text": ids_to_string(gen, layout, tokenizer, strip_bos=False)
+                    if tokenizer is not None or not has_text
+                    else None,
+                    "stopped": stop_at is not None,
+                    "stop_id": None if stop_at is None else row[stop_at],
+                }
+            )
     return outputs
 
 
 # ---------------------------------------------------------------- command line
+
 
 def _prompts_from_args(args, layout):
     prompts, names = [], []
@@ -187,12 +231,13 @@ def _prompts_from_args(args, layout):
             elif isinstance(rec.get("ids"), list):
                 prompts.append(rec["ids"])
             else:
-                raise InputError(f"{where}: expected {{\"prompt\": \"...\"}} or {{\"ids\": [...]}}")
+                raise InputError(f'{where}: expected {{"prompt": "..."}} or {{"ids": [...]}}')
             names.append(str(rec.get("name", where)))
     if args.prompt_audio:
         if not args.extractor:
             raise ConfigError("--prompt-audio needs --extractor (a units folder)")
         from .eval.sequences import AudioTokenizer
+
         expressive = {"expressive": True, "speech": False}.get(args.modality)  # else the layout's
         tokenize = AudioTokenizer(args.extractor, layout, expressive=expressive)
         for f in args.prompt_audio:
@@ -217,6 +262,7 @@ def _parse_stop(values, layout, tokenizer):
 def _run(args) -> int:
     from .data.layout import load_tokenizer
     from .eval.sequences import resolve_layout
+
     params, config = _load_model(args.ckpt, args.dtype)
     layout = resolve_layout(args.layout, config.vocab_size)
     tok_dir = args.tokenizer or (Path(args.ckpt) / "tokenizer")
@@ -226,15 +272,35 @@ def _run(args) -> int:
     prompts, names = _prompts_from_args(args, layout)
     stop = [] if args.no_stop else _parse_stop(args.stop, layout, tokenizer)
     outputs = generate_tokens(
-        (params, config), prompts, layout=layout, modality=args.modality,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        top_k=args.top_k, seed=args.seed, greedy=args.greedy, stop_ids=stop,
-        tokenizer=tokenizer, batch_size=args.batch_size, prompt_names=names)
-    doc = {"checkpoint": str(args.ckpt), "layout": layout.name, "modality": args.modality,
-           "settings": {"max_new_tokens": args.max_new_tokens, "greedy": args.greedy,
-                        "temperature": args.temperature, "top_p": args.top_p,
-                        "top_k": args.top_k, "seed": args.seed},
-           "outputs": outputs}
+        (params, config),
+        prompts,
+        layout=layout,
+        modality=args.modality,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        greedy=args.greedy,
+        stop_ids=stop,
+        tokenizer=tokenizer,
+        batch_size=args.batch_size,
+        prompt_names=names,
+    )
+    doc = {
+        "checkpoint": str(args.ckpt),
+        "layout": layout.name,
+        "modality": args.modality,
+        "settings": {
+            "max_new_tokens": args.max_new_tokens,
+            "greedy": args.greedy,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": args.top_k,
+            "seed": args.seed,
+        },
+        "outputs": outputs,
+    }
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     if args.out:
         Path(args.out).write_text(text)
@@ -246,26 +312,35 @@ def _run(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "generate", help="continue speech/text token prompts (KV-cached sampling)",
+        "generate",
+        help="continue speech/text token prompts (KV-cached sampling)",
         description="Continues prompts and prints JSON with the new token strings and ids. "
-                    "Prompts: --prompt '[Speech][Hu12][Hu5]' (repeatable; bos is prepended), "
-                    "--prompts FILE.jsonl ({\"prompt\": str} or {\"ids\": [...]} per line), or "
-                    "--prompt-audio FILE.wav with --extractor DIR (bos [Speech] units).")
+        "Prompts: --prompt '[Speech][Hu12][Hu5]' (repeatable; bos is prepended), "
+        '--prompts FILE.jsonl ({"prompt": str} or {"ids": [...]} per line), or '
+        "--prompt-audio FILE.wav with --extractor DIR (bos [Speech] units).",
+    )
     p.add_argument("ckpt", help="tinywave model checkpoint")
     p.add_argument("--prompt", action="append", help="token-string prompt (repeatable)")
     p.add_argument("--prompts", help="jsonl file of prompts")
     p.add_argument("--prompt-audio", action="append", help="audio prompt (repeatable)")
     p.add_argument("--extractor", help="units folder for --prompt-audio")
-    p.add_argument("--modality", choices=MODALITIES, default="any",
-                   help="output modality; the other modality's tokens are banned (default any)")
+    p.add_argument(
+        "--modality",
+        choices=MODALITIES,
+        default="any",
+        help="output modality; the other modality's tokens are banned (default any)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.9)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=0, help="0: no top-k filtering")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--greedy", action="store_true", help="argmax decoding (ignores sampling flags)")
-    p.add_argument("--stop", action="append",
-                   help="stop token: an id or a token string like [Text] (repeatable; default eos)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        help="stop token: an id or a token string like [Text] (repeatable; default eos)",
+    )
     p.add_argument("--no-stop", action="store_true", help="no stop token: always max-new-tokens")
     p.add_argument("--layout", help="layout preset or JSON file (default: from the vocab size)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's tokenizer/)")

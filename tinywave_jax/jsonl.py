@@ -1,4 +1,5 @@
 """JSON-lines files: one reader that names `file:line` on bad input, one atomic writer."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ from typing import Iterable, Iterator
 from .errors import InputError, MissingInputError
 
 
-def iter_jsonl(path: str | Path, what: str = "input file",
-               error: type[Exception] = InputError) -> Iterator[tuple[str, dict]]:
+def iter_jsonl(
+    path: str | Path, what: str = "input file", error: type[Exception] = InputError
+) -> Iterator[tuple[str, dict]]:
     """Yields ("path:line", object) for each non-blank line. A missing file raises
     MissingInputError naming `what`; a line that is not a JSON object raises `error` naming it."""
     path = Path(path)

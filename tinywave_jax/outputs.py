@@ -2,6 +2,7 @@
 atomically (a temporary sibling renamed into place once complete), with every jax process agreeing
 on the folder when several write shards of one save.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +24,9 @@ def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir} exists and is not a folder")
     if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
-        raise OutputExistsError(f"{out_dir} is not empty (pass --overwrite / overwrite=True to replace it)")
+        raise OutputExistsError(
+            f"{out_dir} is not empty (pass --overwrite / overwrite=True to replace it)"
+        )
 
 
 def _multiprocess():
@@ -41,6 +44,7 @@ def is_primary_process() -> bool:
 def _sync(name: str) -> None:
     if _multiprocess() is not None:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 
@@ -49,8 +53,11 @@ def _shared_tag() -> str:
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if _multiprocess() is not None:
         from jax.experimental import multihost_utils
+
         raw = np.frombuffer(tag.ljust(32).encode(), np.uint8)
-        tag = bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)).decode().strip()
+        tag = (
+            bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)).decode().strip()
+        )
     return tag
 
 

@@ -25,6 +25,7 @@ configs/hw; its keys become overrides after CONFIG and before yours, as in the l
 `hw:` section gives devices, peak FLOP/s and HBM), or an explicit mesh shape `DATA,FSDP,TENSOR`
 with --peak-tflops / --hbm-gib.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,22 +41,26 @@ from typing import Optional
 from . import hw as hw_overlays
 from .config import ConfigError, read_yaml
 
-DEFAULT_DEVICES = 8          # an overlay that names no device count (cpu.yaml): 8 simulated
+DEFAULT_DEVICES = 8  # an overlay that names no device count (cpu.yaml): 8 simulated
 _CHILD_ENV = "TINYWAVE_PLAN_CHILD"
-GiB = 2 ** 30
+GiB = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
     name: str
     devices: int
-    overrides: tuple[str, ...]          # config overrides the topology implies (mesh, dtypes, ...)
-    peak_flops: Optional[float]         # per device, FLOP/s
-    hbm_bytes: Optional[float]          # per device
+    overrides: tuple[str, ...]  # config overrides the topology implies (mesh, dtypes, ...)
+    peak_flops: Optional[float]  # per device, FLOP/s
+    hbm_bytes: Optional[float]  # per device
 
 
-def resolve_topology(name: str, peak_tflops: Optional[float] = None,
-                     hbm_gib: Optional[float] = None, devices: Optional[int] = None) -> Topology:
+def resolve_topology(
+    name: str,
+    peak_tflops: Optional[float] = None,
+    hbm_gib: Optional[float] = None,
+    devices: Optional[int] = None,
+) -> Topology:
     """`name`: a hardware overlay (tinywave_jax.hw: tpu-v5p-64, h100x8, cpu, ...) or
     `DATA,FSDP,TENSOR`."""
     peak = None if peak_tflops is None else peak_tflops * 1e12
@@ -66,28 +71,43 @@ def resolve_topology(name: str, peak_tflops: Optional[float] = None,
         if min(d, f, t) < 1:
             raise ConfigError(f"--topology {name!r}: mesh sizes must be >= 1")
         if peak is None or hbm is None:
-            raise ConfigError(f"--topology {name!r}: an explicit mesh shape needs --peak-tflops "
-                              "and --hbm-gib (per device)")
-        return Topology(f"mesh {d}x{f}x{t}", d * f * t,
-                        (f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}"), peak, hbm)
+            raise ConfigError(
+                f"--topology {name!r}: an explicit mesh shape needs --peak-tflops "
+                "and --hbm-gib (per device)"
+            )
+        return Topology(
+            f"mesh {d}x{f}x{t}",
+            d * f * t,
+            (f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}"),
+            peak,
+            hbm,
+        )
     if name not in hw_overlays.names():
-        raise ConfigError(f"--topology {name!r}: no such hardware overlay (overlays: "
-                          f"{', '.join(hw_overlays.names())}; or DATA,FSDP,TENSOR)")
+        raise ConfigError(
+            f"--topology {name!r}: no such hardware overlay (overlays: "
+            f"{', '.join(hw_overlays.names())}; or DATA,FSDP,TENSOR)"
+        )
     overlay = hw_overlays.load(name)
     hw = overlay.get("hw") or {}
     n = devices or hw.get("chips") or hw.get("gpus_per_node") or DEFAULT_DEVICES
     if peak is None:
         peak = hw.get("peak_bf16_flops_per_chip") or hw.get("peak_flops_per_chip")
     if hbm is None and hw.get("hbm_gb_per_chip"):
-        hbm = float(hw["hbm_gb_per_chip"]) * 1e9       # vendors' GB
-    return Topology(name, int(n), tuple(hw_overlays.to_overrides(overlay)),
-                    None if peak is None else float(peak), hbm)
+        hbm = float(hw["hbm_gb_per_chip"]) * 1e9  # vendors' GB
+    return Topology(
+        name,
+        int(n),
+        tuple(hw_overlays.to_overrides(overlay)),
+        None if peak is None else float(peak),
+        hbm,
+    )
 
 
 def load_run_config(path: str, overrides: list[str]):
     """DistillConfig (the YAML has `teacher:`) or TrainConfig (it has `model:`)."""
     from .config import load_config
     from .train.config import DistillConfig, TrainConfig
+
     data = read_yaml(path)
     if "teacher" in data:
         return load_config(DistillConfig, path, overrides)
@@ -99,16 +119,25 @@ def load_run_config(path: str, overrides: list[str]):
 def _per_device_bytes(abstract_tree, sharding_tree) -> int:
     import jax
     import numpy as np
+
     leaves = jax.tree_util.tree_leaves(abstract_tree)
     shardings = jax.tree_util.tree_leaves(sharding_tree)
-    return int(sum(math.prod(sh.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
-                   for a, sh in zip(leaves, shardings)))
+    return int(
+        sum(
+            math.prod(sh.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+            for a, sh in zip(leaves, shardings)
+        )
+    )
 
 
 def _with_shardings(abstract_tree, sharding_tree):
     import jax
-    return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                        abstract_tree, sharding_tree)
+
+    return jax.tree.map(
+        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+        abstract_tree,
+        sharding_tree,
+    )
 
 
 def abstract_inputs(session):
@@ -118,13 +147,16 @@ def abstract_inputs(session):
 
     from .parallel import batch_sharding
     from .train.step import BATCH_KEYS
+
     cfg = session.cfg
     state = session.abstract_state()
     frozen = _with_shardings(session.frozen_abstract, session.frozen_shardings)
     bsh = batch_sharding(session.mesh)
     shape = (cfg.data.batch_size, cfg.data.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "loss_mask" else jnp.int32,
-                                     sharding=bsh) for k in BATCH_KEYS}
+    batch = {
+        k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "loss_mask" else jnp.int32, sharding=bsh)
+        for k in BATCH_KEYS
+    }
     return state, frozen, batch
 
 
@@ -153,7 +185,7 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None) -> dict:
 
     if not 0 < mfu <= 1:
         raise ConfigError(f"--mfu: must be in (0, 1], got {mfu}")
-    devices = list(jax.devices()[:topology.devices] if devices is None else devices)
+    devices = list(jax.devices()[: topology.devices] if devices is None else devices)
     if len(devices) != topology.devices:
         raise ValueError(f"plan for {topology.devices} devices, this process has {len(devices)}")
     recipe = prepare(cfg)
@@ -165,8 +197,10 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None) -> dict:
     compiled = session.step.lower(state, frozen, batch).compile()
     compile_s = time.perf_counter() - t0
     ma = compiled.memory_analysis()
-    xla = {k: int(getattr(ma, f"{k}_size_in_bytes")) for k in
-           ("argument", "output", "alias", "temp", "generated_code")}
+    xla = {
+        k: int(getattr(ma, f"{k}_size_in_bytes"))
+        for k in ("argument", "output", "alias", "temp", "generated_code")
+    }
     xla["peak"] = xla["argument"] + xla["output"] - xla["alias"] + xla["temp"]
 
     sh = session.state_shardings
@@ -179,25 +213,40 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None) -> dict:
         "batch": _per_device_bytes(batch, {k: v.sharding for k, v in batch.items()}),
     }
     tokens = cfg.data.batch_size * cfg.data.seq_len
-    model_flops = flops_per_token(spec.student, cfg.data.seq_len,
-                                  spec.teacher if spec.needs_teacher else None,
-                                  teacher_head=spec.loss.weights.logit_kl > 0) * tokens
+    model_flops = (
+        flops_per_token(
+            spec.student,
+            cfg.data.seq_len,
+            spec.teacher if spec.needs_teacher else None,
+            teacher_head=spec.loss.weights.logit_kl > 0,
+        )
+        * tokens
+    )
     xla_flops = _xla_flops(compiled)
     loops = spec.student.scan_layers or spec.microbatches > 1
     plan = {
-        "config_kind": recipe.kind, "topology": topology.name, "devices": topology.devices,
-        "mesh": dict(session.mesh.shape), "backend_compiled_for": devices[0].platform,
-        "batch_rows": cfg.data.batch_size, "seq_len": cfg.data.seq_len,
-        "microbatches": spec.microbatches, "tokens_per_step": tokens,
-        "dtype": spec.student.dtype, "param_dtype": spec.student.param_dtype,
-        "remat": spec.student.remat, "compile_s": round(compile_s, 2),
-        "memory_per_device_bytes": memory, "xla_memory_per_device_bytes": xla,
+        "config_kind": recipe.kind,
+        "topology": topology.name,
+        "devices": topology.devices,
+        "mesh": dict(session.mesh.shape),
+        "backend_compiled_for": devices[0].platform,
+        "batch_rows": cfg.data.batch_size,
+        "seq_len": cfg.data.seq_len,
+        "microbatches": spec.microbatches,
+        "tokens_per_step": tokens,
+        "dtype": spec.student.dtype,
+        "param_dtype": spec.student.param_dtype,
+        "remat": spec.student.remat,
+        "compile_s": round(compile_s, 2),
+        "memory_per_device_bytes": memory,
+        "xla_memory_per_device_bytes": xla,
         "hbm_per_device_bytes": topology.hbm_bytes,
         "fits": None if topology.hbm_bytes is None else xla["peak"] <= topology.hbm_bytes,
         "model_flops_per_step": model_flops,
         "xla_flops_per_step": None if xla_flops is None else xla_flops * topology.devices,
         "xla_flops_loops_counted_once": loops,
-        "peak_flops_per_device": topology.peak_flops, "mfu": mfu,
+        "peak_flops_per_device": topology.peak_flops,
+        "mfu": mfu,
     }
     if topology.peak_flops:
         step_s = model_flops / (topology.devices * topology.peak_flops * mfu)
@@ -207,7 +256,7 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None) -> dict:
 
 def _gib(n) -> str:
     """Bytes, right-aligned, in GiB (or MiB below 1 GiB)."""
-    return f"{n / GiB:8.2f} GiB" if n >= GiB else f"{n / 2 ** 20:8.2f} MiB"
+    return f"{n / GiB:8.2f} GiB" if n >= GiB else f"{n / 2**20:8.2f} MiB"
 
 
 def format_plan(p: dict) -> str:
@@ -241,20 +290,27 @@ def format_plan(p: dict) -> str:
     elif p["fits"]:
         lines.append(f"  fits: {100 * x['peak'] / hbm:.0f}% of {_gib(hbm).strip()} per device")
     else:
-        lines.append(f"  DOES NOT FIT: needs {_gib(x['peak']).strip()} per device, the device has "
-                     f"{_gib(hbm).strip()} (raise train.microbatches, train.remat=full, more "
-                     "fsdp/tensor devices)")
+        lines.append(
+            f"  DOES NOT FIT: needs {_gib(x['peak']).strip()} per device, the device has "
+            f"{_gib(hbm).strip()} (raise train.microbatches, train.remat=full, more "
+            "fsdp/tensor devices)"
+        )
     lines.append("compute per step:")
-    lines.append(f"  model FLOPs         {p['model_flops_per_step']:.4g}  (PaLM convention, no "
-                 "remat recomputation)")
+    lines.append(
+        f"  model FLOPs         {p['model_flops_per_step']:.4g}  (PaLM convention, no "
+        "remat recomputation)"
+    )
     if p["xla_flops_per_step"] is not None:
-        note = ("; loop bodies counted once: a lower bound" if p["xla_flops_loops_counted_once"]
-                else "")
+        note = (
+            "; loop bodies counted once: a lower bound" if p["xla_flops_loops_counted_once"] else ""
+        )
         lines.append(f"  XLA cost analysis   {p['xla_flops_per_step']:.4g}  (all devices{note})")
     if p.get("step_s"):
-        lines.append(f"  at {p['peak_flops_per_device'] / 1e12:.1f} TFLOP/s per device and "
-                     f"{100 * p['mfu']:.0f}% MFU: {p['step_s']:.3f} s per step, "
-                     f"{p['tokens_per_s']:,.0f} tokens/s")
+        lines.append(
+            f"  at {p['peak_flops_per_device'] / 1e12:.1f} TFLOP/s per device and "
+            f"{100 * p['mfu']:.0f}% MFU: {p['step_s']:.3f} s per step, "
+            f"{p['tokens_per_s']:,.0f} tokens/s"
+        )
     else:
         lines.append("  no peak FLOP/s known (give --peak-tflops): no step time")
     return "\n".join(lines)
@@ -266,6 +322,7 @@ def _configure_devices(n: int) -> bool:
     False when a backend is already up without n CPU devices (the caller re-executes)."""
     import jax
     from jax._src import xla_bridge
+
     if not xla_bridge.backends_are_initialized():
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_num_cpu_devices", n)
@@ -275,10 +332,15 @@ def _configure_devices(n: int) -> bool:
 
 
 def _reexec(n: int, argv: list[str]) -> int:
-    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
-                   os.environ.get("XLA_FLAGS", "")).strip()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", **{_CHILD_ENV: "1"},
-               XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={n}".strip())
+    flags = re.sub(
+        r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")
+    ).strip()
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        **{_CHILD_ENV: "1"},
+        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={n}".strip(),
+    )
     return subprocess.call([sys.executable, "-m", "tinywave_jax.cli", "plan"] + argv, env=env)
 
 
@@ -292,8 +354,9 @@ def _run(args) -> int:
         raise ConfigError(f"plan: not an option nor a key=value override: {' '.join(bad)}")
     args.overrides = overrides
     if not args.topology:
-        raise ConfigError("plan: --topology is required (hardware overlay name or "
-                          "DATA,FSDP,TENSOR)")
+        raise ConfigError(
+            "plan: --topology is required (hardware overlay name or DATA,FSDP,TENSOR)"
+        )
     topo = resolve_topology(args.topology, args.peak_tflops, args.hbm_gib, args.devices)
     if not _configure_devices(topo.devices):
         if os.environ.get(_CHILD_ENV):
@@ -306,36 +369,60 @@ def _run(args) -> int:
 
 
 def _add_options(p) -> None:
-    p.add_argument("--topology", default=None,
-                   help="hardware overlay name (configs/hw: tpu-v5p-64, h100x8, cpu, ...) or "
-                   "DATA,FSDP,TENSOR")
+    p.add_argument(
+        "--topology",
+        default=None,
+        help="hardware overlay name (configs/hw: tpu-v5p-64, h100x8, cpu, ...) or DATA,FSDP,TENSOR",
+    )
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation (0.4)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="peak TFLOP/s per device (default: the overlay's hw: section)")
-    p.add_argument("--hbm-gib", type=float, default=None,
-                   help="device memory in GiB (default: the overlay's hw.hbm_gb_per_chip)")
-    p.add_argument("--devices", type=int, default=None,
-                   help="device count for an overlay (default: its hw.chips / gpus_per_node, or 8)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak TFLOP/s per device (default: the overlay's hw: section)",
+    )
+    p.add_argument(
+        "--hbm-gib",
+        type=float,
+        default=None,
+        help="device memory in GiB (default: the overlay's hw.hbm_gb_per_chip)",
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="device count for an overlay (default: its hw.chips / gpus_per_node, or 8)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "plan", help="memory/FLOPs/step-time plan of a run on a target mesh (AOT, no weights)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "plan",
+        help="memory/FLOPs/step-time plan of a run on a target mesh (AOT, no weights)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", help="run config YAML (distill or train)")
     _add_options(p)
     # REMAINDER: options may also follow the overrides (`x.yaml a=1 --topology cpu`); _run sorts them.
-    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
-                   help="dotted config overrides (after the overlay's), e.g. train.microbatches=8")
+    p.add_argument(
+        "overrides",
+        nargs=argparse.REMAINDER,
+        metavar="KEY=VALUE",
+        help="dotted config overrides (after the overlay's), e.g. train.microbatches=8",
+    )
     p.set_defaults(func=_run)
 
 
 def _argv(args) -> list[str]:
     """The parsed arguments back as a command line (for the re-executed child)."""
     out = [args.config, "--topology", args.topology, "--mfu", repr(args.mfu)]
-    for flag, value in (("--peak-tflops", args.peak_tflops), ("--hbm-gib", args.hbm_gib),
-                        ("--devices", args.devices)):
+    for flag, value in (
+        ("--peak-tflops", args.peak_tflops),
+        ("--hbm-gib", args.hbm_gib),
+        ("--devices", args.devices),
+    ):
         if value is not None:
             out += [flag, repr(value)]
     return out + (["--json"] if args.json else []) + list(args.overrides)

@@ -5,6 +5,7 @@ Sequences are grouped into length buckets (powers of two from 16, capped at the 
 once. Log-probabilities come from the final hidden state and the LM head in sequence chunks, so
 `[batch, length, vocab]` float32 logits never exist at once.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,21 +31,27 @@ def bucket_length(n: int, max_len: int) -> int:
     return min(b, max_len)
 
 
-def check_ids(seqs: Sequence[Sequence[int]], vocab_size: int, max_len: int, what: str = "sequence") -> None:
+def check_ids(
+    seqs: Sequence[Sequence[int]], vocab_size: int, max_len: int, what: str = "sequence"
+) -> None:
     """Raises InputError naming the sequence (0-based) and the offending ids or length."""
     for i, s in enumerate(seqs):
         if len(s) == 0:
             raise InputError(f"{what} {i}: empty")
         if len(s) > max_len:
-            raise InputError(f"{what} {i}: {len(s)} tokens, longer than the model's "
-                             f"max_position_embeddings ({max_len})")
+            raise InputError(
+                f"{what} {i}: {len(s)} tokens, longer than the model's "
+                f"max_position_embeddings ({max_len})"
+            )
         arr = np.asarray(s)
         if not np.issubdtype(arr.dtype, np.integer):
             raise InputError(f"{what} {i}: ids must be integers")
         bad = arr[(arr < 0) | (arr >= vocab_size)]
         if bad.size:
-            raise InputError(f"{what} {i}: ids outside the vocabulary [0, {vocab_size}): "
-                             f"{sorted(set(bad.tolist()))[:10]}")
+            raise InputError(
+                f"{what} {i}: ids outside the vocabulary [0, {vocab_size}): "
+                f"{sorted(set(bad.tolist()))[:10]}"
+            )
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,7 +63,9 @@ def _logprob_fn(config):
 
     @jax.jit
     def fn(params, ids, segment_ids):
-        out = llama.Llama(config).apply({"params": params}, ids, None, segment_ids, return_logits=False)
+        out = llama.Llama(config).apply(
+            {"params": params}, ids, None, segment_ids, return_logits=False
+        )
         head = llama.lm_head_kernel(params, config)
         hidden, targets = out.final_hidden[:, :-1], ids[:, 1:]
         b, t, d = hidden.shape
@@ -78,8 +87,9 @@ def _logprob_fn(config):
     return fn
 
 
-def score_sequences(params, config, seqs: Sequence[Sequence[int]], batch_size: int = 8,
-                    progress: bool = False) -> list[np.ndarray]:
+def score_sequences(
+    params, config, seqs: Sequence[Sequence[int]], batch_size: int = 8, progress: bool = False
+) -> list[np.ndarray]:
     """log p(ids[t] | ids[:t]) for t >= 1, float32 [len-1] per sequence, in input order."""
     import jax.numpy as jnp
 
@@ -94,20 +104,24 @@ def score_sequences(params, config, seqs: Sequence[Sequence[int]], batch_size: i
     for length in sorted(by_bucket):
         idx = by_bucket[length]
         for lo in range(0, len(idx), batch_size):
-            rows = idx[lo:lo + batch_size]
+            rows = idx[lo : lo + batch_size]
             ids = np.zeros((batch_size, length), np.int32)
             seg = np.zeros((batch_size, length), np.int32)  # padding rows/columns: segment 0
             for r, i in enumerate(rows):
-                ids[r, :len(seqs[i])] = seqs[i]
-                seg[r, :len(seqs[i])] = 1
+                ids[r, : len(seqs[i])] = seqs[i]
+                seg[r, : len(seqs[i])] = 1
             lp = np.asarray(fn(params, jnp.asarray(ids), jnp.asarray(seg)))
             for r, i in enumerate(rows):
-                results[i] = lp[r, :len(seqs[i]) - 1].astype(np.float32)
+                results[i] = lp[r, : len(seqs[i]) - 1].astype(np.float32)
             done += len(rows)
             if progress:
                 rate = done / max(time.time() - start, 1e-9)
-                print(f"\rscored {done}/{len(seqs)} sequences ({rate:.1f}/s, bucket {length})",
-                      end="", file=sys.stderr, flush=True)
+                print(
+                    f"\rscored {done}/{len(seqs)} sequences ({rate:.1f}/s, bucket {length})",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
     if progress:
         print(file=sys.stderr)
     return results
@@ -122,8 +136,14 @@ def read_jsonl(path: str | Path, key: str = "ids") -> list[dict]:
     return records
 
 
-def score_file(ckpt_dir: str | Path, in_path: str | Path, out_path: str | Path,
-               batch_size: int = 8, dtype: str | None = None, progress: bool = True) -> list[dict]:
+def score_file(
+    ckpt_dir: str | Path,
+    in_path: str | Path,
+    out_path: str | Path,
+    batch_size: int = 8,
+    dtype: str | None = None,
+    progress: bool = True,
+) -> list[dict]:
     from .checkpoint import load_model
 
     records = read_jsonl(in_path)
@@ -136,8 +156,12 @@ def score_file(ckpt_dir: str | Path, in_path: str | Path, out_path: str | Path,
         raise InputError(f"{in_path}: {e}".replace("sequence ", "record ")) from None
     out = []
     for rec, lp in zip(records, lps):
-        rec = dict(rec, logprobs=[float(x) for x in lp], sum_logprob=float(lp.sum()),
-                   mean_logprob=float(lp.mean()) if lp.size else None)
+        rec = dict(
+            rec,
+            logprobs=[float(x) for x in lp],
+            sum_logprob=float(lp.sum()),
+            mean_logprob=float(lp.mean()) if lp.size else None,
+        )
         out.append(rec)
     write_jsonl_atomic(out_path, out)
     return out
@@ -145,14 +169,24 @@ def score_file(ckpt_dir: str | Path, in_path: str | Path, out_path: str | Path,
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "score", help="per-token log-likelihoods of token sequences (jsonl in, jsonl out)",
-        description="Each input line is {\"ids\": [...], ...}; each output line adds \"logprobs\" "
-                    "(log p(ids[t] | ids[:t]) for t >= 1), \"sum_logprob\" and \"mean_logprob\". "
-                    "Other keys pass through.")
-    p.add_argument("ckpt_dir", help="tinywave model checkpoint (from import-hf, init-student, distill)")
+        "score",
+        help="per-token log-likelihoods of token sequences (jsonl in, jsonl out)",
+        description='Each input line is {"ids": [...], ...}; each output line adds "logprobs" '
+        '(log p(ids[t] | ids[:t]) for t >= 1), "sum_logprob" and "mean_logprob". '
+        "Other keys pass through.",
+    )
+    p.add_argument(
+        "ckpt_dir", help="tinywave model checkpoint (from import-hf, init-student, distill)"
+    )
     p.add_argument("input", help="input .jsonl")
     p.add_argument("output", help="output .jsonl (written atomically)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                   help="compute/parameter dtype (default: as stored)")
-    p.set_defaults(func=lambda a: (score_file(a.ckpt_dir, a.input, a.output, a.batch_size, a.dtype), 0)[1])
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="compute/parameter dtype (default: as stored)",
+    )
+    p.set_defaults(
+        func=lambda a: (score_file(a.ckpt_dir, a.input, a.output, a.batch_size, a.dtype), 0)[1]
+    )

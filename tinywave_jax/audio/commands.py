@@ -1,4 +1,5 @@
 """`tinywave units ...`: fit built-in units, write a HuBERT spec, extract units from audio files."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,11 @@ def register(subparsers) -> None:
     units = subparsers.add_parser("units", help="speech units: fit, hubert-spec, extract")
     sub = units.add_subparsers(dest="units_command", metavar="ACTION", required=True)
 
-    fit = sub.add_parser("fit", help="fit phonetic units, pitch bins and style classes on audio",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fit = sub.add_parser(
+        "fit",
+        help="fit phonetic units, pitch bins and style classes on audio",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     fit.add_argument("audio", help="audio folder (searched recursively) or manifest file")
     fit.add_argument("out_dir", help="units folder to write (units.json + .npy arrays)")
     fit.add_argument("--units", type=int, default=100, help="phonetic k-means units")
@@ -17,18 +21,28 @@ def register(subparsers) -> None:
     fit.add_argument("--pitch-bins", type=int, default=64, help="pitch bins incl. unvoiced; 0: off")
     fit.add_argument("--style-classes", type=int, default=100, help="style classes; 0: off")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--hubert", metavar="SPEC_DIR",
-                     help="take phonetic units from this HuBERT spec; fit only pitch and style")
+    fit.add_argument(
+        "--hubert",
+        metavar="SPEC_DIR",
+        help="take phonetic units from this HuBERT spec; fit only pitch and style",
+    )
     fit.add_argument("--max-hours", type=float, help="fit on a seeded random subset this long")
-    fit.add_argument("--no-cmn", dest="cmn", action="store_false",
-                     help="keep each utterance's feature mean (default: subtract it); use when "
-                          "an utterance's units must not depend on its other parts")
+    fit.add_argument(
+        "--no-cmn",
+        dest="cmn",
+        action="store_false",
+        help="keep each utterance's feature mean (default: subtract it); use when "
+        "an utterance's units must not depend on its other parts",
+    )
     fit.add_argument("--skip-bad", action="store_true", help="warn on unreadable files, not fail")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing units folder")
     fit.set_defaults(func=_fit)
 
-    spec = sub.add_parser("hubert-spec", help="write a units folder for a HF HubertModel + k-means",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    spec = sub.add_parser(
+        "hubert-spec",
+        help="write a units folder for a HF HubertModel + k-means",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     spec.add_argument("out_dir")
     spec.add_argument("--model", required=True, help="HF HubertModel checkpoint folder")
     spec.add_argument("--centroids", required=True, help=".npy [K, hidden] or torch file")
@@ -49,10 +63,20 @@ def _fit(args) -> int:
 
     files = list_audio(args.audio)
     print(f"units fit: {len(files)} audio files in {args.audio}")
-    fit_units(files, args.out_dir, units=args.units, features=args.features,
-              pitch_bins=args.pitch_bins, style_classes=args.style_classes, seed=args.seed,
-              hubert_spec=args.hubert, max_hours=args.max_hours, skip_bad=args.skip_bad,
-              overwrite=args.overwrite, cmn=args.cmn)
+    fit_units(
+        files,
+        args.out_dir,
+        units=args.units,
+        features=args.features,
+        pitch_bins=args.pitch_bins,
+        style_classes=args.style_classes,
+        seed=args.seed,
+        hubert_spec=args.hubert,
+        max_hours=args.max_hours,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        cmn=args.cmn,
+    )
     return 0
 
 
@@ -64,13 +88,20 @@ def _hubert_spec(args) -> int:
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    hub = HubertModelConfig(model_dir=str(Path(args.model).resolve()), layer=args.layer,
-                            frame_rate=args.frame_rate, normalize_waveform=args.normalize_waveform)
+    hub = HubertModelConfig(
+        model_dir=str(Path(args.model).resolve()),
+        layer=args.layer,
+        frame_rate=args.frame_rate,
+        normalize_waveform=args.normalize_waveform,
+    )
     hub.validate()
-    cfg = UnitsConfig(phonetic=PhoneticConfig(kind="hubert", hubert=hub,
-                                              centroids=str(Path(args.centroids).resolve())))
+    cfg = UnitsConfig(
+        phonetic=PhoneticConfig(
+            kind="hubert", hubert=hub, centroids=str(Path(args.centroids).resolve())
+        )
+    )
     write_units_config(cfg, out)
-    ext = load_extractor(out)           # checks model, frame rate and centroid dimension now
+    ext = load_extractor(out)  # checks model, frame rate and centroid dimension now
     print(f"units hubert-spec: wrote {out}; vocab {ext.vocab_sizes}, rates {ext.frame_rates}")
     return 0
 
@@ -84,10 +115,13 @@ def _extract(args) -> int:
         wav = read_audio(path)
         try:
             streams = ext.extract(wav)
-        except InputError as e:         # too short for the extractor...: name the file
+        except InputError as e:  # too short for the extractor...: name the file
             raise InputError(f"{path}: {e}") from None
-        parts = [f"{name}[{len(ids)}]: " + " ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20
-                                                                            else "")
-                 for name, (ids, _) in streams.items()]
+        parts = [
+            f"{name}[{len(ids)}]: "
+            + " ".join(map(str, ids[:20]))
+            + (" ..." if len(ids) > 20 else "")
+            for name, (ids, _) in streams.items()
+        ]
         print(f"{path}\n  " + "\n  ".join(parts))
     return 0

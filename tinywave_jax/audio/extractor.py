@@ -10,6 +10,7 @@ spectral phonetic units; a HuBERT spec folder is the same file with `phonetic.ki
                              "frame_rate": 25}},
      "pitch": null, "style": null}
 """
+
 from __future__ import annotations
 
 import abc
@@ -51,13 +52,13 @@ class PhoneticConfig:
 
 @dataclasses.dataclass
 class PitchFiles(PitchConfig):
-    edges: str = "pitch_edges.npy"          # [bins - 2] float64 quantile edges
+    edges: str = "pitch_edges.npy"  # [bins - 2] float64 quantile edges
 
 
 @dataclasses.dataclass
 class StyleFiles(StyleConfig):
     centroids: str = "style_centroids.npy"  # [classes, STYLE_FEATURES] in standardised units
-    norm: str = "style_norm.npy"            # [2, STYLE_FEATURES]: training mean, std
+    norm: str = "style_norm.npy"  # [2, STYLE_FEATURES]: training mean, std
 
 
 @dataclasses.dataclass
@@ -82,12 +83,14 @@ class UnitExtractor(abc.ABC):
     [0, vocab_sizes[name]), float64 start times in seconds), one entry per frame, not deduplicated.
     "hubert" is always there (phonetic units, whatever produced them); "pitch" and "style" when the
     extractor is configured for expressive tokens."""
+
     vocab_sizes: dict[str, int]
     frame_rates: dict[str, float]
 
     @abc.abstractmethod
-    def extract(self, wav: np.ndarray, f0_mean: float | None = None
-                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def extract(
+        self, wav: np.ndarray, f0_mean: float | None = None
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """`f0_mean`: the speaker's mean natural-log F0 (log Hz) over voiced frames, used for pitch
         and style normalisation; None uses the utterance's own mean."""
 
@@ -110,17 +113,21 @@ class StreamExtractor(UnitExtractor):
         if cfg.pitch is not None:
             self.pitch_edges = _load_array(self._file(cfg.pitch.edges), "pitch edges")
             if self.pitch_edges.shape != (cfg.pitch.bins - 2,):
-                raise InputError(f"{self._file(cfg.pitch.edges)}: expected {cfg.pitch.bins - 2} "
-                                 f"pitch edges for {cfg.pitch.bins} bins, got "
-                                 f"{self.pitch_edges.shape}")
+                raise InputError(
+                    f"{self._file(cfg.pitch.edges)}: expected {cfg.pitch.bins - 2} "
+                    f"pitch edges for {cfg.pitch.bins} bins, got "
+                    f"{self.pitch_edges.shape}"
+                )
             self.vocab_sizes["pitch"] = cfg.pitch.bins
             self.frame_rates["pitch"] = cfg.pitch.frame_rate
         if cfg.style is not None:
             self.style_centroids = load_centroids(self._file(cfg.style.centroids), STYLE_FEATURES)
             self.style_norm = _load_array(self._file(cfg.style.norm), "style normalisation")
             if self.style_norm.shape != (2, STYLE_FEATURES):
-                raise InputError(f"{self._file(cfg.style.norm)}: expected shape (2, "
-                                 f"{STYLE_FEATURES}), got {self.style_norm.shape}")
+                raise InputError(
+                    f"{self._file(cfg.style.norm)}: expected shape (2, "
+                    f"{STYLE_FEATURES}), got {self.style_norm.shape}"
+                )
             self.vocab_sizes["style"] = len(self.style_centroids)
             self.frame_rates["style"] = cfg.style.frame_rate
 
@@ -143,8 +150,10 @@ class StreamExtractor(UnitExtractor):
         track = tracker_f0(wav, pitch_cfg)
         if self.cfg.pitch is not None:
             values = normalised_log_f0(wav, pitch_cfg, f0_mean, track=track)
-            out["pitch"] = (quantise_pitch(values, self.pitch_edges),
-                            timestamps(len(values), pitch_cfg.frame_rate))
+            out["pitch"] = (
+                quantise_pitch(values, self.pitch_edges),
+                timestamps(len(values), pitch_cfg.frame_rate),
+            )
         if self.cfg.style is not None:
             feats = style_features(wav, self.cfg.style, track, speaker_mean(*track[:2], f0_mean))
             mean, std = self.style_norm
@@ -166,8 +175,10 @@ def _load_array(path: Path, what: str) -> np.ndarray:
 def read_units_config(directory: str | Path) -> UnitsConfig:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise InputError(f"{directory}: not a units folder (no {CONFIG_FILE}); write one with "
-                         "`tinywave units fit` or `tinywave units hubert-spec`")
+        raise InputError(
+            f"{directory}: not a units folder (no {CONFIG_FILE}); write one with "
+            "`tinywave units fit` or `tinywave units hubert-spec`"
+        )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

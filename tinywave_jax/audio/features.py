@@ -7,6 +7,7 @@ middle of its hop span, zero-padded at the edges, so frame i describes samples [
 Mel scale: HTK (2595 log10(1 + f/700)), triangular filters on the power spectrum, natural log with
 a 1e-10 floor; MFCC = orthonormal DCT-II of the log-mel energies.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,24 +24,28 @@ LOG_FLOOR = 1e-10
 @dataclasses.dataclass
 class SpectralConfig:
     """Built-in phonetic features (stream "hubert" when no HuBERT model is used)."""
+
     features: Literal["mfcc", "logmel"] = "mfcc"
-    frame_rate: float = 25.0        # Hz; 25 matches mHuBERT-25Hz units
-    window_seconds: float = 0.04    # Hann window, centred on each hop span
+    frame_rate: float = 25.0  # Hz; 25 matches mHuBERT-25Hz units
+    window_seconds: float = 0.04  # Hann window, centred on each hop span
     n_mels: int = 40
     n_mfcc: int = 13
     fmin: float = 20.0
     fmax: float = 7600.0
-    deltas: bool = True             # append first-order deltas (context from +-2 frames)
-    cmn: bool = True                # subtract the utterance mean (removes channel/speaker tilt)
+    deltas: bool = True  # append first-order deltas (context from +-2 frames)
+    cmn: bool = True  # subtract the utterance mean (removes channel/speaker tilt)
 
     def validate(self):
         check_frame_rate(self.frame_rate, "frame_rate")
         if not 0 < self.fmin < self.fmax <= SAMPLE_RATE / 2:
-            raise ConfigError(f"fmin/fmax: need 0 < fmin < fmax <= {SAMPLE_RATE // 2}, got "
-                             f"{self.fmin}, {self.fmax}")
+            raise ConfigError(
+                f"fmin/fmax: need 0 < fmin < fmax <= {SAMPLE_RATE // 2}, got "
+                f"{self.fmin}, {self.fmax}"
+            )
         if self.features == "mfcc" and not 0 < self.n_mfcc <= self.n_mels:
-            raise ConfigError(f"n_mfcc: need 0 < n_mfcc <= n_mels, got {self.n_mfcc} > "
-                              f"{self.n_mels}")
+            raise ConfigError(
+                f"n_mfcc: need 0 < n_mfcc <= n_mels, got {self.n_mfcc} > {self.n_mels}"
+            )
 
     @property
     def dim(self) -> int:
@@ -59,24 +64,27 @@ def hop_samples(frame_rate: float) -> int:
     return int(round(SAMPLE_RATE / frame_rate))
 
 
-def frame_signal(wav: np.ndarray, hop: int, window: int, first: int = 0,
-                 last: int | None = None) -> np.ndarray:
+def frame_signal(
+    wav: np.ndarray, hop: int, window: int, first: int = 0, last: int | None = None
+) -> np.ndarray:
     """[N] -> frames [first, last) of the N // hop, each [window] samples, frame i centred on the
     middle of samples [i*hop, (i+1)*hop) and zero-padded beyond the signal."""
     n = len(wav) // hop
     last = n if last is None else min(last, n)
-    offset = (hop - window) // 2                       # start of frame 0 (may be negative)
+    offset = (hop - window) // 2  # start of frame 0 (may be negative)
     lo = first * hop + offset
     hi = (last - 1) * hop + offset + window if last > first else lo
-    seg = np.asarray(wav[max(lo, 0):max(min(hi, len(wav)), 0)], dtype=np.float64)
+    seg = np.asarray(wav[max(lo, 0) : max(min(hi, len(wav)), 0)], dtype=np.float64)
     seg = np.pad(seg, (max(0, -lo), max(0, hi - max(lo, len(wav)))))
     starts = np.arange(last - first) * hop
     return seg[starts[:, None] + np.arange(window)[None, :]]
 
 
-def mel_filterbank(n_mels: int, n_fft: int, fmin: float, fmax: float,
-                   sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def mel_filterbank(
+    n_mels: int, n_fft: int, fmin: float, fmax: float, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """[n_mels, n_fft // 2 + 1] HTK triangular filters (peak 1) on the FFT bin frequencies."""
+
     def hz_to_mel(f):
         return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
 
@@ -91,16 +99,21 @@ def mel_filterbank(n_mels: int, n_fft: int, fmin: float, fmax: float,
     return np.maximum(0.0, np.minimum(rising, falling))
 
 
-FRAMES_PER_BLOCK = 4096   # frames analysed at once: bounds memory on hour-long files
+FRAMES_PER_BLOCK = 4096  # frames analysed at once: bounds memory on hour-long files
 
 
-def power_spectrogram(wav: np.ndarray, frame_rate: float, window_seconds: float,
-                      first: int = 0, last: int | None = None) -> np.ndarray:
+def power_spectrogram(
+    wav: np.ndarray,
+    frame_rate: float,
+    window_seconds: float,
+    first: int = 0,
+    last: int | None = None,
+) -> np.ndarray:
     """[frames, n_fft // 2 + 1] power spectra of Hann-windowed frames [first, last)
     (n_fft: the next power of 2 of the window)."""
     window = int(round(window_seconds * SAMPLE_RATE))
     n_fft = 1 << (window - 1).bit_length()
-    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)   # periodic Hann
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)  # periodic Hann
     frames = frame_signal(wav, hop_samples(frame_rate), window, first, last) * hann
     return np.abs(np.fft.rfft(frames, n=n_fft, axis=-1)) ** 2
 
@@ -110,8 +123,11 @@ def log_mel(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
     window = int(round(cfg.window_seconds * SAMPLE_RATE))
     fbank = mel_filterbank(cfg.n_mels, 1 << (window - 1).bit_length(), cfg.fmin, cfg.fmax)
     n = len(wav) // hop_samples(cfg.frame_rate)
-    blocks = [power_spectrogram(wav, cfg.frame_rate, cfg.window_seconds, i, i + FRAMES_PER_BLOCK)
-              @ fbank.T for i in range(0, n, FRAMES_PER_BLOCK)]
+    blocks = [
+        power_spectrogram(wav, cfg.frame_rate, cfg.window_seconds, i, i + FRAMES_PER_BLOCK)
+        @ fbank.T
+        for i in range(0, n, FRAMES_PER_BLOCK)
+    ]
     mel = np.concatenate(blocks) if blocks else np.zeros((0, cfg.n_mels))
     return np.log(np.maximum(mel, LOG_FLOOR))
 
@@ -120,15 +136,17 @@ def mfcc(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
     """[frames, n_mfcc] orthonormal DCT-II of the log-mel energies."""
     from scipy.fft import dct
 
-    return dct(log_mel(wav, cfg), type=2, norm="ortho", axis=-1)[:, :cfg.n_mfcc]
+    return dct(log_mel(wav, cfg), type=2, norm="ortho", axis=-1)[:, : cfg.n_mfcc]
 
 
 def deltas(feats: np.ndarray, width: int = 2) -> np.ndarray:
     """Regression deltas sum_k k (x[t+k] - x[t-k]) / (2 sum_k k^2), edges repeated."""
     padded = np.pad(feats, ((width, width), (0, 0)), mode="edge")
     n = len(feats)
-    num = sum(k * (padded[width + k:width + k + n] - padded[width - k:width - k + n])
-              for k in range(1, width + 1))
+    num = sum(
+        k * (padded[width + k : width + k + n] - padded[width - k : width - k + n])
+        for k in range(1, width + 1)
+    )
     return num / (2 * sum(k * k for k in range(1, width + 1)))
 
 

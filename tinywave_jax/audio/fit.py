@@ -1,4 +1,5 @@
 """`units fit`: fits built-in phonetic units, pitch bins and style classes on a user's audio."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,16 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, InputError, OutputExistsError
-from .extractor import (CONFIG_FILE, PhoneticConfig, PitchFiles, StyleFiles, UnitsConfig,
-                        load_extractor, read_units_config, write_units_config)
+from .extractor import (
+    CONFIG_FILE,
+    PhoneticConfig,
+    PitchFiles,
+    StyleFiles,
+    UnitsConfig,
+    load_extractor,
+    read_units_config,
+    write_units_config,
+)
 from .features import SpectralConfig, hop_samples, phonetic_features
 from .io import SAMPLE_RATE, check_waveform, read_audio
 from .kmeans import clamp_clusters, fit_kmeans
@@ -24,7 +33,7 @@ class FitSummary:
     files: int
     skipped: int
     hours: float
-    frames: dict[str, int]          # training frames per stream
+    frames: dict[str, int]  # training frames per stream
     vocab_sizes: dict[str, int]
     out_dir: str
 
@@ -35,17 +44,28 @@ def _resolve_phonetic(spec_dir: Path) -> PhoneticConfig:
     if ph.kind != "hubert":
         raise InputError(f"{spec_dir}: --hubert needs a HuBERT spec folder (phonetic.kind hubert)")
     absolute = lambda p: str(p if Path(p).is_absolute() else (spec_dir / p).resolve())  # noqa: E731
-    return dataclasses.replace(ph, centroids=absolute(ph.centroids),
-                               hubert=dataclasses.replace(ph.hubert,
-                                                          model_dir=absolute(ph.hubert.model_dir)))
+    return dataclasses.replace(
+        ph,
+        centroids=absolute(ph.centroids),
+        hubert=dataclasses.replace(ph.hubert, model_dir=absolute(ph.hubert.model_dir)),
+    )
 
 
-def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
-              features: str = "mfcc", pitch_bins: int = 64, style_classes: int = 100,
-              seed: int = 0, hubert_spec: str | Path | None = None, max_hours: float | None = None,
-              cmn: bool = True,
-              skip_bad: bool = False, overwrite: bool = False,
-              log: Callable[[str], None] = print) -> FitSummary:
+def fit_units(
+    files: list[Path],
+    out_dir: str | Path,
+    units: int = 100,
+    features: str = "mfcc",
+    pitch_bins: int = 64,
+    style_classes: int = 100,
+    seed: int = 0,
+    hubert_spec: str | Path | None = None,
+    max_hours: float | None = None,
+    cmn: bool = True,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> FitSummary:
     """Fits and writes a units folder; `pitch_bins`/`style_classes` 0 leave that stream out.
 
     With `hubert_spec`, phonetic units come from that HuBERT spec (nothing is fitted for them).
@@ -60,8 +80,11 @@ def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
     if pitch_bins == 1 or pitch_bins < 0 or style_classes < 0:
         raise ConfigError("--pitch-bins must be 0 (off) or >= 2; --style-classes >= 0")
 
-    phonetic = (_resolve_phonetic(Path(hubert_spec)) if hubert_spec is not None else
-                PhoneticConfig(kind="spectral", spectral=SpectralConfig(features=features, cmn=cmn)))
+    phonetic = (
+        _resolve_phonetic(Path(hubert_spec))
+        if hubert_spec is not None
+        else PhoneticConfig(kind="spectral", spectral=SpectralConfig(features=features, cmn=cmn))
+    )
     pitch = PitchFiles(bins=pitch_bins) if pitch_bins else None
     style = StyleFiles(classes=style_classes) if style_classes else None
     if pitch:
@@ -69,7 +92,7 @@ def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
     if style:
         style.validate()
 
-    min_samples = hop_samples(phonetic.frame_rate)     # one phonetic frame (style needs less)
+    min_samples = hop_samples(phonetic.frame_rate)  # one phonetic frame (style needs less)
     order = list(files)
     if max_hours is not None:
         np.random.default_rng(seed).shuffle(order)
@@ -114,8 +137,10 @@ def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
         values = np.concatenate(pitch_values)
         frames["pitch"] = len(values)
         np.save(out_dir / pitch.edges, fit_pitch_edges(values, pitch.bins))
-        log(f"units fit: {pitch.bins} pitch bins from {int(np.isfinite(values).sum())} voiced of "
-            f"{len(values)} frames (bin 0 = unvoiced)")
+        log(
+            f"units fit: {pitch.bins} pitch bins from {int(np.isfinite(values).sum())} voiced of "
+            f"{len(values)} frames (bin 0 = unvoiced)"
+        )
     if style:
         raw = np.concatenate(style_rows)
         frames["style"] = len(raw)
@@ -127,9 +152,17 @@ def fit_units(files: list[Path], out_dir: str | Path, units: int = 100,
         np.save(out_dir / style.norm, np.stack([mean, std]))
         np.save(out_dir / style.centroids, fit_kmeans(z, k, seed=seed))
     write_units_config(UnitsConfig(phonetic=phonetic, pitch=pitch, style=style), out_dir)
-    vocab = load_extractor(out_dir).vocab_sizes      # proves the folder loads
-    summary = FitSummary(files=used, skipped=skipped, hours=seconds / 3600, frames=frames,
-                         vocab_sizes=vocab, out_dir=str(out_dir))
-    log(f"units fit: wrote {out_dir}: {used} files ({skipped} skipped), {summary.hours:.3f} h, "
-        f"frames {frames}, vocab {vocab}")
+    vocab = load_extractor(out_dir).vocab_sizes  # proves the folder loads
+    summary = FitSummary(
+        files=used,
+        skipped=skipped,
+        hours=seconds / 3600,
+        frames=frames,
+        vocab_sizes=vocab,
+        out_dir=str(out_dir),
+    )
+    log(
+        f"units fit: wrote {out_dir}: {used} files ({skipped} skipped), {summary.hours:.3f} h, "
+        f"frames {frames}, vocab {vocab}"
+    )
     return summary

@@ -8,6 +8,7 @@ a 640-sample hop, the usual 50 Hz HuBERT 320. The waveform is fed as is (fairseq
 trained without normalisation); set `normalize_waveform` for checkpoints trained with it.
 The whole utterance is encoded at once (attention is quadratic: split very long files first).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,9 +24,9 @@ from .io import SAMPLE_RATE
 
 @dataclasses.dataclass
 class HubertModelConfig:
-    model_dir: str                  # HF checkpoint folder; relative paths: to the units folder
+    model_dir: str  # HF checkpoint folder; relative paths: to the units folder
     layer: int = 11
-    frame_rate: float = 25.0        # Hz; must match the model's conv stride product
+    frame_rate: float = 25.0  # Hz; must match the model's conv stride product
     normalize_waveform: bool = False
 
     def validate(self):
@@ -61,10 +62,12 @@ class HubertFeatures:
             raise InputError(
                 f"{path}: the model's conv stride product is {model_hop} samples "
                 f"({SAMPLE_RATE / model_hop:g} Hz) but the configured frame rate "
-                f"{cfg.frame_rate:g} Hz needs a hop of {hop_samples(cfg.frame_rate)} samples")
+                f"{cfg.frame_rate:g} Hz needs a hop of {hop_samples(cfg.frame_rate)} samples"
+            )
         if cfg.layer > conf.num_hidden_layers:
-            raise InputError(f"{path}: layer {cfg.layer} asked but the model has "
-                             f"{conf.num_hidden_layers} layers")
+            raise InputError(
+                f"{path}: layer {cfg.layer} asked but the model has {conf.num_hidden_layers} layers"
+            )
         self.cfg, self.path, self.dim = cfg, path, conf.hidden_size
         # Shortest input giving one frame (the conv encoder's receptive field).
         self.min_samples = 1

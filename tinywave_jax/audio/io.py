@@ -1,4 +1,5 @@
 """Reading audio files as float32 mono at 16 kHz, and listing the audio files of a corpus."""
+
 from __future__ import annotations
 
 from math import gcd
@@ -35,6 +36,7 @@ def read_audio(path: str | Path) -> np.ndarray:
     wav = wav.mean(axis=1)
     if rate != SAMPLE_RATE:
         from scipy.signal import resample_poly  # slow first import; 16 kHz files skip it
+
         g = gcd(int(rate), SAMPLE_RATE)
         wav = resample_poly(wav, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
     check_waveform(wav, name=str(path))
@@ -49,8 +51,10 @@ def check_waveform(wav: np.ndarray, name: str = "waveform", min_samples: int = 1
     if wav.ndim != 1:
         raise ValueError(f"{name}: expected a mono 1-D waveform, got shape {wav.shape}")
     if wav.size < min_samples:
-        raise InputError(f"{name}: audio too short ({wav.size} samples at {SAMPLE_RATE} Hz; "
-                         f"need at least {min_samples})")
+        raise InputError(
+            f"{name}: audio too short ({wav.size} samples at {SAMPLE_RATE} Hz; "
+            f"need at least {min_samples})"
+        )
     if not np.all(np.isfinite(wav)):
         raise InputError(f"{name}: waveform holds NaN or infinite samples")
     if np.max(np.abs(wav)) < SILENCE_PEAK:
@@ -76,8 +80,10 @@ def list_audio(source: str | Path) -> list[Path]:
     try:
         text = source.read_text()
     except UnicodeDecodeError:
-        raise InputError(f"{source}: not a text manifest (one audio path per line); pass a folder "
-                         "of audio files or a manifest listing them") from None
+        raise InputError(
+            f"{source}: not a text manifest (one audio path per line); pass a folder "
+            "of audio files or a manifest listing them"
+        ) from None
     lines = [ln.split("\t")[0].strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     root = source.parent

@@ -1,5 +1,6 @@
 """Seeded k-means in numpy (k-means++ init; Lloyd, or mini-batch for large inputs), nearest-centroid
 assignment, and centroid files (.npy, or torch files holding `cluster_centers_`)."""
+
 from __future__ import annotations
 
 import warnings
@@ -9,9 +10,9 @@ import numpy as np
 
 from ..errors import InputError, MissingInputError
 
-FULL_BATCH_MAX_POINTS = 100_000   # above this, fit with mini-batches (Sculley 2010)
+FULL_BATCH_MAX_POINTS = 100_000  # above this, fit with mini-batches (Sculley 2010)
 MINIBATCH_SIZE = 10_000
-MINIBATCH_MAX_STEPS = 2_000       # 20M point visits: ample for 500 centres, bounded for big corpora
+MINIBATCH_MAX_STEPS = 2_000  # 20M point visits: ample for 500 centres, bounded for big corpora
 
 
 def nearest_centroid(x: np.ndarray, centroids: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -20,9 +21,9 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray, chunk: int = 8192) ->
     c_sq = (c * c).sum(axis=1)
     out = np.empty(len(x), dtype=np.int32)
     for start in range(0, len(x), chunk):
-        xb = np.asarray(x[start:start + chunk], dtype=np.float64)
+        xb = np.asarray(x[start : start + chunk], dtype=np.float64)
         # ||x||^2 is constant per row and does not change the argmin
-        out[start:start + chunk] = np.argmin(c_sq[None, :] - 2.0 * xb @ c.T, axis=1)
+        out[start : start + chunk] = np.argmin(c_sq[None, :] - 2.0 * xb @ c.T, axis=1)
     return out
 
 
@@ -56,14 +57,23 @@ def clamp_clusters(x: np.ndarray, k: int, what: str) -> int:
     warns when it has to shrink, since the streams' vocabulary then shrinks too."""
     limit = max(1, min(len(np.unique(x, axis=0)), len(x) // MIN_POINTS_PER_CLUSTER))
     if k > limit:
-        warnings.warn(f"{what}: {len(x)} training vectors are too few for {k} clusters; "
-                      f"fitting {limit} instead (give more audio for the full count)", stacklevel=2)
+        warnings.warn(
+            f"{what}: {len(x)} training vectors are too few for {k} clusters; "
+            f"fitting {limit} instead (give more audio for the full count)",
+            stacklevel=2,
+        )
         return limit
     return k
 
 
-def fit_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 100, tol: float = 1e-6,
-               batch_size: int | None = None) -> np.ndarray:
+def fit_kmeans(
+    x: np.ndarray,
+    k: int,
+    seed: int = 0,
+    iters: int = 100,
+    tol: float = 1e-6,
+    batch_size: int | None = None,
+) -> np.ndarray:
     """[k, dim] float32 centroids of `x` [n, dim]; deterministic for a seed.
 
     Lloyd iterations (at most `iters`, stopping when centres stop moving) when batch_size is None
@@ -80,7 +90,7 @@ def fit_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 100, tol: floa
     if batch_size is None and len(x) > FULL_BATCH_MAX_POINTS:
         batch_size = MINIBATCH_SIZE
     init_pool = x
-    if len(x) > FULL_BATCH_MAX_POINTS:           # k-means++ on a random subset of large inputs
+    if len(x) > FULL_BATCH_MAX_POINTS:  # k-means++ on a random subset of large inputs
         init_pool = x[rng.choice(len(x), FULL_BATCH_MAX_POINTS, replace=False)]
     centres = kmeans_plus_plus(init_pool, k, rng)
     if batch_size is None:
@@ -102,7 +112,7 @@ def fit_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 100, tol: floa
             n_c = np.bincount(ids, minlength=k)
             sums = _cluster_sums(batch, ids, k)
             counts += n_c
-            hit = n_c > 0          # centre moves to the running mean of all points it was given
+            hit = n_c > 0  # centre moves to the running mean of all points it was given
             centres[hit] += (sums[hit] - n_c[hit, None] * centres[hit]) / counts[hit, None]
     return centres.astype(np.float32)
 
@@ -121,6 +131,7 @@ def load_centroids(path: str | Path, dim: int | None = None) -> np.ndarray:
             arr = np.load(path, allow_pickle=False)
         else:
             import torch
+
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
                 key = next((k for k in ("cluster_centers_", "centroids") if k in obj), None)
@@ -129,12 +140,15 @@ def load_centroids(path: str | Path, dim: int | None = None) -> np.ndarray:
                 obj = obj[key]
             arr = obj.numpy() if hasattr(obj, "numpy") else np.asarray(obj)
     except Exception as e:
-        raise InputError(f"{path}: cannot read centroids ({e}); sklearn/joblib pickles are not "
-                         "loaded: save `kmeans.cluster_centers_` with numpy.save instead") from None
+        raise InputError(
+            f"{path}: cannot read centroids ({e}); sklearn/joblib pickles are not "
+            "loaded: save `kmeans.cluster_centers_` with numpy.save instead"
+        ) from None
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise InputError(f"{path}: centroids must be a non-empty [K, dim] array, got {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
-        raise InputError(f"{path}: centroid dimension {arr.shape[1]} does not match the feature "
-                         f"dimension {dim}")
+        raise InputError(
+            f"{path}: centroid dimension {arr.shape[1]} does not match the feature dimension {dim}"
+        )
     return arr

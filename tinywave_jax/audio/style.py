@@ -7,6 +7,7 @@ Features are standardised with the training mean/std before nearest-centroid ass
 An utterance of N samples has max(1, round(N / window)) windows; window i covers
 [i*window, (i+1)*window) and the last one runs to the end of the audio.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,13 +20,20 @@ from .features import SpectralConfig, check_frame_rate, hop_samples, log_mel, mf
 from .io import SAMPLE_RATE
 
 STYLE_FEATURES = 32
-_MFCC = SpectralConfig(features="mfcc", frame_rate=100.0, window_seconds=0.025, n_mels=40,
-                       n_mfcc=13, deltas=False, cmn=False)
+_MFCC = SpectralConfig(
+    features="mfcc",
+    frame_rate=100.0,
+    window_seconds=0.025,
+    n_mels=40,
+    n_mfcc=13,
+    deltas=False,
+    cmn=False,
+)
 
 
 @dataclasses.dataclass
 class StyleConfig:
-    frame_rate: float = 1.0     # style tokens per second
+    frame_rate: float = 1.0  # style tokens per second
     classes: int = 100
 
     def validate(self):
@@ -42,22 +50,27 @@ def _window_of(times: np.ndarray, frame_rate: float, n: int) -> np.ndarray:
     return np.minimum((times * frame_rate).astype(np.int64), n - 1)
 
 
-def _group_mean_std(values: np.ndarray, group: np.ndarray, n: int,
-                    weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _group_mean_std(
+    values: np.ndarray, group: np.ndarray, n: int, weight: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-group mean and std of rows of `values` [T, D] (0 for groups without rows)."""
     w = np.ones(len(values)) if weight is None else weight.astype(np.float64)
     count = np.bincount(group, weights=w, minlength=n)[:, None]
     sums = np.zeros((n, values.shape[1]))
     sq = np.zeros((n, values.shape[1]))
     np.add.at(sums, group, values * w[:, None])
-    np.add.at(sq, group, values ** 2 * w[:, None])
+    np.add.at(sq, group, values**2 * w[:, None])
     mean = np.where(count > 0, sums / np.maximum(count, 1e-12), 0.0)
-    var = np.where(count > 0, sq / np.maximum(count, 1e-12) - mean ** 2, 0.0)
+    var = np.where(count > 0, sq / np.maximum(count, 1e-12) - mean**2, 0.0)
     return mean, np.sqrt(np.maximum(var, 0.0))
 
 
-def style_features(wav: np.ndarray, cfg: StyleConfig, track: tuple[np.ndarray, np.ndarray,
-                   np.ndarray], log_f0_mean: float | None) -> np.ndarray:
+def style_features(
+    wav: np.ndarray,
+    cfg: StyleConfig,
+    track: tuple[np.ndarray, np.ndarray, np.ndarray],
+    log_f0_mean: float | None,
+) -> np.ndarray:
     """[windows, STYLE_FEATURES] float64 raw (unstandardised) window features.
 
     `track` is `(f0_hz, voiced, times)` from the F0 tracker; `log_f0_mean` the speaker mean log-F0
@@ -75,10 +88,18 @@ def style_features(wav: np.ndarray, cfg: StyleConfig, track: tuple[np.ndarray, n
     f0, voiced, times = track
     f0_win = _window_of(times, cfg.frame_rate, n)
     norm = np.log(np.where(voiced, f0, 1.0)) - (log_f0_mean or 0.0)
-    voiced_frac = (np.bincount(f0_win, weights=voiced.astype(float), minlength=n)
-                   / np.maximum(np.bincount(f0_win, minlength=n), 1))[:, None]
+    voiced_frac = (
+        np.bincount(f0_win, weights=voiced.astype(float), minlength=n)
+        / np.maximum(np.bincount(f0_win, minlength=n), 1)
+    )[:, None]
     pitch_mean, pitch_std = _group_mean_std(norm[:, None], f0_win, n, weight=voiced)
 
-    parts = [*_group_mean_std(coeffs, mfcc_win, n), *_group_mean_std(energy, mfcc_win, n),
-             _group_mean_std(flux, mfcc_win, n)[0], voiced_frac, pitch_mean, pitch_std]
+    parts = [
+        *_group_mean_std(coeffs, mfcc_win, n),
+        *_group_mean_std(energy, mfcc_win, n),
+        _group_mean_std(flux, mfcc_win, n)[0],
+        voiced_frac,
+        pitch_mean,
+        pitch_std,
+    ]
     return np.concatenate(parts, axis=1)

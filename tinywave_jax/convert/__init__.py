@@ -4,11 +4,15 @@ The name/shape table lives in `models/param_layout.py`; `hf_import` and `hf_expo
 ways.
 Attributes are imported lazily so `tinywave --help` does not pull in numpy-heavy modules.
 """
+
 from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-__getattr__, __all__ = lazy_exports(__name__, {
-    "hf_import": ["import_hf", "hf_state_to_params", "HFWeights"],
-    "hf_export": ["export_hf", "params_to_hf_state", "write_hf_dir"],
-})
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "hf_import": ["import_hf", "hf_state_to_params", "HFWeights"],
+        "hf_export": ["export_hf", "params_to_hf_state", "write_hf_dir"],
+    },
+)

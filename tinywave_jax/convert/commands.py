@@ -1,4 +1,5 @@
 """`tinywave import-hf` and `tinywave export-hf` sub-commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,50 +17,88 @@ class ProgressPrinter:
         now = time.monotonic()
         if done == total or now - self.last >= self.every_s:
             self.last = now
-            print(f"{self.label}: {done}/{total} tensors, "
-                  f"{done_bytes / 1e9:.2f}/{total_bytes / 1e9:.2f} GB", file=sys.stderr, flush=True)
+            print(
+                f"{self.label}: {done}/{total} tensors, "
+                f"{done_bytes / 1e9:.2f}/{total_bytes / 1e9:.2f} GB",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _import_hf(args: argparse.Namespace) -> int:
     from .hf_import import import_hf
-    out = import_hf(args.hf_dir, args.out_dir, dtype=args.dtype, overwrite=args.overwrite,
-                    progress=ProgressPrinter("import-hf"))
+
+    out = import_hf(
+        args.hf_dir,
+        args.out_dir,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        progress=ProgressPrinter("import-hf"),
+    )
     print(f"wrote tinywave checkpoint {out}")
     return 0
 
 
 def _export_hf(args: argparse.Namespace) -> int:
     from .hf_export import export_hf
-    out = export_hf(args.ckpt_dir, args.out_dir, dtype=args.dtype, overwrite=args.overwrite,
-                    max_shard_size=args.max_shard_size, progress=ProgressPrinter("export-hf"))
+
+    out = export_hf(
+        args.ckpt_dir,
+        args.out_dir,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        max_shard_size=args.max_shard_size,
+        progress=ProgressPrinter("export-hf"),
+    )
     print(f"wrote Hugging Face model folder {out}")
     return 0
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "import-hf", help="convert a Hugging Face Llama folder into a tinywave checkpoint",
+        "import-hf",
+        help="convert a Hugging Face Llama folder into a tinywave checkpoint",
         description="Reads config.json and the weights (model.safetensors, sharded safetensors "
-                    "with index, or pytorch_model*.bin) of HF_DIR tensor by tensor and writes a "
-                    "tinywave model checkpoint (config.json, tinywave.json, params/, tokenizer/).")
+        "with index, or pytorch_model*.bin) of HF_DIR tensor by tensor and writes a "
+        "tinywave model checkpoint (config.json, tinywave.json, params/, tokenizer/).",
+    )
     p.add_argument("hf_dir", metavar="HF_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="parameter dtype of the checkpoint (default float32)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty OUT_DIR (only once the new checkpoint is complete)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="parameter dtype of the checkpoint (default float32)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty OUT_DIR (only once the new checkpoint is complete)",
+    )
     p.set_defaults(func=_import_hf)
 
     p = subparsers.add_parser(
-        "export-hf", help="write a tinywave checkpoint as a Hugging Face Llama folder",
+        "export-hf",
+        help="write a tinywave checkpoint as a Hugging Face Llama folder",
         description="Writes config.json, generation_config.json, safetensors shards (+ index) "
-                    "and tokenizer files that transformers' AutoModelForCausalLM loads.")
+        "and tokenizer files that transformers' AutoModelForCausalLM loads.",
+    )
     p.add_argument("ckpt_dir", metavar="CKPT_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                   help="tensor dtype (default: the checkpoint's)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty OUT_DIR (only once the new folder is complete)")
-    p.add_argument("--max-shard-size", default="5GB",
-                   help="largest safetensors file, e.g. 5GB, 500MB (default 5GB)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="tensor dtype (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty OUT_DIR (only once the new folder is complete)",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        help="largest safetensors file, e.g. 5GB, 500MB (default 5GB)",
+    )
     p.set_defaults(func=_export_hf)

@@ -6,6 +6,7 @@ generation_config.json, `model.safetensors` or `model-0000i-of-0000n.safetensors
 exported; other entries of a params tree are ignored. Tensors are built one at a time while
 their shard is written, and the folder appears atomically when complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,18 @@ from .hf_import import Progress
 from .safetensors_io import TensorToWrite, write_file
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(size: int | str) -> int:
@@ -81,8 +92,9 @@ def _uniform_dtype(leaves: dict) -> np.dtype:
     return dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
 
 
-def params_to_hf_state(params: Mapping, config: LlamaConfig,
-                       dtype=None) -> Iterator[tuple[str, np.ndarray]]:
+def params_to_hf_state(
+    params: Mapping, config: LlamaConfig, dtype=None
+) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (HF name, numpy array) in transformers' state-dict order, one tensor at a time.
     dtype None: the params' dtype (float32 if mixed)."""
     leaves = _host_leaves(params, config)
@@ -105,13 +117,20 @@ def generation_config_dict(config: LlamaConfig) -> dict:
     return out
 
 
-def write_hf_dir(params: Mapping, config: LlamaConfig, out_dir: str | Path, dtype=None,
-                 overwrite: bool = False, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-                 tokenizer_dir: str | Path | None = None,
-                 progress: Progress | None = None) -> Path:
+def write_hf_dir(
+    params: Mapping,
+    config: LlamaConfig,
+    out_dir: str | Path,
+    dtype=None,
+    overwrite: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    tokenizer_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Path:
     """Writes params as a Hugging Face Llama folder (see module doc). dtype None: as stored."""
     from ..checkpoint import copy_tokenizer_files
     from ..outputs import atomic_output_dir
+
     leaves = _host_leaves(params, config)
     dtype = np.dtype(dtype) if dtype is not None else _uniform_dtype(leaves)
     maps = {m.hf_name: m for m in tensor_maps(config)}
@@ -119,8 +138,11 @@ def write_hf_dir(params: Mapping, config: LlamaConfig, out_dir: str | Path, dtyp
     total_bytes = sum(nbytes.values())
     shards = plan_shards(list(nbytes.items()), parse_size(max_shard_size))
     n = len(shards)
-    names = ["model.safetensors"] if n == 1 else [
-        f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    names = (
+        ["model.safetensors"]
+        if n == 1
+        else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
     done = [0, 0]
 
     def fetch(m: TensorMap) -> np.ndarray:
@@ -134,30 +156,46 @@ def write_hf_dir(params: Mapping, config: LlamaConfig, out_dir: str | Path, dtyp
     with atomic_output_dir(out_dir, overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config, dtype), indent=2) + "\n")
         for fname, shard in zip(names, shards):
-            write_file(tmp / fname, [TensorToWrite(name, dtype, maps[name].hf_shape,
-                                                   lambda m=maps[name]: fetch(m))
-                                     for name in shard], metadata={"format": "pt"})
+            write_file(
+                tmp / fname,
+                [
+                    TensorToWrite(name, dtype, maps[name].hf_shape, lambda m=maps[name]: fetch(m))
+                    for name in shard
+                ],
+                metadata={"format": "pt"},
+            )
         if n > 1:
-            index = {"metadata": {"total_parameters": sum(math.prod(m.hf_shape)
-                                                          for m in maps.values()),
-                                  "total_size": total_bytes},
-                     "weight_map": dict(sorted((name, fname) for fname, shard in zip(names, shards)
-                                               for name in shard))}
+            index = {
+                "metadata": {
+                    "total_parameters": sum(math.prod(m.hf_shape) for m in maps.values()),
+                    "total_size": total_bytes,
+                },
+                "weight_map": dict(
+                    sorted((name, fname) for fname, shard in zip(names, shards) for name in shard)
+                ),
+            }
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         copied = copy_tokenizer_files(tokenizer_dir, tmp)
         if "generation_config.json" not in copied:
             (tmp / "generation_config.json").write_text(
-                json.dumps(generation_config_dict(config), indent=2) + "\n")
+                json.dumps(generation_config_dict(config), indent=2) + "\n"
+            )
     return Path(out_dir)
 
 
-def export_hf(ckpt_dir: str | Path, out_dir: str | Path, dtype=None, overwrite: bool = False,
-              max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-              progress: Progress | None = None) -> Path:
+def export_hf(
+    ckpt_dir: str | Path,
+    out_dir: str | Path,
+    dtype=None,
+    overwrite: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    progress: Progress | None = None,
+) -> Path:
     """Writes the tinywave model checkpoint `ckpt_dir` as a Hugging Face folder `out_dir`.
     dtype None: the checkpoint's dtype."""
     from ..checkpoint import load_model
     from ..outputs import check_output_dir
+
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise MissingInputError(f"tinywave checkpoint folder not found: {ckpt_dir}")
@@ -165,7 +203,13 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, dtype=None, overwrite: 
     check_output_dir(out_dir, overwrite)
     params, config, _ = load_model(ckpt_dir, as_numpy=True)
     tokenizer_dir = ckpt_dir / "tokenizer"
-    return write_hf_dir(params, config, out_dir, dtype=dtype, overwrite=overwrite,
-                        max_shard_size=max_shard_size,
-                        tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None,
-                        progress=progress)
+    return write_hf_dir(
+        params,
+        config,
+        out_dir,
+        dtype=dtype,
+        overwrite=overwrite,
+        max_shard_size=max_shard_size,
+        tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None,
+        progress=progress,
+    )

@@ -4,6 +4,7 @@ Weights are read tensor by tensor from memory-mapped files (safetensors via our 
 `.bin` via `torch.load(weights_only=True, mmap=True)`, which cannot run code) and copied into
 preallocated stacked arrays of the target dtype, so the host never holds two full copies.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,12 @@ from ..models.param_layout import flatten, get_path, param_shapes, set_path, ten
 from .safetensors_io import SafetensorsFile
 
 # Looked for in this order, like transformers: (listing file, kind).
-WEIGHT_LAYOUTS = (("model.safetensors.index.json", "safetensors"),
-                  ("model.safetensors", "safetensors"),
-                  ("pytorch_model.bin.index.json", "bin"),
-                  ("pytorch_model.bin", "bin"))
+WEIGHT_LAYOUTS = (
+    ("model.safetensors.index.json", "safetensors"),
+    ("model.safetensors", "safetensors"),
+    ("pytorch_model.bin.index.json", "bin"),
+    ("pytorch_model.bin", "bin"),
+)
 PARAM_DTYPES = ("float32", "bfloat16")
 _FLOAT_SOURCES = {np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16)}
 
@@ -48,6 +51,7 @@ def to_numpy(x) -> np.ndarray:
         return x
     if type(x).__module__.startswith("torch"):
         import torch
+
         x = x.detach()
         if x.dtype == torch.bfloat16:
             return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
@@ -57,17 +61,20 @@ def to_numpy(x) -> np.ndarray:
 
 def _load_bin(path: Path) -> dict:
     import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
-        raise ConversionError(f"{path}: cannot read as a torch state dict (weights only): "
-                              f"{str(e).splitlines()[0]}") from None
+        raise ConversionError(
+            f"{path}: cannot read as a torch state dict (weights only): {str(e).splitlines()[0]}"
+        ) from None
     if not isinstance(state, Mapping):
         raise ConversionError(f"{path}: holds a {type(state).__name__}, not a state dict")
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):
-            raise ConversionError(f"{path}: entry {name!r} is a {type(value).__name__}, "
-                                  "not a tensor")
+            raise ConversionError(
+                f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor"
+            )
     return dict(state)
 
 
@@ -79,13 +86,14 @@ class HFWeights(Mapping):
 
     def __init__(self, hf_dir: str | Path):
         hf_dir = Path(hf_dir)
-        for listing, kind in WEIGHT_LAYOUTS:
+        for listing, kind in WEIGHT_LAYOUTS:  # noqa: B007 (the match is used after the loop)
             if (hf_dir / listing).is_file():
                 break
         else:
             raise MissingInputError(
                 f"{hf_dir}: no weights found (looked for "
-                f"{', '.join(name for name, _ in WEIGHT_LAYOUTS)})")
+                f"{', '.join(name for name, _ in WEIGHT_LAYOUTS)})"
+            )
         self.listing = hf_dir / listing
         weight_map = self._read_index(self.listing) if listing.endswith(".index.json") else {}
         files = list(dict.fromkeys(weight_map.values())) if weight_map else [listing]
@@ -95,29 +103,34 @@ class HFWeights(Mapping):
             path = hf_dir / fname
             if not path.is_file():
                 example = next(n for n, f in weight_map.items() if f == fname)
-                raise MissingInputError(f"{self.listing}: weight file {fname} (holding tensor "
-                                        f"{example!r}) not found")
+                raise MissingInputError(
+                    f"{self.listing}: weight file {fname} (holding tensor {example!r}) not found"
+                )
             content = SafetensorsFile(path) if kind == "safetensors" else _load_bin(path)
             self.files.append(path)
             for name in content:
                 if name in self._tensors:
-                    raise ConversionError(f"{path}: tensor {name!r} is also in "
-                                          f"{self._tensors[name][0]}")
+                    raise ConversionError(
+                        f"{path}: tensor {name!r} is also in {self._tensors[name][0]}"
+                    )
                 self._tensors[name] = (path, content)
         for name, fname in weight_map.items():
             if name not in self._tensors or self._tensors[name][0].name != fname:
-                raise ConversionError(f"{self.listing}: tensor {name!r} is mapped to {fname}, "
-                                      "which does not hold it")
+                raise ConversionError(
+                    f"{self.listing}: tensor {name!r} is mapped to {fname}, which does not hold it"
+                )
 
     @staticmethod
     def _read_index(path: Path) -> dict[str, str]:
         try:
             weight_map = json.loads(path.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ConversionError(f"{path}: not a valid weight index (needs a 'weight_map' "
-                                  f"object): {e!r}") from None
+            raise ConversionError(
+                f"{path}: not a valid weight index (needs a 'weight_map' object): {e!r}"
+            ) from None
         if not isinstance(weight_map, dict) or not all(
-                isinstance(v, str) and "/" not in v for v in weight_map.values()):
+            isinstance(v, str) and "/" not in v for v in weight_map.values()
+        ):
             raise ConversionError(f"{path}: 'weight_map' must map tensor names to file names")
         return weight_map
 
@@ -135,8 +148,13 @@ class HFWeights(Mapping):
         return len(self._tensors)
 
 
-def hf_state_to_params(state: Mapping, config: LlamaConfig, dtype="float32",
-                       progress: Progress | None = None, where: str = "state dict") -> dict:
+def hf_state_to_params(
+    state: Mapping,
+    config: LlamaConfig,
+    dtype="float32",
+    progress: Progress | None = None,
+    where: str = "state dict",
+) -> dict:
     """HF-named tensors (numpy/torch arrays, or an HFWeights) -> tinywave params of `dtype`.
 
     Checks every name and shape before allocating; each target array is preallocated once and
@@ -146,8 +164,10 @@ def hf_state_to_params(state: Mapping, config: LlamaConfig, dtype="float32",
     maps = {m.hf_name: m for m in tensor_maps(config)}
     for name in state:
         if name not in maps and not is_ignored(name, config):
-            raise ConversionError(f"{origin(name)}: unexpected tensor {name!r} (not a parameter "
-                                  "of the Llama model described by config.json)")
+            raise ConversionError(
+                f"{origin(name)}: unexpected tensor {name!r} (not a parameter "
+                "of the Llama model described by config.json)"
+            )
     for name in maps:
         if name not in state:
             raise ConversionError(f"{listing}: missing tensor {name!r}")
@@ -155,12 +175,16 @@ def hf_state_to_params(state: Mapping, config: LlamaConfig, dtype="float32",
     for name, m in maps.items():
         src = state[name]
         if tuple(src.shape) != m.hf_shape:
-            raise ConversionError(f"{origin(name)}: tensor {name!r} has shape "
-                                  f"{list(src.shape)}, config.json implies {list(m.hf_shape)}")
+            raise ConversionError(
+                f"{origin(name)}: tensor {name!r} has shape "
+                f"{list(src.shape)}, config.json implies {list(m.hf_shape)}"
+            )
         src_dtype = to_numpy(src).dtype
         if src_dtype not in _FLOAT_SOURCES:
-            raise ConversionError(f"{origin(name)}: tensor {name!r} has dtype {src_dtype}, "
-                                  "expected a floating-point type")
+            raise ConversionError(
+                f"{origin(name)}: tensor {name!r} has dtype {src_dtype}, "
+                "expected a floating-point type"
+            )
         total_bytes += int(np.prod(m.hf_shape)) * src_dtype.itemsize
 
     dtype = np.dtype(dtype)
@@ -181,11 +205,17 @@ def hf_state_to_params(state: Mapping, config: LlamaConfig, dtype="float32",
     return params
 
 
-def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32",
-              overwrite: bool = False, progress: Progress | None = None) -> Path:
+def import_hf(
+    hf_dir: str | Path,
+    out_dir: str | Path,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Path:
     """Converts a Hugging Face Llama folder into a tinywave model checkpoint at `out_dir`."""
     from ..checkpoint import save_model
     from ..outputs import check_output_dir
+
     if dtype not in PARAM_DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {list(PARAM_DTYPES)}")
     hf_dir = Path(hf_dir)
@@ -196,9 +226,16 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32",
     weights = HFWeights(hf_dir)
     params = hf_state_to_params(weights, config, dtype, progress=progress)
     provenance = {
-        "source": "huggingface", "source_dir": str(hf_dir.resolve()),
+        "source": "huggingface",
+        "source_dir": str(hf_dir.resolve()),
         "source_weights": [p.name for p in weights.files],
         "source_dtypes": sorted({str(weights[name].dtype) for name in weights}),
     }
-    return save_model(out_dir, params, config.replace(param_dtype=dtype), provenance=provenance,
-                      overwrite=overwrite, tokenizer_dir=hf_dir)
+    return save_model(
+        out_dir,
+        params,
+        config.replace(param_dtype=dtype),
+        provenance=provenance,
+        overwrite=overwrite,
+        tokenizer_dir=hf_dir,
+    )

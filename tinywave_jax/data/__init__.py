@@ -12,11 +12,21 @@
 
 Names are imported lazily so that `tinywave --help` does not pay for grain and TFDS.
 """
+
 from .._lazy import lazy_exports
 
 _NAMES = {
-    "layout": ["LayoutConfig", "TokenLayout", "dedup", "ids_to_string", "join_spans",
-               "load_tokenizer", "merge_streams", "parse_token_string", "preset_layout"],
+    "layout": [
+        "LayoutConfig",
+        "TokenLayout",
+        "dedup",
+        "ids_to_string",
+        "join_spans",
+        "load_tokenizer",
+        "merge_streams",
+        "parse_token_string",
+        "preset_layout",
+    ],
     "streams": ["PATTERNS", "BadRecord", "interleave", "sequence_for"],
     "corpus_format": ["CorpusError"],
     "corpus_read": ["CorpusSource"],

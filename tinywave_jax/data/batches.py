@@ -4,6 +4,7 @@
 segment 0 is padding, positions restart at 0 per packed document, targets[t] = input_ids[t+1]
 within the same segment, loss_mask 0 at a document's last token and on padding.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,13 @@ def contract_batch(input_ids, segment_ids) -> dict:
     starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
     first = np.maximum.accumulate(np.where(starts, t, 0), axis=1)
     positions = np.where(seg > 0, t - first, 0).astype(np.int32)
-    return {"input_ids": ids, "targets": targets, "loss_mask": loss_mask,
-            "segment_ids": seg, "positions": positions}
+    return {
+        "input_ids": ids,
+        "targets": targets,
+        "loss_mask": loss_mask,
+        "segment_ids": seg,
+        "positions": positions,
+    }
 
 
 def pack_sequences(sequences, seq_len: int, batch_size: int, pack: bool = True) -> list[dict]:
@@ -35,10 +41,12 @@ def pack_sequences(sequences, seq_len: int, batch_size: int, pack: bool = True) 
     continues in the next row as a new segment). pack=False: one sequence per row (each must fit).
     The last batch is filled with padding rows."""
     rows, row, seg = [], [], []
+
     def flush():
         if row:
             rows.append((row + [0] * (seq_len - len(row)), seg + [0] * (seq_len - len(seg))))
             row.clear(), seg.clear()
+
     for n, s in enumerate(sequences):
         s = [int(x) for x in s]
         if not pack:
@@ -48,10 +56,10 @@ def pack_sequences(sequences, seq_len: int, batch_size: int, pack: bool = True) 
             flush()
             continue
         while s:
-            take = s[:seq_len - len(row)]
+            take = s[: seq_len - len(row)]
             sid = (max(seg) if seg else 0) + 1
             row.extend(take), seg.extend([sid] * len(take))
-            s = s[len(take):]
+            s = s[len(take) :]
             if len(row) == seq_len:
                 flush()
     flush()
@@ -59,8 +67,6 @@ def pack_sequences(sequences, seq_len: int, batch_size: int, pack: bool = True) 
         rows.append(([0] * seq_len, [0] * seq_len))
     out = []
     for b in range(0, len(rows), batch_size):
-        chunk = rows[b:b + batch_size]
+        chunk = rows[b : b + batch_size]
         out.append(contract_batch([r for r, _ in chunk], [s for _, s in chunk]))
     return out
-
-

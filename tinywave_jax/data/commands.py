@@ -1,4 +1,5 @@
 """`tinywave corpus build | info | show`: build the tokenized corpus and look inside it."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,32 +22,55 @@ def register(subparsers):
     corpus = subparsers.add_parser("corpus", help="build or inspect a tokenized speech corpus")
     sub = corpus.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
 
-    b = sub.add_parser("build", help="units manifest or audio -> ArrayRecord corpus (TFDS)",
-                       description="Writes OUT/tinywave_corpus/1.0.0 (train/validation/test). "
-                       "Inputs: a jsonl manifest of pre-extracted units (id, speaker, units, "
-                       "optional times, words, transcript, split), or audio (a folder, or a "
-                       "jsonl manifest of `path`s) with --extractor. Restartable: finished "
-                       "shards in OUT/_staging are kept.")
+    b = sub.add_parser(
+        "build",
+        help="units manifest or audio -> ArrayRecord corpus (TFDS)",
+        description="Writes OUT/tinywave_corpus/1.0.0 (train/validation/test). "
+        "Inputs: a jsonl manifest of pre-extracted units (id, speaker, units, "
+        "optional times, words, transcript, split), or audio (a folder, or a "
+        "jsonl manifest of `path`s) with --extractor. Restartable: finished "
+        "shards in OUT/_staging are kept.",
+    )
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", help="jsonl manifest (units, or audio paths with --extractor)")
-    src.add_argument("--audio-dir", help="folder of audio (speaker = parent folder; x.txt "
-                     "transcript and x.words.json alignment beside x.wav)")
+    src.add_argument(
+        "--audio-dir",
+        help="folder of audio (speaker = parent folder; x.txt "
+        "transcript and x.words.json alignment beside x.wav)",
+    )
     b.add_argument("--out", required=True, help="output folder (a TFDS data_dir)")
     b.add_argument("--extractor", help="units folder for tinywave_jax.audio.load_extractor")
     b.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     b.add_argument("--shard-size", type=int, default=256, help="utterances per work shard")
-    b.add_argument("--layout", default="spiritlm_expressive",
-                   help="preset whose unit counts bound the unit ids (default spiritlm_expressive)")
+    b.add_argument(
+        "--layout",
+        default="spiritlm_expressive",
+        help="preset whose unit counts bound the unit ids (default spiritlm_expressive)",
+    )
     b.add_argument("--vocab", default="", help="override unit counts, e.g. hubert=100,pitch=16")
-    b.add_argument("--frame-rates", default="",
-                   help="Hz of manifest streams without times (default hubert=25,pitch=12.5,style=1)")
-    b.add_argument("--valid-fraction", type=float, default=0.01,
-                   help="share of utterances without a `split` that go to validation")
+    b.add_argument(
+        "--frame-rates",
+        default="",
+        help="Hz of manifest streams without times (default hubert=25,pitch=12.5,style=1)",
+    )
+    b.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.01,
+        help="share of utterances without a `split` that go to validation",
+    )
     b.add_argument("--test-fraction", type=float, default=0.01)
-    b.add_argument("--max-skipped", type=int, default=None,
-                   help="fail when more bad utterances than this are skipped (0: fail on the first)")
-    b.add_argument("--no-speaker-f0", action="store_true",
-                   help="normalise pitch per utterance instead of per speaker")
+    b.add_argument(
+        "--max-skipped",
+        type=int,
+        default=None,
+        help="fail when more bad utterances than this are skipped (0: fail on the first)",
+    )
+    b.add_argument(
+        "--no-speaker-f0",
+        action="store_true",
+        help="normalise pitch per utterance instead of per speaker",
+    )
     b.set_defaults(func=_build)
 
     i = sub.add_parser("info", help="splits and sizes of a built corpus")
@@ -57,8 +81,9 @@ def register(subparsers):
     s.add_argument("corpus_dir")
     s.add_argument("--split", default="train")
     s.add_argument("--index", type=int, default=0)
-    s.add_argument("--kind", default="expressive",
-                   choices=["speech", "expressive", "interleaved", "text"])
+    s.add_argument(
+        "--kind", default="expressive", choices=["speech", "expressive", "interleaved", "text"]
+    )
     s.add_argument("--layout", default="spiritlm_expressive")
     s.add_argument("--tokenizer", help="Hugging Face tokenizer folder (text, interleaved)")
     s.add_argument("--seed", type=int, default=0)
@@ -72,26 +97,39 @@ def _log_stderr(msg):
 def _build(args):
     from .corpus_build import build_corpus, format_summary
     from .layout import STREAMS, preset_layout
+
     layout = preset_layout(args.layout)
     vocab = {s: layout.stream_size(s) for s in STREAMS}
     vocab.update({k: int(v) for k, v in _pairs(args.vocab, "--vocab").items()})
     summary = build_corpus(
-        args.out, manifest=args.manifest, audio_dir=args.audio_dir, extractor=args.extractor,
-        shard_size=args.shard_size, workers=args.workers, valid_fraction=args.valid_fraction,
-        test_fraction=args.test_fraction, vocab_sizes=vocab,
-        frame_rates=_pairs(args.frame_rates, "--frame-rates"), max_skipped=args.max_skipped,
-        speaker_f0=not args.no_speaker_f0, log=_log_stderr)
+        args.out,
+        manifest=args.manifest,
+        audio_dir=args.audio_dir,
+        extractor=args.extractor,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        vocab_sizes=vocab,
+        frame_rates=_pairs(args.frame_rates, "--frame-rates"),
+        max_skipped=args.max_skipped,
+        speaker_f0=not args.no_speaker_f0,
+        log=_log_stderr,
+    )
     print(format_summary(summary))
 
 
 def _info(args):
     import json
     from pathlib import Path
+
     from .corpus_read import CorpusSource, version_dir
+
     d = version_dir(args.corpus_dir)
     summary = Path(args.corpus_dir) / "summary.json"
     if summary.exists():
         from .corpus_build import format_summary
+
         print(format_summary(json.loads(summary.read_text())))
     info = json.loads((d / "dataset_info.json").read_text())
     for split in info.get("splits", []):
@@ -102,13 +140,17 @@ def _info(args):
 
 def _show(args):
     import numpy as np
+
     from .corpus_read import CorpusSource
     from .layout import ids_to_string, load_tokenizer, preset_layout
     from .streams import sequence_for
+
     layout = preset_layout(args.layout)
     tok = load_tokenizer(args.tokenizer, layout) if args.tokenizer else None
     rec = CorpusSource(args.corpus_dir, args.split)[args.index]
-    print(f"{rec['id']} speaker={rec['speaker']} duration={rec['duration']:.2f}s "
-          f"words={len(rec['words'] or [])} ({rec['where']})")
+    print(
+        f"{rec['id']} speaker={rec['speaker']} duration={rec['duration']:.2f}s "
+        f"words={len(rec['words'] or [])} ({rec['where']})"
+    )
     ids = sequence_for(args.kind, rec, layout, tok, np.random.default_rng(args.seed))
     print(ids_to_string(ids, layout, tok))

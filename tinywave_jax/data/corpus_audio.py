@@ -1,5 +1,6 @@
 """Audio utterances -> unit records for the corpus, through `tinywave_jax.audio`'s unit
 extractor; and the per-speaker mean log-F0 that normalises pitch and style (SpiritLM's)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,6 +15,7 @@ _EXTRACTORS: dict = {}
 def cached_extractor(directory: str):
     """The extractor in `directory`, loaded once per process (workers reuse it across shards)."""
     from ..audio import load_extractor
+
     if directory not in _EXTRACTORS:
         _EXTRACTORS[directory] = load_extractor(directory)
     return _EXTRACTORS[directory]
@@ -23,6 +25,7 @@ def _read(item):
     """Waveform (float32, 16 kHz) of an audio item; unreadable, empty or silent audio is a
     CorpusError naming the item."""
     from ..audio import read_audio
+
     path = item.data.get("path")
     if not path:
         raise CorpusError(f"{item.where}: needs an audio `path`")
@@ -32,11 +35,13 @@ def _read(item):
         raise CorpusError(f"{item.where}: {e}") from None
 
 
-def audio_record(item: Item, split: str, extractor_dir: str, vocab_sizes: dict,
-                 f0_means: dict | None) -> dict:
+def audio_record(
+    item: Item, split: str, extractor_dir: str, vocab_sizes: dict, f0_means: dict | None
+) -> dict:
     """An audio file -> record through `tinywave_jax.audio`; `f0_means` maps speaker -> mean
     log-F0 for pitch/style normalisation (None: each utterance's own mean)."""
     from ..audio import SAMPLE_RATE
+
     ext = cached_extractor(extractor_dir)
     wav = _read(item)
     try:
@@ -46,10 +51,13 @@ def audio_record(item: Item, split: str, extractor_dir: str, vocab_sizes: dict,
     for s, (units, _) in streams.items():
         units = np.asarray(units)
         if s in vocab_sizes and units.size and (units.min() < 0 or units.max() >= vocab_sizes[s]):
-            raise CorpusError(f"{item.where}: extractor gave {s} unit {int(units.max())} outside "
-                              f"the layout's {vocab_sizes[s]} {s} tokens")
-    return make_record(item, split, {s: v for s, v in streams.items() if s in STREAMS},
-                       len(wav) / SAMPLE_RATE)
+            raise CorpusError(
+                f"{item.where}: extractor gave {s} unit {int(units.max())} outside "
+                f"the layout's {vocab_sizes[s]} {s} tokens"
+            )
+    return make_record(
+        item, split, {s: v for s, v in streams.items() if s in STREAMS}, len(wav) / SAMPLE_RATE
+    )
 
 
 def _utterance_log_f0(job):
@@ -57,8 +65,11 @@ def _utterance_log_f0(job):
     with the extractor's own pitch tracker settings."""
     item, extractor_dir = job
     from ..audio.pitch import PitchConfig, tracker_f0
-    cfg = getattr(getattr(cached_extractor(extractor_dir), "cfg", None), "pitch", None) \
+
+    cfg = (
+        getattr(getattr(cached_extractor(extractor_dir), "cfg", None), "pitch", None)
         or PitchConfig()
+    )
     try:
         f0, voiced, _ = tracker_f0(_read(item), cfg)
     except Exception:  # reported by the second pass, which names the file

@@ -10,6 +10,7 @@ start, end). Unit start times are stored as integer microseconds (`<stream>_time
 floats as float32, which would blur equal frame times of different streams; word times are
 float32 seconds.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,12 +29,17 @@ class CorpusError(InputError):
 def features():
     """The TFDS features of a stored record."""
     import tensorflow_datasets as tfds
-    spec = {"id": tfds.features.Text(), "speaker": tfds.features.Text(),
-            "transcript": tfds.features.Text(), "duration": np.float32,
-            # flat tensors: a Sequence of dicts decodes element by element (slow)
-            "words": tfds.features.Tensor(shape=(None,), dtype=np.str_),
-            "word_start": tfds.features.Tensor(shape=(None,), dtype=np.float32),
-            "word_end": tfds.features.Tensor(shape=(None,), dtype=np.float32)}
+
+    spec = {
+        "id": tfds.features.Text(),
+        "speaker": tfds.features.Text(),
+        "transcript": tfds.features.Text(),
+        "duration": np.float32,
+        # flat tensors: a Sequence of dicts decodes element by element (slow)
+        "words": tfds.features.Tensor(shape=(None,), dtype=np.str_),
+        "word_start": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+        "word_end": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+    }
     for s in STREAMS:
         spec[s] = tfds.features.Tensor(shape=(None,), dtype=np.int32)
         spec[s + "_time_us"] = tfds.features.Tensor(shape=(None,), dtype=np.int64)
@@ -56,10 +62,20 @@ def encode_example(rec: dict) -> dict:
 def decode_record(ex: dict, where: str) -> dict:
     """TFDS example -> the record dict `streams.py` uses."""
     txt = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
-    words = [(txt(a), float(b), float(c))
-             for a, b, c in zip(ex["words"], ex["word_start"], ex["word_end"])]
-    return {"id": txt(ex["id"]), "speaker": txt(ex["speaker"]),
-            "transcript": txt(ex["transcript"]), "duration": float(ex["duration"]),
-            "words": words or None, "where": where,
-            "streams": {s: (np.asarray(ex[s]), np.asarray(ex[s + "_time_us"]) / 1e6)
-                        for s in STREAMS if len(ex[s])}}
+    words = [
+        (txt(a), float(b), float(c))
+        for a, b, c in zip(ex["words"], ex["word_start"], ex["word_end"])
+    ]
+    return {
+        "id": txt(ex["id"]),
+        "speaker": txt(ex["speaker"]),
+        "transcript": txt(ex["transcript"]),
+        "duration": float(ex["duration"]),
+        "words": words or None,
+        "where": where,
+        "streams": {
+            s: (np.asarray(ex[s]), np.asarray(ex[s + "_time_us"]) / 1e6)
+            for s in STREAMS
+            if len(ex[s])
+        },
+    }

@@ -1,6 +1,7 @@
 """Corpus inputs: a jsonl manifest or an audio folder as Items, their ids and splits, and the
 record of one utterance (`make_record`; `units_record` for a pre-extracted units line, audio goes
 through corpus_audio)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,13 +17,14 @@ from ..jsonl import iter_jsonl
 from .corpus_format import SPLITS, CorpusError
 from .layout import STREAMS
 
-DEFAULT_FRAME_RATES = {"hubert": 25.0, "pitch": 12.5, "style": 1.0}   # SpiritLM's (Hz)
+DEFAULT_FRAME_RATES = {"hubert": 25.0, "pitch": 12.5, "style": 1.0}  # SpiritLM's (Hz)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 @dataclasses.dataclass
 class Item:
     """One utterance to build: a manifest line or an audio file (`where` names it in errors)."""
+
     where: str
     data: dict
 
@@ -60,8 +62,11 @@ def scan_audio_folder(folder) -> list[Item]:
         raise MissingInputError(f"audio folder not found: {folder}")
     items = []
     for p in sorted(q for q in folder.rglob("*") if q.suffix.lower() in AUDIO_SUFFIXES):
-        data = {"path": str(p), "id": str(p.relative_to(folder).with_suffix("")),
-                "speaker": p.parent.name}
+        data = {
+            "path": str(p),
+            "id": str(p.relative_to(folder).with_suffix("")),
+            "speaker": p.parent.name,
+        }
         if p.with_suffix(".txt").is_file():
             data["transcript"] = p.with_suffix(".txt").read_text().strip()
         if p.with_suffix(".words.json").is_file():
@@ -87,16 +92,26 @@ def assign_split(item: Item, valid_fraction: float, test_fraction: float) -> str
             raise CorpusError(f"{item.where}: split {split!r} is not one of {SPLITS}")
         return split
     h = int(hashlib.md5(item_id(item).encode()).hexdigest()[:8], 16) / 2**32
-    return "validation" if h < valid_fraction else "test" if h < valid_fraction + test_fraction \
+    return (
+        "validation"
+        if h < valid_fraction
+        else "test"
+        if h < valid_fraction + test_fraction
         else "train"
+    )
 
 
 def make_record(item: Item, split: str, streams: dict, duration: float) -> dict:
     """The record of `item` (corpus_format's fields); `streams`: {stream: (units, times)}."""
     d = item.data
-    rec = {"id": item_id(item), "speaker": str(d.get("speaker", "")), "split": split,
-           "transcript": str(d.get("transcript") or ""), "duration": float(duration),
-           "words": _words(d.get("words"), item.where)}
+    rec = {
+        "id": item_id(item),
+        "speaker": str(d.get("speaker", "")),
+        "split": split,
+        "transcript": str(d.get("transcript") or ""),
+        "duration": float(duration),
+        "words": _words(d.get("words"), item.where),
+    }
     for s in STREAMS:
         units, times = streams.get(s, ((), ()))
         rec[s] = np.asarray(units, np.int32)
@@ -123,8 +138,9 @@ def units_record(item: Item, split: str, vocab_sizes: dict, frame_rates: dict) -
             raise CorpusError(f"{where}: {s} units must be a flat list of integers")
         if units.size and (units.min() < 0 or units.max() >= vocab_sizes[s]):
             bad = units[(units < 0) | (units >= vocab_sizes[s])][0]
-            raise CorpusError(f"{where}: {s} unit {int(bad)} is outside the layout's "
-                              f"{vocab_sizes[s]} {s} tokens")
+            raise CorpusError(
+                f"{where}: {s} unit {int(bad)} is outside the layout's {vocab_sizes[s]} {s} tokens"
+            )
         rate = float((d.get("frame_rates") or {}).get(s, frame_rates[s]))
         times = d.get("times", {}).get(s)
         times = np.arange(len(units)) / rate if times is None else np.asarray(times, np.float64)

@@ -1,5 +1,6 @@
 """Reading a built corpus: its TFDS folder (`version_dir`) and `CorpusSource`, random access to
 one split's records (a grain data source) in the dict form `streams.py` takes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,11 @@ def version_dir(corpus_dir) -> Path:
     if (d / "dataset_info.json").exists():
         return d
     base = d / NAME
-    versions = sorted(p for p in base.glob("*") if (p / "dataset_info.json").exists()) \
-        if base.is_dir() else []
+    versions = (
+        sorted(p for p in base.glob("*") if (p / "dataset_info.json").exists())
+        if base.is_dir()
+        else []
+    )
     if not versions:
         raise MissingInputError(f"no {NAME} corpus under {d} (run `tinywave corpus build`)")
     return versions[-1]
@@ -33,17 +37,20 @@ class CorpusSource:
 
     def _open(self):
         import tensorflow_datasets as tfds
+
         builder = tfds.builder_from_directory(self.dir)
         if self.split not in builder.info.splits:
-            raise CorpusError(f"corpus {self.dir} has no split {self.split!r}; it has "
-                              f"{sorted(builder.info.splits)}")
+            raise CorpusError(
+                f"corpus {self.dir} has no split {self.split!r}; it has "
+                f"{sorted(builder.info.splits)}"
+            )
         instr = builder.info.splits[self.split].file_instructions
         self._files = [fi.filename for fi in instr]
         self._starts = np.cumsum([0] + [fi.take for fi in instr])
         self._features = builder.info.features
         self._readers = {}
 
-    def __getstate__(self):        # reopened lazily in grain worker processes
+    def __getstate__(self):  # reopened lazily in grain worker processes
         return {"dir": self.dir, "split": self.split}
 
     def __setstate__(self, state):
@@ -60,6 +67,7 @@ class CorpusSource:
     def _reader(self, path):
         if path not in self._readers:
             from array_record.python.array_record_module import ArrayRecordReader
+
             self._readers[path] = ArrayRecordReader(path, "readahead_buffer_size:0")
         return self._readers[path]
 

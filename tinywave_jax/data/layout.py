@@ -17,6 +17,7 @@ Expressive speech merges style, pitch and HuBERT tokens by start time, at equal 
 order. Times are compared at microsecond resolution so that 25 Hz and 12.5 Hz frame times that
 are equal in exact arithmetic compare equal in floating point.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 
-STREAMS = ("hubert", "pitch", "style")                 # merge order at equal times: style, pitch, hubert
+STREAMS = ("hubert", "pitch", "style")  # merge order at equal times: style, pitch, hubert
 STREAM_PREFIX = {"hubert": "Hu", "pitch": "Pi", "style": "St"}
 MERGE_ORDER = {"style": 0, "pitch": 1, "hubert": 2}
 DEDUP_STREAMS = frozenset({"hubert", "pitch"})
@@ -37,11 +38,12 @@ TEXT, SPEECH = "text", "speech"
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
     """Id ranges of one vocabulary; see the module docstring for the order."""
+
     text_vocab_size: int
     num_units: int
     num_pitch: int = 0
     num_style: int = 0
-    vocab_size: int = 0          # padded total; must be >= used_size
+    vocab_size: int = 0  # padded total; must be >= used_size
     bos_id: int = 1
     name: str = "custom"
 
@@ -50,11 +52,14 @@ class TokenLayout:
             if getattr(self, f) < 0:
                 raise ConfigError(f"layout {self.name}: {f} must be >= 0, got {getattr(self, f)}")
         if self.bos_id >= self.text_vocab_size:
-            raise ConfigError(f"layout {self.name}: bos_id {self.bos_id} must be a text id "
-                             f"(< text_vocab_size {self.text_vocab_size})")
+            raise ConfigError(
+                f"layout {self.name}: bos_id {self.bos_id} must be a text id "
+                f"(< text_vocab_size {self.text_vocab_size})"
+            )
         if self.vocab_size < self.used_size:
-            raise ConfigError(f"layout {self.name}: vocab_size {self.vocab_size} < "
-                             f"{self.used_size} ids in use")
+            raise ConfigError(
+                f"layout {self.name}: vocab_size {self.vocab_size} < {self.used_size} ids in use"
+            )
 
     @property
     def text_marker_id(self) -> int:
@@ -90,8 +95,10 @@ class TokenLayout:
         n = self.stream_size(stream)
         if units.size and (units.min() < 0 or units.max() >= n):
             bad = int(units[(units < 0) | (units >= n)][0])
-            raise InputError(f"{where + ': ' if where else ''}{stream} unit {bad} is outside "
-                             f"layout {self.name} ({n} {stream} tokens)")
+            raise InputError(
+                f"{where + ': ' if where else ''}{stream} unit {bad} is outside "
+                f"layout {self.name} ({n} {stream} tokens)"
+            )
         return (units.astype(np.int64) + self.offset(stream)).astype(np.int32)
 
     def modality(self, token_id: int) -> str | None:
@@ -114,8 +121,10 @@ class TokenLayout:
                 return f"[{STREAM_PREFIX[s]}{k}]"
         if self.used_size <= token_id < self.vocab_size:
             return f"[Unused{token_id}]"
-        raise InputError(f"token id {token_id} is not a marker or unit id of layout {self.name} "
-                         f"(vocab_size {self.vocab_size})")
+        raise InputError(
+            f"token id {token_id} is not a marker or unit id of layout {self.name} "
+            f"(vocab_size {self.vocab_size})"
+        )
 
     def str_to_id(self, token: str) -> int:
         """Inverse of `id_to_str`."""
@@ -139,10 +148,12 @@ _TOKEN_RE = re.compile(r"\[(Hu|Pi|St|Unused)(\d+)\]")
 _SPLIT_RE = re.compile(r"(\[(?:Text|Speech|(?:Hu|Pi|St|Unused)\d+)\])")
 
 PRESETS = {
-    "spiritlm_base": dict(text_vocab_size=32000, num_units=501, num_pitch=0, num_style=0,
-                          vocab_size=32512),
-    "spiritlm_expressive": dict(text_vocab_size=32000, num_units=501, num_pitch=64, num_style=100,
-                                vocab_size=32768),
+    "spiritlm_base": dict(
+        text_vocab_size=32000, num_units=501, num_pitch=0, num_style=0, vocab_size=32512
+    ),
+    "spiritlm_expressive": dict(
+        text_vocab_size=32000, num_units=501, num_pitch=64, num_style=100, vocab_size=32768
+    ),
 }
 
 
@@ -156,6 +167,7 @@ def preset_layout(name: str) -> TokenLayout:
 class LayoutConfig:
     """Either a preset name, or (preset: null) the custom fields; vocab_size defaults to the ids in
     use rounded up to `pad_to_multiple`."""
+
     preset: Optional[str] = "spiritlm_expressive"
     text_vocab_size: Optional[int] = None
     num_units: Optional[int] = None
@@ -169,12 +181,15 @@ class LayoutConfig:
         custom = (self.text_vocab_size, self.num_units, self.vocab_size)
         if self.preset is not None:
             if any(v is not None for v in custom) or self.num_pitch or self.num_style:
-                raise ConfigError("layout: give either `preset` or the custom fields "
-                                  "(set preset: null for a custom layout)")
+                raise ConfigError(
+                    "layout: give either `preset` or the custom fields "
+                    "(set preset: null for a custom layout)"
+                )
             preset_layout(self.preset)
         elif self.text_vocab_size is None or self.num_units is None:
-            raise ConfigError("layout: a custom layout (preset: null) needs text_vocab_size "
-                              "and num_units")
+            raise ConfigError(
+                "layout: a custom layout (preset: null) needs text_vocab_size and num_units"
+            )
         if self.pad_to_multiple < 1:
             raise ConfigError("layout.pad_to_multiple: must be >= 1")
         try:
@@ -188,11 +203,19 @@ class LayoutConfig:
         used = self.text_vocab_size + 2 + self.num_units + self.num_pitch + self.num_style
         m = self.pad_to_multiple
         vocab = self.vocab_size if self.vocab_size is not None else -(-used // m) * m
-        return TokenLayout(self.text_vocab_size, self.num_units, self.num_pitch, self.num_style,
-                           vocab, self.bos_id, name="custom")
+        return TokenLayout(
+            self.text_vocab_size,
+            self.num_units,
+            self.num_pitch,
+            self.num_style,
+            vocab,
+            self.bos_id,
+            name="custom",
+        )
 
 
 # ---------------------------------------------------------------- unit streams -> token ids
+
 
 def dedup(units, times=None):
     """Collapses consecutive repeats, keeping the first frame's time. Returns (units, times)."""
@@ -249,16 +272,22 @@ def join_spans(layout: TokenLayout, spans, leading_marker: bool = True, bos: boo
 
 # ---------------------------------------------------------------- text and token strings
 
+
 def load_tokenizer(path: str, layout: TokenLayout):
     """Hugging Face tokenizer from a directory; checks it fits the layout's text range."""
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(path)
     if len(tok) > layout.text_vocab_size:
-        raise InputError(f"tokenizer {path} has {len(tok)} tokens but layout {layout.name} "
-                         f"reserves only {layout.text_vocab_size} text ids")
+        raise InputError(
+            f"tokenizer {path} has {len(tok)} tokens but layout {layout.name} "
+            f"reserves only {layout.text_vocab_size} text ids"
+        )
     if tok.bos_token_id is not None and tok.bos_token_id != layout.bos_id:
-        raise InputError(f"tokenizer {path} has bos id {tok.bos_token_id} but layout "
-                         f"{layout.name} uses bos_id {layout.bos_id}")
+        raise InputError(
+            f"tokenizer {path} has bos id {tok.bos_token_id} but layout "
+            f"{layout.name} uses bos_id {layout.bos_id}"
+        )
     return tok
 
 
@@ -296,8 +325,9 @@ def ids_to_string(ids, layout: TokenLayout, tokenizer=None, strip_bos: bool = Tr
         if run:
             if tokenizer is None:
                 raise ConfigError(f"text ids {run[:5]}... need a tokenizer to be shown")
-            text = tokenizer.decode(run, skip_special_tokens=False,
-                                    clean_up_tokenization_spaces=False).strip()
+            text = tokenizer.decode(
+                run, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            ).strip()
             parts.append((" " if parts else "") + text)
             run.clear()
 

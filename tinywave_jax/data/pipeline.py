@@ -15,6 +15,7 @@ Batch contract (numpy, one dict per step; B rows of this host, T = seq_len):
     segment_ids int32[B,T]  1, 2, ... per packed document in a row; 0 = padding
     positions int32[B,T]    0, 1, ... restarting at each segment; 0 on padding
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,24 +39,28 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class DataConfig:
     """Training data: which corpus, which streams in which proportions, how it is packed."""
+
     corpus_dir: str = ""
     split: str = "train"
-    mixture: dict[str, float] = dataclasses.field(default_factory=lambda: {"speech": 1.0})  # kind -> weight
+    mixture: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"speech": 1.0}
+    )  # kind -> weight
     seq_len: int = 1024
-    batch_size: int = 8                     # global: summed over hosts
+    batch_size: int = 8  # global: summed over hosts
     seed: int = 0
     layout: LayoutConfig = dataclasses.field(default_factory=LayoutConfig)
-    tokenizer: Optional[str] = None         # Hugging Face tokenizer folder (text/interleaved)
+    tokenizer: Optional[str] = None  # Hugging Face tokenizer folder (text/interleaved)
     interleave_patterns: dict[str, float] = dataclasses.field(
-        default_factory=lambda: dict(DEFAULT_PATTERN_PROBS))
+        default_factory=lambda: dict(DEFAULT_PATTERN_PROBS)
+    )
     interleaved_speech: Literal["hubert", "expressive"] = "hubert"
-    leading_marker: bool = True             # a modality marker before the first span too
+    leading_marker: bool = True  # a modality marker before the first span too
     shuffle: bool = True
-    num_epochs: Optional[int] = None        # None: repeat forever
-    max_bad_records: int = 0                # bad records skipped (per stream and process, not
-                                            # restored with the state) before failing
-    worker_count: int = 0                   # grain worker processes (0: in this process)
-    read_threads: int = 8                   # threads that read and tokenise records
+    num_epochs: Optional[int] = None  # None: repeat forever
+    max_bad_records: int = 0  # bad records skipped (per stream and process, not
+    # restored with the state) before failing
+    worker_count: int = 0  # grain worker processes (0: in this process)
+    read_threads: int = 8  # threads that read and tokenise records
 
     def validate(self):
         if not self.mixture:
@@ -67,8 +72,9 @@ class DataConfig:
                 raise ConfigError(f"data.mixture.{k}: weight must be a positive number")
         for k, p in self.interleave_patterns.items():
             if k not in PATTERNS:
-                raise ConfigError(f"data.interleave_patterns.{k}: unknown pattern; expected "
-                                  f"{list(PATTERNS)}")
+                raise ConfigError(
+                    f"data.interleave_patterns.{k}: unknown pattern; expected {list(PATTERNS)}"
+                )
             if isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0:
                 raise ConfigError(f"data.interleave_patterns.{k}: must be a number >= 0")
         if sum(self.interleave_patterns.values()) <= 0:
@@ -87,13 +93,19 @@ class DataConfig:
 
 # ---------------------------------------------------------------- record -> sequence
 
+
 class _Tokens:
     """grain random_map: record index -> {'input_ids': ids}, or None for a bad record that the
     allowance covers (counted per process)."""
 
     def __init__(self, kind, source, cfg: DataConfig, layout, tokenizer):
-        self.kind, self.source, self.cfg, self.layout, self.tokenizer = \
-            kind, source, cfg, layout, tokenizer
+        self.kind, self.source, self.cfg, self.layout, self.tokenizer = (
+            kind,
+            source,
+            cfg,
+            layout,
+            tokenizer,
+        )
         self.bad = 0
         self._lock = threading.Lock()
 
@@ -106,18 +118,27 @@ class _Tokens:
 
     def __call__(self, index, rng: np.random.Generator):
         from .corpus_format import CorpusError
+
         try:
             rec = self.source[int(index)]
-            ids = sequence_for(self.kind, rec, self.layout, self.tokenizer, rng,
-                               self.cfg.interleave_patterns,
-                               self.cfg.interleaved_speech == "expressive",
-                               self.cfg.leading_marker)
+            ids = sequence_for(
+                self.kind,
+                rec,
+                self.layout,
+                self.tokenizer,
+                rng,
+                self.cfg.interleave_patterns,
+                self.cfg.interleaved_speech == "expressive",
+                self.cfg.leading_marker,
+            )
         except (BadRecord, CorpusError) as e:
             with self._lock:
                 self.bad += 1
                 if self.bad > self.cfg.max_bad_records:
-                    raise type(e)(f"{e} [{self.kind} stream; more bad records than "
-                                  f"data.max_bad_records={self.cfg.max_bad_records}]") from None
+                    raise type(e)(
+                        f"{e} [{self.kind} stream; more bad records than "
+                        f"data.max_bad_records={self.cfg.max_bad_records}]"
+                    ) from None
             log.warning("skipping bad record (%d so far): %s", self.bad, e)
             return None
         return {"input_ids": ids}
@@ -143,9 +164,10 @@ class EpochShuffle(grain.MapDataset):
     def _permuted(self, epoch: int, i: int) -> int:
         if self._n >= 65536:
             return index_shuffle_module.index_shuffle(
-                i, max_index=self._n - 1, seed=(self._seed + epoch) % 2**32, rounds=4)
+                i, max_index=self._n - 1, seed=(self._seed + epoch) % 2**32, rounds=4
+            )
         perm = self._perms.get(epoch)
-        if perm is None:        # read threads may be in several epochs at once: keep a few
+        if perm is None:  # read threads may be in several epochs at once: keep a few
             perm = np.random.default_rng([self._seed, epoch]).permutation(self._n)
             self._perms = {e: p for e, p in self._perms.items() if e > epoch - 8}
             self._perms[epoch] = perm
@@ -164,19 +186,22 @@ def sequence_dataset(kind, k, source, base, cfg, layout, tokenizer):
     ds = base.repeat(cfg.num_epochs)
     if cfg.shuffle:
         ds = EpochShuffle(ds, len(base), (cfg.seed * 7919 + 2 * k) % 2**32)
-    return ds.random_map(_Tokens(kind, source, cfg, layout, tokenizer),
-                         seed=(cfg.seed * 7919 + 2 * k + 1) % 2**32)
+    return ds.random_map(
+        _Tokens(kind, source, cfg, layout, tokenizer), seed=(cfg.seed * 7919 + 2 * k + 1) % 2**32
+    )
 
 
-def make_dataset(cfg: DataConfig, process_index: int = 0, process_count: int = 1,
-                 source=None):
+def make_dataset(cfg: DataConfig, process_index: int = 0, process_count: int = 1, source=None):
     """The grain IterDataset of contract batches for one host (see the module docstring)."""
     from grain.experimental import ConcatThenSplitIterDataset
+
     from .corpus_read import CorpusSource
-    cfg.validate()                      # also when built in Python rather than from YAML
+
+    cfg.validate()  # also when built in Python rather than from YAML
     if cfg.batch_size % process_count:
-        raise ConfigError(f"data.batch_size {cfg.batch_size} is not divisible by "
-                          f"{process_count} processes")
+        raise ConfigError(
+            f"data.batch_size {cfg.batch_size} is not divisible by {process_count} processes"
+        )
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
     layout = cfg.layout.build()
@@ -188,12 +213,20 @@ def make_dataset(cfg: DataConfig, process_index: int = 0, process_count: int = 1
         raise InputError(f"{len(source)} records cannot be shared by {process_count} hosts")
     base = grain.MapDataset.range(len(source))[process_index::process_count]
     kinds = list(cfg.mixture)
-    streams = [sequence_dataset(kind, k, source, base, cfg, layout, tokenizer)
-               for k, kind in enumerate(kinds)]
-    ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(
-        streams, [float(cfg.mixture[k]) for k in kinds])
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
-                                              prefetch_buffer_size=max(64, cfg.read_threads * 4)))
+    streams = [
+        sequence_dataset(kind, k, source, base, cfg, layout, tokenizer)
+        for k, kind in enumerate(kinds)
+    ]
+    ds = (
+        streams[0]
+        if len(streams) == 1
+        else grain.MapDataset.mix(streams, [float(cfg.mixture[k]) for k in kinds])
+    )
+    ds = ds.to_iter_dataset(
+        grain.ReadOptions(
+            num_threads=cfg.read_threads, prefetch_buffer_size=max(64, cfg.read_threads * 4)
+        )
+    )
     ds = ConcatThenSplitIterDataset(ds, length_struct={"input_ids": cfg.seq_len})
     rows = cfg.batch_size // process_count
     ds = ds.batch(rows, drop_remainder=False)
@@ -206,7 +239,7 @@ def make_dataset(cfg: DataConfig, process_index: int = 0, process_count: int = 1
 
 def _to_contract(b, rows):
     ids, seg = b["input_ids"], b["input_ids_segment_ids"]
-    if len(ids) < rows:     # the last, partial batch of a finite run: padding rows
+    if len(ids) < rows:  # the last, partial batch of a finite run: padding rows
         pad = ((0, rows - len(ids)), (0, 0))
         ids, seg = np.pad(ids, pad), np.pad(seg, pad)
     return contract_batch(ids, seg)
@@ -215,6 +248,7 @@ def _to_contract(b, rows):
 def _parse_absl_flags():
     # grain's worker processes read absl flags; unparsed flags raise UnparsedFlagAccessError.
     from absl import flags
+
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(sys.argv[:1])
 
@@ -236,9 +270,15 @@ class TrainIterator:
 
     def _shape(self) -> dict:
         c = self.cfg
-        return {"process_count": self.process_count, "process_index": self.process_index,
-                "seq_len": c.seq_len, "batch_size": c.batch_size, "seed": c.seed,
-                "mixture": dict(c.mixture), "split": c.split}
+        return {
+            "process_count": self.process_count,
+            "process_index": self.process_index,
+            "seq_len": c.seq_len,
+            "batch_size": c.batch_size,
+            "seed": c.seed,
+            "mixture": dict(c.mixture),
+            "split": c.split,
+        }
 
     def get_state(self) -> dict:
         return {**self._shape(), "grain": self._it.get_state()}
@@ -248,20 +288,28 @@ class TrainIterator:
             raise ConfigError(
                 f"data iterator state was saved with process_count={state.get('process_count')} "
                 f"but this run has {self.process_count}; per-host iterator states cannot be "
-                "remapped (resume with the same number of hosts, or start the data afresh)")
+                "remapped (resume with the same number of hosts, or start the data afresh)"
+            )
         mine = self._shape()
         diff = [k for k in mine if state.get(k) != mine[k]]
         if diff:
-            raise ConfigError("data iterator state does not match this config: " + ", ".join(
-                f"{k} saved {state.get(k)!r} now {mine[k]!r}" for k in diff))
+            raise ConfigError(
+                "data iterator state does not match this config: "
+                + ", ".join(f"{k} saved {state.get(k)!r} now {mine[k]!r}" for k in diff)
+            )
         self._it.set_state(state["grain"])
 
 
-def make_train_iterator(config: DataConfig, process_index: int | None = None,
-                        process_count: int | None = None, source=None) -> TrainIterator:
+def make_train_iterator(
+    config: DataConfig,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    source=None,
+) -> TrainIterator:
     """This host's iterator of contract batches; host defaults come from jax."""
     if process_index is None or process_count is None:
         import jax
+
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     return TrainIterator(config, process_index, process_count, source)

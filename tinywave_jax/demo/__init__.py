@@ -13,6 +13,7 @@ benchmarks with intervals -> Hugging Face export.
     plots     loss curves and attention maps
     stages    a work folder of cached stages;  pipeline  the demo's stages, `run_demo`
 """
+
 from .pipeline import STAGES, Demo, run_demo
 from .settings import DemoSettings, demo_settings
 

@@ -1,5 +1,6 @@
 """`tinywave demo` (the whole TinyWave recipe on a CPU, see demo/pipeline.py) and
 `tinywave demo-teacher` (pretrains and packages the demo's teacher, see demo/teacher.py)."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,32 +32,63 @@ layout.json and provenance.json (command, settings, data hashes, quality, file h
 def register(subparsers) -> None:
     from .pipeline import STAGES
     from .teacher import TeacherBuild
-    p = subparsers.add_parser("demo", help="end-to-end TinyWave demo on CPU (no downloads)",
-                              description=_HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = subparsers.add_parser(
+        "demo",
+        help="end-to-end TinyWave demo on CPU (no downloads)",
+        description=_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--workdir", default="runs/demo", help="where every stage writes its outputs")
     p.add_argument("--quick", action="store_true", help="toy sizes (what the tests run)")
-    p.add_argument("--ablation", action="store_true",
-                   help="also train and score the ablation rows (teacher-layer init + CE, "
-                        "+ logit KD, + hidden-state loss)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a demo setting (demo/settings.py), e.g. --set distill_steps=300")
-    p.add_argument("--stages", default=",".join(STAGES),
-                   help="comma-separated stages to run (earlier ones must be done)")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also train and score the ablation rows (teacher-layer init + CE, "
+        "+ logit KD, + hidden-state loss)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a demo setting (demo/settings.py), e.g. --set distill_steps=300",
+    )
+    p.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help="comma-separated stages to run (earlier ones must be done)",
+    )
     p.set_defaults(func=_run)
 
-    t = subparsers.add_parser("demo-teacher", help="pretrain and package the demo's teacher",
-                              description=_TEACHER_HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = subparsers.add_parser(
+        "demo-teacher",
+        help="pretrain and package the demo's teacher",
+        description=_TEACHER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("--out", required=True, help="the teacher package folder to write")
-    t.add_argument("--workdir", default="runs/demo_teacher",
-                   help="where the stages write audio, corpora and the training run")
+    t.add_argument(
+        "--workdir",
+        default="runs/demo_teacher",
+        help="where the stages write audio, corpora and the training run",
+    )
     t.add_argument("--quick", action="store_true", help="toy sizes (what the tests run)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting (demo/settings.py TeacherSettings), e.g. --set steps=500")
-    t.add_argument("--stages", default=",".join(TeacherBuild.STAGES),
-                   help="comma-separated stages to run (earlier ones must be done)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting (demo/settings.py TeacherSettings), e.g. --set steps=500",
+    )
+    t.add_argument(
+        "--stages",
+        default=",".join(TeacherBuild.STAGES),
+        help="comma-separated stages to run (earlier ones must be done)",
+    )
     t.set_defaults(func=_run_teacher)
 
 
@@ -65,6 +97,7 @@ def _stages(arg: str, known) -> list[str]:
     bad = [s for s in stages if s not in known]
     if bad:
         from ..errors import ConfigError
+
         raise ConfigError(f"--stages: unknown stage(s) {bad}; stages are {list(known)}")
     return stages
 
@@ -72,6 +105,7 @@ def _stages(arg: str, known) -> list[str]:
 def _quiet():
     import logging
     import os
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=logging.WARNING)
 
@@ -80,12 +114,21 @@ def _run(args) -> int:
     import time
 
     from .pipeline import STAGES, run_demo
+
     _quiet()
     t = time.time()
-    run_demo(args.workdir, args.quick, args.overrides, _stages(args.stages, STAGES),
-             ablation=args.ablation, log=lambda m: print(m, flush=True))
-    print(f"demo: finished in {time.time() - t:.0f} s; outputs in {args.workdir} "
-          f"(results.md, results.json, loss_curves.png, attention.png, student_hf/)")
+    run_demo(
+        args.workdir,
+        args.quick,
+        args.overrides,
+        _stages(args.stages, STAGES),
+        ablation=args.ablation,
+        log=lambda m: print(m, flush=True),
+    )
+    print(
+        f"demo: finished in {time.time() - t:.0f} s; outputs in {args.workdir} "
+        f"(results.md, results.json, loss_curves.png, attention.png, student_hf/)"
+    )
     return 0
 
 
@@ -93,11 +136,19 @@ def _run_teacher(args) -> int:
     import time
 
     from .teacher import TeacherBuild, build_teacher
+
     _quiet()
     t = time.time()
-    build_teacher(args.out, args.workdir, args.quick, args.overrides, args.overwrite,
-                  _stages(args.stages, TeacherBuild.STAGES), _command(args),
-                  log=lambda m: print(m, flush=True))
+    build_teacher(
+        args.out,
+        args.workdir,
+        args.quick,
+        args.overrides,
+        args.overwrite,
+        _stages(args.stages, TeacherBuild.STAGES),
+        _command(args),
+        log=lambda m: print(m, flush=True),
+    )
     print(f"demo-teacher: finished in {time.time() - t:.0f} s; package in {args.out}")
     return 0
 
@@ -105,6 +156,7 @@ def _run_teacher(args) -> int:
 def _command(args) -> str:
     """The command line that reproduces this build (recorded in the provenance)."""
     import shlex
+
     parts = ["tinywave", "demo-teacher", "--out", args.out, "--workdir", args.workdir]
     parts += ["--quick"] * args.quick + ["--overwrite"] * args.overwrite
     parts += [x for o in args.overrides for x in ("--set", o)]

@@ -6,6 +6,7 @@ per-unit log-likelihood is higher, 0.5 on a tie; perplexity pools the NLL over a
 held-out stories. Intervals resample pairs (or utterances, for perplexity) with replacement,
 the same resamples for every model, so a difference between two models gets its own interval.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,28 +19,45 @@ CLOZE = ("ssc", "tsc")
 RESULT_KEYS = {"ssc": "ssc", "tsc": "tsc", "swuggy": "words"}
 
 
-def bench_inputs(bench_dir: Path, units_dir: Path, layout: Path, vocab_size: int, tasks,
-                 log=print) -> dict:
+def bench_inputs(
+    bench_dir: Path, units_dir: Path, layout: Path, vocab_size: int, tasks, log=print
+) -> dict:
     """{task: TaskInputs} for the pair folders under `bench_dir`."""
     from ..eval.harness import prepare_inputs
-    return {t: prepare_inputs(t, bench_dir / t, vocab_size, extractor=str(units_dir),
-                              layout=str(layout), log=lambda m: log("  " + m)) for t in tasks}
+
+    return {
+        t: prepare_inputs(
+            t,
+            bench_dir / t,
+            vocab_size,
+            extractor=str(units_dir),
+            layout=str(layout),
+            log=lambda m: log("  " + m),
+        )
+        for t in tasks
+    }
 
 
 def ppl_inputs(corpus_dir: Path, split: str, layout: Path, vocab_size: int, limit=None):
     from ..eval.harness import prepare_inputs
-    return prepare_inputs("ppl", corpus_dir, vocab_size, layout=str(layout), split=split,
-                          limit=limit)
+
+    return prepare_inputs(
+        "ppl", corpus_dir, vocab_size, layout=str(layout), split=split, limit=limit
+    )
 
 
 def score_model(params, config, inputs: dict) -> dict:
     """Raw scores: {"ssc": outcomes [n], ..., "ppl": (nll [n], tokens [n])} for the given inputs."""
     from ..eval.harness import run_task
+
     out = {}
     for task, inp in inputs.items():
         r = run_task(params, config, inp, scoring="mean")
         if task == "ppl":
-            out[task] = (np.asarray(r["sequence_nll"]), np.asarray(r["sequence_tokens"], np.float64))
+            out[task] = (
+                np.asarray(r["sequence_nll"]),
+                np.asarray(r["sequence_tokens"], np.float64),
+            )
         else:
             out[task] = np.asarray([p["outcome"] for p in r["pairs"]])
     return out
@@ -100,21 +118,31 @@ def difference(raw_a: dict, raw_b: dict, draws: int, seed: int = 0) -> dict:
         if task == "ppl":
             diff = _statistic(task, a) - _statistic(task, b)
             boot = _statistic(task, a, idx) - _statistic(task, b, idx)
-        else:       # accuracy is linear in the outcomes: score the paired differences
+        else:  # accuracy is linear in the outcomes: score the paired differences
             diff, boot = _statistic(task, a - b), _statistic(task, a - b, idx)
         out[key] = {"diff": round(diff, 3 if task == "ppl" else 2), "ci": _interval(boot)}
     return out
 
 
 def save_raw(path: Path, raw: dict) -> None:
-    doc = {t: ([v[0].tolist(), v[1].tolist()] if t == "ppl" else v.tolist()) for t, v in raw.items()}
+    doc = {
+        t: ([v[0].tolist(), v[1].tolist()] if t == "ppl" else v.tolist()) for t, v in raw.items()
+    }
     path.write_text(json.dumps(doc))
 
 
 # ---------------------------------------------------------------- stage 6
 
-def export_and_compare(student_ckpt: Path, out_dir: Path, corpus_dir: Path, layout_path: Path,
-                       prompt_tokens: int, new_tokens: int, log=print) -> dict:
+
+def export_and_compare(
+    student_ckpt: Path,
+    out_dir: Path,
+    corpus_dir: Path,
+    layout_path: Path,
+    prompt_tokens: int,
+    new_tokens: int,
+    log=print,
+) -> dict:
     """Exports the student to HF, continues a test utterance greedily with JAX (KV-cached
     `decode.generate`) and with `transformers`, and asserts the continuations are equal."""
     import jax
@@ -136,26 +164,47 @@ def export_and_compare(student_ckpt: Path, out_dir: Path, corpus_dir: Path, layo
     prompt = [int(i) for i in prompt[:prompt_tokens]]
 
     ids, mask = decode.left_pad([prompt])
-    jax_out = np.asarray(decode.generate(params, config, jnp.asarray(ids), jnp.asarray(mask),
-                                         jax.random.key(0), max_new_tokens=new_tokens,
-                                         greedy=True))[0].tolist()
+    jax_out = np.asarray(
+        decode.generate(
+            params,
+            config,
+            jnp.asarray(ids),
+            jnp.asarray(mask),
+            jax.random.key(0),
+            max_new_tokens=new_tokens,
+            greedy=True,
+        )
+    )[0].tolist()
     model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     with torch.no_grad():
-        hf = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
-                                                                              dtype=torch.long),
-                            max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                            num_beams=1, pad_token_id=0)
-    hf_out = hf[0, len(prompt):].tolist()
-    show = lambda xs: " ".join(layout.id_to_str(i) if i >= layout.text_vocab_size else str(i)  # noqa: E731
-                               for i in xs)
+        hf = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=0,
+        )
+    hf_out = hf[0, len(prompt) :].tolist()
+
+    def show(xs):
+        return " ".join(layout.id_to_str(i) if i >= layout.text_vocab_size else str(i) for i in xs)
+
     log(f"  prompt ({len(prompt)} tokens): {show(prompt[2:])}")
     log(f"  JAX greedy:          {show(jax_out)}")
     log(f"  transformers greedy: {show(hf_out)}")
     if jax_out != hf_out:
-        raise AssertionError(f"exported student continues differently in transformers: "
-                             f"JAX {jax_out} vs HF {hf_out}")
+        raise AssertionError(
+            f"exported student continues differently in transformers: JAX {jax_out} vs HF {hf_out}"
+        )
     log("  equal: the exported checkpoint continues speech exactly as the JAX model does")
-    doc = {"hf_dir": str(hf_dir), "prompt": prompt, "jax": jax_out, "transformers": hf_out,
-           "equal": True}
+    doc = {
+        "hf_dir": str(hf_dir),
+        "prompt": prompt,
+        "jax": jax_out,
+        "transformers": hf_out,
+        "equal": True,
+    }
     (out_dir / "generation.json").write_text(json.dumps(doc, indent=1))
     return doc

@@ -21,6 +21,7 @@ a rerun skips finished stages and resumes an interrupted training run from its c
   7 export    the student in Hugging Face format; its transformers greedy continuation of a
               speech prompt must equal the JAX one
 """
+
 from __future__ import annotations
 
 import json
@@ -49,42 +50,61 @@ class Demo(StagedRun):
     @property
     def teacher_dir(self) -> Path:
         from .teacher import PACKAGE_DIR
+
         return Path(self.settings.teacher_dir) if self.settings.teacher_dir else PACKAGE_DIR
 
     def check(self, stages) -> None:
         """The teacher package is intact and its world holds the splits this demo asks for."""
         from .teacher import verify_teacher
+
         if all(self.done(s) is not None for s in stages if s in ("speech", "tokens")):
             return
         from ..distill.layer_map import resolve_layer_map
+
         prov = verify_teacher(self.teacher_dir)
         world = prov["settings"]["world"]
         s = self.settings
-        resolve_layer_map(s.layer_map, prov["settings"]["shape"]["num_hidden_layers"],
-                          s.student_layers, key="demo.layer_map")
-        for key, have in (("distill_stories", world["train"]), ("test_stories", world["test"]),
-                          ("valid_stories", world["validation"])):
+        resolve_layer_map(
+            s.layer_map,
+            prov["settings"]["shape"]["num_hidden_layers"],
+            s.student_layers,
+            key="demo.layer_map",
+        )
+        for key, have in (
+            ("distill_stories", world["train"]),
+            ("test_stories", world["test"]),
+            ("valid_stories", world["validation"]),
+        ):
             if getattr(s, key) > have:
-                raise ConfigError(f"{key}: {getattr(s, key)} asked, the teacher's world has "
-                                  f"{have} ({self.teacher_dir / 'provenance.json'})")
+                raise ConfigError(
+                    f"{key}: {getattr(s, key)} asked, the teacher's world has "
+                    f"{have} ({self.teacher_dir / 'provenance.json'})"
+                )
 
     def world(self, prov: dict) -> dict:
         """The teacher's world (checked against its recorded hash), cut to this demo's sizes."""
         from ..config import from_dict
         from .teacher import TeacherError
         from .world import WorldSplits, make_world, world_hash
+
         world = make_world(from_dict(WorldSplits, prov["settings"]["world"], prefix="world"))
         if world_hash(world) != prov["world_hash"]:
-            raise TeacherError(f"{self.teacher_dir / 'provenance.json'}: its stories differ from "
-                               "the ones this version of tinywave_jax generates (world_hash)")
+            raise TeacherError(
+                f"{self.teacher_dir / 'provenance.json'}: its stories differ from "
+                "the ones this version of tinywave_jax generates (world_hash)"
+            )
         s = self.settings
-        return {"train": world["train"][:s.distill_stories],
-                "validation": world["validation"][:s.valid_stories],
-                "test": world["test"][:s.test_stories]}
+        return {
+            "train": world["train"][: s.distill_stories],
+            "validation": world["validation"][: s.valid_stories],
+            "test": world["test"][: s.test_stories],
+        }
 
     def tokens(self) -> dict:
-        return {"layout": json.loads((self.tokens_dir / "layout.json").read_text()),
-                "tokenizer": self.tokens_dir / "teacher" / "tokenizer"}
+        return {
+            "layout": json.loads((self.tokens_dir / "layout.json").read_text()),
+            "tokenizer": self.tokens_dir / "teacher" / "tokenizer",
+        }
 
     # ---------------------------------------------------------------- stages
     def stage_speech(self) -> dict:
@@ -92,21 +112,30 @@ class Demo(StagedRun):
         from . import speech
         from .teacher import verify_teacher
         from .world import WORD_PAIRS
+
         world, out = self.world(verify_teacher(self.teacher_dir)), self.speech_dir
-        manifests = {"distill": speech.distill_rows(out, world["train"]),
-                     "heldout": speech.heldout_rows(out, world)}
+        manifests = {
+            "distill": speech.distill_rows(out, world["train"]),
+            "heldout": speech.heldout_rows(out, world),
+        }
         for name, rows in manifests.items():
             write_jsonl_atomic(out / f"{name}.jsonl", rows)
         pairs = speech.write_bench(out, world["test"], "bench", WORD_PAIRS)
         hours = speech.hours(manifests["distill"])
-        self.log(f"  {len(manifests['distill'])} distillation utterances ({hours:.2f} h), "
-                 f"benchmark pairs {pairs}")
-        return {"utterances": {k: len(v) for k, v in manifests.items()}, "pairs": pairs,
-                "distill_hours": hours}
+        self.log(
+            f"  {len(manifests['distill'])} distillation utterances ({hours:.2f} h), "
+            f"benchmark pairs {pairs}"
+        )
+        return {
+            "utterances": {k: len(v) for k, v in manifests.items()},
+            "pairs": pairs,
+            "distill_hours": hours,
+        }
 
     def stage_tokens(self) -> dict:
         from ..convert.hf_import import import_hf
         from . import tokens
+
         teacher = self.teacher_dir
         shutil.rmtree(self.tokens_dir, ignore_errors=True)
         self.tokens_dir.mkdir(parents=True)
@@ -116,20 +145,34 @@ class Demo(StagedRun):
         layout = tokens.read_layout(self.tokens_dir / "layout.json")
         summaries = tokens.build_corpora(
             {n: self.speech_dir / f"{n}.jsonl" for n in ("distill", "heldout")},
-            self.tokens_dir / "units", self.tokens_dir / "corpus", layout["num_units"], self.log)
-        return {"teacher": str(teacher), "vocab_size": tokens.vocab_size(layout),
-                "corpora": tokens.corpus_counts(summaries)}
+            self.tokens_dir / "units",
+            self.tokens_dir / "corpus",
+            layout["num_units"],
+            self.log,
+        )
+        return {
+            "teacher": str(teacher),
+            "vocab_size": tokens.vocab_size(layout),
+            "corpora": tokens.corpus_counts(summaries),
+        }
 
     def data(self) -> dict:
         from .training import data_section
+
         s = self.settings
-        return data_section(self.tokens_dir / "corpus" / "distill", self.tokens(), s.seq_len,
-                            s.batch_size, s.seed)
+        return data_section(
+            self.tokens_dir / "corpus" / "distill", self.tokens(), s.seq_len, s.batch_size, s.seed
+        )
 
     def stage_teacher(self) -> dict:
         from .training import correction_config, train_runs
-        cfg = correction_config(self.settings, self.tokens_dir / "teacher", self.data(),
-                                self.runs_dir / "teacher/correct")
+
+        cfg = correction_config(
+            self.settings,
+            self.tokens_dir / "teacher",
+            self.data(),
+            self.runs_dir / "teacher/correct",
+        )
         return {"model": str(train_runs([("teacher/correct", cfg)], self.log)["teacher/correct"])}
 
     def _sweep(self, rows) -> dict:
@@ -138,14 +181,26 @@ class Demo(StagedRun):
         from ..checkpoint import load_model, load_model_config
         from .evaluate import ppl_inputs, ppl_of, score_model
         from .training import row_config, train_runs
+
         s, teacher = self.settings, self.runs_dir / "teacher/correct/final"
         t_config = load_model_config(teacher)
-        jobs = [(f"{row}/lr{lr:g}", row_config(row, lr, s, teacher, t_config, self.data(),
-                                               self.runs_dir / f"{row}/lr{lr:g}"))
-                for row in rows for lr in s.lr_sweep]
+        jobs = [
+            (
+                f"{row}/lr{lr:g}",
+                row_config(
+                    row, lr, s, teacher, t_config, self.data(), self.runs_dir / f"{row}/lr{lr:g}"
+                ),
+            )
+            for row in rows
+            for lr in s.lr_sweep
+        ]
         finals = train_runs(jobs, self.log)
-        valid = ppl_inputs(self.tokens_dir / "corpus" / "heldout", "validation",
-                           self.tokens_dir / "layout.json", t_config.vocab_size)
+        valid = ppl_inputs(
+            self.tokens_dir / "corpus" / "heldout",
+            "validation",
+            self.tokens_dir / "layout.json",
+            t_config.vocab_size,
+        )
         out = {}
         for row in rows:
             tried = {}
@@ -155,10 +210,17 @@ class Demo(StagedRun):
                 nll, tok = score_model(params, config, {"ppl": valid})["ppl"]
                 tried[f"{lr:g}"] = {"model": str(final), "valid_ppl": round(ppl_of(nll, tok), 4)}
             best = min(tried, key=lambda k: (tried[k]["valid_ppl"], float(k)))
-            out[row] = {"description": ROWS[row][0], "chosen_lr": float(best),
-                        "model": tried[best]["model"], "sweep": tried}
-            self.log(f"  {row}: validation perplexity " + ", ".join(
-                f"lr {k} {v['valid_ppl']:.3f}" for k, v in tried.items()) + f"; chose lr {best}")
+            out[row] = {
+                "description": ROWS[row][0],
+                "chosen_lr": float(best),
+                "model": tried[best]["model"],
+                "sweep": tried,
+            }
+            self.log(
+                f"  {row}: validation perplexity "
+                + ", ".join(f"lr {k} {v['valid_ppl']:.3f}" for k, v in tried.items())
+                + f"; chose lr {best}"
+            )
         return out
 
     def stage_student(self) -> dict:
@@ -178,10 +240,14 @@ class Demo(StagedRun):
 
     def stage_bench(self) -> dict:
         from .results import write_results
+
         results = write_results(self, self.log)
         plots = self._plots()
-        return {"results": str(self.dir / "results.json"), "rows": sorted(results["rows"]),
-                "plots": plots}
+        return {
+            "results": str(self.dir / "results.json"),
+            "rows": sorted(results["rows"]),
+            "plots": plots,
+        }
 
     def _plots(self) -> list[str]:
         from ..checkpoint import load_model
@@ -189,42 +255,66 @@ class Demo(StagedRun):
         from ..eval.perplexity import corpus_seqs
         from ..eval.sequences import resolve_layout
         from .plots import plot_attention, plot_losses
+
         rows = self.rows()
         runs = {"teacher/correct": self.runs_dir / "teacher/correct"}
-        runs.update({f"{r}/lr{rows[r]['chosen_lr']:g}": Path(rows[r]["model"]).parent
-                     for r in MAIN_ROWS})
+        runs.update(
+            {f"{r}/lr{rows[r]['chosen_lr']:g}": Path(rows[r]["model"]).parent for r in MAIN_ROWS}
+        )
         losses = plot_losses(runs, self.dir / "loss_curves.png")
         teacher = load_model(self.runs_dir / "teacher/correct/final")[:2]
         student = load_model(rows["student"]["model"])[:2]
-        lm = resolve_layer_map(self.settings.layer_map, teacher[1].num_hidden_layers,
-                               student[1].num_hidden_layers, key="demo.layer_map")
+        lm = resolve_layer_map(
+            self.settings.layer_map,
+            teacher[1].num_hidden_layers,
+            student[1].num_hidden_layers,
+            key="demo.layer_map",
+        )
         layout = resolve_layout(str(self.tokens_dir / "layout.json"), teacher[1].vocab_size)
-        ids = corpus_seqs(self.tokens_dir / "corpus" / "heldout", "test", layout,
-                          limit=1)[0].ids[:96]
-        attn = plot_attention(teacher, student, ids,
-                              list(enumerate(lm.teacher_for_student)), self.dir / "attention.png",
-                              "one test story (target voice): teacher vs distilled student")
+        ids = corpus_seqs(self.tokens_dir / "corpus" / "heldout", "test", layout, limit=1)[0].ids[
+            :96
+        ]
+        attn = plot_attention(
+            teacher,
+            student,
+            ids,
+            list(enumerate(lm.teacher_for_student)),
+            self.dir / "attention.png",
+            "one test story (target voice): teacher vs distilled student",
+        )
         return [str(losses), str(attn)]
 
     def stage_export(self) -> dict:
         from .evaluate import export_and_compare
+
         s = self.settings
-        return export_and_compare(Path(self.rows()["student"]["model"]), self.dir,
-                                  self.tokens_dir / "corpus" / "heldout",
-                                  self.tokens_dir / "layout.json", s.prompt_tokens,
-                                  s.generate_tokens, self.log)
+        return export_and_compare(
+            Path(self.rows()["student"]["model"]),
+            self.dir,
+            self.tokens_dir / "corpus" / "heldout",
+            self.tokens_dir / "layout.json",
+            s.prompt_tokens,
+            s.generate_tokens,
+            self.log,
+        )
 
     def run(self, stages=None, ablation: bool = False) -> dict:
-        stages = [s for s in (STAGES if stages is None else stages)
-                  if s != "ablation" or ablation]
+        stages = [s for s in (STAGES if stages is None else stages) if s != "ablation" or ablation]
         bench = self.done("bench")
         if ablation and bench is not None and not set(ABLATION_ROWS) <= set(bench["rows"]):
-            self.record("bench").unlink()      # the table must gain the ablation rows
+            self.record("bench").unlink()  # the table must gain the ablation rows
         return super().run(stages)
 
 
-def run_demo(workdir: str | Path, quick: bool = False, overrides=(), stages=STAGES,
-             ablation: bool = False, log: Callable = print) -> dict:
+def run_demo(
+    workdir: str | Path,
+    quick: bool = False,
+    overrides=(),
+    stages=STAGES,
+    ablation: bool = False,
+    log: Callable = print,
+) -> dict:
     from .settings import demo_settings
+
     demo = Demo(workdir, demo_settings(quick, list(overrides)), log)
     return demo.run(stages, ablation=ablation)

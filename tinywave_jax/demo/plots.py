@@ -1,4 +1,5 @@
 """Demo figures (matplotlib, PNG): training curves, and teacher vs student attention maps."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,10 @@ import numpy as np
 
 def _pyplot():
     import matplotlib
-    matplotlib.use("Agg")          # files only, no display
+
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -26,6 +29,7 @@ def _last_run(rows: list[dict]) -> list[dict]:
 def plot_losses(runs: dict[str, Path], out: Path) -> Path:
     """One panel per run: every logged loss term against the step (metrics.jsonl)."""
     from ..train.metrics import read_metrics
+
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), squeeze=False)
     for ax, (name, run_dir) in zip(axes[0], runs.items()):
@@ -51,10 +55,17 @@ def attention_maps(params, config, ids: np.ndarray, layers: tuple[int, ...]) -> 
     import jax.numpy as jnp
 
     from ..models.llama import forward
-    out = forward(params, config, jnp.asarray(ids[None]), tap_layers=tuple(layers), tap_qk=True,
-                  return_logits=False)
-    q = np.asarray(out.queries[:, 0], np.float64)          # [L, T, H, hd]
-    k = np.asarray(out.keys[:, 0], np.float64)              # [L, T, KVH, hd]
+
+    out = forward(
+        params,
+        config,
+        jnp.asarray(ids[None]),
+        tap_layers=tuple(layers),
+        tap_qk=True,
+        return_logits=False,
+    )
+    q = np.asarray(out.queries[:, 0], np.float64)  # [L, T, H, hd]
+    k = np.asarray(out.keys[:, 0], np.float64)  # [L, T, KVH, hd]
     k = np.repeat(k, config.num_attention_heads // config.num_key_value_heads, axis=2)
     scores = np.einsum("lqhd,lkhd->lhqk", q, k) / np.sqrt(config.head_dim)
     t = len(ids)
@@ -65,8 +76,9 @@ def attention_maps(params, config, ids: np.ndarray, layers: tuple[int, ...]) -> 
     return p.mean(axis=1)
 
 
-def plot_attention(teacher, student, ids: np.ndarray, pairs: list[tuple[int, int]], out: Path,
-                   title: str = "") -> Path:
+def plot_attention(
+    teacher, student, ids: np.ndarray, pairs: list[tuple[int, int]], out: Path, title: str = ""
+) -> Path:
     """Rows: mapped (student layer, teacher layer) pairs; columns: teacher, student.
     `teacher` / `student` are (params, config)."""
     plt = _pyplot()
@@ -74,10 +86,11 @@ def plot_attention(teacher, student, ids: np.ndarray, pairs: list[tuple[int, int
     s_maps = attention_maps(*student, ids, tuple(s for s, _ in pairs))
     fig, axes = plt.subplots(len(pairs), 2, figsize=(7, 3.3 * len(pairs)), squeeze=False)
     for row, (s, t) in enumerate(pairs):
-        for col, (m, label) in enumerate(((t_maps[row], f"teacher layer {t}"),
-                                          (s_maps[row], f"student layer {s}"))):
+        for col, (m, label) in enumerate(
+            ((t_maps[row], f"teacher layer {t}"), (s_maps[row], f"student layer {s}"))
+        ):
             ax = axes[row, col]
-            ax.imshow(np.sqrt(m), cmap="magma", interpolation="nearest")   # sqrt: show weak links
+            ax.imshow(np.sqrt(m), cmap="magma", interpolation="nearest")  # sqrt: show weak links
             ax.set_title(label, fontsize=9)
             ax.set_xlabel("key token")
             ax.set_ylabel("query token")

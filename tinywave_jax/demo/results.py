@@ -6,6 +6,7 @@ bootstrap), `pairs` ({task: n}), `params`, `layers`, `lr` and `lr_sweep` (valida
 per learning rate tried); top level `student_minus_baseline` ({metric: {diff, ci}}), `targets`
 (the issue's targets, checked, never tuned for) and `settings`.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ def score_all(demo, log=print) -> tuple[dict, dict]:
     """(rows, raw scores) for the corrected teacher and every trained row, on the test inputs."""
     from ..checkpoint import load_model
     from .evaluate import bench_inputs, ppl_inputs, save_raw, score_model, summarize
+
     s = demo.settings
     models = {"teacher": {"model": str(demo.runs_dir / "teacher/correct/final")}}
     models.update(demo.rows())
@@ -28,18 +30,27 @@ def score_all(demo, log=print) -> tuple[dict, dict]:
     for name in (m for m in ORDER if m in models):
         params, config, _ = load_model(models[name]["model"])
         if inputs is None:
-            inputs = bench_inputs(demo.speech_dir / "bench", demo.tokens_dir / "units", layout,
-                                  config.vocab_size, ("ssc", "tsc", "swuggy"), log)
-            inputs["ppl"] = ppl_inputs(demo.tokens_dir / "corpus" / "heldout", "test", layout,
-                                       config.vocab_size)
+            inputs = bench_inputs(
+                demo.speech_dir / "bench",
+                demo.tokens_dir / "units",
+                layout,
+                config.vocab_size,
+                ("ssc", "tsc", "swuggy"),
+                log,
+            )
+            inputs["ppl"] = ppl_inputs(
+                demo.tokens_dir / "corpus" / "heldout", "test", layout, config.vocab_size
+            )
         raw[name] = score_model(params, config, inputs)
         (demo.dir / "scores").mkdir(exist_ok=True)
         save_raw(demo.dir / "scores" / f"{name}.json", raw[name])
         row = summarize(raw[name], s.bootstrap, s.seed)
         row.update(layers=config.num_hidden_layers, params=config.num_params())
         if name != "teacher":
-            row.update(lr=models[name]["chosen_lr"],
-                       lr_sweep={lr: v["valid_ppl"] for lr, v in models[name]["sweep"].items()})
+            row.update(
+                lr=models[name]["chosen_lr"],
+                lr_sweep={lr: v["valid_ppl"] for lr, v in models[name]["sweep"].items()},
+            )
         rows[name] = row
         log(f"  {name}: " + "  ".join(f"{k} {row[k]:.1f}" for k in METRICS))
     return rows, raw
@@ -48,12 +59,15 @@ def score_all(demo, log=print) -> tuple[dict, dict]:
 def targets(rows: dict, diff: dict) -> dict:
     t, s, b = rows["teacher"], rows["student"], rows["baseline"]
     return {
-        "teacher_ssc_ge_75": t["ssc"] >= 75, "teacher_tsc_ge_75": t["tsc"] >= 75,
+        "teacher_ssc_ge_75": t["ssc"] >= 75,
+        "teacher_tsc_ge_75": t["tsc"] >= 75,
         "ssc_student_ge_90pct_teacher": s["ssc"] >= 0.9 * t["ssc"],
         "tsc_student_ge_90pct_teacher": s["tsc"] >= 0.9 * t["tsc"],
         "ssc_student_above_baseline": s["ssc"] > b["ssc"],
         "tsc_student_above_baseline": s["tsc"] > b["tsc"],
-        "student_minus_baseline_interval_above_0": any(diff[k]["ci"][0] > 0 for k in ("ssc", "tsc")),
+        "student_minus_baseline_interval_above_0": any(
+            diff[k]["ci"][0] > 0 for k in ("ssc", "tsc")
+        ),
         "ppl_student_below_baseline": s["ppl"] < b["ppl"],
     }
 
@@ -83,32 +97,45 @@ def markdown(rows: dict, diff: dict, checks: dict) -> str:
         cells = " | ".join(_cell(r[k], r[f"{k}_ci"], 2 if k == "ppl" else 1) for k in METRICS)
         lines.append(f"| {_label(name, r)} | {r['params'] / 1e6:.2f}M | {lr} | {cells} |")
     t, s = rows["teacher"], rows["student"]
-    lines.append(f"| student / teacher | {s['params'] / t['params']:.2f}x | | "
-                 f"{100 * s['ssc'] / max(t['ssc'], 1e-9):.0f}% | "
-                 f"{100 * s['tsc'] / max(t['tsc'], 1e-9):.0f}% | "
-                 f"{100 * s['words'] / max(t['words'], 1e-9):.0f}% | |")
-    cells = " | ".join(_cell(diff[k]["diff"], diff[k]["ci"], 2 if k == "ppl" else 1, "+")
-                       for k in METRICS)
+    lines.append(
+        f"| student / teacher | {s['params'] / t['params']:.2f}x | | "
+        f"{100 * s['ssc'] / max(t['ssc'], 1e-9):.0f}% | "
+        f"{100 * s['tsc'] / max(t['tsc'], 1e-9):.0f}% | "
+        f"{100 * s['words'] / max(t['words'], 1e-9):.0f}% | |"
+    )
+    cells = " | ".join(
+        _cell(diff[k]["diff"], diff[k]["ci"], 2 if k == "ppl" else 1, "+") for k in METRICS
+    )
     lines.append(f"| student - baseline | | | {cells} |")
     n = t["pairs"]
-    lines += ["", f"Accuracy in % (pairwise, mean log-likelihood per unit) with 95 % paired-bootstrap "
-              f"intervals; sSC {n['ssc']}, tSC {n['tsc']}, words {n['swuggy']} pairs; PPL per unit "
-              f"on {t['ppl_tokens']} units of the test stories, all in the target voice. Each row's "
-              "learning rate was chosen on validation perplexity from the same sweep.",
-              "", "Targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items())]
+    lines += [
+        "",
+        f"Accuracy in % (pairwise, mean log-likelihood per unit) with 95 % paired-bootstrap "
+        f"intervals; sSC {n['ssc']}, tSC {n['tsc']}, words {n['swuggy']} pairs; PPL per unit "
+        f"on {t['ppl_tokens']} units of the test stories, all in the target voice. Each row's "
+        "learning rate was chosen on validation perplexity from the same sweep.",
+        "",
+        "Targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items()),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def write_results(demo, log=print) -> dict:
     from ..config import to_dict
     from .evaluate import difference
+
     rows, raw = score_all(demo, log)
     diff = difference(raw["student"], raw["baseline"], demo.settings.bootstrap, demo.settings.seed)
     checks = targets(rows, diff)
     table = markdown(rows, diff, checks)
     (demo.dir / "results.md").write_text(table)
     log("\n" + table)
-    doc = {**rows, "student_minus_baseline": diff, "targets": checks,
-           "settings": to_dict(demo.settings), "rows": {k: ROWS[k][0] for k in rows if k in ROWS}}
+    doc = {
+        **rows,
+        "student_minus_baseline": diff,
+        "targets": checks,
+        "settings": to_dict(demo.settings),
+        "rows": {k: ROWS[k][0] for k in rows if k in ROWS},
+    }
     (demo.dir / "results.json").write_text(json.dumps(doc, indent=1))
     return {"rows": list(rows)}

@@ -4,6 +4,7 @@
 Overrides come as `key=value` strings (`tinywave demo --set distill_steps=300`), checked like every
 other config (an unknown key or a wrong type is a ConfigError naming it).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +17,7 @@ from .world import WorldSplits
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
     """The teacher's shape; the student keeps its width (TinyWave) at a third of its depth."""
+
     num_hidden_layers: int = 6
     hidden_size: int = 128
     intermediate_size: int = 384
@@ -26,13 +28,14 @@ class ModelShape:
 @dataclasses.dataclass(frozen=True)
 class TeacherSettings:
     """`tinywave demo-teacher`: the world, its pretraining audio and the teacher's training."""
+
     world: WorldSplits = dataclasses.field(default_factory=WorldSplits)
-    units: int = 64                       # MFCC k-means units
-    units_fit_hours: float = 1.0          # pretraining audio the k-means is fitted on (at most)
+    units: int = 64  # MFCC k-means units
+    units_fit_hours: float = 1.0  # pretraining audio the k-means is fitted on (at most)
     shape: ModelShape = dataclasses.field(default_factory=ModelShape)
-    seq_len: int = 256                    # >= a whole story (~200 units)
+    seq_len: int = 256  # >= a whole story (~200 units)
     batch_size: int = 16
-    steps: int = 1000                     # ~22 min on 2 cores
+    steps: int = 1000  # ~22 min on 2 cores
     learning_rate: float = 3e-3
     warmup_steps: int = 50
     seed: int = 0
@@ -48,53 +51,84 @@ class TeacherSettings:
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
     """`tinywave demo`: the distillation data, the runs and their learning-rate sweep."""
-    teacher_dir: str = ""                 # "" = the shipped teacher (tinywave_jax/demo/teacher)
-    distill_stories: int = 480            # training stories in the distillation corpus (target
+
+    teacher_dir: str = ""  # "" = the shipped teacher (tinywave_jax/demo/teacher)
+    distill_stories: int = 480  # training stories in the distillation corpus (target
     #                                       voice); the teacher saw 5x as many, in seven voices
-    test_stories: int = 128               # each gives one sSC and one tSC pair
-    valid_stories: int = 64               # validation perplexity picks each learning rate
+    test_stories: int = 128  # each gives one sSC and one tSC pair
+    valid_stories: int = 64  # validation perplexity picks each learning rate
     student_layers: int = 2
-    layer_map: Union[str, tuple[int, ...]] = (0, 5)   # teacher layer per student layer (chosen
+    layer_map: Union[str, tuple[int, ...]] = (0, 5)  # teacher layer per student layer (chosen
     #                                   on validation perplexity: (0, 5) beat uniform's (2, 5))
     seq_len: int = 256
     batch_size: int = 8
     lora_steps: int = 40
     lora_rank: int = 8
     lora_lr: float = 1e-3
-    distill_steps: int = 300              # every student row's steps (same batches for all)
-    lr_sweep: tuple[float, ...] = (2e-3, 4e-3, 8e-3)   # tried by every row, chosen on validation
+    distill_steps: int = 300  # every student row's steps (same batches for all)
+    lr_sweep: tuple[float, ...] = (2e-3, 4e-3, 8e-3)  # tried by every row, chosen on validation
     temperature: float = 2.0
-    bootstrap: int = 2000                 # paired-bootstrap resamples for the 95 % intervals
+    bootstrap: int = 2000  # paired-bootstrap resamples for the 95 % intervals
     seed: int = 0
-    prompt_tokens: int = 40               # export check
+    prompt_tokens: int = 40  # export check
     generate_tokens: int = 24
 
     def validate(self):
         if self.test_stories < 2 or self.valid_stories < 1 or self.distill_stories < 1:
-            raise ConfigError("test_stories must be >= 2 (topic cloze pairs stories), "
-                              "valid_stories and distill_stories >= 1")
+            raise ConfigError(
+                "test_stories must be >= 2 (topic cloze pairs stories), "
+                "valid_stories and distill_stories >= 1"
+            )
         if self.student_layers < 1:
             raise ConfigError("student_layers: must be >= 1")
         from ..distill.layer_map import check_layer_map_spec
+
         check_layer_map_spec(self.layer_map, "demo.layer_map")
         if not self.lr_sweep or any(not lr > 0 for lr in self.lr_sweep):
             raise ConfigError("lr_sweep: give at least one learning rate, each > 0")
         if len(set(self.lr_sweep)) != len(self.lr_sweep):
             raise ConfigError("lr_sweep: learning rates repeat")
-        for f in ("lora_steps", "distill_steps", "prompt_tokens", "generate_tokens", "seq_len",
-                  "batch_size", "bootstrap"):
+        for f in (
+            "lora_steps",
+            "distill_steps",
+            "prompt_tokens",
+            "generate_tokens",
+            "seq_len",
+            "batch_size",
+            "bootstrap",
+        ):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f}: must be >= 1")
 
 
 # --quick: the same pipelines at toy sizes, for tests (< 3 min each on 2 CPU cores).
-QUICK_DEMO = {"distill_stories": 16, "test_stories": 6, "valid_stories": 4, "lora_steps": 4,
-              "distill_steps": 8, "lr_sweep": [2e-3], "bootstrap": 200, "prompt_tokens": 16,
-              "generate_tokens": 8}
-QUICK_TEACHER = {"world": {"test": 6, "validation": 4, "train": 24}, "units": 16, "units_fit_hours": 0.05,
-                 "shape": {"num_hidden_layers": 3, "hidden_size": 32, "intermediate_size": 64,
-                           "num_attention_heads": 2, "num_key_value_heads": 2},
-                 "seq_len": 128, "batch_size": 4, "steps": 10, "warmup_steps": 2}
+QUICK_DEMO = {
+    "distill_stories": 16,
+    "test_stories": 6,
+    "valid_stories": 4,
+    "lora_steps": 4,
+    "distill_steps": 8,
+    "lr_sweep": [2e-3],
+    "bootstrap": 200,
+    "prompt_tokens": 16,
+    "generate_tokens": 8,
+}
+QUICK_TEACHER = {
+    "world": {"test": 6, "validation": 4, "train": 24},
+    "units": 16,
+    "units_fit_hours": 0.05,
+    "shape": {
+        "num_hidden_layers": 3,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+    },
+    "seq_len": 128,
+    "batch_size": 4,
+    "steps": 10,
+    "warmup_steps": 2,
+}
 
 
 def demo_settings(quick: bool = False, overrides: list[str] = ()) -> DemoSettings:

@@ -18,6 +18,7 @@ Benchmark folders follow the reference loaders: files sorted by the integer befo
 2i and 2i + 1 are (positive, negative); a pair's two files share one synthesis, so their context
 audio is identical.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import world as world_text
-from .synth import (OTHER_VOICES, RATE, TARGET_VOICE, Voice, render, synthesize_words,
-                    utterance_voice, write_wav)
+from .synth import (
+    OTHER_VOICES,
+    RATE,
+    TARGET_VOICE,
+    Voice,
+    render,
+    synthesize_words,
+    utterance_voice,
+    write_wav,
+)
 
-THREADS = 4     # espeak-ng runs as subprocesses: threads overlap them
+THREADS = 4  # espeak-ng runs as subprocesses: threads overlap them
 
 
 def _sentences(texts) -> list[list[str]]:
@@ -52,9 +61,15 @@ def _story_row(out: Path, story, voice: Voice, split: str) -> dict:
     sentences = _sentences(story.sentences)
     rel = f"audio/{voice.name}/{split}/{story.id}.wav"
     _, words, seconds = _write(out, rel, sentences, _bank(story.sentences, variant))
-    return {"path": rel, "id": f"{voice.name}/{story.id}", "speaker": voice.name, "split": split,
-            "transcript": story.text, "seconds": round(seconds, 3),
-            "words": [[w, round(s, 6), round(e, 6)] for w, s, e in words]}
+    return {
+        "path": rel,
+        "id": f"{voice.name}/{story.id}",
+        "speaker": voice.name,
+        "split": split,
+        "transcript": story.text,
+        "seconds": round(seconds, 3),
+        "words": [[w, round(s, 6), round(e, 6)] for w, s, e in words],
+    }
 
 
 def _map(fn, jobs) -> list:
@@ -66,8 +81,10 @@ def pretrain_rows(out: Path, stories) -> list[dict]:
     """Every training story in the target voice and in one other voice, in turn."""
     jobs = []
     for i, st in enumerate(stories):
-        jobs += [(out, st, TARGET_VOICE, "train"), (out, st, OTHER_VOICES[i % len(OTHER_VOICES)],
-                                                    "train")]
+        jobs += [
+            (out, st, TARGET_VOICE, "train"),
+            (out, st, OTHER_VOICES[i % len(OTHER_VOICES)], "train"),
+        ]
     return _map(_story_row, jobs)
 
 
@@ -77,8 +94,10 @@ def distill_rows(out: Path, stories) -> list[dict]:
 
 
 def heldout_rows(out: Path, world: dict) -> list[dict]:
-    return _map(_story_row, [(out, st, TARGET_VOICE, split) for split in ("validation", "test")
-                             for st in world[split]])
+    return _map(
+        _story_row,
+        [(out, st, TARGET_VOICE, split) for split in ("validation", "test") for st in world[split]],
+    )
 
 
 def _cloze_pair(out: Path, folder: str, k: int, story, other) -> dict:
@@ -88,13 +107,22 @@ def _cloze_pair(out: Path, folder: str, k: int, story, other) -> dict:
     context = _sentences(story.context)
     items = {}
     for task, wrong in (("ssc", story.wrong), ("tsc", other.ending)):
-        pos, pos_words, _ = _write(out, f"{folder}/{task}/{2 * k}_{story.id}.wav",
-                                   context + _sentences([story.ending]), bank)
-        neg, _, _ = _write(out, f"{folder}/{task}/{2 * k + 1}_{story.id}.wav",
-                           context + _sentences([wrong]), bank)
-        items[task] = {"story": story.id, "positive": story.ending, "negative": wrong,
-                       "files": [pos.name, neg.name],
-                       "ending_start": pos_words[sum(len(s) for s in context)][1]}
+        pos, pos_words, _ = _write(
+            out,
+            f"{folder}/{task}/{2 * k}_{story.id}.wav",
+            context + _sentences([story.ending]),
+            bank,
+        )
+        neg, _, _ = _write(
+            out, f"{folder}/{task}/{2 * k + 1}_{story.id}.wav", context + _sentences([wrong]), bank
+        )
+        items[task] = {
+            "story": story.id,
+            "positive": story.ending,
+            "negative": wrong,
+            "files": [pos.name, neg.name],
+            "ending_start": pos_words[sum(len(s) for s in context)][1],
+        }
     return items
 
 
@@ -108,12 +136,15 @@ def _word_pair(out: Path, folder: str, k: int, word: str, nonword: str) -> dict:
 def write_bench(out: Path, stories, folder: str, word_pairs=()) -> dict[str, int]:
     """sSC / tSC (and word-test) pair folders under `out/folder`; items.json says what each pair
     holds and where the ending starts (s). tSC's wrong ending is the next story's ending."""
-    pairs = _map(_cloze_pair, [(out, folder, k, st, stories[(k + 1) % len(stories)])
-                               for k, st in enumerate(stories)])
+    pairs = _map(
+        _cloze_pair,
+        [(out, folder, k, st, stories[(k + 1) % len(stories)]) for k, st in enumerate(stories)],
+    )
     items = {task: [p[task] for p in pairs] for task in ("ssc", "tsc")}
     if word_pairs:
-        items["swuggy"] = _map(_word_pair, [(out, folder, k, w, n)
-                                            for k, (w, n) in enumerate(word_pairs)])
+        items["swuggy"] = _map(
+            _word_pair, [(out, folder, k, w, n) for k, (w, n) in enumerate(word_pairs)]
+        )
     (out / folder).mkdir(parents=True, exist_ok=True)
     (out / folder / "items.json").write_text(json.dumps(items, indent=1))
     return {k: len(v) for k, v in items.items()}

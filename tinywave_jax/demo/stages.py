@@ -4,6 +4,7 @@
 stage returning a JSON-able dict; the folder's `settings.json` pins the settings, so a rerun with
 other settings is refused instead of mixing two runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,8 @@ def cpu_seconds() -> float:
 
 class StagedRun:
     STAGES: tuple[str, ...] = ()
-    OPTIONAL: tuple[str, ...] = ()        # stages no later stage depends on
-    NEEDS: dict[str, list[str]] = {}      # stage -> executables / modules it needs
+    OPTIONAL: tuple[str, ...] = ()  # stages no later stage depends on
+    NEEDS: dict[str, list[str]] = {}  # stage -> executables / modules it needs
 
     def __init__(self, workdir: str | Path, settings, log: Callable = print):
         self.dir = Path(workdir)
@@ -42,9 +43,11 @@ class StagedRun:
             saved, mine = json.loads(stamp.read_text()), settings_dict(settings)
             if saved != mine:
                 diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-                raise OutputExistsError(f"{self.dir} holds a run with other settings "
-                                        f"({', '.join(diff)}); use another --workdir (or delete "
-                                        "this one)")
+                raise OutputExistsError(
+                    f"{self.dir} holds a run with other settings "
+                    f"({', '.join(diff)}); use another --workdir (or delete "
+                    "this one)"
+                )
 
     def record(self, stage: str) -> Path:
         return self.dir / "stages" / f"{stage}.json"
@@ -57,15 +60,20 @@ class StagedRun:
         """Fails before any work when something a pending stage needs is missing."""
         import importlib.util
         import shutil
+
         missing = []
         for stage in (s for s in stages if self.done(s) is None):
             for what in self.NEEDS.get(stage, []):
-                found = shutil.which(what) if what == "espeak-ng" else importlib.util.find_spec(what)
+                found = (
+                    shutil.which(what) if what == "espeak-ng" else importlib.util.find_spec(what)
+                )
                 if not found:
                     missing.append(f"{what} (stage {stage})")
         if missing:
-            raise MissingToolError("this needs " + ", ".join(missing) + ": run `make demo`, "
-                                   "or `make espeak` and `pip install -e '.[test]'`")
+            raise MissingToolError(
+                "this needs " + ", ".join(missing) + ": run `make demo`, "
+                "or `make espeak` and `pip install -e '.[test]'`"
+            )
 
     def check(self, stages) -> None:
         """Hook: inputs a pending stage needs, checked before any stage runs."""
@@ -74,11 +82,16 @@ class StagedRun:
         stages = self.STAGES if stages is None else stages
         for k, stage in enumerate(self.STAGES):
             if stage in stages:
-                missing = [s for s in self.STAGES[:k] if s not in stages and s not in self.OPTIONAL
-                           and self.done(s) is None]
+                missing = [
+                    s
+                    for s in self.STAGES[:k]
+                    if s not in stages and s not in self.OPTIONAL and self.done(s) is None
+                ]
                 if missing:
-                    raise ConfigError(f"--stages: stage {stage} needs stage(s) {missing} first "
-                                      f"(run them, or leave --stages out)")
+                    raise ConfigError(
+                        f"--stages: stage {stage} needs stage(s) {missing} first "
+                        f"(run them, or leave --stages out)"
+                    )
         self.preflight(stages)
         self.check(stages)
         # pinned only once the inputs passed their checks: a refused run leaves no stamp behind
@@ -96,8 +109,12 @@ class StagedRun:
                 self.log(f"[{k}/{n}] {stage} ...")
                 t, cpu = time.time(), cpu_seconds()
                 info = getattr(self, f"stage_{stage}")()
-                rec = {"stage": stage, "seconds": round(time.time() - t, 1),
-                       "cpu_seconds": round(cpu_seconds() - cpu, 1), **info}
+                rec = {
+                    "stage": stage,
+                    "seconds": round(time.time() - t, 1),
+                    "cpu_seconds": round(cpu_seconds() - cpu, 1),
+                    **info,
+                }
                 self.record(stage).parent.mkdir(parents=True, exist_ok=True)
                 self.record(stage).write_text(json.dumps(rec, indent=1))
                 self.log(f"[{k}/{n}] {stage}: done in {rec['seconds']:.0f} s")

@@ -12,6 +12,7 @@ Stages (in WORKDIR, each recorded when done, so a rerun resumes):
               layout.json and provenance.json (command, settings, data hashes, quality, and the
               sha256 of every file, which `tinywave demo` checks before it trains anything)
 """
+
 from __future__ import annotations
 
 import datetime
@@ -24,7 +25,7 @@ from ..errors import InputError
 from .settings import TeacherSettings, settings_dict
 from .stages import StagedRun
 
-PACKAGE_DIR = Path(__file__).parent / "teacher"   # the shipped teacher
+PACKAGE_DIR = Path(__file__).parent / "teacher"  # the shipped teacher
 PROVENANCE = "provenance.json"
 FORMAT = "tinywave-demo-teacher/1"
 
@@ -39,8 +40,11 @@ def sha256_file(path: Path) -> str:
 
 def folder_hashes(folder: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under `folder` except the provenance file."""
-    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != PROVENANCE}
+    return {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != PROVENANCE
+    }
 
 
 class TeacherError(InputError):
@@ -53,17 +57,22 @@ def verify_teacher(folder: str | Path) -> dict:
     folder = Path(folder)
     prov_path = folder / PROVENANCE
     if not folder.is_dir():
-        raise TeacherError(f"{folder}: teacher folder not found (build one with "
-                           "`tinywave demo-teacher --out DIR`)")
+        raise TeacherError(
+            f"{folder}: teacher folder not found (build one with `tinywave demo-teacher --out DIR`)"
+        )
     if not prov_path.is_file():
-        raise TeacherError(f"{prov_path}: missing; a teacher package records its files' hashes "
-                           "there")
+        raise TeacherError(
+            f"{prov_path}: missing; a teacher package records its files' hashes there"
+        )
     try:
         prov = json.loads(prov_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TeacherError(f"{prov_path}: not valid JSON ({e})") from None
-    if not isinstance(prov, dict) or prov.get("format") != FORMAT or \
-            not isinstance(prov.get("files"), dict):
+    if (
+        not isinstance(prov, dict)
+        or prov.get("format") != FORMAT
+        or not isinstance(prov.get("files"), dict)
+    ):
         raise TeacherError(f"{prov_path}: not a {FORMAT} provenance file")
     for rel, digest in sorted(prov["files"].items()):
         path = folder / rel
@@ -78,8 +87,15 @@ class TeacherBuild(StagedRun):
     STAGES = ("speech", "tokens", "pretrain", "evaluate", "package")
     NEEDS = {"speech": ["espeak-ng"], "tokens": ["transformers"], "package": ["transformers"]}
 
-    def __init__(self, workdir, settings: TeacherSettings, out: str | Path, overwrite=False,
-                 command: str = "", log=print):
+    def __init__(
+        self,
+        workdir,
+        settings: TeacherSettings,
+        out: str | Path,
+        overwrite=False,
+        command: str = "",
+        log=print,
+    ):
         super().__init__(workdir, settings, log)
         self.out, self.overwrite, self.command = Path(out), overwrite, command
         self.speech_dir, self.tokens_dir = self.dir / "speech", self.dir / "tokens"
@@ -88,10 +104,12 @@ class TeacherBuild(StagedRun):
     def check(self, stages) -> None:
         if "package" in stages and self.done("package") is None:
             from ..outputs import check_output_dir
+
             check_output_dir(self.out, self.overwrite)
 
     def world(self) -> dict:
         from .world import make_world
+
         return make_world(self.settings.world)
 
     # ---------------------------------------------------------------- stages
@@ -99,71 +117,116 @@ class TeacherBuild(StagedRun):
         from ..jsonl import write_jsonl_atomic
         from . import speech
         from .world import WORD_PAIRS, world_hash
+
         world, out = self.world(), self.speech_dir
-        manifests = {"pretrain": speech.pretrain_rows(out, world["train"]),
-                     "heldout": speech.heldout_rows(out, world)}
+        manifests = {
+            "pretrain": speech.pretrain_rows(out, world["train"]),
+            "heldout": speech.heldout_rows(out, world),
+        }
         for name, rows in manifests.items():
             write_jsonl_atomic(out / f"{name}.jsonl", rows)
-        pairs = {"bench": speech.write_bench(out, world["test"], "bench", WORD_PAIRS),
-                 "bench_valid": speech.write_bench(out, world["validation"], "bench_valid")}
+        pairs = {
+            "bench": speech.write_bench(out, world["test"], "bench", WORD_PAIRS),
+            "bench_valid": speech.write_bench(out, world["validation"], "bench_valid"),
+        }
         hours = speech.hours(manifests["pretrain"])
         self.log(f"  {len(manifests['pretrain'])} pretraining utterances, {hours:.2f} h")
-        return {"world_hash": world_hash(world), "hours": hours,
-                "utterances": {k: len(v) for k, v in manifests.items()}, "pairs": pairs}
+        return {
+            "world_hash": world_hash(world),
+            "hours": hours,
+            "utterances": {k: len(v) for k, v in manifests.items()},
+            "pairs": pairs,
+        }
 
     def stage_tokens(self) -> dict:
         from ..audio.fit import fit_units
-        from . import tokens
         from ..jsonl import iter_jsonl
+        from . import tokens
         from .world import vocabulary
+
         s = self.settings
         rows = [r for _, r in iter_jsonl(self.speech_dir / "pretrain.jsonl", "speech manifest")]
-        fit = fit_units([self.speech_dir / r["path"] for r in rows], self.tokens_dir / "units",
-                        units=s.units, features="mfcc", pitch_bins=0, style_classes=0,
-                        seed=s.seed, max_hours=s.units_fit_hours, overwrite=True,
-                        # no utterance-mean removal: a cloze pair shares its context audio, and
-                        # the context's units must not depend on which ending follows
-                        cmn=False, log=lambda m: self.log("  " + m))
+        fit = fit_units(
+            [self.speech_dir / r["path"] for r in rows],
+            self.tokens_dir / "units",
+            units=s.units,
+            features="mfcc",
+            pitch_bins=0,
+            style_classes=0,
+            seed=s.seed,
+            max_hours=s.units_fit_hours,
+            overwrite=True,
+            # no utterance-mean removal: a cloze pair shares its context audio, and
+            # the context's units must not depend on which ending follows
+            cmn=False,
+            log=lambda m: self.log("  " + m),
+        )
         n_text = tokens.write_text_tokenizer(vocabulary(), self.tokens_dir / "tokenizer")
         layout = tokens.layout_config(s.units, n_text)
         (self.tokens_dir / "layout.json").write_text(json.dumps(layout, indent=1))
         summaries = tokens.build_corpora(
             {n: self.speech_dir / f"{n}.jsonl" for n in ("pretrain", "heldout")},
-            self.tokens_dir / "units", self.tokens_dir / "corpus", s.units, self.log)
-        return {"units": fit.vocab_sizes, "text_vocab": n_text,
-                "vocab_size": tokens.vocab_size(layout), "corpora": tokens.corpus_counts(summaries)}
+            self.tokens_dir / "units",
+            self.tokens_dir / "corpus",
+            s.units,
+            self.log,
+        )
+        return {
+            "units": fit.vocab_sizes,
+            "text_vocab": n_text,
+            "vocab_size": tokens.vocab_size(layout),
+            "corpora": tokens.corpus_counts(summaries),
+        }
 
     def stage_pretrain(self) -> dict:
         from .training import data_section, pretrain_config, train_run
+
         s = self.settings
-        data = data_section(self.tokens_dir / "corpus" / "pretrain",
-                            {"layout": json.loads((self.tokens_dir / "layout.json").read_text()),
-                             "tokenizer": self.tokens_dir / "tokenizer"},
-                            s.seq_len, s.batch_size, s.seed)
+        data = data_section(
+            self.tokens_dir / "corpus" / "pretrain",
+            {
+                "layout": json.loads((self.tokens_dir / "layout.json").read_text()),
+                "tokenizer": self.tokens_dir / "tokenizer",
+            },
+            s.seq_len,
+            s.batch_size,
+            s.seed,
+        )
         cfg = pretrain_config(s, data, self.run_dir, self.done("tokens")["vocab_size"])
         final = train_run("teacher/pretrain", cfg, self.log)
         from ..train.metrics import read_metrics
+
         last = read_metrics(self.run_dir)[-1]
-        return {"final": str(final), "steps": s.steps,
-                "tokens_seen": s.steps * s.batch_size * s.seq_len,
-                "final_train_ce": round(last["ce"], 4)}
+        return {
+            "final": str(final),
+            "steps": s.steps,
+            "tokens_seen": s.steps * s.batch_size * s.seq_len,
+            "final_train_ce": round(last["ce"], 4),
+        }
 
     def stage_evaluate(self) -> dict:
-        quality = evaluate_teacher(self.run_dir / "final", self.speech_dir, self.tokens_dir,
-                                   self.tokens_dir / "units", self.tokens_dir / "layout.json",
-                                   log=self.log)
+        quality = evaluate_teacher(
+            self.run_dir / "final",
+            self.speech_dir,
+            self.tokens_dir,
+            self.tokens_dir / "units",
+            self.tokens_dir / "layout.json",
+            log=self.log,
+        )
         (self.dir / "quality.json").write_text(json.dumps(quality, indent=1))
         return {"quality": quality}
 
     def stage_package(self) -> dict:
         from ..checkpoint import load_model
-        from ..outputs import atomic_output_dir
         from ..convert.hf_export import write_hf_dir
+        from ..outputs import atomic_output_dir
+
         staging = self.dir / "package"
         shutil.rmtree(staging, ignore_errors=True)
         params, config, _ = load_model(self.run_dir / "final", as_numpy=True)
-        write_hf_dir(params, config, staging, overwrite=True,
-                     tokenizer_dir=self.tokens_dir / "tokenizer")
+        write_hf_dir(
+            params, config, staging, overwrite=True, tokenizer_dir=self.tokens_dir / "tokenizer"
+        )
         shutil.copytree(self.tokens_dir / "units", staging / "units")
         shutil.copy2(self.tokens_dir / "layout.json", staging / "layout.json")
         prov = self.provenance(staging)
@@ -181,24 +244,37 @@ class TeacherBuild(StagedRun):
     def provenance(self, staging: Path) -> dict:
         from .. import __version__
         from ..data.corpus_read import version_dir
-        data_hashes = {f"speech/{n}.jsonl": sha256_file(self.speech_dir / f"{n}.jsonl")
-                       for n in ("pretrain", "heldout")}
+
+        data_hashes = {
+            f"speech/{n}.jsonl": sha256_file(self.speech_dir / f"{n}.jsonl")
+            for n in ("pretrain", "heldout")
+        }
         for n in ("pretrain", "heldout"):
             vdir = version_dir(self.tokens_dir / "corpus" / n)
-            data_hashes.update({f"corpus/{n}/{p.name}": sha256_file(p)
-                                for p in sorted(vdir.iterdir()) if "array_record" in p.name})
+            data_hashes.update(
+                {
+                    f"corpus/{n}/{p.name}": sha256_file(p)
+                    for p in sorted(vdir.iterdir())
+                    if "array_record" in p.name
+                }
+            )
         stages = {k: self.done(k) for k in ("speech", "tokens", "pretrain")}
         return {
-            "format": FORMAT, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"),
-            "command": self.command, "package_version": __version__,
+            "format": FORMAT,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": self.command,
+            "package_version": __version__,
             "settings": settings_dict(self.settings),
             "world_hash": stages["speech"]["world_hash"],
-            "data": {"hours": stages["speech"]["hours"],
-                     "utterances": stages["speech"]["utterances"],
-                     "corpora": stages["tokens"]["corpora"], "sha256": data_hashes},
-            "training": {k: stages["pretrain"][k] for k in ("steps", "tokens_seen",
-                                                            "final_train_ce")}
+            "data": {
+                "hours": stages["speech"]["hours"],
+                "utterances": stages["speech"]["utterances"],
+                "corpora": stages["tokens"]["corpora"],
+                "sha256": data_hashes,
+            },
+            "training": {
+                k: stages["pretrain"][k] for k in ("steps", "tokens_seen", "final_train_ce")
+            }
             | {"seconds": stages["pretrain"]["seconds"]},
             "quality": self.done("evaluate")["quality"],
             "files": folder_hashes(staging),
@@ -215,10 +291,14 @@ def model_card(prov: dict) -> str:
         if key not in r:
             return "-"
         lo, hi = r[f"{key}_ci"]
-        return f"{r[key]:.{2 if key == 'ppl' else 1}f} [{lo:.{2 if key == 'ppl' else 1}f}, " \
-               f"{hi:.{2 if key == 'ppl' else 1}f}]"
+        return (
+            f"{r[key]:.{2 if key == 'ppl' else 1}f} [{lo:.{2 if key == 'ppl' else 1}f}, "
+            f"{hi:.{2 if key == 'ppl' else 1}f}]"
+        )
+
     lines = [
-        "# The tinywave demo teacher", "",
+        "# The tinywave demo teacher",
+        "",
         f"A {shape['num_hidden_layers']}-layer Llama (hidden {shape['hidden_size']}, "
         f"{shape['num_attention_heads']} heads, FFN {shape['intermediate_size']}) over the "
         f"demo's speech units, pretrained from random init by `tinywave demo-teacher` on "
@@ -226,46 +306,69 @@ def model_card(prov: dict) -> str:
         f"{d['hours']:.1f} h of audio in all, seven voices). A Hugging Face folder: "
         "`transformers.LlamaForCausalLM.from_pretrained` loads it, `tinywave import-hf` converts it; "
         "`units/` is its unit extractor (`tinywave units extract`), `layout.json` its token layout, "
-        "the tokenizer files its word-level text tokenizer.", "",
+        "the tokenizer files its word-level text tokenizer.",
+        "",
         f"- command: `{prov['command']}`",
         f"- created: {prov['created']} (tinywave_jax {prov['package_version']})",
         f"- training: {t['steps']} steps, {t['tokens_seen']:,} tokens, {t['seconds'] / 60:.0f} min "
         f"on the build machine, final training CE {t['final_train_ce']} nats per unit",
-        f"- world hash (story texts of every split): `{prov['world_hash']}`", "",
+        f"- world hash (story texts of every split): `{prov['world_hash']}`",
+        "",
         "Quality on held-out stories (target voice, a synthesis no training file comes from; "
-        "95 % bootstrap intervals):", "",
-        "| split | sSC | tSC | words | PPL |", "|---|---|---|---|---|",
-        *[f"| {split} | {row(split, 'ssc')} | {row(split, 'tsc')} | {row(split, 'words')} | "
-          f"{row(split, 'ppl')} |" for split in ("validation", "test")], "",
+        "95 % bootstrap intervals):",
+        "",
+        "| split | sSC | tSC | words | PPL |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {split} | {row(split, 'ssc')} | {row(split, 'tsc')} | {row(split, 'words')} | "
+            f"{row(split, 'ppl')} |"
+            for split in ("validation", "test")
+        ],
+        "",
         "Data hashes (sha256) and every setting are in `provenance.json`; so is the sha256 of each "
-        "file here, which `tinywave demo` checks before it trains anything.", ""]
+        "file here, which `tinywave demo` checks before it trains anything.",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def evaluate_teacher(ckpt: Path, speech_dir: Path, tokens_dir: Path, units: Path, layout: Path,
-                     log=print) -> dict:
+def evaluate_teacher(
+    ckpt: Path, speech_dir: Path, tokens_dir: Path, units: Path, layout: Path, log=print
+) -> dict:
     """{"validation": row, "test": row}: cloze accuracies (and words on test) with intervals,
     perplexity on the held-out stories."""
     from ..checkpoint import load_model
     from .evaluate import bench_inputs, ppl_inputs, score_model, summarize
+
     params, config, _ = load_model(ckpt)
     out = {}
-    for split, folder, tasks in (("validation", "bench_valid", ("ssc", "tsc")),
-                                 ("test", "bench", ("ssc", "tsc", "swuggy"))):
+    for split, folder, tasks in (
+        ("validation", "bench_valid", ("ssc", "tsc")),
+        ("test", "bench", ("ssc", "tsc", "swuggy")),
+    ):
         inputs = bench_inputs(speech_dir / folder, units, layout, config.vocab_size, tasks, log)
-        inputs["ppl"] = ppl_inputs(tokens_dir / "corpus" / "heldout", split, layout,
-                                   config.vocab_size)
+        inputs["ppl"] = ppl_inputs(
+            tokens_dir / "corpus" / "heldout", split, layout, config.vocab_size
+        )
         out[split] = summarize(score_model(params, config, inputs), draws=2000)
         r = out[split]
-        log(f"  teacher on {split}: " + ", ".join(
-            f"{k} {r[k]:.1f} [{r[k + '_ci'][0]:.1f}, {r[k + '_ci'][1]:.1f}]"
-            for k in ("ssc", "tsc", "words", "ppl") if k in r))
+        log(
+            f"  teacher on {split}: "
+            + ", ".join(
+                f"{k} {r[k]:.1f} [{r[k + '_ci'][0]:.1f}, {r[k + '_ci'][1]:.1f}]"
+                for k in ("ssc", "tsc", "words", "ppl")
+                if k in r
+            )
+        )
     return out
 
 
-def build_teacher(out, workdir, quick=False, overrides=(), overwrite=False, stages=None,
-                  command="", log=print) -> dict:
+def build_teacher(
+    out, workdir, quick=False, overrides=(), overwrite=False, stages=None, command="", log=print
+) -> dict:
     from .settings import teacher_settings
-    build = TeacherBuild(workdir, teacher_settings(quick, list(overrides)), out, overwrite,
-                         command, log)
+
+    build = TeacherBuild(
+        workdir, teacher_settings(quick, list(overrides)), out, overwrite, command, log
+    )
     return build.run(stages)

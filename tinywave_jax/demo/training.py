@@ -12,6 +12,7 @@
 Each run's model is RUN_DIR/final (a tinywave model checkpoint); a run interrupted before that
 resumes from its latest checkpoint on the next call.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,13 +20,19 @@ from pathlib import Path
 # row -> (what it is, loss weights; None: a random model trained with cross-entropy alone)
 ROWS = {
     "baseline": ("random init, CE only", None),
-    "init_ce": ("teacher-layer init, CE only", {"ce": 1.0, "logit_kl": 0.0, "hidden": 0.0,
-                                                  "attention": 0.0}),
+    "init_ce": (
+        "teacher-layer init, CE only",
+        {"ce": 1.0, "logit_kl": 0.0, "hidden": 0.0, "attention": 0.0},
+    ),
     "logit": ("+ logit KD", {"ce": 1.0, "logit_kl": 1.0, "hidden": 0.0, "attention": 0.0}),
-    "hidden": ("+ hidden-state loss", {"ce": 1.0, "logit_kl": 1.0, "hidden": 1.0,
-                                       "attention": 0.0}),
-    "student": ("+ attention-map loss (full recipe)", {"ce": 1.0, "logit_kl": 1.0, "hidden": 1.0,
-                                                       "attention": 1.0}),
+    "hidden": (
+        "+ hidden-state loss",
+        {"ce": 1.0, "logit_kl": 1.0, "hidden": 1.0, "attention": 0.0},
+    ),
+    "student": (
+        "+ attention-map loss (full recipe)",
+        {"ce": 1.0, "logit_kl": 1.0, "hidden": 1.0, "attention": 1.0},
+    ),
 }
 MAIN_ROWS = ("student", "baseline")
 ABLATION_ROWS = ("init_ce", "logit", "hidden")
@@ -33,86 +40,139 @@ ABLATION_ROWS = ("init_ce", "logit", "hidden")
 
 def data_section(corpus_dir: Path, tokens: dict, seq_len: int, batch_size: int, seed: int) -> dict:
     """A speech-only corpus data section; `tokens`: {"layout": dict, "tokenizer": folder}."""
-    return {"source": "corpus", "seq_len": seq_len, "batch_size": batch_size, "seed": seed,
-            "corpus": {"corpus_dir": str(corpus_dir), "split": "train", "mixture": {"speech": 1.0},
-                       "layout": tokens["layout"], "tokenizer": str(tokens["tokenizer"]),
-                       "read_threads": 2}}
+    return {
+        "source": "corpus",
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "seed": seed,
+        "corpus": {
+            "corpus_dir": str(corpus_dir),
+            "split": "train",
+            "mixture": {"speech": 1.0},
+            "layout": tokens["layout"],
+            "tokenizer": str(tokens["tokenizer"]),
+            "read_threads": 2,
+        },
+    }
 
 
 def loop_section(steps: int, checkpoint_every: int | None = None) -> dict:
-    return {"steps": steps, "log_every": max(1, min(10, steps // 10)),
-            "checkpoint_every": checkpoint_every or max(1, steps // 2), "checkpoint_keep": 1,
-            "async_checkpoint": False, "tensorboard": True}
+    return {
+        "steps": steps,
+        "log_every": max(1, min(10, steps // 10)),
+        "checkpoint_every": checkpoint_every or max(1, steps // 2),
+        "checkpoint_keep": 1,
+        "async_checkpoint": False,
+        "tensorboard": True,
+    }
 
 
 def optimizer_section(lr: float, steps: int, warmup: int | None = None) -> dict:
-    return {"learning_rate": lr, "warmup_steps": max(1, steps // 10) if warmup is None else warmup,
-            "min_lr_ratio": 0.1, "weight_decay": 0.0, "clip_norm": 1.0}
+    return {
+        "learning_rate": lr,
+        "warmup_steps": max(1, steps // 10) if warmup is None else warmup,
+        "min_lr_ratio": 0.1,
+        "weight_decay": 0.0,
+        "clip_norm": 1.0,
+    }
 
 
 def model_shape(shape, vocab_size: int) -> dict:
-    return {"vocab_size": vocab_size, "hidden_size": shape.hidden_size,
-            "intermediate_size": shape.intermediate_size,
-            "num_hidden_layers": shape.num_hidden_layers,
-            "num_attention_heads": shape.num_attention_heads,
-            "num_key_value_heads": shape.num_key_value_heads, "max_position_embeddings": 2048,
-            "bos_token_id": 1, "eos_token_id": 2}
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_hidden_layers,
+        "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads,
+        "max_position_embeddings": 2048,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
 
 
 def pretrain_config(s, data: dict, run_dir: Path, vocab_size: int) -> dict:
     """The teacher's pretraining (TeacherSettings `s`)."""
-    return {"run_dir": str(run_dir), "model": {"shape": model_shape(s.shape, vocab_size),
-                                               "seed": s.seed},
-            "optimizer": optimizer_section(s.learning_rate, s.steps, s.warmup_steps),
-            "train": loop_section(s.steps, checkpoint_every=max(1, min(250, s.steps))),
-            "data": data, "logit_chunk_size": 128}
+    return {
+        "run_dir": str(run_dir),
+        "model": {"shape": model_shape(s.shape, vocab_size), "seed": s.seed},
+        "optimizer": optimizer_section(s.learning_rate, s.steps, s.warmup_steps),
+        "train": loop_section(s.steps, checkpoint_every=max(1, min(250, s.steps))),
+        "data": data,
+        "logit_chunk_size": 128,
+    }
 
 
 def correction_config(s, teacher_ckpt: Path, data: dict, run_dir: Path) -> dict:
     """LoRA teacher correction (DemoSettings `s`)."""
-    return {"run_dir": str(run_dir), "model": {"path": str(teacher_ckpt)},
-            "lora": {"enabled": True, "rank": s.lora_rank, "alpha": 2.0 * s.lora_rank},
-            "optimizer": optimizer_section(s.lora_lr, s.lora_steps),
-            "train": loop_section(s.lora_steps), "data": data, "logit_chunk_size": 128}
+    return {
+        "run_dir": str(run_dir),
+        "model": {"path": str(teacher_ckpt)},
+        "lora": {"enabled": True, "rank": s.lora_rank, "alpha": 2.0 * s.lora_rank},
+        "optimizer": optimizer_section(s.lora_lr, s.lora_steps),
+        "train": loop_section(s.lora_steps),
+        "data": data,
+        "logit_chunk_size": 128,
+    }
 
 
-def row_config(row: str, lr: float, s, teacher_ckpt: Path, teacher_config, data: dict,
-               run_dir: Path) -> dict:
+def row_config(
+    row: str, lr: float, s, teacher_ckpt: Path, teacher_config, data: dict, run_dir: Path
+) -> dict:
     """One student row at learning rate `lr` (DemoSettings `s`); `teacher_config`: the corrected
     teacher's LlamaConfig (the baseline takes its width and vocabulary)."""
     weights = None if ROWS[row][1] is None else dict(ROWS[row][1])
     layer_map = s.layer_map if isinstance(s.layer_map, str) else list(s.layer_map)
-    common = {"run_dir": str(run_dir), "optimizer": optimizer_section(lr, s.distill_steps),
-              "train": loop_section(s.distill_steps), "data": data}
+    common = {
+        "run_dir": str(run_dir),
+        "optimizer": optimizer_section(lr, s.distill_steps),
+        "train": loop_section(s.distill_steps),
+        "data": data,
+    }
     if weights is None:
         t = teacher_config
-        shape = {"vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
-                 "intermediate_size": t.intermediate_size, "num_hidden_layers": s.student_layers,
-                 "num_attention_heads": t.num_attention_heads,
-                 "num_key_value_heads": t.num_key_value_heads,
-                 "max_position_embeddings": t.max_position_embeddings,
-                 "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id}
+        shape = {
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size,
+            "num_hidden_layers": s.student_layers,
+            "num_attention_heads": t.num_attention_heads,
+            "num_key_value_heads": t.num_key_value_heads,
+            "max_position_embeddings": t.max_position_embeddings,
+            "bos_token_id": t.bos_token_id,
+            "eos_token_id": t.eos_token_id,
+        }
         return {**common, "model": {"shape": shape, "seed": s.seed + 1}, "logit_chunk_size": None}
-    return {**common, "teacher": {"path": str(teacher_ckpt), "dtype": "float32"},
-            "student": {"num_layers": s.student_layers},
-            "distill": {"weights": weights, "temperature": s.temperature,
-                        "layer_map": layer_map, "init_layers": "mapped",
-                        # whole-sequence logits and 128-query attention blocks: ~30 % faster
-                        # than chunking at these sizes, and the demo's memory is small
-                        "attention_block_size": 128, "logit_chunk_size": None}}
+    return {
+        **common,
+        "teacher": {"path": str(teacher_ckpt), "dtype": "float32"},
+        "student": {"num_layers": s.student_layers},
+        "distill": {
+            "weights": weights,
+            "temperature": s.temperature,
+            "layer_map": layer_map,
+            "init_layers": "mapped",
+            # whole-sequence logits and 128-query attention blocks: ~30 % faster
+            # than chunking at these sizes, and the demo's memory is small
+            "attention_block_size": 128,
+            "logit_chunk_size": None,
+        },
+    }
 
 
 def _cores() -> list[int]:
     """The CPU cores runs are pinned to (with `taskset`); none where it is missing."""
     import os
     import shutil
+
     if not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None:
         return []
     return sorted(os.sched_getaffinity(0))
 
 
-def train_runs(jobs: list[tuple[str, dict]], log=print, max_parallel: int | None = None
-               ) -> dict[str, Path]:
+def train_runs(
+    jobs: list[tuple[str, dict]], log=print, max_parallel: int | None = None
+) -> dict[str, Path]:
     """Runs `jobs` ([(name, config dict)], each finished run skipped, an interrupted one resumed)
     as `tinywave train|distill` subprocesses, each pinned to one CPU core, as many at once as
     there are cores: a run's numerics then do not depend on how many run beside it, and two
@@ -128,10 +188,14 @@ def train_runs(jobs: list[tuple[str, dict]], log=print, max_parallel: int | None
     from ..config import from_dict
     from ..train.config import DistillConfig, TrainConfig
     from ..train.metrics import read_metrics
+
     out, todo = {}, []
-    env = dict(os.environ)     # one CPU device per run, whatever this process simulates
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                                if not f.startswith("--xla_force_host_platform_device_count"))
+    env = dict(os.environ)  # one CPU device per run, whatever this process simulates
+    env["XLA_FLAGS"] = " ".join(
+        f
+        for f in env.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    )
     for name, cfg in jobs:
         from_dict(DistillConfig if "teacher" in cfg else TrainConfig, cfg, prefix=name)  # fail now
         final = Path(cfg["run_dir"]) / "final"
@@ -162,8 +226,10 @@ def train_runs(jobs: list[tuple[str, dict]], log=print, max_parallel: int | None
             logf = open(run_dir / "train.log", "a")
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
             running[core] = (name, cfg, proc, logf, time.time())
-            log(f"  {name}: {'resuming' if resume else 'training'} for {cfg['train']['steps']} "
-                f"steps" + (f" on core {core}" if core is not None else ""))
+            log(
+                f"  {name}: {'resuming' if resume else 'training'} for {cfg['train']['steps']} "
+                f"steps" + (f" on core {core}" if core is not None else "")
+            )
         time.sleep(0.5)
         for core, (name, cfg, proc, logf, t0) in list(running.items()):
             if proc.poll() is None:
@@ -175,8 +241,10 @@ def train_runs(jobs: list[tuple[str, dict]], log=print, max_parallel: int | None
                 for _, _, other, _, _ in running.values():
                     other.terminate()
                 tail = (Path(cfg["run_dir"]) / "train.log").read_text()[-3000:]
-                raise RuntimeError(f"{name}: training failed (exit {proc.returncode}); rerun to "
-                                   f"resume. End of {cfg['run_dir']}/train.log:\n{tail}")
+                raise RuntimeError(
+                    f"{name}: training failed (exit {proc.returncode}); rerun to "
+                    f"resume. End of {cfg['run_dir']}/train.log:\n{tail}"
+                )
             rows = read_metrics(cfg["run_dir"])
             log(f"  {name}: done in {time.time() - t0:.0f} s, final loss {rows[-1]['loss']:.4f}")
             out[name] = final
@@ -186,8 +254,10 @@ def train_runs(jobs: list[tuple[str, dict]], log=print, max_parallel: int | None
                 path = Path(cfg["run_dir"]) / "metrics.jsonl"
                 if path.exists() and path.read_text().strip():
                     r = read_metrics(cfg["run_dir"])[-1]
-                    log(f"  {name}: step {r['step']}/{cfg['train']['steps']} loss {r['loss']:.4f} "
-                        f"tok/s {r['tokens_per_s'] / 1e3:.1f}k")
+                    log(
+                        f"  {name}: step {r['step']}/{cfg['train']['steps']} loss {r['loss']:.4f} "
+                        f"tok/s {r['tokens_per_s'] / 1e3:.1f}k"
+                    )
     return out
 
 

@@ -18,6 +18,7 @@ not. Stories are drawn once from a fixed seed and split by story: test, validati
 stories (every text distinct, so held-out stories are in no training corpus). `world_hash`
 fingerprints the texts, so a teacher pretrained on one world refuses another.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,55 +29,125 @@ import re
 
 # (place, worker, item): each word belongs to one scene only.
 SCENES = (
-    ("bakery", "baker", "bread"), ("library", "librarian", "book"),
-    ("river", "fisherman", "fish"), ("farm", "farmer", "eggs"),
-    ("school", "teacher", "pencil"), ("garage", "mechanic", "wheel"),
-    ("beach", "lifeguard", "shells"), ("zoo", "keeper", "monkey"),
-    ("hospital", "doctor", "medicine"), ("cafe", "waiter", "coffee"),
-    ("garden", "gardener", "roses"), ("market", "grocer", "apples"),
-    ("station", "driver", "ticket"), ("forest", "ranger", "mushrooms"),
-    ("post office", "postman", "letter"), ("bank", "cashier", "money"),
-    ("museum", "guide", "painting"), ("circus", "clown", "balloon"),
-    ("kitchen", "cook", "soup"), ("theatre", "actor", "costume"),
-    ("harbour", "sailor", "boat"), ("mountain", "climber", "rope"),
-    ("airport", "pilot", "suitcase"), ("stable", "rider", "horse"),
+    ("bakery", "baker", "bread"),
+    ("library", "librarian", "book"),
+    ("river", "fisherman", "fish"),
+    ("farm", "farmer", "eggs"),
+    ("school", "teacher", "pencil"),
+    ("garage", "mechanic", "wheel"),
+    ("beach", "lifeguard", "shells"),
+    ("zoo", "keeper", "monkey"),
+    ("hospital", "doctor", "medicine"),
+    ("cafe", "waiter", "coffee"),
+    ("garden", "gardener", "roses"),
+    ("market", "grocer", "apples"),
+    ("station", "driver", "ticket"),
+    ("forest", "ranger", "mushrooms"),
+    ("post office", "postman", "letter"),
+    ("bank", "cashier", "money"),
+    ("museum", "guide", "painting"),
+    ("circus", "clown", "balloon"),
+    ("kitchen", "cook", "soup"),
+    ("theatre", "actor", "costume"),
+    ("harbour", "sailor", "boat"),
+    ("mountain", "climber", "rope"),
+    ("airport", "pilot", "suitcase"),
+    ("stable", "rider", "horse"),
 )
-NAMES = ("Tom", "Anna", "Ben", "Lucy", "Sam", "Mia", "Jack", "Emma", "Max", "Lily", "Leo", "Ruby",
-         "Finn", "Nora", "Zoe", "Hugo")
+NAMES = (
+    "Tom",
+    "Anna",
+    "Ben",
+    "Lucy",
+    "Sam",
+    "Mia",
+    "Jack",
+    "Emma",
+    "Max",
+    "Lily",
+    "Leo",
+    "Ruby",
+    "Finn",
+    "Nora",
+    "Zoe",
+    "Hugo",
+)
 TIMES = ("in the morning", "after lunch", "on Sunday", "in the evening", "before school")
 
 # (context sentences, ending). {A}, {B}: people; {time}; {place}, {worker}, {item}: the scene.
 TEMPLATES = (
-    (("{A} went to the {place} with {B} {time}.", "{A} talked to the {worker} for a while."),
-     "Then {A} went home with the {item}."),
-    (("{A} and {B} walked to the {place} {time}.", "They stayed there until dark."),
-     "{B} carried the {item} all the way home."),
-    (("{A} needed the {item} {time}.", "{A} asked {B} where to find it."),
-     "{B} said it was at the {place}."),
-    (("{A} lost the {item} {time}.", "{A} and {B} looked for it everywhere."),
-     "At last {A} found it at the {place}."),
-    (("{A} works at the {place}.", "{A} meets {B} there {time}."),
-     "{A} is the best {worker} in town."),
-    (("{A} wanted to meet the {worker}.", "So {A} took the bus with {B} {time}."),
-     "{A} met the {worker} at the {place}."),
-    (("{A} wanted the {item} very much.", "{A} asked {B} for money {time}."),
-     "The {worker} gave {A} the {item}."),
-    (("{B} is the {worker} in our town.", "{A} visited {B} {time}."),
-     "{B} showed {A} the {item}."),
+    (
+        ("{A} went to the {place} with {B} {time}.", "{A} talked to the {worker} for a while."),
+        "Then {A} went home with the {item}.",
+    ),
+    (
+        ("{A} and {B} walked to the {place} {time}.", "They stayed there until dark."),
+        "{B} carried the {item} all the way home.",
+    ),
+    (
+        ("{A} needed the {item} {time}.", "{A} asked {B} where to find it."),
+        "{B} said it was at the {place}.",
+    ),
+    (
+        ("{A} lost the {item} {time}.", "{A} and {B} looked for it everywhere."),
+        "At last {A} found it at the {place}.",
+    ),
+    (
+        ("{A} works at the {place}.", "{A} meets {B} there {time}."),
+        "{A} is the best {worker} in town.",
+    ),
+    (
+        ("{A} wanted to meet the {worker}.", "So {A} took the bus with {B} {time}."),
+        "{A} met the {worker} at the {place}.",
+    ),
+    (
+        ("{A} wanted the {item} very much.", "{A} asked {B} for money {time}."),
+        "The {worker} gave {A} the {item}.",
+    ),
+    (("{B} is the {worker} in our town.", "{A} visited {B} {time}."), "{B} showed {A} the {item}."),
 )
 
 # Real words of the town, each paired with a made-up non-word that sounds like English.
 WORD_PAIRS = (
-    ("bakery", "bakeny"), ("library", "limbrary"), ("river", "rimer"), ("farmer", "farsner"),
-    ("school", "schoom"), ("garage", "gorage"), ("beach", "beash"), ("monkey", "monkel"),
-    ("doctor", "doctel"), ("coffee", "coffel"), ("garden", "gorben"), ("market", "markot"),
-    ("station", "stotion"), ("forest", "forust"), ("letter", "lekker"), ("money", "monnip"),
-    ("museum", "mupeum"), ("balloon", "balloop"), ("kitchen", "kitchun"), ("sailor", "sailon"),
-    ("mountain", "mountoon"), ("pilot", "pilut"), ("horse", "horsk"), ("bread", "brede"),
-    ("pencil", "pensit"), ("teacher", "teapher"), ("waiter", "waiber"), ("roses", "rovers"),
-    ("ticket", "tickat"), ("painting", "paingting"), ("morning", "morfing"),
-    ("evening", "evelling"), ("lunch", "lunsh"), ("home", "hobe"), ("walked", "wolked"),
-    ("stayed", "stoyed"), ("found", "fount"), ("lost", "lopst"), ("visited", "vipited"),
+    ("bakery", "bakeny"),
+    ("library", "limbrary"),
+    ("river", "rimer"),
+    ("farmer", "farsner"),
+    ("school", "schoom"),
+    ("garage", "gorage"),
+    ("beach", "beash"),
+    ("monkey", "monkel"),
+    ("doctor", "doctel"),
+    ("coffee", "coffel"),
+    ("garden", "gorben"),
+    ("market", "markot"),
+    ("station", "stotion"),
+    ("forest", "forust"),
+    ("letter", "lekker"),
+    ("money", "monnip"),
+    ("museum", "mupeum"),
+    ("balloon", "balloop"),
+    ("kitchen", "kitchun"),
+    ("sailor", "sailon"),
+    ("mountain", "mountoon"),
+    ("pilot", "pilut"),
+    ("horse", "horsk"),
+    ("bread", "brede"),
+    ("pencil", "pensit"),
+    ("teacher", "teapher"),
+    ("waiter", "waiber"),
+    ("roses", "rovers"),
+    ("ticket", "tickat"),
+    ("painting", "paingting"),
+    ("morning", "morfing"),
+    ("evening", "evelling"),
+    ("lunch", "lunsh"),
+    ("home", "hobe"),
+    ("walked", "wolked"),
+    ("stayed", "stoyed"),
+    ("found", "fount"),
+    ("lost", "lopst"),
+    ("visited", "vipited"),
     ("wanted", "wonted"),
 )
 
@@ -96,8 +167,8 @@ class Story:
     people: tuple[str, str]
     context: tuple[str, ...]
     ending: str
-    wrong: str              # sSC: the ending about `stranger` instead of its first person
-    stranger: str           # a name the story never mentions
+    wrong: str  # sSC: the ending about `stranger` instead of its first person
+    stranger: str  # a name the story never mentions
 
     @property
     def sentences(self) -> tuple[str, ...]:
@@ -111,6 +182,7 @@ class Story:
 @dataclasses.dataclass(frozen=True)
 class WorldSplits:
     """How many stories each split holds; the draw is fixed by `seed`."""
+
     test: int = 128
     validation: int = 64
     train: int = 2400
@@ -118,6 +190,7 @@ class WorldSplits:
 
     def validate(self):
         from ..config import ConfigError
+
         if self.test < 2 or self.validation < 2 or self.train < 1:
             raise ConfigError("world: need test >= 2, validation >= 2 and train >= 1 stories")
 
@@ -125,8 +198,14 @@ class WorldSplits:
 def _fill(template: int, scene: int, people: tuple[str, str], time: str) -> tuple:
     context, ending = TEMPLATES[template]
     place, worker, item = SCENES[scene]
-    values = {"A": people[0], "B": people[1], "time": time, "place": place, "worker": worker,
-              "item": item}
+    values = {
+        "A": people[0],
+        "B": people[1],
+        "time": time,
+        "place": place,
+        "worker": worker,
+        "item": item,
+    }
     return tuple(c.format(**values) for c in context), ending.format(**values)
 
 
@@ -140,8 +219,10 @@ def ending_person(template: int) -> str:
 def _balanced(n: int, rng: random.Random) -> list[tuple[int, int]]:
     """n (template, scene) pairs cycling through templates and, per template, through scenes."""
     per_template = [rng.sample(range(len(SCENES)), len(SCENES)) for _ in TEMPLATES]
-    return [(k % len(TEMPLATES), per_template[k % len(TEMPLATES)][(k // len(TEMPLATES)) % len(SCENES)])
-            for k in range(n)]
+    return [
+        (k % len(TEMPLATES), per_template[k % len(TEMPLATES)][(k // len(TEMPLATES)) % len(SCENES)])
+        for k in range(n)
+    ]
 
 
 def make_world(splits: WorldSplits = WorldSplits()) -> dict[str, list[Story]]:
@@ -152,10 +233,16 @@ def make_world(splits: WorldSplits = WorldSplits()) -> dict[str, list[Story]]:
     total = splits.test + splits.validation + splits.train
     seen: set[str] = set()
     out: dict[str, list[Story]] = {}
-    for name, n in (("test", splits.test), ("validation", splits.validation),
-                    ("train", splits.train)):
-        combos = (_balanced(n, rng) if name != "train" else
-                  [(rng.randrange(len(TEMPLATES)), rng.randrange(len(SCENES))) for _ in range(n)])
+    for name, n in (
+        ("test", splits.test),
+        ("validation", splits.validation),
+        ("train", splits.train),
+    ):
+        combos = (
+            _balanced(n, rng)
+            if name != "train"
+            else [(rng.randrange(len(TEMPLATES)), rng.randrange(len(SCENES))) for _ in range(n)]
+        )
         prefix = {"test": "test", "validation": "valid", "train": "train"}[name]
         stories = []
         for template, scene in combos:
@@ -168,14 +255,27 @@ def make_world(splits: WorldSplits = WorldSplits()) -> dict[str, list[Story]]:
                     break
             else:
                 from ..errors import ConfigError
-                raise ConfigError(f"world: cannot draw {total} distinct stories (world.test + "
-                                  "world.validation + world.train); ask for fewer")
+
+                raise ConfigError(
+                    f"world: cannot draw {total} distinct stories (world.test + "
+                    "world.validation + world.train); ask for fewer"
+                )
             seen.add(text)
             stranger = rng.choice([x for x in NAMES if x not in people])
             swapped = dict(zip("AB", people), **{ending_person(template): stranger})
             wrong = _fill(template, scene, (swapped["A"], swapped["B"]), time)[1]
-            stories.append(Story(f"{prefix}{len(stories):04d}", template, scene, people, context,
-                                 ending, wrong, stranger))
+            stories.append(
+                Story(
+                    f"{prefix}{len(stories):04d}",
+                    template,
+                    scene,
+                    people,
+                    context,
+                    ending,
+                    wrong,
+                    stranger,
+                )
+            )
         out[name] = stories
     return out
 

@@ -29,6 +29,7 @@ Gradient with student groups of size g (pbar_s = mean_h p_h): d/ds_hj of -sum_j 
 is p_hj c_h - r_hj with r_hj = pbar_t,j p_hj / (g pbar_s,j) and c_h = sum_j r_hj (c_h = 1 when g = 1,
 giving the familiar p_s - p_t).
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,8 +56,9 @@ def _scores(q, k, scale):
     b, t, h, d = q.shape
     kv = k.shape[2]
     # float32 scores from inputs in their own dtype: only tiles are ever upcast, never all of q/k
-    s = jnp.einsum("bqgrd,bkgd->bgrqk", q.reshape(b, t, kv, h // kv, d), k,
-                   preferred_element_type=F32)
+    s = jnp.einsum(
+        "bqgrd,bkgd->bgrqk", q.reshape(b, t, kv, h // kv, d), k, preferred_element_type=F32
+    )
     return s.reshape(b, h, t, k.shape[1]) * scale
 
 
@@ -88,22 +90,28 @@ def _tile_mask(seg, q_start, k_start, block):
     """[B, bq, bk]: key visible to query (same nonzero segment, key position <= query position)."""
     seg_q, seg_k = _tile(seg, q_start, block), _tile(seg, k_start, block)
     pos = jnp.arange(block)
-    return ((seg_q[:, :, None] == seg_k[:, None, :]) & (seg_q[:, :, None] != 0)
-            & (k_start + pos[None, None, :] <= q_start + pos[None, :, None]))
+    return (
+        (seg_q[:, :, None] == seg_k[:, None, :])
+        & (seg_q[:, :, None] != 0)
+        & (k_start + pos[None, None, :] <= q_start + pos[None, :, None])
+    )
 
 
 def _over_visible_keys(opts, n, q_start, body, carry):
     """Runs carry = body(carry, k_start) for the key blocks at or before the query block's
     diagonal; later blocks are fully masked by causality and skipped."""
+
     def step(c, k_start):
-        return lax.cond(k_start < q_start + opts.block, lambda c: body(c, k_start), lambda c: c,
-                        c), None
+        return lax.cond(
+            k_start < q_start + opts.block, lambda c: body(c, k_start), lambda c: c, c
+        ), None
 
     return lax.scan(step, carry, jnp.arange(n) * opts.block)[0]
 
 
 def _log_normalisers(opts, n, qs, ks, qt, kt, seg, q_start):
     """Pass 1 for one query block: log sum_j exp(score) over visible keys, [B, H, bq], both models."""
+
     def online(m, l, s, mask):
         s = jnp.where(mask[:, None], s, _NEG)
         m_new = jnp.maximum(m, s.max(-1))
@@ -114,15 +122,21 @@ def _log_normalisers(opts, n, qs, ks, qt, kt, seg, q_start):
     def body(carry, k_start):
         mask = _tile_mask(seg, q_start, k_start, opts.block)
         ms, ls, mt, lt = carry
-        ms, ls = online(ms, ls, _scores(qs_i, _tile(ks, k_start, opts.block), opts.student_scale),
-                        mask)
-        mt, lt = online(mt, lt, _scores(qt_i, _tile(kt, k_start, opts.block), opts.teacher_scale),
-                        mask)
+        ms, ls = online(
+            ms, ls, _scores(qs_i, _tile(ks, k_start, opts.block), opts.student_scale), mask
+        )
+        mt, lt = online(
+            mt, lt, _scores(qt_i, _tile(kt, k_start, opts.block), opts.teacher_scale), mask
+        )
         return ms, ls, mt, lt
 
     b, hs, ht = qs.shape[0], qs.shape[2], qt.shape[2]
-    init = (jnp.full((b, hs, opts.block), _NEG, F32), jnp.zeros((b, hs, opts.block), F32),
-            jnp.full((b, ht, opts.block), _NEG, F32), jnp.zeros((b, ht, opts.block), F32))
+    init = (
+        jnp.full((b, hs, opts.block), _NEG, F32),
+        jnp.zeros((b, hs, opts.block), F32),
+        jnp.full((b, ht, opts.block), _NEG, F32),
+        jnp.zeros((b, ht, opts.block), F32),
+    )
     ms, ls, mt, lt = _over_visible_keys(opts, n, q_start, body, init)
     return ms + jnp.log(ls), mt + jnp.log(lt)
 
@@ -130,15 +144,15 @@ def _log_normalisers(opts, n, qs, ks, qt, kt, seg, q_start):
 def _tile_terms(opts, qs_i, qt_i, ks_j, kt_j, mask, lse_s, lse_t):
     """Per-tile quantities shared by pass 2 and the backward pass."""
     hs = qs_i.shape[2]
-    logp_s = _scores(qs_i, ks_j, opts.student_scale) - lse_s[..., None]   # [B, Hs, bq, bk]
-    logp_t = _scores(qt_i, kt_j, opts.teacher_scale) - lse_t[..., None]   # [B, Ht, bq, bk]
-    logpbar_s = _group_logmean(logp_s, opts.groups)                       # [B, G, bq, bk]
+    logp_s = _scores(qs_i, ks_j, opts.student_scale) - lse_s[..., None]  # [B, Hs, bq, bk]
+    logp_t = _scores(qt_i, kt_j, opts.teacher_scale) - lse_t[..., None]  # [B, Ht, bq, bk]
+    logpbar_s = _group_logmean(logp_s, opts.groups)  # [B, G, bq, bk]
     logpbar_t = _group_logmean(logp_t, opts.groups)
     maskg = mask[:, None]
     pbar_t = jnp.where(maskg, jnp.exp(logpbar_t), 0.0)
-    if hs == opts.groups:                        # r = pbar_t: one student head per group
+    if hs == opts.groups:  # r = pbar_t: one student head per group
         r = pbar_t
-    else:                                        # r = pbar_t * p_h / (g * pbar_s)
+    else:  # r = pbar_t * p_h / (g * pbar_s)
         g = hs // opts.groups
         resp = jnp.exp(logp_s - math.log(g) - _expand_groups(logpbar_s, hs))
         r = jnp.where(maskg, _expand_groups(pbar_t, hs) * resp, 0.0)
@@ -157,8 +171,15 @@ def _forward(opts, qs, ks, qt, kt, seg):
             kl, c = carry
             mask = _tile_mask(seg, q_start, k_start, opts.block)
             _, logpbar_s, logpbar_t, pbar_t, r = _tile_terms(
-                opts, qs_i, qt_i, _tile(ks, k_start, opts.block), _tile(kt, k_start, opts.block),
-                mask, lse_s, lse_t)
+                opts,
+                qs_i,
+                qt_i,
+                _tile(ks, k_start, opts.block),
+                _tile(kt, k_start, opts.block),
+                mask,
+                lse_s,
+                lse_t,
+            )
             terms = jnp.where(mask[:, None], pbar_t * (logpbar_t - logpbar_s), 0.0)
             return kl + terms.sum(axis=(1, 3)) / opts.groups, c + r.sum(-1)
 
@@ -184,7 +205,7 @@ def _kl_rows_bwd(opts, res, g_rows):
     bq = opts.block
 
     def per_query_block(carry, xq):
-        dq, dk = carry                          # dq in q's dtype, dk accumulated in float32
+        dq, dk = carry  # dq in q's dtype, dk accumulated in float32
         q_start, lse_s_i, lse_t_i, c_i = xq
         qs_i, qt_i = _tile(qs, q_start, bq), _tile(qt, q_start, bq)
         q5 = qs_i.reshape(b, bq, kvs, hs // kvs, d).astype(F32)
@@ -195,19 +216,21 @@ def _kl_rows_bwd(opts, res, g_rows):
             dq_i, dk = carry
             ks_j = _tile(ks, k_start, bq).astype(F32)
             mask = _tile_mask(seg, q_start, k_start, bq)
-            logp_s, _, _, _, r = _tile_terms(opts, qs_i, qt_i, ks_j, _tile(kt, k_start, bq), mask,
-                                             lse_s_i, lse_t_i)
+            logp_s, _, _, _, r = _tile_terms(
+                opts, qs_i, qt_i, ks_j, _tile(kt, k_start, bq), mask, lse_s_i, lse_t_i
+            )
             p_s = jnp.where(mask[:, None], jnp.exp(logp_s), 0.0)
-            ds = (p_s * c_i[..., None] - r) * row_scale                      # [B, Hs, bq, bk]
+            ds = (p_s * c_i[..., None] - r) * row_scale  # [B, Hs, bq, bk]
             ds5 = ds.reshape(b, kvs, hs // kvs, bq, bq)
             dq_i = dq_i + jnp.einsum("bgrqk,bkgd->bqgrd", ds5, ks_j).reshape(qs_i.shape)
             dk_j = _tile(dk, k_start, bq) + jnp.einsum("bgrqk,bqgrd->bkgd", ds5, q5)
             return dq_i, lax.dynamic_update_slice_in_dim(dk, dk_j, k_start, axis=1)
 
-        dq_i, dk = _over_visible_keys(opts, n, q_start, body,
-                                      (jnp.zeros(qs_i.shape, F32), dk))
-        return (lax.dynamic_update_slice_in_dim(dq, dq_i.astype(dq.dtype), q_start, axis=1),
-                dk), None
+        dq_i, dk = _over_visible_keys(opts, n, q_start, body, (jnp.zeros(qs_i.shape, F32), dk))
+        return (
+            lax.dynamic_update_slice_in_dim(dq, dq_i.astype(dq.dtype), q_start, axis=1),
+            dk,
+        ), None
 
     xq = (jnp.arange(n) * bq, lse_s, lse_t, c)
     (dq, dk), _ = lax.scan(per_query_block, (jnp.zeros_like(qs), jnp.zeros(ks.shape, F32)), xq)
@@ -227,14 +250,23 @@ def head_groups(student_heads: int, teacher_heads: int, heads: str = "grouped") 
     if hi % lo:
         raise ValueError(
             f"attention KL with heads='grouped' needs one head count to divide the other; student "
-            f"has {student_heads} heads, teacher {teacher_heads}. Use heads='mean' instead")
+            f"has {student_heads} heads, teacher {teacher_heads}. Use heads='mean' instead"
+        )
     return lo
 
 
-def attention_kl(student_q: jax.Array, student_k: jax.Array, teacher_q: jax.Array,
-                 teacher_k: jax.Array, segment_ids: jax.Array, *, block_size: int = 256,
-                 heads: str = "grouped", student_scale: Optional[float] = None,
-                 teacher_scale: Optional[float] = None) -> dict:
+def attention_kl(
+    student_q: jax.Array,
+    student_k: jax.Array,
+    teacher_q: jax.Array,
+    teacher_k: jax.Array,
+    segment_ids: jax.Array,
+    *,
+    block_size: int = 256,
+    heads: str = "grouped",
+    student_scale: Optional[float] = None,
+    teacher_scale: Optional[float] = None,
+) -> dict:
     """KL(teacher attention || student attention) for one mapped layer pair, blockwise.
 
     student_q [B, T, Hs, hd_s], student_k [B, T, KVs, hd_s] (post-RoPE); teacher_q/k likewise
@@ -245,30 +277,43 @@ def attention_kl(student_q: jax.Array, student_k: jax.Array, teacher_q: jax.Arra
     arrays = (student_q, student_k, teacher_q, teacher_k)
     for name, x in zip(names, arrays):
         if x.ndim != 4 or x.shape[:2] != segment_ids.shape:
-            raise ValueError(f"{name} has shape {tuple(x.shape)}; expected [B, T, heads, head_dim] "
-                             f"with [B, T] = segment_ids shape {tuple(segment_ids.shape)}")
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)}; expected [B, T, heads, head_dim] "
+                f"with [B, T] = segment_ids shape {tuple(segment_ids.shape)}"
+            )
     for who, q, k in (("student", student_q, student_k), ("teacher", teacher_q, teacher_k)):
         if q.shape[3] != k.shape[3] or q.shape[2] % k.shape[2]:
-            raise ValueError(f"{who} q {tuple(q.shape)} and k {tuple(k.shape)}: head dims must "
-                             "match and the query head count must be a multiple of the kv heads")
+            raise ValueError(
+                f"{who} q {tuple(q.shape)} and k {tuple(k.shape)}: head dims must "
+                "match and the query head count must be a multiple of the kv heads"
+            )
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
     groups = head_groups(student_q.shape[2], teacher_q.shape[2], heads)
     t = segment_ids.shape[1]
     block_size = min(int(block_size), t)  # a block larger than T would only add padding
-    opts = _Static(block_size,
-                   float(student_q.shape[3] ** -0.5 if student_scale is None else student_scale),
-                   float(teacher_q.shape[3] ** -0.5 if teacher_scale is None else teacher_scale),
-                   groups)
+    opts = _Static(
+        block_size,
+        float(student_q.shape[3] ** -0.5 if student_scale is None else student_scale),
+        float(teacher_q.shape[3] ** -0.5 if teacher_scale is None else teacher_scale),
+        groups,
+    )
 
-    pad = -t % block_size  # ragged last block: pad with segment 0 (padding: sees and is seen by none)
+    pad = (
+        -t % block_size
+    )  # ragged last block: pad with segment 0 (padding: sees and is seen by none)
 
     def padded(x):
         return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
 
     seg = segment_ids.astype(jnp.int32)
-    rows = _kl_rows(opts, padded(student_q), padded(student_k),
-                    padded(lax.stop_gradient(teacher_q)), padded(lax.stop_gradient(teacher_k)),
-                    padded(seg))[:, :t]
+    rows = _kl_rows(
+        opts,
+        padded(student_q),
+        padded(student_k),
+        padded(lax.stop_gradient(teacher_q)),
+        padded(lax.stop_gradient(teacher_k)),
+        padded(seg),
+    )[:, :t]
     valid = (seg != 0).astype(F32)
     return {"sum": jnp.sum(rows * valid), "count": jnp.sum(valid)}

@@ -1,4 +1,5 @@
 """`tinywave init-student`: write a student checkpoint cut from a teacher checkpoint, or random."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,24 +12,30 @@ def _parse_layers(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"--layers: {text!r} is not a comma-separated list of teacher layer "
-                          "indices (e.g. 4,7,10)") from None
+        raise ConfigError(
+            f"--layers: {text!r} is not a comma-separated list of teacher layer "
+            "indices (e.g. 4,7,10)"
+        ) from None
 
 
 def _chosen_layers(args: argparse.Namespace, teacher_layers: int) -> tuple[tuple[int, ...], dict]:
     """Teacher layers to copy and how they were chosen (for the provenance record)."""
     from .layer_map import check_layer_list, resolve_layer_map
+
     if args.layers is not None:
         if args.layer_map is not None:
             raise ConfigError("--layers and --layer-map are exclusive: give one")
         layers = check_layer_list(_parse_layers(args.layers), teacher_layers, None, "--layers")
         if args.num_layers is not None and args.num_layers != len(layers):
-            raise ConfigError(f"--num-layers {args.num_layers} disagrees with --layers, which "
-                              f"lists {len(layers)} layers")
+            raise ConfigError(
+                f"--num-layers {args.num_layers} disagrees with --layers, which "
+                f"lists {len(layers)} layers"
+            )
         return layers, {"layers": list(layers)}
     if args.num_layers is None:
-        raise ConfigError("--num-layers: give the student depth (or list the teacher layers "
-                          "with --layers)")
+        raise ConfigError(
+            "--num-layers: give the student depth (or list the teacher layers with --layers)"
+        )
     spec = args.layer_map or "uniform"
     m = resolve_layer_map(spec, teacher_layers, args.num_layers, key="--layer-map")
     return m.init_teacher_layers, {"layer_map": spec}
@@ -37,16 +44,21 @@ def _chosen_layers(args: argparse.Namespace, teacher_layers: int) -> tuple[tuple
 def _random_config(args: argparse.Namespace):
     from ..checkpoint import load_model_config
     from .student_init import student_config_from
+
     if args.layers is not None or args.layer_map is not None:
-        raise ConfigError("--random builds an untrained student: --layers / --layer-map do not apply")
+        raise ConfigError(
+            "--random builds an untrained student: --layers / --layer-map do not apply"
+        )
     if args.config is not None:  # a teacher, if given too, only lends its tokenizer files
         config = student_config_from(args.config)
-    elif args.teacher_ckpt is not None:   # the teacher's shape, at the student's depth
+    elif args.teacher_ckpt is not None:  # the teacher's shape, at the student's depth
         config = load_model_config(args.teacher_ckpt)
         if args.num_layers is None:
             raise ConfigError("--num-layers: give the depth of the random student")
     else:
-        raise ConfigError("--random needs --config STUDENT.json or a TEACHER_CKPT to take the shape from")
+        raise ConfigError(
+            "--random needs --config STUDENT.json or a TEACHER_CKPT to take the shape from"
+        )
     if args.num_layers is not None:
         if args.num_layers < 1:
             raise ConfigError(f"--num-layers must be positive, got {args.num_layers}")
@@ -70,55 +82,93 @@ def _init_student(args: argparse.Namespace) -> int:
         config = _random_config(args)
         params, config = random_student(config, jax.random.key(args.seed))
         params = jax.device_get(params)
-        provenance = {"kind": "random-student", "seed": args.seed,
-                      "config": None if args.config is None else str(Path(args.config).resolve()),
-                      "teacher": teacher}
+        provenance = {
+            "kind": "random-student",
+            "seed": args.seed,
+            "config": None if args.config is None else str(Path(args.config).resolve()),
+            "teacher": teacher,
+        }
     else:
         if teacher is None:
             raise ConfigError("TEACHER_CKPT is required unless --random is given")
         from ..checkpoint import load_model_config, load_model_info
+
         load_model_info(teacher)  # a clear error if TEACHER_CKPT is not a tinywave checkpoint
         layers, how = _chosen_layers(args, load_model_config(teacher).num_hidden_layers)
         # Host arrays: the teacher never touches device memory, and only the student's rows are
         # copied out of it before the teacher is dropped.
         teacher_params, teacher_config, _ = load_model(teacher, dtype=args.dtype, as_numpy=True)
-        params, config = init_student_from_teacher(teacher_params, teacher_config, layers, "--layers")
+        params, config = init_student_from_teacher(
+            teacher_params, teacher_config, layers, "--layers"
+        )
         del teacher_params
-        provenance = {"kind": "student-from-teacher", "teacher": teacher,
-                      "teacher_num_layers": teacher_config.num_hidden_layers,
-                      "teacher_layers": list(layers), **how}
-    out = save_model(args.out_dir, params, config, provenance=provenance, overwrite=args.overwrite,
-                     tokenizer_dir=tokenizer_dir)
-    what = (f"teacher layers {provenance['teacher_layers']}" if not args.random
-            else f"random init (seed {args.seed})")
+        provenance = {
+            "kind": "student-from-teacher",
+            "teacher": teacher,
+            "teacher_num_layers": teacher_config.num_hidden_layers,
+            "teacher_layers": list(layers),
+            **how,
+        }
+    out = save_model(
+        args.out_dir,
+        params,
+        config,
+        provenance=provenance,
+        overwrite=args.overwrite,
+        tokenizer_dir=tokenizer_dir,
+    )
+    what = (
+        f"teacher layers {provenance['teacher_layers']}"
+        if not args.random
+        else f"random init (seed {args.seed})"
+    )
     print(f"wrote {config.num_hidden_layers}-layer student {out} from {what}")
     return 0
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "init-student", help="build a student checkpoint from a teacher's layers (or random)",
+        "init-student",
+        help="build a student checkpoint from a teacher's layers (or random)",
         description="Copies the teacher's embeddings, final norm, LM head and the chosen decoder "
-                    "layers (strictly increasing, as every layer list) into a new tinywave checkpoint. Choose the "
-                    "layers with --layers, or --num-layers N and a --layer-map preset "
-                    "(uniform: evenly spaced ending at the last layer; tinywave: 3l+4). "
-                    "--random builds an untrained student of the shape in --config (an HF "
-                    "config.json), or of the teacher's shape with --num-layers layers.")
-    p.add_argument("teacher_ckpt", metavar="TEACHER_CKPT", nargs="?",
-                   help="tinywave checkpoint of the teacher (optional with --random --config)")
+        "layers (strictly increasing, as every layer list) into a new tinywave checkpoint. Choose the "
+        "layers with --layers, or --num-layers N and a --layer-map preset "
+        "(uniform: evenly spaced ending at the last layer; tinywave: 3l+4). "
+        "--random builds an untrained student of the shape in --config (an HF "
+        "config.json), or of the teacher's shape with --num-layers layers.",
+    )
+    p.add_argument(
+        "teacher_ckpt",
+        metavar="TEACHER_CKPT",
+        nargs="?",
+        help="tinywave checkpoint of the teacher (optional with --random --config)",
+    )
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--layers", default=None,
-                   help="teacher layers to copy, e.g. 4,7,10,...,31: each in [0, teacher depth), "
-                        "strictly increasing (the one rule of every layer list, "
-                        "distill.layer_map and distill.init_layers too)")
-    p.add_argument("--layer-map", default=None,
-                   help="preset giving the teacher layers for --num-layers: uniform (default) or tinywave")
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="teacher layers to copy, e.g. 4,7,10,...,31: each in [0, teacher depth), "
+        "strictly increasing (the one rule of every layer list, "
+        "distill.layer_map and distill.init_layers too)",
+    )
+    p.add_argument(
+        "--layer-map",
+        default=None,
+        help="preset giving the teacher layers for --num-layers: uniform (default) or tinywave",
+    )
     p.add_argument("--num-layers", type=int, default=None, help="student depth")
     p.add_argument("--random", action="store_true", help="random init instead of teacher layers")
     p.add_argument("--config", default=None, help="with --random: the student's HF config.json")
     p.add_argument("--seed", type=int, default=0, help="with --random: the init seed (default 0)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                   help="parameter dtype of the student (default: the teacher's / float32)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty OUT_DIR (only once the new checkpoint is complete)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="parameter dtype of the student (default: the teacher's / float32)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty OUT_DIR (only once the new checkpoint is complete)",
+    )
     p.set_defaults(func=_init_student)

@@ -11,6 +11,7 @@ Every list of teacher layers, here and in `tinywave init-student --layers`, foll
 The teacher layers a student is initialised from default to the mapped ones (`"mapped"`), or an
 explicit list of the same length (`distill.init_layers`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ PRESETS = ("uniform", "tinywave")
 @dataclasses.dataclass(frozen=True)
 class LayerMap:
     """A resolved, validated map. `teacher_for_student[l]` is the teacher layer aligned to student l."""
+
     teacher_layers_total: int
     student_layers_total: int
     teacher_for_student: tuple[int, ...]
@@ -50,13 +52,19 @@ def _preset(name: str, teacher_layers: int, student_layers: int, key: str) -> li
         return [(l + 1) * teacher_layers // student_layers - 1 for l in range(student_layers)]
     if name == "tinywave":
         return [3 * l + 4 for l in range(student_layers)]
-    raise ConfigError(f"{key}: unknown preset {name!r}; choose one of {list(PRESETS)} "
-                      "or give a list of teacher layers, one per student layer")
+    raise ConfigError(
+        f"{key}: unknown preset {name!r}; choose one of {list(PRESETS)} "
+        "or give a list of teacher layers, one per student layer"
+    )
 
 
-def check_layer_list(layers: Sequence[int], teacher_layers: int | None,
-                     student_layers: int | None = None, key: str = "layers",
-                     what: str = "layers") -> tuple[int, ...]:
+def check_layer_list(
+    layers: Sequence[int],
+    teacher_layers: int | None,
+    student_layers: int | None = None,
+    key: str = "layers",
+    what: str = "layers",
+) -> tuple[int, ...]:
     """THE rule for every list of teacher layers (`init-student --layers`, `distill.layer_map`,
     `distill.init_layers`): at least one integer, each in [0, teacher_layers), strictly
     increasing (a student keeps its teacher's layer order and uses a layer at most once), and one
@@ -69,31 +77,44 @@ def check_layer_list(layers: Sequence[int], teacher_layers: int | None,
         raise ConfigError(f"{key}: {what} {list(layers)} must be integers (teacher layer indices)")
     layers = tuple(int(x) for x in layers)
     if student_layers is not None and len(layers) != student_layers:
-        raise ConfigError(f"{key}: {what} {list(layers)} has {len(layers)} entries; the student "
-                          f"has {student_layers} layers and needs one teacher layer for each")
+        raise ConfigError(
+            f"{key}: {what} {list(layers)} has {len(layers)} entries; the student "
+            f"has {student_layers} layers and needs one teacher layer for each"
+        )
     bad = [x for x in layers if x < 0 or (teacher_layers is not None and x >= teacher_layers)]
     if bad:
         where = f"[0, {teacher_layers})" if teacher_layers is not None else ">= 0"
-        raise ConfigError(f"{key}: teacher layer(s) {bad} outside {where} in {what} {list(layers)}"
-                          + (f" (the teacher has {teacher_layers} layers)"
-                             if teacher_layers is not None else ""))
+        raise ConfigError(
+            f"{key}: teacher layer(s) {bad} outside {where} in {what} {list(layers)}"
+            + (f" (the teacher has {teacher_layers} layers)" if teacher_layers is not None else "")
+        )
     if any(b <= a for a, b in zip(layers, layers[1:])):
-        raise ConfigError(f"{key}: {what} {list(layers)} must be strictly increasing (a student "
-                          "keeps its teacher's layer order and uses each layer at most once)")
+        raise ConfigError(
+            f"{key}: {what} {list(layers)} must be strictly increasing (a student "
+            "keeps its teacher's layer order and uses each layer at most once)"
+        )
     return layers
 
 
-def resolve_layer_map(spec: LayerMapSpec, teacher_layers: int, student_layers: int,
-                      init_layers: LayerMapSpec = "mapped", *,
-                      key: str = "distill.layer_map",
-                      init_key: str = "distill.init_layers") -> LayerMap:
+def resolve_layer_map(
+    spec: LayerMapSpec,
+    teacher_layers: int,
+    student_layers: int,
+    init_layers: LayerMapSpec = "mapped",
+    *,
+    key: str = "distill.layer_map",
+    init_key: str = "distill.init_layers",
+) -> LayerMap:
     """Resolves a preset name or explicit list for the given depths; raises ConfigError naming `key`."""
     if teacher_layers < 1 or student_layers < 1:
-        raise ConfigError(f"{key}: depths must be positive (teacher {teacher_layers}, "
-                          f"student {student_layers})")
+        raise ConfigError(
+            f"{key}: depths must be positive (teacher {teacher_layers}, student {student_layers})"
+        )
     if student_layers > teacher_layers:
-        raise ConfigError(f"{key}: the student ({student_layers} layers) is deeper than the teacher "
-                          f"({teacher_layers}); a strictly increasing map cannot exist")
+        raise ConfigError(
+            f"{key}: the student ({student_layers} layers) is deeper than the teacher "
+            f"({teacher_layers}); a strictly increasing map cannot exist"
+        )
     if isinstance(spec, str):
         layers = _preset(spec, teacher_layers, student_layers, key)
         what = f"preset {spec!r} gives"
@@ -105,8 +126,9 @@ def resolve_layer_map(spec: LayerMapSpec, teacher_layers: int, student_layers: i
             raise ConfigError(f"{init_key}: {init_layers!r} is not 'mapped' or a list of layers")
         init = mapped
     else:
-        init = check_layer_list(init_layers, teacher_layers, student_layers, init_key,
-                                "init layers")
+        init = check_layer_list(
+            init_layers, teacher_layers, student_layers, init_key, "init layers"
+        )
     return LayerMap(teacher_layers, student_layers, mapped, init)
 
 

@@ -10,6 +10,7 @@ state `[B, T, D]` and the LM-head kernel `[D, V]` and `lax.scan` over sequence c
 logits per model are alive, in the forward and in the backward pass. `chunk_size=None` is the
 plain unchunked path (the reference the chunked one is tested against).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -66,18 +67,25 @@ def _sum_over_chunks(body: Callable, seq_arrays: tuple, chunk_size: Optional[int
     def step(acc, chunk):
         return jax.tree.map(jnp.add, acc, body_remat(*chunk)), None
 
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                        jax.eval_shape(body, *(c[0] for c in chunks)))
+    init = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(body, *(c[0] for c in chunks))
+    )
     acc, _ = lax.scan(step, init, chunks)
     return acc
 
 
-def chunked_cross_entropy(hidden: jax.Array, head_kernel: jax.Array, targets: jax.Array,
-                          loss_mask: jax.Array, chunk_size: Optional[int] = 256) -> dict:
+def chunked_cross_entropy(
+    hidden: jax.Array,
+    head_kernel: jax.Array,
+    targets: jax.Array,
+    loss_mask: jax.Array,
+    chunk_size: Optional[int] = 256,
+) -> dict:
     """Masked next-token cross-entropy without full logits.
 
     hidden [B, T, D], head_kernel [D, V], targets [B, T] int, loss_mask [B, T] (0/1 or weights).
     Returns {"ce": sum of masked CE, "num_tokens": sum of the mask} (float32 scalars)."""
+
     def body(h, tgt, m):
         logits = _logits(h, head_kernel)
         m = m.astype(F32)
@@ -87,10 +95,16 @@ def chunked_cross_entropy(hidden: jax.Array, head_kernel: jax.Array, targets: ja
     return _sum_over_chunks(body, (hidden, targets, loss_mask), chunk_size)
 
 
-def chunked_logit_losses(student_hidden: jax.Array, student_head_kernel: jax.Array,
-                         teacher_hidden: jax.Array, teacher_head_kernel: jax.Array,
-                         targets: jax.Array, loss_mask: jax.Array, temperature: float,
-                         chunk_size: Optional[int] = 256) -> dict:
+def chunked_logit_losses(
+    student_hidden: jax.Array,
+    student_head_kernel: jax.Array,
+    teacher_hidden: jax.Array,
+    teacher_head_kernel: jax.Array,
+    targets: jax.Array,
+    loss_mask: jax.Array,
+    temperature: float,
+    chunk_size: Optional[int] = 256,
+) -> dict:
     """Student CE, logit KL at `temperature` (x T^2), KL at T=1, teacher CE, all as masked sums.
 
     KL direction is KL(p_teacher || p_student) per position, p = softmax(logits / T). Teacher inputs
@@ -101,8 +115,10 @@ def chunked_logit_losses(student_hidden: jax.Array, student_head_kernel: jax.Arr
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if student_head_kernel.shape[-1] != teacher_head_kernel.shape[-1]:
-        raise ValueError(f"student head kernel {student_head_kernel.shape} and teacher head kernel "
-                         f"{teacher_head_kernel.shape} have different vocabulary sizes")
+        raise ValueError(
+            f"student head kernel {student_head_kernel.shape} and teacher head kernel "
+            f"{teacher_head_kernel.shape} have different vocabulary sizes"
+        )
     teacher_hidden = lax.stop_gradient(teacher_hidden)
     teacher_head_kernel = lax.stop_gradient(teacher_head_kernel)
 
@@ -114,7 +130,7 @@ def chunked_logit_losses(student_hidden: jax.Array, student_head_kernel: jax.Arr
         kl_t = kl1 if temperature == 1.0 else _kl_rows(t / temperature, s / temperature)
         return {
             "ce": _masked_sum(_target_nll(s, jax.nn.logsumexp(s, axis=-1), tgt), m),
-            "logit_kl": _masked_sum(kl_t, m) * temperature ** 2,
+            "logit_kl": _masked_sum(kl_t, m) * temperature**2,
             "kl_t1": _masked_sum(kl1, m),
             "teacher_ce": _masked_sum(_target_nll(t, jax.nn.logsumexp(t, axis=-1), tgt), m),
             "num_tokens": jnp.sum(m),
@@ -125,26 +141,35 @@ def chunked_logit_losses(student_hidden: jax.Array, student_head_kernel: jax.Arr
 
 # ----------------------------------------------------------------------------- hidden alignment
 
-def init_hidden_projector(key: jax.Array, num_pairs: int, student_dim: int, teacher_dim: int,
-                          dtype=F32) -> dict:
+
+def init_hidden_projector(
+    key: jax.Array, num_pairs: int, student_dim: int, teacher_dim: int, dtype=F32
+) -> dict:
     """Learned student->teacher width projectors, one per mapped layer pair: {"kernel": [P, Ds, Dt]}.
 
     Identity when the widths are equal (so training starts from the plain loss), else a
     (semi-)orthogonal random matrix, which keeps the student's hidden norms. The caller trains these
     with the student and leaves them out of the exported model."""
     if student_dim == teacher_dim:
-        kernel = jnp.broadcast_to(jnp.eye(student_dim, dtype=dtype),
-                                  (num_pairs, student_dim, teacher_dim))
+        kernel = jnp.broadcast_to(
+            jnp.eye(student_dim, dtype=dtype), (num_pairs, student_dim, teacher_dim)
+        )
     else:
         init = jax.nn.initializers.orthogonal()
-        kernel = jnp.stack([init(k, (student_dim, teacher_dim), dtype)
-                            for k in jax.random.split(key, num_pairs)])
+        kernel = jnp.stack(
+            [init(k, (student_dim, teacher_dim), dtype) for k in jax.random.split(key, num_pairs)]
+        )
     return {"kernel": jnp.asarray(kernel)}
 
 
-def hidden_alignment(student_hidden: jax.Array, teacher_hidden: jax.Array, valid: jax.Array,
-                     kind: str = "cosine", projector_kernel: Optional[jax.Array] = None,
-                     eps: float = 1e-8) -> dict:
+def hidden_alignment(
+    student_hidden: jax.Array,
+    teacher_hidden: jax.Array,
+    valid: jax.Array,
+    kind: str = "cosine",
+    projector_kernel: Optional[jax.Array] = None,
+    eps: float = 1e-8,
+) -> dict:
     """Per-token alignment of one mapped layer pair, summed over valid tokens.
 
     student_hidden [B, T, Ds], teacher_hidden [B, T, Dt] (stop_gradient), valid [B, T] (nonzero for
@@ -156,13 +181,16 @@ def hidden_alignment(student_hidden: jax.Array, teacher_hidden: jax.Array, valid
     if projector_kernel is not None:
         s = jnp.einsum("btd,de->bte", s, projector_kernel.astype(F32))
     if s.shape != teacher_hidden.shape:
-        raise ValueError(f"student hidden {tuple(s.shape)} (after any projector) does not match "
-                         f"teacher hidden {tuple(teacher_hidden.shape)}; widths differ without a "
-                         "projector?")
+        raise ValueError(
+            f"student hidden {tuple(s.shape)} (after any projector) does not match "
+            f"teacher hidden {tuple(teacher_hidden.shape)}; widths differ without a "
+            "projector?"
+        )
     if kind == "cosine":
         # max(|x|^2, eps^2) inside the sqrt keeps the gradient finite at zero vectors.
         def norm(x):
             return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1), eps * eps))
+
         per_token = 1.0 - jnp.sum(s * teacher_hidden, axis=-1) / (norm(s) * norm(teacher_hidden))
     elif kind == "mse":
         per_token = jnp.mean(jnp.square(s - teacher_hidden), axis=-1)

@@ -1,11 +1,12 @@
 """Building a student: a subset of the teacher's layers (TinyWave's init) or a random model.
 
 The student keeps the teacher's width, embeddings, final norm and LM head; its decoder layers are
-the chosen teacher layers (strictly increasing: `layer_map.check_layer_list`). Params are stacked over layers, so the student is
-the teacher's non-layer leaves (shared, not copied) plus each stacked layer leaf indexed by the
-chosen rows: only the student's layers are copied (1/3 of a 7B teacher for TinyWave), never a
-second full teacher.
+the chosen teacher layers (strictly increasing: `layer_map.check_layer_list`). Params are stacked
+over layers, so the student is the teacher's non-layer leaves (shared, not copied) plus each
+stacked layer leaf indexed by the chosen rows: only the student's layers are copied (1/3 of a 7B
+teacher for TinyWave), never a second full teacher.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,16 +16,17 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from ..errors import MissingInputError
 from ..config import ConfigError, from_dict
+from ..errors import MissingInputError
 from ..models.config import LlamaConfig
 from .layer_map import check_layer_list
 
 ShapeSpec = Union[LlamaConfig, dict, str, Path]
 
 
-def init_student_from_teacher(teacher_params: dict, teacher_config: LlamaConfig,
-                              layers: Sequence[int], key: str = "layers") -> tuple[dict, LlamaConfig]:
+def init_student_from_teacher(
+    teacher_params: dict, teacher_config: LlamaConfig, layers: Sequence[int], key: str = "layers"
+) -> tuple[dict, LlamaConfig]:
     """(student params, student config): the teacher with only `layers` kept, in that order.
 
     Works on numpy or jax arrays (also sharded ones); non-layer leaves are the teacher's own
@@ -36,13 +38,17 @@ def init_student_from_teacher(teacher_params: dict, teacher_config: LlamaConfig,
 
     def take(path, leaf):
         if np.shape(leaf)[:1] != (teacher_config.num_hidden_layers,):
-            raise ConfigError(f"teacher parameter layers/{path} has shape {list(np.shape(leaf))}; "
-                              f"expected a leading axis of {teacher_config.num_hidden_layers} layers")
+            raise ConfigError(
+                f"teacher parameter layers/{path} has shape {list(np.shape(leaf))}; "
+                f"expected a leading axis of {teacher_config.num_hidden_layers} layers"
+            )
         return leaf[rows]
 
     def walk(tree, prefix=""):
-        return {k: walk(v, f"{prefix}{k}/") if isinstance(v, dict) else take(prefix + k, v)
-                for k, v in tree.items()}
+        return {
+            k: walk(v, f"{prefix}{k}/") if isinstance(v, dict) else take(prefix + k, v)
+            for k, v in tree.items()
+        }
 
     student = dict(teacher_params)
     student["layers"] = walk(teacher_params["layers"])
@@ -77,6 +83,7 @@ def random_student(config_or_shape: ShapeSpec, rng: Any) -> tuple[dict, LlamaCon
     """(params, config) of a randomly initialised model (HF's init) of the given shape: the
     "trained without distillation" baseline. `rng` is a jax key or an int seed."""
     import jax
+
     config = student_config_from(config_or_shape)
     if isinstance(rng, int):
         rng = jax.random.key(rng)
@@ -90,4 +97,5 @@ def _jitted_init():
     import jax
 
     from ..models import llama
+
     return jax.jit(llama.init_params, static_argnums=0)

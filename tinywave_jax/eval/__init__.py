@@ -10,13 +10,19 @@ perplexity, and teacher-vs-student reports (`tinywave eval`).
 
 Names are imported lazily so that `tinywave --help` stays fast.
 """
+
 from .._lazy import lazy_exports
 
 _NAMES = {
     "harness": ["TASKS", "evaluate", "prepare_inputs", "run_task"],
     "benchmarks": ["BenchmarkError", "FilePair", "benchmark_pairs", "salmon_pairs"],
-    "pairwise": ["PairItem", "pair_outcome", "pairwise_accuracy", "read_pairs_jsonl",
-                 "sequence_score"],
+    "pairwise": [
+        "PairItem",
+        "pair_outcome",
+        "pairwise_accuracy",
+        "read_pairs_jsonl",
+        "sequence_score",
+    ],
     "perplexity": ["perplexity", "read_ppl_jsonl"],
     "sequences": ["AudioTokenizer", "Seq", "resolve_layout"],
 }

@@ -17,6 +17,7 @@ Where the reference would silently mis-pair (odd file count, a name without an i
 two files with the same prefix, whose order then depends on the directory listing) we fail
 with a message listing the offending files instead.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,16 @@ from pathlib import Path
 
 from ..errors import InputError
 
-SALMON_SUBSETS = ("bg_alignment", "bg_all_consistency", "bg_domain_consistency",
-                  "gender_consistency", "rir_consistency", "sentiment_alignment",
-                  "sentiment_consistency", "speaker_consistency")
+SALMON_SUBSETS = (
+    "bg_alignment",
+    "bg_all_consistency",
+    "bg_domain_consistency",
+    "gender_consistency",
+    "rir_consistency",
+    "sentiment_alignment",
+    "sentiment_consistency",
+    "speaker_consistency",
+)
 SEPARATOR = {"ssc": "_", "tsc": "_", "swuggy": "_", "sblimp": "+"}
 AUDIO_TASKS = ("salmon", *SEPARATOR)
 _SALMON_NAME = re.compile(r"sample_(\d+)_(\d+)")
@@ -42,7 +50,7 @@ class BenchmarkError(InputError):
 class FilePair:
     positive: Path
     negative: Path
-    group: str          # SALMon subset or sub-folder name; "" for a flat folder
+    group: str  # SALMon subset or sub-folder name; "" for a flat folder
 
 
 def _listing(paths) -> str:
@@ -66,20 +74,25 @@ def sorted_prefix_pairs(folder: Path, sep: str, group: str = "") -> list[FilePai
         else:
             bad.append(p.name)
     if bad:
-        raise BenchmarkError(f"{folder}: {len(bad)} file(s) have no integer prefix before "
-                             f"{sep!r}: {_listing(bad)}")
+        raise BenchmarkError(
+            f"{folder}: {len(bad)} file(s) have no integer prefix before {sep!r}: {_listing(bad)}"
+        )
     by_key: dict[int, list[str]] = {}
     for k, p in keyed:
         by_key.setdefault(k, []).append(p.name)
     dups = [n for names in by_key.values() if len(names) > 1 for n in names]
     if dups:
-        raise BenchmarkError(f"{folder}: files share an integer prefix, so their order is "
-                             f"ambiguous: {_listing(sorted(dups))}")
+        raise BenchmarkError(
+            f"{folder}: files share an integer prefix, so their order is "
+            f"ambiguous: {_listing(sorted(dups))}"
+        )
     ordered = [p for _, p in sorted(keyed, key=lambda kp: kp[0])]
     if len(ordered) % 2:
-        raise BenchmarkError(f"{folder}: odd number of wav files ({len(ordered)}); pairs are "
-                             f"(2i, 2i+1) in prefix order, so the last one, {ordered[-1].name}, "
-                             "has no partner")
+        raise BenchmarkError(
+            f"{folder}: odd number of wav files ({len(ordered)}); pairs are "
+            f"(2i, 2i+1) in prefix order, so the last one, {ordered[-1].name}, "
+            "has no partner"
+        )
     return [FilePair(ordered[i], ordered[i + 1], group) for i in range(0, len(ordered), 2)]
 
 
@@ -112,19 +125,22 @@ def salmon_subset_pairs(folder: Path) -> list[FilePair]:
         else:
             groups.setdefault(int(m.group(1)), []).append(p)
     if bad:
-        raise BenchmarkError(f"{folder}: {len(bad)} file(s) are not named sample_<index>_<j>.wav: "
-                             f"{_listing(bad)}")
+        raise BenchmarkError(
+            f"{folder}: {len(bad)} file(s) are not named sample_<index>_<j>.wav: {_listing(bad)}"
+        )
     unpaired = []
-    for index, files in sorted(groups.items()):
+    for _, files in sorted(groups.items()):
         js = sorted(int(_SALMON_NAME.fullmatch(p.stem).group(2)) for p in files)
         if js != [0, 1]:
             unpaired += [p.name for p in sorted(files)]
     if unpaired:
-        raise BenchmarkError(f"{folder}: every sample index needs exactly sample_<index>_0.wav "
-                             f"(positive) and sample_<index>_1.wav (negative); unpaired: "
-                             f"{_listing(unpaired)}")
+        raise BenchmarkError(
+            f"{folder}: every sample index needs exactly sample_<index>_0.wav "
+            f"(positive) and sample_<index>_1.wav (negative); unpaired: "
+            f"{_listing(unpaired)}"
+        )
     pairs = []
-    for index, files in sorted(groups.items()):
+    for _, files in sorted(groups.items()):
         pos, neg = sorted(files, key=lambda p: p.name)
         pairs.append(FilePair(pos, neg, folder.name))
     return pairs
@@ -140,8 +156,9 @@ def salmon_pairs(root: str | Path, subsets=None) -> list[FilePair]:
         return salmon_subset_pairs(root)
     names = subsets or [s for s in SALMON_SUBSETS if (root / s).is_dir()]
     if not names:
-        raise BenchmarkError(f"salmon: {root} holds none of the subset folders "
-                             f"{', '.join(SALMON_SUBSETS)}")
+        raise BenchmarkError(
+            f"salmon: {root} holds none of the subset folders {', '.join(SALMON_SUBSETS)}"
+        )
     pairs = []
     for name in names:
         if not (root / name).is_dir():

@@ -1,40 +1,74 @@
 """`tinywave eval`: benchmark accuracy / perplexity of a checkpoint, optionally vs its teacher."""
+
 from __future__ import annotations
 
-TASK_HELP = ("ssc/tsc: StoryCloze folder; swuggy/sblimp: folder of wavs; salmon: folder of the "
-             "eight subset folders; pairs: jsonl of {positive, negative, group}; ppl: corpus "
-             "folder (with --split) or jsonl of {ids, seconds}")
+TASK_HELP = (
+    "ssc/tsc: StoryCloze folder; swuggy/sblimp: folder of wavs; salmon: folder of the "
+    "eight subset folders; pairs: jsonl of {positive, negative, group}; ppl: corpus "
+    "folder (with --split) or jsonl of {ids, seconds}"
+)
 
 
 def register(subparsers) -> None:
     from .harness import TASKS
+
     p = subparsers.add_parser(
-        "eval", help="pairwise-likelihood benchmarks and perplexity (teacher vs student)",
+        "eval",
+        help="pairwise-likelihood benchmarks and perplexity (teacher vs student)",
         description="Scores a checkpoint on a benchmark. Pairwise tasks count a pair 1 when the "
-                    "positive scores higher, 0.5 on a tie, 0 otherwise. " + TASK_HELP)
+        "positive scores higher, 0.5 on a tie, 0 otherwise. " + TASK_HELP,
+    )
     p.add_argument("ckpt", help="tinywave model checkpoint (the student, when --compare is given)")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--data", required=True, help="benchmark folder, pairs/ppl jsonl or corpus")
-    p.add_argument("--scoring", choices=["mean", "sum"], default="mean",
-                   help="mean (default, as the reference scorers) or summed log-likelihood over "
-                        "the scored tokens")
+    p.add_argument(
+        "--scoring",
+        choices=["mean", "sum"],
+        default="mean",
+        help="mean (default, as the reference scorers) or summed log-likelihood over "
+        "the scored tokens",
+    )
     p.add_argument("--extractor", help="units folder that tokenises benchmark audio")
-    p.add_argument("--layout", help="token layout preset (spiritlm_base, spiritlm_expressive) "
-                                    "or JSON file; default: inferred from the vocabulary size")
-    p.add_argument("--compare", metavar="TEACHER_CKPT",
-                   help="also score this teacher and write a teacher-vs-student report")
+    p.add_argument(
+        "--layout",
+        help="token layout preset (spiritlm_base, spiritlm_expressive) "
+        "or JSON file; default: inferred from the vocabulary size",
+    )
+    p.add_argument(
+        "--compare",
+        metavar="TEACHER_CKPT",
+        help="also score this teacher and write a teacher-vs-student report",
+    )
     p.add_argument("--out", help="folder for results.json, pairs.jsonl and report.md/json")
     p.add_argument("--split", default="test", help="corpus split for --task ppl (default test)")
     p.add_argument("--limit", type=int, help="only the first N pairs / sequences")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                   help="compute/parameter dtype (default: as stored)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="compute/parameter dtype (default: as stored)",
+    )
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from .harness import _stderr, evaluate
-    evaluate(args.ckpt, args.task, args.data, scoring=args.scoring, extractor=args.extractor,
-             layout=args.layout, compare=args.compare, out=args.out, batch_size=args.batch_size,
-             dtype=args.dtype, split=args.split, limit=args.limit, progress=True, log=_stderr)
+
+    evaluate(
+        args.ckpt,
+        args.task,
+        args.data,
+        scoring=args.scoring,
+        extractor=args.extractor,
+        layout=args.layout,
+        compare=args.compare,
+        out=args.out,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        split=args.split,
+        limit=args.limit,
+        progress=True,
+        log=_stderr,
+    )
     return 0

@@ -7,6 +7,7 @@ Tasks:
     pairs                              jsonl of pre-tokenised (positive, negative) pairs
     ppl                                corpus folder + split, or a jsonl of {"ids", "seconds"?}
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,13 +27,21 @@ TASKS = (*AUDIO_TASKS, "pairs", "ppl")
 @dataclasses.dataclass
 class TaskInputs:
     task: str
-    pairs: list[PairItem] | None = None     # pairwise tasks
-    seqs: list[Seq] | None = None           # ppl
+    pairs: list[PairItem] | None = None  # pairwise tasks
+    seqs: list[Seq] | None = None  # ppl
 
 
-def prepare_inputs(task: str, data: str | Path, vocab_size: int, *, extractor=None,
-                   layout: str | None = None, split: str = "test", limit: int | None = None,
-                   log=print) -> TaskInputs:
+def prepare_inputs(
+    task: str,
+    data: str | Path,
+    vocab_size: int,
+    *,
+    extractor=None,
+    layout: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    log=print,
+) -> TaskInputs:
     """Reads and tokenises a task's data; `limit` keeps the first pairs / sequences."""
     if task not in TASKS:
         raise ConfigError(f"--task: unknown task {task!r}; expected one of {TASKS}")
@@ -42,20 +51,36 @@ def prepare_inputs(task: str, data: str | Path, vocab_size: int, *, extractor=No
     if task == "ppl":
         if data.is_file():
             return TaskInputs(task, seqs=read_ppl_jsonl(data)[:limit])
-        return TaskInputs(task, seqs=corpus_seqs(data, split, resolve_layout(layout, vocab_size),
-                                                 limit))
+        return TaskInputs(
+            task, seqs=corpus_seqs(data, split, resolve_layout(layout, vocab_size), limit)
+        )
     files = benchmark_pairs(task, data)[:limit]
     if extractor is None:
         raise ConfigError(f"{task}: audio benchmarks need --extractor (a units folder)")
     tokenize = AudioTokenizer(extractor, resolve_layout(layout, vocab_size))
     log(f"eval {task}: tokenising {2 * len(files)} files of {len(files)} pairs")
-    return TaskInputs(task, pairs=[PairItem(tokenize(f.positive), tokenize(f.negative), f.group,
-                                            f"{f.positive.name} | {f.negative.name}")
-                                   for f in files])
+    return TaskInputs(
+        task,
+        pairs=[
+            PairItem(
+                tokenize(f.positive),
+                tokenize(f.negative),
+                f.group,
+                f"{f.positive.name} | {f.negative.name}",
+            )
+            for f in files
+        ],
+    )
 
 
-def run_task(params, config, inputs: TaskInputs, scoring: str = "mean", batch_size: int = 8,
-             progress: bool = False) -> dict:
+def run_task(
+    params,
+    config,
+    inputs: TaskInputs,
+    scoring: str = "mean",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict:
     if inputs.task == "ppl":
         return perplexity(params, config, inputs.seqs, batch_size, progress)
     return pairwise_accuracy(params, config, inputs.pairs, scoring, batch_size, progress)
@@ -63,6 +88,7 @@ def run_task(params, config, inputs: TaskInputs, scoring: str = "mean", batch_si
 
 def _load(ckpt, dtype):
     from ..checkpoint import load_model
+
     params, config, _ = load_model(ckpt, dtype=dtype)
     if dtype:
         config = config.replace(dtype=dtype, param_dtype=dtype)
@@ -71,19 +97,36 @@ def _load(ckpt, dtype):
 
 def _summary(task: str, result: dict) -> str:
     if task == "ppl":
-        extra = (f", NLL {result['nll_per_second']:.3f} nats/s (ppl/s {result['ppl_per_second']:.4g})"
-                 if "nll_per_second" in result else "")
+        extra = (
+            f", NLL {result['nll_per_second']:.3f} nats/s (ppl/s {result['ppl_per_second']:.4g})"
+            if "nll_per_second" in result
+            else ""
+        )
         return f"ppl {result['ppl']:.4f} over {result['scored_tokens']} tokens{extra}"
-    groups = "".join(f"\n  {g}: {100 * r['accuracy']:.2f}% ({r['n_pairs']} pairs)"
-                     for g, r in result["groups"].items())
+    groups = "".join(
+        f"\n  {g}: {100 * r['accuracy']:.2f}% ({r['n_pairs']} pairs)"
+        for g, r in result["groups"].items()
+    )
     return f"accuracy {100 * result['accuracy']:.2f}% over {result['n_pairs']} pairs{groups}"
 
 
-def evaluate(ckpt: str | Path, task: str, data: str | Path, *, scoring: str = "mean",
-             extractor: str | Path | None = None, layout: str | None = None,
-             compare: str | Path | None = None, out: str | Path | None = None,
-             batch_size: int = 8, dtype: str | None = None, split: str = "test",
-             limit: int | None = None, progress: bool = False, log=print) -> dict:
+def evaluate(
+    ckpt: str | Path,
+    task: str,
+    data: str | Path,
+    *,
+    scoring: str = "mean",
+    extractor: str | Path | None = None,
+    layout: str | None = None,
+    compare: str | Path | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 8,
+    dtype: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    progress: bool = False,
+    log=print,
+) -> dict:
     """Evaluates checkpoint `ckpt` (and teacher checkpoint `compare`) on one task.
 
     Returns {"task", "scoring", "data", "checkpoint", "result"} plus, with `compare`,
@@ -93,13 +136,26 @@ def evaluate(ckpt: str | Path, task: str, data: str | Path, *, scoring: str = "m
     """
     from ..checkpoint import load_model_config
     from . import report
+
     if scoring not in SCORINGS:
         raise ConfigError(f"--scoring {scoring!r} is not one of {SCORINGS}")
     config = load_model_config(ckpt)
-    inputs = prepare_inputs(task, data, config.vocab_size, extractor=extractor, layout=layout,
-                            split=split, limit=limit, log=log)
-    out_doc = {"task": task, "scoring": scoring if task != "ppl" else None, "data": str(data),
-               "checkpoint": str(ckpt)}
+    inputs = prepare_inputs(
+        task,
+        data,
+        config.vocab_size,
+        extractor=extractor,
+        layout=layout,
+        split=split,
+        limit=limit,
+        log=log,
+    )
+    out_doc = {
+        "task": task,
+        "scoring": scoring if task != "ppl" else None,
+        "data": str(data),
+        "checkpoint": str(ckpt),
+    }
     models = [("result", ckpt)] + ([("teacher_result", compare)] if compare else [])
     for key, path in models:
         params, cfg = _load(path, dtype)
@@ -108,8 +164,9 @@ def evaluate(ckpt: str | Path, task: str, data: str | Path, *, scoring: str = "m
         log(f"eval {task} {path}: {_summary(task, out_doc[key])}")
     if compare:
         out_doc["teacher_checkpoint"] = str(compare)
-        out_doc["comparison"] = report.compare_rows(task, out_doc["teacher_result"],
-                                                    out_doc["result"])
+        out_doc["comparison"] = report.compare_rows(
+            task, out_doc["teacher_result"], out_doc["result"]
+        )
     if out is not None:
         _write(Path(out), out_doc, str(ckpt), str(compare) if compare else None, log)
     return out_doc
@@ -117,6 +174,7 @@ def evaluate(ckpt: str | Path, task: str, data: str | Path, *, scoring: str = "m
 
 def _write(out: Path, doc: dict, student: str, teacher: str | None, log) -> None:
     from . import report
+
     out.mkdir(parents=True, exist_ok=True)
     slim = json.loads(json.dumps(doc))
     for key in ("result", "teacher_result"):
@@ -130,8 +188,11 @@ def _write(out: Path, doc: dict, student: str, teacher: str | None, log) -> None
                 rec = dict(p)
                 if teacher_pairs:
                     t = teacher_pairs[i]
-                    rec.update(teacher_positive=t["positive"], teacher_negative=t["negative"],
-                               teacher_outcome=t["outcome"])
+                    rec.update(
+                        teacher_positive=t["positive"],
+                        teacher_negative=t["negative"],
+                        teacher_outcome=t["outcome"],
+                    )
                 f.write(json.dumps(rec) + "\n")
     if teacher is not None:
         md, _ = report.write_report(out, doc["comparison"], teacher, student, slim)

@@ -5,6 +5,7 @@ group).
 A sequence's score is its mean (default, as the reference scorers: -mean NLL per scored token)
 or summed log-likelihood over the scored tokens (see `Seq.score_from`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,7 @@ class PairItem:
 
 def sequence_score(logprobs: np.ndarray, score_from: int, scoring: str) -> float:
     """logprobs[t-1] = log p(ids[t] | ids[:t]); scores tokens score_from.. in float64."""
-    scored = np.asarray(logprobs, np.float64)[score_from - 1:]
+    scored = np.asarray(logprobs, np.float64)[score_from - 1 :]
     if scoring == "mean":
         return float(scored.mean())
     if scoring == "sum":
@@ -48,9 +49,14 @@ def read_pairs_jsonl(path: str | Path) -> list[PairItem]:
         if "positive" not in rec or "negative" not in rec:
             raise InputError(f"{where}: expected an object with 'positive' and 'negative' id lists")
         start = rec.get("score_from", 1)
-        items.append(PairItem(checked_seq(rec["positive"], f"{where} positive", start),
-                              checked_seq(rec["negative"], f"{where} negative", start),
-                              str(rec.get("group", "")), where))
+        items.append(
+            PairItem(
+                checked_seq(rec["positive"], f"{where} positive", start),
+                checked_seq(rec["negative"], f"{where} negative", start),
+                str(rec.get("group", "")),
+                where,
+            )
+        )
     if not items:
         raise InputError(f"{path}: no pairs")
     return items
@@ -61,24 +67,36 @@ def check_vocab(seqs: list[Seq], vocab_size: int, max_len: int) -> None:
     for s in seqs:
         bad = s.ids[(s.ids < 0) | (s.ids >= vocab_size)]
         if bad.size:
-            raise InputError(f"{s.name}: ids outside the model's vocabulary [0, {vocab_size}): "
-                             f"{sorted(set(bad.tolist()))[:10]}")
+            raise InputError(
+                f"{s.name}: ids outside the model's vocabulary [0, {vocab_size}): "
+                f"{sorted(set(bad.tolist()))[:10]}"
+            )
         if len(s.ids) > max_len:
-            raise InputError(f"{s.name}: {len(s.ids)} tokens, longer than the model's "
-                             f"max_position_embeddings ({max_len})")
+            raise InputError(
+                f"{s.name}: {len(s.ids)} tokens, longer than the model's "
+                f"max_position_embeddings ({max_len})"
+            )
 
 
-def score_seqs(params, config, seqs: list[Seq], scoring: str, batch_size: int = 8,
-               progress: bool = False) -> np.ndarray:
+def score_seqs(
+    params, config, seqs: list[Seq], scoring: str, batch_size: int = 8, progress: bool = False
+) -> np.ndarray:
     """Scores (float64) of `seqs`, each scored once, batched by length bucket."""
     from ..scoring import score_sequences
+
     check_vocab(seqs, config.vocab_size, config.max_position_embeddings)
     lps = score_sequences(params, config, [s.ids.tolist() for s in seqs], batch_size, progress)
     return np.array([sequence_score(lp, s.score_from, scoring) for lp, s in zip(lps, seqs)])
 
 
-def pairwise_accuracy(params, config, items: list[PairItem], scoring: str = "mean",
-                      batch_size: int = 8, progress: bool = False) -> dict:
+def pairwise_accuracy(
+    params,
+    config,
+    items: list[PairItem],
+    scoring: str = "mean",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict:
     """{"accuracy", "n_pairs", "groups": {group: {"accuracy", "n_pairs"}}, "pairs": [...]}.
     Accuracies are fractions in [0, 1]."""
     if scoring not in SCORINGS:
@@ -91,10 +109,21 @@ def pairwise_accuracy(params, config, items: list[PairItem], scoring: str = "mea
     for it, o in zip(items, outcomes):
         groups.setdefault(it.group, []).append(o)
     return {
-        "accuracy": float(outcomes.mean()), "n_pairs": len(items),
-        "groups": {g: {"accuracy": float(np.mean(v)), "n_pairs": len(v)}
-                   for g, v in sorted(groups.items()) if g},
-        "pairs": [{"name": it.name or f"{it.positive.name} | {it.negative.name}",
-                   "group": it.group, "positive": float(p), "negative": float(n), "outcome": float(o)}
-                  for it, p, n, o in zip(items, pos, neg, outcomes)],
+        "accuracy": float(outcomes.mean()),
+        "n_pairs": len(items),
+        "groups": {
+            g: {"accuracy": float(np.mean(v)), "n_pairs": len(v)}
+            for g, v in sorted(groups.items())
+            if g
+        },
+        "pairs": [
+            {
+                "name": it.name or f"{it.positive.name} | {it.negative.name}",
+                "group": it.group,
+                "positive": float(p),
+                "negative": float(n),
+                "outcome": float(o),
+            }
+            for it, p, n, o in zip(items, pos, neg, outcomes)
+        ],
     }

@@ -14,6 +14,7 @@ It is reported only when every sequence has a duration.
 Corpus records become bos [Speech] units (deduplicated HuBERT, or the expressive merge for an
 expressive layout) and only the units are scored (`score_from` = 2), as for the benchmarks.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,6 +42,7 @@ def corpus_seqs(corpus_dir: str | Path, split: str, layout, limit: int | None = 
     """A corpus split's utterances as speech (or expressive) sequences with their durations."""
     from ..data.corpus_read import CorpusSource
     from ..data.streams import sequence_for
+
     source = CorpusSource(corpus_dir, split)
     kind = "expressive" if layout.is_expressive else "speech"
     n = len(source) if limit is None else min(limit, len(source))
@@ -48,29 +50,48 @@ def corpus_seqs(corpus_dir: str | Path, split: str, layout, limit: int | None = 
     for i in range(n):
         rec = source[i]
         ids = sequence_for(kind, rec, layout)
-        seqs.append(Seq(np.asarray(ids, np.int64), AUDIO_SCORE_FROM, rec["where"],
-                        rec["duration"] if rec["duration"] > 0 else None))
+        seqs.append(
+            Seq(
+                np.asarray(ids, np.int64),
+                AUDIO_SCORE_FROM,
+                rec["where"],
+                rec["duration"] if rec["duration"] > 0 else None,
+            )
+        )
     if not seqs:
         raise InputError(f"corpus {corpus_dir} split {split} is empty")
     return seqs
 
 
-def perplexity(params, config, seqs: list[Seq], batch_size: int = 8, progress: bool = False) -> dict:
+def perplexity(
+    params, config, seqs: list[Seq], batch_size: int = 8, progress: bool = False
+) -> dict:
     from ..scoring import score_sequences
     from .pairwise import check_vocab
+
     check_vocab(seqs, config.vocab_size, config.max_position_embeddings)
     lps = score_sequences(params, config, [s.ids.tolist() for s in seqs], batch_size, progress)
-    per_seq = [float(-np.asarray(lp, np.float64)[s.score_from - 1:].sum())
-               for lp, s in zip(lps, seqs)]
+    per_seq = [
+        float(-np.asarray(lp, np.float64)[s.score_from - 1 :].sum()) for lp, s in zip(lps, seqs)
+    ]
     nll = float(sum(per_seq))
     tokens = sum(s.num_scored for s in seqs)
-    out = {"n_sequences": len(seqs), "scored_tokens": tokens, "nll_sum": nll,
-           "nll_per_token": nll / tokens, "ppl": math.exp(nll / tokens),
-           # per sequence, for resampling (confidence intervals)
-           "sequence_nll": per_seq, "sequence_tokens": [s.num_scored for s in seqs]}
+    out = {
+        "n_sequences": len(seqs),
+        "scored_tokens": tokens,
+        "nll_sum": nll,
+        "nll_per_token": nll / tokens,
+        "ppl": math.exp(nll / tokens),
+        # per sequence, for resampling (confidence intervals)
+        "sequence_nll": per_seq,
+        "sequence_tokens": [s.num_scored for s in seqs],
+    }
     if all(s.seconds is not None for s in seqs):
         seconds = float(sum(s.seconds for s in seqs))
-        out.update(seconds=seconds, nll_per_second=nll / seconds,
-                   bits_per_second=nll / seconds / math.log(2),
-                   ppl_per_second=math.exp(min(nll / seconds, 700.0)))
+        out.update(
+            seconds=seconds,
+            nll_per_second=nll / seconds,
+            bits_per_second=nll / seconds / math.log(2),
+            ppl_per_second=math.exp(min(nll / seconds, 700.0)),
+        )
     return out

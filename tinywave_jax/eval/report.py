@@ -1,28 +1,65 @@
 """Teacher vs student report (the paper's Table 2 form): one row per task and group with the
 teacher's and the student's value and student/teacher in percent, as markdown and JSON."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-TASK_TITLES = {"ssc": "sSC", "tsc": "tSC", "salmon": "SALMon", "swuggy": "sWUGGY",
-               "sblimp": "sBLIMP", "pairs": "pairs", "ppl": "perplexity"}
+TASK_TITLES = {
+    "ssc": "sSC",
+    "tsc": "tSC",
+    "salmon": "SALMon",
+    "swuggy": "sWUGGY",
+    "sblimp": "sBLIMP",
+    "pairs": "pairs",
+    "ppl": "perplexity",
+}
 
 
 def metric_rows(task: str, result: dict) -> list[dict]:
     """[{"task", "group", "metric", "value", "higher_is_better"}] from one `evaluate` result."""
     title = TASK_TITLES.get(task, task)
     if task == "ppl":
-        rows = [dict(task=title, group="", metric="ppl per token", value=result["ppl"],
-                     higher_is_better=False)]
+        rows = [
+            dict(
+                task=title,
+                group="",
+                metric="ppl per token",
+                value=result["ppl"],
+                higher_is_better=False,
+            )
+        ]
         if "ppl_per_second" in result:
-            rows.append(dict(task=title, group="", metric="NLL nats/s",
-                             value=result["nll_per_second"], higher_is_better=False))
+            rows.append(
+                dict(
+                    task=title,
+                    group="",
+                    metric="NLL nats/s",
+                    value=result["nll_per_second"],
+                    higher_is_better=False,
+                )
+            )
         return rows
-    rows = [dict(task=title, group="", metric="accuracy %", value=100 * result["accuracy"],
-                 higher_is_better=True)]
-    rows += [dict(task=title, group=g, metric="accuracy %", value=100 * r["accuracy"],
-                  higher_is_better=True) for g, r in result.get("groups", {}).items()]
+    rows = [
+        dict(
+            task=title,
+            group="",
+            metric="accuracy %",
+            value=100 * result["accuracy"],
+            higher_is_better=True,
+        )
+    ]
+    rows += [
+        dict(
+            task=title,
+            group=g,
+            metric="accuracy %",
+            value=100 * r["accuracy"],
+            higher_is_better=True,
+        )
+        for g, r in result.get("groups", {}).items()
+    ]
     return rows
 
 
@@ -35,24 +72,38 @@ def compare_rows(task: str, teacher: dict, student: dict) -> list[dict]:
 
 
 def markdown(rows: list[dict], teacher: str, student: str) -> str:
-    lines = [f"Teacher: `{teacher}`  ", f"Student: `{student}`", "",
-             "| task | group | metric | teacher | student | student/teacher % |",
-             "|---|---|---|---:|---:|---:|"]
+    lines = [
+        f"Teacher: `{teacher}`  ",
+        f"Student: `{student}`",
+        "",
+        "| task | group | metric | teacher | student | student/teacher % |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for r in rows:
         ratio = "-" if r["student_over_teacher"] is None else f"{r['student_over_teacher']:.1f}"
-        lines.append(f"| {r['task']} | {r['group'] or 'all'} | {r['metric']} | {r['teacher']:.2f} "
-                     f"| {r['student']:.2f} | {ratio} |")
-    lines += ["", "student/teacher % is student / teacher x 100; for perplexity and NLL lower "
-              "is better, so above 100 means the student is worse."]
+        lines.append(
+            f"| {r['task']} | {r['group'] or 'all'} | {r['metric']} | {r['teacher']:.2f} "
+            f"| {r['student']:.2f} | {ratio} |"
+        )
+    lines += [
+        "",
+        "student/teacher % is student / teacher x 100; for perplexity and NLL lower "
+        "is better, so above 100 means the student is worse.",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: str | Path, rows: list[dict], teacher: str, student: str,
-                 details: dict) -> tuple[Path, Path]:
+def write_report(
+    out_dir: str | Path, rows: list[dict], teacher: str, student: str, details: dict
+) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "report.md", out_dir / "report.json"
     md.write_text(markdown(rows, teacher, student))
-    js.write_text(json.dumps({"teacher": teacher, "student": student, "rows": rows,
-                              "results": details}, indent=2) + "\n")
+    js.write_text(
+        json.dumps(
+            {"teacher": teacher, "student": student, "rows": rows, "results": details}, indent=2
+        )
+        + "\n"
+    )
     return md, js

@@ -10,6 +10,7 @@ time, HuBERT and pitch deduplicated). Only the speech tokens are scored (`score_
 and the marker are identical in the positive and the negative, and the marker's likelihood
 says nothing about the audio.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError, MissingInputError, TinywaveError
 
-AUDIO_SCORE_FROM = 2      # bos, [Speech]
+AUDIO_SCORE_FROM = 2  # bos, [Speech]
 
 
 @dataclasses.dataclass
@@ -38,17 +39,20 @@ class Seq:
 def checked_seq(ids, where: str, score_from=1, seconds=None) -> Seq:
     """A Seq from untrusted values (a jsonl record); errors name `where`."""
     if not isinstance(ids, (list, tuple, np.ndarray)) or not all(
-            isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids
+    ):
         raise InputError(f"{where}: ids must be a list of integers")
     if not isinstance(score_from, int) or isinstance(score_from, bool) or score_from < 1:
         raise InputError(f"{where}: score_from must be an integer >= 1, got {score_from!r}")
     if len(ids) <= score_from:
-        raise InputError(f"{where}: {len(ids)} tokens leave nothing to score from token "
-                         f"{score_from} on")
+        raise InputError(
+            f"{where}: {len(ids)} tokens leave nothing to score from token {score_from} on"
+        )
     if seconds is not None and (not isinstance(seconds, (int, float)) or not seconds > 0):
         raise InputError(f"{where}: seconds must be a positive number, got {seconds!r}")
-    return Seq(np.asarray(ids, np.int64), score_from, where,
-               None if seconds is None else float(seconds))
+    return Seq(
+        np.asarray(ids, np.int64), score_from, where, None if seconds is None else float(seconds)
+    )
 
 
 class AudioTokenizer:
@@ -57,37 +61,46 @@ class AudioTokenizer:
 
     def __init__(self, extractor_dir: str | Path, layout, expressive: bool | None = None):
         from ..audio import load_extractor
+
         self.layout = layout
         self.expressive = layout.is_expressive if expressive is None else expressive
         if self.expressive and not layout.is_expressive:
-            raise ConfigError(f"layout {layout.name} has no pitch/style tokens to tokenise audio "
-                              "expressively (--modality expressive)")
+            raise ConfigError(
+                f"layout {layout.name} has no pitch/style tokens to tokenise audio "
+                "expressively (--modality expressive)"
+            )
         self.extractor = load_extractor(extractor_dir)
         self.streams = ("hubert", "pitch", "style") if self.expressive else ("hubert",)
         for s in self.streams:
             have = self.extractor.vocab_sizes.get(s)
             if have is None:
-                raise InputError(f"extractor {extractor_dir} gives no {s} tokens, which layout "
-                                 f"{layout.name} needs (expressive={self.expressive})")
+                raise InputError(
+                    f"extractor {extractor_dir} gives no {s} tokens, which layout "
+                    f"{layout.name} needs (expressive={self.expressive})"
+                )
             if have > layout.stream_size(s):
-                raise InputError(f"extractor {extractor_dir} has {have} {s} units but layout "
-                                 f"{layout.name} has only {layout.stream_size(s)}")
+                raise InputError(
+                    f"extractor {extractor_dir} has {have} {s} units but layout "
+                    f"{layout.name} has only {layout.stream_size(s)}"
+                )
         self._cache: dict[str, Seq] = {}
 
     def __call__(self, path: str | Path) -> Seq:
         from ..audio import SAMPLE_RATE, read_audio
         from ..data.layout import SPEECH, join_spans, merge_streams
+
         key = str(path)
         if key not in self._cache:
             wav = read_audio(path)
             try:
                 streams = self.extractor.extract(wav)
-            except TinywaveError as e:      # too short, silent...: name the file
+            except TinywaveError as e:  # too short, silent...: name the file
                 raise type(e)(f"{path}: {e}") from None
             ids, _ = merge_streams(self.layout, {s: streams[s] for s in self.streams}, where=key)
             seq = join_spans(self.layout, [(SPEECH, ids)])
-            self._cache[key] = Seq(seq.astype(np.int64), AUDIO_SCORE_FROM, key,
-                                   len(wav) / SAMPLE_RATE)
+            self._cache[key] = Seq(
+                seq.astype(np.int64), AUDIO_SCORE_FROM, key, len(wav) / SAMPLE_RATE
+            )
         return self._cache[key]
 
 
@@ -100,11 +113,14 @@ def resolve_layout(spec: str | None, vocab_size: int):
     infer a SpiritLM preset from the vocabulary size (32512: base, 32768: expressive)."""
     from ..config import from_dict
     from ..data.layout import LayoutConfig, preset_layout
+
     if spec is None:
         if vocab_size not in VOCAB_PRESETS:
-            raise ConfigError(f"--layout: cannot infer the token layout of a model with vocab "
-                              f"{vocab_size}; give a preset ({', '.join(VOCAB_PRESETS.values())}) "
-                              "or a layout JSON file")
+            raise ConfigError(
+                f"--layout: cannot infer the token layout of a model with vocab "
+                f"{vocab_size}; give a preset ({', '.join(VOCAB_PRESETS.values())}) "
+                "or a layout JSON file"
+            )
         layout = preset_layout(VOCAB_PRESETS[vocab_size])
     elif Path(spec).suffix == ".json" or Path(spec).is_file():
         path = Path(spec)
@@ -121,6 +137,8 @@ def resolve_layout(spec: str | None, vocab_size: int):
     else:
         layout = preset_layout(spec)
     if layout.used_size > vocab_size:
-        raise ConfigError(f"layout {layout.name} uses {layout.used_size} ids but the model's "
-                          f"vocabulary has {vocab_size}")
+        raise ConfigError(
+            f"layout {layout.name} uses {layout.used_size} ids but the model's "
+            f"vocabulary has {vocab_size}"
+        )
     return layout

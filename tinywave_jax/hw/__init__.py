@@ -11,6 +11,7 @@ an override. Values are written as YAML flow scalars, which `tinywave_jax.config
 reads back exactly (a float keeps its dot: `1.0e+20`, not `1e20`, which YAML 1.1 reads as a
 string).
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,8 +24,11 @@ from ..config import ConfigError, read_yaml
 
 def names() -> list[str]:
     """The packaged overlays' names (tpu-v5p-64, h100x8, cpu, ...)."""
-    return sorted(f.name[:-len(".yaml")] for f in resources.files(__name__).iterdir()
-                  if f.name.endswith(".yaml"))
+    return sorted(
+        f.name[: -len(".yaml")]
+        for f in resources.files(__name__).iterdir()
+        if f.name.endswith(".yaml")
+    )
 
 
 def load(name: str) -> dict:
@@ -38,7 +42,7 @@ def load(name: str) -> dict:
 
 def _scalar(value) -> str:
     text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip()
-    return text[:-4] if text.endswith("\n...") else text      # a bare scalar's end-of-document mark
+    return text[:-4] if text.endswith("\n...") else text  # a bare scalar's end-of-document mark
 
 
 def to_overrides(data: dict) -> list[str]:
@@ -51,6 +55,7 @@ def to_overrides(data: dict) -> list[str]:
                 walk(value, f"{prefix}{key}.")
             else:
                 out.append(f"{prefix}{key}={_scalar(value)}")
+
     walk({k: v for k, v in data.items() if k != "hw"}, "")
     return out
 

@@ -1,4 +1,5 @@
 """`python -m tinywave_jax.hw FILE`: the overlay as `key=value` overrides (for the launchers)."""
+
 import sys
 
 from . import main

@@ -4,6 +4,7 @@ Reads both the transformers 4.x form (`rope_theta`, `rope_scaling` at top level,
 ships) and the 5.x form (`rope_parameters`); writes the 5.x form plus `rope_theta` at top level.
 Fields that only steer our JAX implementation (dtypes, scan, remat) are not written to HF files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,23 +21,25 @@ DType = Literal["float32", "bfloat16", "float16"]
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """HF `rope_scaling` / `rope_parameters` other than the plain default."""
+
     rope_type: Literal["default", "linear", "llama3"] = "default"
     factor: float = 1.0
-    low_freq_factor: float = 1.0            # llama3 only
-    high_freq_factor: float = 4.0           # llama3 only
+    low_freq_factor: float = 1.0  # llama3 only
+    high_freq_factor: float = 4.0  # llama3 only
     original_max_position_embeddings: int = 8192  # llama3 only
 
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
     """A Llama-family decoder. Defaults are SpiritLM-Base-7B (Llama-2-7B shape, vocab 32512)."""
+
     vocab_size: int = 32512
     hidden_size: int = 4096
     intermediate_size: int = 11008
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
     num_key_value_heads: int = 32
-    head_dim: Optional[int] = None          # None: hidden_size // num_attention_heads
+    head_dim: Optional[int] = None  # None: hidden_size // num_attention_heads
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_scaling: Optional[RopeScaling] = None
@@ -48,10 +51,10 @@ class LlamaConfig:
     eos_token_id: Optional[int] = 2
     pad_token_id: Optional[int] = None
     # JAX-side choices, not part of the HF file:
-    dtype: DType = "float32"                # activations / matmul compute dtype
-    param_dtype: DType = "float32"          # parameter storage dtype
-    scan_layers: bool = True                # one compiled layer body under lax.scan
-    remat: RematPolicy = "none"             # what the backward pass keeps (see models/llama.py)
+    dtype: DType = "float32"  # activations / matmul compute dtype
+    param_dtype: DType = "float32"  # parameter storage dtype
+    scan_layers: bool = True  # one compiled layer body under lax.scan
+    remat: RematPolicy = "none"  # what the backward pass keeps (see models/llama.py)
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -59,14 +62,22 @@ class LlamaConfig:
         self.validate()
 
     def validate(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"model.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                f"model.num_key_value_heads ({self.num_key_value_heads})")
+                f"model.num_key_value_heads ({self.num_key_value_heads})"
+            )
         if self.head_dim % 2:
             raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
 
@@ -88,10 +99,23 @@ class LlamaConfig:
         return self.num_hidden_layers * layer + emb + d
 
     # ---- Hugging Face config.json -------------------------------------------------------------
-    HF_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-               "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
-               "max_position_embeddings", "tie_word_embeddings", "attention_bias", "mlp_bias",
-               "bos_token_id", "eos_token_id", "pad_token_id")
+    HF_KEYS = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "rms_norm_eps",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+        "attention_bias",
+        "mlp_bias",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+    )
 
     @classmethod
     def from_hf_dict(cls, hf: dict, where: str = "config.json", **jax_options) -> "LlamaConfig":
@@ -116,13 +140,16 @@ class LlamaConfig:
         kw["rope_theta"] = float(theta)
         rope_type = rope.pop("rope_type", rope.pop("type", "default"))
         if rope_type not in ("default", "linear", "llama3"):
-            raise ConfigError(f"{where}: rope type {rope_type!r} is not supported "
-                              "(default, linear, llama3)")
+            raise ConfigError(
+                f"{where}: rope type {rope_type!r} is not supported (default, linear, llama3)"
+            )
         if rope_type != "default":
             known = {f.name for f in dataclasses.fields(RopeScaling)}
             kw["rope_scaling"] = from_dict(
-                RopeScaling, {"rope_type": rope_type, **{k: v for k, v in rope.items() if k in known}},
-                prefix=f"{where}:rope_scaling")
+                RopeScaling,
+                {"rope_type": rope_type, **{k: v for k, v in rope.items() if k in known}},
+                prefix=f"{where}:rope_scaling",
+            )
         kw.update(jax_options)
         try:
             return from_dict(cls, kw, prefix=where)
@@ -137,8 +164,11 @@ class LlamaConfig:
             r = self.rope_scaling
             rope.update(rope_type=r.rope_type, factor=r.factor)
             if r.rope_type == "llama3":
-                rope.update(low_freq_factor=r.low_freq_factor, high_freq_factor=r.high_freq_factor,
-                            original_max_position_embeddings=r.original_max_position_embeddings)
+                rope.update(
+                    low_freq_factor=r.low_freq_factor,
+                    high_freq_factor=r.high_freq_factor,
+                    original_max_position_embeddings=r.original_max_position_embeddings,
+                )
         out["rope_parameters"] = rope
         out["rope_theta"] = self.rope_theta
         return out
@@ -162,8 +192,15 @@ class LlamaConfig:
 
 def tiny_config(**kw) -> LlamaConfig:
     """A few-thousand-parameter Llama for tests and the CPU smoke configs."""
-    base = dict(vocab_size=211, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    base = dict(
+        vocab_size=211,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    )
     base.update(kw)
     return LlamaConfig(**base)
 

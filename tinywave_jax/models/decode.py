@@ -4,6 +4,7 @@ Prompts are left-padded to a common length P, as `transformers.generate` does; p
 prompt mask (cumsum - 1), so a padded row continues exactly as it would alone. The cache has
 P + max_new_tokens slots; slot s of every row holds the token at array column s.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,13 +32,14 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndar
     ids = np.full((len(prompts), width), pad_id, np.int32)
     mask = np.zeros((len(prompts), width), bool)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = p
-        mask[i, width - len(p):] = True
+        ids[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = True
     return ids, mask
 
 
-def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float,
-                  banned: Optional[jax.Array]) -> jax.Array:
+def filter_logits(
+    logits: jax.Array, temperature: float, top_k: int, top_p: float, banned: Optional[jax.Array]
+) -> jax.Array:
     """Temperature, banned ids, top-k and nucleus (top-p) filtering on float32 logits [B, V]."""
     neg = jnp.finfo(jnp.float32).min
     logits = logits.astype(jnp.float32)
@@ -54,18 +56,46 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
         probs = jax.nn.softmax(sorted_logits, axis=-1)
         # keep a token if the mass strictly before it is < top_p (so the top token is always kept)
         keep_sorted = (jnp.cumsum(probs, axis=-1) - probs) < top_p
-        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+        keep = (
+            jnp.zeros_like(keep_sorted)
+            .at[jnp.arange(logits.shape[0])[:, None], order]
+            .set(keep_sorted)
+        )
         logits = jnp.where(keep, logits, neg)
     return logits
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "temperature",
-                                             "top_k", "top_p", "stop_ids", "pad_id",
-                                             "split_layers"))
-def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_mask: jax.Array,
-             rng: jax.Array, *, max_new_tokens: int, greedy: bool = True, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, banned: Optional[jax.Array] = None,
-             stop_ids: tuple = (), pad_id: int = 0, split_layers: bool = True) -> jax.Array:
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "config",
+        "max_new_tokens",
+        "greedy",
+        "temperature",
+        "top_k",
+        "top_p",
+        "stop_ids",
+        "pad_id",
+        "split_layers",
+    ),
+)
+def generate(
+    params: dict,
+    config: LlamaConfig,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    rng: jax.Array,
+    *,
+    max_new_tokens: int,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    banned: Optional[jax.Array] = None,
+    stop_ids: tuple = (),
+    pad_id: int = 0,
+    split_layers: bool = True,
+) -> jax.Array:
     """Returns new tokens [B, max_new_tokens]; after a stop id a row emits `pad_id`.
 
     split_layers (default): the one-token steps run the layers from per-layer copies of the
@@ -80,23 +110,39 @@ def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_ma
     total = p + max_new_tokens
     cache_mask = jnp.zeros((b, total), bool).at[:, :p].set(prompt_mask)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
-    first_logits, caches = model.apply({"params": params}, prompt_ids, positions,
-                                       init_cache(config, b, total), 0, cache_mask,
-                                       method=Llama.decode_step)
+    first_logits, caches = model.apply(
+        {"params": params},
+        prompt_ids,
+        positions,
+        init_cache(config, b, total),
+        0,
+        cache_mask,
+        method=Llama.decode_step,
+    )
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)
     layer_params = None
     if split_layers:  # split once, outside the token loop
         layer_params, caches = unstack_layers(params, caches, config)
 
     def forward(token, position, caches, cache_mask, slot):
-        return model.apply({"params": params}, token, position, caches, slot, cache_mask,
-                           layer_params, method=Llama.decode_step)
+        return model.apply(
+            {"params": params},
+            token,
+            position,
+            caches,
+            slot,
+            cache_mask,
+            layer_params,
+            method=Llama.decode_step,
+        )
 
     def pick(logits, key):
         if greedy:
             masked = filter_logits(logits, 0.0, 0, 1.0, banned)
             return jnp.argmax(masked, axis=-1).astype(jnp.int32)
-        return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p, banned)).astype(jnp.int32)
+        return jax.random.categorical(
+            key, filter_logits(logits, temperature, top_k, top_p, banned)
+        ).astype(jnp.int32)
 
     def choose(logits, done, key):
         key, sub = jax.random.split(key)
@@ -118,4 +164,3 @@ def generate(params: dict, config: LlamaConfig, prompt_ids: jax.Array, prompt_ma
     (_, _, logits, done, key), tokens = jax.lax.scan(step, carry, jnp.arange(max_new_tokens - 1))
     last, _, _ = choose(logits, done, key)
     return jnp.concatenate([tokens.T, last[:, None]], axis=1)
-

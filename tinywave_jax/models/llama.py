@@ -18,6 +18,7 @@ Masking: token i attends to j iff j <= i and segment_ids[i] == segment_ids[j] (p
 see each other; padding has segment 0). In `decode_step` the caller passes which cache slots hold
 real tokens (`cache_mask`) and the slot the new tokens are written at (`cache_slot`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,16 +42,17 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     # Keep the q/k/v/o and MLP projections, recompute norms, RoPE, softmax and activations.
     "save_attn_proj": jax.checkpoint_policies.save_only_these_names(
-        "query_proj", "key_proj", "value_proj", "attn_out", "mlp_out"),
+        "query_proj", "key_proj", "value_proj", "attn_out", "mlp_out"
+    ),
 }
 
 
 class LlamaOutput(NamedTuple):
-    logits: Optional[Array]        # [B, T, V] (None when return_logits=False)
-    final_hidden: Array            # [B, T, D] after the final norm: logits = final_hidden @ head
-    hidden: Optional[Array]        # [n_taps, B, T, D] hidden state after each tapped layer
-    queries: Optional[Array]       # [n_taps, B, T, H, hd] post-RoPE queries of tapped layers
-    keys: Optional[Array]          # [n_taps, B, T, KVH, hd] post-RoPE keys of tapped layers
+    logits: Optional[Array]  # [B, T, V] (None when return_logits=False)
+    final_hidden: Array  # [B, T, D] after the final norm: logits = final_hidden @ head
+    hidden: Optional[Array]  # [n_taps, B, T, D] hidden state after each tapped layer
+    queries: Optional[Array]  # [n_taps, B, T, H, hd] post-RoPE queries of tapped layers
+    keys: Optional[Array]  # [n_taps, B, T, KVH, hd] post-RoPE keys of tapped layers
 
 
 def _dtype(name: str):
@@ -61,8 +63,13 @@ def _dtype(name: str):
 def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
     """Inverse frequencies exactly as transformers computes them (float32), incl. rope scaling."""
     dim = config.head_dim
-    inv = (1.0 / (np.float32(config.rope_theta)
-                  ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))).astype(np.float32)
+    inv = (
+        1.0
+        / (
+            np.float32(config.rope_theta)
+            ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))
+        )
+    ).astype(np.float32)
     rs = config.rope_scaling
     if rs is None or rs.rope_type == "default":
         return inv
@@ -124,8 +131,12 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                           (x.shape[-1],), self.param_dtype)
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
         xf = x.astype(jnp.float32)
         y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
         return scale.astype(self.dtype) * y.astype(self.dtype)
@@ -133,9 +144,15 @@ class RMSNorm(nn.Module):
 
 def _dense(features: int, axes: tuple[str, str], bias: bool, cfg: LlamaConfig, name: str):
     init = nn.initializers.normal(0.02)
-    return nn.Dense(features, use_bias=bias, dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype),
-                    kernel_init=nn.with_logical_partitioning(init, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]), name=name)
+    return nn.Dense(
+        features,
+        use_bias=bias,
+        dtype=_dtype(cfg.dtype),
+        param_dtype=_dtype(cfg.param_dtype),
+        kernel_init=nn.with_logical_partitioning(init, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+        name=name,
+    )
 
 
 class Attention(nn.Module):
@@ -143,27 +160,43 @@ class Attention(nn.Module):
 
     def setup(self):
         c = self.config
-        self.q_proj = _dense(c.num_attention_heads * c.head_dim, ("embed", "heads"), c.attention_bias, c, "q_proj")
-        self.k_proj = _dense(c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), c.attention_bias, c, "k_proj")
-        self.v_proj = _dense(c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), c.attention_bias, c, "v_proj")
+        self.q_proj = _dense(
+            c.num_attention_heads * c.head_dim, ("embed", "heads"), c.attention_bias, c, "q_proj"
+        )
+        self.k_proj = _dense(
+            c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), c.attention_bias, c, "k_proj"
+        )
+        self.v_proj = _dense(
+            c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), c.attention_bias, c, "v_proj"
+        )
         self.o_proj = _dense(c.hidden_size, ("heads", "embed"), c.attention_bias, c, "o_proj")
 
     def __call__(self, x, cos, sin, mask, cache_kv=None, cache_slot=None):
         c = self.config
         b, t, _ = x.shape
-        q = checkpoint_name(self.q_proj(x), "query_proj").reshape(b, t, c.num_attention_heads, c.head_dim)
-        k = checkpoint_name(self.k_proj(x), "key_proj").reshape(b, t, c.num_key_value_heads, c.head_dim)
-        v = checkpoint_name(self.v_proj(x), "value_proj").reshape(b, t, c.num_key_value_heads, c.head_dim)
+        q = checkpoint_name(self.q_proj(x), "query_proj").reshape(
+            b, t, c.num_attention_heads, c.head_dim
+        )
+        k = checkpoint_name(self.k_proj(x), "key_proj").reshape(
+            b, t, c.num_key_value_heads, c.head_dim
+        )
+        v = checkpoint_name(self.v_proj(x), "value_proj").reshape(
+            b, t, c.num_key_value_heads, c.head_dim
+        )
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_heads, v_heads = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, hd]
         if cache_kv is not None:  # write the new tokens into the cache, attend over all slots
             ck, cv = cache_kv
-            ck = jax.lax.dynamic_update_slice_in_dim(ck, k_heads.astype(ck.dtype), cache_slot, axis=2)
-            cv = jax.lax.dynamic_update_slice_in_dim(cv, v_heads.astype(cv.dtype), cache_slot, axis=2)
+            ck = jax.lax.dynamic_update_slice_in_dim(
+                ck, k_heads.astype(ck.dtype), cache_slot, axis=2
+            )
+            cv = jax.lax.dynamic_update_slice_in_dim(
+                cv, v_heads.astype(cv.dtype), cache_slot, axis=2
+            )
             keys, values, new_cache = ck.astype(q.dtype), cv.astype(q.dtype), (ck, cv)
         else:
             keys, values, new_cache = k_heads, v_heads, None
-        out = dot_product_attention(q, keys, values, mask, c.head_dim ** -0.5)
+        out = dot_product_attention(q, keys, values, mask, c.head_dim**-0.5)
         return checkpoint_name(self.o_proj(out), "attn_out"), q, k, new_cache
 
 
@@ -175,7 +208,9 @@ class MLP(nn.Module):
         c = self.config
         gate = _dense(c.intermediate_size, ("embed", "mlp"), c.mlp_bias, c, "gate_proj")(x)
         up = _dense(c.intermediate_size, ("embed", "mlp"), c.mlp_bias, c, "up_proj")(x)
-        out = _dense(c.hidden_size, ("mlp", "embed"), c.mlp_bias, c, "down_proj")(nn.silu(gate) * up)
+        out = _dense(c.hidden_size, ("mlp", "embed"), c.mlp_bias, c, "down_proj")(
+            nn.silu(gate) * up
+        )
         return checkpoint_name(out, "mlp_out")
 
 
@@ -185,6 +220,7 @@ class DecoderLayer(nn.Module):
     Training: xs["slot"] is this layer's tap slot; the carry holds the hidden state "h" and the
     tap buffers the caller asked for ("tap_h", "tap_q", "tap_k"). Decoding: xs["cache"] is this
     layer's (k, v) cache, the new tokens are written at `cache_slot`, ys["cache"] is the result."""
+
     config: LlamaConfig
 
     def setup(self):
@@ -197,7 +233,9 @@ class DecoderLayer(nn.Module):
 
     def block(self, x, cos, sin, mask, cache_kv, cache_slot):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        attn, q, k, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv, cache_slot)
+        attn, q, k, new_cache = self.self_attn(
+            self.input_layernorm(x), cos, sin, mask, cache_kv, cache_slot
+        )
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, q, k, new_cache
@@ -239,6 +277,7 @@ class Llama(nn.Module):
 
     Two entry points over the same modules and parameters: `__call__`, the full-sequence forward
     with taps (training, scoring), and `decode_step`, tokens through a KV cache (generation)."""
+
     config: LlamaConfig
 
     def setup(self):
@@ -246,20 +285,31 @@ class Llama(nn.Module):
         dt, pdt = _dtype(c.dtype), _dtype(c.param_dtype)
         init = nn.initializers.normal(0.02)
         self.embed_tokens = nn.Embed(
-            c.vocab_size, c.hidden_size, dtype=dt, param_dtype=pdt,
-            embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
+            c.vocab_size,
+            c.hidden_size,
+            dtype=dt,
+            param_dtype=pdt,
+            embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")),
+        )
         # Always scanned so the parameters are stacked; scan_layers=False only unrolls it.
         self.layers = nn.scan(
-            DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+            DecoderLayer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=c.num_hidden_layers, unroll=1 if c.scan_layers else c.num_hidden_layers,
+            length=c.num_hidden_layers,
+            unroll=1 if c.scan_layers else c.num_hidden_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(c)
         self.norm = RMSNorm(c.rms_norm_eps, dt, pdt)
         if not c.tie_word_embeddings:
             self.lm_head = nn.Dense(
-                c.vocab_size, use_bias=False, dtype=dt, param_dtype=pdt,
-                kernel_init=nn.with_logical_partitioning(init, ("embed", "vocab")))
+                c.vocab_size,
+                use_bias=False,
+                dtype=dt,
+                param_dtype=pdt,
+                kernel_init=nn.with_logical_partitioning(init, ("embed", "vocab")),
+            )
 
     def logits(self, final_hidden: Array) -> Array:
         """[..., D] final-norm hidden states -> [..., V] logits."""
@@ -267,10 +317,17 @@ class Llama(nn.Module):
             return self.embed_tokens.attend(final_hidden)
         return self.lm_head(final_hidden)
 
-    def __call__(self, input_ids: Array, positions: Optional[Array] = None,
-                 segment_ids: Optional[Array] = None, *, tap_layers: Sequence[int] = (),
-                 tap_hidden: bool = False, tap_qk: bool = False,
-                 return_logits: bool = True) -> LlamaOutput:
+    def __call__(
+        self,
+        input_ids: Array,
+        positions: Optional[Array] = None,
+        segment_ids: Optional[Array] = None,
+        *,
+        tap_layers: Sequence[int] = (),
+        tap_hidden: bool = False,
+        tap_qk: bool = False,
+        return_logits: bool = True,
+    ) -> LlamaOutput:
         """Full-sequence forward; positions default to 0..T-1, segment_ids to one document."""
         c = self.config
         dt = _dtype(c.dtype)
@@ -300,13 +357,22 @@ class Llama(nn.Module):
 
         final = self.norm(carry["h"])
         return LlamaOutput(
-            logits=self.logits(final) if return_logits else None, final_hidden=final,
+            logits=self.logits(final) if return_logits else None,
+            final_hidden=final,
             hidden=carry["tap_h"][:n_taps] if tap_hidden else None,
             queries=carry["tap_q"][:n_taps] if tap_qk else None,
-            keys=carry["tap_k"][:n_taps] if tap_qk else None)
+            keys=carry["tap_k"][:n_taps] if tap_qk else None,
+        )
 
-    def decode_step(self, input_ids: Array, positions: Array, cache, cache_slot, cache_mask: Array,
-                    layer_params: Optional[list] = None) -> tuple[Array, Any]:
+    def decode_step(
+        self,
+        input_ids: Array,
+        positions: Array,
+        cache,
+        cache_slot,
+        cache_mask: Array,
+        layer_params: Optional[list] = None,
+    ) -> tuple[Array, Any]:
         """Tokens [B, T] (a prompt or one new token) through the KV cache: their keys/values are
         written at slots cache_slot..cache_slot+T-1, and they attend to the slots up to theirs
         that `cache_mask` [B, S] marks as real tokens (the new ones included). Returns the last
@@ -327,8 +393,9 @@ class Llama(nn.Module):
             layer = DecoderLayer(self.config, parent=None)  # unbound: each call gets its weights
             new_cache = []
             for w, kv in zip(layer_params, cache):
-                carry, ys = layer.apply({"params": w}, {"h": h}, {"cache": kv}, cos, sin, mask,
-                                        cache_slot)
+                carry, ys = layer.apply(
+                    {"params": w}, {"h": h}, {"cache": kv}, cos, sin, mask, cache_slot
+                )
                 h = carry["h"]
                 new_cache.append(ys["cache"])
             cache = new_cache
@@ -340,7 +407,9 @@ class Llama(nn.Module):
 @functools.lru_cache(maxsize=32)
 def _jitted_init(config: LlamaConfig):
     # Eager Flax init dispatches op by op (seconds even for tiny models); one compile is faster.
-    return jax.jit(lambda rng: nn.meta.unbox(Llama(config).init(rng, jnp.zeros((1, 8), jnp.int32))["params"]))
+    return jax.jit(
+        lambda rng: nn.meta.unbox(Llama(config).init(rng, jnp.zeros((1, 8), jnp.int32))["params"])
+    )
 
 
 def init_params(config: LlamaConfig, rng: Array) -> dict:
@@ -350,13 +419,17 @@ def init_params(config: LlamaConfig, rng: Array) -> dict:
 
 def abstract_params(config: LlamaConfig) -> dict:
     """ShapeDtypeStruct pytree of the parameters, without allocating anything."""
-    boxed = jax.eval_shape(lambda: Llama(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+    boxed = jax.eval_shape(
+        lambda: Llama(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    )
     return nn.meta.unbox(boxed["params"])
 
 
 def param_logical_axes(config: LlamaConfig) -> dict:
     """Pytree of logical-axis PartitionSpecs, e.g. ('layers', 'embed', 'heads') for q_proj."""
-    boxed = jax.eval_shape(lambda: Llama(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+    boxed = jax.eval_shape(
+        lambda: Llama(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    )
     return nn.get_partition_spec(boxed["params"])
 
 
@@ -371,9 +444,17 @@ def lm_head_kernel(params: dict, config: LlamaConfig) -> Array:
     return params["lm_head"]["kernel"]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "tap_layers", "tap_hidden", "tap_qk", "return_logits"))
-def forward(params: dict, config: LlamaConfig, input_ids: Array, positions: Optional[Array] = None,
-            segment_ids: Optional[Array] = None, **kwargs) -> LlamaOutput:
+@functools.partial(
+    jax.jit, static_argnames=("config", "tap_layers", "tap_hidden", "tap_qk", "return_logits")
+)
+def forward(
+    params: dict,
+    config: LlamaConfig,
+    input_ids: Array,
+    positions: Optional[Array] = None,
+    segment_ids: Optional[Array] = None,
+    **kwargs,
+) -> LlamaOutput:
     """Jitted `Llama(config).apply({'params': params}, input_ids, positions, segment_ids, **kwargs)`;
     `tap_layers` must be a tuple."""
     return Llama(config).apply({"params": params}, input_ids, positions, segment_ids, **kwargs)

@@ -11,6 +11,7 @@ tinywave params (nested dicts; per-layer tensors stacked on a leading layer axis
   lm_head/kernel [D, V]                    <- lm_head.weight [V, D] (.T); absent when tied
 RoPE is in HF's rotate_half layout on both sides, so q/k need no permutation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,10 +27,11 @@ from .config import LlamaConfig
 @dataclasses.dataclass(frozen=True)
 class TensorMap:
     """One HF tensor and where it lives in tinywave params."""
+
     hf_name: str
-    path: tuple[str, ...]        # keys into the params tree
-    layer: int | None            # index into the stacked layer axis; None for unstacked leaves
-    transpose: bool              # HF Linear weight [out, in] vs our kernel [in, out]
+    path: tuple[str, ...]  # keys into the params tree
+    layer: int | None  # index into the stacked layer axis; None for unstacked leaves
+    transpose: bool  # HF Linear weight [out, in] vs our kernel [in, out]
     hf_shape: tuple[int, ...]
 
     def param_slice_shape(self) -> tuple[int, ...]:
@@ -47,8 +49,12 @@ def _layer_tensors(c: LlamaConfig) -> list[tuple[str, tuple[str, ...], bool, tup
         if bias:
             out.append((f"{module}.{proj}.bias", (module, proj, "bias"), False, (n_out,)))
 
-    for proj, n_in, n_out in (("q_proj", d, q), ("k_proj", d, kv), ("v_proj", d, kv),
-                              ("o_proj", q, d)):
+    for proj, n_in, n_out in (
+        ("q_proj", d, q),
+        ("k_proj", d, kv),
+        ("v_proj", d, kv),
+        ("o_proj", q, d),
+    ):
         linear("self_attn", proj, n_in, n_out, c.attention_bias)
     for proj, n_in, n_out in (("gate_proj", d, f), ("up_proj", d, f), ("down_proj", f, d)):
         linear("mlp", proj, n_in, n_out, c.mlp_bias)
@@ -60,12 +66,15 @@ def _layer_tensors(c: LlamaConfig) -> list[tuple[str, tuple[str, ...], bool, tup
 def tensor_maps(config: LlamaConfig) -> list[TensorMap]:
     """Every HF tensor of `config`, in the order transformers writes its state dict."""
     v, d = config.vocab_size, config.hidden_size
-    maps = [TensorMap("model.embed_tokens.weight", ("embed_tokens", "embedding"), None, False,
-                      (v, d))]
+    maps = [
+        TensorMap("model.embed_tokens.weight", ("embed_tokens", "embedding"), None, False, (v, d))
+    ]
     layer_tensors = _layer_tensors(config)
     for i in range(config.num_hidden_layers):
-        maps += [TensorMap(f"model.layers.{i}.{suffix}", ("layers", *path), i, transpose, shape)
-                 for suffix, path, transpose, shape in layer_tensors]
+        maps += [
+            TensorMap(f"model.layers.{i}.{suffix}", ("layers", *path), i, transpose, shape)
+            for suffix, path, transpose, shape in layer_tensors
+        ]
     maps.append(TensorMap("model.norm.weight", ("norm", "scale"), None, False, (d,)))
     if not config.tie_word_embeddings:
         maps.append(TensorMap("lm_head.weight", ("lm_head", "kernel"), None, True, (v, d)))
@@ -108,8 +117,9 @@ def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...]
     return out
 
 
-def check_params(params: Mapping, config: LlamaConfig, where: str = "params",
-                 allow_extra: bool = False) -> None:
+def check_params(
+    params: Mapping, config: LlamaConfig, where: str = "params", allow_extra: bool = False
+) -> None:
     """Raises ConversionError naming the first missing, mis-shaped or (unless `allow_extra`)
     extra parameter."""
     expected = flatten(param_shapes(config))
@@ -118,9 +128,13 @@ def check_params(params: Mapping, config: LlamaConfig, where: str = "params",
         if path not in actual:
             raise ConversionError(f"{where}: missing parameter {'/'.join(path)} {list(shape)}")
         if tuple(np.shape(actual[path])) != shape:
-            raise ConversionError(f"{where}: parameter {'/'.join(path)} has shape "
-                                  f"{list(np.shape(actual[path]))}, expected {list(shape)}")
+            raise ConversionError(
+                f"{where}: parameter {'/'.join(path)} has shape "
+                f"{list(np.shape(actual[path]))}, expected {list(shape)}"
+            )
     extra = sorted("/".join(p) for p in actual if p not in expected)
     if extra and not allow_extra:
-        raise ConversionError(f"{where}: unexpected parameter {extra[0]} (a model checkpoint "
-                              f"holds only the Llama layout of its config; {len(extra)} extra)")
+        raise ConversionError(
+            f"{where}: unexpected parameter {extra[0]} (a model checkpoint "
+            f"holds only the Llama layout of its config; {len(extra)} extra)"
+        )

@@ -7,6 +7,7 @@ and vocabulary (Megatron style). One size may be -1: all devices left over.
 Built with `jax.sharding.Mesh` and Auto axis types: `jax.make_mesh` defaults to Explicit axes in
 jax >= 0.7, under which GSPMD-style `in_shardings` / sharding constraints fail at trace time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ AXES = ("data", "fsdp", "tensor")
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """`mesh:` section: devices per axis; their product must be the device count (-1: the rest)."""
+
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
@@ -27,7 +29,9 @@ class MeshConfig:
     def validate(self):
         sizes = [getattr(self, a) for a in AXES]
         if any(s == 0 or s < -1 for s in sizes):
-            raise ConfigError(f"mesh: axis sizes must be positive or -1, got {dict(zip(AXES, sizes))}")
+            raise ConfigError(
+                f"mesh: axis sizes must be positive or -1, got {dict(zip(AXES, sizes))}"
+            )
         if sizes.count(-1) > 1:
             raise ConfigError("mesh: at most one axis may be -1")
 
@@ -38,12 +42,16 @@ class MeshConfig:
         for a, s in sizes.items():
             if s == -1:
                 if num_devices % known:
-                    raise ConfigError(f"mesh.{a}: -1 cannot fill {num_devices} devices with the other "
-                                      f"axes using {known}")
+                    raise ConfigError(
+                        f"mesh.{a}: -1 cannot fill {num_devices} devices with the other "
+                        f"axes using {known}"
+                    )
                 sizes[a] = num_devices // known
         if math.prod(sizes.values()) != num_devices:
-            raise ConfigError(f"mesh: {sizes} uses {math.prod(sizes.values())} devices but "
-                              f"{num_devices} are available")
+            raise ConfigError(
+                f"mesh: {sizes} uses {math.prod(sizes.values())} devices but "
+                f"{num_devices} are available"
+            )
         return sizes
 
 

@@ -20,13 +20,15 @@ over fsdp).
 A dimension the mesh axes do not divide falls back to replication along that dimension (logged
 once per array), e.g. a 211-token vocabulary on tensor=2.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
 def logical_to_spec(logical: P | tuple) -> P:
     """Logical PartitionSpec -> mesh PartitionSpec via LOGICAL_AXIS_RULES."""
     import flax.linen as nn
+
     return nn.logical_to_mesh_axes(tuple(logical), LOGICAL_AXIS_RULES)
 
 
@@ -63,8 +66,14 @@ def fit_spec(mesh, spec: P, shape: tuple[int, ...], name: str = "array") -> P:
     for dim, entry in zip(shape, entries):
         size = _axis_size(mesh, entry)
         if size > 1 and dim % size:
-            log.info("sharding: %s dim %d (size %d) not divisible by %s (%d); replicated",
-                     name, len(out), dim, entry, size)
+            log.info(
+                "sharding: %s dim %d (size %d) not divisible by %s (%d); replicated",
+                name,
+                len(out),
+                dim,
+                entry,
+                size,
+            )
             entry = None
         out.append(entry)
     return P(*out)
@@ -80,8 +89,10 @@ def tree_shardings(mesh, logical_tree, abstract_tree):
     specs = jax.tree_util.tree_leaves(logical_tree, is_leaf=lambda x: isinstance(x, P))
     if len(specs) != len(paths):
         raise ValueError(f"logical spec tree has {len(specs)} leaves, the array tree {len(paths)}")
-    shardings = [named_sharding(mesh, spec, leaf.shape, jax.tree_util.keystr(path))
-                 for (path, leaf), spec in zip(paths, specs)]
+    shardings = [
+        named_sharding(mesh, spec, leaf.shape, jax.tree_util.keystr(path))
+        for (path, leaf), spec in zip(paths, specs)
+    ]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract_tree), shardings)
 
 
@@ -102,4 +113,5 @@ def batch_divisor(mesh) -> int:
 def axis_rules_context():
     """Context making the model's `nn.with_logical_constraint` use LOGICAL_AXIS_RULES."""
     import flax.linen as nn
+
     return nn.logical_axis_rules(LOGICAL_AXIS_RULES)

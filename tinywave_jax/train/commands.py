@@ -1,4 +1,5 @@
 """`tinywave distill` and `tinywave train`: run a config, with `key=value` overrides and --resume."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,27 @@ example: tinywave train configs/train_tiny.yaml lora.enabled=true run_dir=runs/l
 
 
 def _add(sub, name: str, help_text: str, description: str):
-    p = sub.add_parser(name, help=help_text, description=description,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", help="run config YAML (see configs/; may name a `base:` YAML)")
     # REMAINDER so that options may also follow the overrides (`x.yaml a=1 --resume`).
-    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
-                   help="dotted config overrides, values parsed as YAML (train.steps=100, "
-                        "mesh.fsdp=4, distill.weights.hidden=0, data.batch_size=16)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in run_dir (exactly: params, "
-                        "optimizer, step, RNG and data position)")
+    p.add_argument(
+        "overrides",
+        nargs=argparse.REMAINDER,
+        metavar="KEY=VALUE",
+        help="dotted config overrides, values parsed as YAML (train.steps=100, "
+        "mesh.fsdp=4, distill.weights.hidden=0, data.batch_size=16)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in run_dir (exactly: params, "
+        "optimizer, step, RNG and data position)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=lambda args: _run(name, args))
 
@@ -50,6 +62,7 @@ def _split_flags(args) -> None:
             setattr(args, item[2:], True)
         elif item.startswith("-"):
             from ..config import ConfigError
+
             raise ConfigError(f"unknown option {item!r} (options: --resume, --quiet)")
         else:
             rest.append(item)
@@ -64,7 +77,8 @@ def _run(kind: str, args) -> int:
 
     _split_flags(args)
     from ..parallel.distributed import maybe_initialize
-    maybe_initialize()   # multi-process runs: before any jax device is touched
+
+    maybe_initialize()  # multi-process runs: before any jax device is touched
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cls = DistillConfig if kind == "distill" else TrainConfig
     cfg = load_config(cls, args.config, args.overrides)

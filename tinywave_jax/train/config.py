@@ -5,6 +5,7 @@ typed value, a layer map out of range or mismatched widths without a projector f
 with a ConfigError naming the key. Model-dependent checks that need a checkpoint's config.json
 (depths, widths) run in `train/commands.py` before anything is allocated.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,39 +24,44 @@ class ModelSource:
 
     `shape` takes LlamaConfig fields (vocab_size, hidden_size, ...); its dtype fields are
     overridden by the run's dtypes."""
+
     path: Optional[str] = None
     shape: Optional[LlamaConfig] = None
-    seed: int = 0                       # random init seed (shape only)
+    seed: int = 0  # random init seed (shape only)
 
     def check(self, key: str, need: bool = True):
         if need and (self.path is None) == (self.shape is None):
-            raise ConfigError(f"{key}: give exactly one of {key}.path (a tinywave model checkpoint) "
-                              f"or {key}.shape (a random model)")
+            raise ConfigError(
+                f"{key}: give exactly one of {key}.path (a tinywave model checkpoint) "
+                f"or {key}.shape (a random model)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig(ModelSource):
-    dtype: DType = "bfloat16"           # teacher parameter AND compute dtype (frozen, no optimizer)
+    dtype: DType = "bfloat16"  # teacher parameter AND compute dtype (frozen, no optimizer)
 
 
 @dataclasses.dataclass(frozen=True)
 class StudentConfig(ModelSource):
     """The student: from a checkpoint (`path`), random (`shape`), or, with neither, cut from the
     teacher (its layers `distill.init_layers`, TinyWave's init; embeddings/norm/head copied)."""
-    num_layers: Optional[int] = None    # depth when cut from the teacher with a preset layer map
+
+    num_layers: Optional[int] = None  # depth when cut from the teacher with a preset layer map
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW with linear warmup then cosine decay to `min_lr_ratio * learning_rate`."""
+
     learning_rate: float = 3e-4
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
-    weight_decay: float = 0.1           # not applied to norm scales and biases
-    clip_norm: Optional[float] = 1.0    # global-norm gradient clipping; null: none
+    weight_decay: float = 0.1  # not applied to norm scales and biases
+    clip_norm: Optional[float] = 1.0  # global-norm gradient clipping; null: none
 
     def validate(self):
         if not self.learning_rate > 0:
@@ -73,20 +79,21 @@ class OptimizerConfig:
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
     """The `train:` section: length, accumulation, numerics and logging/checkpoint cadence."""
+
     steps: int = 1000
-    microbatches: int = 1               # gradient accumulation: data.batch_size rows split in this many
-    seed: int = 0                       # RNG of the train state (and random inits without their own seed)
-    param_dtype: DType = "float32"      # student master weights
-    dtype: DType = "float32"            # student compute dtype (bfloat16 on accelerators)
-    remat: RematPolicy = "none"         # student backward-pass rematerialisation (models/llama.py)
+    microbatches: int = 1  # gradient accumulation: data.batch_size rows split in this many
+    seed: int = 0  # RNG of the train state (and random inits without their own seed)
+    param_dtype: DType = "float32"  # student master weights
+    dtype: DType = "float32"  # student compute dtype (bfloat16 on accelerators)
+    remat: RematPolicy = "none"  # student backward-pass rematerialisation (models/llama.py)
     scan_layers: bool = True
     log_every: int = 10
     checkpoint_every: int = 1000
     checkpoint_keep: int = 3
     async_checkpoint: bool = True
     tensorboard: bool = True
-    peak_flops_per_device: Optional[float] = None   # for MFU; null: MFU not reported
-    throttle_s: float = 0.0             # sleep after each step (only for tests/demos of preemption)
+    peak_flops_per_device: Optional[float] = None  # for MFU; null: MFU not reported
+    throttle_s: float = 0.0  # sleep after each step (only for tests/demos of preemption)
 
     def validate(self):
         for f in ("steps", "microbatches", "log_every", "checkpoint_every", "checkpoint_keep"):
@@ -102,9 +109,10 @@ class LoopConfig:
 class SyntheticDataConfig:
     """In-memory documents: each a walk on a fixed random sparse bigram table (`table_seed`), so
     there is structure to learn; `data.seed` picks the walks (a held-out set: another seed)."""
-    vocab_size: Optional[int] = None    # ids drawn from [first_id, vocab_size); null: the model's
-    first_id: int = 3                   # keep 0..2 (pad/bos/eos) out of the documents
-    branching: int = 4                  # successors per token (lower: easier to learn)
+
+    vocab_size: Optional[int] = None  # ids drawn from [first_id, vocab_size); null: the model's
+    first_id: int = 3  # keep 0..2 (pad/bos/eos) out of the documents
+    branching: int = 4  # successors per token (lower: easier to learn)
     min_doc_len: int = 8
     max_doc_len: int = 96
     table_seed: int = 0
@@ -122,9 +130,10 @@ class SyntheticDataConfig:
 class DataSection:
     """`data:` section. `source: corpus` reads the tokenized corpus with the grain pipeline;
     `corpus:` holds the other `data.DataConfig` keys (corpus_dir, mixture, layout, ...)."""
+
     source: Literal["synthetic", "corpus"] = "synthetic"
     seq_len: int = 128
-    batch_size: int = 8                 # global rows per optimizer step (all hosts, all microbatches)
+    batch_size: int = 8  # global rows per optimizer step (all hosts, all microbatches)
     seed: int = 0
     synthetic: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
     corpus: dict = dataclasses.field(default_factory=dict)
@@ -143,25 +152,36 @@ class DataSection:
     def corpus_config(self):
         from ..config import from_dict
         from ..data.pipeline import DataConfig
-        return from_dict(DataConfig, {**self.corpus, "seq_len": self.seq_len,
-                                      "batch_size": self.batch_size, "seed": self.seed},
-                         prefix="data.corpus")
+
+        return from_dict(
+            DataConfig,
+            {
+                **self.corpus,
+                "seq_len": self.seq_len,
+                "batch_size": self.batch_size,
+                "seed": self.seed,
+            },
+            prefix="data.corpus",
+        )
 
 
 def _check_common(cfg) -> None:
     if cfg.data.batch_size % cfg.train.microbatches:
-        raise ConfigError(f"train.microbatches: {cfg.train.microbatches} does not divide "
-                          f"data.batch_size {cfg.data.batch_size}")
+        raise ConfigError(
+            f"train.microbatches: {cfg.train.microbatches} does not divide "
+            f"data.batch_size {cfg.data.batch_size}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """`tinywave distill`: a frozen teacher, a trained student, the `distill:` loss section."""
+
     run_dir: str = "runs/distill"
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
     student: StudentConfig = dataclasses.field(default_factory=StudentConfig)
     distill: DistillLossConfig = dataclasses.field(default_factory=DistillLossConfig)
-    projector: bool = False             # learned width projector per mapped pair (widths differ)
+    projector: bool = False  # learned width projector per mapped pair (widths differ)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     train: LoopConfig = dataclasses.field(default_factory=LoopConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
@@ -172,8 +192,10 @@ class DistillConfig:
         if self.student.path is not None and self.student.shape is not None:
             raise ConfigError("student: give student.path or student.shape, not both")
         if self.student.num_layers is not None and (self.student.path or self.student.shape):
-            raise ConfigError("student.num_layers: only for a student cut from the teacher; "
-                              "student.path / student.shape fix the depth already")
+            raise ConfigError(
+                "student.num_layers: only for a student cut from the teacher; "
+                "student.path / student.shape fix the depth already"
+            )
         _check_common(self)
 
 
@@ -185,6 +207,7 @@ class LoraSection(LoraConfig):
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """`tinywave train`: cross-entropy fine-tuning (full, or LoRA with `lora.enabled: true`)."""
+
     run_dir: str = "runs/train"
     model: ModelSource = dataclasses.field(default_factory=ModelSource)
     lora: LoraSection = dataclasses.field(default_factory=LoraSection)
@@ -192,16 +215,28 @@ class TrainConfig:
     train: LoopConfig = dataclasses.field(default_factory=LoopConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     data: DataSection = dataclasses.field(default_factory=DataSection)
-    logit_chunk_size: Optional[int] = 256   # CE over sequence chunks, no full [B, T, V] logits
+    logit_chunk_size: Optional[int] = 256  # CE over sequence chunks, no full [B, T, V] logits
 
     def validate(self):
         self.model.check("model")
         _check_common(self)
 
     def loss_config(self) -> DistillLossConfig:
-        return DistillLossConfig(weights=LossWeights(ce=1.0, logit_kl=0.0, hidden=0.0, attention=0.0),
-                                 logit_chunk_size=self.logit_chunk_size)
+        return DistillLossConfig(
+            weights=LossWeights(ce=1.0, logit_kl=0.0, hidden=0.0, attention=0.0),
+            logit_chunk_size=self.logit_chunk_size,
+        )
 
 
-__all__ = ["DataSection", "DistillConfig", "LoopConfig", "LoraSection", "ModelSource",
-           "OptimizerConfig", "StudentConfig", "SyntheticDataConfig", "TeacherConfig", "TrainConfig"]
+__all__ = [
+    "DataSection",
+    "DistillConfig",
+    "LoopConfig",
+    "LoraSection",
+    "ModelSource",
+    "OptimizerConfig",
+    "StudentConfig",
+    "SyntheticDataConfig",
+    "TeacherConfig",
+    "TrainConfig",
+]

@@ -4,6 +4,7 @@ Both yield this host's rows of the batch contract (`data/pipeline.py`: input_ids
 loss_mask, segment_ids, positions, each [B, T]) and checkpoint their position with
 `get_state()` (a JSON-able dict) / `set_state()`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,18 +21,22 @@ class SyntheticIterator:
     token, from `table_seed`), so a model can learn it; documents are packed back to back into
     rows, the last one cut at the row end, like the corpus pipeline."""
 
-    def __init__(self, cfg: DataSection, vocab_size: int, process_index: int = 0,
-                 process_count: int = 1):
+    def __init__(
+        self, cfg: DataSection, vocab_size: int, process_index: int = 0, process_count: int = 1
+    ):
         s = cfg.synthetic
         if cfg.batch_size % process_count:
-            raise ConfigError(f"data.batch_size {cfg.batch_size} is not divisible by the "
-                             f"{process_count} processes")
+            raise ConfigError(
+                f"data.batch_size {cfg.batch_size} is not divisible by the "
+                f"{process_count} processes"
+            )
         self.cfg, self.rows = cfg, cfg.batch_size // process_count
         self.process_index, self.process_count = process_index, process_count
         self.vocab = s.vocab_size or vocab_size
         if self.vocab > vocab_size:
-            raise ConfigError(f"data.synthetic.vocab_size {self.vocab} exceeds the model vocabulary "
-                             f"{vocab_size}")
+            raise ConfigError(
+                f"data.synthetic.vocab_size {self.vocab} exceeds the model vocabulary {vocab_size}"
+            )
         table_rng = np.random.default_rng(s.table_seed)
         n = self.vocab - s.first_id
         self.successors = s.first_id + table_rng.integers(0, n, size=(n, s.branching))
@@ -58,23 +63,31 @@ class SyntheticIterator:
             pos, k = 0, 1
             while pos < t:
                 n = min(int(rng.integers(s.min_doc_len, s.max_doc_len + 1)), t - pos)
-                ids[r, pos:pos + n] = self._doc(rng, n)
-                seg[r, pos:pos + n] = k
+                ids[r, pos : pos + n] = self._doc(rng, n)
+                seg[r, pos : pos + n] = k
                 pos, k = pos + n, k + 1
         self.index += 1
         return contract_batch(ids, seg)
 
     def get_state(self) -> dict:
-        return {"source": "synthetic", "index": self.index, "seed": self.cfg.seed,
-                "process_count": self.process_count, "process_index": self.process_index,
-                "batch_size": self.cfg.batch_size, "seq_len": self.cfg.seq_len}
+        return {
+            "source": "synthetic",
+            "index": self.index,
+            "seed": self.cfg.seed,
+            "process_count": self.process_count,
+            "process_index": self.process_index,
+            "batch_size": self.cfg.batch_size,
+            "seq_len": self.cfg.seq_len,
+        }
 
     def set_state(self, state: dict):
         mine = self.get_state()
         diff = [k for k in mine if k != "index" and state.get(k) != mine[k]]
         if diff:
-            raise ConfigError("data iterator state does not match this run: " + ", ".join(
-                f"{k} saved {state.get(k)!r} now {mine[k]!r}" for k in diff))
+            raise ConfigError(
+                "data iterator state does not match this run: "
+                + ", ".join(f"{k} saved {state.get(k)!r} now {mine[k]!r}" for k in diff)
+            )
         self.index = int(state["index"])
 
 
@@ -83,4 +96,5 @@ def make_batches(cfg: DataSection, vocab_size: int, process_index: int = 0, proc
     if cfg.source == "synthetic":
         return SyntheticIterator(cfg, vocab_size, process_index, process_count)
     from ..data.pipeline import make_train_iterator
+
     return make_train_iterator(cfg.corpus_config(), process_index, process_count)

@@ -11,6 +11,7 @@ SIGTERM arrives (the step in flight finishes, the state is saved, the run exits)
 continues from the latest checkpoint exactly: same parameters, optimizer state, data position
 (onto any mesh; with the same process count).
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,6 +59,7 @@ class _StopFlag:
 
 def _global_batch(session: Session, batch: dict) -> dict:
     from ..parallel import batch_sharding
+
     sh = batch_sharding(session.mesh)
     return {k: jax.make_array_from_process_local_data(sh, batch[k]) for k in batch}
 
@@ -70,21 +72,25 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True) -> dict:
     primary = jax.process_index() == 0
     mngr = checkpoint_manager(run_dir, cfg.train.checkpoint_keep, cfg.train.async_checkpoint)
     meta = {"kind": recipe.kind, "config": to_dict(cfg)}
-    batches = make_batches(cfg.data, recipe.spec.student.vocab_size, jax.process_index(),
-                           jax.process_count())
+    batches = make_batches(
+        cfg.data, recipe.spec.student.vocab_size, jax.process_index(), jax.process_count()
+    )
     writer = MetricsWriter(run_dir, cfg.train.tensorboard, enabled=primary)
     try:
         latest = mngr.latest_step()
         if latest is not None and not resume:
-            raise OutputExistsError(f"{run_dir} already holds checkpoints (latest step {latest}); "
-                                  "pass --resume to continue it or choose another run_dir")
+            raise OutputExistsError(
+                f"{run_dir} already holds checkpoints (latest step {latest}); "
+                "pass --resume to continue it or choose another run_dir"
+            )
         frozen, trainable = session.frozen_and_trainable(trainable_too=latest is None)
         if latest is not None:
             del trainable  # the checkpoint has them
             state, data_state, saved = restore_checkpoint(mngr, session.abstract_state(), latest)
             if saved.get("kind") != recipe.kind:
-                raise ConfigError(f"{run_dir}: holds a {saved.get('kind')!r} run, not "
-                                  f"{recipe.kind!r}")
+                raise ConfigError(
+                    f"{run_dir}: holds a {saved.get('kind')!r} run, not {recipe.kind!r}"
+                )
             batches.set_state(data_state)
             writer.truncate_after(latest)
             log.info("resumed %s at step %d", run_dir, latest)
@@ -104,14 +110,22 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True) -> dict:
         writer.close()
 
 
-def _train(session: Session, state, frozen, batches, mngr, meta, writer, echo) -> tuple[TrainState, bool]:
+def _train(
+    session: Session, state, frozen, batches, mngr, meta, writer, echo
+) -> tuple[TrainState, bool]:
     cfg, spec = session.cfg, session.spec
     total = cfg.train.steps
     start = int(jax.device_get(state.step))
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-    flops = flops_per_token(spec.student, cfg.data.seq_len,
-                            spec.teacher if spec.needs_teacher else None,
-                            teacher_head=spec.loss.weights.logit_kl > 0) * tokens_per_step
+    flops = (
+        flops_per_token(
+            spec.student,
+            cfg.data.seq_len,
+            spec.teacher if spec.needs_teacher else None,
+            teacher_head=spec.loss.weights.logit_kl > 0,
+        )
+        * tokens_per_step
+    )
     peak = cfg.train.peak_flops_per_device
     progress = Progress(total)
     t_last, step_last = time.time(), start
@@ -119,7 +133,7 @@ def _train(session: Session, state, frozen, batches, mngr, meta, writer, echo) -
         for step in range(start + 1, total + 1):
             try:
                 batch = _global_batch(session, next(batches))
-            except StopIteration:   # a finite corpus (data.corpus.num_epochs) ran out
+            except StopIteration:  # a finite corpus (data.corpus.num_epochs) ran out
                 log.warning("data exhausted after %d steps; finishing early", step - 1)
                 if step - 1 > start and mngr.latest_step() != step - 1:
                     save_checkpoint(mngr, state, batches.get_state(), meta)
@@ -148,9 +162,15 @@ def _train(session: Session, state, frozen, batches, mngr, meta, writer, echo) -
 
 def _export(session: Session, state: TrainState, frozen: dict, run_dir: Path) -> Path:
     from ..checkpoint import save_model
+
     recipe = session.recipe
-    provenance = {"trained_by": f"tinywave {recipe.kind}", "steps": int(jax.device_get(state.step)),
-                  "run_dir": str(run_dir), **recipe.provenance()}
+    provenance = {
+        "trained_by": f"tinywave {recipe.kind}",
+        "steps": int(jax.device_get(state.step)),
+        "run_dir": str(run_dir),
+        **recipe.provenance(),
+    }
     config = session.spec.student.replace(remat="none")
-    return save_model(run_dir / "final", session.export_params(state, frozen), config, provenance,
-                      overwrite=True)
+    return save_model(
+        run_dir / "final", session.export_params(state, frozen), config, provenance, overwrite=True
+    )

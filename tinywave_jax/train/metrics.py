@@ -9,6 +9,7 @@ term counts the full T x T score and value products, as PaLM does, not the causa
 loss heads (chunked logits of the distillation loss, blockwise attention KL) are not model FLOPs
 and are not counted. MFU = FLOPs per step * steps per second / (peak_flops_per_device * devices).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,26 +22,36 @@ from typing import Optional
 from ..models.config import LlamaConfig
 
 
-def matmul_params(config: LlamaConfig, layers: Optional[int] = None,
-                  with_head: bool = True) -> int:
+def matmul_params(config: LlamaConfig, layers: Optional[int] = None, with_head: bool = True) -> int:
     """Parameters that take part in matmuls: decoder layers (`layers` of them) and the LM head."""
     layers = config.num_hidden_layers if layers is None else layers
-    per_layer = (config.num_params() - config.vocab_size * config.hidden_size
-                 * (1 if config.tie_word_embeddings else 2) - config.hidden_size) \
-        // config.num_hidden_layers
+    per_layer = (
+        config.num_params()
+        - config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2)
+        - config.hidden_size
+    ) // config.num_hidden_layers
     head = config.vocab_size * config.hidden_size if with_head else 0
     return layers * per_layer + head
 
 
-def flops_per_token(student: LlamaConfig, seq_len: int, teacher: Optional[LlamaConfig] = None,
-                    teacher_head: bool = True) -> float:
+def flops_per_token(
+    student: LlamaConfig,
+    seq_len: int,
+    teacher: Optional[LlamaConfig] = None,
+    teacher_head: bool = True,
+) -> float:
     """Model FLOPs per token of one training step (formula in the module doc)."""
     s = student
-    flops = 6 * matmul_params(s) + 12 * s.num_hidden_layers * s.num_attention_heads * s.head_dim * seq_len
+    flops = (
+        6 * matmul_params(s)
+        + 12 * s.num_hidden_layers * s.num_attention_heads * s.head_dim * seq_len
+    )
     if teacher is not None:
         t = teacher
-        flops += 2 * matmul_params(t, with_head=teacher_head) \
+        flops += (
+            2 * matmul_params(t, with_head=teacher_head)
             + 4 * t.num_hidden_layers * t.num_attention_heads * t.head_dim * seq_len
+        )
     return float(flops)
 
 
@@ -56,14 +67,18 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter
+
             self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
 
     def truncate_after(self, step: int) -> None:
         """Drops rows past `step` (written by a run that was killed after its last checkpoint)."""
         if not self.enabled or not self.path.is_file():
             return
-        rows = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        rows = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
         self.path.write_text("".join(r + "\n" for r in rows))
 
     def write(self, step: int, metrics: dict) -> None:
@@ -93,7 +108,7 @@ class Progress:
 
     def __init__(self, total_steps: int, stream=sys.stderr):
         self.total, self.stream = total_steps, stream
-        self.last = None   # (time, step) of the previous line; the first interval includes compiling
+        self.last = None  # (time, step) of the previous line; the first interval includes compiling
 
     def line(self, step: int, metrics: dict) -> str:
         now = time.time()
@@ -109,7 +124,9 @@ class Progress:
             parts.append(f"tok/s {metrics['tokens_per_s'] / 1e3:.1f}k")
         if "mfu" in metrics:
             parts.append(f"mfu {100 * metrics['mfu']:.1f}%")
-        parts.append("eta " + (time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"))
+        parts.append(
+            "eta " + (time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?")
+        )
         return " ".join(parts)
 
     def print(self, step: int, metrics: dict) -> None:

@@ -4,13 +4,14 @@
 combination (layer map range, widths vs projector, vocabularies, head counts), raising ConfigError
 naming the key before anything is allocated. It returns the recipe of the config's kind:
 
-    recipe          trainable (TrainState.params)    frozen (step input)   step computes     final/
-    DistillRecipe   "model" (+ "projector")          "teacher"             distill objective student
-    FineTuneRecipe  "model", or "lora" adapters      LoRA: "base"          CE                model (LoRA merged)
+    recipe          trainable (state)            frozen (step input)  step computes  final/
+    DistillRecipe   "model" (+ "projector")      "teacher"            distillation   the student
+    FineTuneRecipe  "model", or "lora" adapters  LoRA: "base"         CE only        model, LoRA merged
 
 `Session` (session.py) builds shardings, optimizer and the compiled step from what the recipe
 declares, and asks it for the initial params and the exported model; it never branches on kind.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,12 +32,13 @@ from .lora import LoraConfig, init_lora, lora_logical_axes, merge_lora
 from .step import StepSpec
 
 RunConfig = Union[DistillConfig, TrainConfig]
-Declared = dict   # name -> (abstract params tree, logical axes tree)
+Declared = dict  # name -> (abstract params tree, logical axes tree)
 
 
 def _source_config(src: ModelSource, key: str) -> LlamaConfig:
     if src.path is not None:
         from ..checkpoint import load_model_config
+
         try:
             return load_model_config(src.path)
         except (ConfigError, FileNotFoundError) as e:
@@ -46,8 +48,9 @@ def _source_config(src: ModelSource, key: str) -> LlamaConfig:
 
 def _student_numerics(config: LlamaConfig, cfg: RunConfig) -> LlamaConfig:
     t = cfg.train
-    return config.replace(dtype=t.dtype, param_dtype=t.param_dtype, remat=t.remat,
-                          scan_layers=t.scan_layers)
+    return config.replace(
+        dtype=t.dtype, param_dtype=t.param_dtype, remat=t.remat, scan_layers=t.scan_layers
+    )
 
 
 def _cast(tree, dtype):
@@ -59,11 +62,14 @@ def load_or_init(src: ModelSource, config: LlamaConfig, shardings):
     dtype = jnp.dtype(config.param_dtype)
     if src.path is not None:
         from ..checkpoint import load_model
+
         return load_model(src.path, dtype=dtype, shardings=shardings)[0]
     init_cfg = config.replace(param_dtype="float32", dtype="float32")
     # the seed is an argument, not a constant, so one compiled init serves every seed
-    return jax.jit(lambda seed: _cast(llama.init_params(init_cfg, jax.random.key(seed)), dtype),
-                   out_shardings=shardings)(jnp.uint32(src.seed))
+    return jax.jit(
+        lambda seed: _cast(llama.init_params(init_cfg, jax.random.key(seed)), dtype),
+        out_shardings=shardings,
+    )(jnp.uint32(src.seed))
 
 
 def _model(config: LlamaConfig) -> tuple:
@@ -73,6 +79,7 @@ def _model(config: LlamaConfig) -> tuple:
 @dataclasses.dataclass(frozen=True)
 class FineTuneRecipe:
     """`tinywave train`: CE on one model, fully or through LoRA adapters on a frozen base."""
+
     cfg: TrainConfig
     spec: StepSpec
     kind = "train"
@@ -81,8 +88,10 @@ class FineTuneRecipe:
         s = self.spec
         if s.lora is None:
             return {"model": _model(s.student)}
-        abstract = jax.eval_shape(lambda p: init_lora(p, s.student, s.lora, jax.random.key(0)),
-                                  llama.abstract_params(s.student))
+        abstract = jax.eval_shape(
+            lambda p: init_lora(p, s.student, s.lora, jax.random.key(0)),
+            llama.abstract_params(s.student),
+        )
         return {"lora": (abstract, lora_logical_axes(s.student, s.lora))}
 
     def frozen(self) -> Declared:
@@ -92,33 +101,42 @@ class FineTuneRecipe:
         """(frozen, trainable) params with their shardings; `trainable_too=False`: a resume."""
         s, src = self.spec, self.cfg.model
         if s.lora is None:
-            return {}, ({"model": load_or_init(src, s.student, trainable_sh["model"])}
-                        if trainable_too else {})
+            return {}, (
+                {"model": load_or_init(src, s.student, trainable_sh["model"])}
+                if trainable_too
+                else {}
+            )
         frozen = {"base": load_or_init(src, s.student, frozen_sh["base"])}
         trainable = {}
         if trainable_too:
             trainable["lora"] = jax.jit(
                 lambda p: init_lora(p, s.student, s.lora, jax.random.key(self.cfg.train.seed)),
-                out_shardings=trainable_sh["lora"])(frozen["base"])
+                out_shardings=trainable_sh["lora"],
+            )(frozen["base"])
         return frozen, trainable
 
     def final_params(self, params: dict, frozen: dict) -> dict:
         if self.spec.lora is None:
             return params["model"]
-        return jax.jit(lambda b, a: merge_lora(b, a, self.spec.lora))(frozen["base"], params["lora"])
+        return jax.jit(lambda b, a: merge_lora(b, a, self.spec.lora))(
+            frozen["base"], params["lora"]
+        )
 
     def provenance(self) -> dict:
-        return {"model": self.cfg.model.path or "random",
-                "lora": to_dict(self.cfg.lora) if self.cfg.lora.enabled else None}
+        return {
+            "model": self.cfg.model.path or "random",
+            "lora": to_dict(self.cfg.lora) if self.cfg.lora.enabled else None,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillRecipe:
     """`tinywave distill`: a frozen teacher, a student (cut from it, loaded or random) and an
     optional width projector trained on the distillation objective."""
+
     cfg: DistillConfig
     spec: StepSpec
-    teacher_full: LlamaConfig    # the teacher as stored (spec.teacher may be cut after its last tap)
+    teacher_full: LlamaConfig  # the teacher as stored (spec.teacher may be cut after its last tap)
     layer_map: LayerMap
     projector: bool
     kind = "distill"
@@ -128,8 +146,10 @@ class DistillRecipe:
         out = {"model": _model(s.student)}
         if self.projector:
             shape = (len(s.student_taps), s.student.hidden_size, s.teacher.hidden_size)
-            out["projector"] = ({"kernel": jax.ShapeDtypeStruct(shape, jnp.float32)},
-                                {"kernel": jax.sharding.PartitionSpec(None, None, None)})
+            out["projector"] = (
+                {"kernel": jax.ShapeDtypeStruct(shape, jnp.float32)},
+                {"kernel": jax.sharding.PartitionSpec(None, None, None)},
+            )
         return out
 
     def frozen(self) -> Declared:
@@ -139,36 +159,50 @@ class DistillRecipe:
         """(frozen, trainable) params with their shardings; `trainable_too=False`: a resume (the
         checkpoint has the student and projector)."""
         cfg, s, full = self.cfg, self.spec, self.teacher_full
-        teacher = load_or_init(cfg.teacher, full, tree_shardings(
-            mesh, llama.param_logical_axes(full), llama.abstract_params(full)))
+        teacher = load_or_init(
+            cfg.teacher,
+            full,
+            tree_shardings(mesh, llama.param_logical_axes(full), llama.abstract_params(full)),
+        )
         trainable = {}
         if trainable_too and (cfg.student.path is not None or cfg.student.shape is not None):
             trainable["model"] = load_or_init(cfg.student, s.student, trainable_sh["model"])
         elif trainable_too:
             from ..distill.student_init import init_student_from_teacher
+
             layers, dtype = self.layer_map.init_teacher_layers, jnp.dtype(s.student.param_dtype)
             trainable["model"] = jax.jit(
                 lambda t: _cast(init_student_from_teacher(t, full, layers)[0], dtype),
-                out_shardings=trainable_sh["model"])(teacher)
+                out_shardings=trainable_sh["model"],
+            )(teacher)
         if self.projector and trainable_too:
             trainable["projector"] = jax.jit(
-                lambda: init_hidden_projector(jax.random.key(cfg.train.seed), len(s.student_taps),
-                                              s.student.hidden_size, s.teacher.hidden_size),
-                out_shardings=trainable_sh["projector"])()
+                lambda: init_hidden_projector(
+                    jax.random.key(cfg.train.seed),
+                    len(s.student_taps),
+                    s.student.hidden_size,
+                    s.teacher.hidden_size,
+                ),
+                out_shardings=trainable_sh["projector"],
+            )()
         if "teacher" not in frozen_sh:
             return {}, trainable
         n = s.teacher.num_hidden_layers
         if n != full.num_hidden_layers:  # keep only the layers up to the last tapped one
-            teacher = jax.jit(lambda t: {**t, "layers": jax.tree.map(lambda x: x[:n], t["layers"])},
-                              out_shardings=frozen_sh["teacher"])(teacher)
+            teacher = jax.jit(
+                lambda t: {**t, "layers": jax.tree.map(lambda x: x[:n], t["layers"])},
+                out_shardings=frozen_sh["teacher"],
+            )(teacher)
         return {"teacher": teacher}, trainable
 
     def final_params(self, params: dict, frozen: dict) -> dict:
-        return params["model"]   # the projector only serves the hidden loss
+        return params["model"]  # the projector only serves the hidden loss
 
     def provenance(self) -> dict:
-        return {"teacher": self.cfg.teacher.path or "random",
-                "layer_map": list(self.layer_map.teacher_for_student)}
+        return {
+            "teacher": self.cfg.teacher.path or "random",
+            "layer_map": list(self.layer_map.teacher_for_student),
+        }
 
 
 Recipe = Union[DistillRecipe, FineTuneRecipe]
@@ -179,16 +213,20 @@ def _prepare_fine_tune(cfg: TrainConfig) -> FineTuneRecipe:
     lora = None
     if cfg.lora.enabled:
         lora = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets)
-    spec = StepSpec(student=student, loss=cfg.loss_config(), microbatches=cfg.train.microbatches,
-                    lora=lora)
+    spec = StepSpec(
+        student=student, loss=cfg.loss_config(), microbatches=cfg.train.microbatches, lora=lora
+    )
     return FineTuneRecipe(cfg, spec)
 
 
 def _prepare_distill(cfg: DistillConfig) -> DistillRecipe:
     loss, w = cfg.distill, cfg.distill.weights
     teacher = _source_config(cfg.teacher, "teacher").replace(
-        dtype=cfg.teacher.dtype, param_dtype=cfg.teacher.dtype, remat="none",
-        scan_layers=cfg.train.scan_layers)
+        dtype=cfg.teacher.dtype,
+        param_dtype=cfg.teacher.dtype,
+        remat="none",
+        scan_layers=cfg.train.scan_layers,
+    )
     if cfg.student.path is not None or cfg.student.shape is not None:
         student = _source_config(cfg.student, "student")
         depth = student.num_hidden_layers
@@ -198,30 +236,45 @@ def _prepare_distill(cfg: DistillConfig) -> DistillRecipe:
             if depth is None and not isinstance(layers, str):
                 depth = len(layers)
         if depth is None:
-            raise ConfigError("student.num_layers: give the depth of the student cut from the "
-                              "teacher (or an explicit distill.layer_map list)")
+            raise ConfigError(
+                "student.num_layers: give the depth of the student cut from the "
+                "teacher (or an explicit distill.layer_map list)"
+            )
         student = teacher.replace(num_hidden_layers=depth)
     student = _student_numerics(student, cfg)
     lm = resolve_layer_map(loss.layer_map, teacher.num_hidden_layers, depth, loss.init_layers)
     if w.hidden > 0 and student.hidden_size != teacher.hidden_size and not cfg.projector:
-        raise ConfigError(f"projector: student hidden_size {student.hidden_size} != teacher "
-                          f"hidden_size {teacher.hidden_size} and distill.weights.hidden > 0; set "
-                          "projector: true (a learned width projector) or distill.weights.hidden: 0")
+        raise ConfigError(
+            f"projector: student hidden_size {student.hidden_size} != teacher "
+            f"hidden_size {teacher.hidden_size} and distill.weights.hidden > 0; set "
+            "projector: true (a learned width projector) or distill.weights.hidden: 0"
+        )
     if w.logit_kl > 0 and student.vocab_size != teacher.vocab_size:
-        raise ConfigError(f"student.shape.vocab_size: {student.vocab_size} != teacher vocab_size "
-                          f"{teacher.vocab_size}; the logit KL needs one vocabulary")
+        raise ConfigError(
+            f"student.shape.vocab_size: {student.vocab_size} != teacher vocab_size "
+            f"{teacher.vocab_size}; the logit KL needs one vocabulary"
+        )
     if w.attention > 0:
         try:
-            head_groups(student.num_attention_heads, teacher.num_attention_heads,
-                        loss.attention_heads)
+            head_groups(
+                student.num_attention_heads, teacher.num_attention_heads, loss.attention_heads
+            )
         except ValueError as e:
             raise ConfigError(f"distill.attention_heads: {e}") from None
     teacher_taps, student_taps = lm.taps() if (w.hidden > 0 or w.attention > 0) else ((), ())
     teacher_run = teacher
-    if w.logit_kl == 0 and teacher_taps:  # no teacher logits: its layers past the last tapped one are never needed
+    if (
+        w.logit_kl == 0 and teacher_taps
+    ):  # no teacher logits: its layers past the last tapped one are never needed
         teacher_run = teacher.replace(num_hidden_layers=max(teacher_taps) + 1)
-    spec = StepSpec(student=student, loss=loss, teacher=teacher_run, student_taps=student_taps,
-                    teacher_taps=teacher_taps, microbatches=cfg.train.microbatches)
+    spec = StepSpec(
+        student=student,
+        loss=loss,
+        teacher=teacher_run,
+        student_taps=student_taps,
+        teacher_taps=teacher_taps,
+        microbatches=cfg.train.microbatches,
+    )
     return DistillRecipe(cfg, spec, teacher, lm, bool(cfg.projector and w.hidden > 0))
 
 
@@ -230,4 +283,3 @@ def prepare(cfg: RunConfig) -> Recipe:
     if isinstance(cfg, TrainConfig):
         return _prepare_fine_tune(cfg)
     return _prepare_distill(cfg)
-

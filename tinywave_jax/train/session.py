@@ -3,6 +3,7 @@
 `Session(recipe, mesh)` shards what the recipe declares trainable and frozen (recipes.py), builds
 the optimizer and the compiled step, and creates (or describes, for a restore) the train state.
 """
+
 from __future__ import annotations
 
 import jax
@@ -23,36 +24,53 @@ class Session:
         rows = self.cfg.data.batch_size // self.spec.microbatches
         div = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         if rows % div:
-            raise ConfigError(f"data.batch_size: {self.cfg.data.batch_size} rows in "
-                              f"{self.spec.microbatches} microbatch(es) give {rows} rows each, not a "
-                              f"multiple of the mesh's data x fsdp = {div} devices")
+            raise ConfigError(
+                f"data.batch_size: {self.cfg.data.batch_size} rows in "
+                f"{self.spec.microbatches} microbatch(es) give {rows} rows each, not a "
+                f"multiple of the mesh's data x fsdp = {div} devices"
+            )
         self.tx, self.schedule = make_optimizer(self.cfg.optimizer, self.cfg.train.steps)
         trainable, frozen = recipe.trainable(), recipe.frozen()
         self.abstract_trainable = {k: abstract for k, (abstract, _) in trainable.items()}
         self.frozen_abstract = {k: abstract for k, (abstract, _) in frozen.items()}
         self.param_shardings = tree_shardings(
-            self.mesh, {k: logical for k, (_, logical) in trainable.items()}, self.abstract_trainable)
+            self.mesh,
+            {k: logical for k, (_, logical) in trainable.items()},
+            self.abstract_trainable,
+        )
         self.frozen_shardings = tree_shardings(
-            self.mesh, {k: logical for k, (_, logical) in frozen.items()}, self.frozen_abstract)
-        self.state_shardings = state_shardings(self.mesh, self.tx, self.abstract_trainable,
-                                               self.param_shardings)
-        self.step = CompiledStep(self.spec, self.tx, self.schedule, self.mesh, self.state_shardings,
-                                 self.frozen_shardings)
+            self.mesh, {k: logical for k, (_, logical) in frozen.items()}, self.frozen_abstract
+        )
+        self.state_shardings = state_shardings(
+            self.mesh, self.tx, self.abstract_trainable, self.param_shardings
+        )
+        self.step = CompiledStep(
+            self.spec,
+            self.tx,
+            self.schedule,
+            self.mesh,
+            self.state_shardings,
+            self.frozen_shardings,
+        )
 
     def frozen_and_trainable(self, trainable_too: bool = True) -> tuple[dict, dict]:
         """(frozen params, initial trainable params), created directly with their shardings.
         `trainable_too=False` (a resume: the checkpoint has them) skips the trainable ones where
         they are not needed anyway."""
-        return self.recipe.create(self.mesh, self.frozen_shardings, self.param_shardings,
-                                  trainable_too)
+        return self.recipe.create(
+            self.mesh, self.frozen_shardings, self.param_shardings, trainable_too
+        )
 
     def init_state(self, trainable: dict) -> TrainState:
-        return jax.jit(lambda p: init_state(p, self.tx, self.cfg.train.seed),
-                       out_shardings=self.state_shardings)(trainable)
+        return jax.jit(
+            lambda p: init_state(p, self.tx, self.cfg.train.seed),
+            out_shardings=self.state_shardings,
+        )(trainable)
 
     def abstract_state(self) -> TrainState:
-        return abstract_state(self.tx, self.abstract_trainable, self.state_shardings,
-                              self.cfg.train.seed)
+        return abstract_state(
+            self.tx, self.abstract_trainable, self.state_shardings, self.cfg.train.seed
+        )
 
     def export_params(self, state: TrainState, frozen: dict) -> dict:
         """The trained model as a plain model params tree (the recipe's final/)."""

@@ -10,6 +10,7 @@ loss exactly, whatever the padding; the logged metrics are the accumulated sums 
 Compiled with `jax.jit(in_shardings, out_shardings, donate_argnums=0)`: the student TrainState is
 donated; the frozen params (teacher / LoRA base) are a separate, non-donated input.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,15 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from ..distill.objective import (DistillLossConfig, Terms, loss_terms, means, metric_values,
-                                 normalisers, weighted_loss)
+from ..distill.objective import (
+    DistillLossConfig,
+    Terms,
+    loss_terms,
+    means,
+    metric_values,
+    normalisers,
+    weighted_loss,
+)
 from ..models.config import LlamaConfig
 from ..models.llama import Llama, lm_head_kernel
 from ..parallel import axis_rules_context, batch_sharding, replicated
@@ -35,6 +43,7 @@ BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
     """Everything static about the step (hashable)."""
+
     student: LlamaConfig
     loss: DistillLossConfig
     teacher: Optional[LlamaConfig] = None
@@ -64,11 +73,19 @@ def student_params(spec: StepSpec, trainable: dict, frozen: dict) -> dict:
     return trainable["model"]
 
 
-def _features(config: LlamaConfig, params: dict, mb: dict, taps: tuple, hidden: bool, qk: bool,
-              output: bool) -> dict:
-    out = Llama(config).apply({"params": params}, mb["input_ids"], mb["positions"],
-                              mb["segment_ids"], tap_layers=taps if (hidden or qk) else (),
-                              tap_hidden=hidden, tap_qk=qk, return_logits=False)
+def _features(
+    config: LlamaConfig, params: dict, mb: dict, taps: tuple, hidden: bool, qk: bool, output: bool
+) -> dict:
+    out = Llama(config).apply(
+        {"params": params},
+        mb["input_ids"],
+        mb["positions"],
+        mb["segment_ids"],
+        tap_layers=taps if (hidden or qk) else (),
+        tap_hidden=hidden,
+        tap_qk=qk,
+        return_logits=False,
+    )
     feats = {"hidden": out.hidden, "q": out.queries, "k": out.keys}
     if output:
         feats.update(final_hidden=out.final_hidden, head_kernel=lm_head_kernel(params, config))
@@ -79,38 +96,62 @@ def teacher_features(spec: StepSpec, teacher: dict, mb: dict) -> dict:
     """Only what a term with weight > 0 needs; constants for the student's gradient."""
     if not spec.needs_teacher:
         return {}
-    feats = _features(spec.teacher, teacher, mb, spec.teacher_taps, spec.tap_hidden, spec.tap_qk,
-                      output=spec.loss.weights.logit_kl > 0)
+    feats = _features(
+        spec.teacher,
+        teacher,
+        mb,
+        spec.teacher_taps,
+        spec.tap_hidden,
+        spec.tap_qk,
+        output=spec.loss.weights.logit_kl > 0,
+    )
     return lax.stop_gradient(feats)
 
 
-def microbatch_loss(spec: StepSpec, trainable: dict, frozen: dict, mb: dict, teacher: dict,
-                    counts: dict) -> tuple[jax.Array, Terms]:
+def microbatch_loss(
+    spec: StepSpec, trainable: dict, frozen: dict, mb: dict, teacher: dict, counts: dict
+) -> tuple[jax.Array, Terms]:
     """This microbatch's share of the full-batch loss (its term sums over the FULL batch's counts,
     so the shares add up to the full-batch loss exactly), and its terms as (sum, count)."""
     params = student_params(spec, trainable, frozen)
     w = spec.loss.weights
-    student = _features(spec.student, params, mb, spec.student_taps, spec.tap_hidden, spec.tap_qk,
-                        output=w.ce > 0 or w.logit_kl > 0)
+    student = _features(
+        spec.student,
+        params,
+        mb,
+        spec.student_taps,
+        spec.tap_hidden,
+        spec.tap_qk,
+        output=w.ce > 0 or w.logit_kl > 0,
+    )
     terms = loss_terms(spec.loss, mb, student, teacher, trainable.get("projector"))
     return weighted_loss(spec.loss, means(terms, counts)), terms
 
 
 def split_microbatches(batch: dict, m: int) -> dict:
     """[B, ...] -> [m, B/m, ...]; microbatch j holds rows j, j+m, ... (keeps the row sharding)."""
+
     def split(x):
         b = x.shape[0]
         y = jnp.swapaxes(x.reshape(b // m, m, *x.shape[1:]), 0, 1)
         spec = logical_to_spec((None, "batch") + (None,) * (x.ndim - 1))
         return lax.with_sharding_constraint(y, spec)
+
     return {k: split(batch[k]) for k in BATCH_KEYS}
 
 
-def train_step(spec: StepSpec, tx: optax.GradientTransformation, schedule, state: TrainState,
-               frozen: dict, batch: dict) -> tuple[TrainState, dict]:
+def train_step(
+    spec: StepSpec,
+    tx: optax.GradientTransformation,
+    schedule,
+    state: TrainState,
+    frozen: dict,
+    batch: dict,
+) -> tuple[TrainState, dict]:
     counts = normalisers(batch)
     grad_fn = jax.value_and_grad(
-        lambda p, mb, t: microbatch_loss(spec, p, frozen, mb, t, counts), has_aux=True)
+        lambda p, mb, t: microbatch_loss(spec, p, frozen, mb, t, counts), has_aux=True
+    )
 
     def one(mb):
         teacher = teacher_features(spec, frozen.get("teacher"), mb)
@@ -129,7 +170,7 @@ def train_step(spec: StepSpec, tx: optax.GradientTransformation, schedule, state
             return jax.tree.map(jnp.add, acc, one(mb)), None
 
         (grads, terms), _ = lax.scan(body, zeros, mbs)
-    metrics = metric_values(spec.loss, terms, counts)   # accumulated sums / counts, divided once
+    metrics = metric_values(spec.loss, terms, counts)  # accumulated sums / counts, divided once
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = schedule(state.step)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -146,8 +187,10 @@ class CompiledStep:
         bsh = batch_sharding(mesh)
         self._jit = jax.jit(
             lambda state, frozen, batch: train_step(spec, tx, schedule, state, frozen, batch),
-            in_shardings=(state_sh, frozen_sh, {k: bsh for k in BATCH_KEYS}),
-            out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
+            in_shardings=(state_sh, frozen_sh, dict.fromkeys(BATCH_KEYS, bsh)),
+            out_shardings=(state_sh, replicated(mesh)),
+            donate_argnums=(0,),
+        )
         self._compiled = None
 
     def lower(self, state, frozen, batch):
