@@ -244,3 +244,55 @@ def test_split_layer_decode_equals_the_stacked_model_path(model):
     )
     np.testing.assert_array_equal(split, stacked)
     assert split.min() >= TEXT_END
+
+
+def _small_tokenizer(directory):
+    """A WordLevel tokenizer of 5 ids (<unk>=0, <s>=1, </s>=2, hello, world): fits 100 text ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "hello": 3, "world": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(str(directory))
+    return str(directory)
+
+
+@pytest.mark.parametrize(
+    "bad, nearest",
+    [
+        ("[Hux]", "[HuN] (N in 0..99)"),
+        ("[Foo]", "["),
+        ("[Hu-1]", "[HuN] (N in 0..99)"),
+        ("[HU12]", "[Hu12]"),
+        ("[Speach]", "[Speech]"),
+    ],
+)
+def test_malformed_prompt_tokens_exit_2_naming_the_nearest_form(
+    model, tmp_path, capsys, bad, nearest
+):
+    """With a tokenizer these used to become text (<unk>, id 0) and exit 0."""
+    root = model["root"]
+    args = ["generate", str(root / "ckpt"), "--layout", str(root / "layout.json")]
+    args += ["--tokenizer", _small_tokenizer(tmp_path / "tok"), "--max-new-tokens", "2"]
+    assert cli.main([*args, "--prompt", f"[Speech][Hu3]{bad} hello"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"prompt 0 '[Speech][Hu3]{bad} hello': {bad} is not a token" in err, err
+    assert f"nearest: {nearest}" in err, err
+    assert cli.main([*args, "--prompt", "[Speech][Hu3][Text] hello", "--stop", bad]) == 2
+    assert f"--stop '{bad}'" in capsys.readouterr().err
+
+
+def test_stop_token_string_adds_only_the_named_id(model):
+    """`--stop '[Text]'` used to add bos too, which lifted the speech ban on bos."""
+    from tinywave_jax.generation import _parse_stop, allowed_ids
+
+    layout = model["layout"]
+    stop = _parse_stop(["[Text]", "[Hu5][St1]", "7"], layout, None)
+    assert stop == [TEXT_END, HU + 5, ST + 1, 7]
+    allowed = allowed_ids(layout, VOCAB, "speech", _parse_stop(["[Text]"], layout, None))
+    assert not allowed[layout.bos_id] and allowed[TEXT_END]
+    assert allowed.sum() == 100 + 1  # HuBERT units + the stop id

@@ -1,5 +1,6 @@
 """Token layout: SpiritLM's id table, token strings, dedup and the expressive time merge."""
 
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -18,6 +19,7 @@ from tinywave_jax.data.layout import (
     parse_token_string,
     preset_layout,
 )
+from tinywave_jax.errors import InputError
 
 EXPRESSIVE_EXAMPLE = "[St71][Pi39][Hu99][Hu49][Hu38][Hu149][Hu71][Pi48][Hu423]"
 INTERLEAVED_EXAMPLE = "[Hu338][Text] and they went out together[Speech][Hu431][Pi0][Hu457]"
@@ -180,3 +182,30 @@ def test_markers_at_modality_changes_only():
     assert ids.tolist() == [1, 32001, 32010, 32011, 32012, 32000, 7, 8, 32001, 32013]
     ids = join_spans(lay, [("text", [7]), ("speech", [32013])], leading_marker=False)
     assert ids.tolist() == [1, 7, 32001, 32013]
+
+
+@pytest.mark.parametrize(
+    "token, nearest",
+    [
+        ("[Hux]", "[HuN] (N in 0..500)"),
+        ("[Foo]", None),
+        ("[Hu-1]", "[HuN] (N in 0..500)"),
+        ("[HU12]", "[Hu12]"),
+        ("[Hu012]", "[Hu12]"),
+        ("[Speach]", "[Speech]"),
+        ("[text]", "[Text]"),
+        ("[pi3]", "[Pi3]"),
+    ],
+)
+def test_malformed_tokens_are_errors_naming_the_nearest_form(tokenizer_dir, token, nearest):
+    """Anything in brackets must be a layout token exactly; with a tokenizer it used to become
+    text (<unk>, id 0) silently."""
+    lay = preset_layout("spiritlm_expressive")
+    tok = load_tokenizer(tokenizer_dir, lay)
+    with pytest.raises(InputError, match=re.escape(token)) as e:
+        parse_token_string(f"[Speech][Hu3]{token}[Hu4] hello", lay, tok)
+    assert "nearest: " + (nearest or "[") in str(e.value), str(e.value)
+    assert "[UnusedN]" in str(e.value) and "\n" not in str(e.value)
+    # the exact forms still parse, text around them still tokenises
+    ids = parse_token_string("[Speech][Hu12][Text] hello[Unused32700]", lay, tok)
+    assert ids.tolist() == [32001, 32002 + 12, 32000, *tok("hello")["input_ids"], 32700]

@@ -63,13 +63,15 @@ def token_string(i: int, layout, tokenizer=None) -> str:
     return f"<{i}>"
 
 
-def parse_prompt(prompt, layout, tokenizer=None, where: str = "prompt") -> np.ndarray:
-    """A token string (bos prepended) or an id list (as given) -> int32 ids."""
+def parse_prompt(
+    prompt, layout, tokenizer=None, where: str = "prompt", add_bos: bool = True
+) -> np.ndarray:
+    """A token string (bos prepended unless `add_bos=False`) or an id list (as given) -> ids."""
     from .data.layout import parse_token_string
 
     if isinstance(prompt, str):
         try:
-            ids = parse_token_string(prompt, layout, tokenizer, add_bos=True)
+            ids = parse_token_string(prompt, layout, tokenizer, add_bos=add_bos)
         except TinywaveError as e:  # keep the class: a missing tokenizer is a ConfigError
             msg = str(e).replace("(data.tokenizer)", "(--tokenizer)")
             raise type(e)(f"{where} {prompt[:60]!r}: {msg}") from None
@@ -255,7 +257,9 @@ def _parse_stop(values, layout, tokenizer):
         if v.lstrip("-").isdigit():
             ids.append(int(v))
         else:
-            ids.extend(parse_prompt(v, layout, tokenizer, f"--stop {v!r}").tolist())
+            # only the ids the user wrote: a prepended bos would become a stop id and lift
+            # the modality ban on it
+            ids.extend(parse_prompt(v, layout, tokenizer, f"--stop {v!r}", add_bos=False).tolist())
     return ids
 
 

@@ -21,6 +21,7 @@ are equal in exact arithmetic compare equal in floating point.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from typing import Optional
 
@@ -127,14 +128,18 @@ class TokenLayout:
         )
 
     def str_to_id(self, token: str) -> int:
-        """Inverse of `id_to_str`."""
+        """Inverse of `id_to_str`: exactly the strings it writes (`[Hu12]`, not `[HU12]` or
+        `[Hu012]`); anything else is an InputError naming the nearest valid form."""
         if token == "[Text]":
             return self.text_marker_id
         if token == "[Speech]":
             return self.speech_marker_id
         m = _TOKEN_RE.fullmatch(token)
         if m is None:
-            raise InputError(f"{token!r} is not a layout token like [Hu12], [Pi3], [St7]")
+            raise InputError(
+                f"{token} is not a token of layout {self.name}; nearest: "
+                f"{self.nearest_token(token)}; tokens are {', '.join(self.token_kinds())}"
+            )
         prefix, k = m.group(1), int(m.group(2))
         if prefix == "Unused":
             if not self.used_size <= k < self.vocab_size:
@@ -143,9 +148,41 @@ class TokenLayout:
         stream = {v: s for s, v in STREAM_PREFIX.items()}[prefix]
         return int(self.unit_ids(stream, [k], where=token)[0])
 
+    def token_kinds(self) -> list[str]:
+        """The token forms of this layout: [Text], [Speech], then [HuN], [PiN], [StN] and
+        [UnusedN] where the layout has such ids."""
+        kinds = ["[Text]", "[Speech]"]
+        kinds += [f"[{STREAM_PREFIX[s]}N]" for s in STREAMS if self.stream_size(s)]
+        return kinds + (["[UnusedN]"] if self.vocab_size > self.used_size else [])
 
-_TOKEN_RE = re.compile(r"\[(Hu|Pi|St|Unused)(\d+)\]")
-_SPLIT_RE = re.compile(r"(\[(?:Text|Speech|(?:Hu|Pi|St|Unused)\d+)\])")
+    def _number_range(self, prefix: str) -> tuple[int, int]:
+        if prefix == "Unused":
+            return self.used_size, self.vocab_size - 1
+        stream = {v: s for s, v in STREAM_PREFIX.items()}[prefix]
+        return 0, self.stream_size(stream) - 1
+
+    def nearest_token(self, token: str) -> str:
+        """The valid form closest to a malformed bracketed `token` (difflib over the token kinds,
+        ignoring case and digits): `[HU12]` -> `[Hu12]`, `[Hux]` -> `[HuN] (N in 0..499)`."""
+        inner = token.strip()[1:-1].strip()
+        number = re.search(r"[-+]?\d+", inner)
+        shape = re.sub(r"[-+]?\d+", "N", inner).lower()
+        best = max(
+            self.token_kinds(),
+            key=lambda k: difflib.SequenceMatcher(None, shape, k[1:-1].lower()).ratio(),
+        )
+        if not best.endswith("N]"):
+            return best
+        prefix = best[1:-2]
+        lo, hi = self._number_range(prefix)
+        if number is not None and lo <= int(number.group()) <= hi:
+            return f"[{prefix}{int(number.group())}]"
+        return f"{best} (N in {lo}..{hi})"
+
+
+_TOKEN_RE = re.compile(r"\[(Hu|Pi|St|Unused)(0|[1-9]\d*)\]")
+# Anything in square brackets looks like a token, so it must be one (no silent text fallback).
+_SPLIT_RE = re.compile(r"(\[[^\[\]]*\])")
 
 PRESETS = {
     "spiritlm_base": dict(
@@ -303,7 +340,9 @@ def encode_text(text: str, tokenizer, layout: TokenLayout, where: str = "") -> n
 
 def parse_token_string(s: str, layout: TokenLayout, tokenizer=None, add_bos: bool = False):
     """'[Hu338][Text] and they[Speech][Hu431]' -> ids. Text between tokens is stripped of its
-    surrounding whitespace and tokenised without special tokens."""
+    surrounding whitespace and tokenised without special tokens. Anything in square brackets
+    must be a token of the layout exactly (`[HU12]`, `[Speach]` are InputErrors naming the
+    nearest valid form), never text that a tokenizer would turn into <unk>."""
     ids = [layout.bos_id] if add_bos else []
     for piece in _SPLIT_RE.split(s):
         if _SPLIT_RE.fullmatch(piece):
