@@ -133,20 +133,50 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Reads a config YAML, merging it over its `base:` file (a path relative to it) if any."""
+def _yaml_error(e: yaml.YAMLError, column_offset: int = 0) -> str:
+    """One line, 'line L, column C: problem (while ... from line L0, column C0)', where a YAML
+    error's own text spans several lines; `column_offset` shifts columns on the first line."""
+
+    def at(mark) -> str:
+        col = mark.column + 1 + (column_offset if mark.line == 0 else 0)
+        return f"line {mark.line + 1}, column {col}"
+
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(e).split())
+    out = f"{at(mark)}: {problem}"
+    context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context:
+        out += f" ({context}" + (f" from {at(context_mark)}" if context_mark else "") + ")"
+    return out
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """Reads a config YAML, merging it over its `base:` file (a path relative to it) if any.
+    A malformed file is a ConfigError naming the file and line; a `base:` cycle one listing
+    the files in the cycle."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    key = path.resolve()
+    if key in _chain:
+        cycle = [str(p) for p in _chain[_chain.index(key) :]] + [str(key)]
+        raise ConfigError(f"config base: files form a cycle: {' -> '.join(cycle)}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_error(e)}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("base", None)
     if base is not None:
-        data = _merge(read_yaml(path.parent / base), data)
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
+        if not (path.parent / base).is_file():
+            raise ConfigError(f"{path}: base: config file not found: {path.parent / base}")
+        data = _merge(read_yaml(path.parent / base, (*_chain, key)), data)
     return data
 
 
@@ -159,11 +189,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key (expected a.b.c=value)")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML: {_yaml_error(e, len(key) + 1)}"
+            ) from None
     return data
 
 

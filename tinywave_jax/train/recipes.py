@@ -208,8 +208,20 @@ class DistillRecipe:
 Recipe = Union[DistillRecipe, FineTuneRecipe]
 
 
+def _check_seq_len(cfg: RunConfig, model: LlamaConfig, who: str) -> None:
+    """A row longer than the model's positions would fail (or exhaust memory) only once
+    allocated; name both values at start-up instead."""
+    if cfg.data.seq_len > model.max_position_embeddings:
+        raise ConfigError(
+            f"data.seq_len: {cfg.data.seq_len} exceeds the {who}'s max_position_embeddings "
+            f"({model.max_position_embeddings}); lower data.seq_len to at most "
+            f"{model.max_position_embeddings}"
+        )
+
+
 def _prepare_fine_tune(cfg: TrainConfig) -> FineTuneRecipe:
     student = _student_numerics(_source_config(cfg.model, "model"), cfg)
+    _check_seq_len(cfg, student, "model")
     lora = None
     if cfg.lora.enabled:
         lora = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets)
@@ -242,6 +254,9 @@ def _prepare_distill(cfg: DistillConfig) -> DistillRecipe:
             )
         student = teacher.replace(num_hidden_layers=depth)
     student = _student_numerics(student, cfg)
+    if w.logit_kl > 0 or w.hidden > 0 or w.attention > 0:  # StepSpec.needs_teacher
+        _check_seq_len(cfg, teacher, "teacher")
+    _check_seq_len(cfg, student, "student")
     lm = resolve_layer_map(loss.layer_map, teacher.num_hidden_layers, depth, loss.init_layers)
     if w.hidden > 0 and student.hidden_size != teacher.hidden_size and not cfg.projector:
         raise ConfigError(

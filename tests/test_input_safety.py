@@ -1,0 +1,124 @@
+"""Issue 14, inputs: a user's mistake in a config file, an override or a run's shape is a named
+ConfigError (one line, exit 2) before any work starts, never a traceback, a RecursionError or an
+out-of-memory crash."""
+
+from pathlib import Path
+
+import pytest
+from train_fixtures import TEACHER, distill_config, train_config
+
+from tinywave_jax import cli
+from tinywave_jax.config import ConfigError, load_config, read_yaml
+from tinywave_jax.train.config import TrainConfig
+from tinywave_jax.train.recipes import prepare
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PLAN_HW = ["--peak-tflops", "1", "--hbm-gib", "1"]
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"tinywave {command}: error: "), err
+    return err
+
+
+def test_malformed_yaml_file_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (CONFIGS / "train_tiny.yaml").read_text()
+        + "extra:\n  steps: [1, 2\n  lr: 3\n"  # the flow list is never closed
+    )
+    n = len((CONFIGS / "train_tiny.yaml").read_text().splitlines())
+    assert cli.main(["train", str(bad), f"run_dir={tmp_path / 'run'}"]) == 2
+    err = _one_line_error(capsys, "train")
+    assert f"{bad}: not valid YAML: line {n + 3}, column 5" in err, err
+    assert f"from line {n + 2}" in err, err  # where the unclosed list starts
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.steps=[1, 2", "override 'train.steps=[1, 2': the value is not valid YAML: line 1"),
+        ("data={seq_len: 8", "override 'data={seq_len: 8': the value is not valid YAML: line 1"),
+        ("=3", "override '=3': empty key"),
+    ],
+)
+def test_malformed_override_is_named(tmp_path, capsys, override, needle):
+    rc = cli.main(["train", str(CONFIGS / "train_tiny.yaml"), f"run_dir={tmp_path}", override])
+    assert rc == 2
+    assert needle in _one_line_error(capsys, "train")
+
+
+def test_base_cycle_lists_the_files(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain: {steps: 1}\n")
+    (tmp_path / "b.yaml").write_text("base: sub/c.yaml\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("base: ../a.yaml\n")
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n")
+    with pytest.raises(ConfigError, match="cycle") as e:
+        read_yaml(tmp_path / "a.yaml")
+    a, b, c = (str((tmp_path / f).resolve()) for f in ("a.yaml", "b.yaml", "sub/c.yaml"))
+    assert f"{a} -> {b} -> {c} -> {a}" in str(e.value)
+    with pytest.raises(ConfigError, match="self.yaml -> .*self.yaml"):
+        load_config(TrainConfig, tmp_path / "self.yaml")
+    assert cli.main(["plan", str(tmp_path / "a.yaml"), "--topology", "1,1,1", *PLAN_HW]) == 2
+    assert "cycle" in _one_line_error(capsys, "plan")
+    # a diamond (two files sharing one base) is not a cycle
+    (tmp_path / "d.yaml").write_text("base: e.yaml\n")
+    (tmp_path / "e.yaml").write_text("base: f.yaml\n")
+    (tmp_path / "f.yaml").write_text("train: {steps: 2}\n")
+    assert read_yaml(tmp_path / "d.yaml") == {"train": {"steps": 2}}
+
+
+def test_bad_base_entry_names_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: base: config file not found: .*missing"):
+        read_yaml(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: [x.yaml]\n")
+    with pytest.raises(ConfigError, match="b.yaml: base: expected a file name"):
+        read_yaml(tmp_path / "b.yaml")
+
+
+@pytest.mark.parametrize(
+    "make, who",
+    [
+        (lambda: train_config(data={"seq_len": 257}), "model"),
+        (lambda: distill_config(data={"seq_len": 257}), "teacher"),
+        (
+            lambda: distill_config(
+                data={"seq_len": 200},
+                student={"num_layers": None, "shape": {**TEACHER, "max_position_embeddings": 128}},
+            ),
+            "student",
+        ),
+    ],
+)
+def test_seq_len_longer_than_the_model_positions_is_a_config_error(make, who):
+    """Used to start, then crash out of memory (~107 GB allocated) on a real model."""
+    with pytest.raises(ConfigError) as e:
+        prepare(make())
+    limit = 128 if who == "student" else 256
+    assert str(e.value).startswith(f"data.seq_len: {200 if who == 'student' else 257} exceeds ")
+    assert f"the {who}'s max_position_embeddings ({limit})" in str(e.value)
+    prepare(train_config(data={"seq_len": 256}))  # exactly the limit is fine
+    # CE-only distillation never runs the teacher: its positions do not bound the rows
+    prepare(
+        distill_config(
+            data={"seq_len": 200},
+            student={"num_layers": None, "shape": dict(TEACHER)},
+            teacher={"shape": {**TEACHER, "max_position_embeddings": 128}},
+            distill={"weights": {"logit_kl": 0.0, "hidden": 0.0, "attention": 0.0}},
+        )
+    )
+
+
+def test_seq_len_check_in_the_cli_and_plan(tmp_path, capsys):
+    args = [str(CONFIGS / "train_tiny.yaml"), f"run_dir={tmp_path}", "data.seq_len=1024"]
+    assert cli.main(["train", *args, "train.steps=1"]) == 2
+    err = _one_line_error(capsys, "train")
+    assert "data.seq_len: 1024 exceeds the model's max_position_embeddings (512)" in err
+    assert not (tmp_path / "checkpoints").exists()
+    assert cli.main(["plan", *args, "--topology", "1,1,1", *PLAN_HW]) == 2
+    assert "data.seq_len: 1024" in _one_line_error(capsys, "plan")
