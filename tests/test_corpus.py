@@ -321,3 +321,22 @@ def test_build_from_an_audio_manifest(tmp_path):
     assert rec["id"] == "a" and rec["words"] == [("The", pytest.approx(0.1), pytest.approx(0.3))]
     assert set(rec["streams"]) == {"hubert"} and rec["streams"]["hubert"][0].max() < 8
     assert not (tmp_path / "out" / "_staging" / "speaker_f0.json").exists()  # no pitch stream
+
+
+def test_build_with_every_utterance_skipped_fails_and_writes_no_corpus(tmp_path, capsys):
+    """Used to write an empty corpus and exit 0."""
+    from tinywave_jax import cli
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"id": "a", "units": {"hubert": [1, 900]}}\n'
+        '{"id": "b", "units": {"hubert": [3, 4], "pitch": [1]}, "times": {"pitch": [0, 1]}}\n'
+    )
+    with pytest.raises(CorpusError, match=r"all 2 were skipped \(.*first: .*bad.jsonl:1: hubert"):
+        build_corpus(tmp_path / "lib", manifest=bad, log=lambda m: None)
+    out = tmp_path / "out"
+    assert cli.main(["corpus", "build", "--manifest", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("tinywave corpus: error: no usable utterance: all 2 were skipped")
+    assert f"no corpus was written to {out}" in err[-1]
+    assert not (out / "tinywave_corpus").exists() and not (out / "summary.json").exists()

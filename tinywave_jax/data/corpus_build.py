@@ -153,6 +153,7 @@ def build_corpus(
     Inputs: `manifest` (jsonl of pre-extracted units, or of audio `path`s when `extractor` is
     given) or `audio_dir` (with `extractor`). `max_skipped`: None skips bad utterances without
     limit (each named in the summary), 0 fails on the first, n fails when more than n are skipped.
+    When every utterance is skipped nothing is written and a CorpusError names the reasons.
     With workers > 1 this spawns processes: a calling script needs `if __name__ == "__main__":`.
     """
     out = Path(out)
@@ -231,6 +232,14 @@ def build_corpus(
             f"{max_skipped}): {summary['skipped']['examples'][:3]}"
         )
     present = [s for s in SPLITS if summary["splits"].get(s, {}).get("utterances", 0) > 0]
+    if not present:  # an empty corpus would "succeed" and fail later in training
+        sk = summary["skipped"]
+        reasons = "; ".join(f"{n} x {r}" for r, n in list(sk["by_reason"].items())[:3])
+        first = f"; first: {sk['examples'][0]}" if sk["examples"] else ""
+        raise CorpusError(
+            f"no usable utterance: all {sk['count']} were skipped ({reasons}){first}; "
+            f"no corpus was written to {out}"
+        )
     version_dir = out / NAME / VERSION
     if todo or not (version_dir / "dataset_info.json").exists():
         import shutil
