@@ -409,3 +409,104 @@ def test_ppl_of_a_corpus_split(models, tmp_path):
     assert doc["n_sequences"] == 3 and doc["scored_tokens"] == tokens
     assert doc["ppl"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
     assert doc["seconds"] == pytest.approx(sum(r["duration"] for r in recs[:3]))
+
+
+# ------------------------------------------------------------------ misuse (issue 14)
+
+
+def _short_context_copy(ckpt, dest, max_positions):
+    import shutil
+
+    shutil.copytree(ckpt, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": max_positions}))
+    return dest
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--compare", "{tmp}/nope"], "--compare: {tmp}/nope: not a tinywave model checkpoint"),
+        (["--compare", "{short}"], "--compare {short}: "),
+        (["--extractor", "{tmp}/no_units"], "--extractor: units folder not found: {tmp}/no_units"),
+        (["--layout", "spiritlm_expresive"], "layout.preset: 'spiritlm_expresive' is not one of"),
+        (["--layout", "{tmp}/no_layout.json"], "layout file not found: {tmp}/no_layout.json"),
+        (["--out", "{tmp}/a_file"], "--out {tmp}/a_file: exists and is not a folder"),
+    ],
+)
+def test_bad_paths_fail_before_anything_is_scored(
+    models, tmp_path, capsys, monkeypatch, extra, needle
+):
+    """A wrong --compare used to fail only after the student had been scored; --extractor and
+    --layout were not looked at for pairs/ppl-jsonl tasks."""
+    from tinywave_jax.eval import harness
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored before the arguments were checked")
+
+    monkeypatch.setattr(harness, "run_task", no_scoring)
+    root = models["root"]
+    short = _short_context_copy(root / "teacher", tmp_path / "short", 16)
+    (tmp_path / "a_file").write_text("")
+    write_pairs(tmp_path / "pairs.jsonl", np.random.RandomState(8))  # sequences up to 61 tokens
+    sub = {"{tmp}": str(tmp_path), "{short}": str(short)}
+
+    def fill(s):
+        for k, v in sub.items():
+            s = s.replace(k, v)
+        return s
+
+    args = [
+        "eval",
+        str(root / "student"),
+        "--task",
+        "pairs",
+        "--data",
+        str(tmp_path / "pairs.jsonl"),
+    ]
+    assert cli.main(args + [fill(a) for a in extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fill(needle) in err, err
+    if "{short}" in extra:
+        assert "longer than the model's max_position_embeddings (16)" in err
+
+
+def test_reused_out_folder_keeps_no_stale_report(models, tmp_path):
+    """A report.md of an earlier --compare run used to stay beside the new results."""
+    root = models["root"]
+    write_pairs(tmp_path / "pairs.jsonl", np.random.RandomState(9))
+    out = tmp_path / "out"
+    kw = dict(out=out, log=lambda m: None)
+    evaluate(root / "student", "pairs", tmp_path / "pairs.jsonl", compare=root / "teacher", **kw)
+    assert {"report.md", "report.json", "results.json", "pairs.jsonl"} <= {
+        p.name for p in out.iterdir()
+    }
+    (out / "notes.txt").write_text("mine")
+    rs = np.random.RandomState(10)
+    (tmp_path / "ppl.jsonl").write_text(
+        json.dumps({"ids": rs.randint(0, VOCAB, 9).tolist()}) + "\n"
+    )
+    evaluate(root / "teacher", "ppl", tmp_path / "ppl.jsonl", **kw)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "results.json"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "ppl" and "teacher_result" not in results
+
+
+def test_misspelled_salmon_subset_is_named_on_stderr(tmp_path, capsys):
+    """A misspelled subset folder used to be skipped without a word (exit 0)."""
+    touch(tmp_path / "bg_alignment", ["sample_0_0.wav", "sample_0_1.wav"])
+    touch(tmp_path / "speaker_consistancy", ["sample_0_0.wav", "sample_0_1.wav"])
+    (tmp_path / ".cache").mkdir()
+    pairs = benchmark_pairs("salmon", tmp_path)
+    assert [p.group for p in pairs] == ["bg_alignment"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"skipping {tmp_path / 'speaker_consistancy'}: not a SALMon subset folder" in err[0]
+    assert "did you mean speaker_consistency?" in err[0]
+    assert "known subsets: bg_alignment, bg_all_consistency" in err[0]
+    # with only misspelled folders: the error, and the warning saying why
+    only = tmp_path / "only"
+    touch(only / "Bg_Alignment", ["sample_0_0.wav", "sample_0_1.wav"])
+    with pytest.raises(BenchmarkError, match="holds none of the subset folders"):
+        benchmark_pairs("salmon", only)
+    assert "did you mean bg_alignment?" in capsys.readouterr().err

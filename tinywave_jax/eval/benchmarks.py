@@ -5,7 +5,8 @@ The rules follow slp-rl's `slamkit` evaluation loaders (`ModellingMetricDataset`
 * SALMon (`salmon`): DATA holds one folder per subset (bg_alignment, ..., speaker_consistency).
   Inside a subset, files `sample_{index}_{j}.wav` are grouped by `index` (the second `_` field)
   and sorted by name, so j=0 is the positive and j=1 the negative. A group must hold exactly the
-  files j=0 and j=1.
+  files j=0 and j=1. Any other sub-folder (say a misspelled subset) is skipped with a warning
+  on stderr that names it and the eight subsets.
 * StoryCloze (`ssc`, `tsc`) and sWUGGY (`swuggy`): `*.wav` sorted by the integer before the first
   `_`; files 2i and 2i+1 of that order are (positive, negative).
 * sBLIMP (`sblimp`): the same rule with `+` as the separator (the integer before the first `+`).
@@ -21,7 +22,9 @@ with a message listing the offending files instead.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
+import sys
 from pathlib import Path
 
 from ..errors import InputError
@@ -146,14 +149,36 @@ def salmon_subset_pairs(folder: Path) -> list[FilePair]:
     return pairs
 
 
-def salmon_pairs(root: str | Path, subsets=None) -> list[FilePair]:
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def unknown_salmon_folders(root: Path) -> list[Path]:
+    """Sub-folders of a SALMon root that are not one of the eight subsets (hidden ones aside)."""
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name not in SALMON_SUBSETS and not p.name.startswith(".")
+    )
+
+
+def salmon_pairs(root: str | Path, subsets=None, warn=_stderr) -> list[FilePair]:
     """All SALMon subsets under `root` (default: those of the eight present; none present is an
-    error); `root` may also be a single subset folder."""
+    error); `root` may also be a single subset folder. Any other sub-folder (a misspelled subset)
+    is skipped with a warning through `warn` (default: stderr) naming it and the known subsets."""
     root = Path(root)
     if not root.is_dir():
         raise BenchmarkError(f"salmon: benchmark folder not found: {root}")
     if _wavs(root):
         return salmon_subset_pairs(root)
+    if not subsets:
+        for folder in unknown_salmon_folders(root):
+            close = difflib.get_close_matches(folder.name.lower(), SALMON_SUBSETS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            warn(
+                f"salmon: warning: skipping {folder}: not a SALMon subset folder ({hint}known "
+                f"subsets: {', '.join(SALMON_SUBSETS)})"
+            )
     names = subsets or [s for s in SALMON_SUBSETS if (root / s).is_dir()]
     if not names:
         raise BenchmarkError(
@@ -170,9 +195,9 @@ def salmon_pairs(root: str | Path, subsets=None) -> list[FilePair]:
     return pairs
 
 
-def benchmark_pairs(task: str, root: str | Path) -> list[FilePair]:
+def benchmark_pairs(task: str, root: str | Path, warn=_stderr) -> list[FilePair]:
     if task == "salmon":
-        return salmon_pairs(root)
+        return salmon_pairs(root, warn=warn)
     if task in SEPARATOR:
         return prefix_benchmark_pairs(root, task)
     raise BenchmarkError(f"unknown audio benchmark {task!r}; expected one of {AUDIO_TASKS}")

@@ -39,7 +39,12 @@ def register(subparsers) -> None:
         metavar="TEACHER_CKPT",
         help="also score this teacher and write a teacher-vs-student report",
     )
-    p.add_argument("--out", help="folder for results.json, pairs.jsonl and report.md/json")
+    p.add_argument(
+        "--out",
+        help="folder for results.json, pairs.jsonl and report.md/json; a reused folder has "
+        "these four files replaced (a report from an earlier --compare run is removed), other "
+        "files are kept",
+    )
     p.add_argument("--split", default="test", help="corpus split for --task ppl (default test)")
     p.add_argument("--limit", type=int, help="only the first N pairs / sequences")
     p.add_argument("--batch-size", type=int, default=8)

@@ -15,13 +15,16 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError, MissingInputError, OutputExistsError, TinywaveError
 from .benchmarks import AUDIO_TASKS, benchmark_pairs
-from .pairwise import SCORINGS, PairItem, pairwise_accuracy, read_pairs_jsonl
+from .pairwise import SCORINGS, PairItem, check_vocab, pairwise_accuracy, read_pairs_jsonl
 from .perplexity import corpus_seqs, perplexity, read_ppl_jsonl
 from .sequences import AudioTokenizer, Seq, resolve_layout
 
 TASKS = (*AUDIO_TASKS, "pairs", "ppl")
+# what `evaluate` writes into --out; all of them are removed before a run writes its own, so no
+# report.md of an earlier --compare run sits beside new results (other files are left alone)
+OUT_FILES = ("results.json", "pairs.jsonl", "report.md", "report.json")
 
 
 @dataclasses.dataclass
@@ -95,6 +98,31 @@ def _load(ckpt, dtype):
     return params, config
 
 
+def _model_config(ckpt, flag: str | None = None):
+    """The model config of checkpoint `ckpt` (its tinywave.json and config.json only, no
+    params), so that a wrong path fails before anything is scored; errors name `flag`."""
+    from ..checkpoint import load_model_config, load_model_info
+
+    try:
+        load_model_info(ckpt)
+        return load_model_config(ckpt)
+    except TinywaveError as e:
+        if flag is None:
+            raise
+        raise type(e)(f"{flag}: {e}") from None
+
+
+def _check_inputs(inputs: TaskInputs, config, who: str | None = None) -> None:
+    """Ids and lengths of every sequence against one model, before any model is scored."""
+    seqs = inputs.seqs or [s for it in inputs.pairs or () for s in (it.positive, it.negative)]
+    try:
+        check_vocab(seqs, config.vocab_size, config.max_position_embeddings)
+    except InputError as e:
+        if who is None:
+            raise
+        raise InputError(f"{who}: {e}") from None
+
+
 def _summary(task: str, result: dict) -> str:
     if task == "ppl":
         extra = (
@@ -134,12 +162,19 @@ def evaluate(
     With `out`, writes results.json, pairs.jsonl (per-pair scores; pairwise tasks) and, with
     `compare`, report.md / report.json.
     """
-    from ..checkpoint import load_model_config
     from . import report
 
     if scoring not in SCORINGS:
         raise ConfigError(f"--scoring {scoring!r} is not one of {SCORINGS}")
-    config = load_model_config(ckpt)
+    # every named path and setting is checked before the (long) tokenising and scoring
+    config = _model_config(ckpt)
+    teacher_config = _model_config(compare, "--compare") if compare else None
+    if extractor is not None and not Path(extractor).is_dir():
+        raise MissingInputError(f"--extractor: units folder not found: {extractor}")
+    if layout is not None:
+        resolve_layout(layout, config.vocab_size)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise OutputExistsError(f"--out {out}: exists and is not a folder")
     inputs = prepare_inputs(
         task,
         data,
@@ -150,6 +185,9 @@ def evaluate(
         limit=limit,
         log=log,
     )
+    _check_inputs(inputs, config)
+    if teacher_config is not None:
+        _check_inputs(inputs, teacher_config, f"--compare {compare}")
     out_doc = {
         "task": task,
         "scoring": scoring if task != "ppl" else None,
@@ -176,6 +214,8 @@ def _write(out: Path, doc: dict, student: str, teacher: str | None, log) -> None
     from . import report
 
     out.mkdir(parents=True, exist_ok=True)
+    for name in OUT_FILES:  # an earlier run's files must not pass for this run's
+        (out / name).unlink(missing_ok=True)
     slim = json.loads(json.dumps(doc))
     for key in ("result", "teacher_result"):
         if key in slim:
