@@ -122,3 +122,30 @@ def test_seq_len_check_in_the_cli_and_plan(tmp_path, capsys):
     assert not (tmp_path / "checkpoints").exists()
     assert cli.main(["plan", *args, "--topology", "1,1,1", *PLAN_HW]) == 2
     assert "data.seq_len: 1024" in _one_line_error(capsys, "plan")
+
+
+def test_score_and_eval_name_a_sequence_longer_than_the_model_positions(tmp_path, capsys):
+    """Guard (already true before issue 14): scoring never runs a row past the positions."""
+    import json
+
+    from hf_reference import make_hf_model
+
+    from tinywave_jax.convert import import_hf
+
+    hf = make_hf_model(seed=3, vocab_size=64, num_key_value_heads=2)
+    hf.config.max_position_embeddings = 32
+    hf.save_pretrained(tmp_path / "hf")
+    ckpt = str(import_hf(tmp_path / "hf", tmp_path / "ckpt"))
+    capsys.readouterr()  # the save's progress bars
+    (tmp_path / "in.jsonl").write_text(
+        json.dumps({"ids": [1] * 8}) + "\n" + json.dumps({"ids": [1] * 33}) + "\n"
+    )
+    assert cli.main(["score", ckpt, str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl")]) == 2
+    err = _one_line_error(capsys, "score")
+    assert (
+        "in.jsonl: record 1: 33 tokens, longer than the model's max_position_embeddings (32)" in err
+    )
+    assert not (tmp_path / "o.jsonl").exists()
+    assert cli.main(["eval", ckpt, "--task", "ppl", "--data", str(tmp_path / "in.jsonl")]) == 2
+    err = _one_line_error(capsys, "eval")
+    assert "in.jsonl:2: 33 tokens, longer than the model's max_position_embeddings (32)" in err
