@@ -259,7 +259,7 @@ def _parse_stop(values, layout, tokenizer):
         else:
             # only the ids the user wrote: a prepended bos would become a stop id and lift
             # the modality ban on it
-            ids.extend(parse_prompt(v, layout, tokenizer, f"--stop {v!r}", add_bos=False).tolist())
+            ids.extend(parse_prompt(v, layout, tokenizer, "--stop", add_bos=False).tolist())
     return ids
 
 
