@@ -1,25 +1,78 @@
-"""Output folders that never lose data: refuse to clobber a non-empty folder, and write a new one
-atomically (a temporary sibling renamed into place once complete), with every jax process agreeing
-on the folder when several write shards of one save.
+"""Output folders that never lose data: refuse to clobber a non-empty folder or one that is (or
+holds, or lies inside) an input of the same command, and write a new one atomically (a temporary
+sibling renamed into place once complete), with every jax process agreeing on the folder when
+several write shards of one save. Temporary siblings a killed run left behind are removed (or, for
+an interrupted replacement, the previous folder put back) by the next write into the same folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import sys
+import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from .errors import OutputExistsError
+from .errors import ConfigError, OutputExistsError
+
+# A stale sibling whose writer ran on another host is removed only once nothing in it changed for
+# this long (its process cannot be asked whether it is alive).
+STALE_AFTER_S = 24 * 3600
 
 
-def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> None:
-    """Raises OutputExistsError unless `out_dir` is absent, empty, or `overwrite` is set."""
+def _shown(path: str | Path) -> str:
+    """The path as given, plus where it really is when symlinks lead elsewhere."""
+    real = os.path.realpath(path)
+    return str(path) if real == os.path.abspath(path) else f"{path} (= {real})"
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths name one file or folder (also through bind mounts or hard links)."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_not_an_input(out_dir: str | Path, sources: Iterable[str | Path]) -> None:
+    """Raises ConfigError when `out_dir` is one of `sources`, contains one, or lies inside one
+    (symlinks resolved): writing it, or replacing it with --overwrite, would delete or alter
+    that input."""
+    out_real = Path(os.path.realpath(out_dir))
+    for src in sources:
+        if src is None:
+            continue
+        src_real = Path(os.path.realpath(src))
+        if _same(out_real, src_real):
+            relation = "is the input"
+        elif any(_same(out_real, p) for p in src_real.parents):
+            relation = "contains the input"
+        elif any(_same(src_real, p) for p in out_real.parents):
+            relation = "lies inside the input"
+        else:
+            continue
+        raise ConfigError(
+            f"output folder {_shown(out_dir)} {relation} {_shown(src)}: writing it would "
+            "replace or alter that input; choose an output folder outside it"
+        )
+
+
+def check_output_dir(
+    out_dir: str | Path, overwrite: bool = False, sources: Iterable[str | Path] = ()
+) -> None:
+    """Raises unless `out_dir` is absent, empty, or `overwrite` is set (OutputExistsError), and
+    unless it is apart from every input folder or file in `sources` (ConfigError, even with
+    `overwrite`)."""
+    check_not_an_input(out_dir, sources)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir} exists and is not a folder")
@@ -48,28 +101,128 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def _host() -> str:
+    """This machine's name as it appears in temporary-folder tags (no '-', at most 63 chars)."""
+    return re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname())[:63] or "host"
+
+
 def _shared_tag() -> str:
-    """A temporary-folder tag every process agrees on (process 0's)."""
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A temporary-folder tag every process agrees on (process 0's): HOST-PID-RANDOM, so a later
+    run can tell whether the writer of a leftover folder is still alive."""
+    tag = f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if _multiprocess() is not None:
         from jax.experimental import multihost_utils
 
-        raw = np.frombuffer(tag.ljust(32).encode(), np.uint8)
+        raw = np.frombuffer(tag.encode().ljust(96), np.uint8)
         tag = (
             bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)).decode().strip()
         )
     return tag
 
 
+def _tag_pattern(name: str) -> re.Pattern:
+    # HOST-PID-RANDOM, or PID-RANDOM as written before hosts were recorded
+    return re.compile(
+        rf"\.{re.escape(name)}\.(?P<kind>tmp|old)-(?:(?P<host>[A-Za-z0-9._]+)-)?"
+        r"(?P<pid>\d+)-[0-9a-f]{8}"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError:
+        return True  # cannot tell: assume alive
+    return True
+
+
+def _last_change(path: Path) -> float:
+    """The newest mtime of `path` and everything under it."""
+    newest = path.lstat().st_mtime
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def _abandoned(host: str | None, pid: int, path: Path, now: float) -> str | None:
+    """Why the writer of the leftover `path` is known to be gone, or None if it may be alive."""
+    if host == _host():
+        if pid == os.getpid() or _pid_alive(pid):
+            return None
+        return f"its writer, process {pid} on this host, is gone"
+    try:
+        idle = now - _last_change(path)
+    except OSError:
+        return None
+    if idle < STALE_AFTER_S:
+        return None
+    where = f"on host {host}" if host else "(host not recorded)"
+    return f"its writer, process {pid} {where}, left it unchanged for {idle / 3600:.0f} h"
+
+
+def clean_stale_siblings(out_dir: str | Path, log=None) -> list[Path]:
+    """Removes the `.NAME.tmp-*` / `.NAME.old-*` siblings of `out_dir` that a killed write left
+    behind, and reports each (to stderr, or `log`). A sibling is touched only when its writer is
+    known to be gone: a process on this host that no longer runs, or, for another host, nothing
+    changed in it for STALE_AFTER_S. If the kill fell between moving the old `out_dir` aside and
+    moving the new one in (so `out_dir` is missing), the old folder is put back instead. Returns
+    the leftovers it removed or restored."""
+    out_dir = Path(os.path.abspath(out_dir))
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    pattern = _tag_pattern(out_dir.name)
+    try:
+        siblings = sorted(out_dir.parent.iterdir())
+    except OSError:
+        return []
+    now, done = time.time(), []
+    # "old" last: a leftover "tmp" is never complete enough to stand in for out_dir
+    for path in sorted(siblings, key=lambda p: p.name.startswith(f".{out_dir.name}.old-")):
+        m = pattern.fullmatch(path.name)
+        if m is None or not path.is_dir() or path.is_symlink():
+            continue
+        why = _abandoned(m["host"], int(m["pid"]), path, now)
+        if why is None:
+            continue
+        if m["kind"] == "old" and not out_dir.exists():
+            try:
+                path.rename(out_dir)
+            except OSError:  # another run got there first
+                continue
+            log(f"restored {out_dir} from {path.name}, left by an interrupted replacement ({why})")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            if path.exists():
+                continue
+            log(f"removed stale temporary folder {path} ({why})")
+        done.append(path)
+    return done
+
+
 @contextlib.contextmanager
-def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(
+    out_dir: str | Path, overwrite: bool = False, sources: Iterable[str | Path] = ()
+) -> Iterator[Path]:
     """Yields a fresh temporary sibling of `out_dir` to fill; on success it becomes `out_dir`
     (an old `out_dir` is removed only after the new one is in place), on error it is deleted.
-    Refuses a non-empty `out_dir` unless `overwrite`. With several jax processes all of them get
-    the same folder (to write their shards into) and only process 0 creates, renames or removes."""
+    Refuses a non-empty `out_dir` unless `overwrite`, and an `out_dir` that is, holds or lies
+    inside one of `sources` (the command's inputs) always. Leftovers of earlier killed writes
+    into `out_dir` are cleaned up first (clean_stale_siblings). With several jax processes all
+    of them get the same folder (to write their shards into) and only process 0 creates,
+    renames or removes."""
     out_dir = Path(os.path.abspath(out_dir))  # normalises "." and "..", which have no siblings
-    check_output_dir(out_dir, overwrite)
+    sources = tuple(s for s in sources if s is not None)
     primary = is_primary_process()
+    check_not_an_input(out_dir, sources)
+    if primary:
+        clean_stale_siblings(out_dir)
+    _sync(f"tinywave-save-cleaned-{out_dir}")
+    check_output_dir(out_dir, overwrite, sources)
     tag = _shared_tag()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{tag}")
     if primary:
@@ -80,7 +233,8 @@ def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[
         yield tmp
         _sync(f"tinywave-save-written-{tag}")
         if primary:
-            check_output_dir(out_dir, overwrite)  # someone may have written there meanwhile
+            # someone may have written there meanwhile
+            check_output_dir(out_dir, overwrite, sources)
             old = None
             if out_dir.exists():
                 old = out_dir.with_name(f".{out_dir.name}.old-{tag}")

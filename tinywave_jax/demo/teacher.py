@@ -105,7 +105,7 @@ class TeacherBuild(StagedRun):
         if "package" in stages and self.done("package") is None:
             from ..outputs import check_output_dir
 
-            check_output_dir(self.out, self.overwrite)
+            check_output_dir(self.out, self.overwrite, sources=[self.dir])  # --workdir
 
     def world(self) -> dict:
         from .world import make_world
