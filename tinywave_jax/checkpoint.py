@@ -2,25 +2,34 @@
 
     CKPT/config.json    the model config in Hugging Face form (LlamaConfig.write_hf_file)
     CKPT/tinywave.json  format version, parameter dtype, creation time, package version, the
-                        tokenizer files included, and provenance (e.g. the source HF folder)
+                        tokenizer files included, provenance (e.g. the source HF folder), and
+                        the sha256 and size of every file under params/ ("params_sha256",
+                        "params_bytes": path relative to params/ -> hex digest / bytes)
     CKPT/params/        orbax checkpoint of the params tree (layout: models/param_layout.py)
     CKPT/tokenizer/     optional tokenizer / generation-config files from the source model
 
 Saves are atomic (outputs.atomic_output_dir): a half-written checkpoint never replaces a good one.
-The parameter layout is models/param_layout.py.
+Loads check params/ against the recorded hashes first (verify=True, the CLI's default; --no-verify
+skips it): a truncated, altered, missing or extra file is a CheckpointIntegrityError naming it,
+never a wrong model or a library traceback. Checkpoints saved before hashes were recorded load
+with an UnverifiedCheckpointWarning. The parameter layout is models/param_layout.py.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import os
 import shutil
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import ConversionError, MissingInputError
+from .errors import ConversionError, InputError, MissingInputError, TinywaveError
 from .models.config import LlamaConfig
 from .models.param_layout import check_params, flatten, param_shapes, set_path
 from .outputs import atomic_output_dir, is_primary_process
@@ -28,6 +37,7 @@ from .outputs import atomic_output_dir, is_primary_process
 FORMAT = "tinywave-model"
 FORMAT_VERSION = 1
 INFO_FILE = "tinywave.json"
+HASHES_KEY, SIZES_KEY = "params_sha256", "params_bytes"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer.model",
@@ -36,6 +46,113 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "generation_config.json",
 )
+
+
+class CheckpointIntegrityError(ConversionError):
+    """A file under a checkpoint's params/ is missing, extra, truncated or altered since the save
+    (its sha256 differs from the one recorded in tinywave.json), or orbax cannot read it."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint saved before tinywave.json recorded hashes: its files cannot be checked."""
+
+
+def add_no_verify(parser) -> None:
+    """The --no-verify flag of every command that loads a tinywave model checkpoint."""
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip checking the checkpoint's params/ files against the sha256 recorded in its "
+        "tinywave.json (saves reading the files twice; damage then shows as a read error or "
+        "not at all)",
+    )
+
+
+def _params_files(params_dir: Path) -> list[str]:
+    """Every file under params_dir, as sorted '/'-separated paths relative to it."""
+    out = []
+    for root, dirs, files in os.walk(params_dir):
+        dirs.sort()
+        rel = Path(root).relative_to(params_dir)
+        out += [(rel / name).as_posix() for name in files]
+    return sorted(out)
+
+
+def _sha256(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def hash_params(params_dir: str | Path) -> tuple[dict[str, str], dict[str, int]]:
+    """(sha256 hex, size) of every file under `params_dir`, keyed by relative path; files are
+    hashed in parallel threads (hashlib releases the GIL)."""
+    params_dir = Path(params_dir)
+    files = _params_files(params_dir)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(files)))) as ex:
+        digests = list(ex.map(lambda rel: _sha256(params_dir / rel), files))
+    sizes = [(params_dir / rel).stat().st_size for rel in files]
+    return dict(zip(files, digests)), dict(zip(files, sizes))
+
+
+def verify_params(ckpt_dir: str | Path, info: dict | None = None) -> bool:
+    """Checks the files under CKPT/params/ against the sha256 (and sizes) recorded in
+    tinywave.json at save time. Raises CheckpointIntegrityError naming the first missing,
+    extra, truncated or altered file; returns True when every file matches, False (with an
+    UnverifiedCheckpointWarning) for a checkpoint that records no hashes."""
+    ckpt_dir = Path(ckpt_dir)
+    info = load_model_info(ckpt_dir) if info is None else info
+    recorded, sizes = info.get(HASHES_KEY), info.get(SIZES_KEY) or {}
+    if recorded is None:
+        warnings.warn(
+            f"{ckpt_dir}: tinywave.json records no sha256 of the params/ files (saved by an older "
+            "tinywave_jax), so damage to them cannot be detected; save it again to add them",
+            UnverifiedCheckpointWarning,
+            stacklevel=3,
+        )
+        return False
+    if not (
+        isinstance(recorded, dict)
+        and isinstance(sizes, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in recorded.items())
+    ):
+        raise CheckpointIntegrityError(
+            f"{ckpt_dir / INFO_FILE}: {HASHES_KEY!r} is not a mapping of file name to sha256"
+        )
+    params_dir = ckpt_dir / "params"
+    if not params_dir.is_dir():
+        raise MissingInputError(f"{params_dir}: parameter folder missing")
+    present = set(_params_files(params_dir))
+
+    def fail(rel: str, what: str, others: list[str]):
+        more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+        raise CheckpointIntegrityError(
+            f"{ckpt_dir}: params/{rel} {what}{more}; the checkpoint is damaged or incomplete: "
+            "copy or save it again (--no-verify loads it regardless)"
+        )
+
+    missing = sorted(set(recorded) - present)
+    if missing:
+        fail(missing[0], "is missing (tinywave.json lists it)", missing)
+    extra = sorted(present - set(recorded))
+    if extra:
+        fail(extra[0], "was not part of the saved checkpoint", extra)
+    short = sorted(
+        rel
+        for rel, n in sizes.items()
+        if rel in recorded and (params_dir / rel).stat().st_size != n
+    )
+    if short:
+        rel = short[0]
+        size = (params_dir / rel).stat().st_size
+        fail(rel, f"is {size} bytes, {sizes[rel]} when saved (truncated or altered)", short)
+    digests, _ = hash_params(params_dir)
+    changed = sorted(rel for rel, digest in recorded.items() if digests[rel] != digest)
+    if changed:
+        fail(changed[0], "differs from the sha256 recorded in tinywave.json when saved", changed)
+    return True
 
 
 def copy_tokenizer_files(src_dir: str | Path | None, dst_dir: Path) -> list[str]:
@@ -81,9 +198,12 @@ def save_model(
     provenance: dict | None = None,
     overwrite: bool = False,
     tokenizer_dir: str | Path | None = None,
+    sources: Iterable[str | Path] = (),
 ) -> Path:
     """Writes params (numpy or jax arrays, layout of models/param_layout.py) and config as a
-    checkpoint folder; tokenizer files found in `tokenizer_dir` are copied in."""
+    checkpoint folder; tokenizer files found in `tokenizer_dir` are copied in. `sources`: the
+    inputs `out_dir` must be apart from (outputs.check_not_an_input). tinywave.json records the
+    sha256 of every params/ file as written (load_model checks them)."""
     import orbax.checkpoint as ocp
 
     from . import __version__
@@ -91,7 +211,7 @@ def save_model(
     out_dir = Path(out_dir)
     check_params(params, config, where=f"saving {out_dir}")
     primary = is_primary_process()  # several processes: all write params, process 0 the rest
-    with atomic_output_dir(out_dir, overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite, sources) as tmp:
         ckptr = _params_checkpointer()
         try:
             ckptr.save((tmp / "params").resolve(), args=ocp.args.PyTreeSave(params))
@@ -111,6 +231,8 @@ def save_model(
             "provenance": provenance or {},
         }
         if primary:
+            # orbax's save returned once every process's shards are final
+            info[HASHES_KEY], info[SIZES_KEY] = hash_params(tmp / "params")
             (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 
@@ -139,21 +261,97 @@ def load_model_config(ckpt_dir: str | Path) -> LlamaConfig:
     return LlamaConfig.from_hf_file(Path(ckpt_dir) / "config.json")
 
 
-def _stored_params(params_dir: Path) -> dict[tuple[str, ...], Any]:
+def _damaged(ckpt_dir: Path, what: str, verified: bool | None) -> CheckpointIntegrityError:
+    """The error for params/ that orbax cannot read; `verified`: whether the files were checked
+    against their hashes (True), could not be (False: none recorded), or were not (None)."""
+    how = {
+        True: "",
+        False: " (it records no sha256 to tell which file: save or copy it again)",
+        None: " (load it without --no-verify to find the file that changed)",
+    }[verified]
+    return CheckpointIntegrityError(
+        f"{ckpt_dir}: {what}; the checkpoint is damaged or incomplete{how}"
+    )
+
+
+def _stored_params(ckpt_dir: Path, params_dir: Path, verified) -> dict[tuple[str, ...], Any]:
     import orbax.checkpoint as ocp
 
     if not params_dir.is_dir():
         raise MissingInputError(f"{params_dir}: parameter folder missing")
+    # the two files every read starts from, checked so their damage is named, not a traceback
+    index = params_dir / "_METADATA"
+    if not index.is_file():
+        raise _damaged(ckpt_dir, "params/_METADATA is missing", verified)
+    try:
+        json.loads(index.read_bytes())
+    except ValueError:
+        raise _damaged(ckpt_dir, "params/_METADATA is truncated or not JSON", verified) from None
+    manifest = params_dir / "manifest.ocdbt"
+    if not manifest.is_file() or manifest.stat().st_size == 0:
+        state = "is missing" if not manifest.is_file() else "is empty"
+        raise _damaged(ckpt_dir, f"params/manifest.ocdbt {state}", verified)
     ckptr = ocp.StandardCheckpointer()
     try:
         meta = ckptr.metadata(params_dir).item_metadata
+    except (ValueError, OSError) as e:
+        raise _damaged(
+            ckpt_dir, f"orbax cannot read the params/ index: {_first_line(e)}", verified
+        ) from e
     finally:
         ckptr.close()
+    if meta is None:  # what orbax returns when manifest.ocdbt or d/ is unreadable
+        raise _damaged(
+            ckpt_dir,
+            "orbax cannot read the params/ index (params/manifest.ocdbt or params/d/)",
+            verified,
+        )
     return flatten(meta.tree if hasattr(meta, "tree") else meta)
 
 
+def _quiet_orbax_aftermath() -> None:
+    """After a failed restore, tensorstore's pending reads call back into orbax's closed event
+    loop and each prints an 'Event loop is closed' traceback (via sys.unraisablehook), burying
+    the one-line error; drop exactly those, pass everything else on."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_tinywave_quiet", False):
+        return
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._tinywave_quiet = True
+    sys.unraisablehook = hook
+
+
+def _read_error(e: BaseException) -> BaseException | None:
+    """The file-read error (tensorstore raises ValueError, e.g. OUT_OF_RANGE for a truncated
+    file; OSError) in `e` or what caused it, which orbax may wrap in a bare Exception; None for
+    anything else (e.g. out of device memory)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ValueError, OSError)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 def load_model(
-    ckpt_dir: str | Path, dtype: Any = None, shardings: Any = None, as_numpy: bool = False
+    ckpt_dir: str | Path,
+    dtype: Any = None,
+    shardings: Any = None,
+    as_numpy: bool = False,
+    verify: bool = True,
 ) -> tuple[dict, LlamaConfig, dict]:
     """Reads a checkpoint: (params, config, info).
 
@@ -161,7 +359,10 @@ def load_model(
     shardings: a pytree of `jax.sharding.Sharding` matching params, or one Sharding for all;
       this is also how a checkpoint saved on one mesh is restored onto another. None: arrays
       on the default device. as_numpy: host numpy arrays instead (no device memory).
+    verify: first check every params/ file against the sha256 recorded at save time
+      (verify_params; each process reads all files once more); False skips it.
     Only the Llama layout of config.json is restored; anything else stored is ignored.
+    Damaged or incomplete params/ raise CheckpointIntegrityError naming the checkpoint and file.
     """
     import jax
     import orbax.checkpoint as ocp
@@ -170,7 +371,8 @@ def load_model(
     info = load_model_info(ckpt_dir)
     config = load_model_config(ckpt_dir)
     params_dir = (ckpt_dir / "params").resolve()
-    stored = _stored_params(params_dir)
+    verified = verify_params(ckpt_dir, info) if verify else None
+    stored = _stored_params(ckpt_dir, params_dir, verified)
     expected = flatten(param_shapes(config))
     if shardings is None and not as_numpy:
         shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -210,6 +412,18 @@ def load_model(
                 item=target, restore_args=restore_args, partial_restore=True
             ),
         )
+    except Exception as e:
+        cause = _read_error(e)
+        if cause is None or isinstance(e, TinywaveError):
+            raise
+        _quiet_orbax_aftermath()
+        if verified:
+            # every file is as saved: not damage, but a bug (ours or orbax's) to report
+            e.add_note(f"{ckpt_dir}: every params/ file matches its sha256 recorded at save time")
+            raise
+        raise _damaged(
+            ckpt_dir, f"orbax cannot read params/: {_first_line(cause)}", verified
+        ) from e
     finally:
         ckptr.close()
     loaded_dtype = _dtype_of(params)

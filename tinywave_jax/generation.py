@@ -84,11 +84,11 @@ def parse_prompt(
     return ids
 
 
-def _load_model(model, dtype=None):
+def _load_model(model, dtype=None, verify=True):
     if isinstance(model, (str, Path)):
         from .checkpoint import load_model
 
-        params, config, _ = load_model(model, dtype=dtype)
+        params, config, _ = load_model(model, dtype=dtype, verify=verify)
         if dtype:
             config = config.replace(dtype=dtype, param_dtype=dtype)
         return params, config
@@ -267,7 +267,7 @@ def _run(args) -> int:
     from .data.layout import load_tokenizer
     from .eval.sequences import resolve_layout
 
-    params, config = _load_model(args.ckpt, args.dtype)
+    params, config = _load_model(args.ckpt, args.dtype, verify=not args.no_verify)
     layout = resolve_layout(args.layout, config.vocab_size)
     tok_dir = args.tokenizer or (Path(args.ckpt) / "tokenizer")
     tokenizer = None
@@ -350,5 +350,8 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's tokenizer/)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    from .checkpoint import add_no_verify
+
+    add_no_verify(p)
     p.add_argument("--out", help="write the JSON here instead of stdout")
     p.set_defaults(func=_run)

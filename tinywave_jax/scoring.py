@@ -143,11 +143,12 @@ def score_file(
     batch_size: int = 8,
     dtype: str | None = None,
     progress: bool = True,
+    verify: bool = True,
 ) -> list[dict]:
     from .checkpoint import load_model
 
     records = read_jsonl(in_path)
-    params, config, _ = load_model(ckpt_dir, dtype=dtype)
+    params, config, _ = load_model(ckpt_dir, dtype=dtype, verify=verify)
     if dtype:
         config = config.replace(dtype=dtype, param_dtype=dtype)
     try:
@@ -168,6 +169,8 @@ def score_file(
 
 
 def register(subparsers) -> None:
+    from .checkpoint import add_no_verify
+
     p = subparsers.add_parser(
         "score",
         help="per-token log-likelihoods of token sequences (jsonl in, jsonl out)",
@@ -187,6 +190,12 @@ def register(subparsers) -> None:
         default=None,
         help="compute/parameter dtype (default: as stored)",
     )
+    add_no_verify(p)
     p.set_defaults(
-        func=lambda a: (score_file(a.ckpt_dir, a.input, a.output, a.batch_size, a.dtype), 0)[1]
+        func=lambda a: (
+            score_file(
+                a.ckpt_dir, a.input, a.output, a.batch_size, a.dtype, verify=not a.no_verify
+            ),
+            0,
+        )[1]
     )

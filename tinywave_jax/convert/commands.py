@@ -49,12 +49,15 @@ def _export_hf(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         max_shard_size=args.max_shard_size,
         progress=ProgressPrinter("export-hf"),
+        verify=not args.no_verify,
     )
     print(f"wrote Hugging Face model folder {out}")
     return 0
 
 
 def register(subparsers) -> None:
+    from ..checkpoint import add_no_verify
+
     p = subparsers.add_parser(
         "import-hf",
         help="convert a Hugging Face Llama folder into a tinywave checkpoint",
@@ -73,7 +76,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a non-empty OUT_DIR (only once the new checkpoint is complete)",
+        help="replace a non-empty OUT_DIR (only once the new checkpoint is complete; "
+        "never HF_DIR itself, nor a folder holding it or inside it)",
     )
     p.set_defaults(func=_import_hf)
 
@@ -94,11 +98,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a non-empty OUT_DIR (only once the new folder is complete)",
+        help="replace a non-empty OUT_DIR (only once the new folder is complete; "
+        "never CKPT_DIR itself, nor a folder holding it or inside it)",
     )
     p.add_argument(
         "--max-shard-size",
         default="5GB",
         help="largest safetensors file, e.g. 5GB, 500MB (default 5GB)",
     )
+    add_no_verify(p)
     p.set_defaults(func=_export_hf)

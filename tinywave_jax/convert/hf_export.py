@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +126,10 @@ def write_hf_dir(
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     tokenizer_dir: str | Path | None = None,
     progress: Progress | None = None,
+    sources: Iterable[str | Path] = (),
 ) -> Path:
-    """Writes params as a Hugging Face Llama folder (see module doc). dtype None: as stored."""
+    """Writes params as a Hugging Face Llama folder (see module doc). dtype None: as stored.
+    `sources`: the inputs `out_dir` must be apart from (outputs.check_not_an_input)."""
     from ..checkpoint import copy_tokenizer_files
     from ..outputs import atomic_output_dir
 
@@ -153,7 +155,7 @@ def write_hf_dir(
             progress(done[0], len(maps), done[1], total_bytes)
         return out
 
-    with atomic_output_dir(out_dir, overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite, sources) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config, dtype), indent=2) + "\n")
         for fname, shard in zip(names, shards):
             write_file(
@@ -190,9 +192,11 @@ def export_hf(
     overwrite: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     progress: Progress | None = None,
+    verify: bool = True,
 ) -> Path:
     """Writes the tinywave model checkpoint `ckpt_dir` as a Hugging Face folder `out_dir`.
-    dtype None: the checkpoint's dtype."""
+    dtype None: the checkpoint's dtype. verify: check the params files against their recorded
+    sha256 (checkpoint.load_model)."""
     from ..checkpoint import load_model
     from ..outputs import check_output_dir
 
@@ -200,8 +204,8 @@ def export_hf(
     if not ckpt_dir.is_dir():
         raise MissingInputError(f"tinywave checkpoint folder not found: {ckpt_dir}")
     parse_size(max_shard_size)  # fail before the (long) load
-    check_output_dir(out_dir, overwrite)
-    params, config, _ = load_model(ckpt_dir, as_numpy=True)
+    check_output_dir(out_dir, overwrite, sources=[ckpt_dir])
+    params, config, _ = load_model(ckpt_dir, as_numpy=True, verify=verify)
     tokenizer_dir = ckpt_dir / "tokenizer"
     return write_hf_dir(
         params,
@@ -212,4 +216,5 @@ def export_hf(
         max_shard_size=max_shard_size,
         tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None,
         progress=progress,
+        sources=[ckpt_dir],
     )

@@ -221,7 +221,7 @@ def import_hf(
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise MissingInputError(f"Hugging Face model folder not found: {hf_dir}")
-    check_output_dir(out_dir, overwrite)  # fail before the (long) conversion
+    check_output_dir(out_dir, overwrite, sources=[hf_dir])  # fail before the long conversion
     config = LlamaConfig.from_hf_file(hf_dir / "config.json")
     weights = HFWeights(hf_dir)
     params = hf_state_to_params(weights, config, dtype, progress=progress)
@@ -238,4 +238,5 @@ def import_hf(
         provenance=provenance,
         overwrite=overwrite,
         tokenizer_dir=hf_dir,
+        sources=[hf_dir],
     )

@@ -75,7 +75,8 @@ def _init_student(args: argparse.Namespace) -> int:
     from ..outputs import check_output_dir
     from .student_init import init_student_from_teacher, random_student
 
-    check_output_dir(args.out_dir, args.overwrite)  # fail before loading a 7B teacher
+    inputs = [args.teacher_ckpt, args.config]  # OUT_DIR must not be, hold or lie inside them
+    check_output_dir(args.out_dir, args.overwrite, inputs)  # fail before loading a 7B teacher
     teacher = None if args.teacher_ckpt is None else str(Path(args.teacher_ckpt).resolve())
     tokenizer_dir = None if teacher is None else Path(teacher) / "tokenizer"
     if args.random:
@@ -97,7 +98,9 @@ def _init_student(args: argparse.Namespace) -> int:
         layers, how = _chosen_layers(args, load_model_config(teacher).num_hidden_layers)
         # Host arrays: the teacher never touches device memory, and only the student's rows are
         # copied out of it before the teacher is dropped.
-        teacher_params, teacher_config, _ = load_model(teacher, dtype=args.dtype, as_numpy=True)
+        teacher_params, teacher_config, _ = load_model(
+            teacher, dtype=args.dtype, as_numpy=True, verify=not args.no_verify
+        )
         params, config = init_student_from_teacher(
             teacher_params, teacher_config, layers, "--layers"
         )
@@ -116,6 +119,7 @@ def _init_student(args: argparse.Namespace) -> int:
         provenance=provenance,
         overwrite=args.overwrite,
         tokenizer_dir=tokenizer_dir,
+        sources=inputs,
     )
     what = (
         f"teacher layers {provenance['teacher_layers']}"
@@ -127,6 +131,8 @@ def _init_student(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from ..checkpoint import add_no_verify
+
     p = subparsers.add_parser(
         "init-student",
         help="build a student checkpoint from a teacher's layers (or random)",
@@ -169,6 +175,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a non-empty OUT_DIR (only once the new checkpoint is complete)",
+        help="replace a non-empty OUT_DIR (only once the new checkpoint is complete; never "
+        "TEACHER_CKPT or --config, nor a folder holding them or inside them)",
     )
+    add_no_verify(p)
     p.set_defaults(func=_init_student)

@@ -54,6 +54,9 @@ def register(subparsers) -> None:
         default=None,
         help="compute/parameter dtype (default: as stored)",
     )
+    from ..checkpoint import add_no_verify
+
+    add_no_verify(p)
     p.set_defaults(func=_run)
 
 
@@ -75,5 +78,6 @@ def _run(args) -> int:
         limit=args.limit,
         progress=True,
         log=_stderr,
+        verify=not args.no_verify,
     )
     return 0

@@ -89,10 +89,10 @@ def run_task(
     return pairwise_accuracy(params, config, inputs.pairs, scoring, batch_size, progress)
 
 
-def _load(ckpt, dtype):
+def _load(ckpt, dtype, verify=True):
     from ..checkpoint import load_model
 
-    params, config, _ = load_model(ckpt, dtype=dtype)
+    params, config, _ = load_model(ckpt, dtype=dtype, verify=verify)
     if dtype:
         config = config.replace(dtype=dtype, param_dtype=dtype)
     return params, config
@@ -154,8 +154,10 @@ def evaluate(
     limit: int | None = None,
     progress: bool = False,
     log=print,
+    verify: bool = True,
 ) -> dict:
     """Evaluates checkpoint `ckpt` (and teacher checkpoint `compare`) on one task.
+    verify: check each checkpoint's files against their recorded sha256 (--no-verify: False).
 
     Returns {"task", "scoring", "data", "checkpoint", "result"} plus, with `compare`,
     {"teacher_checkpoint", "teacher_result", "comparison": rows}. Accuracies are fractions.
@@ -196,7 +198,7 @@ def evaluate(
     }
     models = [("result", ckpt)] + ([("teacher_result", compare)] if compare else [])
     for key, path in models:
-        params, cfg = _load(path, dtype)
+        params, cfg = _load(path, dtype, verify)
         out_doc[key] = run_task(params, cfg, inputs, scoring, batch_size, progress)
         del params
         log(f"eval {task} {path}: {_summary(task, out_doc[key])}")

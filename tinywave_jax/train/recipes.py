@@ -57,13 +57,14 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype), tree)
 
 
-def load_or_init(src: ModelSource, config: LlamaConfig, shardings):
-    """Params of `src` in config.param_dtype with `shardings` (loaded, or random from src.seed)."""
+def load_or_init(src: ModelSource, config: LlamaConfig, shardings, verify: bool = True):
+    """Params of `src` in config.param_dtype with `shardings` (loaded, or random from src.seed).
+    verify: check a loaded checkpoint's files against their recorded sha256 first."""
     dtype = jnp.dtype(config.param_dtype)
     if src.path is not None:
         from ..checkpoint import load_model
 
-        return load_model(src.path, dtype=dtype, shardings=shardings)[0]
+        return load_model(src.path, dtype=dtype, shardings=shardings, verify=verify)[0]
     init_cfg = config.replace(param_dtype="float32", dtype="float32")
     # the seed is an argument, not a constant, so one compiled init serves every seed
     return jax.jit(
