@@ -311,8 +311,8 @@ def _stored_params(ckpt_dir: Path, params_dir: Path, verified) -> dict[tuple[str
 
 def _quiet_orbax_aftermath() -> None:
     """After a failed restore, tensorstore's pending reads call back into orbax's closed event
-    loop and each prints an 'Event loop is closed' traceback (via sys.unraisablehook), burying
-    the one-line error; drop exactly those, pass everything else on."""
+    loop, and orbax's abandoned read coroutines are collected at exit: each prints a traceback
+    (via sys.unraisablehook) around the one-line error. Drop exactly those, pass the rest on."""
     import sys
 
     previous = sys.unraisablehook
@@ -320,8 +320,10 @@ def _quiet_orbax_aftermath() -> None:
         return
 
     def hook(unraisable):
-        e = unraisable.exc_value
-        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+        e, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+        closed_loop = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+        orbax_read = code is not None and "orbax" in code.co_filename
+        if not (closed_loop or orbax_read):
             previous(unraisable)
 
     hook._tinywave_quiet = True
