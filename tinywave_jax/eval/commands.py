@@ -4,7 +4,9 @@ from __future__ import annotations
 
 TASK_HELP = (
     "ssc/tsc: StoryCloze folder; swuggy/sblimp: folder of wavs; salmon: folder of the "
-    "eight subset folders; pairs: jsonl of {positive, negative, group}; ppl: corpus "
+    "eight subset folders; cloze_ss/cloze_st/cloze_ts/cloze_tt (context -> ending in speech "
+    "or text): jsonl of {context, positive, negative: {text, audio}} (docs/evaluation.md); "
+    "pairs: jsonl of {positive, negative, group}; ppl: corpus "
     "folder (with --split) or jsonl of {ids, seconds}"
 )
 
@@ -29,6 +31,11 @@ def register(subparsers) -> None:
         "the scored tokens",
     )
     p.add_argument("--extractor", help="units folder that tokenises benchmark audio")
+    p.add_argument(
+        "--tokenizer",
+        help="Hugging Face tokenizer folder for the text spans of cross-modal cloze (cloze_st, "
+        "cloze_ts, cloze_tt)",
+    )
     p.add_argument(
         "--layout",
         help="token layout preset (spiritlm_base, spiritlm_expressive) "
@@ -70,6 +77,7 @@ def _run(args) -> int:
         scoring=args.scoring,
         extractor=args.extractor,
         layout=args.layout,
+        tokenizer=args.tokenizer,
         compare=args.compare,
         out=args.out,
         batch_size=args.batch_size,

@@ -4,6 +4,8 @@ student and its teacher with a comparison report.
 Tasks:
     ssc, tsc, swuggy, sblimp, salmon   audio benchmark folders (see benchmarks.py), tokenised
                                        with a units extractor (see sequences.py)
+    cloze_ss, cloze_st, cloze_ts,      cross-modal story cloze: jsonl of context / ending text and
+    cloze_tt                           audio (see crossmodal.py)
     pairs                              jsonl of pre-tokenised (positive, negative) pairs
     ppl                                corpus folder + split, or a jsonl of {"ids", "seconds"?}
 """
@@ -17,11 +19,12 @@ from pathlib import Path
 
 from ..errors import ConfigError, InputError, MissingInputError, OutputExistsError, TinywaveError
 from .benchmarks import AUDIO_TASKS, benchmark_pairs
+from .crossmodal import CROSS_MODAL_TASKS, cloze_pairs, read_cloze_jsonl
 from .pairwise import SCORINGS, PairItem, check_vocab, pairwise_accuracy, read_pairs_jsonl
 from .perplexity import corpus_seqs, perplexity, read_ppl_jsonl
 from .sequences import AudioTokenizer, Seq, resolve_layout
 
-TASKS = (*AUDIO_TASKS, "pairs", "ppl")
+TASKS = (*AUDIO_TASKS, *CROSS_MODAL_TASKS, "pairs", "ppl")
 # what `evaluate` writes into --out; all of them are removed before a run writes its own, so no
 # report.md of an earlier --compare run sits beside new results (other files are left alone)
 OUT_FILES = ("results.json", "pairs.jsonl", "report.md", "report.json")
@@ -41,11 +44,13 @@ def prepare_inputs(
     *,
     extractor=None,
     layout: str | None = None,
+    tokenizer: str | None = None,
     split: str = "test",
     limit: int | None = None,
     log=print,
 ) -> TaskInputs:
-    """Reads and tokenises a task's data; `limit` keeps the first pairs / sequences."""
+    """Reads and tokenises a task's data; `limit` keeps the first pairs / sequences.
+    `tokenizer`: a Hugging Face tokenizer folder, for the text spans of cross-modal cloze."""
     if task not in TASKS:
         raise ConfigError(f"--task: unknown task {task!r}; expected one of {TASKS}")
     data = Path(data)
@@ -57,6 +62,8 @@ def prepare_inputs(
         return TaskInputs(
             task, seqs=corpus_seqs(data, split, resolve_layout(layout, vocab_size), limit)
         )
+    if task in CROSS_MODAL_TASKS:
+        return _cross_modal_inputs(task, data, vocab_size, extractor, layout, tokenizer, limit, log)
     files = benchmark_pairs(task, data)[:limit]
     if extractor is None:
         raise ConfigError(f"{task}: audio benchmarks need --extractor (a units folder)")
@@ -74,6 +81,19 @@ def prepare_inputs(
             for f in files
         ],
     )
+
+
+def _cross_modal_inputs(task, data, vocab_size, extractor, layout, tokenizer, limit, log):
+    from ..data.layout import SPEECH, TEXT, load_tokenizer
+
+    items = read_cloze_jsonl(data, task)[:limit]  # every field and audio file checked first
+    token_layout = resolve_layout(layout, vocab_size)
+    modalities = CROSS_MODAL_TASKS[task]
+    # cloze_pairs names a missing --extractor / --tokenizer
+    audio = AudioTokenizer(extractor, token_layout) if SPEECH in modalities and extractor else None
+    tok = load_tokenizer(tokenizer, token_layout) if TEXT in modalities and tokenizer else None
+    log(f"eval {task}: tokenising {len(items)} pairs")
+    return TaskInputs(task, pairs=cloze_pairs(items, task, token_layout, tok, audio))
 
 
 def run_task(
@@ -146,6 +166,7 @@ def evaluate(
     scoring: str = "mean",
     extractor: str | Path | None = None,
     layout: str | None = None,
+    tokenizer: str | None = None,
     compare: str | Path | None = None,
     out: str | Path | None = None,
     batch_size: int = 8,
@@ -183,6 +204,7 @@ def evaluate(
         config.vocab_size,
         extractor=extractor,
         layout=layout,
+        tokenizer=tokenizer,
         split=split,
         limit=limit,
         log=log,

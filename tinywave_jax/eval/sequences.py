@@ -83,11 +83,15 @@ class AudioTokenizer:
                     f"extractor {extractor_dir} has {have} {s} units but layout "
                     f"{layout.name} has only {layout.stream_size(s)}"
                 )
-        self._cache: dict[str, Seq] = {}
+        self._cache: dict[str, tuple] = {}
 
-    def __call__(self, path: str | Path) -> Seq:
+    def units(self, path: str | Path) -> np.ndarray:
+        """The file's speech token ids (merged streams, no bos or marker)."""
+        return self._tokens(path)[0]
+
+    def _tokens(self, path: str | Path) -> tuple[np.ndarray, float]:
         from ..audio import SAMPLE_RATE, read_audio
-        from ..data.layout import SPEECH, join_spans, merge_streams
+        from ..data.layout import merge_streams
 
         key = str(path)
         if key not in self._cache:
@@ -97,11 +101,16 @@ class AudioTokenizer:
             except TinywaveError as e:  # too short, silent...: name the file
                 raise type(e)(f"{path}: {e}") from None
             ids, _ = merge_streams(self.layout, {s: streams[s] for s in self.streams}, where=key)
-            seq = join_spans(self.layout, [(SPEECH, ids)])
-            self._cache[key] = Seq(
-                seq.astype(np.int64), AUDIO_SCORE_FROM, key, len(wav) / SAMPLE_RATE
-            )
+            self._cache[key] = (ids, len(wav) / SAMPLE_RATE)
         return self._cache[key]
+
+    def __call__(self, path: str | Path) -> Seq:
+        """The file as a scored sequence: bos, [Speech], its units (scored)."""
+        from ..data.layout import SPEECH, join_spans
+
+        ids, seconds = self._tokens(path)
+        seq = join_spans(self.layout, [(SPEECH, ids)])
+        return Seq(seq.astype(np.int64), AUDIO_SCORE_FROM, str(path), seconds)
 
 
 VOCAB_PRESETS = {32512: "spiritlm_base", 32768: "spiritlm_expressive"}
