@@ -13,13 +13,47 @@ and are not counted. MFU = FLOPs per step * steps per second / (peak_flops_per_d
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
+from ..errors import InputError
 from ..models.config import LlamaConfig
+
+log = logging.getLogger(__name__)
+
+
+class MetricsFileError(InputError):
+    """A line of metrics.jsonl other than the last is not a metrics row; names file and line."""
+
+
+def _parse_rows(path: Path) -> tuple[list[dict], bool]:
+    """(rows of metrics.jsonl, whether its last line was torn and dropped).
+
+    A last line that does not parse is what a run killed mid-write leaves: dropped. Any other
+    line that is not a JSON object with an integer "step" is damage: MetricsFileError."""
+    lines = path.read_text().splitlines()
+    rows, torn = [], False
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not an object with an integer step")
+        except ValueError as e:
+            if i == len(lines) - 1:
+                torn = True
+                break
+            raise MetricsFileError(
+                f"{path}:{i + 1}: not a metrics row ({e}); fix or delete that line"
+            ) from None
+        rows.append(row)
+    return rows, torn
 
 
 def matmul_params(config: LlamaConfig, layers: Optional[int] = None, with_head: bool = True) -> int:
@@ -71,15 +105,16 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
 
     def truncate_after(self, step: int) -> None:
-        """Drops rows past `step` (written by a run that was killed after its last checkpoint)."""
+        """Drops rows past `step` (written by a run that was killed after its last checkpoint),
+        and a torn last line (killed mid-write), with a warning. Rewrites the file atomically."""
         if not self.enabled or not self.path.is_file():
             return
-        rows = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-        self.path.write_text("".join(r + "\n" for r in rows))
+        rows, torn = _parse_rows(self.path)
+        if torn:
+            log.warning("%s: dropped its torn last line (a run killed mid-write)", self.path)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+        os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -99,8 +134,9 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of run_dir/metrics.jsonl; a torn last line (being written, or killed mid-write)
+    is left out."""
+    return _parse_rows(Path(run_dir) / "metrics.jsonl")[0]
 
 
 class Progress:
