@@ -7,16 +7,105 @@
 Not the model format (checkpoint.py holds that: what `final/` and `import-hf` write). The state is
 restored into abstract targets carrying this run's shardings, so the mesh may differ from the one
 that saved it; the data iterator state is per process, so the process count may not.
+
+A resume (`restore_intact`) takes the newest checkpoint that restores whole: a checkpoint whose
+files are truncated or damaged (tensorstore checks its OCDBT data files and fails on a short or
+altered one; a cut JSON item fails to parse) is skipped with a warning naming the step and the
+reason, and moved to run_dir/corrupt_checkpoints/ so that the resumed run can save that step
+again. No intact checkpoint left: `CheckpointCorruptError` listing each step and why.
+
+Before the state is read, the checkpoint's config (meta "config") is compared with the new run's:
+any difference outside RESUME_MAY_CHANGE, and not named by `--allow-config-change KEY`, is refused
+with a ConfigError naming each dotted key and its two values.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import jax
 
-from ..errors import ConfigError, MissingInputError
+from ..errors import ConfigError, InputError, MissingInputError, TinywaveError
 from .state import TrainState
+
+log = logging.getLogger(__name__)
+
+# The config keys a resume may change without --allow-config-change (a key also covers the keys
+# under it). They set how long the run goes, how often it logs and checkpoints, where the run
+# folder is and how the devices are laid out; none changes what a training step computes, except
+# train.steps, which also sets the length of the learning-rate decay (cosine over train.steps).
+RESUME_MAY_CHANGE = (
+    "run_dir",  # the folder may move; the lock and checkpoints travel with it
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.checkpoint_keep",
+    "train.async_checkpoint",
+    "train.tensorboard",
+    "train.throttle_s",
+    "train.peak_flops_per_device",  # MFU reporting only
+    "mesh",  # resharded on restore; results equal up to float round-off
+)
+
+
+class CheckpointCorruptError(InputError):
+    """No checkpoint of the run restores whole; the message lists each step and why."""
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _covered(key: str, allowed: Iterable[str]) -> bool:
+    return any(key == a or key.startswith(a + ".") for a in allowed)
+
+
+def config_changes(saved: dict, new: dict, allow: Iterable[str] = ()) -> list[tuple]:
+    """(dotted key, saved value, new value) for each key that differs between two config dicts
+    (as `config.to_dict` writes them) and is neither in RESUME_MAY_CHANGE nor in `allow`."""
+    # JSON round trip: the saved config went through JSON (tuples are lists, keys strings)
+    a, b = (_flatten(json.loads(json.dumps(c))) for c in (saved, new))
+    allowed = (*RESUME_MAY_CHANGE, *allow)
+    absent = "(absent)"
+    return [
+        (k, a.get(k, absent), b.get(k, absent))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, absent) != b.get(k, absent) and not _covered(k, allowed)
+    ]
+
+
+def _short(value) -> str:
+    text = value if value == "(absent)" else json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_resume_config(saved: dict | None, new: dict, allow: Iterable[str], where: str) -> None:
+    """Refuses (ConfigError) a resume whose config differs from the checkpoint's (see module doc)."""
+    if saved is None:
+        log.warning("%s: holds no config to compare with; resuming without the check", where)
+        return
+    changes = config_changes(saved, new, allow)
+    if changes:
+        keys = " ".join(k for k, _, _ in changes)
+        raise ConfigError(
+            f"{where}: the resumed config differs from the checkpoint's: "
+            + ", ".join(f"{k} {_short(x)} -> {_short(y)}" for k, x, y in changes)
+            + f"; resume with the checkpoint's values, or pass --allow-config-change {keys} "
+            "to change them on purpose"
+        )
 
 
 def checkpoint_manager(run_dir: str | Path, keep: int = 3, async_save: bool = True):
@@ -35,8 +124,6 @@ def _all_process_states(data_state: dict) -> dict:
     """Every process's data-iterator state (orbax writes JSON items from process 0 only)."""
     if jax.process_count() == 1:
         return data_state
-    import json
-
     import numpy as np
     from jax.experimental import multihost_utils
 
@@ -66,23 +153,36 @@ def save_checkpoint(mngr, state: TrainState, data_state: dict, meta: dict) -> No
     )
 
 
-def restore_checkpoint(
-    mngr, target: TrainState, step: int | None = None
-) -> tuple[TrainState, dict, dict]:
-    """(state, data iterator state, meta) of `step` (default: latest), restored onto the shardings
-    carried by `target` (ShapeDtypeStructs). Fails clearly when the process count changed."""
+def read_meta(mngr, step: int) -> dict:
+    """The meta item of checkpoint `step` (kind, process count, config, step)."""
     import orbax.checkpoint as ocp
 
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise MissingInputError(f"{mngr.directory}: no checkpoint to restore")
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def _check_process_count(mngr, step: int, meta: dict) -> None:
     if meta.get("process_count") != jax.process_count():
         raise ConfigError(
             f"{mngr.directory}/{step}: saved by {meta.get('process_count')} processes, "
             f"this run has {jax.process_count()}; the data iterator state is per "
             "process and cannot be remapped (resume with the same process count)"
         )
+
+
+def restore_checkpoint(
+    mngr, target: TrainState, step: int | None = None, meta: dict | None = None
+) -> tuple[TrainState, dict, dict]:
+    """(state, data iterator state, meta) of `step` (default: latest), restored onto the shardings
+    carried by `target` (ShapeDtypeStructs). Fails clearly when the process count changed.
+    `meta`: that step's meta item, if read already."""
+    import orbax.checkpoint as ocp
+
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise MissingInputError(f"{mngr.directory}: no checkpoint to restore")
+    if meta is None:
+        meta = read_meta(mngr, step)
+    _check_process_count(mngr, step, meta)
     got = mngr.restore(
         step,
         args=ocp.args.Composite(
@@ -104,3 +204,127 @@ def restore_checkpoint(
     if isinstance(data, dict) and "processes" in data:  # saved by several processes
         data = data["processes"][jax.process_index()]
     return state, data, meta
+
+
+class _DropUnretrieved(logging.Filter):
+    """asyncio's "exception was never retrieved" reports of a failed restore's other reads."""
+
+    def filter(self, record):
+        return "exception was never retrieved" not in record.getMessage()
+
+
+def _drop_closed_loop_reports() -> None:
+    """After a failed restore, tensorstore completes the reads still in flight into orbax's
+    closed event loop, and Python reports each as an unraisable RuntimeError (dozens of
+    tracebacks); from the first failed restore on, those reports (only) are dropped."""
+    prev = sys.unraisablehook
+    if getattr(prev, "tinywave_drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            prev(unraisable)
+
+    hook.tinywave_drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+    logger, drop = logging.getLogger("asyncio"), _DropUnretrieved()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        gc.collect()  # the reports come when the failed futures are collected
+        logger.removeFilter(drop)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).split(" [tensorstore_spec", 1)[0].strip().splitlines()
+    text = text[0] if text else ""
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _everyone(ok: bool) -> bool:
+    """True when `ok` holds on every process (one process may see damage another does not)."""
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.array([ok], np.int32))))
+
+
+def _set_aside(mngr, steps: list[int]) -> Path:
+    """Moves damaged checkpoint steps to run_dir/corrupt_checkpoints/ (a resumed run saves those
+    step numbers again); process 0 moves, every process then re-reads the step list."""
+    dest = Path(mngr.directory).parent / "corrupt_checkpoints"
+    if jax.process_index() == 0:
+        dest.mkdir(exist_ok=True)
+        for step in steps:
+            target = dest / str(step)
+            if target.exists():
+                target = dest / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.move(str(Path(mngr.directory) / str(step)), str(target))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("tinywave_set_aside_corrupt_checkpoints")
+    mngr.reload()
+    return dest
+
+
+def restore_intact(
+    mngr, target: TrainState, check_meta: Callable[[int, dict], None] = lambda step, meta: None
+) -> tuple[int, TrainState, dict, dict]:
+    """(step, state, data iterator state, meta) of the newest checkpoint that restores whole.
+
+    `check_meta(step, meta)` runs before the state is read and may refuse (a TinywaveError: a
+    different kind of run, a changed config); such refusals stop the search, damage does not:
+    a checkpoint that fails to restore is skipped with a warning and set aside (module doc)."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        raise MissingInputError(f"{mngr.directory}: no checkpoint to restore")
+    skipped: list[tuple[int, str]] = []
+    for step in steps:
+        reason, got = None, None
+        with _quiet_failed_reads():
+            try:
+                meta = read_meta(mngr, step)
+            except TinywaveError:
+                raise
+            except Exception as e:  # orbax/tensorstore/json raise many kinds on damaged files
+                reason = f"meta: {_reason(e)}"
+                _drop_closed_loop_reports()
+            else:
+                _check_process_count(mngr, step, meta)
+                check_meta(step, meta)
+                try:
+                    got = restore_checkpoint(mngr, target, step, meta)
+                except TinywaveError:
+                    raise
+                except Exception as e:
+                    reason = _reason(e)
+                    _drop_closed_loop_reports()
+        if _everyone(reason is None):
+            if skipped:
+                dest = _set_aside(mngr, [s for s, _ in skipped])
+                log.warning(
+                    "resuming from checkpoint %d; the damaged ones (%s) were moved to %s",
+                    step,
+                    ", ".join(str(s) for s, _ in skipped),
+                    dest,
+                )
+            return (step, *got)
+        reason = reason or "failed to restore on another process"
+        log.warning("checkpoint %d does not restore, skipping it: %s", step, reason)
+        skipped.append((step, reason))
+    raise CheckpointCorruptError(
+        f"{mngr.directory}: no checkpoint restores whole: "
+        + "; ".join(f"step {s}: {r}" for s, r in skipped)
+        + " (restore the folder from a copy, or delete it to start the run over)"
+    )
