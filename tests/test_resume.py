@@ -1,6 +1,7 @@
 """Exact resume through the real CLI: N steps straight == k steps, SIGKILL once checkpoint k is
-durable, --resume (stopped by SIGTERM, which checkpoints and exits cleanly), --resume to N.
-Parameters and logged metrics must be identical on CPU."""
+durable, --resume (which replaces the killed run's stale lock; stopped by SIGTERM, which
+checkpoints and exits 143), --resume to N. Parameters and logged metrics must be identical on
+CPU."""
 
 import json
 import os
@@ -83,6 +84,7 @@ def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
     _wait_for(lambda: _durable(run_dir, K), proc, f"checkpoint {K}")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert (run_dir / ".lock").is_file()  # left behind by the killed run
     mngr = checkpoint_manager(run_dir)
     assert mngr.latest_step() == K
     mngr.close()
@@ -93,12 +95,14 @@ def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
     _wait_for(lambda: _logged_past(run_dir, K), proc, f"a step past {K}")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err.decode()[-3000:]
+    assert proc.returncode == 143, err.decode()[-3000:]  # 128 + SIGTERM, after its checkpoint
     assert "stopped at step" in out.decode()
+    assert "stale lock" in err.decode()  # the SIGKILLed run's, replaced
+    assert not (run_dir / ".lock").exists()  # released on SIGTERM
     mngr = checkpoint_manager(run_dir)
     stopped = mngr.latest_step()
     mngr.close()
-    assert K < stopped < N and not (run_dir / "final").exists()
+    assert K < stopped < N and not (run_dir / "final").exists(), (out.decode(), stopped)
 
     done = subprocess.run(
         _cli(config, "--resume", "train.throttle_s=0"), env=_env(), capture_output=True, timeout=300

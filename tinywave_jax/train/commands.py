@@ -22,12 +22,29 @@ carry optimizer state; they are merged into the weights of RUN_DIR/final/ at the
 example: tinywave train configs/train_tiny.yaml lora.enabled=true run_dir=runs/lora
 """
 
+_EPILOG = """\
+one run per RUN_DIR: a run holds RUN_DIR/.lock; a second run (or --resume) on the same folder
+stops with an error. A lock left by a killed run on this host is replaced with a warning; one
+from another host must be deleted by hand once that run is known to be dead.
+
+--resume continues from the newest checkpoint that restores whole (damaged ones are skipped with
+a warning and moved to RUN_DIR/corrupt_checkpoints/). It refuses a config that differs from the
+checkpoint's, except in run_dir, train.steps (also the length of the LR decay), train.log_every,
+train.checkpoint_every, train.checkpoint_keep, train.async_checkpoint, train.tensorboard,
+train.throttle_s, train.peak_flops_per_device and mesh; --allow-config-change KEY [KEY ...]
+accepts other changed keys on purpose (a key covers the keys under it, e.g. optimizer).
+
+exit codes: 0 finished (RUN_DIR/final/ written); 2 a config, input or run-folder error (one line
+naming what to fix); 143 stopped by SIGTERM after saving a checkpoint (continue with --resume).
+"""
+
 
 def _add(sub, name: str, help_text: str, description: str):
     p = sub.add_parser(
         name,
         help=help_text,
         description=description,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="run config YAML (see configs/; may name a `base:` YAML)")
@@ -45,6 +62,14 @@ def _add(sub, name: str, help_text: str, description: str):
         help="continue from the latest checkpoint in run_dir (exactly: params, "
         "optimizer, step, RNG and data position)",
     )
+    p.add_argument(
+        "--allow-config-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="with --resume: accept a changed value of this dotted config key (and the keys "
+        "under it); after the config, several keys may follow: --allow-config-change KEY [KEY ...]",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=lambda args: _run(name, args))
 
@@ -54,19 +79,39 @@ def register(subparsers) -> None:
     _add(subparsers, "train", "fine-tune on cross-entropy (full or LoRA)", _TRAIN_HELP)
 
 
+_ALLOW = "--allow-config-change"
+
+
 def _split_flags(args) -> None:
-    """Moves --resume / --quiet given after the overrides from `overrides` to their flags."""
-    rest = []
-    for item in args.overrides:
+    """Moves --resume / --quiet / --allow-config-change KEY [KEY ...] given after the overrides
+    from `overrides` to their flags (the keys run to the next option or KEY=VALUE item)."""
+    from ..config import ConfigError
+
+    rest, items, i = [], list(args.overrides), 0
+    while i < len(items):
+        item = items[i]
+        i += 1
         if item in ("--resume", "--quiet"):
             setattr(args, item[2:], True)
+        elif item == _ALLOW or item.startswith(_ALLOW + "="):
+            keys = [item.split("=", 1)[1]] if "=" in item else []
+            while "=" not in item and i < len(items):
+                if items[i].startswith("-") or "=" in items[i]:
+                    break
+                keys.append(items[i])
+                i += 1
+            if not keys:
+                raise ConfigError(f"{_ALLOW}: name at least one dotted config key")
+            args.allow_config_change += keys
         elif item.startswith("-"):
-            from ..config import ConfigError
-
-            raise ConfigError(f"unknown option {item!r} (options: --resume, --quiet)")
+            raise ConfigError(
+                f"unknown option {item!r} (options: --resume, {_ALLOW} KEY [KEY ...], --quiet)"
+            )
         else:
             rest.append(item)
     args.overrides = rest
+    if args.allow_config_change and not args.resume:
+        raise ConfigError(f"{_ALLOW}: only applies to --resume")
 
 
 def _run(kind: str, args) -> int:
@@ -83,9 +128,14 @@ def _run(kind: str, args) -> int:
     cls = DistillConfig if kind == "distill" else TrainConfig
     cfg = load_config(cls, args.config, args.overrides)
     prepare(cfg)  # all model-dependent checks before any jax device work
-    out = run(cfg, resume=args.resume, echo=not args.quiet)
-    if out["final_dir"] is not None:
-        print(f"final student: {out['final_dir']}")
-    else:
-        print(f"stopped at step {out['step']}; continue with --resume")
+    out = run(
+        cfg,
+        resume=args.resume,
+        echo=not args.quiet,
+        allow_config_change=tuple(args.allow_config_change),
+    )
+    if out["stopped"]:
+        print(f"stopped at step {out['step']} by SIGTERM; continue with --resume")
+        return 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+    print(f"final student: {out['final_dir']}")
     return 0

@@ -1,19 +1,23 @@
 """The training loop: data -> compiled step -> metrics, checkpoints, final model export.
 
 Run folder (`run_dir`):
+    .lock             held while a run uses the folder (run_lock.py): a second run is refused
     config.yaml       the resolved config of the latest (re)start
     checkpoints/<N>/  the resume checkpoint (resume.py): state, data iterator state, meta
     metrics.jsonl     one row per logged step;  tb/  TensorBoard event files
     final/            the trained student as a tinywave model checkpoint (`tinywave export-hf`)
 
 Checkpoints are written asynchronously every `train.checkpoint_every` steps, at the end, and when
-SIGTERM arrives (the step in flight finishes, the state is saved, the run exits). `resume=True`
-continues from the latest checkpoint exactly: same parameters, optimizer state, data position
-(onto any mesh; with the same process count).
+SIGTERM arrives (the step in flight finishes, the state is saved, `run` returns stopped=True;
+the CLI exits 143). `resume=True` continues from the newest intact checkpoint exactly: same
+parameters, optimizer state, data position (onto any mesh; with the same process count), after
+checking that the config did not change outside resume.RESUME_MAY_CHANGE and
+`allow_config_change`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -27,7 +31,8 @@ from ..errors import OutputExistsError
 from .data import make_batches
 from .metrics import MetricsWriter, Progress, flops_per_token
 from .recipes import prepare
-from .resume import checkpoint_manager, restore_checkpoint, save_checkpoint
+from .resume import check_resume_config, checkpoint_manager, restore_intact, save_checkpoint
+from .run_lock import RunInUseError, RunLock
 from .session import Session
 from .state import TrainState
 
@@ -64,55 +69,116 @@ def _global_batch(session: Session, batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(sh, batch[k]) for k in batch}
 
 
-def run(cfg, resume: bool = False, mesh=None, echo: bool = True) -> dict:
-    """Trains per `cfg` (DistillConfig or TrainConfig). Returns {"step", "final_dir", "metrics"}."""
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    """Holds run_dir/.lock for the block: process 0 takes it, every process learns the outcome
+    (so that all stop together, none waiting in a collective for one that raised)."""
+    lock, err = None, None
+    if jax.process_index() == 0:
+        lock = RunLock(run_dir)
+        try:
+            lock.acquire()
+        except RunInUseError as e:
+            lock, err = None, e
+    if jax.process_count() > 1:
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        ok = multihost_utils.process_allgather(np.array([err is None], np.int32))
+        if err is None and not np.all(ok):
+            err = RunInUseError(f"{run_dir}: in use (process 0 could not lock it; see its log)")
+    if err is not None:
+        raise err
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _saved_config(run_dir: Path, meta: dict) -> dict | None:
+    """The config a checkpoint was trained with: its meta, else run_dir/config.yaml."""
+    if "config" in meta:
+        return meta["config"]
+    path = run_dir / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_change=()) -> dict:
+    """Trains per `cfg` (DistillConfig or TrainConfig). Returns {"step", "final_dir", "stopped"}:
+    stopped is True when SIGTERM ended the run early (after its checkpoint; final_dir is None).
+
+    One run per run_dir at a time (RunInUseError otherwise). `resume=True` continues from the
+    newest intact checkpoint; config keys outside resume.RESUME_MAY_CHANGE may change only when
+    named in `allow_config_change` (a key covers the keys under it)."""
     recipe = prepare(cfg)
-    session = Session(recipe, mesh)
     run_dir = Path(cfg.run_dir)
     primary = jax.process_index() == 0
-    mngr = checkpoint_manager(run_dir, cfg.train.checkpoint_keep, cfg.train.async_checkpoint)
-    meta = {"kind": recipe.kind, "config": to_dict(cfg)}
-    batches = make_batches(
+    new_config = to_dict(cfg)
+    meta = {"kind": recipe.kind, "config": new_config}
+    with _StopFlag() as stop, _run_lock(run_dir):
+        session = Session(recipe, mesh)
+        mngr = checkpoint_manager(run_dir, cfg.train.checkpoint_keep, cfg.train.async_checkpoint)
+        writer = None
+        try:
+            latest = mngr.latest_step()
+            if latest is not None and not resume:
+                raise OutputExistsError(
+                    f"{run_dir} already holds checkpoints (latest step {latest}); "
+                    "pass --resume to continue it or choose another run_dir"
+                )
+
+            def check(step: int, saved: dict) -> None:
+                if saved.get("kind") != recipe.kind:
+                    raise ConfigError(
+                        f"{run_dir}: holds a {saved.get('kind')!r} run, not {recipe.kind!r}"
+                    )
+                check_resume_config(
+                    _saved_config(run_dir, saved),
+                    new_config,
+                    allow_config_change,
+                    f"{run_dir} (checkpoint {step})",
+                )
+
+            if latest is not None:
+                step, state, data_state, _ = restore_intact(mngr, session.abstract_state(), check)
+                frozen, _ = session.frozen_and_trainable(trainable_too=False)
+                batches = _batches(cfg, recipe)
+                batches.set_state(data_state)
+                writer = MetricsWriter(run_dir, cfg.train.tensorboard, enabled=primary)
+                writer.truncate_after(step)
+                log.info("resumed %s at step %d", run_dir, step)
+            else:
+                frozen, trainable = session.frozen_and_trainable()
+                state = session.init_state(trainable)
+                del trainable
+                batches = _batches(cfg, recipe)
+                writer = MetricsWriter(run_dir, cfg.train.tensorboard, enabled=primary)
+            if primary:
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(new_config, sort_keys=False))
+            state, done = _train(session, state, frozen, batches, mngr, meta, writer, echo, stop)
+            final_dir = None
+            if done:
+                final_dir = _export(session, state, frozen, run_dir)
+            step = int(jax.device_get(state.step))
+            return {"step": step, "final_dir": final_dir, "stopped": not done}
+        finally:
+            mngr.wait_until_finished()
+            mngr.close()
+            if writer is not None:
+                writer.close()
+
+
+def _batches(cfg, recipe):
+    return make_batches(
         cfg.data, recipe.spec.student.vocab_size, jax.process_index(), jax.process_count()
     )
-    writer = MetricsWriter(run_dir, cfg.train.tensorboard, enabled=primary)
-    try:
-        latest = mngr.latest_step()
-        if latest is not None and not resume:
-            raise OutputExistsError(
-                f"{run_dir} already holds checkpoints (latest step {latest}); "
-                "pass --resume to continue it or choose another run_dir"
-            )
-        frozen, trainable = session.frozen_and_trainable(trainable_too=latest is None)
-        if latest is not None:
-            del trainable  # the checkpoint has them
-            state, data_state, saved = restore_checkpoint(mngr, session.abstract_state(), latest)
-            if saved.get("kind") != recipe.kind:
-                raise ConfigError(
-                    f"{run_dir}: holds a {saved.get('kind')!r} run, not {recipe.kind!r}"
-                )
-            batches.set_state(data_state)
-            writer.truncate_after(latest)
-            log.info("resumed %s at step %d", run_dir, latest)
-        else:
-            state = session.init_state(trainable)
-        if primary:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        state, done = _train(session, state, frozen, batches, mngr, meta, writer, echo)
-        final_dir = None
-        if done:
-            final_dir = _export(session, state, frozen, run_dir)
-        return {"step": int(jax.device_get(state.step)), "final_dir": final_dir}
-    finally:
-        mngr.wait_until_finished()
-        mngr.close()
-        writer.close()
 
 
 def _train(
-    session: Session, state, frozen, batches, mngr, meta, writer, echo
+    session: Session, state, frozen, batches, mngr, meta, writer, echo, stop: _StopFlag
 ) -> tuple[TrainState, bool]:
+    """Steps to train.steps; (state, False) when SIGTERM stopped it (after a checkpoint)."""
     cfg, spec = session.cfg, session.spec
     total = cfg.train.steps
     start = int(jax.device_get(state.step))
@@ -129,34 +195,39 @@ def _train(
     peak = cfg.train.peak_flops_per_device
     progress = Progress(total)
     t_last, step_last = time.time(), start
-    with _StopFlag() as stop:
-        for step in range(start + 1, total + 1):
-            try:
-                batch = _global_batch(session, next(batches))
-            except StopIteration:  # a finite corpus (data.corpus.num_epochs) ran out
-                log.warning("data exhausted after %d steps; finishing early", step - 1)
-                if step - 1 > start and mngr.latest_step() != step - 1:
-                    save_checkpoint(mngr, state, batches.get_state(), meta)
-                break
-            state, metrics = session.step(state, frozen, batch)
-            if step % cfg.train.log_every == 0 or step == total or stop.set:
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                now = time.time()
-                rate = (step - step_last) / max(now - t_last, 1e-9)
-                t_last, step_last = now, step
-                m["tokens_per_s"] = rate * tokens_per_step
-                m["model_flops_per_step"] = flops
-                if peak:
-                    m["mfu"] = rate * flops / (peak * jax.device_count())
-                writer.write(step, m)
-                if echo and jax.process_index() == 0:
-                    progress.print(step, m)
-            if step % cfg.train.checkpoint_every == 0 or step == total or stop.set:
+    saved = start  # the step of the latest checkpoint
+    for step in range(start + 1, total + 1):
+        if stop.set:  # SIGTERM between steps (or before the first): save now unless saved
+            if saved != step - 1:
                 save_checkpoint(mngr, state, batches.get_state(), meta)
-            if stop.set:
-                return state, False
-            if cfg.train.throttle_s:
-                time.sleep(cfg.train.throttle_s)
+            return state, False
+        try:
+            batch = _global_batch(session, next(batches))
+        except StopIteration:  # a finite corpus (data.corpus.num_epochs) ran out
+            log.warning("data exhausted after %d steps; finishing early", step - 1)
+            if step - 1 > start and mngr.latest_step() != step - 1:
+                save_checkpoint(mngr, state, batches.get_state(), meta)
+            break
+        state, metrics = session.step(state, frozen, batch)
+        if step % cfg.train.log_every == 0 or step == total or stop.set:
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.time()
+            rate = (step - step_last) / max(now - t_last, 1e-9)
+            t_last, step_last = now, step
+            m["tokens_per_s"] = rate * tokens_per_step
+            m["model_flops_per_step"] = flops
+            if peak:
+                m["mfu"] = rate * flops / (peak * jax.device_count())
+            writer.write(step, m)
+            if echo and jax.process_index() == 0:
+                progress.print(step, m)
+        if step % cfg.train.checkpoint_every == 0 or step == total or stop.set:
+            save_checkpoint(mngr, state, batches.get_state(), meta)
+            saved = step
+        if stop.set:
+            return state, False
+        if cfg.train.throttle_s:
+            time.sleep(cfg.train.throttle_s)
     return state, True
 
 

@@ -1,0 +1,320 @@
+"""A run folder survives misuse: one run at a time (run_dir/.lock; two real processes race for it),
+stale and foreign locks, a resume whose config changed, damaged checkpoints, a torn metrics line,
+and SIGTERM (exit 143 after the checkpoint). Refusals are one-line errors (exit 2) that leave the
+folder exactly as it was."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from train_fixtures import SHARED_OVER, distill_config, distill_dict
+
+from tinywave_jax import cli
+from tinywave_jax.checkpoint import load_model
+from tinywave_jax.train.loop import run
+from tinywave_jax.train.metrics import MetricsWriter, read_metrics
+from tinywave_jax.train.resume import checkpoint_manager, read_meta
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path: Path, **train) -> tuple[Path, Path]:
+    """(config file, run_dir) of the shared 8-step tiny distillation (checkpoints every 3)."""
+    run_dir = tmp_path / "run"
+    d = distill_dict(run_dir=str(run_dir), **SHARED_OVER)
+    d["train"].update(train)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path, run_dir
+
+
+def _distill(config: Path, *extra) -> int:
+    return cli.main(["distill", str(config), "--quiet", *extra])
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("tinywave distill: error: "), err
+    return err
+
+
+def _snapshot(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _lock_body(**over) -> str:
+    body = {
+        "host": socket.gethostname(),
+        "pid": 4242,
+        "pid_namespace": os.readlink("/proc/self/ns/pid"),
+        "started": "2020-01-01T00:00:00+00:00",
+        "started_unix": time.time() - 3600,
+        "argv": ["tinywave", "distill"],
+    }
+    return json.dumps({**body, **over})
+
+
+def _truncate_data(state: Path) -> None:
+    """Cuts every OCDBT data file of a checkpoint's state in half (a copy that stopped early)."""
+    for p in state.rglob("*"):
+        if p.is_file() and p.parent.name == "d":
+            os.truncate(p, p.stat().st_size // 2)
+
+
+# --- one run per folder ----------------------------------------------------------------------
+
+
+def _cli_proc(config: Path, *extra) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # XLA_FLAGS and the compile cache from conftest
+    cmd = [sys.executable, "-m", "tinywave_jax.cli", "distill", str(config), "--quiet", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _durable(run_dir: Path, step: int) -> bool:
+    d = run_dir / "checkpoints" / str(step)
+    return (d / "commit_success.txt").is_file() and (d / "_CHECKPOINT_METADATA").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_one_run_dir_one_wins_others_refused_sigterm_exits_143(tmp_path):
+    config, run_dir = _config(tmp_path, throttle_s=3.0)  # slow steps: the winner stays running
+    a, b = _cli_proc(config), _cli_proc(config)  # race for the lock of a fresh folder
+    t0 = time.time()
+    while a.poll() is None and b.poll() is None:
+        assert time.time() - t0 < 240, "neither run stopped"
+        time.sleep(0.05)
+    loser, winner = (a, b) if a.poll() is not None else (b, a)
+    err = loser.communicate(timeout=60)[1].decode().strip()
+    assert loser.returncode == 2, err
+    assert "in use" in err.splitlines()[-1] and err.splitlines()[-1].startswith("tinywave"), err
+    assert winner.poll() is None
+    assert json.loads((run_dir / ".lock").read_text())["pid"] == winner.pid
+
+    t0 = time.time()
+    while not _durable(run_dir, 3):
+        assert winner.poll() is None and time.time() - t0 < 240, "no checkpoint 3"
+        time.sleep(0.05)
+    resumed = _cli_proc(config, "--resume")  # a resume while the run lives is refused too
+    err = resumed.communicate(timeout=240)[1].decode().strip().splitlines()[-1]
+    assert resumed.returncode == 2, err
+    assert f"in use by pid {winner.pid} on this host" in err, err
+    assert winner.poll() is None, "the winner ended before the resume was refused"
+
+    winner.send_signal(signal.SIGTERM)
+    out, err = winner.communicate(timeout=240)
+    assert winner.returncode == 143, err.decode()[-3000:]  # 128 + SIGTERM, after its checkpoint
+    assert "continue with --resume" in out.decode()
+    assert not (run_dir / ".lock").exists()  # released
+    mngr = checkpoint_manager(run_dir)
+    stopped = mngr.latest_step()
+    mngr.close()
+    assert 3 <= stopped < 8 and not (run_dir / "final").exists()
+    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, stopped + 1))
+
+
+def test_a_refused_multi_process_run_stops_on_every_process(tmp_path):
+    """Process 0 alone takes the lock; when it cannot, the other process stops too (no process
+    left waiting in a collective)."""
+    config, run_dir = _config(tmp_path)
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text(_lock_body(host="elsewhere"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for pid in range(2):
+        env = dict(
+            os.environ,
+            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            TINYWAVE_COORDINATOR=f"127.0.0.1:{port}",
+            TINYWAVE_NUM_PROCESSES="2",
+            TINYWAVE_PROCESS_ID=str(pid),
+            PYTHONPATH=str(ROOT),
+        )
+        cmd = [sys.executable, "-m", "tinywave_jax.cli", "distill", str(config), "--quiet"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        errs = [p.communicate(timeout=180)[1].decode().strip().splitlines()[-1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert "in use by pid 4242 on host elsewhere" in errs[0], errs
+    assert "process 0 could not lock it" in errs[1], errs
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+
+
+def test_stale_lock_is_replaced_live_foreign_or_unreadable_is_refused(tmp_path, capsys, caplog):
+    config, run_dir = _config(tmp_path, steps=3)
+    run_dir.mkdir()
+    lock = run_dir / ".lock"
+    # another host: this one cannot check it; refused, the folder untouched, the fix named
+    lock.write_text(_lock_body(host="elsewhere"))
+    before = _snapshot(run_dir)
+    assert _distill(config) == 2
+    err = _error_line(capsys)
+    assert "in use by pid 4242 on host elsewhere" in err and f"delete {lock}" in err, err
+    assert _snapshot(run_dir) == before
+    # unreadable (a run between creating and writing it, or damage): refused, named
+    lock.write_text('{"host": "')
+    assert _distill(config) == 2
+    assert f"unreadable lock file {lock}" in _error_line(capsys)
+    # this host, a live process that started before the lock was written: refused
+    lock.write_text(_lock_body(pid=os.getppid(), started_unix=time.time()))
+    assert _distill(config) == 2
+    assert f"in use by pid {os.getppid()} on this host" in _error_line(capsys)
+    assert _snapshot(run_dir) == {".lock": _snapshot(run_dir)[".lock"]}
+
+    # this host, the process is gone: replaced with a warning, the run goes ahead
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(_lock_body(pid=dead.pid))
+    assert _distill(config) == 0
+    assert f"replacing a stale lock of pid {dead.pid}" in caplog.text
+    assert not lock.exists() and (run_dir / "final").is_dir()
+    # a pid now used by a process younger than the lock (pid reuse) is stale too
+    young = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)
+        lock.write_text(_lock_body(pid=young.pid, started_unix=time.time() - 3600))
+        assert _distill(config, "--resume") == 0
+        assert f"replacing a stale lock of pid {young.pid}" in caplog.text
+    finally:
+        young.kill()
+        young.wait()
+    assert not lock.exists()
+
+
+# --- resume: config changes --------------------------------------------------------------------
+
+
+def test_resume_refuses_a_changed_config_unless_allowed(tmp_path, capsys):
+    config, run_dir = _config(tmp_path, steps=3)
+    assert _distill(config) == 0
+    before = _snapshot(run_dir)
+    changed = ["optimizer.learning_rate=0.02", "distill.temperature=3.0", "data.seq_len=16"]
+    assert _distill(config, "--resume", "train.steps=4", *changed) == 2
+    err = _error_line(capsys)
+    for part in (
+        "checkpoint 3",
+        "data.seq_len 32 -> 16",
+        "distill.temperature 2.0 -> 3.0",
+        "optimizer.learning_rate 0.01 -> 0.02",
+        "--allow-config-change data.seq_len distill.temperature optimizer.learning_rate",
+    ):
+        assert part in err, (part, err)
+    assert "train.steps" not in err  # on the allow-list
+    assert _snapshot(run_dir) == before  # nothing touched, the lock released
+    # named on purpose (a key covers the keys under it); overrides may follow the keys
+    assert (
+        _distill(
+            config,
+            "--resume",
+            "train.steps=4",
+            *changed[:2],
+            "--allow-config-change",
+            "optimizer",
+            "distill.temperature",
+            "train.log_every=2",
+        )
+        == 0
+    )
+    mngr = checkpoint_manager(run_dir)
+    saved = read_meta(mngr, 4)["config"]
+    mngr.close()
+    assert saved["optimizer"]["learning_rate"] == 0.02 and saved["distill"]["temperature"] == 3.0
+    assert saved["train"]["log_every"] == 2
+    # --allow-config-change without --resume is a mistake
+    assert _distill(config, "--allow-config-change", "optimizer") == 2
+    assert "only applies to --resume" in _error_line(capsys)
+
+
+# --- resume: damaged checkpoints ---------------------------------------------------------------
+
+
+def test_resume_skips_damaged_checkpoints_and_names_them_when_none_is_left(
+    tmp_path, capsys, caplog
+):
+    config, run_dir = _config(tmp_path)
+    assert _distill(config) == 0  # checkpoints 3, 6, 8
+    straight = load_model(run_dir / "final")[0]
+    _truncate_data(run_dir / "checkpoints" / "8" / "state")
+    assert _distill(config, "--resume") == 0  # from 6: steps 7 and 8 again
+    assert "checkpoint 8 does not restore, skipping it: ValueError: OUT_OF_RANGE" in caplog.text
+    assert (run_dir / "corrupt_checkpoints" / "8" / "state").is_dir()  # kept for a look
+    jax.tree.map(np.testing.assert_array_equal, load_model(run_dir / "final")[0], straight)
+    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 9))
+
+    # every checkpoint damaged: a named error listing each, and nothing moved
+    for step in (3, 6):
+        _truncate_data(run_dir / "checkpoints" / str(step) / "state")
+    meta = run_dir / "checkpoints" / "8" / "meta" / "metadata"
+    os.truncate(meta, meta.stat().st_size // 2)
+    before = _snapshot(run_dir)
+    assert _distill(config, "--resume") == 2
+    err = _error_line(capsys)
+    assert "no checkpoint restores whole: step 8: meta: JSONDecodeError" in err, err
+    assert "; step 6: ValueError: OUT_OF_RANGE" in err and "; step 3: ValueError" in err, err
+    assert _snapshot(run_dir) == before
+
+
+# --- resume: metrics.jsonl ---------------------------------------------------------------------
+
+
+def test_a_torn_last_metrics_line_is_dropped_a_damaged_one_is_named(tmp_path, capsys, caplog):
+    config, run_dir = _config(tmp_path, steps=3)
+    assert _distill(config) == 0
+    metrics = run_dir / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"step": 4, "loss": 4.1')  # killed while writing step 4's row
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3]  # readers skip it too
+    assert _distill(config, "--resume", "train.steps=4") == 0
+    assert "dropped its torn last line" in caplog.text
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4]
+
+    lines = metrics.read_text().splitlines()
+    lines[1] = lines[1][:20]  # damage inside the file is not a torn write: named, not guessed
+    metrics.write_text("\n".join(lines) + "\n")
+    assert _distill(config, "--resume", "train.steps=5") == 2
+    assert f"{metrics}:2: not a metrics row" in _error_line(capsys)
+    assert metrics.read_text().splitlines() == lines
+
+
+def test_truncate_after_keeps_rows_up_to_the_step(tmp_path):
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    for step in range(1, 6):
+        writer.write(step, {"loss": float(step)})
+    writer.truncate_after(3)
+    assert read_metrics(tmp_path) == [{"step": s, "loss": float(s)} for s in (1, 2, 3)]
+
+
+def test_run_reports_a_sigterm_stop(tmp_path, monkeypatch):
+    """SIGTERM before the first step (during start-up): run() returns stopped=True, not an
+    exported model, and releases the lock."""
+    from tinywave_jax.train import loop
+
+    real = loop.Session
+
+    def session_then_sigterm(*a, **k):
+        s = real(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the run sets up
+        return s
+
+    monkeypatch.setattr(loop, "Session", session_then_sigterm)
+    cfg = distill_config(run_dir=str(tmp_path / "run"), **SHARED_OVER)
+    out = run(cfg, echo=False)
+    assert out == {"step": 0, "final_dir": None, "stopped": True}
+    assert not (tmp_path / "run" / ".lock").exists()
