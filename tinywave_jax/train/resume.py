@@ -21,10 +21,10 @@ with a ConfigError naming each dotted key and its two values.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
+import re
 import shutil
 import sys
 import time
@@ -206,44 +206,34 @@ def restore_checkpoint(
     return state, data, meta
 
 
-class _DropUnretrieved(logging.Filter):
-    """asyncio's "exception was never retrieved" reports of a failed restore's other reads."""
+class _FailedReadNoise(logging.Filter):
+    """The reports a failed restore leaves behind: its other tensorstore reads complete later
+    into orbax's closed event loop, and Python reports each one (dozens of tracebacks: asyncio's
+    "exception was never retrieved" log records and unraisable "Event loop is closed" errors),
+    during the restore or as late as interpreter exit. `install()` drops those two kinds of
+    report only; `remove()` takes the filters away again (when no restore failed)."""
 
     def filter(self, record):
         return "exception was never retrieved" not in record.getMessage()
 
-
-def _drop_closed_loop_reports() -> None:
-    """After a failed restore, tensorstore completes the reads still in flight into orbax's
-    closed event loop, and Python reports each as an unraisable RuntimeError (dozens of
-    tracebacks); from the first failed restore on, those reports (only) are dropped."""
-    prev = sys.unraisablehook
-    if getattr(prev, "tinywave_drops_closed_loop", False):
-        return
-
-    def hook(unraisable):
+    def _unraisable(self, unraisable):
         e = unraisable.exc_value
         if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
-            prev(unraisable)
+            self._prev_hook(unraisable)
 
-    hook.tinywave_drops_closed_loop = True
-    sys.unraisablehook = hook
+    def install(self):
+        logging.getLogger("asyncio").addFilter(self)
+        self._prev_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
 
-
-@contextlib.contextmanager
-def _quiet_failed_reads():
-    logger, drop = logging.getLogger("asyncio"), _DropUnretrieved()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        gc.collect()  # the reports come when the failed futures are collected
-        logger.removeFilter(drop)
+    def remove(self):
+        logging.getLogger("asyncio").removeFilter(self)
+        if sys.unraisablehook == self._unraisable:
+            sys.unraisablehook = self._prev_hook
 
 
 def _reason(e: BaseException) -> str:
     text = str(e).split(" [tensorstore_spec", 1)[0].strip().splitlines()
-    text = text[0] if text else ""
+    text = re.sub(r'(Error opening "\w+" driver: )+', "", text[0] if text else "")
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -289,27 +279,34 @@ def restore_intact(
     steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
         raise MissingInputError(f"{mngr.directory}: no checkpoint to restore")
-    skipped: list[tuple[int, str]] = []
+    noise, skipped = _FailedReadNoise(), []
+    noise.install()
+    try:
+        return _newest_intact(mngr, target, check_meta, steps, skipped)
+    finally:
+        gc.collect()  # the reports of failed reads come when their futures are collected
+        if not skipped:
+            noise.remove()  # nothing failed: nothing left to report later
+
+
+def _newest_intact(mngr, target, check_meta, steps: list[int], skipped: list) -> tuple:
     for step in steps:
         reason, got = None, None
-        with _quiet_failed_reads():
+        try:
+            meta = read_meta(mngr, step)
+        except TinywaveError:
+            raise
+        except Exception as e:  # orbax/tensorstore/json raise many kinds on damaged files
+            reason = f"meta: {_reason(e)}"
+        else:
+            _check_process_count(mngr, step, meta)
+            check_meta(step, meta)
             try:
-                meta = read_meta(mngr, step)
+                got = restore_checkpoint(mngr, target, step, meta)
             except TinywaveError:
                 raise
-            except Exception as e:  # orbax/tensorstore/json raise many kinds on damaged files
-                reason = f"meta: {_reason(e)}"
-                _drop_closed_loop_reports()
-            else:
-                _check_process_count(mngr, step, meta)
-                check_meta(step, meta)
-                try:
-                    got = restore_checkpoint(mngr, target, step, meta)
-                except TinywaveError:
-                    raise
-                except Exception as e:
-                    reason = _reason(e)
-                    _drop_closed_loop_reports()
+            except Exception as e:
+                reason = _reason(e)
         if _everyone(reason is None):
             if skipped:
                 dest = _set_aside(mngr, [s for s, _ in skipped])
