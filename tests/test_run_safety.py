@@ -318,3 +318,22 @@ def test_run_reports_a_sigterm_stop(tmp_path, monkeypatch):
     out = run(cfg, echo=False)
     assert out == {"step": 0, "final_dir": None, "stopped": True}
     assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_teacher_inside_the_run_folders_final_is_refused_before_training(tmp_path, capsys):
+    """run_dir/final is replaced at the end of a run: a teacher (or student) read from there (or
+    from a folder that holds it) would be deleted, so the run refuses before any work."""
+    from train_fixtures import TEACHER
+
+    from tinywave_jax.checkpoint import save_model
+    from tinywave_jax.models import llama
+    from tinywave_jax.models.config import LlamaConfig
+
+    config, run_dir = _config(tmp_path)
+    teacher = LlamaConfig(**TEACHER)
+    params = jax.device_get(llama.init_params(teacher, jax.random.key(0)))
+    save_model(run_dir / "final", params, teacher)
+    before = _snapshot(run_dir)
+    assert _distill(config, f"teacher.path={run_dir / 'final'}", "teacher.shape=null") == 2
+    assert "run/final is the input" in _error_line(capsys)
+    assert _snapshot(run_dir) == before

@@ -28,6 +28,7 @@ import yaml
 
 from ..config import ConfigError, to_dict
 from ..errors import OutputExistsError
+from ..outputs import check_not_an_input
 from .data import make_batches
 from .metrics import MetricsWriter, Progress, flops_per_token
 from .recipes import prepare
@@ -113,6 +114,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
     named in `allow_config_change` (a key covers the keys under it)."""
     recipe = prepare(cfg)
     run_dir = Path(cfg.run_dir)
+    check_not_an_input(run_dir / "final", recipe.inputs())  # before any work, not at the end
     primary = jax.process_index() == 0
     new_config = to_dict(cfg)
     meta = {"kind": recipe.kind, "config": new_config}
@@ -243,5 +245,10 @@ def _export(session: Session, state: TrainState, frozen: dict, run_dir: Path) ->
     }
     config = session.spec.student.replace(remat="none")
     return save_model(
-        run_dir / "final", session.export_params(state, frozen), config, provenance, overwrite=True
+        run_dir / "final",
+        session.export_params(state, frozen),
+        config,
+        provenance,
+        overwrite=True,
+        sources=recipe.inputs(),
     )

@@ -123,6 +123,10 @@ class FineTuneRecipe:
             frozen["base"], params["lora"]
         )
 
+    def inputs(self) -> tuple:
+        """The model folders the run reads (final/ must be apart from them)."""
+        return tuple(p for p in (self.cfg.model.path,) if p)
+
     def provenance(self) -> dict:
         return {
             "model": self.cfg.model.path or "random",
@@ -198,6 +202,10 @@ class DistillRecipe:
 
     def final_params(self, params: dict, frozen: dict) -> dict:
         return params["model"]  # the projector only serves the hidden loss
+
+    def inputs(self) -> tuple:
+        """The model folders the run reads (final/ must be apart from them)."""
+        return tuple(p for p in (self.cfg.teacher.path, self.cfg.student.path) if p)
 
     def provenance(self) -> dict:
         return {
