@@ -124,12 +124,16 @@ def test_seq_len_check_in_the_cli_and_plan(tmp_path, capsys):
     assert "data.seq_len: 1024" in _one_line_error(capsys, "plan")
 
 
-def test_score_and_eval_name_a_sequence_longer_than_the_model_positions(tmp_path, capsys):
-    """Guard (already true before issue 14): scoring never runs a row past the positions."""
+def test_score_and_eval_name_a_sequence_longer_than_the_model_positions(
+    tmp_path, capsys, monkeypatch
+):
+    """Scoring never runs a row past the positions, and `score` says so before loading params
+    (a 7B load would come first otherwise)."""
     import json
 
     from hf_reference import make_hf_model
 
+    from tinywave_jax import checkpoint
     from tinywave_jax.convert import import_hf
 
     hf = make_hf_model(seed=3, vocab_size=64, num_key_value_heads=2)
@@ -140,7 +144,13 @@ def test_score_and_eval_name_a_sequence_longer_than_the_model_positions(tmp_path
     (tmp_path / "in.jsonl").write_text(
         json.dumps({"ids": [1] * 8}) + "\n" + json.dumps({"ids": [1] * 33}) + "\n"
     )
-    assert cli.main(["score", ckpt, str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl")]) == 2
+
+    def no_load(*args, **kw):
+        raise AssertionError("params loaded before the inputs were checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "load_model", no_load)
+        assert cli.main(["score", ckpt, str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl")]) == 2
     err = _one_line_error(capsys, "score")
     assert (
         "in.jsonl: record 1: 33 tokens, longer than the model's max_position_embeddings (32)" in err

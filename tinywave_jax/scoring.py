@@ -145,16 +145,19 @@ def score_file(
     progress: bool = True,
     verify: bool = True,
 ) -> list[dict]:
-    from .checkpoint import load_model
+    from .checkpoint import load_model, load_model_config
 
     records = read_jsonl(in_path)
+    seqs = [r["ids"] for r in records]
+    shape = load_model_config(ckpt_dir)  # ids and lengths are checked before the (long) load
+    try:
+        check_ids(seqs, shape.vocab_size, shape.max_position_embeddings, what="record")
+    except InputError as e:  # name the file, not just the index
+        raise InputError(f"{in_path}: {e}") from None
     params, config, _ = load_model(ckpt_dir, dtype=dtype, verify=verify)
     if dtype:
         config = config.replace(dtype=dtype, param_dtype=dtype)
-    try:
-        lps = score_sequences(params, config, [r["ids"] for r in records], batch_size, progress)
-    except InputError as e:  # name the file, not just the index
-        raise InputError(f"{in_path}: {e}".replace("sequence ", "record ")) from None
+    lps = score_sequences(params, config, seqs, batch_size, progress)
     out = []
     for rec, lp in zip(records, lps):
         rec = dict(
