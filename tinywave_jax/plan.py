@@ -11,7 +11,7 @@ per device:
   * XLA's buffer assignment (`compiled.memory_analysis()`): argument, output, alias (donated
     state reused for the output) and temp (activations, gradients, collectives' buffers) bytes;
     peak ~ argument + output - alias + temp;
-  * model FLOPs per step (the trainer's own `flops_per_token`, PaLM convention) and XLA's cost
+  * model FLOPs per step (the trainer's own `step_flops`, PaLM convention) and XLA's cost
     analysis of the per-device program (which counts a while-loop body once: with scanned layers
     or microbatches it is a lower bound, so it is only "meaningful" without them);
   * step time and tokens/s at the device's peak FLOP/s times an assumed MFU.
@@ -179,7 +179,7 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None) -> dict:
     import jax
 
     from .parallel import make_mesh
-    from .train.metrics import flops_per_token
+    from .train.metrics import step_flops
     from .train.recipes import prepare
     from .train.session import Session
 
@@ -213,15 +213,7 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None) -> dict:
         "batch": _per_device_bytes(batch, {k: v.sharding for k, v in batch.items()}),
     }
     tokens = cfg.data.batch_size * cfg.data.seq_len
-    model_flops = (
-        flops_per_token(
-            spec.student,
-            cfg.data.seq_len,
-            spec.teacher if spec.needs_teacher else None,
-            teacher_head=spec.loss.weights.logit_kl > 0,
-        )
-        * tokens
-    )
+    model_flops = step_flops(spec, cfg.data.seq_len, cfg.data.batch_size)
     xla_flops = _xla_flops(compiled)
     loops = spec.student.scan_layers or spec.microbatches > 1
     plan = {

@@ -30,7 +30,7 @@ from ..config import ConfigError, to_dict
 from ..errors import OutputExistsError
 from ..outputs import check_not_an_input
 from .data import make_batches
-from .metrics import MetricsWriter, Progress, flops_per_token
+from .metrics import MetricsWriter, Progress, step_flops
 from .recipes import prepare
 from .resume import check_resume_config, checkpoint_manager, restore_intact, save_checkpoint
 from .run_lock import RunInUseError, RunLock
@@ -185,15 +185,7 @@ def _train(
     total = cfg.train.steps
     start = int(jax.device_get(state.step))
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-    flops = (
-        flops_per_token(
-            spec.student,
-            cfg.data.seq_len,
-            spec.teacher if spec.needs_teacher else None,
-            teacher_head=spec.loss.weights.logit_kl > 0,
-        )
-        * tokens_per_step
-    )
+    flops = step_flops(spec, cfg.data.seq_len, cfg.data.batch_size)
     peak = cfg.train.peak_flops_per_device
     progress = Progress(total)
     t_last, step_last = time.time(), start

@@ -89,6 +89,18 @@ def flops_per_token(
     return float(flops)
 
 
+def step_flops(spec, seq_len: int, batch_size: int) -> float:
+    """Model FLOPs of one train step of `spec` (a StepSpec) on a [batch_size, seq_len] batch:
+    the teacher counts only when a term needs it, its LM head only for the logit KL."""
+    per_token = flops_per_token(
+        spec.student,
+        seq_len,
+        spec.teacher if spec.needs_teacher else None,
+        teacher_head=spec.loss.weights.logit_kl > 0,
+    )
+    return per_token * batch_size * seq_len
+
+
 class MetricsWriter:
     """Appends one JSON object per logged step to `metrics.jsonl` and mirrors scalars to
     TensorBoard event files (tensorboardX, no TensorFlow) under `tb/`."""
