@@ -15,7 +15,15 @@ perplexity, 95 % paired-bootstrap intervals) and exports the student to Hugging 
 checking that transformers continues speech exactly as JAX does. `--ablation` adds the rows
 between the baseline and the full recipe. Every stage is cached in WORKDIR: a rerun resumes.
 
+`--variant expressive` runs the same recipe on the expressive teacher (units + pitch + style
+tokens merged by time, pretrained on expressive speech, text and speech-text interleaving) and
+adds a speaker-consistency test; `--variant interleaved` corrects that teacher on interleaved
+data, starts the student and the baseline from the expressive variant's (run first in
+WORKDIR/expressive unless --set expressive_workdir=DIR), distils on interleaved data and adds
+cross-modal story cloze (speech/text context -> speech/text ending).
+
 example: tinywave demo --workdir runs/demo          (about 11 min on 2 CPU cores; +12 with --ablation)
+         tinywave demo --variant expressive --workdir runs/demo-expressive
          tinywave demo --workdir runs/quick --quick (toy sizes, for the tests)
 """
 
@@ -25,7 +33,9 @@ one other voice each, every utterance its own espeak-ng synthesis with its own s
 fits the units, pretrains the teacher (about 29 minutes in all on 2 CPU cores), scores it on
 held-out validation and test stories and writes OUT: a Hugging Face folder with units/,
 layout.json and provenance.json (command, settings, data hashes, quality, file hashes).
-`tinywave_jax/demo/teacher/` was made this way; see docs/demo_teacher.md.
+`tinywave_jax/demo/teacher/` was made this way; `--variant expressive` builds
+`tinywave_jax/demo/teacher_expressive/` (pitch and style tokens; pretrained on a mixture of
+expressive speech, text and interleaved speech-text). See docs/demo_teacher.md.
 """
 
 
@@ -41,6 +51,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--workdir", default="runs/demo", help="where every stage writes its outputs")
     p.add_argument("--quick", action="store_true", help="toy sizes (what the tests run)")
+    p.add_argument(
+        "--variant",
+        default="base",
+        help="base (default), expressive or interleaved: which of TinyWave's students to make",
+    )
     p.add_argument(
         "--ablation",
         action="store_true",
@@ -75,6 +90,9 @@ def register(subparsers) -> None:
         help="where the stages write audio, corpora and the training run",
     )
     t.add_argument("--quick", action="store_true", help="toy sizes (what the tests run)")
+    t.add_argument(
+        "--variant", default="base", help="base (default) or expressive: which teacher to build"
+    )
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.add_argument(
         "--set",
@@ -124,6 +142,7 @@ def _run(args) -> int:
         _stages(args.stages, STAGES),
         ablation=args.ablation,
         log=lambda m: print(m, flush=True),
+        variant=args.variant,
     )
     print(
         f"demo: finished in {time.time() - t:.0f} s; outputs in {args.workdir} "
@@ -148,6 +167,7 @@ def _run_teacher(args) -> int:
         _stages(args.stages, TeacherBuild.STAGES),
         _command(args),
         log=lambda m: print(m, flush=True),
+        variant=args.variant,
     )
     print(f"demo-teacher: finished in {time.time() - t:.0f} s; package in {args.out}")
     return 0
@@ -159,5 +179,6 @@ def _command(args) -> str:
 
     parts = ["tinywave", "demo-teacher", "--out", args.out, "--workdir", args.workdir]
     parts += ["--quick"] * args.quick + ["--overwrite"] * args.overwrite
+    parts += ["--variant", args.variant] * (args.variant != "base")
     parts += [x for o in args.overrides for x in ("--set", o)]
     return " ".join(shlex.quote(p) for p in parts)

@@ -16,22 +16,51 @@ from pathlib import Path
 import numpy as np
 
 CLOZE = ("ssc", "tsc")
-RESULT_KEYS = {"ssc": "ssc", "tsc": "tsc", "swuggy": "words"}
+CROSS_MODAL = ("cloze_ss", "cloze_st", "cloze_ts", "cloze_tt")
+# task -> the key it reports under (voice: SALMon-style speaker consistency; ss/st/ts/tt:
+# cross-modal topic cloze, context -> ending modality, S = speech, T = text)
+RESULT_KEYS = {
+    "ssc": "ssc",
+    "tsc": "tsc",
+    "swuggy": "words",
+    "salmon": "voice",
+    **{t: t.split("_")[1] for t in CROSS_MODAL},
+}
+
+
+def bench_tasks(bench_dir: Path, words: bool = True) -> tuple[str, ...]:
+    """The tasks a benchmark folder holds: sSC and tSC, the word test (`words`), and the
+    expressive extras where they were written."""
+    tasks = list(CLOZE)
+    if words and (bench_dir / "swuggy").is_dir():
+        tasks.append("swuggy")
+    if (bench_dir / "salmon").is_dir():
+        tasks.append("salmon")
+    if (bench_dir / "crossmodal.jsonl").is_file():
+        tasks += CROSS_MODAL
+    return tuple(tasks)
 
 
 def bench_inputs(
-    bench_dir: Path, units_dir: Path, layout: Path, vocab_size: int, tasks, log=print
+    bench_dir: Path,
+    units_dir: Path,
+    layout: Path,
+    vocab_size: int,
+    tasks,
+    log=print,
+    tokenizer: Path | None = None,
 ) -> dict:
-    """{task: TaskInputs} for the pair folders under `bench_dir`."""
+    """{task: TaskInputs} for the pair folders (and crossmodal.jsonl) under `bench_dir`."""
     from ..eval.harness import prepare_inputs
 
     return {
         t: prepare_inputs(
             t,
-            bench_dir / t,
+            bench_dir / ("crossmodal.jsonl" if t in CROSS_MODAL else t),
             vocab_size,
             extractor=str(units_dir),
             layout=str(layout),
+            tokenizer=None if tokenizer is None else str(tokenizer),
             log=lambda m: log("  " + m),
         )
         for t in tasks

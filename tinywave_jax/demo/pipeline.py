@@ -12,13 +12,17 @@ a rerun skips finished stages and resumes an interrupted training run from its c
               stories), held-out validation / test stories and benchmark pairs (speech.py)
   2 tokens    `tinywave import-hf` of the teacher; the corpora through the teacher's units
   3 teacher   LoRA teacher correction on the distillation corpus
-  4 student   the distilled student and the from-scratch baseline, each trained at every
+  4 expressive (--variant interleaved only) the expressive variant's student and baseline, which
+              the interleaved ones start from (run in WORKDIR/expressive, or reused from
+              --set expressive_workdir=DIR)
+  5 student   the distilled student and the from-scratch baseline, each trained at every
               learning rate of `lr_sweep`; validation perplexity picks one per row
-  5 ablation  (only with --ablation) the rows between them: teacher-layer init + CE, + logit
-              KD, + hidden-state loss, each with the same sweep
-  6 bench     sSC / tSC / words / perplexity on the test stories with 95 % paired-bootstrap
-              intervals: results.md, results.json, loss curves and attention maps
-  7 export    the student in Hugging Face format; its transformers greedy continuation of a
+  6 ablation  (only with --ablation, base variant) the rows between them: teacher-layer init
+              + CE, + logit KD, + hidden-state loss, each with the same sweep
+  7 bench     sSC / tSC / words / perplexity (expressive and interleaved: + speaker consistency
+              and cross-modal cloze) on the test stories with 95 % paired-bootstrap intervals:
+              results.md, results.json, loss curves and attention maps
+  8 export    the student in Hugging Face format; its transformers greedy continuation of a
               speech prompt must equal the JAX one
 """
 
@@ -34,24 +38,37 @@ from .settings import DemoSettings
 from .stages import StagedRun
 from .training import ABLATION_ROWS, MAIN_ROWS, ROWS
 
-STAGES = ("speech", "tokens", "teacher", "student", "ablation", "bench", "export")
+STAGES = ("speech", "tokens", "teacher", "expressive", "student", "ablation", "bench", "export")
+# what each variant trains on (data.mixture)
+MIXTURES = {
+    "base": {"speech": 1.0},
+    "expressive": {"expressive": 1.0},
+    "interleaved": {"interleaved": 1.0},
+}
 
 
 class Demo(StagedRun):
     STAGES = STAGES
-    OPTIONAL = ("ablation",)
     NEEDS = {"speech": ["espeak-ng"], "bench": ["matplotlib"], "export": ["torch", "transformers"]}
 
-    def __init__(self, workdir, settings: DemoSettings, log: Callable = print):
+    def __init__(self, workdir, settings: DemoSettings, log: Callable = print, quick=False):
         super().__init__(workdir, settings, log)
         self.speech_dir, self.tokens_dir = self.dir / "speech", self.dir / "tokens"
         self.runs_dir = self.dir / "runs"
+        self.quick = quick  # the nested expressive run (interleaved) uses the same sizes
+        self.OPTIONAL = ("ablation",) + ("expressive",) * (settings.variant != "interleaved")
 
     @property
     def teacher_dir(self) -> Path:
-        from .teacher import PACKAGE_DIR
+        from .teacher import PACKAGE_DIRS
 
-        return Path(self.settings.teacher_dir) if self.settings.teacher_dir else PACKAGE_DIR
+        if self.settings.teacher_dir:
+            return Path(self.settings.teacher_dir)
+        return PACKAGE_DIRS["base" if self.settings.variant == "base" else "expressive"]
+
+    @property
+    def expressive_dir(self) -> Path:
+        return Path(self.settings.expressive_workdir or self.dir / "expressive")
 
     def check(self, stages) -> None:
         """The teacher package is intact and its world holds the splits this demo asks for."""
@@ -64,6 +81,15 @@ class Demo(StagedRun):
         prov = verify_teacher(self.teacher_dir)
         world = prov["settings"]["world"]
         s = self.settings
+        from .teacher import TeacherError
+
+        teacher_variant = prov["settings"].get("variant", "base")
+        if (teacher_variant == "expressive") != (s.variant != "base"):
+            raise TeacherError(
+                f"{self.teacher_dir}: a {teacher_variant} teacher; the {s.variant} variant needs "
+                + ("a base" if s.variant == "base" else "an expressive")
+                + " one (tinywave demo-teacher --variant ...)"
+            )
         resolve_layer_map(
             s.layer_map,
             prov["settings"]["shape"]["num_hidden_layers"],
@@ -120,7 +146,9 @@ class Demo(StagedRun):
         }
         for name, rows in manifests.items():
             write_jsonl_atomic(out / f"{name}.jsonl", rows)
-        pairs = speech.write_bench(out, world["test"], "bench", WORD_PAIRS)
+        pairs = speech.write_bench(
+            out, world["test"], "bench", WORD_PAIRS, extras=self.settings.variant != "base"
+        )
         hours = speech.hours(manifests["distill"])
         self.log(
             f"  {len(manifests['distill'])} distillation utterances ({hours:.2f} h), "
@@ -147,7 +175,7 @@ class Demo(StagedRun):
             {n: self.speech_dir / f"{n}.jsonl" for n in ("distill", "heldout")},
             self.tokens_dir / "units",
             self.tokens_dir / "corpus",
-            layout["num_units"],
+            layout,
             self.log,
         )
         return {
@@ -161,7 +189,12 @@ class Demo(StagedRun):
 
         s = self.settings
         return data_section(
-            self.tokens_dir / "corpus" / "distill", self.tokens(), s.seq_len, s.batch_size, s.seed
+            self.tokens_dir / "corpus" / "distill",
+            self.tokens(),
+            s.seq_len,
+            s.batch_size,
+            s.seed,
+            MIXTURES[s.variant],
         )
 
     def stage_teacher(self) -> dict:
@@ -184,11 +217,19 @@ class Demo(StagedRun):
 
         s, teacher = self.settings, self.runs_dir / "teacher/correct/final"
         t_config = load_model_config(teacher)
+        starts = self.done("expressive") or {}
         jobs = [
             (
                 f"{row}/lr{lr:g}",
                 row_config(
-                    row, lr, s, teacher, t_config, self.data(), self.runs_dir / f"{row}/lr{lr:g}"
+                    row,
+                    lr,
+                    s,
+                    teacher,
+                    t_config,
+                    self.data(),
+                    self.runs_dir / f"{row}/lr{lr:g}",
+                    start=starts.get(row),
                 ),
             )
             for row in rows
@@ -221,6 +262,40 @@ class Demo(StagedRun):
                 + ", ".join(f"lr {k} {v['valid_ppl']:.3f}" for k, v in tried.items())
                 + f"; chose lr {best}"
             )
+        return out
+
+    def stage_expressive(self) -> dict:
+        """The expressive variant's student and baseline (TinyWave's interleaved student starts
+        from its distilled expressive one; the baseline from the expressive baseline, so both
+        rows have seen the same data)."""
+        from .settings import demo_settings
+
+        s = self.settings
+        if s.expressive_workdir:
+            path = self.expressive_dir / "stages" / "student.json"
+            rec = json.loads(path.read_text()) if path.is_file() else None
+            variant = (self.expressive_dir / "settings.json").is_file() and json.loads(
+                (self.expressive_dir / "settings.json").read_text()
+            ).get("variant")
+            if rec is None or variant != "expressive":
+                raise ConfigError(
+                    f"expressive_workdir: {self.expressive_dir} has no finished expressive "
+                    "student (run `tinywave demo --variant expressive --workdir "
+                    f"{self.expressive_dir}` first)"
+                )
+        else:
+            self.log(f"  the expressive variant first, in {self.expressive_dir}")
+            expr = Demo(
+                self.expressive_dir,
+                demo_settings(self.quick, [f"seed={s.seed}"], "expressive"),
+                lambda m: self.log("  [expressive] " + m),
+                quick=self.quick,
+            )
+            expr.run(("speech", "tokens", "teacher", "student"))
+            rec = expr.done("student")
+        out = {row: rec["rows"][row]["model"] for row in MAIN_ROWS}
+        for row, model in out.items():
+            self.log(f"  {row} starts from {model}")
         return out
 
     def stage_student(self) -> dict:
@@ -299,7 +374,14 @@ class Demo(StagedRun):
         )
 
     def run(self, stages=None, ablation: bool = False) -> dict:
-        stages = [s for s in (STAGES if stages is None else stages) if s != "ablation" or ablation]
+        if ablation and self.settings.variant != "base":
+            raise ConfigError("--ablation: only for the base variant")
+        interleaved = self.settings.variant == "interleaved"
+        stages = [
+            s
+            for s in (STAGES if stages is None else stages)
+            if (s != "ablation" or ablation) and (s != "expressive" or interleaved)
+        ]
         bench = self.done("bench")
         if ablation and bench is not None and not set(ABLATION_ROWS) <= set(bench["rows"]):
             self.record("bench").unlink()  # the table must gain the ablation rows
@@ -313,8 +395,9 @@ def run_demo(
     stages=STAGES,
     ablation: bool = False,
     log: Callable = print,
+    variant: str = "base",
 ) -> dict:
     from .settings import demo_settings
 
-    demo = Demo(workdir, demo_settings(quick, list(overrides)), log)
+    demo = Demo(workdir, demo_settings(quick, list(overrides), variant), log, quick=quick)
     return demo.run(stages, ablation=ablation)

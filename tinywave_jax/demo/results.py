@@ -1,10 +1,12 @@
 """The demo's results: every model scored on the test stories, `results.md` and `results.json`.
 
 results.json: per model (`teacher`, `student`, `baseline`, and the ablation rows when trained)
-`ssc`, `tsc`, `words` (accuracy in %), `ppl`, each with `<metric>_ci` ([lo, hi], 95 % paired
-bootstrap), `pairs` ({task: n}), `params`, `layers`, `lr` and `lr_sweep` (validation perplexity
-per learning rate tried); top level `student_minus_baseline` ({metric: {diff, ci}}), `targets`
-(the issue's targets, checked, never tuned for) and `settings`.
+`ssc`, `tsc`, `words` (accuracy in %), `ppl` (and, for the expressive and interleaved variants,
+`voice`: speaker consistency, and `ss`, `st`, `ts`, `tt`: cross-modal topic cloze), each with
+`<metric>_ci` ([lo, hi], 95 % paired bootstrap), `pairs` ({task: n}), `params`, `layers`, `lr`
+and `lr_sweep` (validation perplexity per learning rate tried); top level
+`student_minus_baseline` ({metric: {diff, ci}}), `targets` (the issue's targets, checked, never
+tuned for) and `settings`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,28 @@ import json
 from .training import ROWS
 
 ORDER = ("teacher", "baseline", "init_ce", "logit", "hidden", "student")
-METRICS = ("ssc", "tsc", "words", "ppl")
+# every metric a table can show, in column order, with its header
+HEADERS = {
+    "ssc": "sSC",
+    "tsc": "tSC",
+    "words": "words",
+    "voice": "voice",
+    "ss": "S→S",
+    "st": "S→T",
+    "ts": "T→S",
+    "tt": "T→T",
+    "ppl": "PPL",
+}
+
+
+def metrics_of(row: dict) -> list[str]:
+    return [k for k in HEADERS if k in row]
 
 
 def score_all(demo, log=print) -> tuple[dict, dict]:
     """(rows, raw scores) for the corrected teacher and every trained row, on the test inputs."""
     from ..checkpoint import load_model
-    from .evaluate import bench_inputs, ppl_inputs, save_raw, score_model, summarize
+    from .evaluate import bench_inputs, bench_tasks, ppl_inputs, save_raw, score_model, summarize
 
     s = demo.settings
     models = {"teacher": {"model": str(demo.runs_dir / "teacher/correct/final")}}
@@ -35,8 +52,9 @@ def score_all(demo, log=print) -> tuple[dict, dict]:
                 demo.tokens_dir / "units",
                 layout,
                 config.vocab_size,
-                ("ssc", "tsc", "swuggy"),
+                bench_tasks(demo.speech_dir / "bench"),
                 log,
+                demo.tokens()["tokenizer"],
             )
             inputs["ppl"] = ppl_inputs(
                 demo.tokens_dir / "corpus" / "heldout", "test", layout, config.vocab_size
@@ -52,7 +70,7 @@ def score_all(demo, log=print) -> tuple[dict, dict]:
                 lr_sweep={lr: v["valid_ppl"] for lr, v in models[name]["sweep"].items()},
             )
         rows[name] = row
-        log(f"  {name}: " + "  ".join(f"{k} {row[k]:.1f}" for k in METRICS))
+        log(f"  {name}: " + "  ".join(f"{k} {row[k]:.1f}" for k in metrics_of(row)))
     return rows, raw
 
 
@@ -69,6 +87,8 @@ def targets(rows: dict, diff: dict) -> dict:
             diff[k]["ci"][0] > 0 for k in ("ssc", "tsc")
         ),
         "ppl_student_below_baseline": s["ppl"] < b["ppl"],
+        # interleaved: cross-modal cloze above chance (its 95 % interval excludes 50 %)
+        **{f"{k}_student_interval_above_50": s[f"{k}_ci"][0] > 50 for k in ("ts", "st") if k in s},
     }
 
 
@@ -90,21 +110,23 @@ def _cell(value: float, ci, digits: int = 1, sign: str = "") -> str:
 
 
 def markdown(rows: dict, diff: dict, checks: dict) -> str:
-    lines = ["| model | params | lr | sSC | tSC | words | PPL |", "|---|---|---|---|---|---|---|"]
+    t, s = rows["teacher"], rows["student"]
+    metrics = metrics_of(t)
+    lines = [
+        "| model | params | lr | " + " | ".join(HEADERS[k] for k in metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
+    ]
     for name in (m for m in ORDER if m in rows):
         r = rows[name]
         lr = f"{r['lr']:g}" if "lr" in r else "-"
-        cells = " | ".join(_cell(r[k], r[f"{k}_ci"], 2 if k == "ppl" else 1) for k in METRICS)
+        cells = " | ".join(_cell(r[k], r[f"{k}_ci"], 2 if k == "ppl" else 1) for k in metrics)
         lines.append(f"| {_label(name, r)} | {r['params'] / 1e6:.2f}M | {lr} | {cells} |")
-    t, s = rows["teacher"], rows["student"]
-    lines.append(
-        f"| student / teacher | {s['params'] / t['params']:.2f}x | | "
-        f"{100 * s['ssc'] / max(t['ssc'], 1e-9):.0f}% | "
-        f"{100 * s['tsc'] / max(t['tsc'], 1e-9):.0f}% | "
-        f"{100 * s['words'] / max(t['words'], 1e-9):.0f}% | |"
+    ratios = " | ".join(
+        "" if k == "ppl" else f"{100 * s[k] / max(t[k], 1e-9):.0f}%" for k in metrics
     )
+    lines.append(f"| student / teacher | {s['params'] / t['params']:.2f}x | | {ratios} |")
     cells = " | ".join(
-        _cell(diff[k]["diff"], diff[k]["ci"], 2 if k == "ppl" else 1, "+") for k in METRICS
+        _cell(diff[k]["diff"], diff[k]["ci"], 2 if k == "ppl" else 1, "+") for k in metrics
     )
     lines.append(f"| student - baseline | | | {cells} |")
     n = t["pairs"]
@@ -113,11 +135,29 @@ def markdown(rows: dict, diff: dict, checks: dict) -> str:
         f"Accuracy in % (pairwise, mean log-likelihood per unit) with 95 % paired-bootstrap "
         f"intervals; sSC {n['ssc']}, tSC {n['tsc']}, words {n['swuggy']} pairs; PPL per unit "
         f"on {t['ppl_tokens']} units of the test stories, all in the target voice. Each row's "
-        "learning rate was chosen on validation perplexity from the same sweep.",
+        "learning rate was chosen on validation perplexity from the same sweep." + _extras_note(n),
         "",
         "Targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _extras_note(n: dict) -> str:
+    """What the expressive and interleaved variants' extra columns are ("" for the base demo)."""
+    out = ""
+    if "salmon" in n:
+        out += (
+            f" voice: {n['salmon']} SALMon-style speaker-consistency pairs (the ending in the "
+            "story's voice vs. the same words in another pitch range and rate)."
+        )
+    if "cloze_ts" in n:
+        out += (
+            f" S→S, S→T, T→S, T→T: cross-modal topic cloze, {n['cloze_ts']} pairs each (context "
+            "in speech or text, the two endings in speech or text, scored on the ending's tokens)."
+        )
+    if out:
+        out += " Units here are all speech tokens (units, pitch and style) or text tokens."
+    return out
 
 
 def write_results(demo, log=print) -> dict:

@@ -8,7 +8,7 @@ other config (an unknown key or a wrong type is a ConfigError naming it).
 from __future__ import annotations
 
 import dataclasses
-from typing import Union
+from typing import Literal, Union
 
 from ..config import ConfigError, apply_overrides, from_dict, to_dict
 from .world import WorldSplits
@@ -27,10 +27,20 @@ class ModelShape:
 
 @dataclasses.dataclass(frozen=True)
 class TeacherSettings:
-    """`tinywave demo-teacher`: the world, its pretraining audio and the teacher's training."""
+    """`tinywave demo-teacher`: the world, its pretraining audio and the teacher's training.
 
+    `variant`: "base" (SpiritLM-Base-like: deduplicated units, speech only) or "expressive"
+    (SpiritLM-Expressive-like: units + pitch + style tokens merged by time, pretrained on a mixture
+    of expressive speech, text and speech-text interleaving)."""
+
+    variant: Literal["base", "expressive"] = "base"
     world: WorldSplits = dataclasses.field(default_factory=WorldSplits)
     units: int = 64  # MFCC k-means units
+    pitch_bins: int = 0  # pitch tokens (0: none; SpiritLM has 64)
+    style_classes: int = 0  # style tokens (0: none; SpiritLM has 100)
+    mixture: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"speech": 1.0}
+    )  # pretraining stream kind -> weight (data.mixture)
     units_fit_hours: float = 1.0  # pretraining audio the k-means is fitted on (at most)
     shape: ModelShape = dataclasses.field(default_factory=ModelShape)
     seq_len: int = 256  # >= a whole story (~200 units)
@@ -46,13 +56,33 @@ class TeacherSettings:
                 raise ConfigError(f"{f}: must be >= 1")
         if self.units_fit_hours <= 0 or self.learning_rate <= 0:
             raise ConfigError("units_fit_hours and learning_rate: must be > 0")
+        expressive = self.variant == "expressive"
+        if expressive != (self.pitch_bins > 0 and self.style_classes > 0):
+            raise ConfigError(
+                f"pitch_bins, style_classes: the {self.variant} variant needs them "
+                + ("both > 0" if expressive else "both 0")
+            )
+        if self.pitch_bins == 1 or self.pitch_bins < 0 or self.style_classes < 0:
+            raise ConfigError("pitch_bins: 0 or >= 2; style_classes: >= 0")
+        from ..data.pipeline import DataConfig
+
+        DataConfig(mixture=dict(self.mixture), tokenizer="words").validate()  # names the key
+        if "expressive" in self.mixture and not expressive:
+            raise ConfigError("mixture.expressive: only for variant=expressive")
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-    """`tinywave demo`: the distillation data, the runs and their learning-rate sweep."""
+    """`tinywave demo`: the distillation data, the runs and their learning-rate sweep.
 
-    teacher_dir: str = ""  # "" = the shipped teacher (tinywave_jax/demo/teacher)
+    `variant` (`--variant`): base (speech units), expressive (units + pitch + style, the expressive
+    teacher) or interleaved (speech-text interleaving; the student and baseline start from the
+    expressive variant's, as TinyWave's interleaved student starts from its expressive one)."""
+
+    variant: Literal["base", "expressive", "interleaved"] = "base"
+    teacher_dir: str = ""  # "" = the variant's shipped teacher (tinywave_jax/demo/teacher*)
+    expressive_workdir: str = ""  # interleaved only: the expressive demo run to start from
+    #                                 ("" = WORKDIR/expressive, run there first when not done)
     distill_stories: int = 480  # training stories in the distillation corpus (target
     #                                       voice); the teacher saw 5x as many, in seven voices
     test_stories: int = 128  # each gives one sSC and one tSC pair
@@ -81,6 +111,8 @@ class DemoSettings:
             )
         if self.student_layers < 1:
             raise ConfigError("student_layers: must be >= 1")
+        if self.expressive_workdir and self.variant != "interleaved":
+            raise ConfigError("expressive_workdir: only for --variant interleaved")
         from ..distill.layer_map import check_layer_map_spec
 
         check_layer_map_spec(self.layer_map, "demo.layer_map")
@@ -131,13 +163,59 @@ QUICK_TEACHER = {
 }
 
 
-def demo_settings(quick: bool = False, overrides: list[str] = ()) -> DemoSettings:
-    data = apply_overrides(dict(QUICK_DEMO) if quick else {}, list(overrides))
+# What each variant changes in the defaults (before --quick and --set).
+DEMO_VARIANTS = {
+    "base": {},
+    "expressive": {"seq_len": 384},  # pitch and style tokens make a story ~1.5x longer
+    "interleaved": {"seq_len": 384},
+}
+TEACHER_VARIANTS = {
+    "base": {},
+    "expressive": {
+        "pitch_bins": 16,
+        "style_classes": 8,
+        # 1,600 stories: pitch and style extraction runs at ~50x real time per core
+        "world": {"train": 1600},
+        "seq_len": 384,
+        "mixture": {"expressive": 0.5, "interleaved": 0.35, "text": 0.15},
+    },
+}
+QUICK_TEACHER_VARIANTS = {"base": {}, "expressive": {"pitch_bins": 4, "style_classes": 3}}
+
+
+def _merged(*layers: dict) -> dict:
+    out: dict = {}
+    for layer in layers:
+        for k, v in layer.items():
+            out[k] = (
+                _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+            )
+    return out
+
+
+def _variant(variant: str, table: dict, flag: str) -> dict:
+    if variant not in table:
+        raise ConfigError(f"{flag}: {variant!r} is not one of {list(table)}")
+    return {"variant": variant, **table[variant]}
+
+
+def demo_settings(
+    quick: bool = False, overrides: list[str] = (), variant: str = "base"
+) -> DemoSettings:
+    base = _merged(_variant(variant, DEMO_VARIANTS, "--variant"), QUICK_DEMO if quick else {})
+    data = apply_overrides(base, list(overrides))
     return from_dict(DemoSettings, data, prefix="demo")
 
 
-def teacher_settings(quick: bool = False, overrides: list[str] = ()) -> TeacherSettings:
-    data = apply_overrides(dict(QUICK_TEACHER) if quick else {}, list(overrides))
+def teacher_settings(
+    quick: bool = False, overrides: list[str] = (), variant: str = "base"
+) -> TeacherSettings:
+    base = _merged(
+        _variant(variant, TEACHER_VARIANTS, "--variant"),
+        QUICK_TEACHER if quick else {},
+        QUICK_TEACHER_VARIANTS[variant] if quick else {},
+    )
+    data = apply_overrides(base, list(overrides))
     return from_dict(TeacherSettings, data, prefix="demo-teacher")
 
 

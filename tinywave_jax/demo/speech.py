@@ -9,8 +9,12 @@ Which audio exists (every utterance its own synthesis, `synth.utterance_voice`):
              SpiritLM's data) for teacher correction, distillation and the baseline
   heldout    validation and test stories in the target voice: perplexity, and (validation only)
              the learning-rate sweeps' choice
-  bench/     test stories as benchmark pairs: ssc/, tsc/, swuggy/ + items.json
-  bench_valid/  the same for validation stories: ssc/, tsc/
+  bench/     test stories as benchmark pairs: ssc/, tsc/, swuggy/ + items.json; for the
+             expressive and interleaved variants also salmon/speaker_consistency/ (the ending in
+             the story's voice vs. in another pitch range and speed, SALMon's layout) and
+             crossmodal.jsonl + crossmodal/ (context and endings as separate audio, with their
+             text, for cross-modal topic cloze: `tinywave eval --task cloze_ts` etc.)
+  bench_valid/  the same for validation stories: ssc/, tsc/ (and the expressive extras)
 
 No validation or test story is in a training corpus, and held-out audio is synthesised at speeds
 no training utterance of that voice uses, so no held-out word waveform equals a training one.
@@ -21,6 +25,7 @@ audio is identical.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -100,8 +105,18 @@ def heldout_rows(out: Path, world: dict) -> list[dict]:
     )
 
 
-def _cloze_pair(out: Path, folder: str, k: int, story, other) -> dict:
-    """sSC and tSC pairs of one story, all four files from one synthesis."""
+def other_pitch_range(voice: Voice) -> Voice:
+    """The same voice 30 pitch steps away (down from high voices, up from low ones) and 30 wpm
+    faster or slower: another speaker's pitch range and rate, nearly the same spectra."""
+    up = voice.pitch < 50
+    return dataclasses.replace(
+        voice, pitch=voice.pitch + (30 if up else -30), speed=voice.speed + (-30 if up else 30)
+    )
+
+
+def _cloze_pair(out: Path, folder: str, k: int, story, other, extras: bool) -> dict:
+    """sSC and tSC pairs of one story, all four files from one synthesis; with `extras` also its
+    speaker-consistency pair and its cross-modal cloze files."""
     variant = utterance_voice(TARGET_VOICE, story.id, held_out=True)
     bank = _bank((*story.sentences, story.wrong, other.ending), variant)
     context = _sentences(story.context)
@@ -123,7 +138,30 @@ def _cloze_pair(out: Path, folder: str, k: int, story, other) -> dict:
             "files": [pos.name, neg.name],
             "ending_start": pos_words[sum(len(s) for s in context)][1],
         }
+    if extras:
+        ending = _sentences([story.ending])
+        shifted = _bank([story.ending], other_pitch_range(variant))
+        sub = f"{folder}/salmon/speaker_consistency"
+        _write(out, f"{sub}/sample_{k}_0.wav", context + ending, bank)
+        _write(out, f"{sub}/sample_{k}_1.wav", context + ending, [bank] * len(context) + [shifted])
+        items["voice"] = {"story": story.id, "files": [f"sample_{k}_0.wav", f"sample_{k}_1.wav"]}
+        items["crossmodal"] = _crossmodal_files(out, folder, k, story, other, bank)
     return items
+
+
+def _crossmodal_files(out: Path, folder: str, k: int, story, other, bank) -> dict:
+    """One cross-modal topic-cloze line: the context and each ending as their own audio file
+    (one synthesis) with their text; the wrong ending is tSC's."""
+    line = {}
+    for part, texts in (
+        ("context", story.context),
+        ("positive", [story.ending]),
+        ("negative", [other.ending]),
+    ):
+        rel = f"crossmodal/{part}/{k}_{story.id}.wav"
+        _write(out / folder, rel, _sentences(texts), bank)
+        line[part] = {"text": " ".join(texts), "audio": rel}
+    return line | {"group": story.id}
 
 
 def _word_pair(out: Path, folder: str, k: int, word: str, nonword: str) -> dict:
@@ -133,14 +171,26 @@ def _word_pair(out: Path, folder: str, k: int, word: str, nonword: str) -> dict:
     return {"positive": word, "negative": nonword, "files": [pos.name, neg.name]}
 
 
-def write_bench(out: Path, stories, folder: str, word_pairs=()) -> dict[str, int]:
+def write_bench(
+    out: Path, stories, folder: str, word_pairs=(), extras: bool = False
+) -> dict[str, int]:
     """sSC / tSC (and word-test) pair folders under `out/folder`; items.json says what each pair
-    holds and where the ending starts (s). tSC's wrong ending is the next story's ending."""
+    holds and where the ending starts (s). tSC's wrong ending is the next story's ending.
+    `extras`: the speaker-consistency pairs and crossmodal.jsonl too."""
+    from ..jsonl import write_jsonl_atomic
+
     pairs = _map(
         _cloze_pair,
-        [(out, folder, k, st, stories[(k + 1) % len(stories)]) for k, st in enumerate(stories)],
+        [
+            (out, folder, k, st, stories[(k + 1) % len(stories)], extras)
+            for k, st in enumerate(stories)
+        ],
     )
     items = {task: [p[task] for p in pairs] for task in ("ssc", "tsc")}
+    if extras:
+        items["voice"] = [p["voice"] for p in pairs]
+        write_jsonl_atomic(out / folder / "crossmodal.jsonl", [p["crossmodal"] for p in pairs])
+        items["crossmodal"] = [p["crossmodal"] for p in pairs]
     if word_pairs:
         items["swuggy"] = _map(
             _word_pair, [(out, folder, k, w, n) for k, (w, n) in enumerate(word_pairs)]

@@ -141,10 +141,12 @@ def synthesize_words(words, voice: Voice, threads: int = 1) -> dict[str, np.ndar
 
 
 def render(
-    sentences: list[list[str]], bank: dict[str, np.ndarray]
+    sentences: list[list[str]], bank: dict[str, np.ndarray] | list[dict[str, np.ndarray]]
 ) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
     """Sentences (lists of words) -> (waveform, [(word, start_s, end_s), ...]); every word starts
-    at a multiple of WORD_ALIGN samples (the pauses are stretched up to the grid)."""
+    at a multiple of WORD_ALIGN samples (the pauses are stretched up to the grid). `bank`: one
+    for all sentences, or one per sentence (a change of voice at a sentence boundary)."""
+    banks = bank if isinstance(bank, list) else [bank] * len(sentences)
 
     def to_grid(n: int) -> int:
         return -(-n // WORD_ALIGN) * WORD_ALIGN
@@ -153,7 +155,7 @@ def render(
     t = len(pieces[0])
     for k, sentence in enumerate(sentences):
         for i, w in enumerate(sentence):
-            wav = bank[w]
+            wav = banks[k][w]
             words.append((w, t / RATE, (t + len(wav)) / RATE))
             gap = (
                 SENTENCE_GAP_S if i == len(sentence) - 1 and k < len(sentences) - 1 else WORD_GAP_S

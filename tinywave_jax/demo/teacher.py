@@ -25,7 +25,11 @@ from ..errors import InputError
 from .settings import TeacherSettings, settings_dict
 from .stages import StagedRun
 
-PACKAGE_DIR = Path(__file__).parent / "teacher"  # the shipped teacher
+PACKAGE_DIR = Path(__file__).parent / "teacher"  # the shipped base teacher
+PACKAGE_DIRS = {  # variant -> its shipped teacher
+    "base": PACKAGE_DIR,
+    "expressive": Path(__file__).parent / "teacher_expressive",
+}
 PROVENANCE = "provenance.json"
 FORMAT = "tinywave-demo-teacher/1"
 
@@ -125,9 +129,10 @@ class TeacherBuild(StagedRun):
         }
         for name, rows in manifests.items():
             write_jsonl_atomic(out / f"{name}.jsonl", rows)
+        extras = self.settings.variant == "expressive"
         pairs = {
-            "bench": speech.write_bench(out, world["test"], "bench", WORD_PAIRS),
-            "bench_valid": speech.write_bench(out, world["validation"], "bench_valid"),
+            "bench": speech.write_bench(out, world["test"], "bench", WORD_PAIRS, extras),
+            "bench_valid": speech.write_bench(out, world["validation"], "bench_valid", (), extras),
         }
         hours = speech.hours(manifests["pretrain"])
         self.log(f"  {len(manifests['pretrain'])} pretraining utterances, {hours:.2f} h")
@@ -151,8 +156,8 @@ class TeacherBuild(StagedRun):
             self.tokens_dir / "units",
             units=s.units,
             features="mfcc",
-            pitch_bins=0,
-            style_classes=0,
+            pitch_bins=s.pitch_bins,
+            style_classes=s.style_classes,
             seed=s.seed,
             max_hours=s.units_fit_hours,
             overwrite=True,
@@ -162,13 +167,13 @@ class TeacherBuild(StagedRun):
             log=lambda m: self.log("  " + m),
         )
         n_text = tokens.write_text_tokenizer(vocabulary(), self.tokens_dir / "tokenizer")
-        layout = tokens.layout_config(s.units, n_text)
+        layout = tokens.layout_config(s.units, n_text, s.pitch_bins, s.style_classes)
         (self.tokens_dir / "layout.json").write_text(json.dumps(layout, indent=1))
         summaries = tokens.build_corpora(
             {n: self.speech_dir / f"{n}.jsonl" for n in ("pretrain", "heldout")},
             self.tokens_dir / "units",
             self.tokens_dir / "corpus",
-            s.units,
+            layout,
             self.log,
         )
         return {
@@ -191,6 +196,7 @@ class TeacherBuild(StagedRun):
             s.seq_len,
             s.batch_size,
             s.seed,
+            s.mixture,
         )
         cfg = pretrain_config(s, data, self.run_dir, self.done("tokens")["vocab_size"])
         final = train_run("teacher/pretrain", cfg, self.log)
@@ -211,6 +217,7 @@ class TeacherBuild(StagedRun):
             self.tokens_dir,
             self.tokens_dir / "units",
             self.tokens_dir / "layout.json",
+            tokenizer=self.tokens_dir / "tokenizer",
             log=self.log,
         )
         (self.dir / "quality.json").write_text(json.dumps(quality, indent=1))
@@ -333,20 +340,26 @@ def model_card(prov: dict) -> str:
 
 
 def evaluate_teacher(
-    ckpt: Path, speech_dir: Path, tokens_dir: Path, units: Path, layout: Path, log=print
+    ckpt: Path,
+    speech_dir: Path,
+    tokens_dir: Path,
+    units: Path,
+    layout: Path,
+    tokenizer: Path | None = None,
+    log=print,
 ) -> dict:
-    """{"validation": row, "test": row}: cloze accuracies (and words on test) with intervals,
-    perplexity on the held-out stories."""
+    """{"validation": row, "test": row}: cloze accuracies (and words on test; the voice and
+    cross-modal pairs where written) with intervals, perplexity on the held-out stories."""
     from ..checkpoint import load_model
-    from .evaluate import bench_inputs, ppl_inputs, score_model, summarize
+    from .evaluate import bench_inputs, bench_tasks, ppl_inputs, score_model, summarize
 
     params, config, _ = load_model(ckpt)
     out = {}
-    for split, folder, tasks in (
-        ("validation", "bench_valid", ("ssc", "tsc")),
-        ("test", "bench", ("ssc", "tsc", "swuggy")),
-    ):
-        inputs = bench_inputs(speech_dir / folder, units, layout, config.vocab_size, tasks, log)
+    for split, folder in (("validation", "bench_valid"), ("test", "bench")):
+        tasks = bench_tasks(speech_dir / folder, words=split == "test")
+        inputs = bench_inputs(
+            speech_dir / folder, units, layout, config.vocab_size, tasks, log, tokenizer
+        )
         inputs["ppl"] = ppl_inputs(
             tokens_dir / "corpus" / "heldout", split, layout, config.vocab_size
         )
@@ -356,7 +369,7 @@ def evaluate_teacher(
             f"  teacher on {split}: "
             + ", ".join(
                 f"{k} {r[k]:.1f} [{r[k + '_ci'][0]:.1f}, {r[k + '_ci'][1]:.1f}]"
-                for k in ("ssc", "tsc", "words", "ppl")
+                for k in ("ssc", "tsc", "words", "voice", "ss", "st", "ts", "tt", "ppl")
                 if k in r
             )
         )
@@ -364,11 +377,19 @@ def evaluate_teacher(
 
 
 def build_teacher(
-    out, workdir, quick=False, overrides=(), overwrite=False, stages=None, command="", log=print
+    out,
+    workdir,
+    quick=False,
+    overrides=(),
+    overwrite=False,
+    stages=None,
+    command="",
+    log=print,
+    variant="base",
 ) -> dict:
     from .settings import teacher_settings
 
     build = TeacherBuild(
-        workdir, teacher_settings(quick, list(overrides)), out, overwrite, command, log
+        workdir, teacher_settings(quick, list(overrides), variant), out, overwrite, command, log
     )
     return build.run(stages)

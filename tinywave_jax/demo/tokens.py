@@ -29,14 +29,15 @@ def write_text_tokenizer(words, out_dir: Path) -> int:
     return len(vocab)
 
 
-def layout_config(units: int, text_vocab_size: int) -> dict:
-    """The demo's custom token layout (LayoutConfig fields): text words, markers, speech units."""
+def layout_config(units: int, text_vocab_size: int, pitch: int = 0, style: int = 0) -> dict:
+    """The demo's custom token layout (LayoutConfig fields): text words, markers, speech units
+    (and, for the expressive teacher, pitch and style tokens)."""
     return {
         "preset": None,
         "text_vocab_size": text_vocab_size,
         "num_units": units,
-        "num_pitch": 0,
-        "num_style": 0,
+        "num_pitch": pitch,
+        "num_style": style,
         "pad_to_multiple": 64,
         "bos_id": 1,
     }
@@ -50,7 +51,7 @@ def vocab_size(layout: dict) -> int:
 
 
 def build_corpora(
-    manifests: dict[str, Path], units_dir: Path, out: Path, units: int, log=print
+    manifests: dict[str, Path], units_dir: Path, out: Path, layout: dict, log=print
 ) -> dict:
     """One corpus per manifest under `out/<name>` (audio through the units folder); returns
     {name: summary}."""
@@ -64,7 +65,15 @@ def build_corpora(
             out / name,
             manifest=manifest,
             extractor=units_dir,
-            vocab_sizes={"hubert": units},
+            vocab_sizes={
+                k: v
+                for k, v in (
+                    ("hubert", layout["num_units"]),
+                    ("pitch", layout["num_pitch"]),
+                    ("style", layout["num_style"]),
+                )
+                if v
+            },
             max_skipped=0,
             shard_size=max(8, min(256, -(-n // 4))),
             workers=workers,

@@ -38,8 +38,12 @@ MAIN_ROWS = ("student", "baseline")
 ABLATION_ROWS = ("init_ce", "logit", "hidden")
 
 
-def data_section(corpus_dir: Path, tokens: dict, seq_len: int, batch_size: int, seed: int) -> dict:
-    """A speech-only corpus data section; `tokens`: {"layout": dict, "tokenizer": folder}."""
+def data_section(
+    corpus_dir: Path, tokens: dict, seq_len: int, batch_size: int, seed: int, mixture=None
+) -> dict:
+    """A corpus data section (default: speech only); `tokens`: {"layout": dict, "tokenizer":
+    folder}. Interleaved spans carry expressive speech when the layout has pitch and style."""
+    expressive = bool(tokens["layout"].get("num_pitch"))
     return {
         "source": "corpus",
         "seq_len": seq_len,
@@ -48,7 +52,8 @@ def data_section(corpus_dir: Path, tokens: dict, seq_len: int, batch_size: int, 
         "corpus": {
             "corpus_dir": str(corpus_dir),
             "split": "train",
-            "mixture": {"speech": 1.0},
+            "mixture": dict(mixture or {"speech": 1.0}),
+            "interleaved_speech": "expressive" if expressive else "hubert",
             "layout": tokens["layout"],
             "tokenizer": str(tokens["tokenizer"]),
             "read_threads": 2,
@@ -117,10 +122,18 @@ def correction_config(s, teacher_ckpt: Path, data: dict, run_dir: Path) -> dict:
 
 
 def row_config(
-    row: str, lr: float, s, teacher_ckpt: Path, teacher_config, data: dict, run_dir: Path
+    row: str,
+    lr: float,
+    s,
+    teacher_ckpt: Path,
+    teacher_config,
+    data: dict,
+    run_dir: Path,
+    start: str | None = None,
 ) -> dict:
     """One student row at learning rate `lr` (DemoSettings `s`); `teacher_config`: the corrected
-    teacher's LlamaConfig (the baseline takes its width and vocabulary)."""
+    teacher's LlamaConfig (the baseline takes its width and vocabulary). `start`: a model the
+    row starts from instead (the interleaved variant's rows start from the expressive ones)."""
     weights = None if ROWS[row][1] is None else dict(ROWS[row][1])
     layer_map = s.layer_map if isinstance(s.layer_map, str) else list(s.layer_map)
     common = {
@@ -129,6 +142,8 @@ def row_config(
         "train": loop_section(s.distill_steps),
         "data": data,
     }
+    if weights is None and start is not None:
+        return {**common, "model": {"path": str(start)}, "logit_chunk_size": None}
     if weights is None:
         t = teacher_config
         shape = {
@@ -146,7 +161,7 @@ def row_config(
     return {
         **common,
         "teacher": {"path": str(teacher_ckpt), "dtype": "float32"},
-        "student": {"num_layers": s.student_layers},
+        "student": {"path": str(start)} if start else {"num_layers": s.student_layers},
         "distill": {
             "weights": weights,
             "temperature": s.temperature,
