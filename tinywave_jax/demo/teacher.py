@@ -303,14 +303,35 @@ def model_card(prov: dict) -> str:
             f"{hi:.{2 if key == 'ppl' else 1}f}]"
         )
 
+    expressive = s.get("variant", "base") == "expressive"
+    tokens = (
+        f"the demo's speech units, {s['pitch_bins']} pitch and {s['style_classes']} style tokens "
+        "merged by time (SpiritLM-Expressive's layout) and its words"
+        if expressive
+        else "the demo's speech units"
+    )
+    mixture = (
+        " Its training streams: "
+        + ", ".join(f"{k} {v:g}" for k, v in s["mixture"].items())
+        + " (interleaved: speech and text spans switching at word boundaries)."
+        if expressive
+        else ""
+    )
+    metrics = [
+        k
+        for k in ("ssc", "tsc", "words", "voice", "ss", "st", "ts", "tt", "ppl")
+        if k in prov["quality"]["test"]
+    ]
+    names = {"ss": "S→S", "st": "S→T", "ts": "T→S", "tt": "T→T", "ppl": "PPL"}
+    names.update(ssc="sSC", tsc="tSC")
     lines = [
-        "# The tinywave demo teacher",
+        "# The tinywave demo teacher" + (" (expressive)" if expressive else ""),
         "",
         f"A {shape['num_hidden_layers']}-layer Llama (hidden {shape['hidden_size']}, "
-        f"{shape['num_attention_heads']} heads, FFN {shape['intermediate_size']}) over the "
-        f"demo's speech units, pretrained from random init by `tinywave demo-teacher` on "
+        f"{shape['num_attention_heads']} heads, FFN {shape['intermediate_size']}) over "
+        f"{tokens}, pretrained from random init by `tinywave demo-teacher` on "
         f"{s['world']['train']} spoken stories ({d['utterances']['pretrain']} utterances, "
-        f"{d['hours']:.1f} h of audio in all, seven voices). A Hugging Face folder: "
+        f"{d['hours']:.1f} h of audio in all, seven voices).{mixture} A Hugging Face folder: "
         "`transformers.LlamaForCausalLM.from_pretrained` loads it, `tinywave import-hf` converts it; "
         "`units/` is its unit extractor (`tinywave units extract`), `layout.json` its token layout, "
         "the tokenizer files its word-level text tokenizer.",
@@ -324,11 +345,10 @@ def model_card(prov: dict) -> str:
         "Quality on held-out stories (target voice, a synthesis no training file comes from; "
         "95 % bootstrap intervals):",
         "",
-        "| split | sSC | tSC | words | PPL |",
-        "|---|---|---|---|---|",
+        "| split | " + " | ".join(names.get(k, k) for k in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
         *[
-            f"| {split} | {row(split, 'ssc')} | {row(split, 'tsc')} | {row(split, 'words')} | "
-            f"{row(split, 'ppl')} |"
+            f"| {split} | " + " | ".join(row(split, k) for k in metrics) + " |"
             for split in ("validation", "test")
         ],
         "",
