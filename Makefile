@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format demo demo-teacher clean espeak shellcheck
+.PHONY: venv test lint format demo demo-expressive demo-interleaved demo-teacher demo-teacher-expressive clean espeak shellcheck
 
 venv: $(STAMP)
 
@@ -46,9 +46,22 @@ test: venv espeak shellcheck
 demo: venv espeak
 	$(BIN)/tinywave demo --workdir runs/demo
 
-# Rebuilds the shipped teacher package (about 30 min on 2 cores; provenance: docs/demo_teacher.md).
+# TinyWave's other two students: expressive (units + pitch + style), then interleaved (speech +
+# text, starting from the expressive run's student and baseline).
+demo-expressive: venv espeak
+	$(BIN)/tinywave demo --variant expressive --workdir runs/demo-expressive
+
+demo-interleaved: demo-expressive
+	$(BIN)/tinywave demo --variant interleaved --workdir runs/demo-interleaved \
+	  --set expressive_workdir=runs/demo-expressive
+
+# Rebuilds the shipped teacher packages (provenance and times: docs/demo_teacher.md).
 demo-teacher: venv espeak
 	$(BIN)/tinywave demo-teacher --out tinywave_jax/demo/teacher --workdir runs/demo_teacher --overwrite
+
+demo-teacher-expressive: venv espeak
+	$(BIN)/tinywave demo-teacher --variant expressive --out tinywave_jax/demo/teacher_expressive \
+	  --workdir runs/demo_teacher_expressive --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
