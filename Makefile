@@ -9,10 +9,18 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
+# llama-cpp-python (test extra, runs `export-gguf` files) compiles llama.cpp from source with the
+# machine's gcc/g++ and cmake (PyPI's cmake when there is none): ~13 min on 2 cores, once (pip
+# caches the wheel). Portable AVX2 flags rather than -march=native: a native build uses AMX tiles
+# where the CPU advertises them, which crash (SIGILL) where the kernel or sandbox does not enable
+# AMX, as on this project's machines. No llava (multimodal) library.
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON \
+	-DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/python -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 # Tests see 8 simulated CPU devices (set in tests/conftest.py before jax is imported).

@@ -15,7 +15,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
-    "tinywave_jax.convert.commands",  # import-hf, export-hf
+    "tinywave_jax.convert.commands",  # import-hf, export-hf, export-gguf
     "tinywave_jax.scoring",  # score
     "tinywave_jax.audio.commands",  # units fit / hubert-spec / extract
     "tinywave_jax.distill.commands",  # init-student

@@ -1,4 +1,4 @@
-"""`tinywave import-hf` and `tinywave export-hf` sub-commands."""
+"""`tinywave import-hf`, `tinywave export-hf` and `tinywave export-gguf` sub-commands."""
 
 from __future__ import annotations
 
@@ -55,6 +55,24 @@ def _export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_gguf(args: argparse.Namespace) -> int:
+    from .gguf_export import export_gguf
+
+    result = export_gguf(
+        args.ckpt_dir,
+        args.out,
+        gguf_type=args.type,
+        overwrite=args.overwrite,
+        layout=args.layout,
+        progress=ProgressPrinter("export-gguf"),
+        verify=not args.no_verify,
+    )
+    for note in result.notes:
+        print(f"export-gguf: note: {note}", file=sys.stderr)
+    print(f"wrote GGUF file {result.path} ({result.type}, {result.bytes / 1e6:.1f} MB)")
+    return 0
+
+
 def register(subparsers) -> None:
     from ..checkpoint import add_no_verify
 
@@ -108,3 +126,37 @@ def register(subparsers) -> None:
     )
     add_no_verify(p)
     p.set_defaults(func=_export_hf)
+
+    p = subparsers.add_parser(
+        "export-gguf",
+        help="write a tinywave checkpoint as one GGUF file for llama.cpp",
+        description="Writes OUT.gguf (llama architecture: metadata, the vocabulary with every "
+        "token string, tensors under llama.cpp's names with its q/k layout) that llama.cpp and "
+        "llama-cpp-python run. 1-D tensors stay f32; with q4_0 the output projection is q8_0. "
+        "The file is written to a temporary sibling and renamed once complete.",
+    )
+    p.add_argument("ckpt_dir", metavar="CKPT_DIR")
+    p.add_argument("out", metavar="OUT.gguf")
+    p.add_argument(
+        "--type",
+        default="f16",
+        metavar="TYPE",
+        # the list is gguf_export.GGUF_TYPES (not imported here: `tinywave --help` stays light)
+        help="type of the matrices: f32, f16, bf16, q8_0 or q4_0 (default f16; 1-D tensors "
+        "stay f32)",
+    )
+    p.add_argument(
+        "--layout",
+        default=None,
+        help="token layout naming the speech ids ([Hu12], [Pi3], [St7], [Text], [Speech]): a "
+        "preset or a layout JSON file (default: the SpiritLM preset of a SpiritLM vocabulary "
+        "size; otherwise ids without a tokenizer token are named [Tok<id>])",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT.gguf (only once the new file is complete; never a file "
+        "inside CKPT_DIR)",
+    )
+    add_no_verify(p)
+    p.set_defaults(func=_export_gguf)

@@ -1,0 +1,218 @@
+"""Running an exported GGUF file in llama.cpp (through `llama-cpp-python`, the `gguf` extra):
+per-token log-probabilities, greedy continuation, pairwise accuracy, and `export_gguf_and_compare`,
+the check that a GGUF export scores and continues like the JAX model it came from.
+
+Token ids go in directly (no llama.cpp tokenizer in between), as the audio tokenizer in front
+of a speech LM produces them. Log-probabilities follow `scoring.score_sequences`:
+lp[t - 1] = log p(ids[t] | ids[:t]) for t >= 1, computed in float64 from llama.cpp's logits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def load_llama_cpp(
+    gguf_path: str | Path,
+    n_ctx: int = 0,
+    n_threads: int | None = None,
+    logits_all: bool = True,
+    f32_kv_cache: bool = False,
+):
+    """A `llama_cpp.Llama` over `gguf_path`. n_ctx 0: the model's context length; logits_all:
+    keep the logits of every position (log-probs need them; greedy decoding does not);
+    f32_kv_cache: keys and values cached in float32 instead of llama.cpp's default float16
+    (which alone moves float32 log-probs by up to ~3e-3)."""
+    import llama_cpp
+
+    return llama_cpp.Llama(
+        model_path=str(gguf_path),
+        n_ctx=n_ctx,
+        n_batch=512,
+        logits_all=logits_all,
+        **(
+            {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32}
+            if f32_kv_cache
+            else {}
+        ),
+        n_threads=n_threads or max(1, len(os.sched_getaffinity(0))),
+        verbose=False,
+    )
+
+
+def _model(model, n_ctx: int = 0):
+    return model if not isinstance(model, (str, Path)) else load_llama_cpp(model, n_ctx)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _check(ids: Sequence[int], llm, where: str) -> list[int]:
+    ids = [int(i) for i in ids]
+    n_vocab, n_ctx = llm.n_vocab(), llm.n_ctx()
+    bad = sorted({i for i in ids if not 0 <= i < n_vocab})
+    if bad:
+        raise InputError(f"{where}: ids outside the GGUF vocabulary [0, {n_vocab}): {bad[:10]}")
+    if len(ids) > n_ctx:
+        raise InputError(f"{where}: {len(ids)} tokens, longer than the context ({n_ctx})")
+    return ids
+
+
+def llama_cpp_logits(model, ids: Sequence[int]) -> np.ndarray:
+    """llama.cpp's logits [len(ids), vocab] (float32) of one sequence, from an empty cache."""
+    llm = _model(model)
+    ids = _check(ids, llm, "sequence")
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], np.float32)
+
+
+def llama_cpp_logprobs(model, seqs: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """log p(ids[t] | ids[:t]) for t >= 1 per sequence (float64 [len - 1]), as
+    `scoring.score_sequences` returns them. `model`: a GGUF path or a loaded `llama_cpp.Llama`."""
+    llm = _model(model)
+    out = []
+    for ids in seqs:
+        ids = [int(i) for i in ids]
+        lp = _log_softmax(llama_cpp_logits(llm, ids)[:-1])
+        out.append(lp[np.arange(len(ids) - 1), ids[1:]])
+    return out
+
+
+def llama_cpp_greedy(model, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
+    """The argmax continuation of `prompt` (max_new_tokens ids, no stop token), one llama.cpp
+    KV-cached step per token."""
+    llm = _model(model)
+    prompt = _check(prompt, llm, "prompt")
+    _check([0] * (len(prompt) + max_new_tokens - 1), llm, "prompt + new tokens")
+    llm.reset()
+    llm.eval(prompt)
+    out: list[int] = []
+    while True:
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(token)
+        if len(out) == max_new_tokens:
+            return out
+        llm.eval([token])
+
+
+def llama_cpp_pairwise_accuracy(model, items: list, scoring: str = "mean") -> dict:
+    """`eval.pairwise.pairwise_accuracy` with llama.cpp's log-probabilities: {"accuracy",
+    "n_pairs", "pairs": [{"name", "positive", "negative", "outcome"}]}."""
+    from ..eval.pairwise import pair_outcome, sequence_score
+
+    llm = _model(model)
+    seqs = [s for it in items for s in (it.positive, it.negative)]
+    lps = llama_cpp_logprobs(llm, [s.ids for s in seqs])
+    scores = [sequence_score(lp, s.score_from, scoring) for lp, s in zip(lps, seqs)]
+    pairs = [
+        {
+            "name": it.name or f"{it.positive.name} | {it.negative.name}",
+            "positive": p,
+            "negative": n,
+            "outcome": pair_outcome(p, n),
+        }
+        for it, p, n in zip(items, scores[0::2], scores[1::2])
+    ]
+    return {
+        "accuracy": float(np.mean([p["outcome"] for p in pairs])),
+        "n_pairs": len(pairs),
+        "pairs": pairs,
+    }
+
+
+def export_gguf_and_compare(
+    ckpt_dir: str | Path,
+    out: str | Path,
+    gguf_type: str = "q8_0",
+    *,
+    items: list | None = None,
+    prompt: Sequence[int] | None = None,
+    new_tokens: int = 24,
+    layout=None,
+    overwrite: bool = True,
+    scoring: str = "mean",
+    log=print,
+) -> dict:
+    """Exports `ckpt_dir` to the GGUF file `out` and compares llama.cpp on it with the JAX model:
+    pairwise accuracy of `items` (eval.pairwise.PairItem) in both, with the share of pairs
+    whose outcome agrees and the per-token log-prob gap (mean, max |JAX - llama.cpp|); the
+    greedy continuation of `prompt` (ids) in both and the length of their common prefix. Returns
+    a JSON-able dict; nothing is asserted (a quantized file may differ a little)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ..checkpoint import load_model
+    from ..eval.pairwise import pairwise_accuracy
+    from ..models import decode
+    from ..scoring import score_sequences
+    from .gguf_export import export_gguf
+
+    result = export_gguf(ckpt_dir, out, gguf_type, overwrite=overwrite, layout=layout)
+    for note in result.notes:
+        log(f"  note: {note}")
+    doc: dict = {"gguf": str(result.path), "type": result.type, "bytes": result.bytes}
+    log(f"  wrote {result.path} ({result.type}, {result.bytes / 1e6:.2f} MB)")
+    params, config, _ = load_model(ckpt_dir)
+    llm = load_llama_cpp(result.path)
+    if items:
+        jax_acc = pairwise_accuracy(params, config, items, scoring)
+        cpp_acc = llama_cpp_pairwise_accuracy(llm, items, scoring)
+        seqs = [s.ids.tolist() for it in items for s in (it.positive, it.negative)]
+        gaps = np.concatenate(
+            [
+                np.abs(np.asarray(a, np.float64) - b)
+                for a, b in zip(
+                    score_sequences(params, config, seqs), llama_cpp_logprobs(llm, seqs)
+                )
+            ]
+        )
+        agree = np.mean(
+            [a["outcome"] == b["outcome"] for a, b in zip(jax_acc["pairs"], cpp_acc["pairs"])]
+        )
+        doc["pairwise"] = {
+            "n_pairs": len(items),
+            "jax_accuracy": jax_acc["accuracy"],
+            "llama_cpp_accuracy": cpp_acc["accuracy"],
+            "outcome_agreement": float(agree),
+            "logprob_gap_mean": float(gaps.mean()),
+            "logprob_gap_max": float(gaps.max()),
+        }
+        log(
+            f"  pairwise accuracy: JAX {100 * jax_acc['accuracy']:.1f}, llama.cpp "
+            f"{100 * cpp_acc['accuracy']:.1f} ({100 * agree:.1f}% of pairs agree; per-token "
+            f"log-prob gap mean {gaps.mean():.4f}, max {gaps.max():.4f})"
+        )
+    if prompt is not None:
+        prompt = [int(i) for i in prompt]
+        ids, mask = decode.left_pad([prompt])
+        jax_out = np.asarray(
+            decode.generate(
+                params,
+                config,
+                jnp.asarray(ids),
+                jnp.asarray(mask),
+                jax.random.key(0),
+                max_new_tokens=new_tokens,
+                greedy=True,
+            )
+        )[0].tolist()
+        cpp_out = llama_cpp_greedy(llm, prompt, new_tokens)
+        same = next((k for k, (a, b) in enumerate(zip(jax_out, cpp_out)) if a != b), new_tokens)
+        doc["continuation"] = {
+            "prompt": prompt,
+            "jax": jax_out,
+            "llama_cpp": cpp_out,
+            "common_prefix": same,
+        }
+        log(f"  greedy continuation: llama.cpp equals JAX on the first {same}/{new_tokens} tokens")
+    return doc
