@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import storage
 from .errors import ConversionError, InputError, MissingInputError, TinywaveError
 from .models.config import LlamaConfig
 from .models.param_layout import check_params, flatten, param_shapes, set_path
@@ -69,18 +70,13 @@ def add_no_verify(parser) -> None:
 
 
 def _params_files(params_dir: Path) -> list[str]:
-    """Every file under params_dir, as sorted '/'-separated paths relative to it."""
-    out = []
-    for root, dirs, files in os.walk(params_dir):
-        dirs.sort()
-        rel = Path(root).relative_to(params_dir)
-        out += [(rel / name).as_posix() for name in files]
-    return sorted(out)
+    """Every file under params_dir (local or gs://), as sorted '/'-separated relative paths."""
+    return storage.rel_files(params_dir)
 
 
 def _sha256(path: Path) -> str:
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
@@ -89,11 +85,11 @@ def _sha256(path: Path) -> str:
 def hash_params(params_dir: str | Path) -> tuple[dict[str, str], dict[str, int]]:
     """(sha256 hex, size) of every file under `params_dir`, keyed by relative path; files are
     hashed in parallel threads (hashlib releases the GIL)."""
-    params_dir = Path(params_dir)
+    params_dir = storage.path(params_dir)
     files = _params_files(params_dir)
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(files)))) as ex:
         digests = list(ex.map(lambda rel: _sha256(params_dir / rel), files))
-    sizes = [(params_dir / rel).stat().st_size for rel in files]
+    sizes = [storage.size(params_dir / rel) for rel in files]
     return dict(zip(files, digests)), dict(zip(files, sizes))
 
 
@@ -102,7 +98,7 @@ def verify_params(ckpt_dir: str | Path, info: dict | None = None) -> bool:
     tinywave.json at save time. Raises CheckpointIntegrityError naming the first missing,
     extra, truncated or altered file; returns True when every file matches, False (with an
     UnverifiedCheckpointWarning) for a checkpoint that records no hashes."""
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = storage.path(ckpt_dir)
     info = load_model_info(ckpt_dir) if info is None else info
     recorded, sizes = info.get(HASHES_KEY), info.get(SIZES_KEY) or {}
     if recorded is None:
@@ -140,13 +136,11 @@ def verify_params(ckpt_dir: str | Path, info: dict | None = None) -> bool:
     if extra:
         fail(extra[0], "was not part of the saved checkpoint", extra)
     short = sorted(
-        rel
-        for rel, n in sizes.items()
-        if rel in recorded and (params_dir / rel).stat().st_size != n
+        rel for rel, n in sizes.items() if rel in recorded and storage.size(params_dir / rel) != n
     )
     if short:
         rel = short[0]
-        size = (params_dir / rel).stat().st_size
+        size = storage.size(params_dir / rel)
         fail(rel, f"is {size} bytes, {sizes[rel]} when saved (truncated or altered)", short)
     digests, _ = hash_params(params_dir)
     changed = sorted(rel for rel, digest in recorded.items() if digests[rel] != digest)
@@ -159,11 +153,16 @@ def copy_tokenizer_files(src_dir: str | Path | None, dst_dir: Path) -> list[str]
     """Copies the TOKENIZER_FILES present in `src_dir` into `dst_dir`; returns their names."""
     if src_dir is None:
         return []
-    found = [name for name in TOKENIZER_FILES if (Path(src_dir) / name).is_file()]
+    src_dir = storage.path(src_dir)
+    found = [name for name in TOKENIZER_FILES if (src_dir / name).is_file()]
     if found:
-        dst_dir.mkdir(parents=True, exist_ok=True)
+        if not storage.is_remote(dst_dir):
+            dst_dir.mkdir(parents=True, exist_ok=True)
         for name in found:
-            shutil.copy2(Path(src_dir) / name, dst_dir / name)
+            if storage.is_remote(src_dir) or storage.is_remote(dst_dir):
+                (dst_dir / name).write_bytes((src_dir / name).read_bytes())
+            else:
+                shutil.copy2(src_dir / name, dst_dir / name)
     return found
 
 
@@ -191,6 +190,12 @@ def _params_checkpointer():
     )
 
 
+def _absolute(p):
+    """What orbax is given: an absolute local path, or the gs:// path itself (pathlib's resolve
+    would turn it into ./gs:/...)."""
+    return storage.path(p) if storage.is_remote(p) else Path(p).resolve()
+
+
 def save_model(
     out_dir: str | Path,
     params: dict,
@@ -208,13 +213,13 @@ def save_model(
 
     from . import __version__
 
-    out_dir = Path(out_dir)
+    out_dir = storage.path(out_dir)
     check_params(params, config, where=f"saving {out_dir}")
     primary = is_primary_process()  # several processes: all write params, process 0 the rest
     with atomic_output_dir(out_dir, overwrite, sources) as tmp:
         ckptr = _params_checkpointer()
         try:
-            ckptr.save((tmp / "params").resolve(), args=ocp.args.PyTreeSave(params))
+            ckptr.save(_absolute(tmp / "params"), args=ocp.args.PyTreeSave(params))
         finally:
             ckptr.close()
         if primary:
@@ -239,7 +244,8 @@ def save_model(
 
 def load_model_info(ckpt_dir: str | Path) -> dict:
     """The checkpoint's tinywave.json, checked for format and version."""
-    path = Path(ckpt_dir) / INFO_FILE
+    storage.check_gcs(ckpt_dir, what="model checkpoint")
+    path = storage.path(ckpt_dir) / INFO_FILE
     if not path.is_file():
         raise MissingInputError(f"{ckpt_dir}: not a tinywave model checkpoint (no {INFO_FILE})")
     try:
@@ -258,7 +264,7 @@ def load_model_info(ckpt_dir: str | Path) -> dict:
 
 
 def load_model_config(ckpt_dir: str | Path) -> LlamaConfig:
-    return LlamaConfig.from_hf_file(Path(ckpt_dir) / "config.json")
+    return LlamaConfig.from_hf_file(storage.path(ckpt_dir) / "config.json")
 
 
 def _damaged(ckpt_dir: Path, what: str, verified: bool | None) -> CheckpointIntegrityError:
@@ -288,7 +294,7 @@ def _stored_params(ckpt_dir: Path, params_dir: Path, verified) -> dict[tuple[str
     except ValueError:
         raise _damaged(ckpt_dir, "params/_METADATA is truncated or not JSON", verified) from None
     manifest = params_dir / "manifest.ocdbt"
-    if not manifest.is_file() or manifest.stat().st_size == 0:
+    if not manifest.is_file() or storage.size(manifest) == 0:
         state = "is missing" if not manifest.is_file() else "is empty"
         raise _damaged(ckpt_dir, f"params/manifest.ocdbt {state}", verified)
     ckptr = ocp.StandardCheckpointer()
@@ -369,10 +375,10 @@ def load_model(
     import jax
     import orbax.checkpoint as ocp
 
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = storage.path(ckpt_dir)
     info = load_model_info(ckpt_dir)
     config = load_model_config(ckpt_dir)
-    params_dir = (ckpt_dir / "params").resolve()
+    params_dir = _absolute(ckpt_dir / "params")
     verified = verify_params(ckpt_dir, info) if verify else None
     stored = _stored_params(ckpt_dir, params_dir, verified)
     expected = flatten(param_shapes(config))

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from . import storage
 from .errors import InputError, MissingInputError
 
 
@@ -14,8 +15,10 @@ def iter_jsonl(
     path: str | Path, what: str = "input file", error: type[Exception] = InputError
 ) -> Iterator[tuple[str, dict]]:
     """Yields ("path:line", object) for each non-blank line. A missing file raises
-    MissingInputError naming `what`; a line that is not a JSON object raises `error` naming it."""
-    path = Path(path)
+    MissingInputError naming `what`; a line that is not a JSON object raises `error` naming it.
+    `path` may be local or gs://."""
+    storage.check_gcs(path, what=what)
+    path = storage.path(path)
     if not path.is_file():
         raise MissingInputError(f"{what} not found: {path}")
     with path.open() as f:
@@ -33,7 +36,13 @@ def iter_jsonl(
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
-    """Writes to a temporary sibling and renames, so a failure never leaves a half file."""
+    """Writes to a temporary sibling and renames, so a failure never leaves a half file. On object
+    storage (gs://) the file is one object, uploaded when complete: equally all or nothing."""
+    if storage.is_remote(path):
+        storage.check_gcs(storage.path(path).parent, write=True, what="output file in")
+        text = "".join(json.dumps(rec) + "\n" for rec in records)
+        storage.path(path).write_text(text)
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -3,6 +3,12 @@ holds, or lies inside) an input of the same command, and write a new one atomica
 sibling renamed into place once complete), with every jax process agreeing on the folder when
 several write shards of one save. Temporary siblings a killed run left behind are removed (or, for
 an interrupted replacement, the previous folder put back) by the next write into the same folder.
+
+On object storage (gs://) there are no folder renames: the temporary sibling is copied into place
+object by object with a commit marker (COMMIT_MARKER) written last, and an old folder is first
+copied aside whole (its marker last), so that a killed commit can always be rolled back to a
+complete folder (`_commit_remote`, `_clean_remote`; docs/reliability.md says what a reader may see
+meanwhile).
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from . import storage
 from .errors import ConfigError, OutputExistsError
 
 # A stale sibling whose writer ran on another host is removed only once nothing in it changed for
 # this long (its process cannot be asked whether it is alive).
 STALE_AFTER_S = 24 * 3600
+
+# On object storage: the object written last into a committed folder (and into a complete copy set
+# aside while a folder is replaced). A folder without it is mid-commit or mid-removal.
+COMMIT_MARKER = ".tinywave-complete"
 
 
 def _shown(path: str | Path) -> str:
@@ -47,6 +58,8 @@ def check_not_an_input(out_dir: str | Path, sources: Iterable[str | Path]) -> No
     """Raises ConfigError when `out_dir` is one of `sources`, contains one, or lies inside one
     (symlinks resolved): writing it, or replacing it with --overwrite, would delete or alter
     that input."""
+    if storage.is_remote(out_dir) or any(storage.is_remote(s) for s in sources if s is not None):
+        return _check_not_an_input_remote(out_dir, sources)
     out_real = Path(os.path.realpath(out_dir))
     for src in sources:
         if src is None:
@@ -66,6 +79,33 @@ def check_not_an_input(out_dir: str | Path, sources: Iterable[str | Path]) -> No
         )
 
 
+def _check_not_an_input_remote(out_dir, sources) -> None:
+    """check_not_an_input when a path is remote: object keys have no links, so the comparison is
+    of the normalised names (a local path never equals a remote one)."""
+
+    def norm(p) -> str:
+        p = os.fspath(p)
+        return p.rstrip("/") if storage.is_remote(p) else os.path.realpath(p)
+
+    out = norm(out_dir)
+    for src in sources:
+        if src is None:
+            continue
+        s = norm(src)
+        if out == s:
+            relation = "is the input"
+        elif s.startswith(out + "/"):
+            relation = "contains the input"
+        elif out.startswith(s + "/"):
+            relation = "lies inside the input"
+        else:
+            continue
+        raise ConfigError(
+            f"output folder {out_dir} {relation} {src}: writing it would "
+            "replace or alter that input; choose an output folder outside it"
+        )
+
+
 def check_output_dir(
     out_dir: str | Path, overwrite: bool = False, sources: Iterable[str | Path] = ()
 ) -> None:
@@ -73,7 +113,7 @@ def check_output_dir(
     unless it is apart from every input folder or file in `sources` (ConfigError, even with
     `overwrite`)."""
     check_not_an_input(out_dir, sources)
-    out_dir = Path(out_dir)
+    out_dir = storage.path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir} exists and is not a folder")
     if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
@@ -173,6 +213,8 @@ def clean_stale_siblings(out_dir: str | Path, log=None) -> list[Path]:
     changed in it for STALE_AFTER_S. If the kill fell between moving the old `out_dir` aside and
     moving the new one in (so `out_dir` is missing), the old folder is put back instead. Returns
     the leftovers it removed or restored."""
+    if storage.is_remote(out_dir):
+        return _clean_remote(storage.path(out_dir), log)
     out_dir = Path(os.path.abspath(out_dir))
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     pattern = _tag_pattern(out_dir.name)
@@ -215,7 +257,10 @@ def atomic_output_dir(
     into `out_dir` are cleaned up first (clean_stale_siblings). With several jax processes all
     of them get the same folder (to write their shards into) and only process 0 creates,
     renames or removes."""
-    out_dir = Path(os.path.abspath(out_dir))  # normalises "." and "..", which have no siblings
+    out_dir = storage.absolute(out_dir)  # normalises "." and "..", which have no siblings
+    remote = storage.is_remote(out_dir)
+    if remote:
+        storage.check_gcs(out_dir.parent, write=True, what="output folder in")
     sources = tuple(s for s in sources if s is not None)
     primary = is_primary_process()
     check_not_an_input(out_dir, sources)
@@ -225,7 +270,7 @@ def atomic_output_dir(
     check_output_dir(out_dir, overwrite, sources)
     tag = _shared_tag()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{tag}")
-    if primary:
+    if primary and not remote:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
     _sync(f"tinywave-save-begin-{tag}")
@@ -236,18 +281,113 @@ def atomic_output_dir(
             # someone may have written there meanwhile
             check_output_dir(out_dir, overwrite, sources)
             old = None
-            if out_dir.exists():
+            if remote:
+                _commit_remote(tmp, out_dir, tag)
+            elif out_dir.exists():
                 old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
                 out_dir.rename(old)
-            try:
-                tmp.rename(out_dir)
-            except BaseException:
+            if not remote:
+                try:
+                    tmp.rename(out_dir)
+                except BaseException:
+                    if old is not None:
+                        old.rename(out_dir)
+                    raise
                 if old is not None:
-                    old.rename(out_dir)
-                raise
-            if old is not None:
-                shutil.rmtree(old)
+                    shutil.rmtree(old)
         _sync(f"tinywave-save-done-{tag}")
     finally:
-        if primary and tmp.exists():
+        if primary and remote:
+            storage.rmtree(tmp)
+        elif primary and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _complete(folder) -> bool:
+    return (folder / COMMIT_MARKER).is_file()
+
+
+def _commit_remote(tmp, out_dir, tag: str) -> None:
+    """Object storage: puts the finished `tmp` in place as `out_dir` by copying.
+
+    1. an existing out_dir is copied whole to `.NAME.old-TAG` (its marker last), then removed
+       (its marker first);
+    2. tmp is copied into out_dir, COMMIT_MARKER last;
+    3. tmp and the old copy are removed.
+    A kill at any point leaves either a complete out_dir or a complete `.old` copy, which
+    `_clean_remote` puts back (a leftover `.tmp` is removed: it was never committed)."""
+    storage.fs(tmp).pipe_file(str(tmp / COMMIT_MARKER), b"")  # tmp is complete
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
+        if not _complete(out_dir):  # written by another tool: mark it, so that its copy counts
+            storage.fs(out_dir).pipe_file(str(out_dir / COMMIT_MARKER), b"")
+        storage.copy_tree(out_dir, old, last=(COMMIT_MARKER,))
+        _remove_remote(out_dir)
+    storage.copy_tree(tmp, out_dir, last=(COMMIT_MARKER,))
+    storage.rmtree(tmp)
+    if old is not None:
+        _remove_remote(old)
+
+
+def _remove_remote(folder) -> None:
+    """Removes a remote folder, its commit marker first (so that a partial one never counts)."""
+    marker = folder / COMMIT_MARKER
+    if marker.exists():
+        marker.unlink()
+    storage.rmtree(folder)
+
+
+def _remote_last_change(folder) -> float:
+    newest = 0.0
+    for info in storage.fs(folder).find(str(folder), detail=True).values():
+        t = info.get("mtime") or info.get("updated")
+        if hasattr(t, "timestamp"):
+            t = t.timestamp()
+        elif isinstance(t, str):
+            import datetime
+
+            t = datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+        newest = max(newest, float(t or 0.0))
+    return newest
+
+
+def _clean_remote(out_dir, log) -> list:
+    """clean_stale_siblings on object storage: leftovers of a killed `_commit_remote`."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    pattern = _tag_pattern(out_dir.name)
+    try:
+        siblings = sorted(out_dir.parent.iterdir()) if out_dir.parent.exists() else []
+    except OSError:
+        return []
+    now, done = time.time(), []
+    for p in sorted(siblings, key=lambda p: p.name.startswith(f".{out_dir.name}.old-")):
+        m = pattern.fullmatch(p.name)
+        if m is None:
+            continue
+        host, pid = m["host"], int(m["pid"])
+        if host == _host():
+            why = (
+                None
+                if (pid == os.getpid() or _pid_alive(pid))
+                else (f"its writer, process {pid} on this host, is gone")
+            )
+        else:
+            idle = now - _remote_last_change(p)
+            why = (
+                None
+                if idle < STALE_AFTER_S
+                else f"its writer, process {pid} on host {host}, left it unchanged for "
+                f"{idle / 3600:.0f} h"
+            )
+        if why is None:
+            continue
+        if m["kind"] == "old" and _complete(p) and not _complete(out_dir):
+            _remove_remote(out_dir)
+            storage.copy_tree(p, out_dir, last=(COMMIT_MARKER,))
+            log(f"restored {out_dir} from {p.name}, left by an interrupted replacement ({why})")
+        else:
+            log(f"removed stale temporary folder {p} ({why})")
+        _remove_remote(p)
+        done.append(p)
+    return done

@@ -145,8 +145,12 @@ def score_file(
     progress: bool = True,
     verify: bool = True,
 ) -> list[dict]:
+    from . import storage
     from .checkpoint import load_model, load_model_config
 
+    # gs:// paths are checked (credentials, bucket, write access) before the long load and scoring
+    storage.check_gcs(ckpt_dir, what="model checkpoint")
+    storage.check_gcs(storage.path(out_path).parent, write=True, what="output file in")
     records = read_jsonl(in_path)
     seqs = [r["ids"] for r in records]
     shape = load_model_config(ckpt_dir)  # ids and lengths are checked before the (long) load

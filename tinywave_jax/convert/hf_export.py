@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import storage
 from ..errors import ConfigError, MissingInputError
 from ..models.config import LlamaConfig
 from ..models.param_layout import TensorMap, check_params, flatten, tensor_maps
@@ -182,7 +183,7 @@ def write_hf_dir(
             (tmp / "generation_config.json").write_text(
                 json.dumps(generation_config_dict(config), indent=2) + "\n"
             )
-    return Path(out_dir)
+    return storage.path(out_dir)
 
 
 def export_hf(
@@ -200,7 +201,8 @@ def export_hf(
     from ..checkpoint import load_model
     from ..outputs import check_output_dir
 
-    ckpt_dir = Path(ckpt_dir)
+    storage.check_gcs(ckpt_dir, what="tinywave checkpoint folder")
+    ckpt_dir = storage.path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise MissingInputError(f"tinywave checkpoint folder not found: {ckpt_dir}")
     parse_size(max_shard_size)  # fail before the (long) load

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
+from .. import storage
 from ..errors import ConfigError, ConversionError, MissingInputError
 from ..models.config import LlamaConfig
 from ..models.param_layout import flatten, get_path, param_shapes, set_path, tensor_maps
@@ -213,21 +215,33 @@ def import_hf(
     progress: Progress | None = None,
 ) -> Path:
     """Converts a Hugging Face Llama folder into a tinywave model checkpoint at `out_dir`."""
-    from ..checkpoint import save_model
     from ..outputs import check_output_dir
 
     if dtype not in PARAM_DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {list(PARAM_DTYPES)}")
-    hf_dir = Path(hf_dir)
-    if not hf_dir.is_dir():
+    storage.check_gcs(hf_dir, what="Hugging Face model folder")
+    storage.check_gcs(storage.path(out_dir).parent, write=True, what="output folder in")
+    source = storage.path(hf_dir)
+    if not source.is_dir():
         raise MissingInputError(f"Hugging Face model folder not found: {hf_dir}")
     check_output_dir(out_dir, overwrite, sources=[hf_dir])  # fail before the long conversion
+    if storage.is_remote(source):
+        # safetensors are memory-mapped: a gs:// folder is read from a local copy (in TMPDIR)
+        with tempfile.TemporaryDirectory(prefix="tinywave-import-hf-") as local:
+            storage.copy_tree(source, local)
+            return _import(Path(local), str(source), out_dir, dtype, overwrite, progress, source)
+    return _import(source, str(source.resolve()), out_dir, dtype, overwrite, progress, source)
+
+
+def _import(hf_dir: Path, source_name: str, out_dir, dtype, overwrite, progress, source) -> Path:
+    from ..checkpoint import save_model
+
     config = LlamaConfig.from_hf_file(hf_dir / "config.json")
     weights = HFWeights(hf_dir)
     params = hf_state_to_params(weights, config, dtype, progress=progress)
     provenance = {
         "source": "huggingface",
-        "source_dir": str(hf_dir.resolve()),
+        "source_dir": source_name,
         "source_weights": [p.name for p in weights.files],
         "source_dtypes": sorted({str(weights[name].dtype) for name in weights}),
     }
@@ -238,5 +252,5 @@ def import_hf(
         provenance=provenance,
         overwrite=overwrite,
         tokenizer_dir=hf_dir,
-        sources=[hf_dir],
+        sources=[source],
     )

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
+from .. import storage
 from ..errors import InputError
 
 DTYPES: dict[str, np.dtype] = {
@@ -173,7 +174,7 @@ def write_file(
 ) -> int:
     """Writes tensors in the given order, producing each only when its bytes are due, so at most
     one tensor is materialised at a time. Returns the number of data bytes written."""
-    path = Path(path)
+    path = storage.path(path)  # a gs:// file is streamed up (gcsfs), never held whole
     tensors = list(tensors)
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
@@ -187,7 +188,7 @@ def write_file(
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # pad so the data section starts 8-byte aligned
-    with open(path, "wb") as f:
+    with path.open("wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for t in tensors:

@@ -77,8 +77,12 @@ def _init_student(args: argparse.Namespace) -> int:
 
     inputs = [args.teacher_ckpt, args.config]  # OUT_DIR must not be, hold or lie inside them
     check_output_dir(args.out_dir, args.overwrite, inputs)  # fail before loading a 7B teacher
-    teacher = None if args.teacher_ckpt is None else str(Path(args.teacher_ckpt).resolve())
-    tokenizer_dir = None if teacher is None else Path(teacher) / "tokenizer"
+    from .. import storage
+
+    teacher = args.teacher_ckpt
+    if teacher is not None and not storage.is_remote(teacher):
+        teacher = str(Path(teacher).resolve())
+    tokenizer_dir = None if teacher is None else storage.path(teacher) / "tokenizer"
     if args.random:
         config = _random_config(args)
         params, config = random_student(config, jax.random.key(args.seed))

@@ -61,7 +61,9 @@ def student_config_from(spec: ShapeSpec) -> LlamaConfig:
     if isinstance(spec, LlamaConfig):
         return spec
     if isinstance(spec, (str, Path)):
-        path = Path(spec)
+        from ..storage import path as _path
+
+        path = _path(spec)
         if not path.is_file() and not (path / "config.json").is_file():
             raise MissingInputError(f"student config not found: {path}")
         file = path / "config.json" if path.is_dir() else path

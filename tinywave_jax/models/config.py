@@ -175,7 +175,9 @@ class LlamaConfig:
 
     @classmethod
     def from_hf_file(cls, path: str | Path, **jax_options) -> "LlamaConfig":
-        path = Path(path)
+        from ..storage import path as _path
+
+        path = _path(path)
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
@@ -187,7 +189,9 @@ class LlamaConfig:
         return cls.from_hf_dict(hf, where=str(path), **jax_options)
 
     def write_hf_file(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
+        from ..storage import path as _path
+
+        _path(path).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
 
 
 def tiny_config(**kw) -> LlamaConfig:

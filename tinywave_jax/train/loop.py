@@ -26,6 +26,7 @@ from pathlib import Path
 import jax
 import yaml
 
+from .. import storage
 from ..config import ConfigError, to_dict
 from ..errors import OutputExistsError
 from ..outputs import check_not_an_input
@@ -112,8 +113,10 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
     One run per run_dir at a time (RunInUseError otherwise). `resume=True` continues from the
     newest intact checkpoint; config keys outside resume.RESUME_MAY_CHANGE may change only when
     named in `allow_config_change` (a key covers the keys under it)."""
+    # a gs:// run folder must be writable before any work (not at the first checkpoint)
+    storage.check_gcs(cfg.run_dir, write=True, what="run_dir")
     recipe = prepare(cfg)
-    run_dir = Path(cfg.run_dir)
+    run_dir = storage.path(cfg.run_dir)
     check_not_an_input(run_dir / "final", recipe.inputs())  # before any work, not at the end
     primary = jax.process_index() == 0
     new_config = to_dict(cfg)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .. import storage
 from ..errors import InputError
 from ..models.config import LlamaConfig
 
@@ -103,18 +104,25 @@ def step_flops(spec, seq_len: int, batch_size: int) -> float:
 
 class MetricsWriter:
     """Appends one JSON object per logged step to `metrics.jsonl` and mirrors scalars to
-    TensorBoard event files (tensorboardX, no TensorFlow) under `tb/`."""
+    TensorBoard event files (tensorboardX, no TensorFlow) under `tb/`.
+
+    On object storage (run_dir=gs://...), which cannot append, the rows are kept in memory and
+    metrics.jsonl is rewritten whole at each logged step (one object write: a reader sees the
+    previous version or the new one, never a torn line); tensorboardX writes gs:// event files
+    itself (google-cloud-storage), re-uploading each file whole at each flush."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.remote = storage.is_remote(run_dir)
+        self.path = storage.path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self._tb = None
-        if enabled:
+        self._rows: list[str] | None = None  # remote: the file's lines, rewritten whole
+        if enabled and not self.remote:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            self._tb = SummaryWriter(str(storage.path(run_dir) / "tb"))
 
     def truncate_after(self, step: int) -> None:
         """Drops rows past `step` (written by a run that was killed after its last checkpoint),
@@ -124,16 +132,29 @@ class MetricsWriter:
         rows, torn = _parse_rows(self.path)
         if torn:
             log.warning("%s: dropped its torn last line (a run killed mid-write)", self.path)
+        text = "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step)
+        if self.remote:  # one object write replaces it whole
+            self.path.write_text(text)
+            self._rows = text.splitlines(keepends=True)
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+        tmp.write_text(text)
         os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.remote:
+            if self._rows is None:
+                self._rows = (
+                    self.path.read_text().splitlines(keepends=True) if self.path.is_file() else []
+                )
+            self._rows.append(json.dumps(row) + "\n")
+            self.path.write_text("".join(self._rows))
+        else:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and math.isfinite(v):
@@ -148,7 +169,7 @@ class MetricsWriter:
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of run_dir/metrics.jsonl; a torn last line (being written, or killed mid-write)
     is left out."""
-    return _parse_rows(Path(run_dir) / "metrics.jsonl")[0]
+    return _parse_rows(storage.path(run_dir) / "metrics.jsonl")[0]
 
 
 class Progress:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import jax
 
+from .. import storage
 from ..errors import ConfigError, InputError, MissingInputError, TinywaveError
 from .state import TrainState
 
@@ -108,11 +109,17 @@ def check_resume_config(saved: dict | None, new: dict, allow: Iterable[str], whe
         )
 
 
+def _absolute(p):
+    """An absolute local path, or the gs:// path itself (pathlib's resolve would make it
+    ./gs:/...)."""
+    return p if storage.is_remote(p) else Path(p).resolve()
+
+
 def checkpoint_manager(run_dir: str | Path, keep: int = 3, async_save: bool = True):
     import orbax.checkpoint as ocp
 
     return ocp.CheckpointManager(
-        (Path(run_dir) / "checkpoints").resolve(),
+        _absolute(storage.path(run_dir) / "checkpoints"),
         item_names=("state", "data", "meta"),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save
@@ -252,14 +259,20 @@ def _everyone(ok: bool) -> bool:
 def _set_aside(mngr, steps: list[int]) -> Path:
     """Moves damaged checkpoint steps to run_dir/corrupt_checkpoints/ (a resumed run saves those
     step numbers again); process 0 moves, every process then re-reads the step list."""
-    dest = Path(mngr.directory).parent / "corrupt_checkpoints"
+    directory = storage.path(str(mngr.directory))
+    dest = directory.parent / "corrupt_checkpoints"
     if jax.process_index() == 0:
-        dest.mkdir(exist_ok=True)
+        if not storage.is_remote(dest):
+            dest.mkdir(exist_ok=True)
         for step in steps:
             target = dest / str(step)
             if target.exists():
                 target = dest / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
-            shutil.move(str(Path(mngr.directory) / str(step)), str(target))
+            if storage.is_remote(dest):  # no renames on object storage: copy, then delete
+                storage.copy_tree(directory / str(step), target)
+                storage.rmtree(directory / str(step))
+            else:
+                shutil.move(str(directory / str(step)), str(target))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

@@ -20,6 +20,12 @@ through a collective, so every process stops together when the folder is in use.
 The file system must honour O_EXCL (local disks and NFSv3+ do). Replacing a stale lock moves it
 aside and checks it is still the one judged stale, so two runs replacing the same stale lock do
 not both win.
+
+On object storage (run_dir=gs://...) the lock is an object created with the precondition "no
+object of this name exists yet" (GCS ifGenerationMatch=0: two runs racing for it cannot both
+win); a stale one is deleted only while it still holds what was judged stale (a read, then a
+delete: not atomic, so two runs replacing the same stale lock in the same instant could both
+proceed; docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import storage
 from ..errors import OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -88,7 +95,8 @@ class RunLock:
     """`with RunLock(run_dir):` holds run_dir/.lock for the block (see the module doc)."""
 
     def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
+        self.run_dir = storage.path(run_dir)
+        self.remote = storage.is_remote(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self._mine: bytes | None = None
 
@@ -100,8 +108,9 @@ class RunLock:
         self.release()
 
     def acquire(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        key = str(self.path.resolve())
+        if not self.remote:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        key = self._key()
         if key in _HELD:
             raise RunInUseError(f"{self.run_dir}: already in use by this process")
         body = json.dumps(
@@ -115,6 +124,13 @@ class RunLock:
             }
         ).encode()
         for _ in range(3):
+            if self.remote:
+                if self._create_remote(body):
+                    self._mine = body
+                    _HELD.add(key)
+                    return
+                self._replace_if_stale()
+                continue
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
@@ -131,6 +147,20 @@ class RunLock:
         raise RunInUseError(
             f"{self.run_dir}: could not take {self.path} (other runs keep taking it)"
         )
+
+    def _key(self) -> str:
+        return str(self.path) if self.remote else str(self.path.resolve())
+
+    def _create_remote(self, body: bytes) -> bool:
+        """Creates the lock object unless one exists (GCS precondition ifGenerationMatch=0);
+        False when it exists."""
+        if self.path.exists():
+            return False
+        try:
+            storage.fs(self.path).pipe_file(str(self.path), body, mode="create")
+        except FileExistsError:
+            return False
+        return True
 
     def _replace_if_stale(self) -> None:
         """Removes the lock file if its process is gone; raises RunInUseError if it may live."""
@@ -169,6 +199,13 @@ class RunLock:
     def _remove_if_same(self, seen: bytes) -> None:
         """Deletes the lock file only if it still holds `seen`: moved aside first, so a lock that
         a third run took meanwhile is put back rather than deleted."""
+        if self.remote:
+            try:
+                if self.path.read_bytes() == seen:
+                    self.path.unlink()
+            except FileNotFoundError:
+                pass
+            return
         aside = self.path.with_name(f"{LOCK_NAME}.stale.{socket.gethostname()}.{os.getpid()}")
         try:
             os.replace(self.path, aside)
@@ -185,7 +222,7 @@ class RunLock:
     def release(self) -> None:
         if self._mine is None:
             return
-        _HELD.discard(str(self.path.resolve()))
+        _HELD.discard(self._key())
         try:
             if self.path.read_bytes() == self._mine:
                 self.path.unlink()

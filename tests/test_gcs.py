@@ -1,0 +1,218 @@
+"""gs:// end to end against a real GCS endpoint (fake-gcs-server, tests/gcs_fixtures.py): a
+distill run on a bucket that is SIGKILLed after a checkpoint and resumed to final/ (compared with
+the same run on a local disk), import-hf from and export-hf to the bucket (compared with the
+source model's tensors, read back with google-cloud-storage's own client), a killed replacement
+of a bucket folder rolled back, and the start-up errors for a missing bucket and for missing
+credentials (exit 2, one line naming the bucket and the setting to fix)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from gcs_fixtures import gcs_emulator, make_bucket
+from train_fixtures import SHARED_OVER, distill_config, distill_dict
+
+from tinywave_jax import storage
+from tinywave_jax.checkpoint import load_model
+from tinywave_jax.cli import main as cli_main
+from tinywave_jax.outputs import COMMIT_MARKER, clean_stale_siblings
+from tinywave_jax.train.loop import run
+from tinywave_jax.train.metrics import read_metrics
+
+N, K = SHARED_OVER["train"]["steps"], SHARED_OVER["train"]["checkpoint_every"]
+TIMING_KEYS = {"tokens_per_s", "mfu"}
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    with gcs_emulator(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log") as url:
+        yield url
+
+
+def _blobs(bucket: str, prefix: str) -> dict[str, bytes]:
+    """Every object under gs://bucket/prefix/, read with google-cloud-storage (not our code)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs_client
+
+    client = gcs_client.Client(project="test", credentials=AnonymousCredentials())
+    return {
+        b.name[len(prefix) + 1 :]: b.download_as_bytes()
+        for b in client.list_blobs(bucket, prefix=prefix + "/")
+    }
+
+
+def _env() -> dict:
+    env = dict(os.environ)  # the emulator's endpoints, XLA_FLAGS and the compile cache
+    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+def _wait_for(predicate, proc, what: str, timeout: float = 240.0):
+    t0 = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"training exited ({proc.returncode}) before {what}:\n"
+                + proc.stderr.read().decode()[-3000:]
+            )
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_distill_on_a_bucket_survives_sigkill_and_resumes_to_final(gcs, tmp_path):
+    bucket = make_bucket()
+    run_dir = f"gs://{bucket}/run"
+    local = run(distill_config(run_dir=str(tmp_path / "local"), **SHARED_OVER), echo=False)
+
+    config = tmp_path / "gcs.yaml"
+    d = distill_dict(run_dir=run_dir, **SHARED_OVER)
+    d["train"]["throttle_s"] = 0.7  # slow steps, so the kill lands mid-run
+    config.write_text(yaml.safe_dump(d))
+    cmd = [sys.executable, "-m", "tinywave_jax.cli", "distill", str(config), "--quiet"]
+
+    def durable():  # orbax's GCS commit marker of step K
+        return f"checkpoints/{K}/commit_success.txt" in _blobs(bucket, "run")
+
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(durable, proc, f"checkpoint {K} on the bucket")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    objects = _blobs(bucket, "run")
+    assert ".lock" in objects and "final/tinywave.json" not in objects  # killed mid-run
+
+    done = subprocess.run(
+        [*cmd, "--resume", "train.throttle_s=0"], env=_env(), capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert "stale lock" in done.stderr.decode()  # the killed run's lock object, replaced
+    objects = _blobs(bucket, "run")
+    assert ".lock" not in objects and COMMIT_MARKER not in objects
+    assert f"final/{COMMIT_MARKER}" in objects and "final/tinywave.json" in objects
+    assert not any(name.startswith((".final.", "./")) for name in objects)  # no temporaries
+    assert not Path("gs:").exists()  # nothing written to a local ./gs:/ folder
+
+    # the same parameters and metrics as the uninterrupted local run
+    a, _, _ = load_model(local["final_dir"])
+    b, _, info = load_model(f"{run_dir}/final")  # verified against its recorded sha256
+    jax.tree.map(np.testing.assert_array_equal, b, a)
+    assert info["provenance"]["run_dir"] == run_dir
+    rows_a, rows_b = read_metrics(tmp_path / "local"), read_metrics(run_dir)
+    assert [r["step"] for r in rows_b] == list(range(1, N + 1))
+    for ra, rb in zip(rows_a, rows_b):
+        assert {k: v for k, v in ra.items() if k not in TIMING_KEYS} == {
+            k: v for k, v in rb.items() if k not in TIMING_KEYS
+        }
+
+
+def test_import_hf_from_and_export_hf_to_a_bucket(gcs, tmp_path):
+    import safetensors.numpy
+    from hf_reference import make_hf_model
+
+    bucket = make_bucket()
+    model = make_hf_model(num_hidden_layers=2)
+    model.save_pretrained(tmp_path / "hf")
+    reference = safetensors.numpy.load_file(tmp_path / "hf" / "model.safetensors")
+    storage.copy_tree(tmp_path / "hf", f"gs://{bucket}/hf")
+
+    assert cli_main(["import-hf", f"gs://{bucket}/hf", f"gs://{bucket}/ckpt"]) == 0
+    assert cli_main(["export-hf", f"gs://{bucket}/ckpt", f"gs://{bucket}/out"]) == 0
+    exported = _blobs(bucket, "out")
+    got = safetensors.numpy.load(exported["model.safetensors"])
+    # export writes the untied head; HF's own save drops nothing here (untied model)
+    assert sorted(got) == sorted(reference)
+    for name, want in reference.items():
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+    assert json.loads(exported["config.json"])["num_hidden_layers"] == 2
+    info = json.loads(_blobs(bucket, "ckpt")["tinywave.json"])
+    assert info["provenance"]["source_dir"] == f"gs://{bucket}/hf"
+    assert not Path("gs:").exists()
+
+    # an output inside its own input is refused on a bucket too, before any work
+    assert cli_main(["import-hf", f"gs://{bucket}/hf", f"gs://{bucket}/hf/inner"]) == 2
+
+
+def test_killed_replacement_on_a_bucket_is_rolled_back(gcs, tmp_path, capsys):
+    """A replacement killed after the old folder was copied aside and the new one half copied
+    in: the next write puts the complete old copy back (the writer's pid is gone)."""
+    bucket = make_bucket()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    pid = int(dead.stdout)
+    from tinywave_jax.outputs import _host
+
+    base = f"gs://{bucket}/models"
+    old = f"{base}/.final.old-{_host()}-{pid}-0123abcd"
+    for rel, data in {"a.txt": b"old a", "b.txt": b"old b", COMMIT_MARKER: b""}.items():
+        storage.path(f"{old}/{rel}").write_bytes(data)
+    storage.path(f"{base}/final/a.txt").write_bytes(b"new a")  # partial: no marker yet
+    storage.path(f"{base}/.final.tmp-{_host()}-{pid}-4567abcd/a.txt").write_bytes(b"new a")
+
+    done = clean_stale_siblings(f"{base}/final")
+    assert len(done) == 2
+    objects = _blobs(bucket, "models")
+    assert objects == {
+        "final/a.txt": b"old a",
+        "final/b.txt": b"old b",
+        f"final/{COMMIT_MARKER}": b"",
+    }
+    assert "restored" in capsys.readouterr().err
+
+
+def test_missing_bucket_and_missing_credentials_fail_at_start_up(
+    gcs, tmp_path, capsys, monkeypatch
+):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(distill_dict(run_dir="gs://no-such-bucket-tw/run")))
+    assert cli_main(["distill", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'no-such-bucket-tw' does not exist" in err, err
+
+    # no emulator and no credentials: the check needs no network to fail
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    monkeypatch.delenv("TENSORSTORE_GCS_HTTP_URL")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-key.json"))
+    config.write_text(yaml.safe_dump(distill_dict(run_dir="gs://some-bucket-tw/run")))
+    assert cli_main(["distill", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "'some-bucket-tw'" in err and "GOOGLE_APPLICATION_CREDENTIALS" in err, err
+    assert cli_main(["score", "gs://some-bucket-tw/ckpt", "in.jsonl", "out.jsonl"]) == 2
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in capsys.readouterr().err
+
+
+def test_lock_object_refuses_a_second_run_from_another_process(gcs):
+    """The run lock on a bucket: a live holder refuses another process's run (whose lock object
+    creation carries the precondition ifGenerationMatch=0), and release removes it."""
+    from tinywave_jax.train.run_lock import RunLock
+
+    run_dir = f"gs://{make_bucket()}/run"
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from tinywave_jax.train.run_lock import RunLock; RunLock({run_dir!r}).acquire()",
+            ],
+            env=_env(),
+            capture_output=True,
+        )
+        assert other.returncode == 1 and "RunInUseError" in other.stderr.decode()
+        assert f"in use by pid {os.getpid()} on this host" in other.stderr.decode()
+    finally:
+        lock.release()
+    assert not storage.path(f"{run_dir}/.lock").exists()

@@ -1,0 +1,237 @@
+"""Where files live: local folders and object storage (gs://) behind one path type.
+
+`path(p)` is the one way the package turns a user's path into something to read or write: a
+`gs://bucket/key` (or any other `scheme://`) becomes an `etils.epath.Path` (gcsfs underneath; orbax
+reaches the same objects through tensorstore), a local path stays a `pathlib.Path` (which
+`etils.epath` would use underneath anyway) so that the POSIX guarantees built on it (O_EXCL locks,
+same-file checks through symlinks, renames) keep their meaning. Both share the pathlib subset the
+package uses (`/`, name, parent, exists, is_dir, is_file, iterdir, mkdir, read_*/write_*, open,
+unlink). Never call `.resolve()` on a remote path: pathlib would turn `gs://b/x` into `./gs:/b/x`.
+
+Object storage has no folders, renames or appends: each object write is atomic (a reader sees the
+old object or the new one), anything spanning several objects is not; see docs/reliability.md for
+what each writer does instead.
+
+Endpoints and credentials: the standard settings of each client. STORAGE_EMULATOR_HOST points
+google-cloud-storage and gcsfs at an emulator, TENSORSTORE_GCS_HTTP_URL points tensorstore (orbax's
+array reads and writes) at it; real GCS uses Application Default Credentials
+(GOOGLE_APPLICATION_CREDENTIALS, or `gcloud auth application-default login`, or a VM's service
+account). `check_gcs(path, write=...)` fails at start-up with one line naming the bucket and the
+setting to fix instead of a library traceback after the first checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from pathlib import Path
+from typing import Union
+
+from .errors import TinywaveError
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+AnyPath = Union[str, os.PathLike]
+
+
+class StorageAccessError(TinywaveError, PermissionError):
+    """An object-storage path that cannot be reached: no credentials, no such bucket, no write
+    access; the message names the bucket and the setting to fix."""
+
+
+def is_remote(p: AnyPath | None) -> bool:
+    """Whether `p` names object storage (`gs://...`, any `scheme://`)."""
+    return (
+        p is not None and _SCHEME.match(os.fspath(p) if not isinstance(p, str) else p) is not None
+    )
+
+
+def path(p: AnyPath):
+    """`p` as a path object: etils.epath.Path for `scheme://` paths, pathlib.Path otherwise."""
+    if is_remote(p):
+        from etils import epath
+
+        _configure_gcsfs()
+        return epath.Path(str(p))
+    return Path(p)
+
+
+def absolute(p: AnyPath):
+    """`path(p)`, made absolute for a local path ('.' and '..' folded, symlinks kept)."""
+    return path(p) if is_remote(p) else Path(os.path.abspath(p))
+
+
+def bucket(p: AnyPath) -> str:
+    """The bucket of `scheme://bucket/key`."""
+    rest = _SCHEME.sub("", str(p), count=1)
+    return rest.split("/", 1)[0]
+
+
+_CONFIGURED = False
+
+
+def _configure_gcsfs() -> None:
+    """gcsfs caches folder listings per process; other writers (tensorstore under orbax, other
+    processes) do not invalidate that cache, so listings would go stale. Turn it off once, before
+    the first gs:// filesystem is made."""
+    global _CONFIGURED
+    if not _CONFIGURED:
+        import fsspec.config
+
+        for proto in ("gs", "gcs"):
+            fsspec.config.conf.setdefault(proto, {}).setdefault("use_listings_cache", False)
+        _CONFIGURED = True
+
+
+def fs(p: AnyPath):
+    """The fsspec filesystem behind a remote path (gcsfs for gs://)."""
+    import fsspec
+
+    _configure_gcsfs()
+    proto = _SCHEME.match(str(p)).group(1)
+    return fsspec.filesystem("gcs" if proto == "gs" else proto)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def _credentials_problem() -> str | None:
+    """Why Application Default Credentials cannot be found, or None (also None with an emulator,
+    which needs none)."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return None
+    try:
+        import google.auth
+        import google.auth.exceptions
+    except ImportError:
+        return "google-auth is not installed (pip install gcsfs)"
+    try:
+        google.auth.default()
+    except google.auth.exceptions.DefaultCredentialsError as e:
+        return _first_line(e)
+    return None
+
+
+_CHECKED: set[tuple[str, bool]] = set()
+
+
+def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> None:
+    """For a gs:// `p`: fails (StorageAccessError, one line naming the bucket and the setting to
+    fix) when no credentials are found, the bucket does not exist, or (`write`) an object cannot
+    be written and deleted under `p`. Local paths and other schemes pass untouched."""
+    if p is None or not str(p).startswith("gs://"):
+        return
+    key = (str(p), write)
+    if key in _CHECKED:
+        return
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        raise StorageAccessError(
+            f"{what} {p}: gs:// paths need gcsfs: pip install 'tinywave_jax[gcs]'"
+        ) from None
+    name = bucket(p)
+    if not name:
+        raise StorageAccessError(f"{what} {p}: names no bucket (gs://BUCKET/...)")
+    problem = _credentials_problem()
+    if problem is not None:
+        raise StorageAccessError(
+            f"{what} {p}: no Google Cloud credentials to reach bucket {name!r} ({problem}); set "
+            "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file or run `gcloud auth "
+            "application-default login` (STORAGE_EMULATOR_HOST and TENSORSTORE_GCS_HTTP_URL "
+            "select an emulator instead)"
+        )
+    gcs = fs(p)
+    try:
+        found = gcs.exists(name)
+    except Exception as e:  # gcsfs raises HttpError, OSError, ... for refused or failed requests
+        raise StorageAccessError(
+            f"{what} {p}: cannot reach bucket {name!r}: {_first_line(e)}; check the bucket name, "
+            "GOOGLE_APPLICATION_CREDENTIALS (the account needs storage access) and "
+            "STORAGE_EMULATOR_HOST"
+        ) from None
+    if not found:
+        raise StorageAccessError(
+            f"{what} {p}: bucket {name!r} does not exist (or these credentials cannot see it); "
+            "create it (`gcloud storage buckets create gs://{name}`) or fix the path".replace(
+                "{name}", name
+            )
+        )
+    if write:
+        tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        probe = f"{str(p).rstrip('/')}/.tinywave-write-check-{tag}"
+        try:
+            gcs.pipe_file(probe, b"tinywave write check\n")
+            gcs.rm_file(probe)
+        except Exception as e:
+            raise StorageAccessError(
+                f"{what} {p}: cannot write to bucket {name!r}: {_first_line(e)}; the account "
+                "of GOOGLE_APPLICATION_CREDENTIALS (or the VM's service account) needs "
+                "roles/storage.objectAdmin on the bucket"
+            ) from None
+    _CHECKED.add(key)
+
+
+def rel_files(root: AnyPath) -> list[str]:
+    """Every file under `root` (local or remote), as sorted '/'-separated relative paths."""
+    if is_remote(root):
+        base = str(root).rstrip("/")
+        gcs = fs(root)
+        stripped = _SCHEME.sub("", base, count=1)
+        found = gcs.find(base)
+        return sorted(f[len(stripped) + 1 :] for f in found if f.startswith(stripped + "/"))
+    out = []
+    root = Path(root)
+    for r, dirs, files in os.walk(root):
+        dirs.sort()
+        rel = Path(r).relative_to(root)
+        out += [(rel / name).as_posix() for name in files]
+    return sorted(out)
+
+
+def copy_tree(src: AnyPath, dst: AnyPath, last: tuple[str, ...] = ()) -> list[str]:
+    """Copies every file under `src` to the same relative path under `dst` (local or remote,
+    either side; remote to remote is a server-side copy), the files named in `last` after all
+    others (a commit marker); returns the relative paths copied."""
+    files = rel_files(src)
+    order = [f for f in files if f not in last] + [f for f in last if f in files]
+    s, d = str(src).rstrip("/"), str(dst).rstrip("/")
+    for rel in order:
+        a, b = f"{s}/{rel}", f"{d}/{rel}"
+        if is_remote(a) and is_remote(b):
+            fs(a).copy(a, b)
+        elif is_remote(a):
+            Path(b).parent.mkdir(parents=True, exist_ok=True)
+            fs(a).get_file(a, b)
+        elif is_remote(b):
+            fs(b).put_file(a, b)
+        else:
+            import shutil
+
+            Path(b).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(a, b)
+    return order
+
+
+def rmtree(p: AnyPath) -> None:
+    """Removes a folder (local) or every object under a prefix (remote); absent is fine."""
+    if is_remote(p):
+        gcs = fs(p)
+        base = str(p).rstrip("/")
+        files = gcs.find(base)
+        if files:
+            gcs.rm(files)
+        return
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def size(p) -> int:
+    """The size in bytes of a local or remote file."""
+    st = p.stat() if hasattr(p, "stat") else path(p).stat()
+    return int(st.st_size if hasattr(st, "st_size") else st.length)
