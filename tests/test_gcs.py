@@ -79,6 +79,7 @@ def test_distill_on_a_bucket_survives_sigkill_and_resumes_to_final(gcs, tmp_path
     config = tmp_path / "gcs.yaml"
     d = distill_dict(run_dir=run_dir, **SHARED_OVER)
     d["train"]["throttle_s"] = 0.7  # slow steps, so the kill lands mid-run
+    d["train"]["tensorboard"] = True  # tensorboardX's own gs:// writer (google-cloud-storage)
     config.write_text(yaml.safe_dump(d))
     cmd = [sys.executable, "-m", "tinywave_jax.cli", "distill", str(config), "--quiet"]
 
@@ -108,12 +109,32 @@ def test_distill_on_a_bucket_survives_sigkill_and_resumes_to_final(gcs, tmp_path
     b, _, info = load_model(f"{run_dir}/final")  # verified against its recorded sha256
     jax.tree.map(np.testing.assert_array_equal, b, a)
     assert info["provenance"]["run_dir"] == run_dir
+    assert set(range(K + 1, N + 1)) <= _tensorboard_steps(objects, "loss")
     rows_a, rows_b = read_metrics(tmp_path / "local"), read_metrics(run_dir)
     assert [r["step"] for r in rows_b] == list(range(1, N + 1))
     for ra, rb in zip(rows_a, rows_b):
         assert {k: v for k, v in ra.items() if k not in TIMING_KEYS} == {
             k: v for k, v in rb.items() if k not in TIMING_KEYS
         }
+
+
+def _tensorboard_steps(objects: dict[str, bytes], tag: str) -> set[int]:
+    """The steps with a scalar `tag` in the TFRecord event files under tb/ (parsed here)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    steps = set()
+    for name, data in objects.items():
+        if not name.startswith("tb/"):
+            continue
+        i = 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+            steps |= {event.step for v in event.summary.value if v.tag == tag}
+            i += 12 + n + 4
+    return steps
 
 
 def test_import_hf_from_and_export_hf_to_a_bucket(gcs, tmp_path):
