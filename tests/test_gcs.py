@@ -43,9 +43,10 @@ def _blobs(bucket: str, prefix: str) -> dict[str, bytes]:
     from google.cloud import storage as gcs_client
 
     client = gcs_client.Client(project="test", credentials=AnonymousCredentials())
+    prefix = prefix + "/" if prefix else ""
     return {
-        b.name[len(prefix) + 1 :]: b.download_as_bytes()
-        for b in client.list_blobs(bucket, prefix=prefix + "/")
+        b.name[len(prefix) :]: b.download_as_bytes()
+        for b in client.list_blobs(bucket, prefix=prefix)
     }
 
 
@@ -162,6 +163,41 @@ def test_import_hf_from_and_export_hf_to_a_bucket(gcs, tmp_path):
 
     # an output inside its own input is refused on a bucket too, before any work
     assert cli_main(["import-hf", f"gs://{bucket}/hf", f"gs://{bucket}/hf/inner"]) == 2
+
+    # score: input and output on the bucket; log-probs against the torch model itself
+    import torch
+
+    rs = np.random.RandomState(0)
+    seqs = [rs.randint(0, 211, n).tolist() for n in (9, 23)]
+    storage.path(f"gs://{bucket}/in.jsonl").write_text(
+        "".join(json.dumps({"ids": ids, "k": i}) + "\n" for i, ids in enumerate(seqs))
+    )
+    assert (
+        cli_main(
+            ["score", f"gs://{bucket}/ckpt", f"gs://{bucket}/in.jsonl", f"gs://{bucket}/s.jsonl"]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in _blobs(bucket, "")["s.jsonl"].decode().splitlines()]
+    assert [r["k"] for r in rows] == [0, 1]
+    for ids, row in zip(seqs, rows):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].double()
+        want = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        np.testing.assert_allclose(row["logprobs"], want.numpy(), rtol=1e-4, atol=1e-4)
+
+    # eval: results on the bucket are the ones evaluate returned
+    from tinywave_jax.eval.harness import evaluate
+
+    doc = evaluate(
+        f"gs://{bucket}/ckpt",
+        "ppl",
+        f"gs://{bucket}/in.jsonl",
+        out=f"gs://{bucket}/eval",
+        log=lambda m: None,
+    )
+    results = json.loads(_blobs(bucket, "eval")["results.json"])
+    assert results["task"] == "ppl" and results["result"] == json.loads(json.dumps(doc["result"]))
 
 
 def test_killed_replacement_on_a_bucket_is_rolled_back(gcs, tmp_path, capsys):

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import storage
 from ..errors import ConfigError, InputError, MissingInputError, OutputExistsError, TinywaveError
 from .benchmarks import AUDIO_TASKS, benchmark_pairs
 from .crossmodal import CROSS_MODAL_TASKS, cloze_pairs, read_cloze_jsonl
@@ -53,7 +54,9 @@ def prepare_inputs(
     `tokenizer`: a Hugging Face tokenizer folder, for the text spans of cross-modal cloze."""
     if task not in TASKS:
         raise ConfigError(f"--task: unknown task {task!r}; expected one of {TASKS}")
-    data = Path(data)
+    # jsonl inputs (pairs, ppl, cloze files) may be gs://; benchmark audio folders and corpora
+    # are read locally
+    data = storage.path(data)
     if task == "pairs":
         return TaskInputs(task, pairs=read_pairs_jsonl(data)[:limit])
     if task == "ppl":
@@ -196,7 +199,8 @@ def evaluate(
         raise MissingInputError(f"--extractor: units folder not found: {extractor}")
     if layout is not None:
         resolve_layout(layout, config.vocab_size)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
+    storage.check_gcs(out, write=True, what="--out")
+    if out is not None and storage.path(out).exists() and not storage.path(out).is_dir():
         raise OutputExistsError(f"--out {out}: exists and is not a folder")
     inputs = prepare_inputs(
         task,
@@ -230,14 +234,15 @@ def evaluate(
             task, out_doc["teacher_result"], out_doc["result"]
         )
     if out is not None:
-        _write(Path(out), out_doc, str(ckpt), str(compare) if compare else None, log)
+        _write(storage.path(out), out_doc, str(ckpt), str(compare) if compare else None, log)
     return out_doc
 
 
 def _write(out: Path, doc: dict, student: str, teacher: str | None, log) -> None:
     from . import report
 
-    out.mkdir(parents=True, exist_ok=True)
+    if not storage.is_remote(out):  # object storage has no folders to make
+        out.mkdir(parents=True, exist_ok=True)
     for name in OUT_FILES:  # an earlier run's files must not pass for this run's
         (out / name).unlink(missing_ok=True)
     slim = json.loads(json.dumps(doc))

@@ -96,8 +96,11 @@ def markdown(rows: list[dict], teacher: str, student: str) -> str:
 def write_report(
     out_dir: str | Path, rows: list[dict], teacher: str, student: str, details: dict
 ) -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from .. import storage
+
+    out_dir = storage.path(out_dir)
+    if not storage.is_remote(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "report.md", out_dir / "report.json"
     md.write_text(markdown(rows, teacher, student))
     js.write_text(
