@@ -37,7 +37,7 @@ def gcs(tmp_path_factory):
         yield url
 
 
-def _blobs(bucket: str, prefix: str) -> dict[str, bytes]:
+def _blobs(bucket: str, prefix: str, names_only: bool = False) -> dict[str, bytes | None]:
     """Every object under gs://bucket/prefix/, read with google-cloud-storage (not our code)."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs_client
@@ -45,7 +45,7 @@ def _blobs(bucket: str, prefix: str) -> dict[str, bytes]:
     client = gcs_client.Client(project="test", credentials=AnonymousCredentials())
     prefix = prefix + "/" if prefix else ""
     return {
-        b.name[len(prefix) :]: b.download_as_bytes()
+        b.name[len(prefix) :]: None if names_only else b.download_as_bytes()
         for b in client.list_blobs(bucket, prefix=prefix)
     }
 
@@ -84,8 +84,8 @@ def test_distill_on_a_bucket_survives_sigkill_and_resumes_to_final(gcs, tmp_path
     config.write_text(yaml.safe_dump(d))
     cmd = [sys.executable, "-m", "tinywave_jax.cli", "distill", str(config), "--quiet"]
 
-    def durable():  # orbax's GCS commit marker of step K
-        return f"checkpoints/{K}/commit_success.txt" in _blobs(bucket, "run")
+    def durable():  # orbax's GCS commit marker of step K (listed, not downloaded)
+        return f"checkpoints/{K}/commit_success.txt" in _blobs(bucket, "run", names_only=True)
 
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for(durable, proc, f"checkpoint {K} on the bucket")
