@@ -273,3 +273,52 @@ def test_lock_object_refuses_a_second_run_from_another_process(gcs):
     finally:
         lock.release()
     assert not storage.path(f"{run_dir}/.lock").exists()
+
+
+def test_corpus_on_a_bucket_reads_the_same_records(gcs, tmp_path, monkeypatch):
+    """A corpus on gs:// (uploaded with google-cloud-storage's client) is read through a local
+    mirror: every record equals the local corpus's, and the mirror is reused until the bucket's
+    copy changes."""
+    from data_fixtures import synthetic_utterance, write_units_manifest
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs_client
+
+    from tinywave_jax.data.corpus_build import build_corpus
+    from tinywave_jax.data.corpus_read import CorpusSource
+
+    rng = np.random.default_rng(3)
+    recs = [dict(synthetic_utterance(rng, k), split="train") for k in range(6)]
+    build_corpus(
+        tmp_path / "corpus",
+        manifest=write_units_manifest(tmp_path / "u.jsonl", recs),
+        log=lambda m: None,
+    )
+    bucket = make_bucket()
+    client_bucket = gcs_client.Client(project="test", credentials=AnonymousCredentials()).bucket(
+        bucket
+    )
+    for f in sorted(p for p in (tmp_path / "corpus").rglob("*") if p.is_file()):
+        client_bucket.blob(
+            f"corpus/{f.relative_to(tmp_path / 'corpus').as_posix()}"
+        ).upload_from_filename(f)
+    monkeypatch.setenv("TINYWAVE_CACHE_DIR", str(tmp_path / "cache"))
+
+    local, remote = CorpusSource(tmp_path / "corpus"), CorpusSource(f"gs://{bucket}/corpus")
+    assert len(remote) == len(local) == 6 and remote.dir.startswith(str(tmp_path / "cache"))
+
+    def same(a, b):
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return np.array_equal(np.asarray(a), np.asarray(b))
+
+    for i in range(6):
+        a, b = local[i], remote[i]
+        assert a.pop("where").startswith(str(tmp_path / "corpus"))  # names the file it read
+        assert b.pop("where").startswith(remote.dir)
+        assert same(a, b), i
+    mirrored = Path(remote.dir) / "dataset_info.json"
+    stamp = mirrored.stat().st_mtime_ns
+    assert CorpusSource(f"gs://{bucket}/corpus").dir == remote.dir  # reused, not downloaded again
+    assert mirrored.stat().st_mtime_ns == stamp

@@ -82,6 +82,12 @@ def _configure_gcsfs() -> None:
 
         for proto in ("gs", "gcs"):
             fsspec.config.conf.setdefault(proto, {}).setdefault("use_listings_cache", False)
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            # gcsfs asks the real control API for each bucket's type and warns on every
+            # request when an emulator (without credentials) cannot answer
+            import logging
+
+            logging.getLogger("gcsfs").setLevel(logging.ERROR)
         _CONFIGURED = True
 
 
@@ -235,3 +241,55 @@ def size(p) -> int:
     """The size in bytes of a local or remote file."""
     st = p.stat() if hasattr(p, "stat") else path(p).stat()
     return int(st.st_size if hasattr(st, "st_size") else st.length)
+
+
+MIRROR_MANIFEST = ".tinywave-mirror.json"
+
+
+def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
+    """A local copy of the remote folder `remote`, for readers that need local files (ArrayRecord
+    corpora are read by a C++ reader that opens local paths only). Downloaded once per host into
+    TINYWAVE_CACHE_DIR (default TMPDIR/tinywave-cache)/SCHEME/BUCKET/KEY and reused while every
+    object's name and size still match the remote listing (recorded in MIRROR_MANIFEST); the copy
+    is made in a temporary sibling and renamed into place, so a killed download is never used."""
+    import json
+    import shutil
+    import tempfile
+
+    check_gcs(remote, what=what)
+    base = str(remote).rstrip("/")
+    gcs = fs(base)
+    stripped = _SCHEME.sub("", base, count=1)
+    listing = {
+        name[len(stripped) + 1 :]: int(info["size"])
+        for name, info in gcs.find(base, detail=True).items()
+        if name.startswith(stripped + "/")
+    }
+    if not listing:
+        from .errors import MissingInputError
+
+        raise MissingInputError(f"{what} not found: {remote}")
+    root = Path(os.environ.get("TINYWAVE_CACHE_DIR") or tempfile.gettempdir()) / "tinywave-cache"
+    dest = root / _SCHEME.match(base).group(1) / stripped
+    manifest = dest / MIRROR_MANIFEST
+    try:
+        if json.loads(manifest.read_text()) == listing:
+            return dest
+    except (OSError, ValueError):
+        pass
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        for rel in sorted(listing):
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            gcs.get_file(f"{base}/{rel}", str(tmp / rel))
+        (tmp / MIRROR_MANIFEST).write_text(json.dumps(listing))
+        if dest.exists():  # an older, different copy
+            shutil.rmtree(dest)
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process on this host finished first: use its copy
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -7,24 +7,30 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import storage
 from ..errors import MissingInputError
 from .corpus_format import NAME, CorpusError, decode_record
 
 
 def version_dir(corpus_dir) -> Path:
-    """The TFDS dataset folder: `corpus_dir` itself or `corpus_dir/tinywave_corpus/<version>`."""
-    d = Path(corpus_dir)
+    """The TFDS dataset folder: `corpus_dir` itself or `corpus_dir/tinywave_corpus/<version>`.
+    A gs:// corpus: that folder is found on the bucket and read from a local copy
+    (storage.local_mirror: downloaded once per host, reused while unchanged), since ArrayRecord
+    files are opened by a reader that takes local paths only."""
+    d = storage.path(corpus_dir)
     if (d / "dataset_info.json").exists():
-        return d
-    base = d / NAME
-    versions = (
-        sorted(p for p in base.glob("*") if (p / "dataset_info.json").exists())
-        if base.is_dir()
-        else []
-    )
-    if not versions:
-        raise MissingInputError(f"no {NAME} corpus under {d} (run `tinywave corpus build`)")
-    return versions[-1]
+        found = d
+    else:
+        base = d / NAME
+        versions = (
+            sorted(p for p in base.iterdir() if (p / "dataset_info.json").exists())
+            if base.is_dir()
+            else []
+        )
+        if not versions:
+            raise MissingInputError(f"no {NAME} corpus under {d} (run `tinywave corpus build`)")
+        found = versions[-1]
+    return storage.local_mirror(found, "corpus") if storage.is_remote(found) else found
 
 
 class CorpusSource:
