@@ -227,6 +227,21 @@ def test_killed_replacement_on_a_bucket_is_rolled_back(gcs, tmp_path, capsys):
     }
     assert "restored" in capsys.readouterr().err
 
+    # a first write killed while its finished folder was being copied into place: completed
+    new = f"{base}/.fresh.tmp-{_host()}-{pid}-89abcdef"
+    for rel, data in {"a.txt": b"new a", "sub/c.txt": b"new c", COMMIT_MARKER: b""}.items():
+        storage.path(f"{new}/{rel}").write_bytes(data)
+    storage.path(f"{base}/fresh/a.txt").write_bytes(b"new a")
+    assert len(clean_stale_siblings(f"{base}/fresh")) == 1
+    assert {
+        k: v for k, v in _blobs(bucket, "models").items() if k.startswith(("fresh", ".fresh"))
+    } == {
+        "fresh/a.txt": b"new a",
+        "fresh/sub/c.txt": b"new c",
+        f"fresh/{COMMIT_MARKER}": b"",
+    }
+    assert "completed" in capsys.readouterr().err
+
 
 def test_missing_bucket_and_missing_credentials_fail_at_start_up(
     gcs, tmp_path, capsys, monkeypatch

@@ -338,6 +338,15 @@ def _remove_remote(folder) -> None:
     storage.rmtree(folder)
 
 
+def _partial_copy_of(out_dir, tmp) -> bool:
+    """Whether `out_dir` (remote) is an unfinished copy of the complete `tmp`: no marker, and
+    every object in it also in `tmp` with the same size (so finishing the copy loses nothing)."""
+    if _complete(out_dir):
+        return False
+    have = {rel: storage.size(out_dir / rel) for rel in storage.rel_files(out_dir)}
+    return all((tmp / rel).is_file() and storage.size(tmp / rel) == n for rel, n in have.items())
+
+
 def _remote_last_change(folder) -> float:
     newest = 0.0
     for info in storage.fs(folder).find(str(folder), detail=True).values():
@@ -386,6 +395,11 @@ def _clean_remote(out_dir, log) -> list:
             _remove_remote(out_dir)
             storage.copy_tree(p, out_dir, last=(COMMIT_MARKER,))
             log(f"restored {out_dir} from {p.name}, left by an interrupted replacement ({why})")
+        elif m["kind"] == "tmp" and _complete(p) and _partial_copy_of(out_dir, p):
+            # killed while copying a finished folder into place: finish the copy (the old
+            # folder, if any, was already removed; a leftover .old copy is dropped next)
+            storage.copy_tree(p, out_dir, last=(COMMIT_MARKER,))
+            log(f"completed {out_dir} from {p.name}, left by an interrupted commit ({why})")
         else:
             log(f"removed stale temporary folder {p} ({why})")
         _remove_remote(p)
