@@ -188,6 +188,8 @@ def test_f32_greedy_and_logprobs_equal_jax(model):
     cont = llama_cpp_greedy(llm, model["prompt"], NEW)
     assert len(set(model["cont"])) > 5  # a real continuation, not one repeated token
     assert cont == model["cont"]
+    fast = load_llama_cpp(model["files"]["f32"].path, f32_kv_cache=True, logits_all=False)
+    assert llama_cpp_greedy(fast, model["prompt"], NEW) == model["cont"]
     (lp,) = llama_cpp_logprobs(llm, [model["seq"]])
     gap = np.abs(lp - model["jax_lp"])
     assert lp.shape == (PROMPT_LEN + NEW - 1,)

@@ -31,6 +31,7 @@ def load_llama_cpp(
     (which alone moves float32 log-probs by up to ~3e-3)."""
     import llama_cpp
 
+    threads = n_threads or max(1, len(os.sched_getaffinity(0)))
     return llama_cpp.Llama(
         model_path=str(gguf_path),
         n_ctx=n_ctx,
@@ -41,7 +42,8 @@ def load_llama_cpp(
             if f32_kv_cache
             else {}
         ),
-        n_threads=n_threads or max(1, len(os.sched_getaffinity(0))),
+        n_threads=threads,
+        n_threads_batch=threads,
         verbose=False,
     )
 
@@ -70,6 +72,8 @@ def _check(ids: Sequence[int], llm, where: str) -> list[int]:
 def llama_cpp_logits(model, ids: Sequence[int]) -> np.ndarray:
     """llama.cpp's logits [len(ids), vocab] (float32) of one sequence, from an empty cache."""
     llm = _model(model)
+    if not getattr(llm, "_logits_all", True):
+        raise ValueError("llama_cpp_logits needs a model loaded with logits_all=True")
     ids = _check(ids, llm, "sequence")
     llm.reset()
     llm.eval(ids)
@@ -94,11 +98,17 @@ def llama_cpp_greedy(model, prompt: Sequence[int], max_new_tokens: int) -> list[
     llm = _model(model)
     prompt = _check(prompt, llm, "prompt")
     _check([0] * (len(prompt) + max_new_tokens - 1), llm, "prompt + new tokens")
+    import llama_cpp
+
+    n_vocab = llm.n_vocab()
     llm.reset()
     llm.eval(prompt)
     out: list[int] = []
     while True:
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        # the last evaluated position's logits, straight from the context: llm.scores is only
+        # filled with logits_all=True
+        last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (n_vocab,))
+        token = int(np.argmax(last))
         out.append(token)
         if len(out) == max_new_tokens:
             return out
