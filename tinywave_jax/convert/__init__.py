@@ -1,4 +1,5 @@
-"""Hugging Face <-> tinywave conversion (`tinywave import-hf` / `export-hf`).
+"""Hugging Face <-> tinywave conversion (`tinywave import-hf` / `export-hf`), and GGUF for llama.cpp
+(`tinywave export-gguf`; running a GGUF file: `gguf_run`).
 
 The name/shape table lives in `models/param_layout.py`; `hf_import` and `hf_export` use it both
 ways.
@@ -14,5 +15,6 @@ __getattr__, __all__ = lazy_exports(
     {
         "hf_import": ["import_hf", "hf_state_to_params", "HFWeights"],
         "hf_export": ["export_hf", "params_to_hf_state", "write_hf_dir"],
+        "gguf_export": ["export_gguf", "write_gguf"],
     },
 )
