@@ -472,3 +472,19 @@ def test_export_gguf_and_compare_reports_what_llama_cpp_scores_and_continues(mod
     c = doc["continuation"]
     assert c["jax"] == jax_greedy(model["params"], model["config"], prompt, 32)
     assert c["llama_cpp"] == c["jax"] and c["common_prefix"] == 32
+
+
+def test_a_killed_exports_leftover_is_removed_by_the_next_export(model, tmp_path):
+    import subprocess
+    import sys
+
+    from tinywave_jax.convert.gguf_export import _host
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is now free: the leftover's writer is gone
+    leftover = tmp_path / f".m.gguf.tmp-{_host()}-{dead.pid}-0123abcd"
+    alive = tmp_path / f".m.gguf.tmp-{_host()}-{os.getpid()}-4567cdef"  # a live writer's file
+    leftover.write_bytes(b"half a file")
+    alive.write_bytes(b"being written")
+    export_gguf(model["ckpt"], tmp_path / "m.gguf", "q4_0", layout=LAYOUT)
+    assert sorted(os.listdir(tmp_path)) == [alive.name, "m.gguf"]
