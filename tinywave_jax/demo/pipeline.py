@@ -13,8 +13,8 @@ a rerun skips finished stages and resumes an interrupted training run from its c
   2 tokens    `tinywave import-hf` of the teacher; the corpora through the teacher's units
   3 teacher   LoRA teacher correction on the distillation corpus
   4 expressive (--variant interleaved only) the expressive variant's student and baseline, which
-              the interleaved ones start from (run in WORKDIR/expressive, or reused from
-              --set expressive_workdir=DIR)
+              the interleaved ones start from (the whole expressive demo, its table included, run
+              in WORKDIR/expressive; or reused from --set expressive_workdir=DIR)
   5 student   the distilled student and the from-scratch baseline, each trained at every
               learning rate of `lr_sweep`; validation perplexity picks one per row
   6 ablation  (only with --ablation, base variant) the rows between them: teacher-layer init
@@ -291,7 +291,7 @@ class Demo(StagedRun):
                 lambda m: self.log("  [expressive] " + m),
                 quick=self.quick,
             )
-            expr.run(("speech", "tokens", "teacher", "student"))
+            expr.run()  # every stage: the expressive variant's own table comes with it
             rec = expr.done("student")
         out = {row: rec["rows"][row]["model"] for row in MAIN_ROWS}
         for row, model in out.items():
