@@ -17,13 +17,13 @@ between the baseline and the full recipe. Every stage is cached in WORKDIR: a re
 
 `--variant expressive` runs the same recipe on the expressive teacher (units + pitch + style
 tokens merged by time, pretrained on expressive speech, text and speech-text interleaving) and
-adds a speaker-consistency test; `--variant interleaved` corrects that teacher on interleaved
-data, starts the student and the baseline from the expressive variant's (run first in
-WORKDIR/expressive unless --set expressive_workdir=DIR), distils on interleaved data and adds
-cross-modal story cloze (speech/text context -> speech/text ending).
+adds a speaker-consistency test and cross-modal story cloze (speech/text context ->
+speech/text ending); `--variant interleaved` corrects that teacher on interleaved data, starts
+the student and the baseline from the expressive variant's (run first in WORKDIR/expressive
+unless --set expressive_workdir=DIR) and distils on interleaved data.
 
 example: tinywave demo --workdir runs/demo          (about 11 min on 2 CPU cores; +12 with --ablation)
-         tinywave demo --variant expressive --workdir runs/demo-expressive
+         tinywave demo --variant expressive --workdir runs/demo-expressive   (about 21 min)
          tinywave demo --workdir runs/quick --quick (toy sizes, for the tests)
 """
 
