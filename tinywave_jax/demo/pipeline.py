@@ -5,7 +5,8 @@ made by `tinywave demo-teacher`: like SpiritLM, it was pretrained on far more th
 distillation data (2,400 stories in seven voices against 480 in one) and comes with the units,
 tokenizer and layout it was trained with. Its files' hashes are checked before anything runs.
 
-Stages (each writes under WORKDIR and records itself in WORKDIR/stages/<stage>.json when done, so
+Stages (numbered as --variant interleaved prints them; the other variants have no stage 4 and
+print seven; each writes under WORKDIR and records itself in WORKDIR/stages/<stage>.json when done, so
 a rerun skips finished stages and resumes an interrupted training run from its checkpoint):
 
   1 speech    the distillation corpus (target-voice audio of the first `distill_stories` training
@@ -56,7 +57,9 @@ class Demo(StagedRun):
         self.speech_dir, self.tokens_dir = self.dir / "speech", self.dir / "tokens"
         self.runs_dir = self.dir / "runs"
         self.quick = quick  # the nested expressive run (interleaved) uses the same sizes
-        self.OPTIONAL = ("ablation",) + ("expressive",) * (settings.variant != "interleaved")
+        self.OPTIONAL = ("ablation",)
+        if settings.variant != "interleaved":  # numbered [k/7] as before the variants
+            self.STAGES = tuple(s for s in STAGES if s != "expressive")
 
     @property
     def teacher_dir(self) -> Path:

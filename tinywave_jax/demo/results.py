@@ -121,10 +121,9 @@ def markdown(rows: dict, diff: dict, checks: dict) -> str:
         lr = f"{r['lr']:g}" if "lr" in r else "-"
         cells = " | ".join(_cell(r[k], r[f"{k}_ci"], 2 if k == "ppl" else 1) for k in metrics)
         lines.append(f"| {_label(name, r)} | {r['params'] / 1e6:.2f}M | {lr} | {cells} |")
-    ratios = " | ".join(
-        "" if k == "ppl" else f"{100 * s[k] / max(t[k], 1e-9):.0f}%" for k in metrics
-    )
-    lines.append(f"| student / teacher | {s['params'] / t['params']:.2f}x | | {ratios} |")
+    ratios = ["" if k == "ppl" else f"{100 * s[k] / max(t[k], 1e-9):.0f}%" for k in metrics]
+    cells = ["student / teacher", f"{s['params'] / t['params']:.2f}x", "", *ratios]
+    lines.append(("| " + " | ".join(cells) + " |").replace("|  |", "| |"))  # empty cells: "| |"
     cells = " | ".join(
         _cell(diff[k]["diff"], diff[k]["ci"], 2 if k == "ppl" else 1, "+") for k in metrics
     )
