@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -18,7 +17,13 @@ import numpy as np
 import pytest
 import yaml
 from gcs_fixtures import gcs_emulator, make_bucket
-from train_fixtures import SHARED_OVER, distill_config, distill_dict
+from train_fixtures import (
+    SHARED_OVER,
+    distill_config,
+    distill_dict,
+    subprocess_env,
+    wait_for,
+)
 
 from tinywave_jax import storage
 from tinywave_jax.checkpoint import load_model
@@ -50,27 +55,6 @@ def _blobs(bucket: str, prefix: str, names_only: bool = False) -> dict[str, byte
     }
 
 
-def _env() -> dict:
-    env = dict(os.environ)  # the emulator's endpoints, XLA_FLAGS and the compile cache
-    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    return env
-
-
-def _wait_for(predicate, proc, what: str, timeout: float = 240.0):
-    t0 = time.time()
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"training exited ({proc.returncode}) before {what}:\n"
-                + proc.stderr.read().decode()[-3000:]
-            )
-        if time.time() - t0 > timeout:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 def test_distill_on_a_bucket_survives_sigkill_and_resumes_to_final(gcs, tmp_path):
     bucket = make_bucket()
@@ -87,15 +71,20 @@ def test_distill_on_a_bucket_survives_sigkill_and_resumes_to_final(gcs, tmp_path
     def durable():  # orbax's GCS commit marker of step K (listed, not downloaded)
         return f"checkpoints/{K}/commit_success.txt" in _blobs(bucket, "run", names_only=True)
 
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for(durable, proc, f"checkpoint {K} on the bucket")
+    proc = subprocess.Popen(
+        cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    wait_for(durable, proc, f"checkpoint {K} on the bucket", poll=0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     objects = _blobs(bucket, "run")
     assert ".lock" in objects and "final/tinywave.json" not in objects  # killed mid-run
 
     done = subprocess.run(
-        [*cmd, "--resume", "train.throttle_s=0"], env=_env(), capture_output=True, timeout=300
+        [*cmd, "--resume", "train.throttle_s=0"],
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert "stale lock" in done.stderr.decode()  # the killed run's lock object, replaced
@@ -280,7 +269,7 @@ def test_lock_object_refuses_a_second_run_from_another_process(gcs):
                 "-c",
                 f"from tinywave_jax.train.run_lock import RunLock; RunLock({run_dir!r}).acquire()",
             ],
-            env=_env(),
+            env=subprocess_env(),
             capture_output=True,
         )
         assert other.returncode == 1 and "RunInUseError" in other.stderr.decode()

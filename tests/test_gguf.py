@@ -144,17 +144,7 @@ def jax_logprobs(params, config, ids) -> np.ndarray:
 
 
 def jax_greedy(params, config, prompt, n) -> list[int]:
-    ids, mask = decode.left_pad([prompt])
-    out = decode.generate(
-        params,
-        config,
-        jnp.asarray(ids),
-        jnp.asarray(mask),
-        jax.random.key(0),
-        max_new_tokens=n,
-        greedy=True,
-    )
-    return np.asarray(out)[0].tolist()
+    return decode.greedy(params, config, prompt, n)
 
 
 @pytest.fixture(scope="module")

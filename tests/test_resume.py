@@ -4,11 +4,9 @@ checkpoints and exits 143), --resume to N. Parameters and logged metrics must be
 CPU."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -16,7 +14,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import yaml
-from train_fixtures import SHARED_OVER, distill_config, distill_dict
+from train_fixtures import (
+    SHARED_OVER,
+    distill_config,
+    distill_dict,
+    subprocess_env,
+    wait_for,
+)
 
 from tinywave_jax.checkpoint import load_model
 from tinywave_jax.train.loop import run
@@ -33,27 +37,6 @@ TIMING_KEYS = {"tokens_per_s", "mfu"}
 
 def _cli(config: Path, *extra) -> list[str]:
     return [sys.executable, "-m", "tinywave_jax.cli", "distill", str(config), "--quiet", *extra]
-
-
-def _env() -> dict:
-    env = dict(os.environ)  # XLA_FLAGS (8 CPU devices) and the compile cache come from the tests
-    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    return env
-
-
-def _wait_for(predicate, proc, what: str, timeout: float = 240.0):
-    t0 = time.time()
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"training exited ({proc.returncode}) before {what}:\n"
-                + proc.stderr.read().decode()[-3000:]
-            )
-        if time.time() - t0 > timeout:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _durable(run_dir: Path, step: int) -> bool:
@@ -79,9 +62,9 @@ def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
     config.write_text(yaml.safe_dump(d))
 
     proc = subprocess.Popen(
-        _cli(config), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        _cli(config), env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    _wait_for(lambda: _durable(run_dir, K), proc, f"checkpoint {K}")
+    wait_for(lambda: _durable(run_dir, K), proc, f"checkpoint {K}")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (run_dir / ".lock").is_file()  # left behind by the killed run
@@ -90,9 +73,12 @@ def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
     mngr.close()
 
     proc = subprocess.Popen(
-        _cli(config, "--resume"), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        _cli(config, "--resume"),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    _wait_for(lambda: _logged_past(run_dir, K), proc, f"a step past {K}")
+    wait_for(lambda: _logged_past(run_dir, K), proc, f"a step past {K}")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 143, err.decode()[-3000:]  # 128 + SIGTERM, after its checkpoint
@@ -105,7 +91,10 @@ def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
     assert K < stopped < N and not (run_dir / "final").exists(), (out.decode(), stopped)
 
     done = subprocess.run(
-        _cli(config, "--resume", "train.throttle_s=0"), env=_env(), capture_output=True, timeout=300
+        _cli(config, "--resume", "train.throttle_s=0"),
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import time
+from pathlib import Path
 
 from tinywave_jax.config import from_dict
 from tinywave_jax.train.config import DistillConfig, TrainConfig
@@ -104,3 +107,27 @@ SHARED_OVER = {
     "distill": {"weights": {"attention": 0.0}},
     "train": {"steps": 8, "checkpoint_every": 3, "log_every": 1},
 }
+
+
+def subprocess_env() -> dict:
+    """The environment of a CLI subprocess in the tests: this process's (XLA_FLAGS, the compile
+    cache, an emulator's endpoints) with exact matmuls and this checkout importable."""
+    env = dict(os.environ)
+    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+def wait_for(predicate, proc, what: str, timeout: float = 240.0, poll: float = 0.05):
+    """Polls `predicate` until true; fails with the process's stderr if it exits first."""
+    t0 = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"training exited ({proc.returncode}) before {what}:\n"
+                + proc.stderr.read().decode()[-3000:]
+            )
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)

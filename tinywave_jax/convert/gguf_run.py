@@ -158,8 +158,6 @@ def export_gguf_and_compare(
     whose outcome agrees and the per-token log-prob gap (mean, max |JAX - llama.cpp|); the
     greedy continuation of `prompt` (ids) in both and the length of their common prefix. Returns
     a JSON-able dict; nothing is asserted (a quantized file may differ a little)."""
-    import jax
-    import jax.numpy as jnp
 
     from ..checkpoint import load_model
     from ..eval.pairwise import pairwise_accuracy
@@ -204,18 +202,7 @@ def export_gguf_and_compare(
         )
     if prompt is not None:
         prompt = [int(i) for i in prompt]
-        ids, mask = decode.left_pad([prompt])
-        jax_out = np.asarray(
-            decode.generate(
-                params,
-                config,
-                jnp.asarray(ids),
-                jnp.asarray(mask),
-                jax.random.key(0),
-                max_new_tokens=new_tokens,
-                greedy=True,
-            )
-        )[0].tolist()
+        jax_out = decode.greedy(params, config, prompt, new_tokens)
         cpp_out = llama_cpp_greedy(llm, prompt, new_tokens)
         same = next((k for k, (a, b) in enumerate(zip(jax_out, cpp_out)) if a != b), new_tokens)
         doc["continuation"] = {

@@ -174,8 +174,6 @@ def export_and_compare(
 ) -> dict:
     """Exports the student to HF, continues a test utterance greedily with JAX (KV-cached
     `decode.generate`) and with `transformers`, and asserts the continuations are equal."""
-    import jax
-    import jax.numpy as jnp
     import torch
     from transformers import LlamaForCausalLM
 
@@ -192,18 +190,7 @@ def export_and_compare(
     prompt = corpus_seqs(corpus_dir, "test", layout, limit=1)[0].ids
     prompt = [int(i) for i in prompt[:prompt_tokens]]
 
-    ids, mask = decode.left_pad([prompt])
-    jax_out = np.asarray(
-        decode.generate(
-            params,
-            config,
-            jnp.asarray(ids),
-            jnp.asarray(mask),
-            jax.random.key(0),
-            max_new_tokens=new_tokens,
-            greedy=True,
-        )
-    )[0].tolist()
+    jax_out = decode.greedy(params, config, prompt, new_tokens)
     model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     with torch.no_grad():
         hf = model.generate(

@@ -164,3 +164,18 @@ def generate(
     (_, _, logits, done, key), tokens = jax.lax.scan(step, carry, jnp.arange(max_new_tokens - 1))
     last, _, _ = choose(logits, done, key)
     return jnp.concatenate([tokens.T, last[:, None]], axis=1)
+
+
+def greedy(params: dict, config: LlamaConfig, prompt: Sequence[int], new_tokens: int) -> list[int]:
+    """One prompt's greedy continuation (`new_tokens` ids), as the export checks compare it."""
+    ids, mask = left_pad([[int(i) for i in prompt]])
+    out = generate(
+        params,
+        config,
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        jax.random.key(0),
+        max_new_tokens=new_tokens,
+        greedy=True,
+    )
+    return np.asarray(out)[0].tolist()
