@@ -1,4 +1,6 @@
-"""`tinywave corpus build | info | show`: build the tokenized corpus and look inside it."""
+"""`tinywave corpus build | finalize | info | show`: build the tokenized corpus (on one host, or
+host-sharded: `build --num-hosts N --host-index I` on every host, then `finalize`) and look
+inside it."""
 
 from __future__ import annotations
 
@@ -29,7 +31,11 @@ def register(subparsers):
         "Inputs: a jsonl manifest of pre-extracted units (id, speaker, units, "
         "optional times, words, transcript, split), or audio (a folder, or a "
         "jsonl manifest of `path`s) with --extractor. Restartable: finished "
-        "shards in OUT/_staging are kept.",
+        "shards in OUT/_staging are kept. Host-sharded: run it on every host with "
+        "the same inputs, settings and shared OUT, each with its --host-index; each "
+        "stages a disjoint share of the shards, then `tinywave corpus finalize OUT` "
+        "writes the corpus (the same records, splits and order as a one-process "
+        "build).",
     )
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", help="jsonl manifest (units, or audio paths with --extractor)")
@@ -67,11 +73,42 @@ def register(subparsers):
         help="fail when more bad utterances than this are skipped (0: fail on the first)",
     )
     b.add_argument(
+        "--num-hosts",
+        type=int,
+        default=None,
+        help="hosts building this corpus together (default: the process count of a "
+        "multi-process launch, from TINYWAVE_NUM_PROCESSES / SLURM / the TPU slice; else 1)",
+    )
+    b.add_argument(
+        "--host-index",
+        type=int,
+        default=None,
+        help="this host's share, 0..N-1 (default: the process index of the launch)",
+    )
+    b.add_argument(
         "--no-speaker-f0",
         action="store_true",
         help="normalise pitch per utterance instead of per speaker",
     )
     b.set_defaults(func=_build)
+
+    f = sub.add_parser(
+        "finalize",
+        help="check the host shares of a host-sharded build and write the corpus",
+        description="After `corpus build --num-hosts N --host-index I` has finished on every "
+        "host: checks that all N shares are in OUT/_staging and were built from the same "
+        "inputs and settings (a missing or different share is named), then writes "
+        "OUT/tinywave_corpus/1.0.0 and OUT/summary.json from all staged shards.",
+    )
+    f.add_argument("out", help="the --out the hosts built into")
+    f.add_argument(
+        "--max-skipped",
+        type=int,
+        default=None,
+        help="fail when more bad utterances than this were skipped in all "
+        "(default: the limit the shares were built with)",
+    )
+    f.set_defaults(func=_finalize)
 
     i = sub.add_parser("info", help="splits and sizes of a built corpus")
     i.add_argument("corpus_dir")
@@ -94,10 +131,38 @@ def _log_stderr(msg):
     print(msg, file=sys.stderr)
 
 
+def host_share(num_hosts, host_index, environ=None) -> tuple[int, int]:
+    """(--num-hosts, --host-index), given or from the launch: the process count and index that
+    `jax.process_count()` / `process_index()` report in a multi-process run. Explicit and SLURM
+    launches name them in the environment (read without starting jax's distributed runtime, so
+    hosts need not wait for each other); on a Cloud TPU VM jax finds them itself
+    (`maybe_initialize`). A plain one-host run is host 0 of 1, with no jax start-up."""
+    from ..errors import ConfigError
+    from .corpus_build import check_hosts
+
+    if num_hosts is None and host_index is None:
+        from ..parallel.distributed import detect, maybe_initialize
+
+        spec = detect(environ)
+        if spec is None:
+            return 1, 0
+        if spec.num_processes is not None:
+            return spec.num_processes, spec.process_id
+        maybe_initialize(environ)
+        import jax
+
+        return jax.process_count(), jax.process_index()
+    if num_hosts is None or host_index is None:
+        raise ConfigError("give both --num-hosts and --host-index (or neither: one host)")
+    check_hosts(num_hosts, host_index)
+    return num_hosts, host_index
+
+
 def _build(args):
     from .corpus_build import build_corpus, format_summary
     from .layout import STREAMS, preset_layout
 
+    num_hosts, host_index = host_share(args.num_hosts, args.host_index)
     layout = preset_layout(args.layout)
     vocab = {s: layout.stream_size(s) for s in STREAMS}
     vocab.update({k: int(v) for k, v in _pairs(args.vocab, "--vocab").items()})
@@ -114,6 +179,23 @@ def _build(args):
         frame_rates=_pairs(args.frame_rates, "--frame-rates"),
         max_skipped=args.max_skipped,
         speaker_f0=not args.no_speaker_f0,
+        num_hosts=num_hosts,
+        host_index=host_index,
+        log=_log_stderr,
+    )
+    if "share" in summary:
+        print(f"share {host_index} of {num_hosts}:")
+    print(format_summary(summary))
+    if "share" in summary:
+        print(f"next, once every share is staged: tinywave corpus finalize {args.out}")
+
+
+def _finalize(args):
+    from .corpus_build import finalize_corpus, format_summary
+
+    summary = finalize_corpus(
+        args.out,
+        max_skipped="shares" if args.max_skipped is None else args.max_skipped,
         log=_log_stderr,
     )
     print(format_summary(summary))

@@ -77,13 +77,25 @@ def _utterance_log_f0(job):
     return float(np.log(f0[voiced]).sum()), int(voiced.sum())
 
 
-def speaker_log_f0_means(items: list[Item], extractor_dir: str, map_fn=map) -> dict:
-    """Mean log-F0 over each speaker's voiced frames (SpiritLM normalises pitch per speaker).
+def item_log_f0_stats(items: list[Item], extractor_dir: str, map_fn=map) -> list:
+    """(sum of log F0 over voiced frames, voiced frame count) of each item, in order.
     `map_fn`: `map`, or a process pool's `map` to run the utterances in parallel."""
-    stats = list(map_fn(_utterance_log_f0, [(i, extractor_dir) for i in items]))
+    return [tuple(x) for x in map_fn(_utterance_log_f0, [(i, extractor_dir) for i in items])]
+
+
+def combine_log_f0(items: list[Item], stats: list) -> dict:
+    """Each speaker's mean log-F0 from the per-item `stats` of `item_log_f0_stats`, summed in
+    item order (so that a host-sharded build, which gathers them shard by shard, gets the same
+    floats as a one-process build)."""
     sums: dict = {}
-    for item, (total, count) in zip(items, stats):
+    for item, (total, count) in zip(items, stats, strict=True):
         spk = str(item.data.get("speaker", ""))
         s, c = sums.get(spk, (0.0, 0))
         sums[spk] = (s + total, c + count)
     return {spk: s / c for spk, (s, c) in sums.items() if c > 0}
+
+
+def speaker_log_f0_means(items: list[Item], extractor_dir: str, map_fn=map) -> dict:
+    """Mean log-F0 over each speaker's voiced frames (SpiritLM normalises pitch per speaker).
+    `map_fn`: `map`, or a process pool's `map` to run the utterances in parallel."""
+    return combine_log_f0(items, item_log_f0_stats(items, extractor_dir, map_fn))

@@ -10,6 +10,14 @@ Two stages:
      `tfds.builder_from_directory(...)`, `tfds.data_source("tinywave_corpus", data_dir=out)`, or
      `corpus_read.CorpusSource(out, split)` (which names file and record on a decoding error).
 Then `summarize` / `format_summary` report hours, speakers, tokens and skipped utterances.
+
+Host-sharded (`num_hosts` > 1, `tinywave corpus build --num-hosts N --host-index I` on every
+host into one shared `out`): the shard plan and each utterance's split depend on the inputs and
+settings only, never on the host count, so host I stages shards `k % N == I` and records its
+share in `_staging/share-I-of-N.json` (plan digest, readable settings, its shard numbers). Then
+`finalize_corpus` (`tinywave corpus finalize OUT`) checks that every share is there and built
+alike and runs stage 2 over all shards: the corpus is the one a one-process build writes (same
+files, same records in the same order per split; TFDS orders records by a hash of their id).
 """
 
 from __future__ import annotations
@@ -19,10 +27,13 @@ import json
 import os
 import pickle
 import re
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
-from .corpus_audio import audio_record, cached_extractor, speaker_log_f0_means
+from ..errors import ConfigError, MissingInputError
+from .corpus_audio import audio_record, cached_extractor, combine_log_f0, item_log_f0_stats
 from .corpus_format import NAME, SPLITS, VERSION, CorpusError, encode_example, features
 from .corpus_inputs import (
     DEFAULT_FRAME_RATES,
@@ -132,6 +143,29 @@ def builder_class():
 # ---------------------------------------------------------------- build
 
 
+def check_hosts(num_hosts: int, host_index: int) -> None:
+    """Refuses a host share that cannot exist (ConfigError, before any input is read)."""
+    if num_hosts < 1:
+        raise ConfigError(f"--num-hosts {num_hosts} must be at least 1")
+    if not 0 <= host_index < num_hosts:
+        raise ConfigError(
+            f"--host-index {host_index} is outside 0..{num_hosts - 1} (--num-hosts {num_hosts})"
+        )
+
+
+def share_name(host_index: int, num_hosts: int) -> str:
+    """The file in `_staging` that records one host's finished share."""
+    return f"share-{host_index:05d}-of-{num_hosts:05d}.json"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Writes `path` through a temporary sibling and a rename: hosts that read it while another
+    writes it (plan.sha256, speaker_f0.json) see the old content or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def build_corpus(
     out,
     *,
@@ -146,6 +180,8 @@ def build_corpus(
     frame_rates=None,
     max_skipped=None,
     speaker_f0=True,
+    num_hosts=1,
+    host_index=0,
     log=print,
 ) -> dict:
     """Builds the corpus under `out` (a TFDS data_dir); returns the summary dict.
@@ -155,7 +191,16 @@ def build_corpus(
     limit (each named in the summary), 0 fails on the first, n fails when more than n are skipped.
     When every utterance is skipped nothing is written and a CorpusError names the reasons.
     With workers > 1 this spawns processes: a calling script needs `if __name__ == "__main__":`.
+
+    `num_hosts` > 1: this call is host `host_index`'s share of a host-sharded build into a
+    shared `out`. Every host reads the same inputs and makes the same shard plan (the shards,
+    and each utterance's split, do not depend on the host count); this host stages shards
+    `k % num_hosts == host_index`, writes `_staging/share-I-of-N.json` and returns its share's
+    summary (with a "share" entry); `finalize_corpus(out)` then writes the corpus, which equals
+    a one-process build's. Pitch normalised per speaker needs every host's pitch statistics:
+    each host computes those of its shards, then waits for the others' before extracting.
     """
+    check_hosts(num_hosts, host_index)
     out = Path(out)
     if (manifest is None) == (audio_dir is None):
         raise CorpusError("give exactly one of a manifest or an audio folder")
@@ -193,31 +238,33 @@ def build_corpus(
         from ..audio.extractor import CONFIG_FILE
 
         plan["extractor"] = (Path(extractor) / CONFIG_FILE).read_text()
+        if not speaker_f0:  # (only when off: digests of earlier stagings stay valid)
+            plan["speaker_f0"] = False
     digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     plan_file = staging / "plan.sha256"
     if plan_file.exists() and plan_file.read_text() != digest:
         raise CorpusError(
-            f"{staging} was staged from different inputs or settings; delete it "
-            "(or use another --out) to rebuild"
+            f"{staging} was staged from different inputs or settings"
+            + (" (by another host or an earlier build)" if num_hosts > 1 else "")
+            + "; delete it (or use another --out) to rebuild"
         )
-    plan_file.write_text(digest)
+    _write_atomic(plan_file, digest)
 
     shards = [
         (k, items[a : a + shard_size], splits[a : a + shard_size])
         for k, a in enumerate(range(0, len(items), shard_size))
     ]
-    todo = [s for s in shards if not (staging / f"shard-{s[0]:05d}.pkl").exists()]
+    mine = [s for s in shards if s[0] % num_hosts == host_index]
+    todo = [s for s in mine if not (staging / f"shard-{s[0]:05d}.pkl").exists()]
+    share = f" (host {host_index} of {num_hosts}: {len(mine)} of them)" if num_hosts > 1 else ""
     log(
-        f"corpus: {len(items)} utterances in {len(shards)} shards; {len(shards) - len(todo)} "
-        f"already staged, {len(todo)} to do with {workers} worker(s)"
+        f"corpus: {len(items)} utterances in {len(shards)} shards{share}; "
+        f"{len(mine) - len(todo)} already staged, {len(todo)} to do with {workers} worker(s)"
     )
     if todo and mode == "audio" and speaker_f0 and {"pitch", "style"} & set(ext.vocab_sizes):
-        f0_file = staging / "speaker_f0.json"
-        if not f0_file.exists():
-            with _pool(workers) as pool:
-                means = speaker_log_f0_means(items, opts["extractor"], pool.map if pool else map)
-            f0_file.write_text(json.dumps(means))
-        opts["f0_means"] = json.loads(f0_file.read_text())
+        opts["f0_means"] = _speaker_f0(
+            items, shards, mine, staging, opts["extractor"], workers, num_hosts, log
+        )
     jobs = [(k, its, sps, str(staging), mode, opts) for k, its, sps in todo]
     with _pool(workers) as pool:
         for done, (n_ok, n_bad) in enumerate(
@@ -225,6 +272,71 @@ def build_corpus(
         ):
             log(f"  shard {done}/{len(jobs)}: {n_ok} records, {n_bad} skipped")
 
+    if num_hosts > 1:
+        settings = {
+            "utterances": len(items),
+            "inputs": hashlib.sha256(json.dumps([plan["items"], splits]).encode()).hexdigest()[:16],
+            "valid_fraction": valid_fraction,
+            "test_fraction": test_fraction,
+            **{k: plan[k] for k in ("shard_size", "mode", "vocab_sizes", "frame_rates")},
+            "extractor": hashlib.sha256(plan["extractor"].encode()).hexdigest()[:16]
+            if mode == "audio"
+            else None,
+            "speaker_f0": speaker_f0,
+        }
+        return _finish_share(
+            out,
+            staging,
+            digest,
+            settings,
+            len(shards),
+            mine,
+            host_index,
+            num_hosts,
+            max_skipped,
+            log,
+        )
+    return _finish(out, staging, max_skipped, bool(todo))
+
+
+def _speaker_f0(items, shards, mine, staging, extractor, workers, num_hosts, log, poll=1.0):
+    """Per-speaker mean log-F0 over all items, restartable and host-sharded: the per-item
+    statistics of each shard go to `_staging/f0-NNNNN.json` (this host computes its own shards'),
+    and once every shard's are there they are combined in item order into speaker_f0.json."""
+    f0_file = staging / "speaker_f0.json"
+    if f0_file.exists():
+        return json.loads(f0_file.read_text())
+
+    def stats_file(k):
+        return staging / f"f0-{k:05d}.json"
+
+    need = [(k, its) for k, its, _ in mine if not stats_file(k).exists()]
+    if need:
+        log(f"  pitch statistics of {len(need)} shard(s) for per-speaker F0")
+        with _pool(workers) as pool:
+            for k, its in need:
+                stats = item_log_f0_stats(its, extractor, pool.map if pool else map)
+                _write_atomic(stats_file(k), json.dumps(stats))
+    last = time.monotonic()
+    while not f0_file.exists():
+        missing = [k for k, _, _ in shards if not stats_file(k).exists()]
+        if not missing:
+            stats = [tuple(x) for k, _, _ in shards for x in json.loads(stats_file(k).read_text())]
+            _write_atomic(f0_file, json.dumps(combine_log_f0(items, stats)))
+            break
+        if time.monotonic() - last > 60:
+            hosts = sorted({k % num_hosts for k in missing})
+            log(
+                f"  waiting for the pitch statistics of {len(missing)} shard(s) from host(s) "
+                f"{', '.join(map(str, hosts))} (first: {stats_file(missing[0])})"
+            )
+            last = time.monotonic()
+        time.sleep(poll)
+    return json.loads(f0_file.read_text())
+
+
+def _finish(out: Path, staging: Path, max_skipped, rebuild: bool) -> dict:
+    """Summary, skip limit and the TFDS pass over every staged shard; writes summary.json."""
     summary = summarize(staging)
     if max_skipped is not None and summary["skipped"]["count"] > max_skipped:
         raise CorpusError(
@@ -241,13 +353,135 @@ def build_corpus(
             f"no corpus was written to {out}"
         )
     version_dir = out / NAME / VERSION
-    if todo or not (version_dir / "dataset_info.json").exists():
+    if rebuild or not (version_dir / "dataset_info.json").exists():
         import shutil
 
         shutil.rmtree(version_dir, ignore_errors=True)
         _prepare(out, staging, present)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _finish_share(
+    out, staging, digest, settings, num_shards, mine, host_index, num_hosts, max_skipped, log
+) -> dict:
+    """Records this host's finished share (`_staging/share-I-of-N.json`) for finalize_corpus."""
+    summary = summarize(staging, [k for k, _, _ in mine])
+    if max_skipped is not None and summary["skipped"]["count"] > max_skipped:
+        raise CorpusError(
+            f"{summary['skipped']['count']} utterances skipped in this host's share alone "
+            f"(allowed {max_skipped}): {summary['skipped']['examples'][:3]}"
+        )
+    f0 = staging / "speaker_f0.json"
+    share = {
+        "host_index": host_index,
+        "num_hosts": num_hosts,
+        "plan": digest,
+        "settings": settings,
+        "num_shards": num_shards,
+        "shards": [k for k, _, _ in mine],
+        "utterances": sum(sp["utterances"] for sp in summary["splits"].values()),
+        "skipped": summary["skipped"]["count"],
+        "max_skipped": max_skipped,
+        "speaker_f0": hashlib.sha256(f0.read_bytes()).hexdigest()[:16] if f0.exists() else None,
+    }
+    _write_atomic(staging / share_name(host_index, num_hosts), json.dumps(share, indent=1))
+    log(
+        f"corpus: share {host_index} of {num_hosts} staged; once all {num_hosts} are, "
+        f"`tinywave corpus finalize {out}` writes the corpus"
+    )
+    return {**summary, "share": share}
+
+
+def finalize_corpus(out, *, max_skipped="shares", log=print) -> dict:
+    """Checks the shares of a host-sharded build (`build_corpus(..., num_hosts=N,
+    host_index=I)` for every I) and writes the corpus and summary.json from them; returns the
+    summary. A missing share, a share built from other inputs or settings than the others, or
+    shares of different host counts are refused (CorpusError naming the share file). The
+    records, their splits and their order equal a one-process build's: the TFDS pass reads the
+    same staged shards. `max_skipped`: "shares" uses the smallest limit the shares were built
+    with; None (no limit) or a number overrides it."""
+    out = Path(out)
+    staging = out / "_staging"
+    files = sorted(staging.glob("share-*-of-*.json")) if staging.is_dir() else []
+    if not files:
+        raise MissingInputError(
+            f"no host share in {staging}: run `tinywave corpus build ... --out {out} "
+            "--num-hosts N --host-index I` on every host first"
+        )
+    shares = {}
+    for f in files:
+        try:
+            s = json.loads(f.read_text())
+            shares[f] = s
+            int(s["host_index"]), int(s["num_hosts"]), s["plan"]
+        except (ValueError, KeyError, TypeError):
+            raise CorpusError(f"{f}: not a host share record (delete it)") from None
+    counts = Counter(s["num_hosts"] for s in shares.values())
+    if len(counts) > 1:
+        n = max(counts, key=lambda c: (counts[c], -c))
+        stale = [f.name for f, s in shares.items() if s["num_hosts"] != n]
+        raise CorpusError(
+            f"{staging} holds shares of different host counts: {', '.join(stale)} do not belong "
+            f"to the {counts[n]} share(s) of --num-hosts {n}; delete the stale ones"
+        )
+    n = next(iter(counts))
+    by_index = {s["host_index"]: (f, s) for f, s in shares.items()}
+    missing = [i for i in range(n) if i not in by_index]
+    if missing:
+        raise CorpusError(
+            f"{len(missing)} of {n} host shares missing: "
+            + ", ".join(f"share {i} ({staging / share_name(i, n)})" for i in missing)
+            + "; run (or finish) `tinywave corpus build ... --num-hosts "
+            + f"{n} --host-index I` for "
+            + ("it" if len(missing) == 1 else "them")
+        )
+    digests = Counter(s["plan"] for _, s in by_index.values())
+    ref = max(
+        digests,
+        key=lambda d: (digests[d], -min(i for i, (_, s) in by_index.items() if s["plan"] == d)),
+    )
+    ref_settings = next(s["settings"] for _, s in by_index.values() if s["plan"] == ref)
+    for i in range(n):
+        f, s = by_index[i]
+        if s["plan"] != ref:
+            diff = [
+                f"{k}={s['settings'].get(k)!r} (others: {v!r})"
+                for k, v in ref_settings.items()
+                if s["settings"].get(k) != v
+            ]
+            raise CorpusError(
+                f"share {i} of {n} ({f}) was built with different settings from the others: "
+                + ("; ".join(diff) if diff else "the inputs differ")
+                + f"; rebuild it with the others' settings (delete {f.name} and shards "
+                f"k % {n} == {i} first)"
+            )
+    f0s = Counter(s["speaker_f0"] for _, s in by_index.values())
+    if len(f0s) > 1:
+        odd = [
+            by_index[i][0].name
+            for i in range(n)
+            if by_index[i][1]["speaker_f0"] != f0s.most_common(1)[0][0]
+        ]
+        raise CorpusError(
+            f"shares {', '.join(odd)} used other per-speaker F0 means than the others "
+            f"({staging / 'speaker_f0.json'} changed while they were built); rebuild them"
+        )
+    for i in range(n):
+        f, s = by_index[i]
+        want = list(range(i, s["num_shards"], n))
+        absent = [k for k in want if not (staging / f"shard-{k:05d}.pkl").exists()]
+        if s["shards"] != want or absent:
+            raise CorpusError(
+                f"share {i} of {n} ({f}) is incomplete: shard(s) "
+                f"{', '.join(f'shard-{k:05d}.pkl' for k in (absent or want))} missing from "
+                f"{staging}; rerun its `corpus build ... --host-index {i}`"
+            )
+    if max_skipped == "shares":
+        limits = [s["max_skipped"] for _, s in by_index.values() if s["max_skipped"] is not None]
+        max_skipped = min(limits) if limits else None
+    log(f"corpus: {n} host shares of {by_index[0][1]['num_shards']} shards checked; writing")
+    return _finish(out, staging, max_skipped, True)
 
 
 def _prepare(out: Path, staging: Path, splits):
@@ -270,12 +504,16 @@ def _prepare(out: Path, staging: Path, splits):
 # ---------------------------------------------------------------- summary
 
 
-def summarize(staging: Path) -> dict:
-    """Hours, utterances and speakers per split, frames and tokens per stream, skips and why."""
+def summarize(staging: Path, shards=None) -> dict:
+    """Hours, utterances and speakers per split, frames and tokens per stream, skips and why;
+    over every staged shard, or the shard numbers in `shards`."""
     splits: dict = {}
     frames, tokens = Counter(), Counter()
     skipped = []
-    for f in sorted(Path(staging).glob("shard-*.pkl")):
+    files = sorted(Path(staging).glob("shard-*.pkl"))
+    if shards is not None:
+        files = [f for f in files if int(f.stem.split("-")[1]) in set(shards)]
+    for f in files:
         with open(f, "rb") as fh:
             shard = pickle.load(fh)
         skipped += shard["skipped"]
