@@ -304,3 +304,45 @@ def test_audio_hosts_share_the_per_speaker_pitch_means(tmp_path):
     ).read_text()
     assert finalize_corpus(tmp_path / "hosts", log=lambda m: None) == one
     _assert_same_corpus(tmp_path / "one", tmp_path / "hosts", ("train", "test"))
+
+
+def test_two_hosts_build_one_corpus_on_a_bucket(shards, tmp_path, monkeypatch, capsys):
+    """The same two-host build with --out gs://... (a fake-gcs-server): hosts stage their shares
+    on the bucket, finalize writes the corpus there, and it reads back equal to the local
+    one-process build."""
+    from gcs_fixtures import gcs_emulator, make_bucket
+
+    root, manifest, _ = shards
+    monkeypatch.setenv("TINYWAVE_CACHE_DIR", str(tmp_path / "cache"))
+    with gcs_emulator(tmp_path / "fake-gcs-server.log"):
+        out = f"gs://{make_bucket()}/corpus"
+        procs = [
+            subprocess.Popen(
+                _host_cmd(manifest, out, i),
+                env=subprocess_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for i in (0, 1)
+        ]
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err.decode()[-3000:]
+        assert cli.main(["corpus", "finalize", out]) == 0
+        assert "skipped: 1" in capsys.readouterr().out
+        from tinywave_jax import storage
+
+        remote = storage.path(out)
+        assert json.loads((remote / "summary.json").read_text()) == json.loads(
+            (root / "one" / "summary.json").read_text()
+        )
+        _assert_same_corpus(root / "one", out)
+        # a one-process build straight to the bucket is the same corpus too
+        one = out + "-one"
+        assert (
+            cli.main(["corpus", "build", "--manifest", str(manifest), "--out", one, *SETTINGS]) == 0
+        )
+        _assert_same_corpus(root / "one", one)
+        assert cli.main(["corpus", "info", one]) == 0
+        assert "skipped: 1" in capsys.readouterr().out
+        assert not (tmp_path / "gs:").exists() and not list(tmp_path.glob("**/gs:"))

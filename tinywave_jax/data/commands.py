@@ -203,12 +203,12 @@ def _finalize(args):
 
 def _info(args):
     import json
-    from pathlib import Path
 
+    from .. import storage
     from .corpus_read import CorpusSource, version_dir
 
     d = version_dir(args.corpus_dir)
-    summary = Path(args.corpus_dir) / "summary.json"
+    summary = storage.path(args.corpus_dir) / "summary.json"
     if summary.exists():
         from .corpus_build import format_summary
 

@@ -32,6 +32,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from .. import storage
 from ..errors import ConfigError, MissingInputError
 from .corpus_audio import audio_record, cached_extractor, combine_log_f0, item_log_f0_stats
 from .corpus_format import NAME, SPLITS, VERSION, CorpusError, encode_example, features
@@ -76,10 +77,10 @@ def _stage_shard(job) -> tuple[int, int]:
             if opts["strict"]:
                 raise
             skipped.append((item.where, str(e)))
-    tmp = Path(out) / f".shard-{shard:05d}.tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump({"records": records, "skipped": skipped}, f)
-    os.replace(tmp, Path(out) / f"shard-{shard:05d}.pkl")
+    _write_atomic(
+        storage.path(out) / f"shard-{shard:05d}.pkl",
+        pickle.dumps({"records": records, "skipped": skipped}),
+    )
     return len(records), len(skipped)
 
 
@@ -158,12 +159,22 @@ def share_name(host_index: int, num_hosts: int) -> str:
     return f"share-{host_index:05d}-of-{num_hosts:05d}.json"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path, data: str | bytes) -> None:
     """Writes `path` through a temporary sibling and a rename: hosts that read it while another
-    writes it (plan.sha256, speaker_f0.json) see the old content or the new, never half."""
+    writes it (plan.sha256, speaker_f0.json) see the old content or the new, never half, and a
+    killed write leaves no shard. On object storage one object write is atomic by itself."""
+    data = data.encode() if isinstance(data, str) else data
+    if storage.is_remote(path):
+        path.write_bytes(data)
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _names(folder, pattern: str) -> set[str]:
+    """The names in `folder` matching `pattern` (one listing, also on object storage)."""
+    return {p.name for p in folder.glob(pattern)}
 
 
 def build_corpus(
@@ -201,7 +212,8 @@ def build_corpus(
     each host computes those of its shards, then waits for the others' before extracting.
     """
     check_hosts(num_hosts, host_index)
-    out = Path(out)
+    storage.check_gcs(out, write=True, what="corpus --out")
+    out = storage.absolute(out)
     if (manifest is None) == (audio_dir is None):
         raise CorpusError("give exactly one of a manifest or an audio folder")
     items = read_manifest(manifest) if manifest is not None else scan_audio_folder(audio_dir)
@@ -255,7 +267,8 @@ def build_corpus(
         for k, a in enumerate(range(0, len(items), shard_size))
     ]
     mine = [s for s in shards if s[0] % num_hosts == host_index]
-    todo = [s for s in mine if not (staging / f"shard-{s[0]:05d}.pkl").exists()]
+    staged = _names(staging, "shard-*.pkl")
+    todo = [s for s in mine if f"shard-{s[0]:05d}.pkl" not in staged]
     share = f" (host {host_index} of {num_hosts}: {len(mine)} of them)" if num_hosts > 1 else ""
     log(
         f"corpus: {len(items)} utterances in {len(shards)} shards{share}; "
@@ -310,7 +323,8 @@ def _speaker_f0(items, shards, mine, staging, extractor, workers, num_hosts, log
     def stats_file(k):
         return staging / f"f0-{k:05d}.json"
 
-    need = [(k, its) for k, its, _ in mine if not stats_file(k).exists()]
+    have = _names(staging, "f0-*.json")
+    need = [(k, its) for k, its, _ in mine if stats_file(k).name not in have]
     if need:
         log(f"  pitch statistics of {len(need)} shard(s) for per-speaker F0")
         with _pool(workers) as pool:
@@ -319,7 +333,8 @@ def _speaker_f0(items, shards, mine, staging, extractor, workers, num_hosts, log
                 _write_atomic(stats_file(k), json.dumps(stats))
     last = time.monotonic()
     while not f0_file.exists():
-        missing = [k for k, _, _ in shards if not stats_file(k).exists()]
+        have = _names(staging, "f0-*.json")
+        missing = [k for k, _, _ in shards if stats_file(k).name not in have]
         if not missing:
             stats = [tuple(x) for k, _, _ in shards for x in json.loads(stats_file(k).read_text())]
             _write_atomic(f0_file, json.dumps(combine_log_f0(items, stats)))
@@ -335,8 +350,14 @@ def _speaker_f0(items, shards, mine, staging, extractor, workers, num_hosts, log
     return json.loads(f0_file.read_text())
 
 
-def _finish(out: Path, staging: Path, max_skipped, rebuild: bool) -> dict:
-    """Summary, skip limit and the TFDS pass over every staged shard; writes summary.json."""
+def _finish(out, staging, max_skipped, rebuild: bool) -> dict:
+    """Summary, skip limit and the TFDS pass over every staged shard; writes summary.json.
+    On object storage the staged shards are read from a local mirror and the TFDS folder is
+    written locally (ArrayRecord writes local files), then uploaded, dataset_info.json last
+    (the reader's marker of a complete version folder)."""
+    remote = storage.is_remote(out)
+    if remote:
+        staging = storage.local_mirror(staging, "corpus staging")
     summary = summarize(staging)
     if max_skipped is not None and summary["skipped"]["count"] > max_skipped:
         raise CorpusError(
@@ -355,9 +376,18 @@ def _finish(out: Path, staging: Path, max_skipped, rebuild: bool) -> dict:
     version_dir = out / NAME / VERSION
     if rebuild or not (version_dir / "dataset_info.json").exists():
         import shutil
+        import tempfile
 
-        shutil.rmtree(version_dir, ignore_errors=True)
-        _prepare(out, staging, present)
+        if remote:
+            with tempfile.TemporaryDirectory(prefix="tinywave-corpus-") as tmp:
+                _prepare(Path(tmp), staging, present)
+                storage.rmtree(version_dir)
+                storage.copy_tree(
+                    Path(tmp) / NAME / VERSION, version_dir, last=("dataset_info.json",)
+                )
+        else:
+            shutil.rmtree(version_dir, ignore_errors=True)
+            _prepare(out, staging, present)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -401,9 +431,10 @@ def finalize_corpus(out, *, max_skipped="shares", log=print) -> dict:
     records, their splits and their order equal a one-process build's: the TFDS pass reads the
     same staged shards. `max_skipped`: "shares" uses the smallest limit the shares were built
     with; None (no limit) or a number overrides it."""
-    out = Path(out)
+    storage.check_gcs(out, write=True, what="corpus finalize OUT")
+    out = storage.absolute(out)
     staging = out / "_staging"
-    files = sorted(staging.glob("share-*-of-*.json")) if staging.is_dir() else []
+    files = sorted(staging.glob("share-*-of-*.json"), key=str)
     if not files:
         raise MissingInputError(
             f"no host share in {staging}: run `tinywave corpus build ... --out {out} "
@@ -467,10 +498,11 @@ def finalize_corpus(out, *, max_skipped="shares", log=print) -> dict:
             f"shares {', '.join(odd)} used other per-speaker F0 means than the others "
             f"({staging / 'speaker_f0.json'} changed while they were built); rebuild them"
         )
+    staged = _names(staging, "shard-*.pkl")
     for i in range(n):
         f, s = by_index[i]
         want = list(range(i, s["num_shards"], n))
-        absent = [k for k in want if not (staging / f"shard-{k:05d}.pkl").exists()]
+        absent = [k for k in want if f"shard-{k:05d}.pkl" not in staged]
         if s["shards"] != want or absent:
             raise CorpusError(
                 f"share {i} of {n} ({f}) is incomplete: shard(s) "
@@ -510,12 +542,11 @@ def summarize(staging: Path, shards=None) -> dict:
     splits: dict = {}
     frames, tokens = Counter(), Counter()
     skipped = []
-    files = sorted(Path(staging).glob("shard-*.pkl"))
+    files = sorted(storage.path(staging).glob("shard-*.pkl"), key=str)
     if shards is not None:
-        files = [f for f in files if int(f.stem.split("-")[1]) in set(shards)]
+        files = [f for f in files if int(f.name[6:11]) in set(shards)]
     for f in files:
-        with open(f, "rb") as fh:
-            shard = pickle.load(fh)
+        shard = pickle.loads(f.read_bytes())
         skipped += shard["skipped"]
         for rec in shard["records"]:
             sp = splits.setdefault(
