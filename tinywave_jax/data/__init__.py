@@ -4,7 +4,8 @@
     streams        record -> token sequence (speech, expressive, interleaved, text)
     corpus_inputs  manifest / audio folder -> items, their splits; a units line -> record
     corpus_audio   audio -> unit record through the extractor; per-speaker mean log-F0
-    corpus_build   `tinywave corpus build`: staged shards -> TFDS ArrayRecord; summary
+    corpus_build   `tinywave corpus build` (one host, or a host's share) / `finalize`: staged
+                   shards -> TFDS ArrayRecord; summary
     corpus_format  the stored record: CorpusError, TFDS features, encode / decode
     corpus_read    version_dir, CorpusSource (a grain data source of one split)
     batches        the batch contract (contract_batch, pack_sequences), no grain needed

@@ -35,7 +35,7 @@ def register(subparsers):
         "the same inputs, settings and shared OUT, each with its --host-index; each "
         "stages a disjoint share of the shards, then `tinywave corpus finalize OUT` "
         "writes the corpus (the same records, splits and order as a one-process "
-        "build).",
+        "build; docs/scaling.md, section 5).",
     )
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", help="jsonl manifest (units, or audio paths with --extractor)")
@@ -44,7 +44,9 @@ def register(subparsers):
         help="folder of audio (speaker = parent folder; x.txt "
         "transcript and x.words.json alignment beside x.wav)",
     )
-    b.add_argument("--out", required=True, help="output folder (a TFDS data_dir)")
+    b.add_argument(
+        "--out", required=True, help="output folder (a TFDS data_dir; gs://BUCKET/... too)"
+    )
     b.add_argument("--extractor", help="units folder for tinywave_jax.audio.load_extractor")
     b.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     b.add_argument("--shard-size", type=int, default=256, help="utterances per work shard")
