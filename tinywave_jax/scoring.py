@@ -4,6 +4,18 @@ Sequences are grouped into length buckets (powers of two from 16, capped at the 
 `max_position_embeddings`), right-padded, and run in fixed-size batches, so each bucket compiles
 once. Log-probabilities come from the final hidden state and the LM head in sequence chunks, so
 `[batch, length, vocab]` float32 logits never exist at once.
+
+Sharded (`mesh`, what `tinywave score` and `tinywave eval` use: `scoring_mesh()`, every device of
+every process): the rows of each batch are split over the mesh's (data, fsdp) axes by the training
+rules (`parallel/rules.py`), the parameters replicated (fsdp=1) or sharded along `embed` over fsdp.
+`batch_size` is the GLOBAL number of rows per step, rounded up to a multiple of the data-parallel
+device count; the padding rows are segment 0 and dropped. Every process holds the whole list of
+sequences and builds the same batches; each puts only the rows of its own devices on the mesh
+(`make_array_from_callback`), and the per-row log-probabilities are gathered back to every host
+(`process_allgather` across processes) into input order. Each row is computed alone on its
+device, so the numbers equal a one-device run's to float32 round-off (XLA picks kernels by the
+per-device shape: 8 CPU devices vs one differ by up to ~5e-7 in a log-probability), and any two
+runs on the same mesh shape, one process or several, agree exactly.
 """
 
 from __future__ import annotations
@@ -54,14 +66,13 @@ def check_ids(
             )
 
 
-@functools.lru_cache(maxsize=None)
-def _logprob_fn(config):
+def _logprob_body(config):
+    """(params, ids [B, T], segment_ids [B, T]) -> log p(ids[:, t] | ids[:, :t]) [B, T-1]."""
     import jax
     import jax.numpy as jnp
 
     from .models import llama
 
-    @jax.jit
     def fn(params, ids, segment_ids):
         out = llama.Llama(config).apply(
             {"params": params}, ids, None, segment_ids, return_logits=False
@@ -87,15 +98,134 @@ def _logprob_fn(config):
     return fn
 
 
+@functools.lru_cache(maxsize=None)
+def _logprob_fn(config):
+    """The one-device scoring function (jitted; inputs on the default device)."""
+    import jax
+
+    return jax.jit(_logprob_body(config))
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded_logprob_fn(config, mesh):
+    """The scoring function on `mesh`: rows over (data, fsdp), parameters by the training rules,
+    log-probabilities left row-sharded (gathered on the host side)."""
+    import jax
+
+    from .parallel import batch_sharding
+
+    bsh = batch_sharding(mesh)
+    return jax.jit(
+        _logprob_body(config),
+        in_shardings=(param_shardings(mesh, config), bsh, bsh),
+        out_shardings=bsh,
+    )
+
+
+def scoring_mesh(fsdp: int = 1, devices=None):
+    """The mesh `score` and `eval` run on: all devices of all processes (`devices`: these only)
+    on (data, fsdp); `fsdp` > 1 shards the parameters over groups of that many devices (for a
+    model too large to replicate on each), fsdp=1 replicates them."""
+    import jax
+
+    from .errors import ConfigError
+    from .parallel import MeshConfig, make_mesh
+
+    devices = list(jax.devices() if devices is None else devices)
+    if not isinstance(fsdp, int) or fsdp < 1 or len(devices) % fsdp:
+        raise ConfigError(
+            f"--fsdp {fsdp}: must be a positive divisor of the device count ({len(devices)})"
+        )
+    return make_mesh(MeshConfig(data=-1, fsdp=fsdp, tensor=1), devices)
+
+
+def param_shardings(mesh, config):
+    """NamedShardings of a model's parameters on `mesh` (the training rules: replicated unless
+    the mesh has fsdp > 1 or tensor > 1); pass them to `checkpoint.load_model(shardings=...)`."""
+    from .models import llama
+    from .parallel import tree_shardings
+
+    return tree_shardings(mesh, llama.param_logical_axes(config), llama.abstract_params(config))
+
+
+def _place_params(params, shardings):
+    """`params` as global arrays with `shardings` (kept when already so: a checkpoint loaded with
+    them). Host values are cut per device, so each process only places its own shards."""
+    import jax
+
+    def put(x, sh):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sh, x.ndim):
+            return x
+        if jax.process_count() == 1:
+            return jax.device_put(x, sh)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sh, lambda idx: host[idx])
+
+    return jax.tree.map(put, params, shardings)
+
+
+def _to_host(x) -> np.ndarray:
+    """A (row-sharded) global array as one host array, on every process."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def rows_per_step(batch_size: int, mesh=None) -> int:
+    """Rows of each scoring step: `batch_size` (global), rounded up to a multiple of the
+    data-parallel devices of `mesh` (data x fsdp)."""
+    from .errors import ConfigError
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if mesh is None:
+        return batch_size
+    from .parallel import batch_divisor
+
+    dp = batch_divisor(mesh)
+    return -(-batch_size // dp) * dp
+
+
 def score_sequences(
-    params, config, seqs: Sequence[Sequence[int]], batch_size: int = 8, progress: bool = False
+    params,
+    config,
+    seqs: Sequence[Sequence[int]],
+    batch_size: int = 8,
+    progress: bool = False,
+    mesh=None,
 ) -> list[np.ndarray]:
-    """log p(ids[t] | ids[:t]) for t >= 1, float32 [len-1] per sequence, in input order."""
+    """log p(ids[t] | ids[:t]) for t >= 1, float32 [len-1] per sequence, in input order.
+
+    mesh: None scores on the default device (`batch_size` rows per step); a mesh
+    (`scoring_mesh()`) splits each step's rows over its data-parallel devices, `batch_size` then
+    being the global rows per step rounded up to a multiple of them (see the module doc). With
+    several processes every process passes the same `seqs` and gets all results back."""
+    import jax
     import jax.numpy as jnp
 
     max_len = config.max_position_embeddings
     check_ids(seqs, config.vocab_size, max_len)
-    fn = _logprob_fn(config)
+    batch_size = rows_per_step(batch_size, mesh)
+    if mesh is None:
+        fn = _logprob_fn(config)
+    else:
+        from .parallel import axis_rules_context, batch_sharding
+
+        sharded_fn = _sharded_logprob_fn(config, mesh)
+        bsh = batch_sharding(mesh)
+        params = _place_params(params, param_shardings(mesh, config))
+
+        def fn(params, ids, seg):
+            ids, seg = (
+                jax.make_array_from_callback(a.shape, bsh, lambda idx, a=a: a[idx])
+                for a in (ids, seg)
+            )
+            with jax.set_mesh(mesh), axis_rules_context():
+                return sharded_fn(params, ids, seg)
+
+    progress = progress and jax.process_index() == 0
     by_bucket: dict[int, list[int]] = {}
     for i, s in enumerate(seqs):
         by_bucket.setdefault(bucket_length(len(s), max_len), []).append(i)
@@ -110,7 +240,10 @@ def score_sequences(
             for r, i in enumerate(rows):
                 ids[r, : len(seqs[i])] = seqs[i]
                 seg[r, : len(seqs[i])] = 1
-            lp = np.asarray(fn(params, jnp.asarray(ids), jnp.asarray(seg)))
+            if mesh is None:
+                lp = np.asarray(fn(params, jnp.asarray(ids), jnp.asarray(seg)))
+            else:
+                lp = _to_host(fn(params, ids, seg))
             for r, i in enumerate(rows):
                 results[i] = lp[r, : len(seqs[i]) - 1].astype(np.float32)
             done += len(rows)
@@ -144,9 +277,17 @@ def score_file(
     dtype: str | None = None,
     progress: bool = True,
     verify: bool = True,
+    fsdp: int = 1,
+    mesh=None,
 ) -> list[dict]:
+    """Scores every record of `in_path` and writes `out_path` (process 0 only, atomically).
+    mesh: default `scoring_mesh(fsdp)` (every device of every process); `batch_size` is the
+    global rows per step (see `score_sequences`)."""
+    import jax
+
     from . import storage
     from .checkpoint import load_model, load_model_config
+    from .outputs import is_primary_process
 
     # gs:// paths are checked (credentials, bucket, write access) before the long load and scoring
     storage.check_gcs(ckpt_dir, what="model checkpoint")
@@ -158,10 +299,14 @@ def score_file(
         check_ids(seqs, shape.vocab_size, shape.max_position_embeddings, what="record")
     except InputError as e:  # name the file, not just the index
         raise InputError(f"{in_path}: {e}") from None
-    params, config, _ = load_model(ckpt_dir, dtype=dtype, verify=verify)
+    mesh = scoring_mesh(fsdp) if mesh is None else mesh
+    rows_per_step(batch_size, mesh)  # a bad --batch-size fails before the load
+    params, config, _ = load_model(
+        ckpt_dir, dtype=dtype, shardings=param_shardings(mesh, shape), verify=verify
+    )
     if dtype:
         config = config.replace(dtype=dtype, param_dtype=dtype)
-    lps = score_sequences(params, config, seqs, batch_size, progress)
+    lps = score_sequences(params, config, seqs, batch_size, progress, mesh=mesh)
     out = []
     for rec, lp in zip(records, lps):
         rec = dict(
@@ -171,7 +316,12 @@ def score_file(
             mean_logprob=float(lp.mean()) if lp.size else None,
         )
         out.append(rec)
-    write_jsonl_atomic(out_path, out)
+    if is_primary_process():  # every process has every result; one writes them
+        write_jsonl_atomic(out_path, out)
+    if jax.process_count() > 1:  # no process returns before the file is there
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("tinywave score written")
     return out
 
 
@@ -189,8 +339,10 @@ def register(subparsers) -> None:
         "ckpt_dir", help="tinywave model checkpoint (from import-hf, init-student, distill)"
     )
     p.add_argument("input", help="input .jsonl")
-    p.add_argument("output", help="output .jsonl (written atomically)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "output", help="output .jsonl (written atomically; by process 0 of a multi-process run)"
+    )
+    add_mesh_flags(p)
     p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
@@ -198,11 +350,42 @@ def register(subparsers) -> None:
         help="compute/parameter dtype (default: as stored)",
     )
     add_no_verify(p)
-    p.set_defaults(
-        func=lambda a: (
-            score_file(
-                a.ckpt_dir, a.input, a.output, a.batch_size, a.dtype, verify=not a.no_verify
-            ),
-            0,
-        )[1]
+    p.set_defaults(func=_run)
+
+
+def add_mesh_flags(p) -> None:
+    """--batch-size and --fsdp of `score` and `eval` (how sequences are split over devices)."""
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="sequences per step over ALL devices (global, not per device), rounded up to a "
+        "multiple of the device count; each device scores its share of every step's rows "
+        "(default 8)",
     )
+    p.add_argument(
+        "--fsdp",
+        type=int,
+        default=1,
+        metavar="N",
+        help="shard the parameters over groups of N devices (as training's mesh.fsdp), for a "
+        "model too large to hold on each device; default 1: every device holds the whole "
+        "model. Runs on every device of every process either way (TINYWAVE_COORDINATOR etc. "
+        "or a TPU pod start several processes, as for distill)",
+    )
+
+
+def _run(a) -> int:
+    from .parallel.distributed import maybe_initialize
+
+    maybe_initialize()  # multi-process runs: before any jax device is touched
+    score_file(
+        a.ckpt_dir,
+        a.input,
+        a.output,
+        a.batch_size,
+        a.dtype,
+        verify=not a.no_verify,
+        fsdp=a.fsdp,
+    )
+    return 0

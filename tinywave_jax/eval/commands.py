@@ -54,7 +54,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--split", default="test", help="corpus split for --task ppl (default test)")
     p.add_argument("--limit", type=int, help="only the first N pairs / sequences")
-    p.add_argument("--batch-size", type=int, default=8)
+    from ..scoring import add_mesh_flags
+
+    add_mesh_flags(p)
     p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
@@ -68,8 +70,10 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from ..parallel.distributed import maybe_initialize
     from .harness import _stderr, evaluate
 
+    maybe_initialize()  # multi-process runs: before any jax device is touched
     evaluate(
         args.ckpt,
         args.task,
@@ -87,5 +91,6 @@ def _run(args) -> int:
         progress=True,
         log=_stderr,
         verify=not args.no_verify,
+        fsdp=args.fsdp,
     )
     return 0

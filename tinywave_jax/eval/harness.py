@@ -106,16 +106,24 @@ def run_task(
     scoring: str = "mean",
     batch_size: int = 8,
     progress: bool = False,
+    mesh=None,
 ) -> dict:
+    """One model's result on prepared inputs; mesh: None (one device) or a mesh whose devices
+    share every batch's sequences (`scoring.scoring_mesh`; `batch_size` is then global)."""
     if inputs.task == "ppl":
-        return perplexity(params, config, inputs.seqs, batch_size, progress)
-    return pairwise_accuracy(params, config, inputs.pairs, scoring, batch_size, progress)
+        return perplexity(params, config, inputs.seqs, batch_size, progress, mesh)
+    return pairwise_accuracy(params, config, inputs.pairs, scoring, batch_size, progress, mesh)
 
 
-def _load(ckpt, dtype, verify=True):
-    from ..checkpoint import load_model
+def _load(ckpt, dtype, verify=True, mesh=None):
+    from ..checkpoint import load_model, load_model_config
 
-    params, config, _ = load_model(ckpt, dtype=dtype, verify=verify)
+    shardings = None
+    if mesh is not None:  # straight onto the mesh (each process reads its own shards)
+        from ..scoring import param_shardings
+
+        shardings = param_shardings(mesh, load_model_config(ckpt))
+    params, config, _ = load_model(ckpt, dtype=dtype, shardings=shardings, verify=verify)
     if dtype:
         config = config.replace(dtype=dtype, param_dtype=dtype)
     return params, config
@@ -179,19 +187,28 @@ def evaluate(
     progress: bool = False,
     log=print,
     verify: bool = True,
+    fsdp: int = 1,
+    mesh=None,
 ) -> dict:
     """Evaluates checkpoint `ckpt` (and teacher checkpoint `compare`) on one task.
     verify: check each checkpoint's files against their recorded sha256 (--no-verify: False).
+    mesh: the devices that share the sequences; default `scoring.scoring_mesh(fsdp)`, every
+    device of every process (`batch_size` is the global rows per step, rounded up to a
+    multiple of the device count). With several processes each computes every result and only
+    process 0 writes `out`.
 
     Returns {"task", "scoring", "data", "checkpoint", "result"} plus, with `compare`,
     {"teacher_checkpoint", "teacher_result", "comparison": rows}. Accuracies are fractions.
     With `out`, writes results.json, pairs.jsonl (per-pair scores; pairwise tasks) and, with
     `compare`, report.md / report.json.
     """
+    from ..scoring import rows_per_step, scoring_mesh
     from . import report
 
     if scoring not in SCORINGS:
         raise ConfigError(f"--scoring {scoring!r} is not one of {SCORINGS}")
+    mesh = scoring_mesh(fsdp) if mesh is None else mesh
+    rows_per_step(batch_size, mesh)  # a bad --batch-size fails before anything is read
     # every named path and setting is checked before the (long) tokenising and scoring
     config = _model_config(ckpt)
     teacher_config = _model_config(compare, "--compare") if compare else None
@@ -224,8 +241,8 @@ def evaluate(
     }
     models = [("result", ckpt)] + ([("teacher_result", compare)] if compare else [])
     for key, path in models:
-        params, cfg = _load(path, dtype, verify)
-        out_doc[key] = run_task(params, cfg, inputs, scoring, batch_size, progress)
+        params, cfg = _load(path, dtype, verify, mesh)
+        out_doc[key] = run_task(params, cfg, inputs, scoring, batch_size, progress, mesh)
         del params
         log(f"eval {task} {path}: {_summary(task, out_doc[key])}")
     if compare:
@@ -234,8 +251,21 @@ def evaluate(
             task, out_doc["teacher_result"], out_doc["result"]
         )
     if out is not None:
-        _write(storage.path(out), out_doc, str(ckpt), str(compare) if compare else None, log)
+        from ..outputs import is_primary_process
+
+        if is_primary_process():  # every process has every result; one writes them
+            _write(storage.path(out), out_doc, str(ckpt), str(compare) if compare else None, log)
+        _barrier("tinywave eval written")  # no process returns before the files are there
     return out_doc
+
+
+def _barrier(name: str) -> None:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _write(out: Path, doc: dict, student: str, teacher: str | None, log) -> None:

@@ -79,13 +79,22 @@ def check_vocab(seqs: list[Seq], vocab_size: int, max_len: int) -> None:
 
 
 def score_seqs(
-    params, config, seqs: list[Seq], scoring: str, batch_size: int = 8, progress: bool = False
+    params,
+    config,
+    seqs: list[Seq],
+    scoring: str,
+    batch_size: int = 8,
+    progress: bool = False,
+    mesh=None,
 ) -> np.ndarray:
-    """Scores (float64) of `seqs`, each scored once, batched by length bucket."""
+    """Scores (float64) of `seqs`, each scored once, batched by length bucket; `mesh`: split
+    over its devices (`scoring.score_sequences`)."""
     from ..scoring import score_sequences
 
     check_vocab(seqs, config.vocab_size, config.max_position_embeddings)
-    lps = score_sequences(params, config, [s.ids.tolist() for s in seqs], batch_size, progress)
+    lps = score_sequences(
+        params, config, [s.ids.tolist() for s in seqs], batch_size, progress, mesh=mesh
+    )
     return np.array([sequence_score(lp, s.score_from, scoring) for lp, s in zip(lps, seqs)])
 
 
@@ -96,13 +105,15 @@ def pairwise_accuracy(
     scoring: str = "mean",
     batch_size: int = 8,
     progress: bool = False,
+    mesh=None,
 ) -> dict:
     """{"accuracy", "n_pairs", "groups": {group: {"accuracy", "n_pairs"}}, "pairs": [...]}.
-    Accuracies are fractions in [0, 1]."""
+    Accuracies are fractions in [0, 1]. mesh: None (one device) or a mesh to split the
+    sequences over (`scoring.scoring_mesh`)."""
     if scoring not in SCORINGS:
         raise ValueError(f"scoring {scoring!r} is not one of {SCORINGS}")
     seqs = [s for it in items for s in (it.positive, it.negative)]
-    scores = score_seqs(params, config, seqs, scoring, batch_size, progress)
+    scores = score_seqs(params, config, seqs, scoring, batch_size, progress, mesh)
     pos, neg = scores[0::2], scores[1::2]
     outcomes = np.array([pair_outcome(p, n) for p, n in zip(pos, neg)])
     groups: dict[str, list[float]] = {}

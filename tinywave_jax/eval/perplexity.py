@@ -64,13 +64,16 @@ def corpus_seqs(corpus_dir: str | Path, split: str, layout, limit: int | None = 
 
 
 def perplexity(
-    params, config, seqs: list[Seq], batch_size: int = 8, progress: bool = False
+    params, config, seqs: list[Seq], batch_size: int = 8, progress: bool = False, mesh=None
 ) -> dict:
+    """mesh: None (one device) or a mesh to split the sequences over (`scoring.scoring_mesh`)."""
     from ..scoring import score_sequences
     from .pairwise import check_vocab
 
     check_vocab(seqs, config.vocab_size, config.max_position_embeddings)
-    lps = score_sequences(params, config, [s.ids.tolist() for s in seqs], batch_size, progress)
+    lps = score_sequences(
+        params, config, [s.ids.tolist() for s in seqs], batch_size, progress, mesh=mesh
+    )
     per_seq = [
         float(-np.asarray(lp, np.float64)[s.score_from - 1 :].sum()) for lp, s in zip(lps, seqs)
     ]
