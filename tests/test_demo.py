@@ -315,6 +315,44 @@ def test_results_json_holds_every_row_with_intervals(quick_run):
     }
 
 
+def test_q8_0_row_is_the_gguf_export_scored_in_llama_cpp(quick_run):
+    """The table's q8_0 row: student.q8_0.gguf (q8_0 tensors) scored by llama.cpp on the same
+    pairs and units, its point estimates equal to its saved outcomes, its difference to the
+    float32 student consistent with both rows, close to that student (8-bit weights), and its
+    greedy continuation reported beside JAX's and transformers'."""
+    import gguf
+
+    workdir, _ = quick_run
+    res = json.loads((workdir / "results.json").read_text())
+    row, student = res["student_q8_0"], res["student"]
+    path = workdir / "student.q8_0.gguf"
+    assert row["gguf"] == str(path) and row["gguf_bytes"] == path.stat().st_size
+    types = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert "Q8_0" in types and "F32" in types  # matrices quantized, norms kept in float32
+    raw = json.loads((workdir / "scores" / "student_q8_0.json").read_text())
+    f32 = json.loads((workdir / "scores" / "student.json").read_text())
+    agree = []
+    for k, task in (("ssc", "ssc"), ("tsc", "tsc"), ("words", "swuggy")):
+        assert row[k] == pytest.approx(100 * np.mean(raw[task]), abs=0.01)
+        assert row[f"{k}_ci"][0] <= row[k] <= row[f"{k}_ci"][1]
+        d = res["q8_0_minus_student"][k]
+        assert d["diff"] == pytest.approx(row[k] - student[k], abs=0.02)
+        agree += [a == b for a, b in zip(raw[task], f32[task])]
+    assert row["outcome_agreement"] == pytest.approx(100 * np.mean(agree), abs=0.01)
+    assert row["outcome_agreement"] >= 80
+    assert row["ppl"] == pytest.approx(student["ppl"], rel=0.02) and row["ppl"] != student["ppl"]
+    assert "q8_0_ssc_tsc_within_1pt_of_student" in res["targets"]
+    table = (workdir / "results.md").read_text()
+    assert "| Distilled student, q8_0 GGUF in llama.cpp (" in table and "q8_0 - student:" in table
+    gen = json.loads((workdir / "generation.json").read_text())
+    assert gen["gguf"] == str(path) and len(gen["llama_cpp_q8_0"]) == len(gen["jax"])
+    same = next(
+        (i for i, (a, b) in enumerate(zip(gen["jax"], gen["llama_cpp_q8_0"])) if a != b),
+        len(gen["jax"]),
+    )
+    assert gen["llama_cpp_common_prefix"] == same
+
+
 def test_bootstrap_intervals_match_the_normal_approximation():
     """For many Bernoulli outcomes the 95 % paired-bootstrap interval is the textbook
     p +- 1.96 sqrt(p (1 - p) / n); identical models give a zero-width difference interval."""

@@ -140,6 +140,25 @@ def llama_cpp_pairwise_accuracy(model, items: list, scoring: str = "mean") -> di
     }
 
 
+def llama_cpp_perplexity(model, seqs: list) -> dict:
+    """`eval.perplexity.perplexity` with llama.cpp's log-probabilities (eval.sequences.Seq
+    inputs, tokens from `score_from` on): the pooled per-token perplexity with the per-sequence
+    NLL and token counts that bootstrap intervals resample."""
+    llm = _model(model)
+    lps = llama_cpp_logprobs(llm, [s.ids for s in seqs])
+    per_seq = [float(-lp[s.score_from - 1 :].sum()) for lp, s in zip(lps, seqs)]
+    tokens = [s.num_scored for s in seqs]
+    nll = float(sum(per_seq))
+    return {
+        "n_sequences": len(seqs),
+        "scored_tokens": sum(tokens),
+        "nll_sum": nll,
+        "ppl": float(np.exp(nll / sum(tokens))),
+        "sequence_nll": per_seq,
+        "sequence_tokens": tokens,
+    }
+
+
 def export_gguf_and_compare(
     ckpt_dir: str | Path,
     out: str | Path,

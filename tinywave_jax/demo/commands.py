@@ -11,8 +11,9 @@ with `tinywave import-hf` after its files' hashes are checked) into a 2-layer st
 target-voice subset of its data (480 stories), and trains the same shape from scratch on exactly
 that subset as the baseline; both sweep the same learning rates, chosen on validation perplexity.
 Benchmarks all models on 128 held-out stories (spoken / topic story cloze, word vs non-word,
-perplexity, 95 % paired-bootstrap intervals) and exports the student to Hugging Face format,
-checking that transformers continues speech exactly as JAX does. `--ablation` adds the rows
+perplexity, 95 % paired-bootstrap intervals), scores the student's q8_0 GGUF export in llama.cpp
+as one more row, and exports the student to Hugging Face format, checking that transformers
+continues speech exactly as JAX does. `--ablation` adds the rows
 between the baseline and the full recipe. Every stage is cached in WORKDIR: a rerun resumes.
 
 `--variant expressive` runs the same recipe on the expressive teacher (units + pitch + style
@@ -146,7 +147,8 @@ def _run(args) -> int:
     )
     print(
         f"demo: finished in {time.time() - t:.0f} s; outputs in {args.workdir} "
-        f"(results.md, results.json, loss_curves.png, attention.png, student_hf/)"
+        f"(results.md, results.json, loss_curves.png, attention.png, student_hf/, "
+        f"student.q8_0.gguf)"
     )
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 CLOZE = ("ssc", "tsc")
+GGUF_FILE = "student.q8_0.gguf"  # the quantized student the results table scores in llama.cpp
 CROSS_MODAL = ("cloze_ss", "cloze_st", "cloze_ts", "cloze_tt")
 # task -> the key it reports under (voice: SALMon-style speaker consistency; ss/st/ts/tt:
 # cross-modal topic cloze, context -> ending modality, S = speech, T = text)
@@ -88,6 +89,41 @@ def score_model(params, config, inputs: dict) -> dict:
                 np.asarray(r["sequence_tokens"], np.float64),
             )
         else:
+            out[task] = np.asarray([p["outcome"] for p in r["pairs"]])
+    return out
+
+
+def export_student_gguf(student_ckpt: Path, out_dir: Path, layout_path: Path, log=print) -> Path:
+    """The student as `OUT_DIR/student.q8_0.gguf` (`tinywave export-gguf --type q8_0`, token
+    strings from the demo's layout), the file a laptop would run."""
+    from ..convert.gguf_export import export_gguf
+
+    out = out_dir / GGUF_FILE
+    result = export_gguf(student_ckpt, out, "q8_0", overwrite=True, layout=str(layout_path))
+    log(f"  wrote {out} (q8_0, {result.bytes / 1e6:.2f} MB)")
+    return out
+
+
+def score_llama_cpp(gguf_path: Path, inputs: dict) -> dict:
+    """`score_model`'s raw scores from llama.cpp running a GGUF file (llama-cpp-python),
+    the same inputs, the same scoring (mean log-likelihood per unit, pooled perplexity)."""
+    from ..convert.gguf_run import (
+        llama_cpp_pairwise_accuracy,
+        llama_cpp_perplexity,
+        load_llama_cpp,
+    )
+
+    llm = load_llama_cpp(gguf_path)
+    out = {}
+    for task, inp in inputs.items():
+        if task == "ppl":
+            r = llama_cpp_perplexity(llm, inp.seqs)
+            out[task] = (
+                np.asarray(r["sequence_nll"]),
+                np.asarray(r["sequence_tokens"], np.float64),
+            )
+        else:
+            r = llama_cpp_pairwise_accuracy(llm, inp.pairs, scoring="mean")
             out[task] = np.asarray([p["outcome"] for p in r["pairs"]])
     return out
 
@@ -171,9 +207,12 @@ def export_and_compare(
     prompt_tokens: int,
     new_tokens: int,
     log=print,
+    gguf: Path | None = None,
 ) -> dict:
     """Exports the student to HF, continues a test utterance greedily with JAX (KV-cached
-    `decode.generate`) and with `transformers`, and asserts the continuations are equal."""
+    `decode.generate`) and with `transformers`, and asserts the continuations are equal. With
+    `gguf` (the q8_0 file), llama.cpp's greedy continuation is shown beside them: reported, not
+    asserted (8-bit weights may flip a near-tie)."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -208,8 +247,8 @@ def export_and_compare(
         return " ".join(layout.id_to_str(i) if i >= layout.text_vocab_size else str(i) for i in xs)
 
     log(f"  prompt ({len(prompt)} tokens): {show(prompt[2:])}")
-    log(f"  JAX greedy:          {show(jax_out)}")
-    log(f"  transformers greedy: {show(hf_out)}")
+    log(f"  JAX greedy:            {show(jax_out)}")
+    log(f"  transformers greedy:   {show(hf_out)}")
     if jax_out != hf_out:
         raise AssertionError(
             f"exported student continues differently in transformers: JAX {jax_out} vs HF {hf_out}"
@@ -222,5 +261,13 @@ def export_and_compare(
         "transformers": hf_out,
         "equal": True,
     }
+    if gguf is not None:
+        from ..convert.gguf_run import llama_cpp_greedy, load_llama_cpp
+
+        cpp_out = llama_cpp_greedy(load_llama_cpp(gguf, logits_all=False), prompt, new_tokens)
+        same = next((k for k, (a, b) in enumerate(zip(jax_out, cpp_out)) if a != b), new_tokens)
+        log(f"  llama.cpp q8_0 greedy: {show(cpp_out)}")
+        log(f"  llama.cpp ({gguf.name}) equals JAX on the first {same}/{new_tokens} tokens")
+        doc.update(gguf=str(gguf), llama_cpp_q8_0=cpp_out, llama_cpp_common_prefix=same)
     (out_dir / "generation.json").write_text(json.dumps(doc, indent=1))
     return doc

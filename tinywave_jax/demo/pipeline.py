@@ -22,9 +22,10 @@ a rerun skips finished stages and resumes an interrupted training run from its c
               + CE, + logit KD, + hidden-state loss, each with the same sweep
   7 bench     sSC / tSC / words / perplexity (expressive and interleaved: + speaker consistency
               and cross-modal cloze) on the test stories with 95 % paired-bootstrap intervals:
-              results.md, results.json, loss curves and attention maps
+              results.md, results.json, loss curves and attention maps; the student is also
+              exported to student.q8_0.gguf and scored in llama.cpp (the table's q8_0 row)
   8 export    the student in Hugging Face format; its transformers greedy continuation of a
-              speech prompt must equal the JAX one
+              speech prompt must equal the JAX one (llama.cpp's q8_0 one is shown beside them)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
+from .results import Q8
 from .settings import DemoSettings
 from .stages import StagedRun
 from .training import ABLATION_ROWS, MAIN_ROWS, ROWS
@@ -50,7 +52,11 @@ MIXTURES = {
 
 class Demo(StagedRun):
     STAGES = STAGES
-    NEEDS = {"speech": ["espeak-ng"], "bench": ["matplotlib"], "export": ["torch", "transformers"]}
+    NEEDS = {
+        "speech": ["espeak-ng"],
+        "bench": ["matplotlib", "gguf", "llama_cpp"],  # the q8_0 row runs in llama.cpp
+        "export": ["torch", "transformers", "llama_cpp"],
+    }
 
     def __init__(self, workdir, settings: DemoSettings, log: Callable = print, quick=False):
         super().__init__(workdir, settings, log)
@@ -363,17 +369,22 @@ class Demo(StagedRun):
         return [str(losses), str(attn)]
 
     def stage_export(self) -> dict:
-        from .evaluate import export_and_compare
+        from .evaluate import GGUF_FILE, export_and_compare, export_student_gguf
 
         s = self.settings
+        student = Path(self.rows()["student"]["model"])
+        gguf = self.dir / GGUF_FILE  # written by the bench stage (its q8_0 row)
+        if not gguf.is_file():
+            gguf = export_student_gguf(student, self.dir, self.tokens_dir / "layout.json", self.log)
         return export_and_compare(
-            Path(self.rows()["student"]["model"]),
+            student,
             self.dir,
             self.tokens_dir / "corpus" / "heldout",
             self.tokens_dir / "layout.json",
             s.prompt_tokens,
             s.generate_tokens,
             self.log,
+            gguf=gguf,
         )
 
     def run(self, stages=None, ablation: bool = False) -> dict:
@@ -386,8 +397,14 @@ class Demo(StagedRun):
             if (s != "ablation" or ablation) and (s != "expressive" or interleaved)
         ]
         bench = self.done("bench")
-        if ablation and bench is not None and not set(ABLATION_ROWS) <= set(bench["rows"]):
-            self.record("bench").unlink()  # the table must gain the ablation rows
+        if bench is not None and (
+            (ablation and not set(ABLATION_ROWS) <= set(bench["rows"]))  # gains ablation rows
+            or Q8 not in bench["rows"]  # a workdir from before the q8_0 GGUF row
+        ):
+            self.record("bench").unlink()
+        export = self.done("export")
+        if export is not None and "gguf" not in export:  # from before the llama.cpp line
+            self.record("export").unlink()
         return super().run(stages)
 
 

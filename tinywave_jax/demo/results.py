@@ -4,18 +4,25 @@ results.json: per model (`teacher`, `student`, `baseline`, and the ablation rows
 `ssc`, `tsc`, `words` (accuracy in %), `ppl` (and, for the expressive and interleaved variants,
 `voice`: speaker consistency, and `ss`, `st`, `ts`, `tt`: cross-modal topic cloze), each with
 `<metric>_ci` ([lo, hi], 95 % paired bootstrap), `pairs` ({task: n}), `params`, `layers`, `lr`
-and `lr_sweep` (validation perplexity per learning rate tried); top level
-`student_minus_baseline` ({metric: {diff, ci}}), `targets` (the issue's targets, checked, never
-tuned for) and `settings`.
+and `lr_sweep` (validation perplexity per learning rate tried); `student_q8_0`: the same student
+exported to a q8_0 GGUF file and scored by llama.cpp (with `gguf`, `gguf_bytes` and
+`outcome_agreement`: the share of pairs it decides as the float32 student does); top level
+`student_minus_baseline` and `q8_0_minus_student` ({metric: {diff, ci}}), `targets` (the issues'
+targets, checked, never tuned for) and `settings`.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+
+from .evaluate import CLOZE
 from .training import ROWS
 
-ORDER = ("teacher", "baseline", "init_ce", "logit", "hidden", "student")
+ORDER = ("teacher", "baseline", "init_ce", "logit", "hidden", "student", "student_q8_0")
+# the student's q8_0 GGUF export, scored in llama.cpp (not a trained row: no lr of its own)
+Q8 = "student_q8_0"
 # every metric a table can show, in column order, with its header
 HEADERS = {
     "ssc": "sSC",
@@ -71,10 +78,37 @@ def score_all(demo, log=print) -> tuple[dict, dict]:
             )
         rows[name] = row
         log(f"  {name}: " + "  ".join(f"{k} {row[k]:.1f}" for k in metrics_of(row)))
+    rows[Q8], raw[Q8] = _score_q8_0(demo, rows["student"], raw["student"], inputs, log)
     return rows, raw
 
 
-def targets(rows: dict, diff: dict) -> dict:
+def _score_q8_0(demo, student_row: dict, student_raw: dict, inputs: dict, log) -> tuple:
+    """The student's q8_0 GGUF export scored by llama.cpp on the same inputs: (row, raw)."""
+    from .evaluate import export_student_gguf, save_raw, score_llama_cpp, summarize
+
+    gguf = export_student_gguf(
+        demo.rows()["student"]["model"], demo.dir, demo.tokens_dir / "layout.json", log
+    )
+    raw = score_llama_cpp(gguf, inputs)
+    save_raw(demo.dir / "scores" / f"{Q8}.json", raw)
+    row = summarize(raw, demo.settings.bootstrap, demo.settings.seed)
+    pairs = [t for t in raw if t != "ppl"]
+    agree = np.mean(np.concatenate([raw[t] == student_raw[t] for t in pairs]))
+    row.update(
+        {k: student_row[k] for k in ("layers", "params")},
+        gguf=str(gguf),
+        gguf_bytes=gguf.stat().st_size,
+        outcome_agreement=round(100 * float(agree), 2),
+    )
+    log(
+        f"  {Q8} (llama.cpp): "
+        + "  ".join(f"{k} {row[k]:.1f}" for k in metrics_of(row))
+        + f"  ({row['outcome_agreement']:.1f}% of pairs decided as by the float32 student)"
+    )
+    return row, raw
+
+
+def targets(rows: dict, diff: dict, q8_diff: dict) -> dict:
     t, s, b = rows["teacher"], rows["student"], rows["baseline"]
     return {
         "teacher_ssc_ge_75": t["ssc"] >= 75,
@@ -89,6 +123,8 @@ def targets(rows: dict, diff: dict) -> dict:
         "ppl_student_below_baseline": s["ppl"] < b["ppl"],
         # interleaved: cross-modal cloze above chance (its 95 % interval excludes 50 %)
         **{f"{k}_student_interval_above_50": s[f"{k}_ci"][0] > 50 for k in ("ts", "st") if k in s},
+        # GGUF issue: the q8_0 file in llama.cpp within 1 point of the float32 student
+        "q8_0_ssc_tsc_within_1pt_of_student": all(abs(q8_diff[k]["diff"]) <= 1 for k in CLOZE),
     }
 
 
@@ -100,6 +136,8 @@ def _label(name: str, row: dict) -> str:
         return f"**Distilled student** ({layers}, full recipe)"
     if name == "baseline":
         return f"Baseline ({layers}, random init, CE only)"
+    if name == Q8:
+        return f"Distilled student, q8_0 GGUF in llama.cpp ({row['gguf_bytes'] / 1e6:.2f} MB)"
     return f"{ROWS[name][0]} ({layers})"
 
 
@@ -109,7 +147,7 @@ def _cell(value: float, ci, digits: int = 1, sign: str = "") -> str:
     return f"{value:{f}} [{ci[0]:{f}}, {ci[1]:{f}}]"
 
 
-def markdown(rows: dict, diff: dict, checks: dict) -> str:
+def markdown(rows: dict, diff: dict, q8_diff: dict, checks: dict) -> str:
     t, s = rows["teacher"], rows["student"]
     metrics = metrics_of(t)
     lines = [
@@ -136,9 +174,24 @@ def markdown(rows: dict, diff: dict, checks: dict) -> str:
         f"on {t['ppl_tokens']} units of the test stories, all in the target voice. Each row's "
         "learning rate was chosen on validation perplexity from the same sweep." + _extras_note(n),
         "",
+        _q8_note(rows[Q8], q8_diff, metrics),
+        "",
         "Targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _q8_note(row: dict, q8_diff: dict, metrics: list[str]) -> str:
+    """The q8_0 row's cost against the float32 student it was exported from."""
+    cells = ", ".join(
+        f"{HEADERS[k]} {_cell(q8_diff[k]['diff'], q8_diff[k]['ci'], 3 if k == 'ppl' else 1, '+')}"
+        for k in metrics
+    )
+    return (
+        "q8_0 row: the distilled student exported with `tinywave export-gguf --type q8_0` and "
+        f"scored by llama.cpp (llama-cpp-python), the same pairs and units. q8_0 - student: {cells};"
+        f" {row['outcome_agreement']:.1f}% of pairs decided as by the float32 student."
+    )
 
 
 def _extras_note(n: dict) -> str:
@@ -164,14 +217,17 @@ def write_results(demo, log=print) -> dict:
     from .evaluate import difference
 
     rows, raw = score_all(demo, log)
-    diff = difference(raw["student"], raw["baseline"], demo.settings.bootstrap, demo.settings.seed)
-    checks = targets(rows, diff)
-    table = markdown(rows, diff, checks)
+    draws, seed = demo.settings.bootstrap, demo.settings.seed
+    diff = difference(raw["student"], raw["baseline"], draws, seed)
+    q8_diff = difference(raw[Q8], raw["student"], draws, seed)
+    checks = targets(rows, diff, q8_diff)
+    table = markdown(rows, diff, q8_diff, checks)
     (demo.dir / "results.md").write_text(table)
     log("\n" + table)
     doc = {
         **rows,
         "student_minus_baseline": diff,
+        "q8_0_minus_student": q8_diff,
         "targets": checks,
         "settings": to_dict(demo.settings),
         "rows": {k: ROWS[k][0] for k in rows if k in ROWS},
