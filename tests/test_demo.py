@@ -431,6 +431,21 @@ def test_a_second_run_prints_the_same_table(quick_run, tmp_path):
     assert (tmp_path / "again" / "results.md").read_text() == (workdir / "results.md").read_text()
 
 
+def test_a_workdir_from_before_a_setting_existed_resumes_at_its_default(tmp_path):
+    """settings.json written before `variant` existed: the run stands for variant=base (the
+    default), so base resumes it and expressive is refused, naming the setting."""
+    from tinywave_jax.demo.settings import DemoSettings, settings_dict
+    from tinywave_jax.demo.stages import StagedRun
+    from tinywave_jax.errors import OutputExistsError
+
+    old = settings_dict(DemoSettings())
+    del old["variant"], old["expressive_workdir"]
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    StagedRun(tmp_path, DemoSettings())
+    with pytest.raises(OutputExistsError, match=r"\(variant\)"):
+        StagedRun(tmp_path, DemoSettings(variant="expressive"))
+
+
 def test_rerun_is_cached_and_other_settings_are_refused(quick_run):
     workdir, _ = quick_run
     before = {p: p.stat().st_mtime for p in (workdir / "stages").glob("*.json")}

@@ -7,6 +7,7 @@ other settings is refused instead of mixing two runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -15,6 +16,17 @@ from typing import Callable
 
 from ..errors import ConfigError, OutputExistsError, TinywaveError
 from .settings import settings_dict
+
+
+def _defaults(settings) -> dict:
+    """The settings dataclass's field defaults, in settings.json's JSON form."""
+    out = {}
+    for f in dataclasses.fields(settings):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return json.loads(json.dumps(out))
 
 
 class MissingToolError(TinywaveError, RuntimeError):
@@ -41,8 +53,12 @@ class StagedRun:
         stamp = self.dir / "settings.json"
         if stamp.exists():
             saved, mine = json.loads(stamp.read_text()), settings_dict(settings)
-            if saved != mine:
-                diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            # a setting added after the folder was made ran there at what is now its default
+            added = {k: v for k, v in _defaults(settings).items() if k not in saved}
+            diff = sorted(
+                k for k in set(saved) | set(mine) if {**added, **saved}.get(k) != mine.get(k)
+            )
+            if diff:
                 raise OutputExistsError(
                     f"{self.dir} holds a run with other settings "
                     f"({', '.join(diff)}); use another --workdir (or delete "
