@@ -15,6 +15,15 @@ actions:
   run CONFIG [key=value ...] [--resume]
                     stop a trainer still recorded in this run's pid file, then start
                     `tinywave distill CONFIG ...` on all workers under nohup
+  corpus-build [ARGS ...]
+                    `tinywave corpus build ARGS --num-hosts N --host-index I` on every worker
+                    under nohup, each its own share: N and I are the worker count and number from
+                    the TPU metadata (what jax.process_count()/process_index() report); ARGS must
+                    give --out (shared: gs://...). Pid file and log as for run, in --run-dir
+                    (default here runs/corpus). Then: --worker 0 exec corpus finalize OUT
+  exec [ARGS ...]   `tinywave ARGS` in the foreground on --worker (default all), in --remote-dir;
+                    the output comes back, the exit status is the workers' (e.g. --worker 0 exec
+                    corpus finalize gs://B/corpus, export-hf, corpus info)
   stop              SIGTERM the trainer recorded in the pid file (SIGKILL after --stop-timeout s)
   logs              last --lines lines of each worker's log (--follow to keep reading)
   status            the TPU's state, and whether each worker's recorded trainer is alive
@@ -30,7 +39,8 @@ options (environment variable in brackets):
   --ref REF              git ref to deploy (default HEAD) [TINYWAVE_REF]
   --git-url URL          deploy by `git fetch URL REF` on the workers instead of copying [TINYWAVE_GIT_URL]
   --remote-dir DIR       code folder on the workers, relative to the home (default tinywave) [TINYWAVE_REMOTE_DIR]
-  --run-dir DIR          logs and pid files, relative to --remote-dir (default runs/main) [TINYWAVE_RUN_DIR]
+  --run-dir DIR          logs and pid files, relative to --remote-dir (default runs/main;
+                         runs/corpus for corpus-build) [TINYWAVE_RUN_DIR]
   --hw FILE              hardware overlay (configs/hw/*.yaml), passed as key=value overrides
   --command CMD          trainer sub-command: distill (default) or train
   --env KEY=VALUE        export this on the workers before the trainer starts (repeatable)
@@ -42,6 +52,9 @@ options (environment variable in brackets):
   --stop-timeout S       seconds between SIGTERM and SIGKILL (default 120: time to checkpoint)
   --dry-run              print the commands instead of running them
   --                     everything after it goes to the trainer unchanged
+
+Everything after corpus-build or exec goes to tinywave unchanged (give this script's options
+before the action; a leading -- is dropped).
 EOF
 }
 
@@ -57,7 +70,7 @@ SPOT=${TPU_SPOT:-0}
 REF=${TINYWAVE_REF:-HEAD}
 GIT_URL=${TINYWAVE_GIT_URL:-}
 REMOTE_DIR=${TINYWAVE_REMOTE_DIR:-tinywave}
-RUN_DIR=${TINYWAVE_RUN_DIR:-runs/main}
+RUN_DIR=${TINYWAVE_RUN_DIR:-}
 PYTHON=${TINYWAVE_PYTHON:-}
 INSTALL=""
 HW=""
@@ -72,6 +85,7 @@ ENVS=()
 CONFIG=""
 RESUME=0
 OVERRIDES=()
+TW_ARGS=()   # corpus-build / exec: the tinywave arguments
 
 need_value() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
 
@@ -103,7 +117,10 @@ while [[ $# -gt 0 ]]; do
     --resume) RESUME=1; shift ;;
     --) shift; OVERRIDES+=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
-    *) if [[ -z $ACTION ]]; then ACTION=$1
+    *) if [[ -z $ACTION && ( $1 == corpus-build || $1 == exec ) ]]; then
+         ACTION=$1; shift; [[ ${1:-} == -- ]] && shift
+         TW_ARGS=("$@"); break
+       elif [[ -z $ACTION ]]; then ACTION=$1
        elif [[ -z $CONFIG ]]; then CONFIG=$1
        else OVERRIDES+=("$1"); fi
        shift ;;
@@ -119,6 +136,28 @@ done
 [[ -n $NAME ]] || die "give the TPU name (--name or TPU_NAME)"
 [[ -n $ZONE ]] || die "give the zone (--zone or TPU_ZONE)"
 [[ -n $PROJECT ]] || die "give the project (--project or TPU_PROJECT)"
+[[ -z $HW || ( $ACTION != corpus-build && $ACTION != exec ) ]] || die "--hw is for run (config overrides), not $ACTION"
+if [[ -z $RUN_DIR ]]; then   # a corpus build keeps its pid files and logs apart from the trainer's
+  if [[ $ACTION == corpus-build ]]; then RUN_DIR=runs/corpus; else RUN_DIR=runs/main; fi
+fi
+if [[ $ACTION == exec ]]; then
+  [[ ${#TW_ARGS[@]} -gt 0 ]] || die "exec needs a tinywave command (e.g. --worker 0 exec corpus finalize gs://BUCKET/corpus)"
+fi
+has_n=0
+if [[ $ACTION == corpus-build ]]; then
+  # The share: both flags (one worker: rebuild that host's share) or neither (each worker's own).
+  has_out=0; has_i=0
+  for a in "${TW_ARGS[@]}"; do
+    case $a in
+      --out|--out=*) has_out=1 ;;
+      --num-hosts|--num-hosts=*) has_n=1 ;;
+      --host-index|--host-index=*) has_i=1 ;;
+    esac
+  done
+  [[ $has_out == 1 ]] || die "corpus-build needs --out (one folder shared by every worker: gs://BUCKET/corpus)"
+  [[ $has_n == "$has_i" ]] || die "corpus-build: give both --num-hosts and --host-index (one worker's share, with --worker I) or neither (every worker's share from the TPU metadata)"
+  [[ $has_n == 0 || $WORKER != all ]] || die "corpus-build: --num-hosts/--host-index with --worker all would build the same share on every worker; leave both out (each worker builds its own) or pick one worker with --worker I"
+fi
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GCLOUD_WHERE=(--zone="$ZONE" --project="$PROJECT")
@@ -164,6 +203,21 @@ n=0; while alive "\$pid" && [ \$n -lt $((STOP_TIMEOUT * 5)) ]; do sleep 0.2; n=\
 if alive "\$pid"; then echo "\$host: pid \$pid still running after ${STOP_TIMEOUT}s: SIGKILL"; kill -KILL "\$pid" || true; fi; \
 else echo "\$host: recorded pid \$pid is not a running trainer"; fi; \
 rm -f "\$pidfile"; fi; 
+EOF
+}
+
+# Remote script: this worker's share of a host-sharded job from the TPU metadata server, as jax's
+# Cloud TPU cluster detection reads it (process index = agent-worker-number, process count = the
+# number of worker-network-endpoints; one slice). Sets $share to "--num-hosts N --host-index I".
+remote_host_share() {
+  cat <<'EOF' | tr '\n' ' '
+md() { curl -sf --retry 5 --retry-delay 1 --max-time 10 -H Metadata-Flavor:Google "http://${GCE_METADATA_IP:-metadata.google.internal}/computeMetadata/v1/instance/attributes/$1"; };
+if ! idx=$(md agent-worker-number) || ! eps=$(md worker-network-endpoints); then
+echo "$host: cannot read agent-worker-number / worker-network-endpoints from the TPU metadata server; give --num-hosts N --host-index I and --worker I" >&2; exit 1; fi;
+nhosts=$(printf '%s\n' "$eps" | tr ',' '\n' | grep -c . || true);
+case $idx in ''|*[!0-9]*) echo "$host: agent-worker-number '$idx' is not a number" >&2; exit 1 ;; esac;
+if [ "$idx" -ge "$nhosts" ]; then echo "$host: worker $idx but $nhosts worker-network-endpoints in the TPU metadata" >&2; exit 1; fi;
+share="--num-hosts $nhosts --host-index $idx";
 EOF
 }
 
@@ -240,6 +294,19 @@ case $ACTION in
     [[ ${#ENVS[@]} -gt 0 ]] && exports="export $(qargs "${ENVS[@]}"); "
     on_workers "$(remote_prelude)mkdir -p \"\$run\"; $(remote_stop)${exports}nohup .venv/bin/tinywave $TRAINER $(qargs "${args[@]}") >> \"\$log\" 2>&1 < /dev/null & echo \$! > \"\$pidfile\"; echo \"\$host: started trainer pid \$(cat \"\$pidfile\"), log $(q "$REMOTE_DIR")/\$log\""
     ;;
+  corpus-build)
+    exports=""
+    [[ ${#ENVS[@]} -gt 0 ]] && exports="export $(qargs "${ENVS[@]}"); "
+    share_script="share=''; "
+    [[ $has_n == 1 ]] || share_script=$(remote_host_share)
+    # $share is left unquoted on the worker on purpose: two option/value pairs of plain words.
+    on_workers "$(remote_prelude)${share_script}mkdir -p \"\$run\"; $(remote_stop)${exports}nohup .venv/bin/tinywave corpus build $(qargs "${TW_ARGS[@]}") \$share >> \"\$log\" 2>&1 < /dev/null & echo \$! > \"\$pidfile\"; echo \"\$host: started corpus build \${share:-(the given share)}, pid \$(cat \"\$pidfile\"), log $(q "$REMOTE_DIR")/\$log\""
+    ;;
+  exec)
+    exports=""
+    [[ ${#ENVS[@]} -gt 0 ]] && exports="export $(qargs "${ENVS[@]}"); "
+    on_workers "set -eu; cd $(q "$REMOTE_DIR"); ${exports}.venv/bin/tinywave $(qargs "${TW_ARGS[@]}")"
+    ;;
   stop)
     on_workers "$(remote_prelude)$(remote_stop)"
     ;;
@@ -256,5 +323,5 @@ case $ACTION in
     on_workers "$(remote_prelude)if [ -f \"\$pidfile\" ] && kill -0 \"\$(cat \"\$pidfile\")\" 2>/dev/null; then echo \"\$host: trainer pid \$(cat \"\$pidfile\") running\"; else echo \"\$host: no trainer running\"; fi; tail -n 1 \"\$log\" 2>/dev/null || true" \
       || echo "tpu.sh: workers not reachable (is the TPU up? see the state above)" >&2
     ;;
-  *) die "unknown action '$ACTION' (create, delete, deploy, run, stop, logs, status)" ;;
+  *) die "unknown action '$ACTION' (create, delete, deploy, run, corpus-build, exec, stop, logs, status)" ;;
 esac

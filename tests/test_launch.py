@@ -402,6 +402,143 @@ def test_tpu_run_and_stop_on_every_worker(fake):
         stranger.wait()
 
 
+# A stand-in for the workers' tinywave (corpus-build / exec): records its arguments, prints them,
+# fails with 3 when asked to.
+FAKE_TINYWAVE = """#!/bin/sh
+printf '%s\\n' "$@" > "$HOME_DIR/tw-$(hostname)-$1.txt"
+echo "tinywave $* on $(hostname)"
+case "$*" in *please-fail*) echo "tinywave: error: asked to" >&2; exit 3 ;; esac
+"""
+
+# The TPU metadata server as curl sees it on worker W of 2 (old name:id:ip endpoint format).
+FAKE_CURL = """#!/bin/sh
+case "$*" in *Metadata-Flavor:Google*) ;; *) exit 22 ;; esac
+case "$*" in
+  *metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number*) printf W ;;
+  *metadata.google.internal/computeMetadata/v1/instance/attributes/worker-network-endpoints*)
+    printf 'tw-w-0:0:10.0.0.2,tw-w-1:1:10.0.0.3' ;;
+  *) exit 22 ;;
+esac
+"""
+
+
+def test_tpu_corpus_build_and_exec_dry_run_print_the_exact_commands(fake):
+    ssh = "+ gcloud compute tpus tpu-vm ssh tpu1 --zone=us-east5-a --project=my-proj"
+    p = fake.run(
+        TPU, "--dry-run", *WHERE, "--worker", "0", "exec", "corpus", "finalize", "gs://b/c"
+    )
+    assert p.stdout == (
+        f"{ssh} --worker=0 --command "
+        "'set -eu; cd tinywave; .venv/bin/tinywave corpus finalize gs://b/c'\n"
+    )
+    p = fake.run(
+        TPU,
+        "--dry-run",
+        *WHERE,
+        "--env",
+        "A=b c",
+        "exec",
+        "--",
+        "export-hf",
+        "gs://b/r/final",
+        "x y",
+    )
+    argv = shlex.split(p.stdout[2:])
+    assert argv == SSH + [
+        "--worker=all",
+        "--command",
+        "set -eu; cd tinywave; export 'A=b c'; .venv/bin/tinywave export-hf gs://b/r/final 'x y'",
+    ]
+
+    build = ["--manifest", "gs://b/audio.jsonl", "--extractor", "u d", "--out", "gs://b/corpus"]
+    p = fake.run(TPU, "--dry-run", *WHERE, "corpus-build", *build)
+    (line,) = p.stdout.splitlines()
+    argv = shlex.split(line[2:])
+    assert argv[:9] == SSH + ["--worker=all"] and argv[9] == "--command" and len(argv) == 11
+    script = argv[10]
+    assert script.startswith("set -eu; cd tinywave; host=$(hostname); run=runs/corpus; ")
+    # each worker's share: the count and index jax reads on a TPU VM, from the metadata server
+    assert "/computeMetadata/v1/instance/attributes/$1" in script
+    assert "md agent-worker-number" in script and "md worker-network-endpoints" in script
+    assert 'share="--num-hosts $nhosts --host-index $idx"' in script
+    assert (
+        "nohup .venv/bin/tinywave corpus build --manifest gs://b/audio.jsonl --extractor 'u d' "
+        '--out gs://b/corpus $share >> "$log" 2>&1 < /dev/null &'
+    ) in script
+    # one worker's share again (a preempted host): the flags as given, no metadata
+    p = fake.run(
+        TPU, "--dry-run", *WHERE, "--worker", "3", "--run-dir", "runs/c2", "corpus-build",
+        *build, "--num-hosts", "4", "--host-index", "3",
+    )  # fmt: skip
+    argv = shlex.split(p.stdout.strip()[2:])
+    assert argv[8] == "--worker=3" and "log=\"$run/worker-$host.log\"; share=''; " in argv[10]
+    assert "run=runs/c2; " in argv[10]
+    assert "metadata" not in argv[10]
+    assert "--out gs://b/corpus --num-hosts 4 --host-index 3 $share >>" in argv[10]
+    assert fake.calls() == []
+
+
+def test_tpu_corpus_build_and_exec_refuse_bad_input(fake):
+    build = ["--manifest", "a.jsonl", "--out", "gs://b/corpus"]
+    for args, msg in [
+        (["exec"], "exec needs a tinywave command"),
+        (["exec", "--"], "exec needs a tinywave command"),
+        (["corpus-build", "--manifest", "a.jsonl"], "corpus-build needs --out"),
+        (["corpus-build", *build, "--num-hosts", "2"], "give both --num-hosts and --host-index"),
+        (["corpus-build", *build, "--host-index=1"], "give both --num-hosts and --host-index"),
+        (
+            ["corpus-build", *build, "--num-hosts", "2", "--host-index", "1"],
+            "would build the same share on every worker",
+        ),
+        (["--hw", "configs/hw/tpu-v5p-64.yaml", "corpus-build", *build], "--hw is for run"),
+        (["--hw", "configs/hw/tpu-v5p-64.yaml", "exec", "corpus", "info"], "--hw is for run"),
+        (["--resume", "exec", "corpus", "info"], "exec takes no CONFIG"),
+    ]:
+        p = fake.run(TPU, *WHERE, *args, ok=False)
+        assert p.returncode == 2 and msg in p.stderr, (args, p.stderr)
+        assert p.stdout == ""
+    assert fake.calls() == []
+
+
+def test_tpu_corpus_build_on_every_worker_then_exec_on_one(fake):
+    for w in range(2):
+        _script(fake.home / f"w{w}" / "tinywave" / ".venv" / "bin" / "tinywave", FAKE_TINYWAVE)
+        _script(fake.tmp / "bin" / f"w{w}" / "curl", FAKE_CURL.replace("printf W", f"printf {w}"))
+    build = ["--manifest", "gs://b/audio.jsonl", "--out", "gs://b/corpus", "--workers", "8"]
+    p = fake.run(TPU, *WHERE, "corpus-build", *build, FAKE_EXEC="1")
+    (call,) = fake.calls()
+    assert call[8] == "--worker=all"
+    for w in range(2):
+        args = fake.home / f"tw-tpu-w-{w}-corpus.txt"
+        _wait_for(args)
+        assert args.read_text().splitlines() == [
+            "corpus", "build", *build, "--num-hosts", "2", "--host-index", str(w)
+        ]  # fmt: skip
+        assert f"tpu-w-{w}: started corpus build --num-hosts 2 --host-index {w}, pid" in p.stdout
+        run = fake.home / f"w{w}" / "tinywave" / "runs" / "corpus"
+        assert (run / f"trainer-tpu-w-{w}.pid").read_text().strip().isdigit()
+        _wait_for(run / f"worker-tpu-w-{w}.log")
+        assert not (fake.home / f"w{w}" / "tinywave" / "runs" / "main").exists()
+
+    # finalize on worker 0 only, in the foreground: its output and exit status come back
+    p = fake.run(TPU, *WHERE, "--worker", "0", "exec", "corpus", "finalize", "gs://b/corpus",
+                 FAKE_EXEC="1")  # fmt: skip
+    assert p.stdout == "tinywave corpus finalize gs://b/corpus on tpu-w-0\n"
+    p = fake.run(TPU, *WHERE, "exec", "corpus", "info", "please-fail", ok=False, FAKE_EXEC="1")
+    assert p.returncode == 3 and p.stderr.count("tinywave: error: asked to") == 2
+
+    # a worker that cannot read its number starts nothing, names what to do, and the exit is not 0
+    _script(fake.tmp / "bin" / "w1" / "curl", "#!/bin/sh\nexit 7\n")
+    for w in range(2):
+        (fake.home / f"tw-tpu-w-{w}-corpus.txt").unlink()
+    p = fake.run(TPU, *WHERE, "corpus-build", *build, ok=False, FAKE_EXEC="1")
+    assert p.returncode != 0
+    assert "tpu-w-1: cannot read agent-worker-number" in p.stderr and "--host-index I" in p.stderr
+    _wait_for(fake.home / "tw-tpu-w-0-corpus.txt")
+    time.sleep(0.3)
+    assert not (fake.home / "tw-tpu-w-1-corpus.txt").exists()
+
+
 # --------------------------------------------------------------------------- gpu.sh
 
 
