@@ -189,6 +189,31 @@ def test_import_hf_from_and_export_hf_to_a_bucket(gcs, tmp_path):
     assert results["task"] == "ppl" and results["result"] == json.loads(json.dumps(doc["result"]))
 
 
+def test_export_gguf_from_and_to_a_bucket(gcs, tmp_path):
+    """export-gguf reads a checkpoint on the bucket and writes the .gguf object there: the same
+    bytes as a local export of the same checkpoint; an existing object is kept unless
+    --overwrite; nothing lands in a local ./gs: folder."""
+    from hf_reference import make_hf_model
+
+    bucket = make_bucket()
+    make_hf_model(num_hidden_layers=2).save_pretrained(tmp_path / "hf")
+    assert cli_main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ckpt")]) == 0
+    storage.copy_tree(tmp_path / "ckpt", f"gs://{bucket}/ckpt")
+    local = tmp_path / "m.q8_0.gguf"
+    assert cli_main(["export-gguf", str(tmp_path / "ckpt"), str(local), "--type", "q8_0"]) == 0
+    out = f"gs://{bucket}/gguf/m.q8_0.gguf"
+    assert cli_main(["export-gguf", f"gs://{bucket}/ckpt", out, "--type", "q8_0"]) == 0
+    assert _blobs(bucket, "gguf") == {"m.q8_0.gguf": local.read_bytes()}
+    # kept without --overwrite (refused before any download), replaced with it
+    assert cli_main(["export-gguf", f"gs://{bucket}/ckpt", out, "--type", "f16"]) == 2
+    assert _blobs(bucket, "gguf") == {"m.q8_0.gguf": local.read_bytes()}
+    assert (
+        cli_main(["export-gguf", f"gs://{bucket}/ckpt", out, "--type", "f16", "--overwrite"]) == 0
+    )
+    assert len(_blobs(bucket, "gguf")["m.q8_0.gguf"]) > len(local.read_bytes())  # f16 > q8_0
+    assert not Path("gs:").exists()
+
+
 def test_killed_replacement_on_a_bucket_is_rolled_back(gcs, tmp_path, capsys):
     """A replacement killed after the old folder was copied aside and the new one half copied
     in: the next write puts the complete old copy back (the writer's pid is gone)."""

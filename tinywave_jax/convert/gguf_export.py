@@ -37,6 +37,7 @@ import json
 import math
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -508,27 +509,64 @@ def export_gguf(
     `gguf_type`). Input problems (unknown type, output in the way or inside the checkpoint, a
     config llama.cpp cannot express) fail before the checkpoint is loaded. verify: check the
     params files against their recorded sha256 (checkpoint.load_model)."""
+    from .. import storage
     from ..checkpoint import load_model, load_model_config
+    from ..outputs import check_not_an_input
 
     check_type(gguf_type)
+    name = str(ckpt_dir).rstrip("/").rsplit("/", 1)[-1]
+    if storage.is_remote(out):  # bucket and overwrite rules checked before any download
+        check_not_an_input(out, [ckpt_dir])
+        storage.check_gcs(out, write=True, what="OUT.gguf")
+        _check_remote_output(out, overwrite)
+    if storage.is_remote(ckpt_dir):  # read from a local mirror (one download per host)
+        ckpt_dir = storage.local_mirror(ckpt_dir, what="tinywave checkpoint folder")
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise MissingInputError(f"tinywave checkpoint folder not found: {ckpt_dir}")
-    check_output_file(out, overwrite, sources=[ckpt_dir])
+    if not storage.is_remote(out):
+        check_output_file(out, overwrite, sources=[ckpt_dir])
+        name = ckpt_dir.resolve().name
     config = load_model_config(ckpt_dir)
     check_llama_cpp_expressible(config)
     resolved = resolve_gguf_layout(layout, config.vocab_size)  # a bad --layout fails here
     params, config, _ = load_model(ckpt_dir, as_numpy=True, verify=verify)
     tokenizer_dir = ckpt_dir / "tokenizer"
-    return write_gguf(
-        params,
-        config,
-        out,
-        gguf_type=gguf_type,
-        overwrite=overwrite,
-        tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None,
-        layout=resolved,
-        name=ckpt_dir.resolve().name,
-        progress=progress,
-        sources=[ckpt_dir],
-    )
+
+    def write(to):
+        return write_gguf(
+            params,
+            config,
+            to,
+            gguf_type=gguf_type,
+            overwrite=overwrite,
+            tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None,
+            layout=resolved,
+            name=name,
+            progress=progress,
+            sources=[ckpt_dir],
+        )
+
+    if not storage.is_remote(out):
+        return write(out)
+    # a bucket: written locally, then one object upload, which GCS makes visible whole or not
+    # at all (an existing object is replaced only by the complete new one)
+    with tempfile.TemporaryDirectory(prefix="tinywave-gguf-") as tmp:
+        result = write(Path(tmp) / _name_of(out))
+        _check_remote_output(out, overwrite)  # someone may have written there meanwhile
+        storage.fs(out).put_file(str(result.path), str(out))
+    return dataclasses.replace(result, path=out)
+
+
+def _name_of(out) -> str:
+    return str(out).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _check_remote_output(out, overwrite: bool) -> None:
+    from .. import storage
+
+    p = storage.path(out)
+    if p.is_dir():
+        raise OutputExistsError(f"{out} is a folder; give a file name such as model.q8_0.gguf")
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists (pass --overwrite / overwrite=True to replace it)")
