@@ -322,6 +322,8 @@ def test_q8_0_row_is_the_gguf_export_scored_in_llama_cpp(quick_run):
     greedy continuation reported beside JAX's and transformers'."""
     import gguf
 
+    from tinywave_jax.demo.results import table_of
+
     workdir, _ = quick_run
     res = json.loads((workdir / "results.json").read_text())
     row, student = res["student_q8_0"], res["student"]
@@ -344,6 +346,7 @@ def test_q8_0_row_is_the_gguf_export_scored_in_llama_cpp(quick_run):
     assert "q8_0_ssc_tsc_within_1pt_of_student" in res["targets"]
     table = (workdir / "results.md").read_text()
     assert "| Distilled student, q8_0 GGUF in llama.cpp (" in table and "q8_0 - student:" in table
+    assert table_of(res) == table  # results.md re-renders from results.json alone
     gen = json.loads((workdir / "generation.json").read_text())
     assert gen["gguf"] == str(path) and len(gen["llama_cpp_q8_0"]) == len(gen["jax"])
     same = next(

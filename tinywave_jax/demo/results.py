@@ -184,7 +184,7 @@ def markdown(rows: dict, diff: dict, q8_diff: dict, checks: dict) -> str:
 def _q8_note(row: dict, q8_diff: dict, metrics: list[str]) -> str:
     """The q8_0 row's cost against the float32 student it was exported from."""
     cells = ", ".join(
-        f"{HEADERS[k]} {_cell(q8_diff[k]['diff'], q8_diff[k]['ci'], 3 if k == 'ppl' else 1, '+')}"
+        f"{HEADERS[k]} {_cell(q8_diff[k]['diff'], q8_diff[k]['ci'], 2 if k == 'ppl' else 1, '+')}"
         for k in metrics
     )
     return (
@@ -220,17 +220,23 @@ def write_results(demo, log=print) -> dict:
     draws, seed = demo.settings.bootstrap, demo.settings.seed
     diff = difference(raw["student"], raw["baseline"], draws, seed)
     q8_diff = difference(raw[Q8], raw["student"], draws, seed)
-    checks = targets(rows, diff, q8_diff)
-    table = markdown(rows, diff, q8_diff, checks)
-    (demo.dir / "results.md").write_text(table)
-    log("\n" + table)
     doc = {
         **rows,
         "student_minus_baseline": diff,
         "q8_0_minus_student": q8_diff,
-        "targets": checks,
+        "targets": targets(rows, diff, q8_diff),
         "settings": to_dict(demo.settings),
         "rows": {k: ROWS[k][0] for k in rows if k in ROWS},
     }
     (demo.dir / "results.json").write_text(json.dumps(doc, indent=1))
+    table = table_of(doc)
+    (demo.dir / "results.md").write_text(table)
+    log("\n" + table)
     return {"rows": list(rows)}
+
+
+def table_of(doc: dict) -> str:
+    """results.md from results.json's contents (what write_results writes; re-rendering a saved
+    results.json gives its results.md)."""
+    rows = {k: doc[k] for k in ORDER if k in doc}
+    return markdown(rows, doc["student_minus_baseline"], doc["q8_0_minus_student"], doc["targets"])
