@@ -36,6 +36,8 @@ accepts other changed keys on purpose (a key covers the keys under it, e.g. opti
 
 exit codes: 0 finished (RUN_DIR/final/ written); 2 a config, input or run-folder error (one line
 naming what to fix); 143 stopped by SIGTERM after saving a checkpoint (continue with --resume).
+In a multi-process run, SIGTERM to any one process stops all of them after the same step, which
+all save; all exit 143.
 """
 
 

@@ -9,10 +9,11 @@ Run folder (`run_dir`):
 
 Checkpoints are written asynchronously every `train.checkpoint_every` steps, at the end, and when
 SIGTERM arrives (the step in flight finishes, the state is saved, `run` returns stopped=True;
-the CLI exits 143). `resume=True` continues from the newest intact checkpoint exactly: same
-parameters, optimizer state, data position (onto any mesh; with the same process count), after
-checking that the config did not change outside resume.RESUME_MAY_CHANGE and
-`allow_config_change`.
+the CLI exits 143); in a multi-process run, SIGTERM to any one process stops all of them after
+one agreed step, which they save together (`_StopFlag`). `resume=True` continues from the newest
+intact checkpoint exactly: same parameters, optimizer state, data position (onto any mesh; with
+the same process count), after checking that the config did not change outside
+resume.RESUME_MAY_CHANGE and `allow_config_change`.
 """
 
 from __future__ import annotations
@@ -42,22 +43,80 @@ log = logging.getLogger(__name__)
 
 
 class _StopFlag:
-    """Set by SIGTERM: the loop saves a checkpoint after the current step and exits."""
+    """SIGTERM: the loop saves a checkpoint after a step and exits (the CLI with 143).
+
+    One process: a Python SIGTERM handler sets `set`; the loop checks it before and after every
+    step, at no cost.
+
+    Several processes: SIGTERM may reach one of them only (or each at another step), yet all must
+    save the same step and stop together, none left waiting in a collective. jax's preemption sync
+    manager (created by `jax.distributed.initialize` unless `jax_enable_preemption_service` is
+    off; orbax's `CheckpointManager.reached_preemption` is the same call) does that through the
+    coordination service: its own C++ SIGTERM handler records the notice, the service tells every
+    process, each reports the step of its latest `reached_preemption_sync_point(step)` call and all
+    agree on the fastest one's next step, at which the call returns True on every process. No
+    Python handler is installed then (it would replace jax's). Measured with two CPU processes
+    over gloo on loopback: the agreed step comes about a second after the signal (the notifier
+    polls once a second). The counter is the global step, as orbax's own calls (in `save`) pass
+    it; `begin(step)` reports the step a resumed run starts from as early as possible, since a
+    notice that arrives before any report agrees on step 1, which a resumed run never reaches.
+    Without the sync manager each process's flag is all-gathered after every step (one tiny
+    collective per step) and any set flag stops all of them.
+    """
 
     def __init__(self):
         self.set = False
         self._old = None
+        self._multi = False
+        self._sync = False
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no signal handling
-            self._old = None
+        self._multi = jax.process_count() > 1
+        if self._multi:
+            from jax.experimental import multihost_utils
+
+            try:  # the sync manager's counter starts at 0 (no sync point is 0): a pure probe
+                multihost_utils.reached_preemption_sync_point(0)
+                self._sync = True
+            except RuntimeError:  # preemption service off: no sync manager
+                self._sync = False
+        if not self._sync:
+            try:
+                self._old = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread: no signal handling
+                self._old = None
         return self
 
     def _handle(self, signum, frame):
         log.warning("SIGTERM: saving a checkpoint after this step, then exiting")
         self.set = True
+
+    def begin(self, step: int) -> None:
+        """Reports `step` (the newest checkpoint's, or 0) to the sync manager, before the run
+        restores and compiles; a sync point agreed before this is 1 (see the class doc)."""
+        if self._sync:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.reached_preemption_sync_point(step)
+
+    def before_step(self) -> bool:
+        """Stop before the next step (one process only: several agree after a step instead)."""
+        return self.set and not self._multi
+
+    def after_step(self, step: int) -> bool:
+        """Stop after this step (several processes: True on all of them at the same step)."""
+        if not self._multi:
+            return self.set
+        from jax.experimental import multihost_utils
+
+        if self._sync:
+            if multihost_utils.reached_preemption_sync_point(step):
+                log.warning("SIGTERM reached a process: all save step %d, then exit", step)
+                return True
+            return False
+        import numpy as np
+
+        return bool(np.any(multihost_utils.process_allgather(np.array([self.set], np.int32))))
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -127,6 +186,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
         writer = None
         try:
             latest = mngr.latest_step()
+            stop.begin(latest or 0)
             if latest is not None and not resume:
                 raise OutputExistsError(
                     f"{run_dir} already holds checkpoints (latest step {latest}); "
@@ -194,7 +254,7 @@ def _train(
     t_last, step_last = time.time(), start
     saved = start  # the step of the latest checkpoint
     for step in range(start + 1, total + 1):
-        if stop.set:  # SIGTERM between steps (or before the first): save now unless saved
+        if stop.before_step():  # SIGTERM between steps (or before the first): save unless saved
             if saved != step - 1:
                 save_checkpoint(mngr, state, batches.get_state(), meta)
             return state, False
@@ -206,7 +266,8 @@ def _train(
                 save_checkpoint(mngr, state, batches.get_state(), meta)
             break
         state, metrics = session.step(state, frozen, batch)
-        if step % cfg.train.log_every == 0 or step == total or stop.set:
+        stopping = stop.after_step(step)
+        if step % cfg.train.log_every == 0 or step == total or stopping:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             now = time.time()
             rate = (step - step_last) / max(now - t_last, 1e-9)
@@ -218,10 +279,10 @@ def _train(
             writer.write(step, m)
             if echo and jax.process_index() == 0:
                 progress.print(step, m)
-        if step % cfg.train.checkpoint_every == 0 or step == total or stop.set:
+        if step % cfg.train.checkpoint_every == 0 or step == total or stopping:
             save_checkpoint(mngr, state, batches.get_state(), meta)
             saved = step
-        if stop.set:
+        if stopping:
             return state, False
         if cfg.train.throttle_s:
             time.sleep(cfg.train.throttle_s)
