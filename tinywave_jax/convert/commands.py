@@ -133,7 +133,9 @@ def register(subparsers) -> None:
         description="Writes OUT.gguf (llama architecture: metadata, the vocabulary with every "
         "token string, tensors under llama.cpp's names with its q/k layout) that llama.cpp and "
         "llama-cpp-python run. 1-D tensors stay f32; with q4_0 the output projection is q8_0. "
-        "The file is written to a temporary sibling and renamed once complete.",
+        "The file is written to a temporary sibling and renamed once complete. CKPT_DIR and "
+        "OUT.gguf may be gs:// paths (the checkpoint is read from a local mirror; OUT is "
+        "written locally, then uploaded as one object).",
     )
     p.add_argument("ckpt_dir", metavar="CKPT_DIR")
     p.add_argument("out", metavar="OUT.gguf")
