@@ -12,7 +12,6 @@ write byte for byte the files one process on the same 8 devices writes, and only
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_multiprocess import _free_port
+from train_fixtures import free_port, process_env
 
 from tinywave_jax import cli, scoring
 from tinywave_jax.checkpoint import save_model
@@ -213,19 +212,10 @@ for argv in json.loads(sys.argv[1]):
 
 
 def _run_two_processes(commands: list[list[str]], tmp: Path) -> str:
-    port = _free_port()
+    port = free_port()
     procs = []
     for pid in range(2):
-        env = dict(
-            os.environ,
-            XLA_FLAGS="--xla_force_host_platform_device_count=4",
-            JAX_PLATFORMS="cpu",
-            TINYWAVE_COORDINATOR=f"127.0.0.1:{port}",
-            TINYWAVE_NUM_PROCESSES="2",
-            TINYWAVE_PROCESS_ID=str(pid),
-            PYTHONPATH=str(ROOT),
-        )
-        env.pop("JAX_COMPILATION_CACHE_DIR", None)  # as test_multiprocess: no skew between them
+        env = process_env(pid, port)
         log = open(tmp / f"proc-{pid}.log", "w")
         procs.append(
             (

@@ -20,9 +20,7 @@ module and shared by both tests.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +30,7 @@ import numpy as np
 import pytest
 import yaml
 from data_fixtures import synthetic_utterance, write_units_manifest
-from train_fixtures import TEACHER, distill_dict
+from train_fixtures import TEACHER, distill_dict, free_port, process_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,33 +42,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_two(args: list[str], tmp: Path, tag: str, cache: Path | None = None) -> list:
     """Starts `tinywave ARGS` as processes 0 and 1 of one run; [(Popen, log file)]. `cache`: a
     compile cache of two-process runs only (see below)."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for pid in range(2):
-        env = dict(
-            os.environ,
-            XLA_FLAGS="--xla_force_host_platform_device_count=4",
-            JAX_PLATFORMS="cpu",
-            TINYWAVE_COORDINATOR=f"127.0.0.1:{port}",
-            TINYWAVE_NUM_PROCESSES="2",
-            TINYWAVE_PROCESS_ID=str(pid),
-            PYTHONPATH=str(ROOT),
-        )
-        # Not the tests' compile cache: a cache hit in one process and a compile in the other
-        # skew them by more than gloo's 30 s context set-up timeout on a loaded machine. A cache
-        # that only two-process runs of this module fill holds the same programs for both
-        # processes, so later runs hit it in both (only compiles over 5 s are kept: one process
-        # compiling a program that the other found is then a skew of seconds).
-        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env = process_env(pid, port)
+        # Not the tests' compile cache (process_env drops it). A cache that only two-process runs
+        # of this module fill holds the same programs for both processes, so later runs hit it in
+        # both (only compiles over 5 s are kept: one process compiling a program that the other
+        # found is then a skew of seconds).
         if cache is not None:
             env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
             env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "5"
@@ -350,20 +332,12 @@ def test_sigterm_before_the_first_step_of_a_resumed_run(tmp_path, service):
     notice arrives: without the run's `begin(7)` report the step would be 1 and the run would never
     stop. "allgather": the preemption service off (JAX_ENABLE_PREEMPTION_SERVICE=false), flags
     all-gathered after each step."""
-    port = _free_port()
+    port = free_port()
     go = tmp_path / "go"
     procs = []
     for pid in range(2):
-        env = dict(
-            os.environ,
-            XLA_FLAGS="--xla_force_host_platform_device_count=1",
-            JAX_PLATFORMS="cpu",
-            TINYWAVE_COORDINATOR=f"127.0.0.1:{port}",
-            TINYWAVE_NUM_PROCESSES="2",
-            TINYWAVE_PROCESS_ID=str(pid),
-            PYTHONPATH=str(ROOT),
-            TF_CPP_MIN_LOG_LEVEL="0",  # the sync manager's INFO lines
-        )
+        # TF_CPP_MIN_LOG_LEVEL 0: the sync manager's INFO lines
+        env = process_env(pid, port, devices=1, TF_CPP_MIN_LOG_LEVEL="0")
         if service == "allgather":
             env["JAX_ENABLE_PREEMPTION_SERVICE"] = "false"
         log = open(tmp_path / f"flag-{pid}.log", "w")

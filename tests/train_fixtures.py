@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -115,6 +116,32 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_env(pid: int, port: int, devices: int = 4, **extra: str) -> dict:
+    """The environment of process `pid` of a two-process run on loopback (the TINYWAVE_* variables
+    `parallel.distributed.maybe_initialize` reads; `devices` simulated CPU devices each; this
+    checkout importable), plus `extra`. No persistent compile cache: a cache hit in one process
+    and a compile in the other skew them by more than gloo's 30 s context set-up timeout on a
+    loaded machine."""
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        TINYWAVE_COORDINATOR=f"127.0.0.1:{port}",
+        TINYWAVE_NUM_PROCESSES="2",
+        TINYWAVE_PROCESS_ID=str(pid),
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        **extra,
+    )
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return env
 
 
