@@ -221,11 +221,10 @@ def main():
             result[f"{engine}_peak_rss_mb"] = r["peak_rss_mb"]
             result[f"{engine}_load_s"] = r["load_s"]
             print(f"{engine}: {r}", flush=True)
+        from tinywave_jax.models.decode import common_prefix
+
         for engine in ENGINES[1:]:  # how far each greedy continuation agrees with JAX's
-            same = next(
-                (k for k, (a, b) in enumerate(zip(tokens["jax"], tokens[engine])) if a != b),
-                args.new,
-            )
+            same = common_prefix(tokens["jax"], tokens[engine])
             result[f"{engine}_common_prefix_with_jax"] = same
         result["llamacpp_q8_0_over_hf"] = round(
             result["llamacpp_q8_0_tok_s"] / result["hf_tok_s"], 2

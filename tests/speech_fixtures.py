@@ -38,6 +38,25 @@ def synthesize(
     return path
 
 
+def two_speakers_with_units(tmp_path: Path) -> Path:
+    """tmp_path/audio: two sentences by two voices (one folder per speaker), and
+    tmp_path/units: expressive units fitted on them (16 units, 8 pitch bins, 2 styles)."""
+    from tinywave_jax.audio.fit import fit_units
+
+    audio = tmp_path / "audio"
+    paths = speech_corpus(audio, sentences=SENTENCES[:2], voices=VOICES[:2])
+    fit_units(
+        paths,
+        tmp_path / "units",
+        units=16,
+        pitch_bins=8,
+        style_classes=2,
+        seed=0,
+        log=lambda *a: None,
+    )
+    return audio
+
+
 def speech_corpus(
     directory: str | Path,
     sentences: list[str] = SENTENCES,

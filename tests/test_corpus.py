@@ -192,23 +192,13 @@ def test_corrupt_shard_names_file_and_record(built, tmp_path):
 
 
 def test_build_from_espeak_audio_with_speaker_mean_f0(tmp_path):
-    from speech_fixtures import SENTENCES, VOICES, speech_corpus
+    from speech_fixtures import SENTENCES, two_speakers_with_units
 
     from tinywave_jax.audio import load_extractor, read_audio
-    from tinywave_jax.audio.fit import fit_units
     from tinywave_jax.audio.pitch import mean_log_f0
 
-    audio = tmp_path / "audio"
-    paths = speech_corpus(audio, sentences=SENTENCES[:2], voices=VOICES[:2])
-    fit_units(
-        paths,
-        tmp_path / "units",
-        units=16,
-        pitch_bins=8,
-        style_classes=2,
-        seed=0,
-        log=lambda *a: None,
-    )
+    audio = two_speakers_with_units(tmp_path)
+    paths = sorted(audio.glob("voice*/utt*.wav"))
     (audio / "voice0" / "utt0.txt").write_text(SENTENCES[0])
     (audio / "voice0" / "utt0.words.json").write_text(json.dumps([["The", 0.1, 0.3]]))
     (audio / "voice1" / "broken.wav").write_bytes(b"RIFF not really a wav")

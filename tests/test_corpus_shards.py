@@ -263,21 +263,9 @@ def test_audio_hosts_share_the_per_speaker_pitch_means(tmp_path):
     and combine them as one process would; the corpus equals a one-process build's."""
     import threading
 
-    from speech_fixtures import SENTENCES, VOICES, speech_corpus
+    from speech_fixtures import two_speakers_with_units
 
-    from tinywave_jax.audio.fit import fit_units
-
-    audio = tmp_path / "audio"
-    paths = speech_corpus(audio, sentences=SENTENCES[:2], voices=VOICES[:2])
-    fit_units(
-        paths,
-        tmp_path / "units",
-        units=16,
-        pitch_bins=8,
-        style_classes=2,
-        seed=0,
-        log=lambda *a: None,
-    )
+    audio = two_speakers_with_units(tmp_path)
     kw = dict(audio_dir=audio, extractor=tmp_path / "units", shard_size=1, log=lambda m: None)
     kw.update(valid_fraction=0.0, test_fraction=0.5)
     one = build_corpus(tmp_path / "one", **kw)

@@ -223,7 +223,7 @@ def export_gguf_and_compare(
         prompt = [int(i) for i in prompt]
         jax_out = decode.greedy(params, config, prompt, new_tokens)
         cpp_out = llama_cpp_greedy(llm, prompt, new_tokens)
-        same = next((k for k, (a, b) in enumerate(zip(jax_out, cpp_out)) if a != b), new_tokens)
+        same = decode.common_prefix(jax_out, cpp_out)
         doc["continuation"] = {
             "prompt": prompt,
             "jax": jax_out,

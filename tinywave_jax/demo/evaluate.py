@@ -265,7 +265,7 @@ def export_and_compare(
         from ..convert.gguf_run import llama_cpp_greedy, load_llama_cpp
 
         cpp_out = llama_cpp_greedy(load_llama_cpp(gguf, logits_all=False), prompt, new_tokens)
-        same = next((k for k, (a, b) in enumerate(zip(jax_out, cpp_out)) if a != b), new_tokens)
+        same = decode.common_prefix(jax_out, cpp_out)
         log(f"  llama.cpp q8_0 greedy: {show(cpp_out)}")
         log(f"  llama.cpp ({gguf.name}) equals JAX on the first {same}/{new_tokens} tokens")
         doc.update(gguf=str(gguf), llama_cpp_q8_0=cpp_out, llama_cpp_common_prefix=same)

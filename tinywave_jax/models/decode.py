@@ -166,6 +166,11 @@ def generate(
     return jnp.concatenate([tokens.T, last[:, None]], axis=1)
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two continuations share (how export checks compare engines)."""
+    return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def greedy(params: dict, config: LlamaConfig, prompt: Sequence[int], new_tokens: int) -> list[int]:
     """One prompt's greedy continuation (`new_tokens` ids), as the export checks compare it."""
     ids, mask = left_pad([[int(i) for i in prompt]])
