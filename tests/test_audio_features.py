@@ -158,3 +158,22 @@ def test_blocked_analysis_equals_one_block(monkeypatch):
     np.testing.assert_allclose(log_mel(wav, cfg), whole, rtol=1e-12, atol=1e-12)
     for a, b in zip(estimate_f0(wav), f0_whole):
         np.testing.assert_array_equal(a, b)
+
+
+def test_head_mean_removal_ignores_later_audio_and_silence():
+    """cmn_seconds: the mean is that of the first seconds' sounding frames, so two recordings
+    that agree for those seconds get the same features there, whatever follows."""
+    rs = np.random.default_rng(3)
+    head = np.concatenate([np.zeros(8000), 0.3 * rs.standard_normal(SAMPLE_RATE * 3)])
+    a = np.concatenate([head, 0.3 * rs.standard_normal(SAMPLE_RATE)])
+    b = np.concatenate([head, 0.05 * rs.standard_normal(SAMPLE_RATE * 2)])
+    cfg = SpectralConfig(cmn_seconds=2.0, deltas=False)
+    fa, fb = phonetic_features(a, cfg), phonetic_features(b, cfg)
+    n = int(3.5 * 25)
+    np.testing.assert_allclose(fa[:n], fb[:n], rtol=1e-5, atol=1e-5)
+    raw = mfcc(a, SpectralConfig(cmn=False))[:50]
+    sounding = raw[raw[:, 0] >= raw[:, 0].max() - 7.0]
+    assert len(sounding) < 50  # the leading silence is left out of the mean
+    np.testing.assert_allclose(fa[:50], raw - sounding.mean(0), rtol=1e-4, atol=1e-4)
+    with pytest.raises(Exception, match="cmn_seconds"):
+        SpectralConfig(cmn_seconds=-1).validate()

@@ -510,3 +510,82 @@ def test_misspelled_salmon_subset_is_named_on_stderr(tmp_path, capsys):
     with pytest.raises(BenchmarkError, match="holds none of the subset folders"):
         benchmark_pairs("salmon", only)
     assert "did you mean bg_alignment?" in capsys.readouterr().err
+
+
+def _naive_copy(prefix, rest):
+    """The copy rule spelled out with strings: mean over n = 1..4 of the share of `rest`'s
+    n-grams that occur in `prefix`."""
+    shares = []
+    for n in range(1, 5):
+        grams = [" ".join(map(str, rest[i : i + n])) for i in range(len(rest) - n + 1)]
+        if grams:
+            seen = {" ".join(map(str, prefix[i : i + n])) for i in range(len(prefix) - n + 1)}
+            shares.append(sum(g in seen for g in grams) / len(grams))
+    return sum(shares) / len(shares) if shares else 0.0
+
+
+def _cloze_like_pairs(path, rs):
+    """Pairs sharing a story prefix: the positive ending copies a span of the story, the
+    negative is random; one pair whose endings are equally novel (a tie)."""
+    recs = []
+    for k in range(6):
+        story = rs.randint(3, VOCAB, 30).tolist()
+        copied = story[5:11]
+        novel = rs.randint(3, VOCAB, 6).tolist()
+        pos, neg = (copied, novel) if k % 3 else (novel, copied)
+        recs.append({"positive": [1] + story + pos, "negative": [1] + story + neg})
+    recs.append({"positive": [1, 7, 8, 9], "negative": [1, 7, 8, 10]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return recs
+
+
+def test_reference_copy_rule_counts_ngrams_already_in_the_context(models):
+    root = models["root"]
+    recs = _cloze_like_pairs(root / "copy_pairs.jsonl", np.random.RandomState(9))
+    doc = evaluate(
+        root / "student", "pairs", root / "copy_pairs.jsonl", reference="copy", log=lambda m: None
+    )
+    expected = []
+    for r in recs:
+        p, n = r["positive"], r["negative"]
+        start = next(i for i in range(len(p)) if p[i] != n[i])
+        prefix = p[1:start]
+        expected.append(ref_outcome(_naive_copy(prefix, p[start:]), _naive_copy(prefix, n[start:])))
+    assert doc["reference"] == "copy"
+    assert [x["outcome"] for x in doc["result"]["pairs"]] == expected
+    assert doc["result"]["accuracy"] == pytest.approx(np.mean(expected))
+    assert expected[:6] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]  # the copying ending wins
+
+
+def test_reference_ending_alone_scores_the_remainders_without_the_story(models):
+    root = models["root"]
+    recs = _cloze_like_pairs(root / "end_pairs.jsonl", np.random.RandomState(10))
+    doc = evaluate(
+        root / "student", "pairs", root / "end_pairs.jsonl", reference="ending", log=lambda m: None
+    )
+    for r, got in zip(recs, doc["result"]["pairs"]):
+        p, n = r["positive"], r["negative"]
+        start = next(i for i in range(len(p)) if p[i] != n[i])
+        ref_p = ref_score(models["student"], [p[0]] + p[start:], 1, "mean")
+        ref_n = ref_score(models["student"], [n[0]] + n[start:], 1, "mean")
+        assert got["positive"] == pytest.approx(ref_p, abs=1e-5)
+        assert got["negative"] == pytest.approx(ref_n, abs=1e-5)
+        assert got["outcome"] == ref_outcome(ref_p, ref_n)
+
+
+def test_reference_flags_are_checked(models, capsys):
+    root = models["root"]
+    write_pairs(root / "ref_pairs.jsonl", np.random.RandomState(11))
+    for extra, needle in (
+        (["--reference", "copy", "--compare", str(root / "teacher")], "drop --compare"),
+        (["--reference", "nonsense"], "invalid choice"),
+    ):
+        try:  # argparse exits; a ConfigError is printed and returns 2
+            code = cli.main(
+                ["eval", str(root / "student"), "--task", "pairs"]
+                + ["--data", str(root / "ref_pairs.jsonl")]
+                + extra
+            )
+        except SystemExit as e:
+            code = e.code
+        assert code == 2 and needle in capsys.readouterr().err

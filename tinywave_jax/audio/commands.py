@@ -34,6 +34,14 @@ def register(subparsers) -> None:
         help="keep each utterance's feature mean (default: subtract it); use when "
         "an utterance's units must not depend on its other parts",
     )
+    fit.add_argument(
+        "--cmn-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="subtract the mean of the first S seconds' sounding frames instead of the whole "
+        "utterance's (0: whole), so a frame's units do not depend on audio long after it",
+    )
     fit.add_argument("--skip-bad", action="store_true", help="warn on unreadable files, not fail")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing units folder")
     fit.set_defaults(func=_fit)
@@ -76,6 +84,7 @@ def _fit(args) -> int:
         skip_bad=args.skip_bad,
         overwrite=args.overwrite,
         cmn=args.cmn,
+        cmn_seconds=args.cmn_seconds,
     )
     return 0
 

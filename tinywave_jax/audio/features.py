@@ -34,6 +34,9 @@ class SpectralConfig:
     fmax: float = 7600.0
     deltas: bool = True  # append first-order deltas (context from +-2 frames)
     cmn: bool = True  # subtract the utterance mean (removes channel/speaker tilt)
+    # > 0: the mean of the sounding frames of the first `cmn_seconds` only, so a frame's features
+    # do not depend on audio long after it (a cloze pair's endings leave its context's units alone)
+    cmn_seconds: float = 0.0
 
     def validate(self):
         check_frame_rate(self.frame_rate, "frame_rate")
@@ -42,6 +45,8 @@ class SpectralConfig:
                 f"fmin/fmax: need 0 < fmin < fmax <= {SAMPLE_RATE // 2}, got "
                 f"{self.fmin}, {self.fmax}"
             )
+        if self.cmn_seconds < 0:
+            raise ConfigError(f"cmn_seconds: must be >= 0, got {self.cmn_seconds}")
         if self.features == "mfcc" and not 0 < self.n_mfcc <= self.n_mels:
             raise ConfigError(
                 f"n_mfcc: need 0 < n_mfcc <= n_mels, got {self.n_mfcc} > {self.n_mels}"
@@ -150,11 +155,25 @@ def deltas(feats: np.ndarray, width: int = 2) -> np.ndarray:
     return num / (2 * sum(k * k for k in range(1, width + 1)))
 
 
+def _cmn_mean(feats: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
+    """[1, dim] mean to subtract: the whole utterance's, or that of the sounding frames (log
+    energy within 30 dB-ish of the loudest) among the first `cmn_seconds`."""
+    if cfg.cmn_seconds <= 0:
+        return feats.mean(axis=0, keepdims=True)
+    head = feats[: max(1, int(round(cfg.cmn_seconds * cfg.frame_rate)))]
+    energy = head[:, 0]  # c0 (MFCC) or the lowest mel band: both track loudness
+    sounding = head[energy >= energy.max() - SOUNDING_RANGE]
+    return sounding.mean(axis=0, keepdims=True)
+
+
+SOUNDING_RANGE = 7.0  # natural-log units below the loudest frame still counted as sound
+
+
 def phonetic_features(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
     """[frames, cfg.dim] float32: MFCC or log-mel, plus deltas and utterance mean removal if set."""
     feats = mfcc(wav, cfg) if cfg.features == "mfcc" else log_mel(wav, cfg)
     if cfg.cmn and len(feats):
-        feats = feats - feats.mean(axis=0, keepdims=True)
+        feats = feats - _cmn_mean(feats, cfg)
     if cfg.deltas:
         feats = np.concatenate([feats, deltas(feats)], axis=-1)
     return feats.astype(np.float32)

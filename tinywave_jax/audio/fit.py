@@ -62,6 +62,7 @@ def fit_units(
     hubert_spec: str | Path | None = None,
     max_hours: float | None = None,
     cmn: bool = True,
+    cmn_seconds: float = 0.0,
     skip_bad: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
@@ -70,7 +71,8 @@ def fit_units(
 
     With `hubert_spec`, phonetic units come from that HuBERT spec (nothing is fitted for them).
     Files are visited in a seeded random order when `max_hours` caps the training audio.
-    `cmn`: subtract each utterance's feature mean (spectral units; see SpectralConfig.cmn).
+    `cmn`: subtract each utterance's feature mean (spectral units; see SpectralConfig.cmn);
+    `cmn_seconds` > 0: the mean of its first seconds' sounding frames only.
     """
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() and not overwrite:
@@ -83,7 +85,10 @@ def fit_units(
     phonetic = (
         _resolve_phonetic(Path(hubert_spec))
         if hubert_spec is not None
-        else PhoneticConfig(kind="spectral", spectral=SpectralConfig(features=features, cmn=cmn))
+        else PhoneticConfig(
+            kind="spectral",
+            spectral=SpectralConfig(features=features, cmn=cmn, cmn_seconds=cmn_seconds),
+        )
     )
     pitch = PitchFiles(bins=pitch_bins) if pitch_bins else None
     style = StyleFiles(classes=style_classes) if style_classes else None

@@ -119,10 +119,10 @@ class Demo(StagedRun):
     def world(self, prov: dict) -> dict:
         """The teacher's world (checked against its recorded hash), cut to this demo's sizes."""
         from ..config import from_dict
-        from .teacher import TeacherError
+        from .teacher import TeacherError, teacher_world
         from .world import WorldSplits, make_world, world_hash
 
-        world = make_world(from_dict(WorldSplits, prov["settings"]["world"], prefix="world"))
+        world = make_world(from_dict(WorldSplits, teacher_world(prov), prefix="world"))
         if world_hash(world) != prov["world_hash"]:
             raise TeacherError(
                 f"{self.teacher_dir / 'provenance.json'}: its stories differ from "
@@ -145,18 +145,19 @@ class Demo(StagedRun):
     def stage_speech(self) -> dict:
         from ..jsonl import write_jsonl_atomic
         from . import speech
-        from .teacher import verify_teacher
+        from .teacher import teacher_cast, verify_teacher
         from .world import WORD_PAIRS
 
-        world, out = self.world(verify_teacher(self.teacher_dir)), self.speech_dir
+        prov = verify_teacher(self.teacher_dir)
+        world, out, cast = self.world(prov), self.speech_dir, teacher_cast(prov)
         manifests = {
-            "distill": speech.distill_rows(out, world["train"]),
-            "heldout": speech.heldout_rows(out, world),
+            "distill": speech.distill_rows(out, world["train"], cast),
+            "heldout": speech.heldout_rows(out, world, cast),
         }
         for name, rows in manifests.items():
             write_jsonl_atomic(out / f"{name}.jsonl", rows)
         pairs = speech.write_bench(
-            out, world["test"], "bench", WORD_PAIRS, extras=self.settings.variant != "base"
+            out, world["test"], "bench", WORD_PAIRS, self.settings.variant != "base", cast
         )
         hours = speech.hours(manifests["distill"])
         self.log(

@@ -35,7 +35,12 @@ class TeacherSettings:
 
     variant: Literal["base", "expressive"] = "base"
     world: WorldSplits = dataclasses.field(default_factory=WorldSplits)
+    # "natural": every sentence one espeak-ng call (coarticulated, word times from its word
+    # events) in the many-voice cast (speech.Cast); "word_bank": utterances concatenated from
+    # single-word syntheses in one target voice (the first shipped teachers)
+    synthesis: Literal["natural", "word_bank"] = "natural"
     units: int = 64  # MFCC k-means units
+    cmn_seconds: float = 3.0  # units' mean removal over the first seconds (0: none)
     pitch_bins: int = 0  # pitch tokens (0: none; SpiritLM has 64)
     style_classes: int = 0  # style tokens (0: none; SpiritLM has 100)
     mixture: dict[str, float] = dataclasses.field(
@@ -54,6 +59,10 @@ class TeacherSettings:
         for f in ("units", "seq_len", "batch_size", "steps"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f}: must be >= 1")
+        if self.synthesis not in ("natural", "word_bank"):
+            raise ConfigError(f"synthesis: {self.synthesis!r} is not 'natural' or 'word_bank'")
+        if self.cmn_seconds < 0:
+            raise ConfigError("cmn_seconds: must be >= 0 (0: no mean removal)")
         if self.units_fit_hours <= 0 or self.learning_rate <= 0:
             raise ConfigError("units_fit_hours and learning_rate: must be > 0")
         expressive = self.variant == "expressive"

@@ -27,45 +27,100 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from . import world as world_text
 from .synth import (
+    DISTILL_VOICES,
     OTHER_VOICES,
+    PRETRAIN_VOICES,
     RATE,
     TARGET_VOICE,
+    UNSEEN_VOICES,
     Voice,
+    join,
     render,
+    speak,
     synthesize_words,
     utterance_voice,
     write_wav,
 )
 
-THREADS = 4  # espeak-ng runs as subprocesses: threads overlap them
+THREADS = 4  # word banks: espeak-ng runs as subprocesses, threads overlap them
+
+
+@dataclasses.dataclass(frozen=True)
+class Cast:
+    """Who speaks what. `natural`: every sentence one espeak-ng library call (coarticulated,
+    word times from its word events) and the voice roster below; otherwise the first world's
+    word banks in the target voice (the shipped teacher's speech).
+
+      distill   voices of the distillation corpus (story i in distill[i % n]) and of the
+                benchmark's "training voices" column; the teacher hears them too
+      pretrain  the teacher's other voices (story i also in pretrain[i % n])
+      unseen    voices no model hears in training: the benchmark's "unseen voice" column
+    """
+
+    natural: bool = False
+
+    @property
+    def distill(self) -> tuple[Voice, ...]:
+        return DISTILL_VOICES if self.natural else (TARGET_VOICE,)
+
+    @property
+    def pretrain(self) -> tuple[Voice, ...]:
+        return PRETRAIN_VOICES if self.natural else OTHER_VOICES
+
+    @property
+    def unseen(self) -> tuple[Voice, ...]:
+        return UNSEEN_VOICES if self.natural else ()
+
+    def voices(self) -> tuple[Voice, ...]:
+        return (*self.distill, *self.pretrain, *self.unseen)
 
 
 def _sentences(texts) -> list[list[str]]:
     return [world_text.words_of(s) for s in texts]
 
 
-def _write(out: Path, rel: str, sentences, bank) -> tuple[Path, list, float]:
-    wav, words = render(sentences, bank)
-    path = out / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_wav(path, wav)
-    return path, words, len(wav) / RATE
+class Speaker:
+    """One utterance voice speaking sentences into files; `natural` as in Cast. A sentence said
+    twice by one Speaker is synthesised once, so a cloze pair's context audio is identical."""
+
+    def __init__(self, voice: Voice, natural: bool, texts=()):
+        """`texts`: every sentence this speaker will say (synthesised here, in this order)."""
+        self.voice, self.natural = voice, natural
+        self.bank, self._said = None, {}
+        if natural:
+            distinct = list(dict.fromkeys(texts))
+            self._said = dict(zip(distinct, speak(distinct, voice)))
+        else:
+            self.bank = synthesize_words([w for s in _sentences(texts) for w in s], voice)
+
+    def say(self, texts, speakers=None) -> tuple[np.ndarray, list]:
+        """(waveform, [(word, start_s, end_s)]); `speakers`: one Speaker per sentence instead."""
+        speakers = speakers or [self] * len(texts)
+        if self.natural:
+            return join([sp._said[t] for sp, t in zip(speakers, texts)])
+        return render(_sentences(texts), [sp.bank for sp in speakers])
+
+    def write(self, out: Path, rel: str, texts, speakers=None) -> tuple[Path, list, float]:
+        wav, words = self.say(texts, speakers)
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_wav(path, wav)
+        return path, words, len(wav) / RATE
 
 
-def _bank(texts, voice: Voice) -> dict:
-    return synthesize_words([w for s in _sentences(texts) for w in s], voice)
-
-
-def _story_row(out: Path, story, voice: Voice, split: str) -> dict:
+def _story_row(out: Path, story, voice: Voice, split: str, natural: bool) -> dict:
     variant = utterance_voice(voice, story.id, held_out=split != "train")
-    sentences = _sentences(story.sentences)
     rel = f"audio/{voice.name}/{split}/{story.id}.wav"
-    _, words, seconds = _write(out, rel, sentences, _bank(story.sentences, variant))
+    _, words, seconds = Speaker(variant, natural, story.sentences).write(out, rel, story.sentences)
     return {
         "path": rel,
         "id": f"{voice.name}/{story.id}",
@@ -77,31 +132,71 @@ def _story_row(out: Path, story, voice: Voice, split: str) -> dict:
     }
 
 
-def _map(fn, jobs) -> list:
-    with ThreadPoolExecutor(THREADS) as pool:
-        return list(pool.map(lambda job: fn(*job), jobs))
+def _call(job):
+    fn, *args = job
+    return fn(*args)
 
 
-def pretrain_rows(out: Path, stories) -> list[dict]:
-    """Every training story in the target voice and in one other voice, in turn."""
+def _die_with_parent() -> None:
+    """A worker must not outlive a killed demo: it would go on writing into a workdir that a
+    rerun is writing too (Linux: SIGKILL when the parent exits)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown still applies
+        pass
+
+
+def _map(fn, jobs, natural: bool) -> list:
+    """fn(*job) for every job, in order. Natural synthesis runs in worker processes (the
+    espeak-ng library is one synthesiser per process); word banks in threads."""
+    jobs = [(fn, *job) for job in jobs]
+    if not natural:
+        with ThreadPoolExecutor(THREADS) as pool:
+            return list(pool.map(_call, jobs))
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers <= 1:
+        return [_call(j) for j in jobs]
+    ctx = multiprocessing.get_context("spawn")  # the caller may hold jax's threads
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
+        return list(pool.map(_call, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+
+
+def pretrain_rows(out: Path, stories, cast: Cast = Cast()) -> list[dict]:
+    """Every training story in its distillation voice (the same audio as `distill_rows`) and
+    in one of the teacher's other voices, in turn."""
     jobs = []
     for i, st in enumerate(stories):
         jobs += [
-            (out, st, TARGET_VOICE, "train"),
-            (out, st, OTHER_VOICES[i % len(OTHER_VOICES)], "train"),
+            (out, st, cast.distill[i % len(cast.distill)], "train", cast.natural),
+            (out, st, cast.pretrain[i % len(cast.pretrain)], "train", cast.natural),
         ]
-    return _map(_story_row, jobs)
+    return _map(_story_row, jobs, cast.natural)
 
 
-def distill_rows(out: Path, stories) -> list[dict]:
-    """The target-voice utterances of `stories` exactly as in `pretrain_rows`."""
-    return _map(_story_row, [(out, st, TARGET_VOICE, "train") for st in stories])
-
-
-def heldout_rows(out: Path, world: dict) -> list[dict]:
+def distill_rows(out: Path, stories, cast: Cast = Cast()) -> list[dict]:
+    """The distillation-voice utterances of `stories` exactly as in `pretrain_rows`."""
+    voices = cast.distill
     return _map(
         _story_row,
-        [(out, st, TARGET_VOICE, split) for split in ("validation", "test") for st in world[split]],
+        [(out, st, voices[i % len(voices)], "train", cast.natural) for i, st in enumerate(stories)],
+        cast.natural,
+    )
+
+
+def heldout_rows(out: Path, world: dict, cast: Cast = Cast()) -> list[dict]:
+    """Validation and test stories in the distillation voices (story k in voice k % n)."""
+    voices = cast.distill
+    return _map(
+        _story_row,
+        [
+            (out, st, voices[k % len(voices)], split, cast.natural)
+            for split in ("validation", "test")
+            for k, st in enumerate(world[split])
+        ],
+        cast.natural,
     )
 
 
@@ -114,42 +209,42 @@ def other_pitch_range(voice: Voice) -> Voice:
     )
 
 
-def _cloze_pair(out: Path, folder: str, k: int, story, other, extras: bool) -> dict:
-    """sSC and tSC pairs of one story, all four files from one synthesis; with `extras` also its
-    speaker-consistency pair and its cross-modal cloze files."""
-    variant = utterance_voice(TARGET_VOICE, story.id, held_out=True)
-    bank = _bank((*story.sentences, story.wrong, other.ending), variant)
-    context = _sentences(story.context)
+def _cloze_pair(
+    out: Path, folder: str, k: int, story, other, extras: bool, voice: Voice, natural: bool
+) -> dict:
+    """sSC and tSC pairs of one story in one utterance voice (the context said once, so both
+    files of a pair share its audio); with `extras` also its speaker-consistency pair and its
+    cross-modal cloze files."""
+    variant = utterance_voice(voice, story.id, held_out=True)
+    sp = Speaker(variant, natural, (*story.sentences, story.wrong, other.ending))
+    context = list(story.context)
+    n_context = sum(len(x) for x in _sentences(context))
     items = {}
     for task, wrong in (("ssc", story.wrong), ("tsc", other.ending)):
-        pos, pos_words, _ = _write(
-            out,
-            f"{folder}/{task}/{2 * k}_{story.id}.wav",
-            context + _sentences([story.ending]),
-            bank,
+        pos, pos_words, _ = sp.write(
+            out, f"{folder}/{task}/{2 * k}_{story.id}.wav", context + [story.ending]
         )
-        neg, _, _ = _write(
-            out, f"{folder}/{task}/{2 * k + 1}_{story.id}.wav", context + _sentences([wrong]), bank
-        )
+        neg, _, _ = sp.write(out, f"{folder}/{task}/{2 * k + 1}_{story.id}.wav", context + [wrong])
         items[task] = {
             "story": story.id,
+            "speaker": voice.name,
             "positive": story.ending,
             "negative": wrong,
             "files": [pos.name, neg.name],
-            "ending_start": pos_words[sum(len(s) for s in context)][1],
+            "ending_start": pos_words[n_context][1],
         }
     if extras:
-        ending = _sentences([story.ending])
-        shifted = _bank([story.ending], other_pitch_range(variant))
+        texts = context + [story.ending]
+        shifted = Speaker(other_pitch_range(variant), natural, [story.ending])
         sub = f"{folder}/salmon/speaker_consistency"
-        _write(out, f"{sub}/sample_{k}_0.wav", context + ending, bank)
-        _write(out, f"{sub}/sample_{k}_1.wav", context + ending, [bank] * len(context) + [shifted])
+        sp.write(out, f"{sub}/sample_{k}_0.wav", texts)
+        sp.write(out, f"{sub}/sample_{k}_1.wav", texts, [sp] * len(context) + [shifted])
         items["voice"] = {"story": story.id, "files": [f"sample_{k}_0.wav", f"sample_{k}_1.wav"]}
-        items["crossmodal"] = _crossmodal_files(out, folder, k, story, other, bank)
+        items["crossmodal"] = _crossmodal_files(out, folder, k, story, other, sp)
     return items
 
 
-def _crossmodal_files(out: Path, folder: str, k: int, story, other, bank) -> dict:
+def _crossmodal_files(out: Path, folder: str, k: int, story, other, sp: Speaker) -> dict:
     """One cross-modal topic-cloze line: the context and each ending as their own audio file
     (one synthesis) with their text; the wrong ending is tSC's."""
     line = {}
@@ -159,32 +254,44 @@ def _crossmodal_files(out: Path, folder: str, k: int, story, other, bank) -> dic
         ("negative", [other.ending]),
     ):
         rel = f"crossmodal/{part}/{k}_{story.id}.wav"
-        _write(out / folder, rel, _sentences(texts), bank)
+        sp.write(out / folder, rel, list(texts))
         line[part] = {"text": " ".join(texts), "audio": rel}
     return line | {"group": story.id}
 
 
-def _word_pair(out: Path, folder: str, k: int, word: str, nonword: str) -> dict:
-    bank = synthesize_words([word, nonword], utterance_voice(TARGET_VOICE, f"word/{word}", True))
-    pos, _, _ = _write(out, f"{folder}/swuggy/{2 * k}_{word}.wav", [[word]], bank)
-    neg, _, _ = _write(out, f"{folder}/swuggy/{2 * k + 1}_{nonword}.wav", [[nonword]], bank)
+def _word_pair(
+    out: Path, folder: str, k: int, word: str, nonword: str, voice: Voice, natural: bool
+) -> dict:
+    sp = Speaker(utterance_voice(voice, f"word/{word}", True), natural, [word, nonword])
+    pos, _, _ = sp.write(out, f"{folder}/swuggy/{2 * k}_{word}.wav", [word])
+    neg, _, _ = sp.write(out, f"{folder}/swuggy/{2 * k + 1}_{nonword}.wav", [nonword])
     return {"positive": word, "negative": nonword, "files": [pos.name, neg.name]}
 
 
 def write_bench(
-    out: Path, stories, folder: str, word_pairs=(), extras: bool = False
+    out: Path,
+    stories,
+    folder: str,
+    word_pairs=(),
+    extras: bool = False,
+    cast: Cast = Cast(),
+    unseen: bool = False,
 ) -> dict[str, int]:
     """sSC / tSC (and word-test) pair folders under `out/folder`; items.json says what each pair
-    holds and where the ending starts (s). tSC's wrong ending is the next story's ending.
-    `extras`: the speaker-consistency pairs and crossmodal.jsonl too."""
+    holds, in which voice, and where the ending starts (s). tSC's wrong ending is the next
+    story's ending. Story k is spoken by voice k % n of the cast's distillation voices (or, with
+    `unseen`, of its unseen ones). `extras`: the speaker-consistency pairs and crossmodal.jsonl."""
     from ..jsonl import write_jsonl_atomic
 
+    voices = cast.unseen if unseen else cast.distill
     pairs = _map(
         _cloze_pair,
         [
-            (out, folder, k, st, stories[(k + 1) % len(stories)], extras)
+            (out, folder, k, st, stories[(k + 1) % len(stories)], extras, voices[k % len(voices)])
+            + (cast.natural,)
             for k, st in enumerate(stories)
         ],
+        cast.natural,
     )
     items = {task: [p[task] for p in pairs] for task in ("ssc", "tsc")}
     if extras:
@@ -193,11 +300,28 @@ def write_bench(
         items["crossmodal"] = [p["crossmodal"] for p in pairs]
     if word_pairs:
         items["swuggy"] = _map(
-            _word_pair, [(out, folder, k, w, n) for k, (w, n) in enumerate(word_pairs)]
+            _word_pair,
+            [
+                (out, folder, k, w, n, voices[k % len(voices)], cast.natural)
+                for k, (w, n) in enumerate(word_pairs)
+            ],
+            cast.natural,
         )
     (out / folder).mkdir(parents=True, exist_ok=True)
     (out / folder / "items.json").write_text(json.dumps(items, indent=1))
     return {k: len(v) for k, v in items.items()}
+
+
+def bench_folders(cast: Cast) -> list[tuple[str, str, tuple, bool]]:
+    """(folder, world split, word pairs, unseen voices?) of every benchmark folder: test stories
+    in the training voices (bench/, with the word test) and, where the cast has unseen voices,
+    in those (bench_unseen/); validation stories (bench_valid/) in the training voices."""
+    from .world import WORD_PAIRS
+
+    folders = [("bench", "test", WORD_PAIRS, False), ("bench_valid", "validation", (), False)]
+    if cast.unseen:
+        folders.insert(1, ("bench_unseen", "test", WORD_PAIRS, True))
+    return folders
 
 
 def hours(rows: list[dict]) -> float:

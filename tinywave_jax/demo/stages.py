@@ -7,7 +7,6 @@ other settings is refused instead of mixing two runs.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -20,13 +19,7 @@ from .settings import settings_dict
 
 def _defaults(settings) -> dict:
     """The settings dataclass's field defaults, in settings.json's JSON form."""
-    out = {}
-    for f in dataclasses.fields(settings):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return json.loads(json.dumps(out))
+    return json.loads(json.dumps(settings_dict(type(settings)())))
 
 
 class MissingToolError(TinywaveError, RuntimeError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ WORD_ALIGN = 640
 _BREAK_MS = 400  # SSML break between words of one espeak call
 _SILENT = 0.01  # |amplitude| below this is silence (espeak output is clean)
 _CHUNK = 40  # words per espeak call
+_WORD_RE = re.compile(r"[a-z']+")  # as world.words_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,27 @@ OTHER_VOICES = (
     Voice("v5", "en-gb+f4", 160, 45),
 )
 VOICES = (TARGET_VOICE, *OTHER_VOICES)
+
+# Natural speech (whole-sentence synthesis): many voices, as Libri-Light has many speakers.
+# Distillation voices (the teacher hears them too), the teacher's other voices, and voices no
+# model hears in training (the benchmark's unseen-voice column): accents x espeak variants.
+DISTILL_VOICES = (
+    TARGET_VOICE,
+    Voice("d1", "en+f3", 165, 65),
+    Voice("d2", "en-gb-scotland+m1", 150, 40),
+    Voice("d3", "en-us+f2", 180, 55),
+)
+PRETRAIN_VOICES = (
+    Voice("p0", "en-029+m7", 170, 45),
+    Voice("p1", "en-gb-x-rp+f4", 160, 60),
+    Voice("p2", "en-us-nyc+m2", 175, 35),
+    Voice("p3", "en-gb-x-gbclan+f1", 155, 70),
+    Voice("p4", "en-gb-x-gbcwmd+m4", 165, 50),
+    Voice("p5", "en-us+f5", 170, 60),
+    Voice("p6", "en+m6", 185, 45),
+    Voice("p7", "en-gb-scotland+f2", 160, 55),
+)
+UNSEEN_VOICES = (Voice("unseen", "en-gb-x-rp+m5", 158, 42),)
 
 
 def utterance_voice(voice: Voice, key: str, held_out: bool) -> Voice:
@@ -164,6 +187,68 @@ def render(
             pieces += [wav, np.zeros(to_grid(end) - t - len(wav), np.float32)]
             t = to_grid(end)
     pieces.append(np.zeros(int(EDGE_S * RATE), np.float32))
+    return np.concatenate(pieces), words
+
+
+def _word_spans(sentence: str) -> list[tuple[str, int]]:
+    """(word, character offset) of each spoken word of `sentence`, as `world.words_of` splits it."""
+    return [
+        (m.group().strip("'"), m.start())
+        for m in _WORD_RE.finditer(sentence.lower())
+        if m.group().strip("'")
+    ]
+
+
+def speak(sentences: list[str], voice: Voice) -> list[tuple[np.ndarray, list]]:
+    """One espeak-ng call per sentence (coarticulated, with its own prosody), all by one fresh
+    synthesiser (the same sentences in the same order give the same audio) -> per sentence
+    (waveform at RATE, [(word, start, end) samples]). Word starts are the synthesiser's word
+    events; a word ends where the next starts (the last where the sound ends). espeak-ng joins
+    some function words into one phonological word ("in the", "from the") with one event: such
+    a group's span is shared out in proportion to its words' letters."""
+    from .espeak import synthesize_many
+
+    spoken = synthesize_many(list(sentences), voice.espeak, voice.speed, voice.pitch)
+    return [_timed(s, out, voice) for s, out in zip(sentences, spoken)]
+
+
+def _timed(sentence: str, out, voice: Voice) -> tuple[np.ndarray, list]:
+    from scipy.signal import resample_poly
+
+    spans = _word_spans(sentence)
+    runs = _sound_runs(out.wav, 1.0)
+    if not spans or not runs:
+        raise RuntimeError(f"espeak-ng said nothing for {sentence!r} ({voice.espeak})")
+    events = sorted(out.words)
+    groups: dict[int, list[str]] = {}  # event index -> the words it starts
+    for w, at in spans:
+        k = max([i for i, (c, _) in enumerate(events) if c <= at], default=0)
+        groups.setdefault(k, []).append(w)
+    order = sorted(groups)
+    bounds = [max(runs[0][0], events[k][1]) for k in order] + [runs[-1][1]]
+    words = []
+    for k, a, b in zip(order, bounds, bounds[1:]):
+        letters = np.cumsum([0] + [len(w) for w in groups[k]])
+        for w, l0, l1 in zip(groups[k], letters, letters[1:]):
+            words.append((w, a + (b - a) * l0 // letters[-1], a + (b - a) * l1 // letters[-1]))
+    g = math.gcd(RATE, ESPEAK_RATE)
+    wav = resample_poly(out.wav, RATE // g, ESPEAK_RATE // g).astype(np.float32)
+    scale = RATE / ESPEAK_RATE
+    return wav, [(w, int(a * scale), int(b * scale)) for w, a, b in words]
+
+
+def join(parts) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """Spoken sentences [(waveform, [(word, start, end) samples]), ...] (each from `speak`) ->
+    one utterance: each sentence cut to its sound, SENTENCE_GAP_S between sentences, EDGE_S of
+    silence at both ends; word times in seconds."""
+    pieces, words = [np.zeros(int(EDGE_S * RATE), np.float32)], []
+    t = len(pieces[0])
+    for k, (wav, spoken) in enumerate(parts):
+        a, b = spoken[0][1], spoken[-1][2]
+        words += [(w, (t + s - a) / RATE, (t + e - a) / RATE) for w, s, e in spoken]
+        gap = SENTENCE_GAP_S if k < len(parts) - 1 else EDGE_S
+        pieces += [wav[a:b], np.zeros(int(gap * RATE), np.float32)]
+        t += b - a + len(pieces[-1])
     return np.concatenate(pieces), words
 
 

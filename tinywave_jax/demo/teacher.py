@@ -51,6 +51,20 @@ def folder_hashes(folder: Path) -> dict[str, str]:
     }
 
 
+def teacher_world(prov: dict) -> dict:
+    """The WorldSplits settings a teacher package was built on; packages from before story
+    kinds existed were built on name-swap ("stranger") stories."""
+    return {"kind": "stranger", **prov["settings"]["world"]}
+
+
+def teacher_cast(prov: dict):
+    """Who spoke the teacher's audio (speech.Cast); packages from before natural synthesis were
+    built from word banks in one target voice."""
+    from .speech import Cast
+
+    return Cast(natural=prov["settings"].get("synthesis", "word_bank") == "natural")
+
+
 class TeacherError(InputError):
     """A missing or altered teacher package; the message names the file."""
 
@@ -116,23 +130,29 @@ class TeacherBuild(StagedRun):
 
         return make_world(self.settings.world)
 
+    @property
+    def cast(self):
+        from .speech import Cast
+
+        return Cast(natural=self.settings.synthesis == "natural")
+
     # ---------------------------------------------------------------- stages
     def stage_speech(self) -> dict:
         from ..jsonl import write_jsonl_atomic
         from . import speech
-        from .world import WORD_PAIRS, world_hash
+        from .world import world_hash
 
-        world, out = self.world(), self.speech_dir
+        world, out, cast = self.world(), self.speech_dir, self.cast
         manifests = {
-            "pretrain": speech.pretrain_rows(out, world["train"]),
-            "heldout": speech.heldout_rows(out, world),
+            "pretrain": speech.pretrain_rows(out, world["train"], cast),
+            "heldout": speech.heldout_rows(out, world, cast),
         }
         for name, rows in manifests.items():
             write_jsonl_atomic(out / f"{name}.jsonl", rows)
         extras = self.settings.variant == "expressive"
         pairs = {
-            "bench": speech.write_bench(out, world["test"], "bench", WORD_PAIRS, extras),
-            "bench_valid": speech.write_bench(out, world["validation"], "bench_valid", (), extras),
+            folder: speech.write_bench(out, world[split], folder, words, extras, cast, unseen)
+            for folder, split, words, unseen in speech.bench_folders(cast)
         }
         hours = speech.hours(manifests["pretrain"])
         self.log(f"  {len(manifests['pretrain'])} pretraining utterances, {hours:.2f} h")
@@ -375,14 +395,21 @@ def evaluate_teacher(
 
     params, config, _ = load_model(ckpt)
     out = {}
-    for split, folder in (("validation", "bench_valid"), ("test", "bench")):
-        tasks = bench_tasks(speech_dir / folder, words=split == "test")
+    for split, folder in (
+        ("validation", "bench_valid"),
+        ("test", "bench"),
+        ("test_unseen", "bench_unseen"),  # natural speech: voices no model heard
+    ):
+        if not (speech_dir / folder).is_dir():
+            continue
+        tasks = bench_tasks(speech_dir / folder, words=split != "validation")
         inputs = bench_inputs(
             speech_dir / folder, units, layout, config.vocab_size, tasks, log, tokenizer
         )
-        inputs["ppl"] = ppl_inputs(
-            tokens_dir / "corpus" / "heldout", split, layout, config.vocab_size
-        )
+        if split != "test_unseen":
+            inputs["ppl"] = ppl_inputs(
+                tokens_dir / "corpus" / "heldout", split, layout, config.vocab_size
+            )
         out[split] = summarize(score_model(params, config, inputs), draws=2000)
         r = out[split]
         log(

@@ -26,6 +26,9 @@ import hashlib
 import json
 import random
 import re
+from typing import Literal
+
+from ..errors import ConfigError
 
 # (place, worker, item): each word belongs to one scene only.
 SCENES = (
@@ -167,8 +170,9 @@ class Story:
     people: tuple[str, str]
     context: tuple[str, ...]
     ending: str
-    wrong: str  # sSC: the ending about `stranger` instead of its first person
-    stranger: str  # a name the story never mentions
+    wrong: str  # sSC's wrong ending: `decoy` in place of the right word
+    decoy: str  # stranger stories: a name the story never mentions; binding stories: the
+    #             other person's place / worker / item (or the other person), which it does
 
     @property
     def sentences(self) -> tuple[str, ...]:
@@ -187,12 +191,13 @@ class WorldSplits:
     validation: int = 64
     train: int = 2400
     seed: int = 0
+    kind: Literal["stranger", "binding"] = "binding"  # which sSC the stories are built for
 
     def validate(self):
-        from ..config import ConfigError
-
         if self.test < 2 or self.validation < 2 or self.train < 1:
             raise ConfigError("world: need test >= 2, validation >= 2 and train >= 1 stories")
+        if self.kind not in KINDS:
+            raise ConfigError(f"world.kind: {self.kind!r} is not one of {list(KINDS)}")
 
 
 def _fill(template: int, scene: int, people: tuple[str, str], time: str) -> tuple:
@@ -216,68 +221,157 @@ def ending_person(template: int) -> str:
     return min((at, k) for k, at in found.items() if at >= 0)[1]
 
 
-def _balanced(n: int, rng: random.Random) -> list[tuple[int, int]]:
+def _balanced(n: int, rng: random.Random, templates: int = len(TEMPLATES)) -> list[tuple[int, int]]:
     """n (template, scene) pairs cycling through templates and, per template, through scenes."""
-    per_template = [rng.sample(range(len(SCENES)), len(SCENES)) for _ in TEMPLATES]
+    per_template = [rng.sample(range(len(SCENES)), len(SCENES)) for _ in range(templates)]
     return [
-        (k % len(TEMPLATES), per_template[k % len(TEMPLATES)][(k // len(TEMPLATES)) % len(SCENES)])
+        (k % templates, per_template[k % templates][(k // templates) % len(SCENES)])
         for k in range(n)
     ]
 
 
+def _stranger_split(name: str, n: int, rng: random.Random, seen: set, total: int) -> list[Story]:
+    """One split of name-swap stories (the first world's sSC: the wrong ending names someone
+    the story never mentions, so copying names from the context solves it)."""
+    combos = (
+        _balanced(n, rng)
+        if name != "train"
+        else [(rng.randrange(len(TEMPLATES)), rng.randrange(len(SCENES))) for _ in range(n)]
+    )
+    stories = []
+    for template, scene in combos:
+        for _ in range(1000):
+            people = tuple(rng.sample(NAMES, 2))
+            time = rng.choice(TIMES)
+            context, ending = _fill(template, scene, people, time)
+            text = " ".join((*context, ending))
+            if text not in seen:
+                break
+        else:
+            _too_many(total)
+        seen.add(text)
+        stranger = rng.choice([x for x in NAMES if x not in people])
+        swapped = dict(zip("AB", people), **{ending_person(template): stranger})
+        wrong = _fill(template, scene, (swapped["A"], swapped["B"]), time)[1]
+        stories.append(
+            Story(
+                f"{PREFIX[name]}{len(stories):04d}",
+                template,
+                scene,
+                people,
+                context,
+                ending,
+                wrong,
+                stranger,
+            )
+        )
+    return stories
+
+
+# Binding stories: each of two people is bound to one scene's place, worker or item; the ending
+# says something new about one binding, in words the context never uses together:
+#   relation: (context sentence, ending asking for the value, ending asking for the person)
+BINDINGS = (
+    (
+        "place",
+        "{P} went to the {v}.",
+        "Later {P} came back from the {v}.",
+        "At the {v}, a friend met {P}.",
+    ),
+    ("worker", "{P} talked to the {v}.", "{P} said goodbye to the {v}.", "The {v} waved at {P}."),
+    ("item", "{P} got the {v}.", "{P} was very happy with the {v}.", "The {v} made {P} smile."),
+)
+FILLER = "It was {time}."
+
+
+def _binding_split(name: str, n: int, rng: random.Random, seen: set, total: int) -> list[Story]:
+    """One split of binding stories. sSC's wrong ending swaps in the *other* binding's value
+    (or person), which the story does mention: both endings hold the same words but one, each
+    word occurs in the context, in the same position of a sentence of the same shape. Only a
+    model that knows which person went where can tell them apart; copying cannot.
+
+    Template t = 2 * relation + direction (0: the ending asks for the value, 1: the person);
+    held-out splits cycle through templates and, per template, through scenes."""
+    n_templates = 2 * len(BINDINGS)
+    combos = (
+        _balanced(n, rng, n_templates)
+        if name != "train"
+        else [(rng.randrange(n_templates), rng.randrange(len(SCENES))) for _ in range(n)]
+    )
+    stories = []
+    for template, scene in combos:
+        relation, direction = divmod(template, 2)
+        _, bind, ask_value, ask_person = BINDINGS[relation]
+        for _ in range(1000):
+            people = tuple(rng.sample(NAMES, 2))
+            other_scene = rng.choice([x for x in range(len(SCENES)) if x != scene])
+            asked = rng.randrange(2)  # which person the ending is about (0: A, 1: B)
+            filler_at = rng.randrange(3)
+            time = rng.choice(TIMES)
+            scenes = (scene, other_scene) if asked == 0 else (other_scene, scene)
+            values = [SCENES[sc][relation] for sc in scenes]
+            context = [bind.format(P=p, v=v) for p, v in zip(people, values)]
+            context.insert(filler_at, _capital(FILLER.format(time=time)))
+            person, value = people[asked], values[asked]
+            if direction == 0:
+                ending = ask_value.format(P=person, v=value)
+                decoy = values[1 - asked]
+                wrong = ask_value.format(P=person, v=decoy)
+            else:
+                ending = _capital(ask_person.format(P=person, v=value))
+                decoy = people[1 - asked]
+                wrong = _capital(ask_person.format(P=decoy, v=value))
+            text = " ".join((*context, ending))
+            if text not in seen:
+                break
+        else:
+            _too_many(total)
+        seen.add(text)
+        stories.append(
+            Story(
+                f"{PREFIX[name]}{len(stories):04d}",
+                template,
+                scene,
+                people,
+                tuple(context),
+                ending,
+                wrong,
+                decoy,
+            )
+        )
+    return stories
+
+
+def _capital(sentence: str) -> str:
+    return sentence[0].upper() + sentence[1:]
+
+
+def _too_many(total: int):
+    raise ConfigError(
+        f"world: cannot draw {total} distinct stories (world.test + world.validation + "
+        "world.train); ask for fewer"
+    )
+
+
+KINDS = {"stranger": _stranger_split, "binding": _binding_split}
+PREFIX = {"test": "test", "validation": "valid", "train": "train"}
+
+
 def make_world(splits: WorldSplits = WorldSplits()) -> dict[str, list[Story]]:
-    """{"test", "validation", "train"}: distinct stories; test and validation stories cycle
-    through every template and scene."""
+    """{"test", "validation", "train"}: distinct stories of `splits.kind`; test and validation
+    stories cycle through every template and scene."""
     splits.validate()
     rng = random.Random(splits.seed)
     total = splits.test + splits.validation + splits.train
     seen: set[str] = set()
-    out: dict[str, list[Story]] = {}
-    for name, n in (
-        ("test", splits.test),
-        ("validation", splits.validation),
-        ("train", splits.train),
-    ):
-        combos = (
-            _balanced(n, rng)
-            if name != "train"
-            else [(rng.randrange(len(TEMPLATES)), rng.randrange(len(SCENES))) for _ in range(n)]
+    return {
+        name: KINDS[splits.kind](name, n, rng, seen, total)
+        for name, n in (
+            ("test", splits.test),
+            ("validation", splits.validation),
+            ("train", splits.train),
         )
-        prefix = {"test": "test", "validation": "valid", "train": "train"}[name]
-        stories = []
-        for template, scene in combos:
-            for _ in range(1000):
-                people = tuple(rng.sample(NAMES, 2))
-                time = rng.choice(TIMES)
-                context, ending = _fill(template, scene, people, time)
-                text = " ".join((*context, ending))
-                if text not in seen:
-                    break
-            else:
-                from ..errors import ConfigError
-
-                raise ConfigError(
-                    f"world: cannot draw {total} distinct stories (world.test + "
-                    "world.validation + world.train); ask for fewer"
-                )
-            seen.add(text)
-            stranger = rng.choice([x for x in NAMES if x not in people])
-            swapped = dict(zip("AB", people), **{ending_person(template): stranger})
-            wrong = _fill(template, scene, (swapped["A"], swapped["B"]), time)[1]
-            stories.append(
-                Story(
-                    f"{prefix}{len(stories):04d}",
-                    template,
-                    scene,
-                    people,
-                    context,
-                    ending,
-                    wrong,
-                    stranger,
-                )
-            )
-        out[name] = stories
-    return out
+    }
 
 
 def world_hash(world: dict[str, list[Story]]) -> str:
@@ -289,9 +383,10 @@ def world_hash(world: dict[str, list[Story]]) -> str:
 def vocabulary() -> list[str]:
     """Every word the world can say (templates, scenes, names, times) and the non-words."""
     words = set()
-    for context, ending in TEMPLATES:
-        for s in (*context, ending):
-            words.update(words_of(re.sub(r"\{\w+\}", " ", s)))
+    frames = [s for context, ending in TEMPLATES for s in (*context, ending)]
+    frames += [s for _, *binding in BINDINGS for s in binding] + [FILLER]
+    for s in frames:
+        words.update(words_of(re.sub(r"\{\w+\}", " ", s)))
     for group in (*SCENES, NAMES, TIMES):
         for x in group:
             words.update(words_of(x))

@@ -52,6 +52,13 @@ def register(subparsers) -> None:
         "these four files replaced (a report from an earlier --compare run is removed), other "
         "files are kept",
     )
+    p.add_argument(
+        "--reference",
+        choices=["copy", "ending"],
+        help="what the benchmark gives away: copy = the parameter-free copy rule (the share of "
+        "each ending's unit n-grams, n = 1..4, already in the context; CKPT only names the "
+        "vocabulary), ending = CKPT scores the endings without the story",
+    )
     p.add_argument("--split", default="test", help="corpus split for --task ppl (default test)")
     p.add_argument("--limit", type=int, help="only the first N pairs / sequences")
     from ..scoring import add_mesh_flags
@@ -92,5 +99,6 @@ def _run(args) -> int:
         log=_stderr,
         verify=not args.no_verify,
         fsdp=args.fsdp,
+        reference=args.reference,
     )
     return 0

@@ -23,6 +23,7 @@ from .benchmarks import AUDIO_TASKS, benchmark_pairs
 from .crossmodal import CROSS_MODAL_TASKS, cloze_pairs, read_cloze_jsonl
 from .pairwise import SCORINGS, PairItem, check_vocab, pairwise_accuracy, read_pairs_jsonl
 from .perplexity import corpus_seqs, perplexity, read_ppl_jsonl
+from .references import check_reference, copy_rule_accuracy, ending_alone
 from .sequences import AudioTokenizer, Seq, resolve_layout
 
 TASKS = (*AUDIO_TASKS, *CROSS_MODAL_TASKS, "pairs", "ppl")
@@ -189,8 +190,11 @@ def evaluate(
     verify: bool = True,
     fsdp: int = 1,
     mesh=None,
+    reference: str | None = None,
 ) -> dict:
     """Evaluates checkpoint `ckpt` (and teacher checkpoint `compare`) on one task.
+    reference: "copy" or "ending" (see references.py): the copy rule instead of the model (the
+    checkpoint then only names the vocabulary and layout), or the model on the endings alone.
     verify: check each checkpoint's files against their recorded sha256 (--no-verify: False).
     mesh: the devices that share the sequences; default `scoring.scoring_mesh(fsdp)`, every
     device of every process (`batch_size` is the global rows per step, rounded up to a
@@ -207,6 +211,7 @@ def evaluate(
 
     if scoring not in SCORINGS:
         raise ConfigError(f"--scoring {scoring!r} is not one of {SCORINGS}")
+    check_reference(reference, task, compare)
     mesh = scoring_mesh(fsdp) if mesh is None else mesh
     rows_per_step(batch_size, mesh)  # a bad --batch-size fails before anything is read
     # every named path and setting is checked before the (long) tokenising and scoring
@@ -230,6 +235,8 @@ def evaluate(
         limit=limit,
         log=log,
     )
+    if reference == "ending":
+        inputs = TaskInputs(task, pairs=ending_alone(inputs.pairs))
     _check_inputs(inputs, config)
     if teacher_config is not None:
         _check_inputs(inputs, teacher_config, f"--compare {compare}")
@@ -238,8 +245,12 @@ def evaluate(
         "scoring": scoring if task != "ppl" else None,
         "data": str(data),
         "checkpoint": str(ckpt),
-    }
+    } | ({"reference": reference} if reference else {})
     models = [("result", ckpt)] + ([("teacher_result", compare)] if compare else [])
+    if reference == "copy":
+        out_doc["result"] = copy_rule_accuracy(inputs.pairs)
+        log(f"eval {task} copy rule: {_summary(task, out_doc['result'])}")
+        models = []
     for key, path in models:
         params, cfg = _load(path, dtype, verify, mesh)
         out_doc[key] = run_task(params, cfg, inputs, scoring, batch_size, progress, mesh)

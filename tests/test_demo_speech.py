@@ -1,0 +1,133 @@
+"""The demo's natural speech and its story test, against independent checks: the espeak-ng
+command-line tool, word lists of the texts, and the stories' own words."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from tinywave_jax.demo import world as world_text
+from tinywave_jax.demo.espeak import ESPEAK_RATE, EspeakError, check_voices, synthesize
+from tinywave_jax.demo.speech import Cast, Speaker
+from tinywave_jax.demo.synth import RATE, TARGET_VOICE, join, speak
+from tinywave_jax.demo.teacher import PACKAGE_DIRS, teacher_world, verify_teacher
+from tinywave_jax.eval.references import copy_score
+
+
+def _binding_world():
+    return world_text.make_world(world_text.WorldSplits(test=48, validation=12, train=600))
+
+
+def test_binding_sSC_endings_differ_in_one_word_the_story_mentions():
+    """The wrong ending is the right one with one word swapped for the *other* binding's value
+    (or person): both words occur in the context, in the same position of a sentence of the
+    same shape, so copying from the context cannot tell the endings apart."""
+    world = _binding_world()
+    assert world == _binding_world()
+    texts = {k: {s.text for s in v} for k, v in world.items()}
+    assert not texts["train"] & (texts["test"] | texts["validation"])
+    vocab = {w: i for i, w in enumerate(world_text.vocabulary())}
+    for s in world["test"] + world["train"][:200]:
+        right, wrong = world_text.words_of(s.ending), world_text.words_of(s.wrong)
+        head = next(i for i, (r, w) in enumerate(zip(right, wrong)) if r != w)
+        tail = next(i for i, (r, w) in enumerate(zip(right[::-1], wrong[::-1])) if r != w)
+        swapped = (
+            " ".join(right[head : len(right) - tail]),
+            " ".join(wrong[head : len(wrong) - tail]),
+        )
+        assert swapped[1] == " ".join(world_text.words_of(s.decoy)), s.id
+        flat = " " + " ".join(w for c in s.context for w in world_text.words_of(c)) + " "
+        for phrase in swapped:  # each swapped word is in the story, once
+            assert flat.count(f" {phrase} ") == 1, (s.id, phrase)
+        # word-level copy rule: endings of equal length copy equally much of the context
+        ids = np.array([vocab[w] for w in flat.split()])
+        assert len(right) != len(wrong) or copy_score(
+            ids, np.array([vocab[w] for w in right])
+        ) == pytest.approx(copy_score(ids, np.array([vocab[w] for w in wrong]))), s.id
+    # held-out stories cycle through the six templates; the asked person is first or second
+    assert Counter(s.template for s in world["test"]) == dict.fromkeys(range(6), 8)
+    asked_first = [
+        world_text.words_of(s.ending)[0 if s.template % 2 else 1] == s.people[0].lower()
+        or s.people[0].lower() in world_text.words_of(s.ending)
+        for s in world["train"]
+    ]
+    assert 0.4 < np.mean(asked_first) < 0.6
+
+
+def test_the_shipped_teachers_worlds_are_still_generated():
+    """Packages from before story kinds read as name-swap worlds and reproduce their hash."""
+    from tinywave_jax.config import from_dict
+
+    for folder in PACKAGE_DIRS.values():
+        prov = verify_teacher(folder)
+        splits = from_dict(world_text.WorldSplits, teacher_world(prov), prefix="world")
+        assert splits.kind == "stranger"
+        assert world_text.world_hash(world_text.make_world(splits)) == prov["world_hash"]
+
+
+def test_natural_sentences_match_the_cli_and_carry_word_times():
+    """A sentence from the library equals espeak-ng's command-line output for the same voice,
+    speed and pitch (the library needs a fresh synthesiser per request for that); word times
+    follow the text's words in order and stay inside the audio."""
+    import subprocess
+
+    import soundfile as sf
+
+    text = "Later Lucy came back from the post office."
+    lib = synthesize(text, TARGET_VOICE.espeak, TARGET_VOICE.speed, TARGET_VOICE.pitch)
+    again = synthesize(text, TARGET_VOICE.espeak, TARGET_VOICE.speed, TARGET_VOICE.pitch)
+    np.testing.assert_array_equal(lib.wav, again.wav)
+    cli = subprocess.run(
+        ["espeak-ng", "--stdout", "-v", TARGET_VOICE.espeak, "-s", str(TARGET_VOICE.speed)]
+        + ["-p", str(TARGET_VOICE.pitch), text],
+        capture_output=True,
+        check=True,
+    ).stdout
+    import io
+
+    ref, rate = sf.read(io.BytesIO(cli), dtype="int16")
+    assert rate == ESPEAK_RATE
+    np.testing.assert_array_equal(np.round(lib.wav * 32768).astype(np.int16), ref[: len(lib.wav)])
+
+    ((wav, words),) = speak([text], TARGET_VOICE)
+    assert [w for w, _, _ in words] == world_text.words_of(text)
+    starts = [s for _, s, _ in words]
+    assert starts == sorted(starts) and all(s < e for _, s, e in words)
+    assert 0 <= words[0][1] and words[-1][2] <= len(wav)
+    assert abs(len(wav) - len(lib.wav) * RATE / ESPEAK_RATE) <= 2
+
+
+def test_a_cloze_pair_shares_its_context_audio():
+    """Natural synthesis of a pair: the context sentences are said once, so both files hold the
+    same context samples, and the ending starts at the same time."""
+    st = _binding_world()["test"][0]
+    sp = Speaker(TARGET_VOICE, True, (*st.sentences, st.wrong))
+    pos, pos_words = sp.say([*st.context, st.ending])
+    neg, neg_words = sp.say([*st.context, st.wrong])
+    n_context = sum(len(world_text.words_of(c)) for c in st.context)
+    cut = int(pos_words[n_context][1] * RATE)
+    assert pos_words[:n_context] == neg_words[:n_context]
+    np.testing.assert_array_equal(pos[:cut], neg[:cut])
+    assert not np.array_equal(pos[cut:], neg[cut:][: len(pos) - cut])
+
+
+def test_join_puts_sentences_in_order_with_pauses():
+    parts = speak(["Anna went to the bakery.", "It was in the evening."], TARGET_VOICE)
+    wav, words = join(parts)
+    assert [w for w, _, _ in words] == world_text.words_of(
+        "Anna went to the bakery. It was in the evening."
+    )
+    gap = words[5][1] - words[4][2]
+    assert gap == pytest.approx(0.30, abs=1e-3)
+    assert len(wav) / RATE >= words[-1][2] + 0.09
+
+
+def test_cast_voices_exist_and_a_missing_voice_is_named():
+    check_voices([v.espeak for v in Cast(natural=True).voices()])
+    assert len(Cast(natural=True).distill) >= 4 and Cast(natural=True).unseen
+    names = {v.name for v in Cast(natural=True).voices()}
+    assert len(names) == len(Cast(natural=True).voices())
+    with pytest.raises(EspeakError, match="no-such-voice"):
+        check_voices(["en-us", "no-such-voice"])
