@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tinywave_jax.demo.settings import DemoSettings
+from tinywave_jax.demo.speech import Cast
 from tinywave_jax.demo.teacher import PACKAGE_DIR, TeacherError, verify_teacher
 
 pytestmark = pytest.mark.slow
@@ -69,7 +70,14 @@ def test_package_records_every_file_and_its_origin(quick_teacher):
     assert (
         prov["command"].startswith("tinywave demo-teacher --out ") and "--quick" in prov["command"]
     )
-    assert prov["settings"]["world"] == {"test": 6, "validation": 4, "train": 24, "seed": 0}
+    assert prov["settings"]["world"] == {
+        "test": 6,
+        "validation": 4,
+        "train": 24,
+        "seed": 0,
+        "kind": "binding",
+    }
+    assert prov["settings"]["synthesis"] == "natural"
     for name, digest in prov["data"]["sha256"].items():
         local = work / name if name.startswith("speech/") else None
         if local is not None:
@@ -87,8 +95,11 @@ def test_held_out_stories_are_not_in_the_pretraining_corpus(quick_teacher):
     held = [json.loads(x) for x in (work / "speech" / "heldout.jsonl").read_text().splitlines()]
     assert {x["split"] for x in pre} == {"train"}
     assert not {x["transcript"] for x in pre} & {x["transcript"] for x in held}
-    speakers = {x["speaker"] for x in pre}
-    assert len(speakers) == 7 and "target" in speakers  # every voice, target included
+    cast = Cast(natural=True)  # every training voice; no unseen one
+    assert {x["speaker"] for x in pre} == {v.name for v in (*cast.distill, *cast.pretrain)}
+    assert {x["speaker"] for x in held} == {v.name for v in cast.distill}
+    bench = json.loads((work / "speech" / "bench_unseen" / "items.json").read_text())
+    assert {x["speaker"] for x in bench["ssc"]} == {v.name for v in cast.unseen}
 
 
 def test_transformers_loads_the_package_and_agrees(quick_teacher):
@@ -139,3 +150,41 @@ def test_shipped_teacher_is_intact_and_worth_distilling():
     assert test["ssc"] >= 75 and test["tsc"] >= 75, test
     # >= 5x the distillation stories
     assert prov["settings"]["world"]["train"] >= 5 * DemoSettings().distill_stories
+
+
+def test_demo_on_a_natural_speech_teacher_reports_unseen_voices_and_references(
+    quick_teacher, tmp_path
+):
+    """`tinywave demo --quick` on the quick natural-speech package: the distillation corpus in
+    the cast's distillation voices, test pairs in its unseen voice too, and the reference rows
+    (copy rule, teacher on the endings alone) recomputed here from the saved pair scores."""
+    pkg, _ = quick_teacher
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    work = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinywave_jax.cli", "demo", "--quick", "--workdir", str(work)]
+        + ["--set", f"teacher_dir={pkg}", "--stages", "speech,tokens,teacher,student,bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cast = Cast(natural=True)
+    distill = [
+        json.loads(x) for x in (work / "speech" / "distill.jsonl").read_text().split("\n") if x
+    ]
+    assert {x["speaker"] for x in distill} == {v.name for v in cast.distill}
+    unseen = json.loads((work / "speech" / "bench_unseen" / "items.json").read_text())
+    assert {x["speaker"] for x in unseen["ssc"]} == {v.name for v in cast.unseen}
+    doc = json.loads((work / "results.json").read_text())
+    for row in ("copy_rule", "ending_alone", "teacher", "student", "baseline"):
+        assert {"ssc", "tsc", "ssc_unseen", "tsc_unseen"} <= set(doc[row]), row
+    for ref in ("copy_rule", "ending_alone"):
+        saved = json.loads((work / "scores" / f"{ref}.json").read_text())
+        assert doc[ref]["ssc"] == pytest.approx(100 * np.mean(saved["ssc"]), abs=0.01)
+        assert doc[ref]["tsc_unseen"] == pytest.approx(100 * np.mean(saved["tsc@unseen"]), abs=0.01)
+        assert f"{ref}_ssc_le_60" in doc["targets"]
+    md = (work / "results.md").read_text()
+    assert "sSC unseen voice" in md and "Copy rule" in md and "endings alone" in md

@@ -27,6 +27,14 @@ RESULT_KEYS = {
     "salmon": "voice",
     **{t: t.split("_")[1] for t in CROSS_MODAL},
 }
+UNSEEN = "@unseen"  # task suffix: the same task in the voices no model heard
+UNSEEN_BENCH = "bench_unseen"  # their benchmark folder (natural speech)
+
+
+def result_key(task: str) -> str:
+    """The key a task reports under; "ssc@unseen" -> "ssc_unseen"."""
+    base, unseen, _ = task.partition(UNSEEN)
+    return RESULT_KEYS.get(base, base) + ("_unseen" if unseen else "")
 
 
 def bench_tasks(bench_dir: Path, words: bool = True) -> tuple[str, ...]:
@@ -66,6 +74,21 @@ def bench_inputs(
         )
         for t in tasks
     }
+
+
+def reference_scores(inputs: dict, params, config) -> dict:
+    """{"copy_rule": raw, "ending_alone": raw}: the copy rule and the model (the teacher) on the
+    endings alone, on the story-cloze inputs (`eval.references`); raw as `score_model`'s."""
+    from ..eval.harness import TaskInputs
+    from ..eval.references import copy_rule_accuracy, ending_alone
+
+    cloze = {t: inp for t, inp in inputs.items() if t.partition(UNSEEN)[0] in CLOZE}
+    copy = {
+        t: np.asarray([p["outcome"] for p in copy_rule_accuracy(inp.pairs)["pairs"]])
+        for t, inp in cloze.items()
+    }
+    alone = {t: TaskInputs(t, pairs=ending_alone(inp.pairs)) for t, inp in cloze.items()}
+    return {"copy_rule": copy, "ending_alone": score_model(params, config, alone)}
 
 
 def ppl_inputs(corpus_dir: Path, split: str, layout: Path, vocab_size: int, limit=None):
@@ -156,7 +179,7 @@ def _tasks(raw: dict, draws: int, seed: int):
     gets the same ones."""
     for k, task in enumerate(sorted(raw)):
         n = len(raw[task][0] if task == "ppl" else raw[task])
-        yield task, RESULT_KEYS.get(task, task), _resamples(n, draws, seed + k)
+        yield task, result_key(task), _resamples(n, draws, seed + k)
 
 
 def summarize(raw: dict, draws: int, seed: int = 0) -> dict:

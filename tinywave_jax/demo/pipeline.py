@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
+from .evaluate import UNSEEN_BENCH
 from .results import Q8
 from .settings import DemoSettings
 from .stages import StagedRun
@@ -156,9 +157,10 @@ class Demo(StagedRun):
         }
         for name, rows in manifests.items():
             write_jsonl_atomic(out / f"{name}.jsonl", rows)
-        pairs = speech.write_bench(
-            out, world["test"], "bench", WORD_PAIRS, self.settings.variant != "base", cast
-        )
+        extras = self.settings.variant != "base"
+        pairs = speech.write_bench(out, world["test"], "bench", WORD_PAIRS, extras, cast)
+        if cast.unseen:  # natural speech: the test stories in voices no model heard too
+            speech.write_bench(out, world["test"], UNSEEN_BENCH, WORD_PAIRS, extras, cast, True)
         hours = speech.hours(manifests["distill"])
         self.log(
             f"  {len(manifests['distill'])} distillation utterances ({hours:.2f} h), "

@@ -17,10 +17,26 @@ import json
 
 import numpy as np
 
-from .evaluate import CLOZE
+from .evaluate import CLOZE, UNSEEN_BENCH
+from .speech import Cast
 from .training import ROWS
 
-ORDER = ("teacher", "baseline", "init_ce", "logit", "hidden", "student", "student_q8_0")
+# natural-speech demos: reference rows first, what the benchmark gives away without learning
+# (eval.references): the parameter-free copy rule, and the teacher scoring the endings alone
+REFERENCES = {
+    "copy_rule": "Copy rule (no model: ending n-grams found in the story)",
+    "ending_alone": "Teacher on the endings alone (no story)",
+}
+ORDER = (
+    *REFERENCES,
+    "teacher",
+    "baseline",
+    "init_ce",
+    "logit",
+    "hidden",
+    "student",
+    "student_q8_0",
+)
 # the student's q8_0 GGUF export, scored in llama.cpp (not a trained row: no lr of its own)
 Q8 = "student_q8_0"
 # every metric a table can show, in column order, with its header
@@ -34,6 +50,10 @@ HEADERS = {
     "ts": "T→S",
     "tt": "T→T",
     "ppl": "PPL",
+    # natural speech: the test stories again, in voices no model heard
+    "ssc_unseen": "sSC unseen voice",
+    "tsc_unseen": "tSC unseen voice",
+    "words_unseen": "words unseen voice",
 }
 
 
@@ -44,7 +64,7 @@ def metrics_of(row: dict) -> list[str]:
 def score_all(demo, log=print) -> tuple[dict, dict]:
     """(rows, raw scores) for the corrected teacher and every trained row, on the test inputs."""
     from ..checkpoint import load_model
-    from .evaluate import bench_inputs, bench_tasks, ppl_inputs, save_raw, score_model, summarize
+    from .evaluate import reference_scores, save_raw, score_model, summarize
 
     s = demo.settings
     models = {"teacher": {"model": str(demo.runs_dir / "teacher/correct/final")}}
@@ -54,18 +74,18 @@ def score_all(demo, log=print) -> tuple[dict, dict]:
     for name in (m for m in ORDER if m in models):
         params, config, _ = load_model(models[name]["model"])
         if inputs is None:
-            inputs = bench_inputs(
-                demo.speech_dir / "bench",
-                demo.tokens_dir / "units",
-                layout,
-                config.vocab_size,
-                bench_tasks(demo.speech_dir / "bench"),
-                log,
-                demo.tokens()["tokenizer"],
-            )
-            inputs["ppl"] = ppl_inputs(
-                demo.tokens_dir / "corpus" / "heldout", "test", layout, config.vocab_size
-            )
+            inputs = _test_inputs(demo, layout, config.vocab_size, log)
+        if name == "teacher" and (demo.speech_dir / UNSEEN_BENCH).is_dir():
+            (demo.dir / "scores").mkdir(exist_ok=True)
+            refs = reference_scores(inputs, params, config)
+            for ref, scores in refs.items():
+                raw[ref] = scores
+                save_raw(demo.dir / "scores" / f"{ref}.json", scores)
+                rows[ref] = summarize(scores, s.bootstrap, s.seed)
+                log(
+                    f"  {ref}: "
+                    + "  ".join(f"{k} {rows[ref][k]:.1f}" for k in metrics_of(rows[ref]))
+                )
         raw[name] = score_model(params, config, inputs)
         (demo.dir / "scores").mkdir(exist_ok=True)
         save_raw(demo.dir / "scores" / f"{name}.json", raw[name])
@@ -80,6 +100,29 @@ def score_all(demo, log=print) -> tuple[dict, dict]:
         log(f"  {name}: " + "  ".join(f"{k} {row[k]:.1f}" for k in metrics_of(row)))
     rows[Q8], raw[Q8] = _score_q8_0(demo, rows["student"], raw["student"], inputs, log)
     return rows, raw
+
+
+def _test_inputs(demo, layout, vocab_size: int, log) -> dict:
+    """{task: TaskInputs} on the test stories: bench/ (the training voices), the unseen voices'
+    folder as "task@unseen" where the speech stage wrote one, and perplexity."""
+    from .evaluate import UNSEEN, bench_inputs, bench_tasks, ppl_inputs
+
+    inputs = {}
+    for folder, suffix in (("bench", ""), (UNSEEN_BENCH, UNSEEN)):
+        bench = demo.speech_dir / folder
+        if bench.is_dir():
+            got = bench_inputs(
+                bench,
+                demo.tokens_dir / "units",
+                layout,
+                vocab_size,
+                bench_tasks(bench),
+                log,
+                demo.tokens()["tokenizer"],
+            )
+            inputs.update({t + suffix: inp for t, inp in got.items()})
+    inputs["ppl"] = ppl_inputs(demo.tokens_dir / "corpus" / "heldout", "test", layout, vocab_size)
+    return inputs
 
 
 def _score_q8_0(demo, student_row: dict, student_raw: dict, inputs: dict, log) -> tuple:
@@ -125,10 +168,14 @@ def targets(rows: dict, diff: dict, q8_diff: dict) -> dict:
         **{f"{k}_student_interval_above_50": s[f"{k}_ci"][0] > 50 for k in ("ts", "st") if k in s},
         # GGUF issue: the q8_0 file in llama.cpp within 1 point of the float32 student
         "q8_0_ssc_tsc_within_1pt_of_student": all(abs(q8_diff[k]["diff"]) <= 1 for k in CLOZE),
+        # natural speech: the story test is not solved without the story
+        **{f"{r}_ssc_le_60": rows[r]["ssc"] <= 60 for r in REFERENCES if r in rows},
     }
 
 
 def _label(name: str, row: dict) -> str:
+    if name in REFERENCES:
+        return REFERENCES[name]
     layers = f"{row['layers']} layer{'s' if row['layers'] > 1 else ''}"
     if name == "teacher":
         return f"Teacher ({layers}, pretrained, LoRA-corrected)"
@@ -157,8 +204,11 @@ def markdown(rows: dict, diff: dict, q8_diff: dict, checks: dict) -> str:
     for name in (m for m in ORDER if m in rows):
         r = rows[name]
         lr = f"{r['lr']:g}" if "lr" in r else "-"
-        cells = " | ".join(_cell(r[k], r[f"{k}_ci"], 2 if k == "ppl" else 1) for k in metrics)
-        lines.append(f"| {_label(name, r)} | {r['params'] / 1e6:.2f}M | {lr} | {cells} |")
+        cells = " | ".join(
+            _cell(r[k], r[f"{k}_ci"], 2 if k == "ppl" else 1) if k in r else "-" for k in metrics
+        )
+        params = f"{r['params'] / 1e6:.2f}M" if "params" in r else "-"
+        lines.append(f"| {_label(name, r)} | {params} | {lr} | {cells} |")
     ratios = ["" if k == "ppl" else f"{100 * s[k] / max(t[k], 1e-9):.0f}%" for k in metrics]
     cells = ["student / teacher", f"{s['params'] / t['params']:.2f}x", "", *ratios]
     lines.append(("| " + " | ".join(cells) + " |").replace("|  |", "| |"))  # empty cells: "| |"
@@ -171,7 +221,14 @@ def markdown(rows: dict, diff: dict, q8_diff: dict, checks: dict) -> str:
         "",
         f"Accuracy in % (pairwise, mean log-likelihood per unit) with 95 % paired-bootstrap "
         f"intervals; sSC {n['ssc']}, tSC {n['tsc']}, words {n['swuggy']} pairs; PPL per unit "
-        f"on {t['ppl_tokens']} units of the test stories, all in the target voice. Each row's "
+        f"on {t['ppl_tokens']} units of the test stories, "
+        + (
+            f"in the {len(Cast(natural=True).distill)} distillation voices; the unseen-voice "
+            "columns: the same stories in a voice no model heard in training. "
+            if "ssc_unseen" in metrics
+            else "all in the target voice. "
+        )
+        + "Each row's "
         "learning rate was chosen on validation perplexity from the same sweep." + _extras_note(n),
         "",
         _q8_note(rows[Q8], q8_diff, metrics),

@@ -337,6 +337,8 @@ def model_card(prov: dict) -> str:
         if expressive
         else ""
     )
+    cast = teacher_cast(prov)
+    voices = len(cast.distill) + len(cast.pretrain)
     metrics = [
         k
         for k in ("ssc", "tsc", "words", "voice", "ss", "st", "ts", "tt", "ppl")
@@ -351,7 +353,7 @@ def model_card(prov: dict) -> str:
         f"{shape['num_attention_heads']} heads, FFN {shape['intermediate_size']}) over "
         f"{tokens}, pretrained from random init by `tinywave demo-teacher` on "
         f"{s['world']['train']} spoken stories ({d['utterances']['pretrain']} utterances, "
-        f"{d['hours']:.1f} h of audio in all, seven voices).{mixture} A Hugging Face folder: "
+        f"{d['hours']:.1f} h of audio in all, {voices} voices).{mixture} A Hugging Face folder: "
         "`transformers.LlamaForCausalLM.from_pretrained` loads it, `tinywave import-hf` converts it; "
         "`units/` is its unit extractor (`tinywave units extract`), `layout.json` its token layout, "
         "the tokenizer files its word-level text tokenizer.",
@@ -362,14 +364,20 @@ def model_card(prov: dict) -> str:
         f"on the build machine, final training CE {t['final_train_ce']} nats per unit",
         f"- world hash (story texts of every split): `{prov['world_hash']}`",
         "",
-        "Quality on held-out stories (target voice, a synthesis no training file comes from; "
-        "95 % bootstrap intervals):",
+        "Quality on held-out stories ("
+        + (
+            "the training voices; test_unseen: a voice no model heard"
+            if s.get("synthesis") == "natural"
+            else "target voice, a synthesis no training file comes from"
+        )
+        + "; 95 % bootstrap intervals):",
         "",
         "| split | " + " | ".join(names.get(k, k) for k in metrics) + " |",
         "|---|" + "---|" * len(metrics),
         *[
             f"| {split} | " + " | ".join(row(split, k) for k in metrics) + " |"
-            for split in ("validation", "test")
+            for split in ("validation", "test", "test_unseen")
+            if split in prov["quality"]
         ],
         "",
         "Data hashes (sha256) and every setting are in `provenance.json`; so is the sha256 of each "
