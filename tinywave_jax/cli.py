@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except TinywaveError as e:
         print(f"tinywave {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (training saves on the first): no traceback
+        print(f"tinywave {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
