@@ -359,8 +359,9 @@ def test_finalize_never_unpickles_a_staged_shard(shards, tmp_path, capsys):
     shard = next((out / "_staging").glob("shard-00003.*"))  # whatever the staging calls it
     shard.write_bytes(pickle.dumps({"records": _Planted(marker), "skipped": []}))
     assert cli.main(["corpus", "finalize", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and shard.name in err[0] and "not a readable staged shard" in err[0]
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress line
+    assert err.startswith("tinywave corpus: error: ") and shard.name in err
+    assert "not a readable staged shard" in err
     assert not marker.exists() and not (out / "tinywave_corpus").exists()
 
     shutil.copy(root / "hosts" / "_staging" / shard.name, shard)
