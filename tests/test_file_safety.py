@@ -454,3 +454,34 @@ def test_non_finite_parameters_are_never_saved(tmp_path):
     params["norm"]["scale"][3] = np.inf
     with pytest.raises(NonFiniteParamsError):
         save_model(tmp_path / "nan", jax.tree.map(jax.numpy.asarray, params), CONFIG)
+
+
+# the CLI with writes past 20 kB failing with EFBIG, as on a full disk (the kernel's own refusal;
+# SIGXFSZ ignored so the write returns the error); set in the child, no fork of this process
+_LIMITED_CLI = (
+    "import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); sys.argv[0] = 'tinywave'; "
+    "runpy.run_module('tinywave_jax.cli', run_name='__main__')"
+)
+
+
+def test_a_full_disk_is_one_line_and_replaces_nothing(ckpt, tmp_path):
+    """A full disk (export-hf, import-hf, a first checkpoint) was a traceback; each is now one line
+    naming the file being written, exit 2, and no partial output is left."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # only the command's own writes meet the limit
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    hf = export_hf(ckpt, tmp_path / "hf")
+    before = _tree(hf)
+    for argv in (
+        ["export-hf", str(ckpt), str(hf), "--overwrite"],  # replacing a good folder
+        ["import-hf", str(hf), str(tmp_path / "again")],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-c", _LIMITED_CLI, *argv], env=env, capture_output=True, timeout=300
+        )
+        last = r.stderr.decode().strip().splitlines()[-1]
+        assert r.returncode == 2, r.stderr.decode()[-2000:]
+        assert last.startswith(f"tinywave {argv[0]}: error: file too large while writing "), last
+        assert not list(tmp_path.glob(".*.tmp-*")), argv  # the partial copy removed
+    assert _tree(hf) == before and not (tmp_path / "again").exists()
