@@ -410,7 +410,19 @@ def test_a_mirror_is_refreshed_when_an_object_is_rewritten_at_the_same_size(
     bucket = make_bucket()
     monkeypatch.setenv("TINYWAVE_CACHE_DIR", str(tmp_path / "cache"))
     _upload(bucket, {"m/a.bin": b"A" * 100, "m/sub/b.bin": b"b"})
+    # what a killed download left (its process gone) is removed; a live one's is left alone
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    cache = tmp_path / "cache" / "tinywave-cache" / "gs" / bucket
+    host = storage.temp_tag().rsplit("-", 2)[0]
+    leftover = cache / f".m.tmp-{host}-{int(dead.stdout)}-0123abcd"
+    live = cache / f".m.tmp-{host}-{os.getppid()}-4567abcd"
+    for d in (leftover, live):
+        (d / "a.bin").parent.mkdir(parents=True)
+        (d / "a.bin").write_bytes(b"partial")
     first = storage.local_mirror(f"gs://{bucket}/m")
+    assert not leftover.exists() and live.is_dir()
     assert (first / "a.bin").read_bytes() == b"A" * 100
     stamp = (first / "a.bin").stat().st_mtime_ns
     assert storage.local_mirror(f"gs://{bucket}/m") == first  # unchanged: reused
@@ -428,3 +440,30 @@ def test_start_up_check_covers_both_clients_endpoints(gcs, tmp_path, monkeypatch
     monkeypatch.delenv("TENSORSTORE_GCS_HTTP_URL")
     with pytest.raises(storage.StorageAccessError, match="TENSORSTORE_GCS_HTTP_URL is not"):
         storage.check_gcs(f"gs://{bucket}/run-{uuid.uuid4().hex}", write=True)
+
+
+def test_a_plain_write_first_rolls_back_a_killed_replacement(gcs, tmp_path, capsys):
+    """A bucket folder left partial by a killed replacement was judged as it was by the next
+    plain write (refused as 'not empty', the partial copy left in place); the leftovers are now
+    resolved before the output folder is judged."""
+    bucket = make_bucket()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    from tinywave_jax.outputs import _host
+
+    base = f"gs://{bucket}/models"
+    old = f"{base}/.hf.old-{_host()}-{int(dead.stdout)}-0123abcd"
+    for rel, data in {"a.txt": b"old a", "b.txt": b"old b", COMMIT_MARKER: b""}.items():
+        storage.path(f"{old}/{rel}").write_bytes(data)
+    storage.path(f"{base}/hf/a.txt").write_bytes(b"new a")  # partial: no marker yet
+    ckpt = tmp_path / "ck"
+    ckpt.mkdir()
+    assert cli_main(["export-hf", str(ckpt), f"{base}/hf"]) == 2  # no --overwrite
+    err = capsys.readouterr().err
+    assert "restored" in err and "is not empty (pass --overwrite" in err, err
+    assert _blobs(bucket, "models") == {
+        "hf/a.txt": b"old a",
+        "hf/b.txt": b"old b",
+        f"hf/{COMMIT_MARKER}": b"",
+    }

@@ -138,6 +138,10 @@ def check_output_dir(
             )
         # credentials, bucket and write access before the long work, not at the save
         storage.check_gcs(storage.path(out_dir).parent, write=True, what="output folder in")
+    if is_primary_process():
+        # a write killed earlier is rolled back or completed first: the folder judged below is
+        # a complete one, never a partial copy (without --overwrite too)
+        clean_stale_siblings(out_dir)
     out_dir = storage.path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir} exists and is not a folder")
