@@ -467,3 +467,27 @@ def test_a_plain_write_first_rolls_back_a_killed_replacement(gcs, tmp_path, caps
         "hf/b.txt": b"old b",
         f"hf/{COMMIT_MARKER}": b"",
     }
+
+
+@pytest.mark.slow
+def test_a_bucket_lost_in_the_middle_of_a_command_is_one_named_line(tmp_path, capsys, monkeypatch):
+    """The bucket becoming unreachable after the start-up check gave library tracebacks; it now
+    ends the command with one line naming the failed request (after gcsfs's ~30 s of retries)."""
+    from tinywave_jax.checkpoint import save_model
+    from tinywave_jax.models.config import tiny_config
+    from tinywave_jax.models.llama import init_params
+
+    config = tiny_config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    ckpt = str(save_model(tmp_path / "ck", init_params(config, jax.random.key(0)), config))
+    with gcs_emulator(tmp_path / "own.log") as url:  # an emulator of its own, to stop
+        bucket = make_bucket()
+        src = f"gs://{bucket}/in.jsonl"
+        storage.path(src).write_text('{"ids": [1, 2, 3]}\n')
+        assert cli_main(["score", ckpt, src, str(tmp_path / "a.jsonl")]) == 0  # checked, cached
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)  # still pointing at the stopped one
+    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+    capsys.readouterr()
+    assert cli_main(["score", ckpt, src, str(tmp_path / "b.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an object-storage request failed" in err[0], err
+    assert "Cannot connect" in err[0] and not (tmp_path / "b.jsonl").exists()

@@ -52,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tinywave {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     except Exception as e:
-        full = disk_full(e)
-        if full is None:
+        from .storage import storage_failure
+
+        named = disk_full(e) or storage_failure(e)
+        if named is None:
             raise
-        print(f"tinywave {args.command}: error: {full}", file=sys.stderr)
+        print(f"tinywave {args.command}: error: {named}", file=sys.stderr)
         return 2
 
 

@@ -421,3 +421,25 @@ def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+# libraries whose errors mean an object-storage request failed (after gcsfs's own retries)
+_STORAGE_LIBS = ("aiohttp", "gcsfs", "google.auth", "google.api_core", "google.cloud")
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """A one-line message when `e` (or what caused it) is an object-storage request that failed
+    in the middle of a command (the bucket became unreachable, credentials expired): the start-up
+    check (check_gcs) had passed. None for anything else."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__module__.startswith(_STORAGE_LIBS) or type(e).__name__ == "FSTimeoutError":
+            return (
+                f"an object-storage request failed: {type(e).__name__}: {_first_line(e)}; check "
+                "the network, the bucket and the credentials (GOOGLE_APPLICATION_CREDENTIALS, or "
+                "STORAGE_EMULATOR_HOST / TENSORSTORE_GCS_HTTP_URL for an emulator) and rerun "
+                "(runs: with --resume)"
+            )
+        e = e.__cause__ or e.__context__
+    return None
