@@ -345,7 +345,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("input", help="input .jsonl")
     p.add_argument(
-        "output", help="output .jsonl (written atomically; by process 0 of a multi-process run)"
+        "output",
+        help="output .jsonl (written atomically; by process 0 of a multi-process run); never "
+        "the input file or a path inside the checkpoint",
     )
     add_mesh_flags(p)
     p.add_argument(
