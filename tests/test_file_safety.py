@@ -485,3 +485,27 @@ def test_a_full_disk_is_one_line_and_replaces_nothing(ckpt, tmp_path):
         assert last.startswith(f"tinywave {argv[0]}: error: file too large while writing "), last
         assert not list(tmp_path.glob(".*.tmp-*")), argv  # the partial copy removed
     assert _tree(hf) == before and not (tmp_path / "again").exists()
+
+
+def test_temporary_folders_of_dead_processes_are_removed(tmp_path):
+    """Killed downloads, imports and exports left their temporary folders (hundreds of MB) for
+    good; the next run removes those whose process on this host is gone."""
+    from tinywave_jax import storage
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    host = storage.temp_tag().rsplit("-", 2)[0]
+    gone = (
+        tmp_path / f"tinywave-gguf-{host}-{int(dead.stdout)}-0123abcd-k2x9q"
+    )  # TemporaryDirectory's tail
+    alive = tmp_path / f"tinywave-gguf-{host}-{os.getppid()}-4567abcd-z8"
+    other_host = tmp_path / f"tinywave-gguf-elsewhere-{int(dead.stdout)}-89abcdef-q"
+    unrelated = tmp_path / "tinywave-gguf-notes"
+    for d in (gone, alive, other_host, unrelated):
+        d.mkdir()
+        (d / "x").write_bytes(b"partial")
+    assert storage.remove_dead_temps(tmp_path, "tinywave-gguf-") == [gone]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (alive, other_host, unrelated)
+    )
