@@ -462,3 +462,75 @@ def test_a_lock_that_is_a_folder_or_holds_a_wrong_field_is_named(tmp_path, capsy
     assert _distill(config) == 2
     assert needle in _error_line(capsys)
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+
+
+# --- the demo's work folder ----------------------------------------------------------------
+
+_SLOW_STAGES = """
+import sys, time
+from pathlib import Path
+from tinywave_jax.demo.settings import DemoSettings
+from tinywave_jax.demo.stages import StagedRun
+
+class Slow(StagedRun):
+    STAGES = ("a",)
+
+    def stage_a(self):
+        (self.dir / "started").write_text("")
+        time.sleep(60)
+        return {}
+
+Slow(Path(sys.argv[1]), DemoSettings()).run()
+"""
+
+
+def test_a_workdir_is_locked_and_damaged_records_are_named(tmp_path):
+    """Two demos on one workdir ran the same stage at once; a damaged settings or stage record
+    (written in place) was a JSONDecodeError / KeyError traceback."""
+    from tinywave_jax.demo.settings import DemoSettings
+    from tinywave_jax.demo.stages import DamagedRecordError, StagedRun
+    from tinywave_jax.train.run_lock import RunInUseError
+
+    class Quick(StagedRun):
+        STAGES = ("a",)
+
+        def stage_a(self):
+            return {"value": 1}
+
+    work = tmp_path / "w"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_STAGES, str(work)], env=env)
+    try:
+        t0 = time.time()
+        while not (work / "started").exists():
+            assert proc.poll() is None and time.time() - t0 < 60
+            time.sleep(0.05)
+        with pytest.raises(RunInUseError, match=f"in use by pid {proc.pid} on this host"):
+            Quick(work, DemoSettings()).run()
+    finally:
+        proc.kill()
+        proc.wait()
+    # the killed run's lock is stale: replaced; records are written whole (renamed into place)
+    assert Quick(work, DemoSettings()).run()["a"]["value"] == 1
+    assert not list(work.rglob(".*.tmp-*")) and not (work / ".lock").exists()
+
+    record = work / "stages" / "a.json"
+    record.write_text(record.read_text()[:10])
+    with pytest.raises(DamagedRecordError, match=f"{record}: the record of stage a is damaged"):
+        Quick(work, DemoSettings()).run()
+    record.write_text('{"stage": "a"}')
+    with pytest.raises(DamagedRecordError, match="it has no 'seconds'"):
+        Quick(work, DemoSettings()).run()
+    (work / "settings.json").write_text('{"seed": ')
+    with pytest.raises(DamagedRecordError, match="settings.json: the settings record is damaged"):
+        Quick(work, DemoSettings())
+
+
+def test_the_final_listing_names_only_outputs_that_exist(tmp_path):
+    """`demo --stages speech` listed results.md, student_hf/ ... which it never writes."""
+    from tinywave_jax.demo.commands import outputs_there
+
+    assert outputs_there(tmp_path) == []
+    (tmp_path / "results.md").write_text("")
+    (tmp_path / "student_hf").mkdir()
+    assert outputs_there(tmp_path) == ["results.md", "student_hf/"]
