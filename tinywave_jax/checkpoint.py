@@ -34,7 +34,7 @@ from . import storage
 from .errors import ConversionError, InputError, MissingInputError, TinywaveError
 from .models.config import LlamaConfig
 from .models.param_layout import check_params, flatten, param_shapes, set_path
-from .outputs import atomic_output_dir, is_primary_process
+from .outputs import COMMIT_MARKER, atomic_output_dir, is_primary_process
 
 FORMAT = "tinywave-model"
 FORMAT_VERSION = 1
@@ -160,7 +160,7 @@ def _other_files(ckpt_dir) -> list[str]:
         rel
         for rel in storage.rel_files(ckpt_dir)
         if not rel.startswith("params/")
-        and rel not in (INFO_FILE, ".tinywave-complete", storage.MIRROR_MANIFEST)
+        and rel not in (INFO_FILE, COMMIT_MARKER, storage.MIRROR_MANIFEST)
     ]
 
 
@@ -209,8 +209,13 @@ def check_finite_params(params: dict, where: str) -> None:
             continue
         if isinstance(leaf, jax.Array):
             ok = bool(jnp.all(jnp.isfinite(leaf)))
-        else:
-            ok = bool(np.all(np.isfinite(np.asarray(leaf, np.float32))))
+        else:  # in slices: a bfloat16 tensor is checked without a float32 copy of all of it
+            flat = np.asarray(leaf).reshape(-1)
+            step = 1 << 24
+            ok = all(
+                np.isfinite(flat[i : i + step].astype(np.float32)).all()
+                for i in range(0, flat.size, step)
+            )
         if not ok:
             raise NonFiniteParamsError(
                 f"{where}: parameter {'/'.join(path)} holds NaN or infinite values; nothing "
