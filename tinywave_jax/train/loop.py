@@ -213,8 +213,10 @@ def _saved_config(run_dir: Path, meta: dict) -> dict | None:
 
 
 def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_change=()) -> dict:
-    """Trains per `cfg` (DistillConfig or TrainConfig). Returns {"step", "final_dir", "stopped"}:
-    stopped is True when SIGTERM ended the run early (after its checkpoint; final_dir is None).
+    """Trains per `cfg` (DistillConfig or TrainConfig). Returns {"step", "final_dir", "stopped",
+    "signal"}: stopped is True when SIGTERM or Ctrl-C ended the run early (after its checkpoint;
+    final_dir is None), signal then names it ("SIGTERM" / "SIGINT"). A non-finite loss or
+    gradient norm raises NonFiniteError (nothing of that step saved).
 
     One run per run_dir at a time (RunInUseError otherwise). `resume=True` continues from the
     newest intact checkpoint; config keys outside resume.RESUME_MAY_CHANGE may change only when
