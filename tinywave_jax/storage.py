@@ -186,6 +186,32 @@ def _credentials_problem() -> str | None:
 
 
 _CHECKED: set[tuple[str, bool]] = set()
+# how long the start-up check waits for a connection to each endpoint (gcsfs would retry a
+# refused or silent endpoint for about 30 s before its error)
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _endpoints() -> list[tuple[str, str]]:
+    """(URL, what to check) of every endpoint a gs:// run will use: gcsfs's and tensorstore's."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+        ts = os.environ.get("TENSORSTORE_GCS_HTTP_URL") or emulator
+        out = [(emulator, "STORAGE_EMULATOR_HOST"), (ts, "TENSORSTORE_GCS_HTTP_URL")]
+        return out if ts != emulator else out[:1]
+    return [("https://storage.googleapis.com", "the network (a proxy, a firewall)")]
+
+
+def _unreachable(url: str) -> str | None:
+    """Why no TCP connection to `url` opens within CONNECT_TIMEOUT_S, or None."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> None:
@@ -227,6 +253,12 @@ def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> Non
             "application-default login` (STORAGE_EMULATOR_HOST and TENSORSTORE_GCS_HTTP_URL "
             "select an emulator instead)"
         )
+    for url, setting in _endpoints():  # at once, not after gcsfs's retries
+        problem = _unreachable(url)
+        if problem is not None:
+            raise StorageAccessError(
+                f"{what} {p}: cannot reach {url}: {problem}; check {setting} and rerun"
+            )
     gcs = fs(p)
     try:
         found = gcs.exists(name)
