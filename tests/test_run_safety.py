@@ -295,13 +295,6 @@ def test_damage_that_still_decodes_in_a_resume_checkpoint_is_found_and_skipped(t
     assert "checkpoint 6 does not restore, skipping it: StateDigestError: state" in caplog.text
     assert {p.name for p in (run_dir / "corrupt_checkpoints").iterdir()} == {"6", "8"}
     jax.tree.map(np.testing.assert_array_equal, load_model(run_dir / "final")[0], straight)
-    # a resume past the end, or of an empty folder, says so
-    assert _distill(config, "--resume", "train.steps=5") == 0
-    assert "checkpoint 8 is at or past train.steps=5" in caplog.text
-    (tmp_path / "other").mkdir()
-    other, empty = _config(tmp_path / "other", steps=2)
-    assert _distill(other, "--resume") == 0
-    assert f"--resume: {empty} holds no checkpoint; starting" in caplog.text
 
 
 def test_a_run_stops_at_the_first_non_finite_loss_and_saves_nothing_of_it(tmp_path, capsys):
@@ -322,9 +315,13 @@ def test_a_run_stops_at_the_first_non_finite_loss_and_saves_nothing_of_it(tmp_pa
     assert not (run_dir / "final").exists() and not (run_dir / ".lock").exists()
 
 
-def test_a_misspelt_allow_config_change_key_is_refused(tmp_path, capsys):
+def test_resume_notes_and_a_misspelt_allow_config_change_key_is_refused(tmp_path, capsys, caplog):
     config, run_dir = _config(tmp_path, steps=3)
-    assert _distill(config) == 0
+    # --resume of an empty folder, or past the end, says so
+    assert _distill(config, "--resume") == 0
+    assert f"--resume: {run_dir} holds no checkpoint; starting" in caplog.text
+    assert _distill(config, "--resume", "train.steps=2") == 0
+    assert "checkpoint 3 is at or past train.steps=2" in caplog.text
     # nothing else changed: the typo used to pass unnoticed (exit 0), allowing nothing
     assert _distill(config, "--resume", "train.steps=4", "--allow-config-change", "optimiser") == 2
     err = _error_line(capsys)
