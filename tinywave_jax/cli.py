@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         named = disk_full(e) or storage_failure(e)
         if named is None:
             raise
+        if "tinywave_jax.checkpoint" in sys.modules:  # orbax's abandoned writes report at exit
+            sys.modules["tinywave_jax.checkpoint"]._quiet_orbax_aftermath()
         print(f"tinywave {args.command}: error: {named}", file=sys.stderr)
         return 2
 
