@@ -241,15 +241,18 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tinywave.json"):
         load_model(tmp_path)
     save_model(tmp_path / "m", _random_params(CONFIG), CONFIG)
-    # config.json disagreeing with the stored params: the message names the parameter.
+    # config.json disagreeing with the stored params: the message names the parameter (an
+    # edited config.json fails its sha256 first; without the check the shapes are compared)
     CONFIG.replace(intermediate_size=128).write_hf_file(tmp_path / "m" / "config.json")
+    with pytest.raises(ConversionError, match="config.json differs from the sha256"):
+        load_model(tmp_path / "m")
     with pytest.raises(
         ConversionError, match=r"layers/mlp/gate_proj/kernel has shape \[2, 64, 160\]"
     ):
-        load_model(tmp_path / "m")
+        load_model(tmp_path / "m", verify=False)
     CONFIG.replace(mlp_bias=True).write_hf_file(tmp_path / "m" / "config.json")
     with pytest.raises(ConversionError, match="layers/mlp/gate_proj/bias .* missing"):
-        load_model(tmp_path / "m")
+        load_model(tmp_path / "m", verify=False)
     info = json.loads((tmp_path / "m" / "tinywave.json").read_text())
     (tmp_path / "m" / "tinywave.json").write_text(json.dumps({**info, "format_version": 99}))
     with pytest.raises(ConversionError, match="format_version 99"):

@@ -130,13 +130,13 @@ def test_restart_skips_finished_shards(built, tmp_path):
     assert build_corpus(out, manifest=manifest, shard_size=8, log=logs.append) == summary
     assert "4 already staged, 0 to do" in logs[0]
     staging = out / "_staging"
-    mtimes = {p.name: p.stat().st_mtime_ns for p in staging.glob("shard-*.pkl")}
-    (staging / "shard-00002.pkl").unlink()  # as if killed while on shard 2
+    mtimes = {p.name: p.stat().st_mtime_ns for p in staging.glob("shard-*.npz")}
+    (staging / "shard-00002.npz").unlink()  # as if killed while on shard 2
     logs = []
     again = build_corpus(out, manifest=manifest, shard_size=8, log=logs.append)
     assert "3 already staged, 1 to do" in logs[0] and again == summary
-    for p in staging.glob("shard-*.pkl"):
-        if p.name != "shard-00002.pkl":
+    for p in staging.glob("shard-*.npz"):
+        if p.name != "shard-00002.npz":
             assert p.stat().st_mtime_ns == mtimes[p.name]
     a, b = CorpusSource(root / "out", "train"), CorpusSource(out, "train")
     assert [a[i]["id"] for i in range(len(a))] == [b[i]["id"] for i in range(len(b))]

@@ -106,8 +106,8 @@ def test_two_hosts_then_finalize_equal_a_one_process_build(shards, tmp_path, cap
         assert share["shards"] == list(range(i, 10, 2)) and share["num_shards"] == 10
         assert f"host {i} of 2: 5 of them" in err and f"share {i} of 2:" in out
         assert f"tinywave corpus finalize {root / 'hosts'}" in out
-    assert sorted(p.name for p in staging.glob("shard-*.pkl")) == [
-        f"shard-{k:05d}.pkl" for k in range(10)
+    assert sorted(p.name for p in staging.glob("shard-*.npz")) == [
+        f"shard-{k:05d}.npz" for k in range(10)
     ]
     assert not (hosts / "tinywave_corpus").exists() and not (hosts / "summary.json").exists()
 
@@ -144,7 +144,7 @@ def test_a_shares_split_does_not_depend_on_the_host_count(shards, tmp_path):
             log=lambda m: None,
         )
     for k in range(10):
-        name = f"_staging/shard-{k:05d}.pkl"
+        name = f"_staging/shard-{k:05d}.npz"
         assert (out / name).read_bytes() == (root / "hosts" / name).read_bytes(), name
     assert finalize_corpus(out, log=lambda m: None) == json.loads(
         (root / "one" / "summary.json").read_text()
@@ -163,7 +163,7 @@ def test_finalize_names_a_missing_share_or_shard(shards, tmp_path, capsys):
     assert not (out / "tinywave_corpus").exists()
 
     shutil.copy(root / "hosts" / "_staging" / "share-00001-of-00002.json", out / "_staging")
-    (out / "_staging" / "shard-00007.pkl").unlink()  # as if host 1's disk lost a shard
+    (out / "_staging" / "shard-00007.npz").unlink()  # as if host 1's disk lost a shard
     with pytest.raises(CorpusError, match=r"share 1 of 2 .* incomplete: shard\(s\) shard-00007"):
         finalize_corpus(out, log=lambda m: None)
 
@@ -334,3 +334,70 @@ def test_two_hosts_build_one_corpus_on_a_bucket(shards, tmp_path, monkeypatch, c
         assert cli.main(["corpus", "info", one]) == 0
         assert "skipped: 1" in capsys.readouterr().out
         assert not (tmp_path / "gs:").exists() and not list(tmp_path.glob("**/gs:"))
+
+
+class _Planted:
+    """A pickle that, when loaded, creates the file `marker` (any code could run instead)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_finalize_never_unpickles_a_staged_shard(shards, tmp_path, capsys):
+    """`corpus finalize` unpickled OUT/_staging/shard-* from the shared output folder: a planted
+    file ran code, a truncated one was an UnpicklingError traceback. Staged shards are now .npz
+    read without pickles; damage is a CorpusError naming the file."""
+    import pickle
+
+    root, _, _ = shards
+    out = tmp_path / "hosts"
+    shutil.copytree(root / "hosts", out)
+    marker = tmp_path / "code-ran"
+    shard = next((out / "_staging").glob("shard-00003.*"))  # whatever the staging calls it
+    shard.write_bytes(pickle.dumps({"records": _Planted(marker), "skipped": []}))
+    assert cli.main(["corpus", "finalize", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress line
+    assert err.startswith("tinywave corpus: error: ") and shard.name in err
+    assert "not a readable staged shard" in err
+    assert not marker.exists() and not (out / "tinywave_corpus").exists()
+
+    shutil.copy(root / "hosts" / "_staging" / shard.name, shard)
+    shard.write_bytes(shard.read_bytes()[:-200])  # cut short
+    with pytest.raises(CorpusError, match=f"{shard.name}: not a readable staged shard"):
+        finalize_corpus(out, log=lambda m: None)
+    shutil.copy(root / "hosts" / "_staging" / shard.name, shard)
+    finalize_corpus(out, log=lambda m: None)  # intact again: finalizes
+    _assert_same_corpus(root / "one", out, ["train"])
+
+
+def test_a_killed_re_finalize_keeps_the_corpus_that_was_there(shards, tmp_path):
+    """A re-finalize removed the finished version folder before writing the new one: killed in
+    between, the corpus was gone. It is now replaced only once the new one is complete."""
+    import signal
+    import time
+
+    root, _, _ = shards
+    out = tmp_path / "hosts"
+    shutil.copytree(root / "hosts", out)
+    finalize_corpus(out, log=lambda m: None)
+    before = {p.name: p.read_bytes() for p in version_dir(out).iterdir() if p.is_file()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinywave_jax.cli", "corpus", "finalize", str(out)],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    t0 = time.time()
+    # TFDS writes a version folder as NAME.incomplete* and renames it: kill while that is there
+    while not any(p.is_dir() for p in out.rglob("*incomplete*")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() - t0 < 120, "finalize never started writing"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    after = {p.name: p.read_bytes() for p in version_dir(out).iterdir() if p.is_file()}
+    assert after == before
+    _assert_same_corpus(root / "one", out, ["train"])

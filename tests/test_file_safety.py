@@ -389,3 +389,124 @@ def test_killed_import_is_cleaned_by_the_next_import(ckpt, tmp_path, capsys):
     import_hf(hf, out)
     assert stale in capsys.readouterr().err and _leftovers(out) == []
     load_model(out, as_numpy=True)
+
+
+# ---- 3. every file a command writes is apart from what it reads --------------------------------
+
+
+def test_score_generate_and_eval_refuse_an_output_file_inside_their_inputs(ckpt, tmp_path, capsys):
+    """score OUT, generate --out and eval --out wrote into the checkpoint they read (or onto their
+    own input) and exited 0; each is refused before any work, touching nothing."""
+    ids = ckpt.parent / "ids.jsonl"
+    ids.write_text('{"ids": [1, 2, 3, 4]}\n')
+    before, ids_before = _tree(ckpt), ids.read_bytes()
+    for out in (ckpt / "config.json", ckpt / "tinywave.json", ckpt / "params" / "o.jsonl", ids):
+        assert cli.main(["score", str(ckpt), str(ids), str(out)]) == 2, out
+        _one_error_line(capsys, out, "input")
+    prompt = ["--prompt", "[Text]", "--max-new-tokens", "2", "--layout", "spiritlm_base"]
+    for out in (ckpt / "config.json", ckpt / "tokenizer" / "x.json"):
+        assert cli.main(["generate", str(ckpt), *prompt, "--out", str(out)]) == 2, out
+        _one_error_line(capsys, out, ckpt)
+    pairs = tmp_path / "bench" / "pairs.jsonl"  # eval writes a pairs.jsonl into --out
+    pairs.parent.mkdir()
+    pairs.write_text('{"positive": [1, 2], "negative": [1, 3], "group": "a"}\n')
+    pairs_before = pairs.read_bytes()
+    for out in (ckpt, ckpt / "params", pairs.parent):
+        args = ["eval", str(ckpt), "--task", "pairs", "--data", str(pairs), "--out", str(out)]
+        assert cli.main(args) == 2, out
+        _one_error_line(capsys, "input")
+    assert _tree(ckpt) == before and ids.read_bytes() == ids_before
+    assert pairs.read_bytes() == pairs_before and not (pairs.parent / "results.json").exists()
+
+
+def test_config_and_tokenizer_files_are_in_the_checkpoints_hashes(ckpt, tmp_path):
+    """A one-bit flip of rope_theta in config.json loaded silently (scores changed); now every
+    file of the checkpoint is checked against the sha256 recorded at save time."""
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer_config.json").write_text('{"model_max_length": 256}\n')
+    ck = save_model(tmp_path / "with_tok", _params(), CONFIG, tokenizer_dir=tok)
+    load_model(ck, as_numpy=True)  # as saved: loads
+    config = ck / "config.json"
+    text = config.read_text()
+    assert '"rope_theta": 10000.0' in text
+    config.write_text(text.replace('"rope_theta": 10000.0', '"rope_theta": 10001.0'))
+    with pytest.raises(CheckpointIntegrityError, match="config.json differs from the sha256"):
+        load_model(ck, as_numpy=True)
+    config.write_text(text)
+    (ck / "tokenizer" / "tokenizer_config.json").write_text('{"model_max_length": 257}\n')
+    with pytest.raises(CheckpointIntegrityError, match="tokenizer/tokenizer_config.json differs"):
+        load_model(ck, as_numpy=True)
+    (ck / "tokenizer" / "tokenizer_config.json").unlink()
+    with pytest.raises(CheckpointIntegrityError, match="tokenizer_config.json is missing"):
+        load_model(ck, as_numpy=True)
+    load_model(ck, as_numpy=True, verify=False)  # --no-verify still loads it
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path):
+    from tinywave_jax.checkpoint import NonFiniteParamsError
+
+    params = _params()
+    params["norm"]["scale"][3] = np.nan
+    with pytest.raises(NonFiniteParamsError, match="parameter norm/scale holds NaN"):
+        save_model(tmp_path / "nan", params, CONFIG)
+    assert not (tmp_path / "nan").exists()
+    params["norm"]["scale"][3] = np.inf
+    with pytest.raises(NonFiniteParamsError):
+        save_model(tmp_path / "nan", jax.tree.map(jax.numpy.asarray, params), CONFIG)
+
+
+# the CLI with writes past 20 kB failing with EFBIG, as on a full disk (the kernel's own refusal;
+# SIGXFSZ ignored so the write returns the error); set in the child, no fork of this process
+_LIMITED_CLI = (
+    "import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); sys.argv[0] = 'tinywave'; "
+    "runpy.run_module('tinywave_jax.cli', run_name='__main__')"
+)
+
+
+def test_a_full_disk_is_one_line_and_replaces_nothing(ckpt, tmp_path):
+    """A full disk (export-hf, import-hf, a first checkpoint) was a traceback; each is now one line
+    naming the file being written, exit 2, and no partial output is left."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # only the command's own writes meet the limit
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    hf = export_hf(ckpt, tmp_path / "hf")
+    before = _tree(hf)
+    for argv in (
+        ["export-hf", str(ckpt), str(hf), "--overwrite"],  # replacing a good folder
+        ["import-hf", str(hf), str(tmp_path / "again")],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-c", _LIMITED_CLI, *argv], env=env, capture_output=True, timeout=300
+        )
+        lines = r.stderr.decode().strip().splitlines()
+        assert r.returncode == 2, r.stderr.decode()[-2000:]
+        named = [l for l in lines if l.startswith(f"tinywave {argv[0]}: error: ")]
+        assert named and "file too large while writing " in named[0], lines[-5:]
+        assert not list(tmp_path.glob(".*.tmp-*")), argv  # the partial copy removed
+    assert _tree(hf) == before and not (tmp_path / "again").exists()
+
+
+def test_temporary_folders_of_dead_processes_are_removed(tmp_path):
+    """Killed downloads, imports and exports left their temporary folders (hundreds of MB) for
+    good; the next run removes those whose process on this host is gone."""
+    from tinywave_jax import storage
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    host = storage.temp_tag().rsplit("-", 2)[0]
+    gone = (
+        tmp_path / f"tinywave-gguf-{host}-{int(dead.stdout)}-0123abcd-k2x9q"
+    )  # TemporaryDirectory's tail
+    alive = tmp_path / f"tinywave-gguf-{host}-{os.getppid()}-4567abcd-z8"
+    other_host = tmp_path / f"tinywave-gguf-elsewhere-{int(dead.stdout)}-89abcdef-q"
+    unrelated = tmp_path / "tinywave-gguf-notes"
+    for d in (gone, alive, other_host, unrelated):
+        d.mkdir()
+        (d / "x").write_bytes(b"partial")
+    assert storage.remove_dead_temps(tmp_path, "tinywave-gguf-") == [gone]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (alive, other_host, unrelated)
+    )

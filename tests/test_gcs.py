@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import jax
@@ -277,6 +278,19 @@ def test_missing_bucket_and_missing_credentials_fail_at_start_up(
     assert "'some-bucket-tw'" in err and "GOOGLE_APPLICATION_CREDENTIALS" in err, err
     assert cli_main(["score", "gs://some-bucket-tw/ckpt", "in.jsonl", "out.jsonl"]) == 2
     assert "GOOGLE_APPLICATION_CREDENTIALS" in capsys.readouterr().err
+    # export-hf and init-student to gs:// skipped the check (a traceback after the conversion)
+    tmp_path.joinpath("ck").mkdir()
+    for argv in (
+        ["export-hf", str(tmp_path / "ck"), "gs://some-bucket-tw/hf"],
+        ["init-student", str(tmp_path / "ck"), "gs://some-bucket-tw/st", "--num-layers", "1"],
+    ):
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "GOOGLE_APPLICATION_CREDENTIALS" in err, err
+    # a bucket root is not a folder to replace (it was taken for a local path)
+    assert cli_main(["export-hf", str(tmp_path / "ck"), "gs://some-bucket-tw", "--overwrite"]) == 2
+    assert "a bucket root cannot be replaced" in capsys.readouterr().err
+    assert not Path("gs:").exists()
 
 
 def test_lock_object_refuses_a_second_run_from_another_process(gcs):
@@ -351,3 +365,146 @@ def test_corpus_on_a_bucket_reads_the_same_records(gcs, tmp_path, monkeypatch):
     stamp = mirrored.stat().st_mtime_ns
     assert CorpusSource(f"gs://{bucket}/corpus").dir == remote.dir  # reused, not downloaded again
     assert mirrored.stat().st_mtime_ns == stamp
+
+
+def _upload(bucket: str, objects: dict[str, bytes]) -> None:
+    """Writes objects with google-cloud-storage's own client (names taken literally)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs_client
+
+    b = gcs_client.Client(project="test", credentials=AnonymousCredentials()).bucket(bucket)
+    for name, data in objects.items():
+        b.blob(name).upload_from_string(data)
+
+
+def test_object_names_from_a_bucket_never_lead_outside_the_local_copy(
+    gcs, tmp_path, capsys, monkeypatch
+):
+    """An object `ck/../../../x` made `import-hf gs://...` and `export-gguf gs://...` write `x`
+    anywhere on the local disk (storage's tree copy and mirror); now no name with an empty, '.'
+    or '..' part becomes a local path (exit 2 naming the object)."""
+    bucket = make_bucket()
+    escape = f"escaped-{uuid.uuid4().hex[:8]}"
+    _upload(bucket, {"ck/config.json": b"{}", f"ck/../../../{escape}": b"planted"})
+    monkeypatch.setenv("TINYWAVE_CACHE_DIR", str(tmp_path / "cache"))
+    dest = tmp_path / "a" / "b" / "c"
+    with pytest.raises(storage.UnsafeNameError, match=r"'\.\./\.\./\.\./escaped-"):
+        storage.copy_tree(f"gs://{bucket}/ck", dest)
+    with pytest.raises(storage.UnsafeNameError):
+        storage.local_mirror(f"gs://{bucket}/ck")
+    assert cli_main(["import-hf", f"gs://{bucket}/ck", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would lead outside its folder" in err[0], err
+    assert cli_main(["export-gguf", f"gs://{bucket}/ck", str(tmp_path / "m.gguf")]) == 2
+    assert "would lead outside its folder" in capsys.readouterr().err
+    assert not list(tmp_path.rglob(escape)) and not (tmp_path.parent / escape).exists()
+    assert not Path(tmp_path.anchor, escape).exists()
+
+
+def test_a_mirror_is_refreshed_when_an_object_is_rewritten_at_the_same_size(
+    gcs, tmp_path, monkeypatch
+):
+    """The mirror was reused while names and sizes matched, so a corpus rebuilt in place (its
+    ArrayRecord files padded to equal sizes) was read stale with exit 0; now the objects' content
+    identity (generation, crc32c, md5) must match."""
+    bucket = make_bucket()
+    monkeypatch.setenv("TINYWAVE_CACHE_DIR", str(tmp_path / "cache"))
+    _upload(bucket, {"m/a.bin": b"A" * 100, "m/sub/b.bin": b"b"})
+    # what a killed download left (its process gone) is removed; a live one's is left alone
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    cache = tmp_path / "cache" / "tinywave-cache" / "gs" / bucket
+    host = storage.temp_tag().rsplit("-", 2)[0]
+    leftover = cache / f".m.tmp-{host}-{int(dead.stdout)}-0123abcd"
+    live = cache / f".m.tmp-{host}-{os.getppid()}-4567abcd"
+    for d in (leftover, live):
+        (d / "a.bin").parent.mkdir(parents=True)
+        (d / "a.bin").write_bytes(b"partial")
+    first = storage.local_mirror(f"gs://{bucket}/m")
+    assert not leftover.exists() and live.is_dir()
+    assert (first / "a.bin").read_bytes() == b"A" * 100
+    stamp = (first / "a.bin").stat().st_mtime_ns
+    assert storage.local_mirror(f"gs://{bucket}/m") == first  # unchanged: reused
+    assert (first / "a.bin").stat().st_mtime_ns == stamp
+    _upload(bucket, {"m/a.bin": b"B" * 100})  # same name, same size, new content
+    again = storage.local_mirror(f"gs://{bucket}/m")
+    assert (again / "a.bin").read_bytes() == b"B" * 100
+    assert (again / "sub" / "b.bin").read_bytes() == b"b"
+
+
+def test_start_up_check_covers_both_clients_endpoints(gcs, tmp_path, monkeypatch):
+    """STORAGE_EMULATOR_HOST without TENSORSTORE_GCS_HTTP_URL passed the check, then orbax
+    (tensorstore) waited on the real GCS with no message."""
+    bucket = make_bucket()
+    monkeypatch.delenv("TENSORSTORE_GCS_HTTP_URL")
+    with pytest.raises(storage.StorageAccessError, match="TENSORSTORE_GCS_HTTP_URL is not"):
+        storage.check_gcs(f"gs://{bucket}/run-{uuid.uuid4().hex}", write=True)
+
+
+def test_a_plain_write_first_rolls_back_a_killed_replacement(gcs, tmp_path, capsys):
+    """A bucket folder left partial by a killed replacement was judged as it was by the next
+    plain write (refused as 'not empty', the partial copy left in place); the leftovers are now
+    resolved before the output folder is judged."""
+    bucket = make_bucket()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    from tinywave_jax.outputs import _host
+
+    base = f"gs://{bucket}/models"
+    old = f"{base}/.hf.old-{_host()}-{int(dead.stdout)}-0123abcd"
+    for rel, data in {"a.txt": b"old a", "b.txt": b"old b", COMMIT_MARKER: b""}.items():
+        storage.path(f"{old}/{rel}").write_bytes(data)
+    storage.path(f"{base}/hf/a.txt").write_bytes(b"new a")  # partial: no marker yet
+    ckpt = tmp_path / "ck"
+    ckpt.mkdir()
+    assert cli_main(["export-hf", str(ckpt), f"{base}/hf"]) == 2  # no --overwrite
+    err = capsys.readouterr().err
+    assert "restored" in err and "is not empty (pass --overwrite" in err, err
+    assert _blobs(bucket, "models") == {
+        "hf/a.txt": b"old a",
+        "hf/b.txt": b"old b",
+        f"hf/{COMMIT_MARKER}": b"",
+    }
+
+
+@pytest.mark.slow
+def test_a_bucket_lost_in_the_middle_of_a_command_is_one_named_line(tmp_path, capsys, monkeypatch):
+    """The bucket becoming unreachable after the start-up check gave library tracebacks; it now
+    ends the command with one line naming the failed request (after gcsfs's ~30 s of retries)."""
+    from tinywave_jax.checkpoint import save_model
+    from tinywave_jax.models.config import tiny_config
+    from tinywave_jax.models.llama import init_params
+
+    config = tiny_config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    ckpt = str(save_model(tmp_path / "ck", init_params(config, jax.random.key(0)), config))
+    with gcs_emulator(tmp_path / "own.log") as url:  # an emulator of its own, to stop
+        bucket = make_bucket()
+        src = f"gs://{bucket}/in.jsonl"
+        storage.path(src).write_text('{"ids": [1, 2, 3]}\n')
+        assert cli_main(["score", ckpt, src, str(tmp_path / "a.jsonl")]) == 0  # checked, cached
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)  # still pointing at the stopped one
+    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+    capsys.readouterr()
+    assert cli_main(["score", ckpt, src, str(tmp_path / "b.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an object-storage request failed" in err[0], err
+    assert "Cannot connect" in err[0] and not (tmp_path / "b.jsonl").exists()
+
+
+def test_an_unreachable_endpoint_fails_the_start_up_check_at_once(gcs, tmp_path, monkeypatch):
+    """An endpoint that refuses connections was retried by gcsfs for ~30 s (~70 s reported)
+    before a named error; the start-up check now opens a connection to each endpoint first."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", closed)
+    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", closed)
+    t0 = time.time()
+    with pytest.raises(storage.StorageAccessError, match=f"cannot reach {closed}"):
+        storage.check_gcs(f"gs://some-bucket-tw/run-{uuid.uuid4().hex}", write=True)
+    assert time.time() - t0 < 5

@@ -159,3 +159,83 @@ def test_score_and_eval_name_a_sequence_longer_than_the_model_positions(
     assert cli.main(["eval", ckpt, "--task", "ppl", "--data", str(tmp_path / "in.jsonl")]) == 2
     err = _one_line_error(capsys, "eval")
     assert "in.jsonl:2: 33 tokens, longer than the model's max_position_embeddings (32)" in err
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("optimizer.learning_rate=3e-4", "learning_rate", 3e-4),
+        ("optimizer.learning_rate=1.5E-3", "learning_rate", 1.5e-3),
+        ("train.steps=1e4", "steps", 10000),
+    ],
+)
+def test_numbers_in_overrides_and_yaml_parse_as_written(tmp_path, override, key, value):
+    """YAML 1.1 (PyYAML) reads `3e-4` and `1e4` as strings, which were refused as 'not a number'."""
+    cfg = load_config(TrainConfig, CONFIGS / "train_tiny.yaml", [override])
+    section = cfg.optimizer if key == "learning_rate" else cfg.train
+    assert getattr(section, key) == value and type(getattr(section, key)) is type(value)
+    f = tmp_path / "c.yaml"
+    section_name, rest = override.split(".", 1)
+    k, v = rest.split("=")
+    f.write_text(f"base: {CONFIGS / 'train_tiny.yaml'}\n{section_name}:\n  {k}: {v}\n")
+    cfg = load_config(TrainConfig, f)
+    assert getattr(cfg.optimizer if key == "learning_rate" else cfg.train, key) == value
+    with pytest.raises(ConfigError, match="train.steps: expected an integer"):
+        load_config(TrainConfig, CONFIGS / "train_tiny.yaml", ["train.steps=2.5e0"])
+
+
+def test_score_input_with_true_blank_lines_or_other_encodings_is_named(tmp_path, capsys):
+    """`true` was read as id 1 and a file of blank lines as nothing to do (exit 0); a non-UTF-8
+    line was a UnicodeDecodeError traceback."""
+    import jax
+
+    from tinywave_jax.checkpoint import save_model
+    from tinywave_jax.models.config import tiny_config
+    from tinywave_jax.models.llama import init_params
+
+    config = tiny_config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    ckpt = str(save_model(tmp_path / "ck", init_params(config, jax.random.key(0)), config))
+    cases = {
+        b'{"ids": [1, true, 3]}\n': "record 0: ids must be integers",
+        b"\n  \n\n": "holds no records",
+        b'{"ids": [1, 2]}\n{"ids": [1], "t": "\xff"}\n': "in.jsonl:2: not UTF-8",
+    }
+    for content, needle in cases.items():
+        (tmp_path / "in.jsonl").write_bytes(content)
+        out = tmp_path / "o.jsonl"
+        assert cli.main(["score", ckpt, str(tmp_path / "in.jsonl"), str(out)]) == 2, content
+        assert needle in _one_line_error(capsys, "score")
+        assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}},
+        {
+            "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+            "rope_scaling": {"type": "linear", "factor": 4.0},
+        },
+    ],
+)
+def test_conflicting_rope_fields_in_config_json_are_refused(rope):
+    """transformers 4.x and 5.x state RoPE in different fields; one of two disagreeing ones was
+    ignored without a word."""
+    from tinywave_jax.models.config import tiny_config
+
+    hf = {**tiny_config().to_hf_dict(), **rope}
+    with pytest.raises(ConfigError, match="disagree"):
+        type(tiny_config()).from_hf_dict(hf)
+    agreeing = {**tiny_config().to_hf_dict(), "rope_scaling": {"type": "linear", "factor": 2.0}}
+    agreeing["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+    assert type(tiny_config()).from_hf_dict(agreeing).rope_scaling.factor == 2.0
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/ck", "file:///tmp/ck", "memory://ck"])
+def test_unsupported_url_schemes_are_one_line(tmp_path, capsys, url):
+    (tmp_path / "in.jsonl").write_text('{"ids": [1, 2]}\n')
+    assert cli.main(["score", url, str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl")]) == 2
+    err = _one_line_error(capsys, "score")
+    assert f"{url.split(':')[0]}:// paths are not supported" in err
+    assert cli.main(["export-hf", str(tmp_path), url]) == 2
+    _one_line_error(capsys, "export-hf")

@@ -5,6 +5,7 @@ folder exactly as it was."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -271,6 +272,69 @@ def test_resume_skips_damaged_checkpoints_and_names_them_when_none_is_left(
     assert _snapshot(run_dir) == before
 
 
+def test_damage_that_still_decodes_in_a_resume_checkpoint_is_found_and_skipped(tmp_path, caplog):
+    """A flipped byte that still decodes changed the resumed run silently (exit 0; a flipped bit
+    in a large model's out-of-line data chunk turned it into NaN). Each checkpoint's meta now
+    records digests of its state and data-iterator state, compared after a restore: the damaged
+    steps are set aside and the run resumes from an intact one, exactly. Damage here: one bit of
+    step 8's data position (`"index": 8` -> 9), and step 6's state replaced by step 3's (both
+    decode; this tiny model's arrays sit in one CRC-checked OCDBT node, which a flip there
+    already fails)."""
+    config, run_dir = _config(tmp_path)
+    assert _distill(config) == 0  # checkpoints 3, 6, 8
+    straight = load_model(run_dir / "final")[0]
+    ckpts = run_dir / "checkpoints"
+    data = ckpts / "8" / "data" / "metadata"
+    raw = data.read_bytes()
+    assert raw.count(b'"index": 8') == 1
+    data.write_bytes(raw.replace(b'"index": 8', b'"index": 9'))  # 0x38 -> 0x39: one bit
+    shutil.rmtree(ckpts / "6" / "state")
+    shutil.copytree(ckpts / "3" / "state", ckpts / "6" / "state")
+    assert _distill(config, "--resume") == 0
+    assert "checkpoint 8 does not restore, skipping it: StateDigestError: the data" in caplog.text
+    assert "checkpoint 6 does not restore, skipping it: StateDigestError: state" in caplog.text
+    assert {p.name for p in (run_dir / "corrupt_checkpoints").iterdir()} == {"6", "8"}
+    jax.tree.map(np.testing.assert_array_equal, load_model(run_dir / "final")[0], straight)
+
+
+def test_a_run_stops_at_the_first_non_finite_loss_and_saves_nothing_of_it(tmp_path, capsys):
+    """A diverging run went on to an all-NaN final/ (exit 0). It now stops at the first step whose
+    loss or gradient norm is not finite, naming it and its metrics, with no checkpoint or final/
+    of that state."""
+    config, run_dir = _config(tmp_path, checkpoint_every=2)
+    assert _distill(config, "optimizer.learning_rate=1.0e+30", "optimizer.clip_norm=null") == 2
+    err = _error_line(capsys)
+    assert "training diverged at step " in err and "non-finite" in err, err
+    bad = int(err.split("training diverged at step ")[1].split(":")[0])
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, bad))  # logged every step until then
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in rows)
+    mngr = checkpoint_manager(run_dir)
+    assert all(s < bad for s in mngr.all_steps())
+    mngr.close()
+    assert not (run_dir / "final").exists() and not (run_dir / ".lock").exists()
+
+
+def test_resume_notes_and_a_misspelt_allow_config_change_key_is_refused(tmp_path, capsys, caplog):
+    config, run_dir = _config(tmp_path, steps=3)
+    # --resume of an empty folder, or past the end, says so
+    assert _distill(config, "--resume") == 0
+    assert f"--resume: {run_dir} holds no checkpoint; starting" in caplog.text
+    assert _distill(config, "--resume", "train.steps=2") == 0
+    assert "checkpoint 3 is at or past train.steps=2" in caplog.text
+    # nothing else changed: the typo used to pass unnoticed (exit 0), allowing nothing
+    assert _distill(config, "--resume", "train.steps=4", "--allow-config-change", "optimiser") == 2
+    err = _error_line(capsys)
+    assert "--allow-config-change optimiser: no such config key (did you mean optimizer?)" in err
+    # a shape changed on purpose: the intact checkpoints cannot take it; no advice to delete them
+    before = _snapshot(run_dir)
+    wider = ["student.shape.intermediate_size=48", "--allow-config-change", "student"]
+    assert _distill(config, "--resume", "train.steps=4", *wider) == 2
+    err = _error_line(capsys)
+    assert "--allow-config-change student may have changed the shape" in err, err
+    assert "delete it" not in err and _snapshot(run_dir) == before
+
+
 # --- resume: metrics.jsonl ---------------------------------------------------------------------
 
 
@@ -316,8 +380,49 @@ def test_run_reports_a_sigterm_stop(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "Session", session_then_sigterm)
     cfg = distill_config(run_dir=str(tmp_path / "run"), **SHARED_OVER)
     out = run(cfg, echo=False)
-    assert out == {"step": 0, "final_dir": None, "stopped": True}
+    assert out == {"step": 0, "final_dir": None, "stopped": True, "signal": "SIGTERM"}
     assert not (tmp_path / "run" / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_like_sigterm_and_a_second_one_stops_at_once(tmp_path):
+    """Ctrl-C (SIGINT) ended a run with a KeyboardInterrupt traceback and no checkpoint. Now the
+    step in flight finishes, a checkpoint is saved and the CLI exits 130; a second Ctrl-C
+    stops at once (no save, one line, 130)."""
+    config, run_dir = _config(tmp_path, throttle_s=0.5, checkpoint_every=100)
+    proc = _cli_proc(config)
+
+    def wait_for_step(step):
+        path = run_dir / "metrics.jsonl"
+        rows = path.read_text().splitlines() if path.is_file() else []
+        return any(json.loads(l)["step"] >= step for l in rows if l.strip())
+
+    t0 = time.time()
+    while not wait_for_step(2):
+        assert proc.poll() is None and time.time() - t0 < 240, proc.stderr.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert "Traceback" not in err.decode() and "by SIGINT; continue with --resume" in out.decode()
+    mngr = checkpoint_manager(run_dir)
+    stopped = mngr.latest_step()
+    mngr.close()
+    assert (
+        2 <= stopped < 8 and not (run_dir / "final").exists() and not (run_dir / ".lock").exists()
+    )
+
+    proc = _cli_proc(config, "--resume", "train.throttle_s=5")  # long sleeps between steps
+    while not wait_for_step(stopped + 1):
+        assert proc.poll() is None and time.time() - t0 < 480, proc.stderr.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    t1 = time.time()
+    proc.send_signal(signal.SIGINT)  # the second: now, not after the 5 s sleep and a save
+    out, err = proc.communicate(timeout=60)
+    assert time.time() - t1 < 4 and proc.returncode == 130, err.decode()[-3000:]
+    assert "interrupted (Ctrl-C)" in err.decode() and "Traceback" not in err.decode()
 
 
 def test_a_teacher_inside_the_run_folders_final_is_refused_before_training(tmp_path, capsys):
@@ -337,3 +442,92 @@ def test_a_teacher_inside_the_run_folders_final_is_refused_before_training(tmp_p
     assert _distill(config, f"teacher.path={run_dir / 'final'}", "teacher.shape=null") == 2
     assert "run/final is the input" in _error_line(capsys)
     assert _snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda lock: lock.mkdir(), "cannot read the lock"),
+        (lambda lock: lock.write_text(_lock_body(started_unix="noon")), "unreadable lock file"),
+    ],
+)
+def test_a_lock_that_is_a_folder_or_holds_a_wrong_field_is_named(tmp_path, capsys, make, needle):
+    """A lock path that is a folder, or a field that is not a number, was a traceback."""
+    config, run_dir = _config(tmp_path, steps=3)
+    run_dir.mkdir()
+    make(run_dir / ".lock")
+    assert _distill(config) == 2
+    assert needle in _error_line(capsys)
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+
+
+# --- the demo's work folder ----------------------------------------------------------------
+
+_SLOW_STAGES = """
+import sys, time
+from pathlib import Path
+from tinywave_jax.demo.settings import DemoSettings
+from tinywave_jax.demo.stages import StagedRun
+
+class Slow(StagedRun):
+    STAGES = ("a",)
+
+    def stage_a(self):
+        (self.dir / "started").write_text("")
+        time.sleep(60)
+        return {}
+
+Slow(Path(sys.argv[1]), DemoSettings()).run()
+"""
+
+
+def test_a_workdir_is_locked_and_damaged_records_are_named(tmp_path):
+    """Two demos on one workdir ran the same stage at once; a damaged settings or stage record
+    (written in place) was a JSONDecodeError / KeyError traceback."""
+    from tinywave_jax.demo.settings import DemoSettings
+    from tinywave_jax.demo.stages import DamagedRecordError, StagedRun
+    from tinywave_jax.train.run_lock import RunInUseError
+
+    class Quick(StagedRun):
+        STAGES = ("a",)
+
+        def stage_a(self):
+            return {"value": 1}
+
+    work = tmp_path / "w"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_STAGES, str(work)], env=env)
+    try:
+        t0 = time.time()
+        while not (work / "started").exists():
+            assert proc.poll() is None and time.time() - t0 < 60
+            time.sleep(0.05)
+        with pytest.raises(RunInUseError, match=f"in use by pid {proc.pid} on this host"):
+            Quick(work, DemoSettings()).run()
+    finally:
+        proc.kill()
+        proc.wait()
+    # the killed run's lock is stale: replaced; records are written whole (renamed into place)
+    assert Quick(work, DemoSettings()).run()["a"]["value"] == 1
+    assert not list(work.rglob(".*.tmp-*")) and not (work / ".lock").exists()
+
+    record = work / "stages" / "a.json"
+    record.write_text(record.read_text()[:10])
+    with pytest.raises(DamagedRecordError, match=f"{record}: the record of stage a is damaged"):
+        Quick(work, DemoSettings()).run()
+    record.write_text('{"stage": "a"}')
+    with pytest.raises(DamagedRecordError, match="it has no 'seconds'"):
+        Quick(work, DemoSettings()).run()
+    (work / "settings.json").write_text('{"seed": ')
+    with pytest.raises(DamagedRecordError, match="settings.json: the settings record is damaged"):
+        Quick(work, DemoSettings())
+
+
+def test_the_final_listing_names_only_outputs_that_exist(tmp_path):
+    """`demo --stages speech` listed results.md, student_hf/ ... which it never writes."""
+    from tinywave_jax.demo.commands import outputs_there
+
+    assert outputs_there(tmp_path) == []
+    (tmp_path / "results.md").write_text("")
+    (tmp_path / "student_hf").mkdir()
+    assert outputs_there(tmp_path) == ["results.md", "student_hf/"]

@@ -2,9 +2,10 @@
 
     CKPT/config.json    the model config in Hugging Face form (LlamaConfig.write_hf_file)
     CKPT/tinywave.json  format version, parameter dtype, creation time, package version, the
-                        tokenizer files included, provenance (e.g. the source HF folder), and
-                        the sha256 and size of every file under params/ ("params_sha256",
-                        "params_bytes": path relative to params/ -> hex digest / bytes)
+                        tokenizer files included, provenance (e.g. the source HF folder), the
+                        sha256 and size of every file under params/ ("params_sha256",
+                        "params_bytes": path relative to params/ -> hex digest / bytes) and of
+                        every other file ("files_sha256": config.json, tokenizer/...)
     CKPT/params/        orbax checkpoint of the params tree (layout: models/param_layout.py)
     CKPT/tokenizer/     optional tokenizer / generation-config files from the source model
 
@@ -33,12 +34,15 @@ from . import storage
 from .errors import ConversionError, InputError, MissingInputError, TinywaveError
 from .models.config import LlamaConfig
 from .models.param_layout import check_params, flatten, param_shapes, set_path
-from .outputs import atomic_output_dir, is_primary_process
+from .outputs import COMMIT_MARKER, atomic_output_dir, is_primary_process
 
 FORMAT = "tinywave-model"
 FORMAT_VERSION = 1
 INFO_FILE = "tinywave.json"
 HASHES_KEY, SIZES_KEY = "params_sha256", "params_bytes"
+# the sha256 of every other file of the checkpoint (config.json, tokenizer/...), keyed by its path
+# relative to the checkpoint: a changed rope_theta must not pass unnoticed either
+FILES_KEY = "files_sha256"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer.model",
@@ -146,7 +150,77 @@ def verify_params(ckpt_dir: str | Path, info: dict | None = None) -> bool:
     changed = sorted(rel for rel, digest in recorded.items() if digests[rel] != digest)
     if changed:
         fail(changed[0], "differs from the sha256 recorded in tinywave.json when saved", changed)
+    _verify_other_files(ckpt_dir, info)
     return True
+
+
+def _other_files(ckpt_dir) -> list[str]:
+    """The checkpoint's files outside params/ and tinywave.json (relative '/'-separated paths)."""
+    return [
+        rel
+        for rel in storage.rel_files(ckpt_dir)
+        if not rel.startswith("params/")
+        and rel not in (INFO_FILE, COMMIT_MARKER, storage.MIRROR_MANIFEST)
+    ]
+
+
+def _verify_other_files(ckpt_dir, info: dict) -> None:
+    """config.json and tokenizer/ against FILES_KEY (checkpoints saved before it: not checked)."""
+    recorded = info.get(FILES_KEY)
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in recorded.items()
+    ):
+        raise CheckpointIntegrityError(
+            f"{ckpt_dir / INFO_FILE}: {FILES_KEY!r} is not a mapping of file name to sha256"
+        )
+    present = set(_other_files(ckpt_dir))
+    for rel in sorted(recorded.keys() | present):
+        if rel not in present:
+            what = "is missing (tinywave.json lists it)"
+        elif rel not in recorded:
+            what = "was not part of the saved checkpoint"
+        elif (
+            _sha256(ckpt_dir / storage.safe_relpath(rel, str(ckpt_dir / INFO_FILE)))
+            != recorded[rel]
+        ):
+            what = "differs from the sha256 recorded in tinywave.json when saved"
+        else:
+            continue
+        raise CheckpointIntegrityError(
+            f"{ckpt_dir}: {rel} {what}; the checkpoint is damaged or was edited: copy or save it "
+            "again (--no-verify loads it regardless)"
+        )
+
+
+class NonFiniteParamsError(ConversionError):
+    """Parameters to save hold NaN or infinity (a diverged run, a damaged source): refused, so
+    that no later command takes them for a model."""
+
+
+def check_finite_params(params: dict, where: str) -> None:
+    """Raises NonFiniteParamsError naming the first parameter with a NaN or infinite value."""
+    import jax
+    import jax.numpy as jnp
+
+    for path, leaf in flatten(params).items():
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            continue
+        if isinstance(leaf, jax.Array):
+            ok = bool(jnp.all(jnp.isfinite(leaf)))
+        else:  # in slices: a bfloat16 tensor is checked without a float32 copy of all of it
+            flat = np.asarray(leaf).reshape(-1)
+            step = 1 << 24
+            ok = all(
+                np.isfinite(flat[i : i + step].astype(np.float32)).all()
+                for i in range(0, flat.size, step)
+            )
+        if not ok:
+            raise NonFiniteParamsError(
+                f"{where}: parameter {'/'.join(path)} holds NaN or infinite values; nothing "
+                "was written"
+            )
 
 
 def copy_tokenizer_files(src_dir: str | Path | None, dst_dir: Path) -> list[str]:
@@ -215,6 +289,7 @@ def save_model(
 
     out_dir = storage.path(out_dir)
     check_params(params, config, where=f"saving {out_dir}")
+    check_finite_params(params, f"saving {out_dir}")
     primary = is_primary_process()  # several processes: all write params, process 0 the rest
     with atomic_output_dir(out_dir, overwrite, sources) as tmp:
         ckptr = _params_checkpointer()
@@ -238,6 +313,7 @@ def save_model(
         if primary:
             # orbax's save returned once every process's shards are final
             info[HASHES_KEY], info[SIZES_KEY] = hash_params(tmp / "params")
+            info[FILES_KEY] = {rel: _sha256(tmp / rel) for rel in _other_files(tmp)}
             (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 
@@ -377,9 +453,9 @@ def load_model(
 
     ckpt_dir = storage.path(ckpt_dir)
     info = load_model_info(ckpt_dir)
+    verified = verify_params(ckpt_dir, info) if verify else None
     config = load_model_config(ckpt_dir)
     params_dir = _absolute(ckpt_dir / "params")
-    verified = verify_params(ckpt_dir, info) if verify else None
     stored = _stored_params(ckpt_dir, params_dir, verified)
     expected = flatten(param_shapes(config))
     if shardings is None and not as_numpy:

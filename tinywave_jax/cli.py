@@ -48,6 +48,48 @@ def main(argv: list[str] | None = None) -> int:
     except TinywaveError as e:
         print(f"tinywave {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (training saves on the first): no traceback
+        print(f"tinywave {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from .storage import storage_failure
+
+        named = disk_full(e) or storage_failure(e)
+        if named is None:
+            raise
+        if "tinywave_jax.checkpoint" in sys.modules:  # orbax's abandoned writes report at exit
+            sys.modules["tinywave_jax.checkpoint"]._quiet_orbax_aftermath()
+        print(f"tinywave {args.command}: error: {named}", file=sys.stderr)
+        return 2
+
+
+# errno values of a full disk, a quota or the file-size limit (ENOSPC, EDQUOT, EFBIG), and how
+# tensorstore (orbax's writer) reports them inside a ValueError
+_FULL = {28: "no space left on the device", 122: "disk quota exceeded", 27: "file too large"}
+
+
+def disk_full(e: BaseException) -> str | None:
+    """A one-line message when `e` (or what caused it) is a write that ran out of disk space,
+    quota or file-size limit; None for anything else."""
+    import re
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code, where = getattr(e, "errno", None), getattr(e, "filename", None)
+        if code not in _FULL:
+            m = re.search(r"os_error_code='(\d+)'", str(e))
+            code = int(m.group(1)) if m else None
+            w = re.search(r'Failed writing: "([^"]+)"', str(e))
+            where = w.group(1) if w else where
+        if code in _FULL:
+            return (
+                f"{_FULL[code]} while writing {where or 'a file'}: free space there (or write "
+                "elsewhere) and rerun; outputs are written aside and renamed into place, so "
+                "nothing that was complete was replaced"
+            )
+        e = e.__cause__ or e.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ an unknown key, a value of the wrong type, or a choice outside a `Literal`. A da
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,23 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml's safe loader, reading numbers as people write them: YAML 1.1 (PyYAML) needs a dot
+    in a float, so `3e-4` and `1e4` would be strings; YAML 1.2 and Python read them as floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load with numbers such as `3e-4` and `1e4` read as floats (_Loader)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _type_name(tp: Any) -> str:
@@ -74,6 +92,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
         return value
     if tp is int:
+        if isinstance(value, float) and value.is_integer():  # 1e4 steps
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
@@ -163,7 +183,7 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
         cycle = [str(p) for p in _chain[_chain.index(key) :]] + [str(key)]
         raise ConfigError(f"config base: files form a cycle: {' -> '.join(cycle)}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_error(e)}") from None
     except UnicodeDecodeError as e:
@@ -196,7 +216,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {p} is not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            node[parts[-1]] = load_yaml(raw)
         except yaml.YAMLError as e:
             raise ConfigError(
                 f"override {item!r}: the value is not valid YAML: {_yaml_error(e, len(key) + 1)}"

@@ -19,6 +19,7 @@ top-p 0.95, no top-k.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -267,6 +268,12 @@ def _run(args) -> int:
     from .data.layout import load_tokenizer
     from .eval.sequences import resolve_layout
 
+    if args.out:
+        from .outputs import check_output_files
+
+        inputs = [args.ckpt, args.prompts, args.tokenizer, args.extractor]
+        inputs += list(args.prompt_audio or ())
+        check_output_files([args.out], inputs, "--out")
     params, config = _load_model(args.ckpt, args.dtype, verify=not args.no_verify)
     layout = resolve_layout(args.layout, config.vocab_size)
     tok_dir = args.tokenizer or (Path(args.ckpt) / "tokenizer")
@@ -307,7 +314,17 @@ def _run(args) -> int:
     }
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     if args.out:
-        Path(args.out).write_text(text)
+        from . import storage
+
+        if storage.is_remote(args.out):  # one object write: whole or not at all
+            storage.path(args.out).write_text(text)
+        else:  # a temporary sibling renamed into place: a kill never leaves half a file
+            tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp-{os.getpid()}")
+            try:
+                tmp.write_text(text)
+                os.replace(tmp, args.out)
+            finally:
+                tmp.unlink(missing_ok=True)
         print(f"generate: wrote {len(outputs)} continuations to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -36,6 +36,9 @@ STALE_AFTER_S = 24 * 3600
 # On object storage: the object written last into a committed folder (and into a complete copy set
 # aside while a folder is replaced). A folder without it is mid-commit or mid-removal.
 COMMIT_MARKER = ".tinywave-complete"
+# copied last, in this order: a reader's own completeness marker (TFDS: a corpus version folder
+# counts once dataset_info.json is there), then ours
+_LAST = ("dataset_info.json", COMMIT_MARKER)
 
 
 def _shown(path: str | Path) -> str:
@@ -54,12 +57,16 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def check_not_an_input(out_dir: str | Path, sources: Iterable[str | Path]) -> None:
-    """Raises ConfigError when `out_dir` is one of `sources`, contains one, or lies inside one
-    (symlinks resolved): writing it, or replacing it with --overwrite, would delete or alter
-    that input."""
-    if storage.is_remote(out_dir) or any(storage.is_remote(s) for s in sources if s is not None):
-        return _check_not_an_input_remote(out_dir, sources)
+def check_not_an_input(
+    out_dir: str | Path, sources: Iterable[str | Path], what: str = "output folder"
+) -> None:
+    """Raises ConfigError when `out_dir` (a folder or file to write) is one of `sources`,
+    contains one, or lies inside one (symlinks resolved): writing it, or replacing it with
+    --overwrite, would delete or alter that input (a checkpoint's files, the command's own
+    input file)."""
+    sources = [s for s in sources if s is not None]
+    if storage.is_remote(out_dir) or any(storage.is_remote(s) for s in sources):
+        return _check_not_an_input_remote(out_dir, sources, what)
     out_real = Path(os.path.realpath(out_dir))
     for src in sources:
         if src is None:
@@ -74,12 +81,21 @@ def check_not_an_input(out_dir: str | Path, sources: Iterable[str | Path]) -> No
         else:
             continue
         raise ConfigError(
-            f"output folder {_shown(out_dir)} {relation} {_shown(src)}: writing it would "
-            "replace or alter that input; choose an output folder outside it"
+            f"{what} {_shown(out_dir)} {relation} {_shown(src)}: writing it would "
+            f"replace or alter that input; choose an {what} outside it"
         )
 
 
-def _check_not_an_input_remote(out_dir, sources) -> None:
+def check_output_files(
+    files: Iterable[str | Path], sources: Iterable[str | Path], what: str = "output file"
+) -> None:
+    """check_not_an_input for each file a command writes (score OUT, generate --out, eval's
+    files in --out): none may be, or lie inside, an input (a checkpoint folder, an input file)."""
+    for f in files:
+        check_not_an_input(f, sources, what)
+
+
+def _check_not_an_input_remote(out_dir, sources, what: str = "output folder") -> None:
     """check_not_an_input when a path is remote: object keys have no links, so the comparison is
     of the normalised names (a local path never equals a remote one)."""
 
@@ -101,8 +117,8 @@ def _check_not_an_input_remote(out_dir, sources) -> None:
         else:
             continue
         raise ConfigError(
-            f"output folder {out_dir} {relation} {src}: writing it would "
-            "replace or alter that input; choose an output folder outside it"
+            f"{what} {out_dir} {relation} {src}: writing it would "
+            f"replace or alter that input; choose an {what} outside it"
         )
 
 
@@ -113,6 +129,19 @@ def check_output_dir(
     unless it is apart from every input folder or file in `sources` (ConfigError, even with
     `overwrite`)."""
     check_not_an_input(out_dir, sources)
+    if storage.is_remote(out_dir):
+        storage.check_scheme(out_dir)
+        if "/" not in str(out_dir).split("://", 1)[1].strip("/"):
+            raise ConfigError(
+                f"output folder {out_dir}: a bucket root cannot be replaced as a folder; name a "
+                f"folder inside it ({str(out_dir).rstrip('/')}/NAME)"
+            )
+        # credentials, bucket and write access before the long work, not at the save
+        storage.check_gcs(storage.path(out_dir).parent, write=True, what="output folder in")
+    if is_primary_process():
+        # a write killed earlier is rolled back or completed first: the folder judged below is
+        # a complete one, never a partial copy (without --overwrite too)
+        clean_stale_siblings(out_dir)
     out_dir = storage.path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir} exists and is not a folder")
@@ -322,9 +351,9 @@ def _commit_remote(tmp, out_dir, tag: str) -> None:
         old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
         if not _complete(out_dir):  # written by another tool: mark it, so that its copy counts
             storage.fs(out_dir).pipe_file(str(out_dir / COMMIT_MARKER), b"")
-        storage.copy_tree(out_dir, old, last=(COMMIT_MARKER,))
+        storage.copy_tree(out_dir, old, last=_LAST)
         _remove_remote(out_dir)
-    storage.copy_tree(tmp, out_dir, last=(COMMIT_MARKER,))
+    storage.copy_tree(tmp, out_dir, last=_LAST)
     storage.rmtree(tmp)
     if old is not None:
         _remove_remote(old)
@@ -393,12 +422,12 @@ def _clean_remote(out_dir, log) -> list:
             continue
         if m["kind"] == "old" and _complete(p) and not _complete(out_dir):
             _remove_remote(out_dir)
-            storage.copy_tree(p, out_dir, last=(COMMIT_MARKER,))
+            storage.copy_tree(p, out_dir, last=_LAST)
             log(f"restored {out_dir} from {p.name}, left by an interrupted replacement ({why})")
         elif m["kind"] == "tmp" and _complete(p) and _partial_copy_of(out_dir, p):
             # killed while copying a finished folder into place: finish the copy (the old
             # folder, if any, was already removed; a leftover .old copy is dropped next)
-            storage.copy_tree(p, out_dir, last=(COMMIT_MARKER,))
+            storage.copy_tree(p, out_dir, last=_LAST)
             log(f"completed {out_dir} from {p.name}, left by an interrupted commit ({why})")
         else:
             log(f"removed stale temporary folder {p} ({why})")

@@ -55,8 +55,10 @@ def check_ids(
                 f"{what} {i}: {len(s)} tokens, longer than the model's "
                 f"max_position_embeddings ({max_len})"
             )
+        # JSON's true/false would pass as 1/0 inside a list of numbers
+        boolean = isinstance(s, (list, tuple)) and any(isinstance(x, bool) for x in s)
         arr = np.asarray(s)
-        if not np.issubdtype(arr.dtype, np.integer):
+        if boolean or not np.issubdtype(arr.dtype, np.integer):
             raise InputError(f"{what} {i}: ids must be integers")
         bad = arr[(arr < 0) | (arr >= vocab_size)]
         if bad.size:
@@ -266,6 +268,8 @@ def read_jsonl(path: str | Path, key: str = "ids") -> list[dict]:
         if not isinstance(rec.get(key), list):
             raise InputError(f"{where}: expected an object with a list {key!r}")
         records.append(rec)
+    if not records:
+        raise InputError(f"{path}: holds no records (every line is blank)")
     return records
 
 
@@ -287,8 +291,9 @@ def score_file(
 
     from . import storage
     from .checkpoint import load_model, load_model_config
-    from .outputs import is_primary_process
+    from .outputs import check_output_files, is_primary_process
 
+    check_output_files([out_path], [ckpt_dir, in_path], "score OUT")
     # gs:// paths are checked (credentials, bucket, write access) before the long load and scoring
     storage.check_gcs(ckpt_dir, what="model checkpoint")
     storage.check_gcs(storage.path(out_path).parent, write=True, what="output file in")
@@ -340,7 +345,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("input", help="input .jsonl")
     p.add_argument(
-        "output", help="output .jsonl (written atomically; by process 0 of a multi-process run)"
+        "output",
+        help="output .jsonl (written atomically; by process 0 of a multi-process run); never "
+        "the input file or a path inside the checkpoint",
     )
     add_mesh_flags(p)
     p.add_argument(

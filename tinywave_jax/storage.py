@@ -36,6 +36,32 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 AnyPath = Union[str, os.PathLike]
 
 
+class UnsafeNameError(TinywaveError, ValueError):
+    """A name read from outside (an object listing, an index or manifest) that would not stay
+    inside the folder it is joined to: absolute, or with an empty, '.' or '..' part."""
+
+
+def safe_relpath(rel: str, where: str) -> str:
+    """`rel` (a '/'-separated name from a listing, index or manifest) if joining it to a folder
+    stays inside that folder; else UnsafeNameError naming `where` (the listing or file) and the
+    name. Every name from outside passes here before it becomes a local path: an object
+    `prefix/../../x` in a bucket must not write `x` anywhere on this disk."""
+    parts = rel.split("/")
+    if (
+        not rel
+        or "\x00" in rel
+        or rel.startswith("/")
+        or any(part in ("", ".", "..") for part in parts)
+        or re.match(r"^[A-Za-z]:", rel)
+    ):
+        raise UnsafeNameError(
+            f"{where}: the name {rel!r} would lead outside its folder (an absolute path or an "
+            "empty, '.' or '..' part); refusing to use it as a local path (remove or rename "
+            "that object or entry)"
+        )
+    return rel
+
+
 class StorageAccessError(TinywaveError, PermissionError):
     """An object-storage path that cannot be reached: no credentials, no such bucket, no write
     access; the message names the bucket and the setting to fix."""
@@ -48,11 +74,31 @@ def is_remote(p: AnyPath | None) -> bool:
     )
 
 
+SCHEMES = ("gs",)  # the object stores the package supports (tested against a GCS endpoint)
+
+
+class UnsupportedSchemeError(TinywaveError, ValueError):
+    """A `scheme://` path other than gs:// (s3://, file://, memory://, ...)."""
+
+
+def check_scheme(p: AnyPath) -> None:
+    """Raises UnsupportedSchemeError, one line, for a `scheme://` path whose scheme is not in
+    SCHEMES (a library ImportError or KeyError otherwise, deep in a command)."""
+    m = _SCHEME.match(os.fspath(p) if not isinstance(p, str) else p)
+    if m is not None and m.group(1) not in SCHEMES:
+        hint = " (write a local path without file://)" if m.group(1) == "file" else ""
+        raise UnsupportedSchemeError(
+            f"{p}: {m.group(1)}:// paths are not supported; use a local path or gs://BUCKET/..."
+            + hint
+        )
+
+
 def path(p: AnyPath):
     """`p` as a path object: etils.epath.Path for `scheme://` paths, pathlib.Path otherwise."""
     if is_remote(p):
         from etils import epath
 
+        check_scheme(p)
         _configure_gcsfs()
         return epath.Path(str(p))
     return Path(p)
@@ -82,19 +128,36 @@ def _configure_gcsfs() -> None:
 
         for proto in ("gs", "gcs"):
             fsspec.config.conf.setdefault(proto, {}).setdefault("use_listings_cache", False)
+        import logging
+
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             # gcsfs asks the real control API for each bucket's type and warns on every
             # request when an emulator (without credentials) cannot answer
-            import logging
-
             logging.getLogger("gcsfs").setLevel(logging.ERROR)
+        # gcsfs logs each retried request (with its traceback) at ERROR before the named error
+        # it ends in: those are debug detail, shown only when asked for
+        logging.getLogger("gcsfs").addFilter(_RetryLogsAtDebug())
         _CONFIGURED = True
+
+
+class _RetryLogsAtDebug:
+    """A logging filter: gcsfs's records become DEBUG records, dropped unless debug logging is
+    on (the root logger at DEBUG, or TINYWAVE_STORAGE_DEBUG=1)."""
+
+    def filter(self, record) -> bool:
+        import logging
+
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return bool(os.environ.get("TINYWAVE_STORAGE_DEBUG")) or logging.getLogger().isEnabledFor(
+            logging.DEBUG
+        )
 
 
 def fs(p: AnyPath):
     """The fsspec filesystem behind a remote path (gcsfs for gs://)."""
     import fsspec
 
+    check_scheme(p)
     _configure_gcsfs()
     proto = _SCHEME.match(str(p)).group(1)
     return fsspec.filesystem("gcs" if proto == "gs" else proto)
@@ -123,13 +186,42 @@ def _credentials_problem() -> str | None:
 
 
 _CHECKED: set[tuple[str, bool]] = set()
+# how long the start-up check waits for a connection to each endpoint (gcsfs would retry a
+# refused or silent endpoint for about 30 s before its error)
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _endpoints() -> list[tuple[str, str]]:
+    """(URL, what to check) of every endpoint a gs:// run will use: gcsfs's and tensorstore's."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+        ts = os.environ.get("TENSORSTORE_GCS_HTTP_URL") or emulator
+        out = [(emulator, "STORAGE_EMULATOR_HOST"), (ts, "TENSORSTORE_GCS_HTTP_URL")]
+        return out if ts != emulator else out[:1]
+    return [("https://storage.googleapis.com", "the network (a proxy, a firewall)")]
+
+
+def _unreachable(url: str) -> str | None:
+    """Why no TCP connection to `url` opens within CONNECT_TIMEOUT_S, or None."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> None:
     """For a gs:// `p`: fails (StorageAccessError, one line naming the bucket and the setting to
     fix) when no credentials are found, the bucket does not exist, or (`write`) an object cannot
     be written and deleted under `p`. Local paths and other schemes pass untouched."""
-    if p is None or not str(p).startswith("gs://"):
+    if p is None:
+        return
+    check_scheme(p)
+    if not str(p).startswith("gs://"):
         return
     key = (str(p), write)
     if key in _CHECKED:
@@ -143,6 +235,16 @@ def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> Non
     name = bucket(p)
     if not name:
         raise StorageAccessError(f"{what} {p}: names no bucket (gs://BUCKET/...)")
+    emulators = {
+        k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")
+    }
+    if bool(emulators["STORAGE_EMULATOR_HOST"]) != bool(emulators["TENSORSTORE_GCS_HTTP_URL"]):
+        have, lack = sorted(emulators, key=lambda k: not emulators[k])
+        raise StorageAccessError(
+            f"{what} {p}: {have} is set but {lack} is not: gcsfs and tensorstore (orbax's "
+            "array reads and writes) would reach different endpoints (one of them the real GCS, "
+            "where it waits for credentials); set both to the emulator's URL, or neither"
+        )
     problem = _credentials_problem()
     if problem is not None:
         raise StorageAccessError(
@@ -151,6 +253,12 @@ def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> Non
             "application-default login` (STORAGE_EMULATOR_HOST and TENSORSTORE_GCS_HTTP_URL "
             "select an emulator instead)"
         )
+    for url, setting in _endpoints():  # at once, not after gcsfs's retries
+        problem = _unreachable(url)
+        if problem is not None:
+            raise StorageAccessError(
+                f"{what} {p}: cannot reach {url}: {problem}; check {setting} and rerun"
+            )
     gcs = fs(p)
     try:
         found = gcs.exists(name)
@@ -182,14 +290,31 @@ def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> Non
     _CHECKED.add(key)
 
 
+# what identifies an object's content (gcsfs's names for GCS's fields): a cached copy is valid only
+# while these match; the size alone does not tell a rewritten object of equal size (ArrayRecord
+# files are padded to equal sizes) from the old one
+_IDENTITY = ("generation", "crc32c", "md5Hash", "etag", "size")
+
+
+def _listing(gcs, base: str, where: str) -> dict[str, dict]:
+    """{relative name: content identity} of every object under the remote folder `base`, each
+    name checked by safe_relpath (folder placeholders, names ending in '/', are not files)."""
+    stripped = _SCHEME.sub("", base, count=1)
+    out = {}
+    for name, info in gcs.find(base, detail=True).items():
+        if not name.startswith(stripped + "/") or name.endswith("/"):
+            continue
+        rel = safe_relpath(name[len(stripped) + 1 :], f"{where} (object listing)")
+        out[rel] = {k: str(info[k]) for k in _IDENTITY if info.get(k) is not None}
+    return out
+
+
 def rel_files(root: AnyPath) -> list[str]:
     """Every file under `root` (local or remote), as sorted '/'-separated relative paths."""
     if is_remote(root):
         base = str(root).rstrip("/")
         gcs = fs(root)
-        stripped = _SCHEME.sub("", base, count=1)
-        found = gcs.find(base)
-        return sorted(f[len(stripped) + 1 :] for f in found if f.startswith(stripped + "/"))
+        return sorted(_listing(gcs, base, str(root)))
     out = []
     root = Path(root)
     for r, dirs, files in os.walk(root):
@@ -246,11 +371,49 @@ def size(p) -> int:
 MIRROR_MANIFEST = ".tinywave-mirror.json"
 
 
+def temp_tag() -> str:
+    """HOST-PID-RANDOM: whoever finds a temporary folder later can tell whether its writer is
+    alive (same host: ask for the pid)."""
+    host = re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname())[:63] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_dead_temps(folder: Path, prefix: str) -> list[Path]:
+    """Removes the local temporary folders `folder/PREFIX{HOST-PID-RANDOM}` whose writer, a
+    process on this host, is gone (a killed download or build leaves hundreds of MB that nothing
+    else removes); returns them. Live writers' and other hosts' folders are left alone."""
+    host = re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname())[:63] or "host"
+    pattern = re.compile(re.escape(prefix + host) + r"-(\d+)-[0-9a-f]{8}(?:-.*)?")
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # alive (or cannot tell)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        import shutil
+
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
 def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
     """A local copy of the remote folder `remote`, for readers that need local files (ArrayRecord
     corpora are read by a C++ reader that opens local paths only). Downloaded once per host into
     TINYWAVE_CACHE_DIR (default TMPDIR/tinywave-cache)/SCHEME/BUCKET/KEY and reused while every
-    object's name and size still match the remote listing (recorded in MIRROR_MANIFEST); the copy
+    object's name and content identity (generation, crc32c, md5, etag, size: _IDENTITY) still
+    match the remote listing (recorded in MIRROR_MANIFEST); every name is checked (safe_relpath)
+    before it becomes a local path; the copy
     is made in a temporary sibling and renamed into place, so a killed download is never used."""
     import json
     import shutil
@@ -260,11 +423,7 @@ def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
     base = str(remote).rstrip("/")
     gcs = fs(base)
     stripped = _SCHEME.sub("", base, count=1)
-    listing = {
-        name[len(stripped) + 1 :]: int(info["size"])
-        for name, info in gcs.find(base, detail=True).items()
-        if name.startswith(stripped + "/")
-    }
+    listing = _listing(gcs, base, str(remote))
     if not listing:
         from .errors import MissingInputError
 
@@ -278,7 +437,8 @@ def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
     except (OSError, ValueError):
         pass
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    remove_dead_temps(dest.parent, f".{dest.name}.tmp-")
+    tmp = dest.with_name(f".{dest.name}.tmp-{temp_tag()}")
     try:
         for rel in sorted(listing):
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -293,3 +453,25 @@ def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+# libraries whose errors mean an object-storage request failed (after gcsfs's own retries)
+_STORAGE_LIBS = ("aiohttp", "gcsfs", "google.auth", "google.api_core", "google.cloud")
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """A one-line message when `e` (or what caused it) is an object-storage request that failed
+    in the middle of a command (the bucket became unreachable, credentials expired): the start-up
+    check (check_gcs) had passed. None for anything else."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__module__.startswith(_STORAGE_LIBS) or type(e).__name__ == "FSTimeoutError":
+            return (
+                f"an object-storage request failed: {type(e).__name__}: {_first_line(e)}; check "
+                "the network, the bucket and the credentials (GOOGLE_APPLICATION_CREDENTIALS, or "
+                "STORAGE_EMULATOR_HOST / TENSORSTORE_GCS_HTTP_URL for an emulator) and rerun "
+                "(runs: with --resume)"
+            )
+        e = e.__cause__ or e.__context__
+    return None

@@ -551,7 +551,9 @@ def export_gguf(
         return write(out)
     # a bucket: written locally, then one object upload, which GCS makes visible whole or not
     # at all (an existing object is replaced only by the complete new one)
-    with tempfile.TemporaryDirectory(prefix="tinywave-gguf-") as tmp:
+    prefix = "tinywave-gguf-"  # a killed export's local file is removed by the next one
+    storage.remove_dead_temps(Path(tempfile.gettempdir()), prefix)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{storage.temp_tag()}-") as tmp:
         result = write(Path(tmp) / _name_of(out))
         _check_remote_output(out, overwrite)  # someone may have written there meanwhile
         storage.fs(out).put_file(str(result.path), str(out))

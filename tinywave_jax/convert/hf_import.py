@@ -227,7 +227,9 @@ def import_hf(
     check_output_dir(out_dir, overwrite, sources=[hf_dir])  # fail before the long conversion
     if storage.is_remote(source):
         # safetensors are memory-mapped: a gs:// folder is read from a local copy (in TMPDIR)
-        with tempfile.TemporaryDirectory(prefix="tinywave-import-hf-") as local:
+        prefix = "tinywave-import-hf-"  # a killed import's copy is removed by the next one
+        storage.remove_dead_temps(Path(tempfile.gettempdir()), prefix)
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}{storage.temp_tag()}-") as local:
             storage.copy_tree(source, local)
             return _import(Path(local), str(source), out_dir, dtype, overwrite, progress, source)
     return _import(source, str(source.resolve()), out_dir, dtype, overwrite, progress, source)

@@ -3,7 +3,9 @@
 Two stages:
   1. staging: the inputs (corpus_inputs) are cut into fixed shards of utterances; worker
      processes turn each shard into records (`units_record`, or `corpus_audio.audio_record` with
-     an extractor) and write `_staging/shard-NNNNN.pkl` atomically. A rerun skips shards whose
+     an extractor) and write `_staging/shard-NNNNN.npz` atomically (numpy arrays and one JSON
+     entry, read with allow_pickle=False: the staging folder may be shared by several hosts, so
+     nothing in it is unpickled). A rerun skips shards whose
      file exists (the plan, i.e. inputs and shard size, must be unchanged).
   2. TFDS: `TinywaveCorpus` (a GeneratorBasedBuilder, file_format="array_record", no
      TensorFlow) reads the staged shards and writes `<out>/tinywave_corpus/1.0.0/`, readable with
@@ -25,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import re
 import time
 import uuid
@@ -77,19 +78,75 @@ def _stage_shard(job) -> tuple[int, int]:
             if opts["strict"]:
                 raise
             skipped.append((item.where, str(e)))
-    _write_atomic(
-        storage.path(out) / f"shard-{shard:05d}.pkl",
-        pickle.dumps({"records": records, "skipped": skipped}),
-    )
+    _write_atomic(storage.path(out) / shard_name(shard), _encode_shard(records, skipped))
     return len(records), len(skipped)
 
 
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.npz"
+
+
+_ARRAYS = tuple(f"{s}{t}" for s in STREAMS for t in ("", "_times"))
+
+
+def _encode_shard(records: list[dict], skipped: list) -> bytes:
+    """A staged shard as .npz bytes: each record's arrays as `R.FIELD`, everything else (ids,
+    words, skips) in one JSON entry `meta`; no pickled object anywhere."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    meta = {
+        "records": [{k: v for k, v in r.items() if k not in _ARRAYS} for r in records],
+        "skipped": [list(x) for x in skipped],
+    }
+    arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    arrays.update({f"{i}.{k}": np.asarray(r[k]) for i, r in enumerate(records) for k in _ARRAYS})
+    buf = io.BytesIO()
+    # np.savez's layout, with a fixed timestamp: equal shards are equal bytes on every host
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, a in arrays.items():
+            with z.open(zipfile.ZipInfo(name + ".npy", (1980, 1, 1, 0, 0, 0)), "w") as f:
+                np.lib.format.write_array(f, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_shard(f) -> dict:
+    """{"records", "skipped"} of a staged shard file; CorpusError naming the file when it is
+    truncated, damaged or not a staged shard (allow_pickle=False: a planted pickle is refused,
+    never run)."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(io.BytesIO(storage.path(f).read_bytes()), allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]))
+            records = []
+            for i, r in enumerate(meta["records"]):
+                rec = dict(r)
+                for k in _ARRAYS:
+                    rec[k] = z[f"{i}.{k}"]
+                if rec["words"] is not None:
+                    rec["words"] = [tuple(w) for w in rec["words"]]
+                records.append(rec)
+            skipped = [tuple(x) for x in meta["skipped"]]
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise CorpusError(
+            f"{f}: not a readable staged shard ({type(e).__name__}: {str(e)[:200]}); it is "
+            "truncated or damaged: delete it and rerun the `corpus build` that staged it "
+            "(only the missing shards are redone)"
+        ) from None
+    return {"records": records, "skipped": skipped}
+
+
 def _staged_records(staging: Path, split: str | None = None):
-    for f in sorted(staging.glob("shard-*.pkl")):
-        with open(f, "rb") as fh:
-            for rec in pickle.load(fh)["records"]:
-                if split is None or rec["split"] == split:
-                    yield rec
+    for f in sorted(staging.glob("shard-*.npz")):
+        for rec in read_shard(f)["records"]:
+            if split is None or rec["split"] == split:
+                yield rec
 
 
 # ---------------------------------------------------------------- TFDS builder
@@ -267,8 +324,8 @@ def build_corpus(
         for k, a in enumerate(range(0, len(items), shard_size))
     ]
     mine = [s for s in shards if s[0] % num_hosts == host_index]
-    staged = _names(staging, "shard-*.pkl")
-    todo = [s for s in mine if f"shard-{s[0]:05d}.pkl" not in staged]
+    staged = _names(staging, "shard-*.npz")
+    todo = [s for s in mine if shard_name(s[0]) not in staged]
     share = f" (host {host_index} of {num_hosts}: {len(mine)} of them)" if num_hosts > 1 else ""
     log(
         f"corpus: {len(items)} utterances in {len(shards)} shards{share}; "
@@ -375,20 +432,29 @@ def _finish(out, staging, max_skipped, rebuild: bool) -> dict:
         )
     version_dir = out / NAME / VERSION
     if rebuild or not (version_dir / "dataset_info.json").exists():
-        import shutil
         import tempfile
 
-        if remote:
-            with tempfile.TemporaryDirectory(prefix="tinywave-corpus-") as tmp:
-                _prepare(Path(tmp), staging, present)
-                storage.rmtree(version_dir)
-                storage.copy_tree(
-                    Path(tmp) / NAME / VERSION, version_dir, last=("dataset_info.json",)
-                )
-        else:
-            shutil.rmtree(version_dir, ignore_errors=True)
-            _prepare(out, staging, present)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        from ..outputs import atomic_output_dir
+
+        # written aside (locally: on the same disk, so that it can be renamed), then put in
+        # place as one folder replacing the old one only once complete: a killed re-finalize
+        # leaves the corpus that was there
+        scratch_in = Path(tempfile.gettempdir()) if remote else out
+        storage.remove_dead_temps(scratch_in, ".tinywave-corpus-")  # left by a killed one
+        with (
+            tempfile.TemporaryDirectory(
+                prefix=f".tinywave-corpus-{storage.temp_tag()}-", dir=scratch_in
+            ) as scratch,
+            atomic_output_dir(version_dir, overwrite=True) as tmp,
+        ):
+            _prepare(Path(scratch), staging, present)
+            built = Path(scratch) / NAME / VERSION
+            if remote:
+                storage.copy_tree(built, tmp, last=("dataset_info.json",))
+            else:
+                tmp.rmdir()
+                os.rename(built, tmp)
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
@@ -498,15 +564,15 @@ def finalize_corpus(out, *, max_skipped="shares", log=print) -> dict:
             f"shares {', '.join(odd)} used other per-speaker F0 means than the others "
             f"({staging / 'speaker_f0.json'} changed while they were built); rebuild them"
         )
-    staged = _names(staging, "shard-*.pkl")
+    staged = _names(staging, "shard-*.npz")
     for i in range(n):
         f, s = by_index[i]
         want = list(range(i, s["num_shards"], n))
-        absent = [k for k in want if f"shard-{k:05d}.pkl" not in staged]
+        absent = [k for k in want if shard_name(k) not in staged]
         if s["shards"] != want or absent:
             raise CorpusError(
                 f"share {i} of {n} ({f}) is incomplete: shard(s) "
-                f"{', '.join(f'shard-{k:05d}.pkl' for k in (absent or want))} missing from "
+                f"{', '.join(shard_name(k) for k in (absent or want))} missing from "
                 f"{staging}; rerun its `corpus build ... --host-index {i}`"
             )
     if max_skipped == "shares":
@@ -542,11 +608,11 @@ def summarize(staging: Path, shards=None) -> dict:
     splits: dict = {}
     frames, tokens = Counter(), Counter()
     skipped = []
-    files = sorted(storage.path(staging).glob("shard-*.pkl"), key=str)
+    files = sorted(storage.path(staging).glob("shard-*.npz"), key=str)
     if shards is not None:
         files = [f for f in files if int(f.name[6:11]) in set(shards)]
     for f in files:
-        shard = pickle.loads(f.read_bytes())
+        shard = read_shard(f)
         skipped += shard["skipped"]
         for rec in shard["records"]:
             sp = splits.setdefault(

@@ -23,7 +23,12 @@ def version_dir(corpus_dir) -> Path:
     else:
         base = d / NAME
         versions = (
-            sorted(p for p in base.iterdir() if (p / "dataset_info.json").exists())
+            sorted(
+                p
+                for p in base.iterdir()
+                if not p.name.startswith(".")  # a version folder being written
+                and (p / "dataset_info.json").exists()
+            )
             if base.is_dir()
             else []
         )

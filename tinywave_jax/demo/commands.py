@@ -145,12 +145,30 @@ def _run(args) -> int:
         log=lambda m: print(m, flush=True),
         variant=args.variant,
     )
+    there = outputs_there(args.workdir)
     print(
-        f"demo: finished in {time.time() - t:.0f} s; outputs in {args.workdir} "
-        f"(results.md, results.json, loss_curves.png, attention.png, student_hf/, "
-        f"student.q8_0.gguf)"
+        f"demo: finished in {time.time() - t:.0f} s; outputs in {args.workdir}"
+        + (f" ({', '.join(there)})" if there else "")
     )
     return 0
+
+
+OUTPUTS = (
+    "results.md",
+    "results.json",
+    "loss_curves.png",
+    "attention.png",
+    "student_hf/",
+    "student.q8_0.gguf",
+)
+
+
+def outputs_there(workdir) -> list[str]:
+    """The demo's final outputs (OUTPUTS) that exist in `workdir`: a run of some stages only
+    (`--stages speech`) lists none it did not write."""
+    from pathlib import Path
+
+    return [n for n in OUTPUTS if (Path(workdir) / n.rstrip("/")).exists()]
 
 
 def _run_teacher(args) -> int:

@@ -399,16 +399,17 @@ class Demo(StagedRun):
             for s in (STAGES if stages is None else stages)
             if (s != "ablation" or ablation) and (s != "expressive" or interleaved)
         ]
-        bench = self.done("bench")
-        if bench is not None and (
-            (ablation and not set(ABLATION_ROWS) <= set(bench["rows"]))  # gains ablation rows
-            or Q8 not in bench["rows"]  # a workdir from before the q8_0 GGUF row
-        ):
-            self.record("bench").unlink()
-        export = self.done("export")
-        if export is not None and "gguf" not in export:  # from before the llama.cpp line
-            self.record("export").unlink()
-        return super().run(stages)
+        with self.locked():  # the records below are changed under the workdir's lock too
+            bench = self.done("bench")
+            if bench is not None and (
+                (ablation and not set(ABLATION_ROWS) <= set(bench["rows"]))  # gains ablation rows
+                or Q8 not in bench["rows"]  # a workdir from before the q8_0 GGUF row
+            ):
+                self.record("bench").unlink()
+            export = self.done("export")
+            if export is not None and "gguf" not in export:  # from before the llama.cpp line
+                self.record("export").unlink()
+            return super().run(stages)
 
 
 def run_demo(

@@ -7,6 +7,7 @@ other settings is refused instead of mixing two runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -20,6 +21,37 @@ from .settings import settings_dict
 def _defaults(settings) -> dict:
     """The settings dataclass's field defaults, in settings.json's JSON form."""
     return json.loads(json.dumps(settings_dict(type(settings)())))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A temporary sibling renamed into place: a kill never leaves half a record."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class DamagedRecordError(TinywaveError, ValueError):
+    """A workdir's settings.json or stage record that cannot be read (the message names it)."""
+
+
+def _damaged(path: Path, what: str, why: str) -> DamagedRecordError:
+    return DamagedRecordError(
+        f"{path}: the {what} is damaged ({why}); delete it (the stage runs again) or use another "
+        "--workdir"
+    )
+
+
+def _read_record(path: Path, what: str) -> dict:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _damaged(path, what, f"{type(e).__name__}: {str(e)[:120]}") from None
+    if not isinstance(rec, dict):
+        raise _damaged(path, what, "not a JSON object")
+    return rec
 
 
 class MissingToolError(TinywaveError, RuntimeError):
@@ -43,9 +75,10 @@ class StagedRun:
         self.settings = settings
         self.log = log
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock, self._lock_depth = None, 0
         stamp = self.dir / "settings.json"
         if stamp.exists():
-            saved, mine = json.loads(stamp.read_text()), settings_dict(settings)
+            saved, mine = _read_record(stamp, "settings record"), settings_dict(settings)
             # a setting added after the folder was made ran there at what is now its default
             added = {k: v for k, v in _defaults(settings).items() if k not in saved}
             diff = sorted(
@@ -63,7 +96,30 @@ class StagedRun:
 
     def done(self, stage: str) -> dict | None:
         path = self.record(stage)
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        rec = _read_record(path, f"record of stage {stage}")
+        if not isinstance(rec.get("seconds"), (int, float)):
+            raise _damaged(path, f"record of stage {stage}", "it has no 'seconds'")
+        return rec
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Holds WORKDIR/.lock (train/run_lock.py: one process at a time; a lock left by a killed
+        run is replaced) for the block; nestable within one StagedRun."""
+        from ..train.run_lock import RunLock
+
+        if self._lock_depth == 0:
+            self._lock = RunLock(self.dir)
+            self._lock.acquire()
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                self._lock.release()
+                self._lock = None
 
     def preflight(self, stages) -> None:
         """Fails before any work when something a pending stage needs is missing."""
@@ -88,6 +144,10 @@ class StagedRun:
         """Hook: inputs a pending stage needs, checked before any stage runs."""
 
     def run(self, stages=None) -> dict:
+        with self.locked():  # two runs in one workdir would run the same stage at once
+            return self._run(stages)
+
+    def _run(self, stages=None) -> dict:
         stages = self.STAGES if stages is None else stages
         for k, stage in enumerate(self.STAGES):
             if stage in stages:
@@ -104,7 +164,9 @@ class StagedRun:
         self.preflight(stages)
         self.check(stages)
         # pinned only once the inputs passed their checks: a refused run leaves no stamp behind
-        (self.dir / "settings.json").write_text(json.dumps(settings_dict(self.settings), indent=1))
+        _write_atomic(
+            self.dir / "settings.json", json.dumps(settings_dict(self.settings), indent=1)
+        )
         t0 = time.time()
         out = {}
         n = len(self.STAGES)
@@ -125,7 +187,7 @@ class StagedRun:
                     **info,
                 }
                 self.record(stage).parent.mkdir(parents=True, exist_ok=True)
-                self.record(stage).write_text(json.dumps(rec, indent=1))
+                _write_atomic(self.record(stage), json.dumps(rec, indent=1))
                 self.log(f"[{k}/{n}] {stage}: done in {rec['seconds']:.0f} s")
             out[stage] = rec
         out["wall_seconds"] = round(time.time() - t0, 1)

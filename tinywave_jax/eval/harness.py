@@ -221,6 +221,21 @@ def evaluate(
         raise MissingInputError(f"--extractor: units folder not found: {extractor}")
     if layout is not None:
         resolve_layout(layout, config.vocab_size)
+    if out is not None:
+        from ..outputs import check_output_files
+
+        check_output_files(
+            [storage.path(out) / name for name in OUT_FILES],
+            [
+                ckpt,
+                compare,
+                data,
+                extractor,
+                tokenizer,
+                layout if layout and Path(layout).exists() else None,
+            ],
+            "--out file",
+        )
     storage.check_gcs(out, write=True, what="--out")
     if out is not None and storage.path(out).exists() and not storage.path(out).is_dir():
         raise OutputExistsError(f"--out {out}: exists and is not a folder")

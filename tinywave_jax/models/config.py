@@ -29,6 +29,37 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192  # llama3 only
 
 
+def _check_rope_agrees(hf: dict, where: str) -> None:
+    """A config.json may state RoPE twice (transformers 4.x `rope_theta` / `rope_scaling`, 5.x
+    `rope_parameters`); where both are given they must agree: one of them is read, and ignoring
+    the other without a word would change the model's positions silently."""
+    params, scaling = hf.get("rope_parameters"), hf.get("rope_scaling")
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError(f"{where}: rope_parameters must be a mapping, got {params!r}")
+    if scaling is not None and not isinstance(scaling, dict):
+        raise ConfigError(f"{where}: rope_scaling must be a mapping, got {scaling!r}")
+    params = params or {}
+    if "rope_theta" in params and hf.get("rope_theta") is not None:
+        if float(params["rope_theta"]) != float(hf["rope_theta"]):
+            raise ConfigError(
+                f"{where}: rope_parameters.rope_theta {params['rope_theta']} and rope_theta "
+                f"{hf['rope_theta']} disagree; keep one of them (or make them equal)"
+            )
+    if params and scaling:
+
+        def norm(r: dict) -> dict:
+            r = dict(r)
+            r.pop("rope_theta", None)
+            kind = r.pop("rope_type", r.pop("type", "default"))
+            return {"rope_type": kind, **r} if kind != "default" else {"rope_type": kind}
+
+        if norm(params) != norm(scaling):
+            raise ConfigError(
+                f"{where}: rope_parameters {json.dumps(params)} and rope_scaling "
+                f"{json.dumps(scaling)} disagree; keep one of them (or make them equal)"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
     """A Llama-family decoder. Defaults are SpiritLM-Base-7B (Llama-2-7B shape, vocab 32512)."""
@@ -135,6 +166,7 @@ class LlamaConfig:
             if isinstance(v, list):  # several eos ids: keep the first, it is only a default
                 v = v[0] if v else None
             kw[k] = v
+        _check_rope_agrees(hf, where)
         rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
         theta = rope.pop("rope_theta", None) or hf.get("rope_theta", 10000.0)
         kw["rope_theta"] = float(theta)

@@ -35,7 +35,9 @@ train.throttle_s, train.peak_flops_per_device and mesh; --allow-config-change KE
 accepts other changed keys on purpose (a key covers the keys under it, e.g. optimizer).
 
 exit codes: 0 finished (RUN_DIR/final/ written); 2 a config, input or run-folder error (one line
-naming what to fix); 143 stopped by SIGTERM after saving a checkpoint (continue with --resume).
+naming what to fix); 143 stopped by SIGTERM after saving a checkpoint (continue with --resume);
+130 the same for Ctrl-C (SIGINT; a second Ctrl-C stops at once, without saving); a non-finite
+loss or gradient stops the run with exit 2 naming the step, saving nothing of it.
 In a multi-process run, SIGTERM to any one process stops all of them after the same step, which
 all save; all exit 143.
 """
@@ -137,7 +139,9 @@ def _run(kind: str, args) -> int:
         allow_config_change=tuple(args.allow_config_change),
     )
     if out["stopped"]:
-        print(f"stopped at step {out['step']} by SIGTERM; continue with --resume")
-        return 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+        sig = out.get("signal") or "SIGTERM"
+        print(f"stopped at step {out['step']} by {sig}; continue with --resume")
+        # 128 + the signal's number, as a shell reports a process that signal ended
+        return 130 if sig == "SIGINT" else 143
     print(f"final student: {out['final_dir']}")
     return 0

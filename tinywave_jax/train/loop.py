@@ -8,8 +8,10 @@ Run folder (`run_dir`):
     final/            the trained student as a tinywave model checkpoint (`tinywave export-hf`)
 
 Checkpoints are written asynchronously every `train.checkpoint_every` steps, at the end, and when
-SIGTERM arrives (the step in flight finishes, the state is saved, `run` returns stopped=True;
-the CLI exits 143); in a multi-process run, SIGTERM to any one process stops all of them after
+SIGTERM or Ctrl-C (SIGINT; a second one stops at once, unsaved) arrives (the step in flight
+finishes, the state is saved, `run` returns stopped=True; the CLI exits 143, 130 for Ctrl-C);
+a step with a non-finite loss or gradient norm stops the run (NonFiniteError) with nothing of
+it saved; in a multi-process run, SIGTERM to any one process stops all of them after
 one agreed step, which they save together (`_StopFlag`). `resume=True` continues from the newest
 intact checkpoint exactly: same parameters, optimizer state, data position (onto any mesh; with
 the same process count), after checking that the config did not change outside
@@ -29,7 +31,7 @@ import yaml
 
 from .. import storage
 from ..config import ConfigError, to_dict
-from ..errors import OutputExistsError
+from ..errors import OutputExistsError, TinywaveError
 from ..outputs import check_not_an_input
 from .data import make_batches
 from .metrics import MetricsWriter, Progress, step_flops
@@ -40,6 +42,34 @@ from .session import Session
 from .state import TrainState
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteError(TinywaveError, FloatingPointError):
+    """A training step gave a non-finite loss or gradient norm: the run stops there, saving no
+    checkpoint and no final/ of it (the message names the step, its metrics and the last good
+    checkpoint)."""
+
+
+def _check_finite(step: int, metrics, saved: int, run_dir) -> None:
+    """Raises NonFiniteError when step `step`'s loss or grad_norm is not finite. Each step is
+    checked once its successor is dispatched (no pipeline stall), and always before a checkpoint
+    or export of its state."""
+    import math
+
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    bad = [k for k in ("loss", "grad_norm") if k in m and not math.isfinite(m[k])]
+    if bad:
+        shown = ", ".join(f"{k} {v:.6g}" for k, v in m.items())
+        last = (
+            f"the last checkpoint is step {saved} (continue from it with --resume, e.g. with a "
+            "lower optimizer.learning_rate or clip_norm: --allow-config-change optimizer)"
+            if saved
+            else "no checkpoint was saved"
+        )
+        raise NonFiniteError(
+            f"{run_dir}: training diverged at step {step}: non-finite {' and '.join(bad)} "
+            f"({shown}); nothing of it was saved, {last}"
+        )
 
 
 class _StopFlag:
@@ -66,7 +96,9 @@ class _StopFlag:
 
     def __init__(self):
         self.set = False
+        self.signal = None  # the name of the signal that stopped the run
         self._old = None
+        self._old_int = None
         self._multi = False
         self._sync = False
 
@@ -80,16 +112,29 @@ class _StopFlag:
                 self._sync = True
             except RuntimeError:  # preemption service off: no sync manager
                 self._sync = False
-        if not self._sync:
-            try:
+        try:
+            if not self._sync:
                 self._old = signal.signal(signal.SIGTERM, self._handle)
-            except ValueError:  # not the main thread: no signal handling
-                self._old = None
+            if not self._multi:  # Ctrl-C reaches one process only: one-process runs
+                self._old_int = signal.signal(signal.SIGINT, self._handle_int)
+        except ValueError:  # not the main thread: no signal handling
+            pass
         return self
 
     def _handle(self, signum, frame):
         log.warning("SIGTERM: saving a checkpoint after this step, then exiting")
-        self.set = True
+        self.set, self.signal = True, self.signal or "SIGTERM"
+
+    def _handle_int(self, signum, frame):
+        """Ctrl-C: as SIGTERM; a second Ctrl-C stops at once (KeyboardInterrupt, no save)."""
+        if self.set:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        log.warning(
+            "Ctrl-C: saving a checkpoint after this step, then exiting "
+            "(Ctrl-C again to stop at once, without saving)"
+        )
+        self.set, self.signal = True, "SIGINT"
 
     def begin(self, step: int) -> None:
         """Reports `step` (the newest checkpoint's, or 0) to the sync manager, before the run
@@ -121,6 +166,8 @@ class _StopFlag:
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+        if self._old_int is not None:
+            signal.signal(signal.SIGINT, self._old_int)
 
 
 def _global_batch(session: Session, batch: dict) -> dict:
@@ -166,8 +213,10 @@ def _saved_config(run_dir: Path, meta: dict) -> dict | None:
 
 
 def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_change=()) -> dict:
-    """Trains per `cfg` (DistillConfig or TrainConfig). Returns {"step", "final_dir", "stopped"}:
-    stopped is True when SIGTERM ended the run early (after its checkpoint; final_dir is None).
+    """Trains per `cfg` (DistillConfig or TrainConfig). Returns {"step", "final_dir", "stopped",
+    "signal"}: stopped is True when SIGTERM or Ctrl-C ended the run early (after its checkpoint;
+    final_dir is None), signal then names it ("SIGTERM" / "SIGINT"). A non-finite loss or
+    gradient norm raises NonFiniteError (nothing of that step saved).
 
     One run per run_dir at a time (RunInUseError otherwise). `resume=True` continues from the
     newest intact checkpoint; config keys outside resume.RESUME_MAY_CHANGE may change only when
@@ -205,8 +254,21 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                     f"{run_dir} (checkpoint {step})",
                 )
 
+            if resume and latest is None:
+                log.warning(
+                    "--resume: %s holds no checkpoint; starting the run from step 0", run_dir
+                )
             if latest is not None:
-                step, state, data_state, _ = restore_intact(mngr, session.abstract_state(), check)
+                step, state, data_state, _ = restore_intact(
+                    mngr, session.abstract_state(), check, allow_config_change
+                )
+                if step >= cfg.train.steps:
+                    log.warning(
+                        "checkpoint %d is at or past train.steps=%d: nothing left to train; "
+                        "final/ is written from it (raise train.steps to train on)",
+                        step,
+                        cfg.train.steps,
+                    )
                 frozen, _ = session.frozen_and_trainable(trainable_too=False)
                 batches = _batches(cfg, recipe)
                 batches.set_state(data_state)
@@ -226,7 +288,12 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
             if done:
                 final_dir = _export(session, state, frozen, run_dir)
             step = int(jax.device_get(state.step))
-            return {"step": step, "final_dir": final_dir, "stopped": not done}
+            return {
+                "step": step,
+                "final_dir": final_dir,
+                "stopped": not done,
+                "signal": None if done else (stop.signal or "SIGTERM"),
+            }
         finally:
             mngr.wait_until_finished()
             mngr.close()
@@ -253,8 +320,18 @@ def _train(
     progress = Progress(total)
     t_last, step_last = time.time(), start
     saved = start  # the step of the latest checkpoint
+    pending = None  # (step, metrics) of the step not yet checked for non-finite values
+    run_dir = cfg.run_dir
+
+    def check_pending():
+        nonlocal pending
+        if pending is not None:
+            _check_finite(*pending, saved, run_dir)
+            pending = None
+
     for step in range(start + 1, total + 1):
         if stop.before_step():  # SIGTERM between steps (or before the first): save unless saved
+            check_pending()
             if saved != step - 1:
                 save_checkpoint(mngr, state, batches.get_state(), meta)
             return state, False
@@ -262,12 +339,18 @@ def _train(
             batch = _global_batch(session, next(batches))
         except StopIteration:  # a finite corpus (data.corpus.num_epochs) ran out
             log.warning("data exhausted after %d steps; finishing early", step - 1)
+            check_pending()
             if step - 1 > start and mngr.latest_step() != step - 1:
                 save_checkpoint(mngr, state, batches.get_state(), meta)
             break
         state, metrics = session.step(state, frozen, batch)
+        check_pending()  # the previous step's, now that this one is dispatched
+        pending = (step, metrics)
         stopping = stop.after_step(step)
+        if step % cfg.train.checkpoint_every == 0 or step == total or stopping:
+            check_pending()
         if step % cfg.train.log_every == 0 or step == total or stopping:
+            check_pending()
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             now = time.time()
             rate = (step - step_last) / max(now - t_last, 1e-9)
@@ -286,6 +369,7 @@ def _train(
             return state, False
         if cfg.train.throttle_s:
             time.sleep(cfg.train.throttle_s)
+    check_pending()
     return state, True
 
 

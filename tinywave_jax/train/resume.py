@@ -12,7 +12,10 @@ A resume (`restore_intact`) takes the newest checkpoint that restores whole: a c
 files are truncated or damaged (tensorstore checks its OCDBT data files and fails on a short or
 altered one; a cut JSON item fails to parse) is skipped with a warning naming the step and the
 reason, and moved to run_dir/corrupt_checkpoints/ so that the resumed run can save that step
-again. No intact checkpoint left: `CheckpointCorruptError` listing each step and why.
+again. No intact checkpoint left: `CheckpointCorruptError` listing each step and why. Damage
+that still decodes (a flipped byte in a parameter) is found by the digests each checkpoint's meta
+records when it is saved (`state_digest`: checksums of every state array's bits; a sha256 of the
+data iterator state), compared after the restore.
 
 Before the state is read, the checkpoint's config (meta "config") is compared with the new run's:
 any difference outside RESUME_MAY_CHANGE, and not named by `--allow-config-change KEY`, is refused
@@ -93,11 +96,28 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _check_allowed_keys(allow: Iterable[str], saved: dict, new: dict) -> None:
+    """Refuses an --allow-config-change KEY that names no config key (a typo would otherwise
+    allow nothing, silently)."""
+    import difflib
+
+    keys = set(_flatten(json.loads(json.dumps(saved)))) | set(_flatten(json.loads(json.dumps(new))))
+    sections = {k.rsplit(".", i)[0] for k in keys for i in range(k.count(".") + 1)}
+    for a in allow:
+        if a not in sections:
+            near = difflib.get_close_matches(a, sorted(sections), n=1)
+            raise ConfigError(
+                f"--allow-config-change {a}: no such config key"
+                + (f" (did you mean {near[0]}?)" if near else "")
+            )
+
+
 def check_resume_config(saved: dict | None, new: dict, allow: Iterable[str], where: str) -> None:
     """Refuses (ConfigError) a resume whose config differs from the checkpoint's (see module doc)."""
     if saved is None:
         log.warning("%s: holds no config to compare with; resuming without the check", where)
         return
+    _check_allowed_keys(allow, saved, new)
     changes = config_changes(saved, new, allow)
     if changes:
         keys = " ".join(k for k, _, _ in changes)
@@ -144,20 +164,102 @@ def _all_process_states(data_state: dict) -> dict:
     return {"processes": [json.loads(bytes(rows[i, : sizes[i]])) for i in range(len(sizes))]}
 
 
+def _leaf_digest(x):
+    """Two uint32 checksums of an array's bits (a plain and a position-weighted wrapping sum):
+    integer sums are exact in any order, so the digest does not depend on the mesh."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    x = x.reshape(-1)
+    size = x.dtype.itemsize
+    if x.dtype == jnp.bool_:
+        u = x.astype(jnp.uint32)
+    elif size == 8:
+        u = lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+    elif size == 4:
+        u = lax.bitcast_convert_type(x, jnp.uint32)
+    else:
+        u = lax.bitcast_convert_type(x, {2: jnp.uint16, 1: jnp.uint8}[size]).astype(jnp.uint32)
+    weights = jnp.arange(u.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+    return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * weights, dtype=jnp.uint32)])
+
+
+_DIGEST = None
+
+
+def state_digest(state: TrainState) -> dict[str, str]:
+    """{leaf path: checksum of its bits} of a train state, recorded in a checkpoint's meta when it
+    is saved and compared after a restore: a flipped byte that still decodes (a parameter changed,
+    not a file cut short) is found, and the checkpoint is treated as damaged."""
+    import numpy as np
+
+    global _DIGEST
+    if _DIGEST is None:  # one jitted function: compiled once per state structure
+        _DIGEST = jax.jit(lambda xs: [_leaf_digest(x) for x in xs])
+    leaves = jax.tree_util.tree_leaves_with_path(state._asdict())
+    sums = jax.device_get(_DIGEST([x for _, x in leaves]))
+    return {
+        jax.tree_util.keystr(path): "%08x%08x" % tuple(int(v) for v in np.asarray(d))
+        for (path, _), d in zip(leaves, sums)
+    }
+
+
+def _data_digest(data_state) -> str:
+    import hashlib
+
+    # as JsonRestore gives it back: tuples are lists
+    text = json.dumps(json.loads(json.dumps(data_state)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class StateDigestError(ValueError):
+    """A restored checkpoint whose content differs from the digest recorded when it was saved
+    (damage that still decodes); restore_intact treats it like any damaged checkpoint."""
+
+
 def save_checkpoint(mngr, state: TrainState, data_state: dict, meta: dict) -> None:
     import orbax.checkpoint as ocp
 
     step = int(jax.device_get(state.step))
     data_state = _all_process_states(data_state)
+    digests = {"state_digest": state_digest(state), "data_digest": _data_digest(data_state)}
     mngr.save(
         step,
         force=True,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state._asdict()),
             data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave({**meta, "step": step, "process_count": jax.process_count()}),
+            meta=ocp.args.JsonSave(
+                {**meta, **digests, "step": step, "process_count": jax.process_count()}
+            ),
         ),
     )
+
+
+def _verify(step: int, state: TrainState, data, meta: dict) -> None:
+    """Compares a restored checkpoint with the digests its meta recorded at save time."""
+    recorded = meta.get("state_digest")
+    if recorded is None:
+        log.warning(
+            "checkpoint %d records no digest of its state (saved by an older tinywave_jax): "
+            "damage that still decodes cannot be detected",
+            step,
+        )
+        return
+    got = state_digest(state)
+    changed = sorted(k for k in recorded.keys() | got.keys() if recorded.get(k) != got.get(k))
+    if changed:
+        raise StateDigestError(
+            f"state {changed[0]}"
+            + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+            + " differs from the digest recorded when the checkpoint was saved"
+        )
+    if meta.get("data_digest") not in (None, _data_digest(data)):
+        raise StateDigestError(
+            "the data iterator state differs from the digest recorded when it was saved"
+        )
 
 
 def read_meta(mngr, step: int) -> dict:
@@ -207,6 +309,7 @@ def restore_checkpoint(
             for f in TrainState._fields
         }
     )
+    _verify(step, state, got.data, meta)
     data = got.data
     if isinstance(data, dict) and "processes" in data:  # saved by several processes
         data = data["processes"][jax.process_index()]
@@ -282,7 +385,10 @@ def _set_aside(mngr, steps: list[int]) -> Path:
 
 
 def restore_intact(
-    mngr, target: TrainState, check_meta: Callable[[int, dict], None] = lambda step, meta: None
+    mngr,
+    target: TrainState,
+    check_meta: Callable[[int, dict], None] = lambda step, meta: None,
+    allowed_changes: Iterable[str] = (),
 ) -> tuple[int, TrainState, dict, dict]:
     """(step, state, data iterator state, meta) of the newest checkpoint that restores whole.
 
@@ -295,14 +401,14 @@ def restore_intact(
     noise, skipped = _FailedReadNoise(), []
     noise.install()
     try:
-        return _newest_intact(mngr, target, check_meta, steps, skipped)
+        return _newest_intact(mngr, target, check_meta, steps, skipped, tuple(allowed_changes))
     finally:
         gc.collect()  # the reports of failed reads come when their futures are collected
         if not skipped:
             noise.remove()  # nothing failed: nothing left to report later
 
 
-def _newest_intact(mngr, target, check_meta, steps: list[int], skipped: list) -> tuple:
+def _newest_intact(mngr, target, check_meta, steps: list[int], skipped: list, allowed=()) -> tuple:
     for step in steps:
         reason, got = None, None
         try:
@@ -333,8 +439,16 @@ def _newest_intact(mngr, target, check_meta, steps: list[int], skipped: list) ->
         reason = reason or "failed to restore on another process"
         log.warning("checkpoint %d does not restore, skipping it: %s", step, reason)
         skipped.append((step, reason))
+    advice = (
+        # every step failing alike after a change allowed on purpose: most likely the change
+        f" (--allow-config-change {' '.join(allowed)} may have changed the shape of the state, "
+        "which the checkpoints, intact or not, cannot be restored into: resume without that "
+        "change, or train it in a new run_dir)"
+        if allowed
+        else " (restore the folder from a copy, or delete it to start the run over)"
+    )
     raise CheckpointCorruptError(
         f"{mngr.directory}: no checkpoint restores whole: "
         + "; ".join(f"step {s}: {r}" for s, r in skipped)
-        + " (restore the folder from a copy, or delete it to start the run over)"
+        + advice
     )

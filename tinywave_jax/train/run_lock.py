@@ -168,10 +168,20 @@ class RunLock:
             seen = self.path.read_bytes()
         except FileNotFoundError:
             return  # released meanwhile: try again
+        except OSError as e:  # a folder of that name, no permission
+            raise RunInUseError(
+                f"{self.run_dir}: cannot read the lock {self.path} ({e.strerror or e}); if no "
+                "run uses this folder, delete it"
+            ) from None
         try:
             holder = json.loads(seen)
-            host, pid = holder["host"], int(holder["pid"])
-        except (ValueError, KeyError, TypeError):
+            host, pid = holder["host"], holder["pid"]
+            if not isinstance(host, str) or type(pid) is not int:
+                raise TypeError("host or pid of the wrong type")
+            started_unix = holder.get("started_unix")
+            if not isinstance(started_unix, (int, float, type(None))):
+                raise TypeError("started_unix is not a number")
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise RunInUseError(
                 f"{self.run_dir}: in use (unreadable lock file {self.path}: another run may be "
                 "writing it); if no run uses this folder, delete that file"
@@ -183,7 +193,7 @@ class RunLock:
                 f"{self.run_dir}: in use by pid {pid} on host {where} (started {started}); "
                 f"if that run is dead (check on {where}), delete {self.path} and rerun"
             )
-        if _alive(pid, holder.get("started_unix")):
+        if _alive(pid, started_unix):
             raise RunInUseError(
                 f"{self.run_dir}: in use by pid {pid} on this host (started {started}); "
                 "wait for it to finish or stop it (SIGTERM checkpoints it) before rerunning"
