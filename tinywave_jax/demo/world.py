@@ -1,22 +1,24 @@
 """The demo's text: a small town of scenes, stories about its people, and word / non-word pairs.
 
 A scene binds three words: a place, the person who works there and the thing one gets there
-(bakery, baker, bread); each story visits one scene with one or two people. Eight templates,
-twenty-four scenes, sixteen names and five times of day give tens of thousands of distinct
-stories, so the teacher's pretraining corpus can hold far more of them than the distillation set.
-The cloze tests, on held-out stories:
+(bakery, baker, bread). Twenty-four scenes, sixteen names and five times of day give tens of
+thousands of distinct stories, so the teacher's pretraining corpus can hold far more of them than
+the distillation set. Two kinds of story (`WorldSplits.kind`), each with its own sSC:
 
-  sSC  entity tracking: the wrong ending is the same sentence about someone the story never
-       mentions ("Then Max went home with the bread" after a story about Anna and Leo); only a
-       model that follows who the story is about prefers the right one;
-  tSC  topic: the wrong ending is the ending of another test story (another template, scene and
-       people).
+  binding   (the default) two people, each bound to one scene's place, worker or item ("Anna
+            went to the bakery. Leo went to the river."); the ending says something new about
+            one binding in words the context never uses together ("Later Anna came back from
+            the bakery."), and sSC's wrong ending swaps in the *other* binding's value or person
+            ("... from the river."), which the story does mention, in the same sentence shape.
+            Copying from the context cannot tell the endings apart (`tinywave eval --reference
+            copy` measures it on the audio); a model must know who did what.
+  stranger  (the shipped teachers' world) one story, one or two people; sSC's wrong ending names
+            someone the story never mentions, which copying names from the context solves.
 
-A teacher learns to track who a story is about (copying names from the context, an induction
-behaviour) from thousands of stories; a model trained from scratch on a few hundred mostly does
-not. Stories are drawn once from a fixed seed and split by story: test, validation, then training
-stories (every text distinct, so held-out stories are in no training corpus). `world_hash`
-fingerprints the texts, so a teacher pretrained on one world refuses another.
+tSC (both kinds): the wrong ending is the ending of another test story. Stories are drawn once
+from a fixed seed and split by story: test, validation, then training stories (every text
+distinct, so held-out stories are in no training corpus). `world_hash` fingerprints the texts,
+so a teacher pretrained on one world refuses another.
 """
 
 from __future__ import annotations
