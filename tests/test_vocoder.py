@@ -13,7 +13,7 @@ from tests.vocoder_reference import TorchCodeHiFiGAN
 from tinywave_jax import cli
 from tinywave_jax.errors import ConfigError, ConversionError, InputError
 from tinywave_jax.vocoder.checkpoint import import_vocoder, load_vocoder, num_params
-from tinywave_jax.vocoder.config import VocoderConfig
+from tinywave_jax.vocoder.config import SPIRITLM_BASE_SHAPED, VocoderConfig
 from tinywave_jax.vocoder.model import CodeHiFiGAN, init_params
 from tinywave_jax.vocoder.synthesis import FrameInputs, Vocoder
 
@@ -260,28 +260,8 @@ def test_cli_import_vocoder(tmp_path, capsys):
 
 
 def test_spiritlm_sized_state_dict_imports(tmp_path):
-    """SpiritLM Base's generator at full size (its config.json keys as speech-resynthesis's
-    Expresso config, 25 Hz units: rates 5*4*4*4*2 = 640 samples per unit): every tensor maps."""
-    cfg = {
-        **{k: BASE[k] for k in ("resblock", "multispkr", "multistyle", "sampling_rate")},
-        "upsample_rates": [5, 4, 4, 4, 2],
-        "upsample_kernel_sizes": [11, 8, 8, 8, 4],
-        "upsample_initial_channel": 512,
-        "resblock_kernel_sizes": [3, 7, 11],
-        "resblock_dilation_sizes": [[1, 3, 5]] * 3,
-        "num_embeddings": 501,
-        "embedding_dim": 128,
-        "model_in_dim": 384,
-        "num_speakers": 4,
-        "num_styles": 10,
-        "code_hop_size": 640,
-        "dur_predictor_params": {
-            "encoder_embed_dim": 128,
-            "var_pred_hidden_dim": 128,
-            "var_pred_kernel_size": 3,
-            "var_pred_dropout": 0.5,
-        },
-    }
+    """SpiritLM Base's generator at full size (config.SPIRITLM_BASE_SHAPED): every tensor maps."""
+    cfg = SPIRITLM_BASE_SHAPED
     ref = TorchCodeHiFiGAN(cfg)
     gen, conf = tmp_path / "generator.pt", tmp_path / "config.json"
     torch.save({"generator": ref.state_dict()}, gen)

@@ -37,6 +37,35 @@ UNSUPPORTED = {
     "code_vq_params": "a VQ-VAE code quantiser",
 }
 
+# SpiritLM Base's generator as far as public sources give it (its config.json is not in the
+# spiritlm repository): speech-resynthesis's Expresso generator (units + speaker + style, 512
+# channels, ResBlock1 kernels 3/7/11) at SpiritLM's 25 Hz units (640 samples per unit at 16 kHz,
+# so one more x4 stage) with a duration predictor; 14M parameters, as SpiritLM reports. For
+# benchmarks and shape tests with random weights; an imported generator.pt brings its own.
+SPIRITLM_BASE_SHAPED = {
+    "resblock": "1",
+    "upsample_rates": [5, 4, 4, 4, 2],
+    "upsample_kernel_sizes": [11, 8, 8, 8, 4],
+    "upsample_initial_channel": 512,
+    "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+    "num_embeddings": 501,
+    "embedding_dim": 128,
+    "model_in_dim": 384,
+    "multispkr": "from_input_file",
+    "num_speakers": 4,
+    "multistyle": "from_input_file",
+    "num_styles": 10,
+    "code_hop_size": 640,
+    "sampling_rate": 16000,
+    "dur_predictor_params": {
+        "encoder_embed_dim": 128,
+        "var_pred_hidden_dim": 128,
+        "var_pred_kernel_size": 3,
+        "var_pred_dropout": 0.5,
+    },
+}
+
 
 @dataclass(frozen=True)
 class DurPredictorParams:
