@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 import torch
+from vocoder_reference import TorchCodeHiFiGAN
 
-from tests.vocoder_reference import TorchCodeHiFiGAN
 from tinywave_jax import cli
 from tinywave_jax.errors import ConfigError, ConversionError, InputError
 from tinywave_jax.vocoder.checkpoint import import_vocoder, load_vocoder, num_params

@@ -1,4 +1,4 @@
-"""`tinywave import-vocoder` (and the other speech-out sub-commands)."""
+"""`tinywave import-vocoder` and `tinywave speak`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,34 @@ def _import_vocoder(args: argparse.Namespace) -> int:
         f"wrote tinywave vocoder {out} ({num_params(params) / 1e6:.2f}M parameters, "
         f"{config.sampling_rate} Hz, {config.hop_length} samples per unit, receptive field "
         f"{left}+{right} frames)"
+    )
+    return 0
+
+
+def _speak(args: argparse.Namespace) -> int:
+    from .speak import speak
+
+    r = speak(
+        args.prompt,
+        args.out,
+        model=args.model,
+        units_dir=args.units,
+        vocoder_dir=args.vocoder,
+        seconds=args.seconds,
+        greedy=args.greedy,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        layout=args.layout,
+        speaker=args.speaker,
+        style=args.style,
+        overwrite=args.overwrite,
+    )
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in r.times.items())
+    print(
+        f"speak: wrote {r.out}: prompt {r.prompt_seconds:.2f} s ({r.prompt_units} frames) + "
+        f"continuation {r.new_seconds:.2f} s ({r.new_units} units); {stages} (first calls "
+        f"include compilation); real-time factor {r.rtf:.3f}"
     )
     return 0
 
@@ -51,3 +79,34 @@ def register(subparsers) -> None:
         "in tinywave.json's provenance); by default such a key is an error",
     )
     p.set_defaults(func=_import_vocoder)
+
+    p = subparsers.add_parser(
+        "speak",
+        help="speech in, speech out: continue an audio prompt with a speech LM and a vocoder",
+        description="PROMPT.wav -> units (--units folder) -> a HuBERT-unit continuation by "
+        "--model (a tinywave checkpoint run in JAX, or a .gguf file run in llama.cpp) -> "
+        "--vocoder -> OUT.wav (the prompt resynthesised, then the continuation). Prints the "
+        "time of each stage and the real-time factor (all stages / seconds written).",
+    )
+    p.add_argument("prompt", metavar="PROMPT.wav")
+    p.add_argument("out", metavar="OUT.wav")
+    p.add_argument("--model", required=True, metavar="CKPT_OR_GGUF")
+    p.add_argument("--units", required=True, metavar="UNITS_DIR", help="units extractor folder")
+    p.add_argument("--vocoder", required=True, metavar="VOC", help="tinywave vocoder folder")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=5.0,
+        help="continuation length: this many seconds at the prompt's rate of distinct units "
+        "(default 5; the LM's eos may end it sooner)",
+    )
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--greedy", action="store_true", help="argmax decoding")
+    how.add_argument("--temperature", type=float, default=0.9, help="sampling (default 0.9)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", help="token layout (default: inferred from the vocabulary)")
+    p.add_argument("--speaker", type=int, help="speaker id (vocoders with multispkr; default 0)")
+    p.add_argument("--style", type=int, help="style id (vocoders with multistyle; default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.wav")
+    p.set_defaults(func=_speak)
