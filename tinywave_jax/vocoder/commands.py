@@ -39,6 +39,7 @@ def _speak(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         layout=args.layout,
+        threads=args.threads,
         speaker=args.speaker,
         style=args.style,
         overwrite=args.overwrite,
@@ -108,5 +109,12 @@ def register(subparsers) -> None:
     p.add_argument("--layout", help="token layout (default: inferred from the vocabulary)")
     p.add_argument("--speaker", type=int, help="speaker id (vocoders with multispkr; default 0)")
     p.add_argument("--style", type=int, help="style id (vocoders with multistyle; default 0)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads for a GGUF model (default 1: small speech LMs decode fastest on "
+        "one; more only pay for large models on an idle machine)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.wav")
     p.set_defaults(func=_speak)
