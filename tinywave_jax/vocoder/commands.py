@@ -1,4 +1,4 @@
-"""`tinywave import-vocoder` and `tinywave speak`."""
+"""`tinywave import-vocoder`, `tinywave speak` and `tinywave vocoder train`."""
 
 from __future__ import annotations
 
@@ -50,6 +50,31 @@ def _speak(args: argparse.Namespace) -> int:
         f"continuation {r.new_seconds:.2f} s ({r.new_units} units); {stages} (first calls "
         f"include compilation); real-time factor {r.rtf:.3f}"
     )
+    return 0
+
+
+def _vocoder_train(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from ..audio.io import list_audio
+    from ..config import load_config
+    from .train import VocoderTrainConfig, train_vocoder
+
+    cfg = load_config(VocoderTrainConfig, args.train_config, args.set or [])
+    out = train_vocoder(
+        args.config,
+        list_audio(args.audio),
+        args.units,
+        args.run,
+        args.out,
+        cfg,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        command=shlex.join(["tinywave", *sys.argv[1:]]),
+        log=lambda msg: print(msg, flush=True),
+    )
+    print(f"wrote tinywave vocoder {out}")
     return 0
 
 
@@ -118,3 +143,28 @@ def register(subparsers) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.wav")
     p.set_defaults(func=_speak)
+
+    p = subparsers.add_parser("vocoder", help="vocoder training (`tinywave vocoder train`)")
+    sub = p.add_subparsers(dest="vocoder_command", metavar="COMMAND", required=True)
+    p = sub.add_parser(
+        "train",
+        help="train a unit HiFi-GAN (generator + multi-period / multi-scale discriminators)",
+        description="Trains the generator of CONFIG.json (speech-resynthesis keys) on AUDIO (a "
+        "folder of audio files, speaker = parent folder, or a manifest) with units from "
+        "--units, HiFi-GAN's losses (mel, feature matching, adversarial) plus the duration "
+        "predictor's; progress with ETA; RUN keeps resumable state (--resume); the generator "
+        "is written to OUT as a vocoder folder with provenance. Settings: --train-config "
+        "YAML and --set key=value (steps, batch_size, segment_frames, learning_rate, adam_b1, "
+        "adam_b2, weight_decay, lr_decay, decay_every, lambda_mel, lambda_fm, lambda_dur, seed, "
+        "log_every, save_every, discriminator_width, mel.n_fft / hop / n_mels / fmin / fmax).",
+    )
+    p.add_argument("config", metavar="CONFIG.json")
+    p.add_argument("audio", metavar="AUDIO")
+    p.add_argument("--units", required=True, metavar="UNITS_DIR")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="resumable training state")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="the trained vocoder")
+    p.add_argument("--train-config", metavar="YAML", help="training settings file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.set_defaults(func=_vocoder_train)
