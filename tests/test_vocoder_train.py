@@ -134,5 +134,10 @@ def test_bad_runs_are_refused_before_training(data, tmp_path):
         _train(data, tmp_path, "c", 2)
     with pytest.raises(ConfigError, match="batch_size 3 differs"):
         _train(data, tmp_path, "c", 2, resume=True, batch_size=3)
+    (tmp_path / "voc_d_1").mkdir()
+    (tmp_path / "voc_d_1" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="voc_d_1 is not empty"):
+        _train(data, tmp_path, "d", 1)
+    assert not (tmp_path / "run_d").exists()  # refused before anything was written
     with pytest.raises(ConfigError, match="discriminator_width"):
         from_dict(VocoderTrainConfig, {"discriminator_width": 2.0})

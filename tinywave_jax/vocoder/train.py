@@ -101,6 +101,7 @@ def _sha256(path: Path) -> str:
 
 def load_data(files, units_dir, config: VocoderConfig, log=print) -> list[Utterance]:
     from ..audio import load_extractor, read_audio
+    from .synthesis import check_ids
 
     if config.num_f0_tokens or config.num_style_tokens:
         raise ConfigError(
@@ -124,8 +125,7 @@ def load_data(files, units_dir, config: VocoderConfig, log=print) -> list[Uttera
     for f in files:
         wav = read_audio(f)
         codes = extractor.extract(wav)["hubert"][0].astype(np.int32)
-        if codes.size and codes.max() >= config.num_embeddings:
-            raise InputError(f"{f}: unit {codes.max()} >= num_embeddings {config.num_embeddings}")
+        check_ids(codes, config.num_embeddings, "unit", str(f))
         n = codes.size * config.hop_length
         wav = np.pad(wav[:n], (0, max(0, n - wav.size)))
         out.append(Utterance(str(f), codes, wav, speakers.index(f.parent.name)))
@@ -283,6 +283,7 @@ def train_vocoder(
     import jax
 
     from ..config import to_dict
+    from ..outputs import check_output_dir
     from .checkpoint import save_vocoder
 
     config, _ = VocoderConfig.from_file(config_path)
@@ -315,8 +316,7 @@ def train_vocoder(
                 )
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         raise OutputExistsError(f"{run_dir} is not empty (--resume continues it)")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{out_dir} is not empty (--overwrite replaces it at the end)")
+    check_output_dir(out_dir, overwrite, sources=[run_dir, *files])  # before training, not after
 
     data = load_data(files, units_dir, config, log)
     init, step_fn = make_step(config, cfg)
