@@ -135,6 +135,10 @@ def test_expressive_parity_with_pytorch(tmp_path):
         style_code=torch.tensor(style)[None],
         spkr=1,
     )[0].numpy()
+    with pytest.raises(InputError, match=r"no style embedding \(multistyle is off\)"):
+        voc.prepare(units, f0_codes=f0, style_codes=style, speaker=1, style=2)
+    with pytest.raises(InputError, match="do not cover 41 units"):
+        voc.prepare(units, f0_codes=f0[:15], style_codes=style, speaker=1)
     diff = float(np.max(np.abs(got - want)))
     print(f"expressive-layout vocoder parity: max abs waveform difference {diff:.2e}")
     assert diff <= PARITY_ATOL

@@ -149,16 +149,16 @@ class Vocoder:
                 raise InputError(f"{where}: this vocoder needs {key} ({size} ids)")
             conds[key] = _ids(given, key, where)
             check_ids(conds[key], size, key.replace("_codes", " code"), where)
-        for key, given, on, size in (
-            ("speaker", speaker, c.has_speaker, c.num_speakers),
-            ("style", style, c.has_style, c.num_styles),
+        for key, given, on, size, field in (
+            ("speaker", speaker, c.has_speaker, c.num_speakers, "multispkr"),
+            ("style", style, c.has_style, c.num_styles, "multistyle"),
         ):
             if on:
                 given = 0 if given is None else int(given)
                 check_ids(np.array([given]), size, key, where)
                 conds[key] = given
             elif given is not None:
-                raise InputError(f"{where}: this vocoder has no {key} embedding (multi{key[:4]})")
+                raise InputError(f"{where}: this vocoder has no {key} embedding ({field} is off)")
         if dedup:
             if c.dur_predictor_params is None:
                 raise ConfigError("dedup: this vocoder has no duration predictor")
