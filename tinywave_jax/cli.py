@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "tinywave_jax.generation",  # generate
     "tinywave_jax.demo.commands",  # demo
     "tinywave_jax.plan",  # plan
+    "tinywave_jax.vocoder.commands",  # import-vocoder, speak, vocoder train
 ]
 
 

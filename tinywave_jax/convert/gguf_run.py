@@ -115,6 +115,54 @@ def llama_cpp_greedy(model, prompt: Sequence[int], max_new_tokens: int) -> list[
         llm.eval([token])
 
 
+def llama_cpp_generate(
+    model,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    *,
+    banned: np.ndarray | None = None,
+    stop_ids: Sequence[int] = (),
+    greedy: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[int]:
+    """A continuation of `prompt` in llama.cpp with `generation`'s rules: ids where `banned`
+    (bool [vocab]) is set never come, the first of `stop_ids` ends it (not included); greedy, or
+    temperature + top-p sampling (numpy, seeded) on llama.cpp's last-position logits."""
+    llm = _model(model)
+    prompt = _check(prompt, llm, "prompt")
+    _check([0] * (len(prompt) + max_new_tokens - 1), llm, "prompt + new tokens")
+    import llama_cpp
+
+    n_vocab = llm.n_vocab()
+    rng = np.random.default_rng(seed)
+    stops = {int(i) for i in stop_ids}
+    llm.reset()
+    llm.eval(prompt)
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (n_vocab,))
+        logits = np.array(logits, np.float64)
+        if banned is not None:
+            logits[np.asarray(banned)[:n_vocab]] = -np.inf
+        if greedy:
+            token = int(np.argmax(logits))
+        else:
+            p = np.exp((logits - logits.max()) / temperature)
+            p /= p.sum()
+            order = np.argsort(-p)
+            keep = np.cumsum(p[order]) - p[order] < top_p  # the nucleus, at least one id
+            p_top = p[order[keep]] / p[order[keep]].sum()
+            token = int(order[keep][rng.choice(len(p_top), p=p_top)])
+        if token in stops:
+            break
+        out.append(token)
+        if len(out) < max_new_tokens:
+            llm.eval([token])
+    return out
+
+
 def llama_cpp_pairwise_accuracy(model, items: list, scoring: str = "mean") -> dict:
     """`eval.pairwise.pairwise_accuracy` with llama.cpp's log-probabilities: {"accuracy",
     "n_pairs", "pairs": [{"name", "positive", "negative", "outcome"}]}."""
