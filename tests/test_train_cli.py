@@ -13,7 +13,7 @@ from train_fixtures import SHARED_OVER, TEACHER, distill_dict
 
 from tinywave_jax import cli
 from tinywave_jax.checkpoint import load_model
-from tinywave_jax.config import load_config
+from tinywave_jax.config import ConfigError, load_config
 from tinywave_jax.models import llama
 from tinywave_jax.models.config import LlamaConfig
 from tinywave_jax.train.config import DistillConfig, TrainConfig
@@ -76,6 +76,53 @@ def test_bad_train_config_names_the_key(tmp_path, capsys):
         ]
     )
     assert rc == 2 and "lora.targets" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("mixture={}", "data.corpus.mixture: give at least one stream kind"),
+        ("mixture={audio: 1}", "data.corpus.mixture.audio: unknown stream kind"),
+        ("mixture={speech: 0}", "data.corpus.mixture.speech: weight must be a positive number"),
+        (
+            "interleave_patterns={bogus: 1}",
+            "data.corpus.interleave_patterns.bogus: unknown pattern",
+        ),
+        ("interleave_patterns.text=-1", "data.corpus.interleave_patterns.text: must be a number"),
+        (
+            "interleave_patterns={text: 0, speech: 0}",
+            "data.corpus.interleave_patterns: probabilities sum to 0",
+        ),
+        ("mixture={text: 1}", "data.corpus.tokenizer: the text and interleaved streams need"),
+        ("max_bad_records=-1", "data.corpus.max_bad_records: must be >= 0"),
+        ("read_threads=-1", "data.corpus.read_threads: must be >= 0"),
+        ("num_epochs=0", "data.corpus.num_epochs: must be >= 1 or null"),
+        ("layout.preset=spiritlm", "data.corpus.layout.preset: 'spiritlm' is not one of"),
+        ("layout.num_units=10", "data.corpus.layout: give either `preset` or the custom fields"),
+        ("layout={preset: null}", "data.corpus.layout: a custom layout (preset: null) needs"),
+        ("layout.pad_to_multiple=0", "data.corpus.layout.pad_to_multiple: must be >= 1"),
+        ("seq_len=8", "data.corpus.seq_len: set data.seq_len instead"),
+    ],
+)
+def test_corpus_data_errors_name_the_key_as_written(override, message):
+    """DataConfig sits under data.corpus in a run config: its errors say so (not data.mixture)."""
+    with pytest.raises(ConfigError) as e:
+        load_config(
+            TrainConfig,
+            CONFIGS / "train_tiny.yaml",
+            ["data.source=corpus", f"data.corpus.{override}"],
+        )
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_corpus_data_runtime_errors_name_the_key_as_written(tmp_path):
+    from tinywave_jax.data import DataConfig, LayoutConfig, make_train_iterator
+
+    cfg = DataConfig(mixture={"expressive": 1.0}, layout=LayoutConfig(preset="spiritlm_base"))
+    with pytest.raises(ConfigError, match="^data.corpus.mixture.expressive: layout spiritlm_base"):
+        make_train_iterator(cfg, 0, 1, source=[{}], key="data.corpus")
+    with pytest.raises(ConfigError, match="^mixture.expressive: layout spiritlm_base"):
+        make_train_iterator(cfg, 0, 1, source=[{}])  # built in Python: the field's own name
 
 
 def test_shipped_configs_parse():

@@ -4,12 +4,14 @@ Every config in the project is a (nested) dataclass. `load_config(Cls, "x.yaml",
 reads the YAML (which may name a `base:` file to merge over, relative to itself), applies the
 dotted overrides, and builds `Cls`, failing with a `ConfigError` that names the offending key for
 an unknown key, a value of the wrong type, or a choice outside a `Literal`. A dataclass may define
-`validate(self)` for cross-field checks; it is called after construction, innermost first.
+`validate(self)` for cross-field checks; it is called after construction, innermost first. One
+that takes a `key` argument is given its dotted path in the file, to name keys as written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import types
 import typing
@@ -131,7 +133,12 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        # A config that can sit at several places in a file takes `key`, its dotted path there,
+        # so its errors name the key as the user wrote it.
+        if prefix and "key" in inspect.signature(validate).parameters:
+            validate(key=prefix)
+        else:
+            validate()
     return obj
 
 

@@ -214,25 +214,27 @@ class LayoutConfig:
     pad_to_multiple: int = 256
     bos_id: int = 1
 
-    def validate(self):
+    def validate(self, key: str = "layout"):
+        """`key`: where this config sits in its file (`data.corpus.layout` in a run config)."""
         custom = (self.text_vocab_size, self.num_units, self.vocab_size)
         if self.preset is not None:
             if any(v is not None for v in custom) or self.num_pitch or self.num_style:
                 raise ConfigError(
-                    "layout: give either `preset` or the custom fields "
+                    f"{key}: give either `preset` or the custom fields "
                     "(set preset: null for a custom layout)"
                 )
-            preset_layout(self.preset)
+            if self.preset not in PRESETS:
+                raise ConfigError(f"{key}.preset: {self.preset!r} is not one of {sorted(PRESETS)}")
         elif self.text_vocab_size is None or self.num_units is None:
             raise ConfigError(
-                "layout: a custom layout (preset: null) needs text_vocab_size and num_units"
+                f"{key}: a custom layout (preset: null) needs text_vocab_size and num_units"
             )
         if self.pad_to_multiple < 1:
-            raise ConfigError("layout.pad_to_multiple: must be >= 1")
+            raise ConfigError(f"{key}.pad_to_multiple: must be >= 1")
         try:
             self.build()
         except ValueError as e:
-            raise ConfigError(f"layout: {e}") from None
+            raise ConfigError(f"{key}: {e}") from None
 
     def build(self) -> TokenLayout:
         if self.preset is not None:

@@ -62,33 +62,43 @@ class DataConfig:
     worker_count: int = 0  # grain worker processes (0: in this process)
     read_threads: int = 8  # threads that read and tokenise records
 
-    def validate(self):
+    def validate(self, key: str = ""):
+        """`key`: where this config sits in its file (`data.corpus` in a run config), so that
+        errors name the keys as written there; a DataConfig built in Python names its fields."""
+        at = _at(key)
         if not self.mixture:
-            raise ConfigError("data.mixture: give at least one stream kind")
+            raise ConfigError(f"{at('mixture')}: give at least one stream kind")
         for k, w in self.mixture.items():
             if k not in KINDS:
-                raise ConfigError(f"data.mixture.{k}: unknown stream kind; expected {KINDS}")
+                raise ConfigError(f"{at('mixture')}.{k}: unknown stream kind; expected {KINDS}")
             if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
-                raise ConfigError(f"data.mixture.{k}: weight must be a positive number")
+                raise ConfigError(f"{at('mixture')}.{k}: weight must be a positive number")
         for k, p in self.interleave_patterns.items():
             if k not in PATTERNS:
                 raise ConfigError(
-                    f"data.interleave_patterns.{k}: unknown pattern; expected {list(PATTERNS)}"
+                    f"{at('interleave_patterns')}.{k}: unknown pattern; expected {list(PATTERNS)}"
                 )
             if isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0:
-                raise ConfigError(f"data.interleave_patterns.{k}: must be a number >= 0")
+                raise ConfigError(f"{at('interleave_patterns')}.{k}: must be a number >= 0")
         if sum(self.interleave_patterns.values()) <= 0:
-            raise ConfigError("data.interleave_patterns: probabilities sum to 0")
+            raise ConfigError(f"{at('interleave_patterns')}: probabilities sum to 0")
         if {"text", "interleaved"} & set(self.mixture) and not self.tokenizer:
-            raise ConfigError("data.tokenizer: the text and interleaved streams need a tokenizer")
+            raise ConfigError(
+                f"{at('tokenizer')}: the text and interleaved streams need a tokenizer"
+            )
         for f in ("seq_len", "batch_size"):
             if getattr(self, f) < 1:
-                raise ConfigError(f"data.{f}: must be >= 1")
+                raise ConfigError(f"{at(f)}: must be >= 1")
         for f in ("max_bad_records", "worker_count", "read_threads"):
             if getattr(self, f) < 0:
-                raise ConfigError(f"data.{f}: must be >= 0")
+                raise ConfigError(f"{at(f)}: must be >= 0")
         if self.num_epochs is not None and self.num_epochs < 1:
-            raise ConfigError("data.num_epochs: must be >= 1 or null")
+            raise ConfigError(f"{at('num_epochs')}: must be >= 1 or null")
+
+
+def _at(key: str):
+    """name -> the dotted key under `key` ("" at the top level)."""
+    return lambda name: f"{key}.{name}" if key else name
 
 
 # ---------------------------------------------------------------- record -> sequence
@@ -98,7 +108,7 @@ class _Tokens:
     """grain random_map: record index -> {'input_ids': ids}, or None for a bad record that the
     allowance covers (counted per process)."""
 
-    def __init__(self, kind, source, cfg: DataConfig, layout, tokenizer):
+    def __init__(self, kind, source, cfg: DataConfig, layout, tokenizer, key: str = ""):
         self.kind, self.source, self.cfg, self.layout, self.tokenizer = (
             kind,
             source,
@@ -106,6 +116,7 @@ class _Tokens:
             layout,
             tokenizer,
         )
+        self.max_bad_key = _at(key)("max_bad_records")
         self.bad = 0
         self._lock = threading.Lock()
 
@@ -137,7 +148,7 @@ class _Tokens:
                 if self.bad > self.cfg.max_bad_records:
                     raise type(e)(
                         f"{e} [{self.kind} stream; more bad records than "
-                        f"data.max_bad_records={self.cfg.max_bad_records}]"
+                        f"{self.max_bad_key}={self.cfg.max_bad_records}]"
                     ) from None
             log.warning("skipping bad record (%d so far): %s", self.bad, e)
             return None
@@ -180,24 +191,29 @@ class EpochShuffle(grain.MapDataset):
         return self._parent[epoch * self._n + self._permuted(epoch, i)]
 
 
-def sequence_dataset(kind, k, source, base, cfg, layout, tokenizer):
+def sequence_dataset(kind, k, source, base, cfg, layout, tokenizer, key: str = ""):
     """MapDataset of {"input_ids"} for stream `kind` (mixture slot k) over record indices `base`:
-    per-epoch shuffle, repeat, then record -> sequence, deterministic for (seed, k, index)."""
+    per-epoch shuffle, repeat, then record -> sequence, deterministic for (seed, k, index).
+    `key`: the config's place in its file (DataConfig.validate)."""
     ds = base.repeat(cfg.num_epochs)
     if cfg.shuffle:
         ds = EpochShuffle(ds, len(base), (cfg.seed * 7919 + 2 * k) % 2**32)
     return ds.random_map(
-        _Tokens(kind, source, cfg, layout, tokenizer), seed=(cfg.seed * 7919 + 2 * k + 1) % 2**32
+        _Tokens(kind, source, cfg, layout, tokenizer, key),
+        seed=(cfg.seed * 7919 + 2 * k + 1) % 2**32,
     )
 
 
-def make_dataset(cfg: DataConfig, process_index: int = 0, process_count: int = 1, source=None):
-    """The grain IterDataset of contract batches for one host (see the module docstring)."""
+def make_dataset(
+    cfg: DataConfig, process_index: int = 0, process_count: int = 1, source=None, key: str = ""
+):
+    """The grain IterDataset of contract batches for one host (see the module docstring).
+    `key`: where `cfg` sits in its config file, for error messages (DataConfig.validate)."""
     from grain.experimental import ConcatThenSplitIterDataset
 
     from .corpus_read import CorpusSource
 
-    cfg.validate()  # also when built in Python rather than from YAML
+    cfg.validate(key)  # also when built in Python rather than from YAML
     if cfg.batch_size % process_count:
         raise ConfigError(
             f"data.batch_size {cfg.batch_size} is not divisible by {process_count} processes"
@@ -207,14 +223,16 @@ def make_dataset(cfg: DataConfig, process_index: int = 0, process_count: int = 1
     layout = cfg.layout.build()
     tokenizer = load_tokenizer(cfg.tokenizer, layout) if cfg.tokenizer else None
     if "expressive" in cfg.mixture and not layout.is_expressive:
-        raise ConfigError(f"data.mixture.expressive: layout {layout.name} has no pitch/style")
+        raise ConfigError(
+            f"{_at(key)('mixture')}.expressive: layout {layout.name} has no pitch/style"
+        )
     source = source if source is not None else CorpusSource(cfg.corpus_dir, cfg.split)
     if len(source) < process_count:
         raise InputError(f"{len(source)} records cannot be shared by {process_count} hosts")
     base = grain.MapDataset.range(len(source))[process_index::process_count]
     kinds = list(cfg.mixture)
     streams = [
-        sequence_dataset(kind, k, source, base, cfg, layout, tokenizer)
+        sequence_dataset(kind, k, source, base, cfg, layout, tokenizer, key)
         for k, kind in enumerate(kinds)
     ]
     ds = (
@@ -258,9 +276,11 @@ class TrainIterator:
     JSON-able dict) and restores exactly (`set_state`). The state is per process: restoring it
     under another process count or batch shape is refused with a clear error."""
 
-    def __init__(self, cfg: DataConfig, process_index: int, process_count: int, source=None):
+    def __init__(
+        self, cfg: DataConfig, process_index: int, process_count: int, source=None, key: str = ""
+    ):
         self.cfg, self.process_index, self.process_count = cfg, process_index, process_count
-        self._it = iter(make_dataset(cfg, process_index, process_count, source))
+        self._it = iter(make_dataset(cfg, process_index, process_count, source, key))
 
     def __iter__(self):
         return self
@@ -305,11 +325,13 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     source=None,
+    key: str = "",
 ) -> TrainIterator:
-    """This host's iterator of contract batches; host defaults come from jax."""
+    """This host's iterator of contract batches; host defaults come from jax. `key`: where
+    `config` sits in its config file (`data.corpus` in a run config), for error messages."""
     if process_index is None or process_count is None:
         import jax
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    return TrainIterator(config, process_index, process_count, source)
+    return TrainIterator(config, process_index, process_count, source, key)

@@ -58,7 +58,7 @@ def speech_sequence(rec, layout, leading_marker=True) -> np.ndarray:
 def expressive_sequence(rec, layout, leading_marker=True) -> np.ndarray:
     if not layout.is_expressive:
         raise ConfigError(
-            f"data.layout: layout {layout.name} has no pitch/style tokens for the expressive stream"
+            f"layout {layout.name} has no pitch/style tokens for the expressive stream"
         )
     return join_spans(layout, [(SPEECH, _speech(rec, layout, True)[0])], leading_marker)
 

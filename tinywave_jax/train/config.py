@@ -126,6 +126,9 @@ class SyntheticDataConfig:
             raise ConfigError("data.synthetic.vocab_size: must exceed first_id + 1")
 
 
+CORPUS_KEY = "data.corpus"  # where a run config nests the data.DataConfig keys
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSection:
     """`data:` section. `source: corpus` reads the tokenized corpus with the grain pipeline;
@@ -161,7 +164,7 @@ class DataSection:
                 "batch_size": self.batch_size,
                 "seed": self.seed,
             },
-            prefix="data.corpus",
+            prefix=CORPUS_KEY,
         )
 
 

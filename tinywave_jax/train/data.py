@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data.batches import contract_batch
 from ..errors import ConfigError
-from .config import DataSection
+from .config import CORPUS_KEY, DataSection
 
 
 class SyntheticIterator:
@@ -97,4 +97,4 @@ def make_batches(cfg: DataSection, vocab_size: int, process_index: int = 0, proc
         return SyntheticIterator(cfg, vocab_size, process_index, process_count)
     from ..data.pipeline import make_train_iterator
 
-    return make_train_iterator(cfg.corpus_config(), process_index, process_count)
+    return make_train_iterator(cfg.corpus_config(), process_index, process_count, key=CORPUS_KEY)
