@@ -241,7 +241,7 @@ def tiny_config(**kw) -> LlamaConfig:
     return LlamaConfig(**base)
 
 
-# SpiritLM teachers and the TinyWave student shape (tinywave-method.md §1).
+# SpiritLM teachers and the TinyWave student shape (docs/method.md).
 SPIRITLM_BASE_7B = LlamaConfig()
 SPIRITLM_EXPRESSIVE_7B = LlamaConfig(vocab_size=32768)
 TINYWAVE_BASE_2B = LlamaConfig(num_hidden_layers=10)
