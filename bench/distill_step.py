@@ -99,7 +99,6 @@ def jax_worker(a, out_dir: str) -> dict:
     import jax
 
     from tinywave_jax.convert.hf_export import hf_config_dict, params_to_hf_state
-    from tinywave_jax.train.loop import _global_batch
     from tinywave_jax.train.recipes import prepare
     from tinywave_jax.train.session import Session
 
@@ -128,7 +127,7 @@ def jax_worker(a, out_dir: str) -> dict:
             },
             f,
         )
-    data = _global_batch(session, host)
+    data = session.global_batch(host)
     jax.block_until_ready((state, frozen, data))
     base = rss_mib()
 

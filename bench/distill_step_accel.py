@@ -96,7 +96,6 @@ def measure(
 ) -> dict:
     """Times the project's own compiled step (`train.session.Session`), as `tinywave distill` runs it."""
     from tinywave_jax.train.data import make_batches
-    from tinywave_jax.train.loop import _global_batch
     from tinywave_jax.train.recipes import prepare
     from tinywave_jax.train.session import Session
 
@@ -106,14 +105,14 @@ def measure(
     frozen, trainable = session.frozen_and_trainable()
     state = session.init_state(trainable)
     batches = make_batches(cfg.data, recipe.spec.student.vocab_size)
-    data = _global_batch(session, next(batches))
+    data = session.global_batch(next(batches))
     t0 = time.perf_counter()
     state, metrics = session.step(state, frozen, data)  # compiles on the first call
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(steps):
-        data = _global_batch(session, next(batches))
+        data = session.global_batch(next(batches))
         t0 = time.perf_counter()
         state, metrics = session.step(state, frozen, data)
         jax.block_until_ready(metrics)

@@ -53,7 +53,6 @@ def _load(args):
     from tinywave_jax.config import load_config
     from tinywave_jax.train.config import DistillConfig
     from tinywave_jax.train.data import make_batches
-    from tinywave_jax.train.loop import _global_batch
     from tinywave_jax.train.recipes import prepare
     from tinywave_jax.train.session import Session
 
@@ -64,7 +63,7 @@ def _load(args):
     # a few real steps, so that Adam's moments are not the zeros orbax would compress away
     batches = make_batches(cfg.data, session.spec.student.vocab_size)
     for _ in range(args.steps):
-        state, _ = session.step(state, frozen, _global_batch(session, next(batches)))
+        state, _ = session.step(state, frozen, session.global_batch(next(batches)))
     params = session.export_params(state, frozen)
     config = session.spec.student.replace(remat="none")
     return cfg, session, state, params, config

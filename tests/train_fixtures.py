@@ -80,7 +80,6 @@ def one_step(cfg, mesh_shape=(1, 1, 1), devices=None, steps: int = 1, batch_inde
 
     from tinywave_jax.parallel import MeshConfig, make_mesh
     from tinywave_jax.train.data import make_batches
-    from tinywave_jax.train.loop import _global_batch
     from tinywave_jax.train.recipes import prepare
     from tinywave_jax.train.session import Session
 
@@ -94,7 +93,7 @@ def one_step(cfg, mesh_shape=(1, 1, 1), devices=None, steps: int = 1, batch_inde
         next(batches)
     metrics = None
     for _ in range(steps):
-        state, metrics = session.step(state, frozen, _global_batch(session, next(batches)))
+        state, metrics = session.step(state, frozen, session.global_batch(next(batches)))
     return state, {k: float(v) for k, v in jax.device_get(metrics).items()}, session
 
 

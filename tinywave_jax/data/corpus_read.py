@@ -38,6 +38,13 @@ def version_dir(corpus_dir) -> Path:
     return storage.local_mirror(found, "corpus") if storage.is_remote(found) else found
 
 
+def corpus_splits(corpus_dir) -> list[str]:
+    """The splits a built corpus holds, sorted."""
+    import tensorflow_datasets as tfds
+
+    return sorted(tfds.builder_from_directory(str(version_dir(corpus_dir))).info.splits)
+
+
 class CorpusSource:
     """Random-access records of one split (a grain data source). Decoding errors name the
     ArrayRecord file and record; records come back in the dict form `streams.py` takes."""
@@ -50,7 +57,7 @@ class CorpusSource:
         import tensorflow_datasets as tfds
 
         builder = tfds.builder_from_directory(self.dir)
-        if self.split not in builder.info.splits:
+        if self.split not in builder.info.splits:  # as corpus_splits
             raise CorpusError(
                 f"corpus {self.dir} has no split {self.split!r}; it has "
                 f"{sorted(builder.info.splits)}"

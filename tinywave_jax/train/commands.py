@@ -31,8 +31,14 @@ from another host must be deleted by hand once that run is known to be dead.
 a warning and moved to RUN_DIR/corrupt_checkpoints/). It refuses a config that differs from the
 checkpoint's, except in run_dir, train.steps (also the length of the LR decay), train.log_every,
 train.checkpoint_every, train.checkpoint_keep, train.async_checkpoint, train.tensorboard,
-train.throttle_s, train.peak_flops_per_device and mesh; --allow-config-change KEY [KEY ...]
-accepts other changed keys on purpose (a key covers the keys under it, e.g. optimizer).
+train.throttle_s, train.peak_flops_per_device, train.eval_every, train.eval_batches,
+train.eval_split and mesh; --allow-config-change KEY [KEY ...] accepts other changed keys on
+purpose (a key covers the keys under it, e.g. optimizer).
+
+validation: train.eval_every=N (default 0: none) logs val_loss and val_ppl, the student's
+next-token cross-entropy and perplexity on the first train.eval_batches batches of the held-out
+train.eval_split (validation or test; synthetic data: walks from another random stream), every N
+steps and at the last, to metrics.jsonl and TensorBoard.
 
 exit codes: 0 finished (RUN_DIR/final/ written); 2 a config, input or run-folder error (one line
 naming what to fix); 143 stopped by SIGTERM after saving a checkpoint (continue with --resume);

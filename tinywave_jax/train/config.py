@@ -12,6 +12,7 @@ import dataclasses
 from typing import Literal, Optional
 
 from ..config import ConfigError
+from ..data.corpus_format import SPLITS
 from ..distill.objective import DistillLossConfig, LossWeights
 from ..models.config import DType, LlamaConfig, RematPolicy
 from ..parallel.mesh import MeshConfig
@@ -76,6 +77,9 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.clip_norm: must be > 0 or null, got {self.clip_norm}")
 
 
+HELD_OUT_SPLITS = tuple(s for s in SPLITS if s != "train")  # what train.eval_split may name
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
     """The `train:` section: length, accumulation, numerics and logging/checkpoint cadence."""
@@ -94,11 +98,24 @@ class LoopConfig:
     tensorboard: bool = True
     peak_flops_per_device: Optional[float] = None  # for MFU; null: MFU not reported
     throttle_s: float = 0.0  # sleep after each step (only for tests/demos of preemption)
+    # validation loss / perplexity of the student on a held-out split (train/validation.py)
+    eval_every: int = 0  # steps between evaluations (and at the last step); 0: none
+    eval_batches: int = 10  # batches of data.batch_size rows (fewer if the split runs out)
+    eval_split: str = "validation"  # a held-out split: validation or test
 
     def validate(self):
         for f in ("steps", "microbatches", "log_every", "checkpoint_every", "checkpoint_keep"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"train.{f}: must be >= 1, got {getattr(self, f)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"train.eval_every: must be >= 0 (0: none), got {self.eval_every}")
+        if self.eval_batches < 1:
+            raise ConfigError(f"train.eval_batches: must be >= 1, got {self.eval_batches}")
+        if self.eval_split not in HELD_OUT_SPLITS:
+            raise ConfigError(
+                f"train.eval_split: {self.eval_split!r} is not a held-out split; "
+                f"expected one of {list(HELD_OUT_SPLITS)}"
+            )
         if self.peak_flops_per_device is not None and not self.peak_flops_per_device > 0:
             raise ConfigError("train.peak_flops_per_device: must be > 0 or null")
         if self.throttle_s < 0:
@@ -173,6 +190,12 @@ def _check_common(cfg) -> None:
         raise ConfigError(
             f"train.microbatches: {cfg.train.microbatches} does not divide "
             f"data.batch_size {cfg.data.batch_size}"
+        )
+    trained_on = cfg.data.corpus.get("split", "train") if cfg.data.source == "corpus" else "train"
+    if cfg.train.eval_every and cfg.train.eval_split == trained_on:
+        raise ConfigError(
+            f"train.eval_split: {trained_on!r} is the split the run trains on "
+            f"({CORPUS_KEY}.split); evaluate on another one"
         )
 
 

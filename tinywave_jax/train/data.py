@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.batches import contract_batch
+from ..data.corpus_format import SPLITS
 from ..errors import ConfigError
 from .config import CORPUS_KEY, DataSection
 
@@ -22,9 +23,16 @@ class SyntheticIterator:
     rows, the last one cut at the row end, like the corpus pipeline."""
 
     def __init__(
-        self, cfg: DataSection, vocab_size: int, process_index: int = 0, process_count: int = 1
+        self,
+        cfg: DataSection,
+        vocab_size: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        split: str = "train",
     ):
         s = cfg.synthetic
+        # a held-out split: walks on the same table from another random stream
+        self._stream = () if split == "train" else (SPLITS.index(split),)
         if cfg.batch_size % process_count:
             raise ConfigError(
                 f"data.batch_size {cfg.batch_size} is not divisible by the "
@@ -56,7 +64,7 @@ class SyntheticIterator:
 
     def __next__(self) -> dict:
         s, t = self.cfg.synthetic, self.cfg.seq_len
-        rng = np.random.default_rng([self.cfg.seed, self.process_index, self.index])
+        rng = np.random.default_rng([self.cfg.seed, self.process_index, self.index, *self._stream])
         ids = np.zeros((self.rows, t), np.int32)
         seg = np.zeros((self.rows, t), np.int32)
         for r in range(self.rows):
@@ -98,3 +106,34 @@ def make_batches(cfg: DataSection, vocab_size: int, process_index: int = 0, proc
     from ..data.pipeline import make_train_iterator
 
     return make_train_iterator(cfg.corpus_config(), process_index, process_count, key=CORPUS_KEY)
+
+
+def held_out_batches(
+    cfg: DataSection,
+    split: str,
+    n: int,
+    vocab_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[dict]:
+    """The first `n` batches of held-out `split` (train.eval_split), in order and once each: the
+    same sequences at every evaluation. A corpus split shorter than n batches gives fewer (the
+    last one padded, which the loss mask leaves out); a split the corpus lacks is a ConfigError
+    naming the splits it has."""
+    if cfg.source == "synthetic":
+        it = SyntheticIterator(cfg, vocab_size, process_index, process_count, split)
+        return [next(it) for _ in range(n)]
+    import dataclasses
+
+    from ..data.corpus_read import corpus_splits
+    from ..data.pipeline import make_train_iterator
+
+    corpus = cfg.corpus_config()
+    have = corpus_splits(corpus.corpus_dir)
+    if split not in have:
+        raise ConfigError(
+            f"train.eval_split: corpus {corpus.corpus_dir} has no split {split!r}; it has {have}"
+        )
+    held_out = dataclasses.replace(corpus, split=split, num_epochs=1, shuffle=False, worker_count=0)
+    it = make_train_iterator(held_out, process_index, process_count, key=CORPUS_KEY)
+    return [b for _, b in zip(range(n), it)]

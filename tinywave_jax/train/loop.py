@@ -4,7 +4,7 @@ Run folder (`run_dir`):
     .lock             held while a run uses the folder (run_lock.py): a second run is refused
     config.yaml       the resolved config of the latest (re)start
     checkpoints/<N>/  the resume checkpoint (resume.py): state, data iterator state, meta
-    metrics.jsonl     one row per logged step;  tb/  TensorBoard event files
+    metrics.jsonl     one row per logged or evaluated step;  tb/  TensorBoard event files
     final/            the trained student as a tinywave model checkpoint (`tinywave export-hf`)
 
 Checkpoints are written asynchronously every `train.checkpoint_every` steps, at the end, and when
@@ -40,6 +40,7 @@ from .resume import check_resume_config, checkpoint_manager, restore_intact, sav
 from .run_lock import RunInUseError, RunLock
 from .session import Session
 from .state import TrainState
+from .validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +171,6 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old_int)
 
 
-def _global_batch(session: Session, batch: dict) -> dict:
-    from ..parallel import batch_sharding
-
-    sh = batch_sharding(session.mesh)
-    return {k: jax.make_array_from_process_local_data(sh, batch[k]) for k in batch}
-
-
 @contextlib.contextmanager
 def _run_lock(run_dir: Path):
     """Holds run_dir/.lock for the block: process 0 takes it, every process learns the outcome
@@ -281,9 +275,12 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                 del trainable
                 batches = _batches(cfg, recipe)
                 writer = MetricsWriter(run_dir, cfg.train.tensorboard, enabled=primary)
+            validation = Validation(session) if cfg.train.eval_every else None
             if primary:
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(new_config, sort_keys=False))
-            state, done = _train(session, state, frozen, batches, mngr, meta, writer, echo, stop)
+            state, done = _train(
+                session, state, frozen, batches, mngr, meta, writer, echo, stop, validation
+            )
             final_dir = None
             if done:
                 final_dir = _export(session, state, frozen, run_dir)
@@ -308,9 +305,19 @@ def _batches(cfg, recipe):
 
 
 def _train(
-    session: Session, state, frozen, batches, mngr, meta, writer, echo, stop: _StopFlag
+    session: Session,
+    state,
+    frozen,
+    batches,
+    mngr,
+    meta,
+    writer,
+    echo,
+    stop: _StopFlag,
+    validation: Validation | None = None,
 ) -> tuple[TrainState, bool]:
-    """Steps to train.steps; (state, False) when SIGTERM stopped it (after a checkpoint)."""
+    """Steps to train.steps; (state, False) when SIGTERM stopped it (after a checkpoint).
+    `validation`: evaluated when due, its metrics logged with the step's (or in a row alone)."""
     cfg, spec = session.cfg, session.spec
     total = cfg.train.steps
     start = int(jax.device_get(state.step))
@@ -336,7 +343,7 @@ def _train(
                 save_checkpoint(mngr, state, batches.get_state(), meta)
             return state, False
         try:
-            batch = _global_batch(session, next(batches))
+            batch = session.global_batch(next(batches))
         except StopIteration:  # a finite corpus (data.corpus.num_epochs) ran out
             log.warning("data exhausted after %d steps; finishing early", step - 1)
             check_pending()
@@ -349,6 +356,12 @@ def _train(
         stopping = stop.after_step(step)
         if step % cfg.train.checkpoint_every == 0 or step == total or stopping:
             check_pending()
+        val = {}
+        if validation is not None and validation.due(step):
+            check_pending()
+            t_val = time.time()
+            val = validation(state.params, frozen)
+            t_last += time.time() - t_val  # not counted in tokens_per_s / mfu
         if step % cfg.train.log_every == 0 or step == total or stopping:
             check_pending()
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -359,9 +372,14 @@ def _train(
             m["model_flops_per_step"] = flops
             if peak:
                 m["mfu"] = rate * flops / (peak * jax.device_count())
+            m.update(val)
             writer.write(step, m)
             if echo and jax.process_index() == 0:
                 progress.print(step, m)
+        elif val:
+            writer.write(step, val)
+            if echo and jax.process_index() == 0:
+                progress.print(step, val)
         if step % cfg.train.checkpoint_every == 0 or step == total or stopping:
             save_checkpoint(mngr, state, batches.get_state(), meta)
             saved = step

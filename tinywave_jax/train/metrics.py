@@ -173,7 +173,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 class Progress:
-    """`step 120/1000 loss 3.412 ce 3.01 tok/s 52.1k eta 0:14:02` lines on stderr."""
+    """`step 120/1000 loss 3.412 ce 3.01 tok/s 52.1k eta 0:14:02` lines on stderr (with
+    `val_loss` / `val_ppl` at an evaluated step)."""
 
     def __init__(self, total_steps: int, stream=sys.stderr):
         self.total, self.stream = total_steps, stream
@@ -185,8 +186,8 @@ class Progress:
         if self.last is not None and step > self.last[1]:
             eta = (self.total - step) * (now - self.last[0]) / (step - self.last[1])
         self.last = (now, step)
-        parts = [f"step {step}/{self.total}", f"loss {metrics['loss']:.4f}"]
-        for k in ("ce", "logit_kl", "hidden", "attention_kl"):
+        parts = [f"step {step}/{self.total}"]
+        for k in ("loss", "ce", "logit_kl", "hidden", "attention_kl", "val_loss", "val_ppl"):
             if k in metrics:
                 parts.append(f"{k} {metrics[k]:.4f}")
         if "tokens_per_s" in metrics:

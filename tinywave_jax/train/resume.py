@@ -56,6 +56,9 @@ RESUME_MAY_CHANGE = (
     "train.tensorboard",
     "train.throttle_s",
     "train.peak_flops_per_device",  # MFU reporting only
+    "train.eval_every",  # validation reporting only (train/validation.py)
+    "train.eval_batches",
+    "train.eval_split",
     "mesh",  # resharded on restore; results equal up to float round-off
 )
 

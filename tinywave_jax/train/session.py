@@ -53,6 +53,13 @@ class Session:
             self.frozen_shardings,
         )
 
+    def global_batch(self, batch: dict) -> dict:
+        """This host's rows of a contract batch as global arrays, rows over (data, fsdp)."""
+        from ..parallel import batch_sharding
+
+        sh = batch_sharding(self.mesh)
+        return {k: jax.make_array_from_process_local_data(sh, batch[k]) for k in batch}
+
     def frozen_and_trainable(self, trainable_too: bool = True) -> tuple[dict, dict]:
         """(frozen params, initial trainable params), created directly with their shardings.
         `trainable_too=False` (a resume: the checkpoint has them) skips the trainable ones where

@@ -23,6 +23,7 @@ from jax import lax
 
 from ..distill.objective import (
     DistillLossConfig,
+    LossWeights,
     Terms,
     loss_terms,
     means,
@@ -176,6 +177,40 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, opt_state, state.rng), metrics
+
+
+def eval_terms(spec: StepSpec, trainable: dict, frozen: dict, batch: dict) -> tuple:
+    """The student's next-token cross-entropy on `batch` as (NLL sum, loss_mask tokens): the
+    training CE term itself (`loss_terms`), whatever the run's loss weights; microbatched like
+    the step, so it needs no more memory than a training step."""
+    ce_only = dataclasses.replace(spec.loss, weights=LossWeights(1.0, 0.0, 0.0, 0.0))
+    params = student_params(spec, trainable, frozen)
+
+    def one(mb):
+        student = _features(spec.student, params, mb, (), False, False, output=True)
+        return loss_terms(ce_only, mb, student, {})["ce"]
+
+    if spec.microbatches == 1:
+        return one({k: batch[k] for k in BATCH_KEYS})
+    sums = lax.map(one, split_microbatches(batch, spec.microbatches))
+    return jax.tree.map(jnp.sum, sums)
+
+
+class CompiledEval:
+    """`eval_terms` jitted on `mesh` with the step's shardings (params as trained, rows over
+    (data, fsdp)); nothing donated. Returns (sum, count) replicated."""
+
+    def __init__(self, spec: StepSpec, mesh, params_sh: dict, frozen_sh: dict):
+        self.mesh = mesh
+        self._jit = jax.jit(
+            lambda params, frozen, batch: eval_terms(spec, params, frozen, batch),
+            in_shardings=(params_sh, frozen_sh, dict.fromkeys(BATCH_KEYS, batch_sharding(mesh))),
+            out_shardings=replicated(mesh),
+        )
+
+    def __call__(self, params, frozen, batch):
+        with jax.set_mesh(self.mesh), axis_rules_context():
+            return self._jit(params, frozen, {k: batch[k] for k in BATCH_KEYS})
 
 
 class CompiledStep:
