@@ -80,6 +80,15 @@ def test_bad_hf_config_names_the_key(tmp_path, change, needle):
     assert "config.json" in str(e.value)
 
 
+def test_bad_hf_shape_names_the_config_json_key():
+    hf = dict(mc.tiny_config().to_hf_dict(), num_key_value_heads=3)
+    with pytest.raises(ConfigError) as e:
+        mc.LlamaConfig.from_hf_dict(hf, where="m/config.json")
+    assert str(e.value) == (
+        "m/config.json: num_attention_heads: 4 is not a multiple of num_key_value_heads (3)"
+    )
+
+
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="config.json"):
         mc.LlamaConfig.from_hf_file(tmp_path)

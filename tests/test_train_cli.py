@@ -115,6 +115,30 @@ def test_corpus_data_errors_name_the_key_as_written(override, message):
     assert str(e.value).startswith(message), str(e.value)
 
 
+@pytest.mark.parametrize(
+    "path, override, message",
+    [
+        (
+            "distill_tiny.yaml",
+            "teacher.shape.num_key_value_heads=3",
+            "teacher.shape.num_attention_heads: 4 is not a multiple of "
+            "teacher.shape.num_key_value_heads (3)",
+        ),
+        ("distill_tiny.yaml", "teacher.shape.head_dim=7", "teacher.shape.head_dim: must be even"),
+        (
+            "train_tiny.yaml",
+            "model.shape.hidden_size=0",
+            "model.shape.hidden_size: must be positive",
+        ),
+    ],
+)
+def test_model_shape_errors_name_the_key_as_written(path, override, message):
+    cls = TrainConfig if path.startswith("train") else DistillConfig
+    with pytest.raises(ConfigError) as e:
+        load_config(cls, CONFIGS / path, [override])
+    assert str(e.value).startswith(message), str(e.value)
+
+
 def test_corpus_data_runtime_errors_name_the_key_as_written(tmp_path):
     from tinywave_jax.data import DataConfig, LayoutConfig, make_train_iterator
 

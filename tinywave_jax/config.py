@@ -10,6 +10,7 @@ that takes a `key` argument is given its dotted path in the file, to name keys a
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import inspect
 import re
@@ -58,6 +59,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1 and dataclasses.is_dataclass(arms[0]) and isinstance(value, dict):
+            return _coerce(value, arms[0], key)  # an optional section: its errors name its keys
         errors = []
         for arg in args:
             if arg is type(None):
@@ -110,6 +114,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+_BUILDING = contextvars.ContextVar("tinywave_config_key", default="")
+
+
+def building_key() -> str:
+    """The dotted key of the config `from_dict` is constructing right now ("" otherwise): for
+    checks in `__post_init__`, which run before `from_dict` can pass `key` to `validate`."""
+    return _BUILDING.get()
+
+
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """Builds dataclass `cls` from `data`, rejecting unknown keys and wrongly typed values."""
     if not isinstance(data, dict):
@@ -127,10 +140,13 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _coerce(value, hints[name], key)
+    token = _BUILDING.set(prefix)
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+    finally:
+        _BUILDING.reset(token)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         # A config that can sit at several places in a file takes `key`, its dotted path there,

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from ..config import ConfigError, from_dict
+from ..config import ConfigError, building_key, from_dict
 
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "save_attn_proj"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -90,9 +90,14 @@ class LlamaConfig:
     def __post_init__(self):
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
-        self.validate()
+        self.validate(building_key())
 
-    def validate(self):
+    def validate(self, key: str = ""):
+        """`key`: where this config sits in its file (`teacher.shape` in a run config)."""
+
+        def at(name: str) -> str:
+            return f"{key}.{name}" if key else name
+
         for name in (
             "vocab_size",
             "hidden_size",
@@ -103,14 +108,14 @@ class LlamaConfig:
             "head_dim",
         ):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{at(name)}: must be positive, got {getattr(self, name)}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
-                f"model.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                f"model.num_key_value_heads ({self.num_key_value_heads})"
+                f"{at('num_attention_heads')}: {self.num_attention_heads} is not a multiple of "
+                f"{at('num_key_value_heads')} ({self.num_key_value_heads})"
             )
         if self.head_dim % 2:
-            raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
+            raise ConfigError(f"{at('head_dim')}: must be even for RoPE, got {self.head_dim}")
 
     @property
     def num_groups(self) -> int:
@@ -183,8 +188,8 @@ class LlamaConfig:
                 prefix=f"{where}:rope_scaling",
             )
         kw.update(jax_options)
-        try:
-            return from_dict(cls, kw, prefix=where)
+        try:  # the keys are config.json's top-level ones: named bare after the file
+            return from_dict(cls, kw)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 
