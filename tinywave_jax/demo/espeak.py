@@ -16,6 +16,7 @@ import dataclasses
 import os
 import pickle
 import threading
+import warnings
 
 import numpy as np
 
@@ -120,7 +121,12 @@ def synthesize_many(
     demo's spawned workers)."""
     _library()  # loaded and initialised here, before the fork, but never used to synthesise
     r, w = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python warns on fork in a threaded process (jax's, in tests): the child here only runs
+        # espeak-ng, pickle and os.write, and glibc makes malloc usable after fork, so no lock
+        # another thread held at the fork is ever taken in the child.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pid = os.fork()
     if pid == 0:  # child: synthesise, send, exit without running the parent's clean-up
         code = 0
         try:
