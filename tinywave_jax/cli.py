@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TinywaveError as e:
         print(f"tinywave {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _exit_code(2, program=argv is None)
     except KeyboardInterrupt:  # a second Ctrl-C (training saves on the first): no traceback
         print(f"tinywave {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
@@ -60,7 +60,24 @@ def main(argv: list[str] | None = None) -> int:
         if "tinywave_jax.checkpoint" in sys.modules:  # orbax's abandoned writes report at exit
             sys.modules["tinywave_jax.checkpoint"]._quiet_orbax_aftermath()
         print(f"tinywave {args.command}: error: {named}", file=sys.stderr)
-        return 2
+        return _exit_code(2, program=argv is None)
+
+
+def _exit_code(code: int, program: bool) -> int:
+    """`code`; but a program (not a call from Python) that left a storage operation behind past
+    its deadline exits at once: orbax's commit thread, which the interpreter would join at exit,
+    may wait on the lost bucket without end."""
+    from . import storage
+
+    if program and storage.abandoned():
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 # errno values of a full disk, a quota or the file-size limit (ENOSPC, EDQUOT, EFBIG), and how

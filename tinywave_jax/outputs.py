@@ -326,8 +326,8 @@ def atomic_output_dir(
                     shutil.rmtree(old)
         _sync(f"tinywave-save-done-{tag}")
     finally:
-        if primary and remote:
-            storage.rmtree(tmp)
+        if primary and remote and not storage.lost():  # past a deadline the bucket is
+            storage.rmtree(tmp)  # lost: the next write into out_dir removes the leftover
         elif primary and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
