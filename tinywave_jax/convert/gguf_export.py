@@ -430,6 +430,10 @@ def _atomic_file(out: Path, overwrite: bool, sources) -> Iterator[Path]:
         yield tmp
         check_output_file(out, overwrite, sources)  # someone may have written there meanwhile
         os.replace(tmp, out)
+    except OSError as e:
+        if e.filename is None:  # numpy's short write (a full disk) names no file: name it
+            e.written_file = str(out)  # for cli.disk_full (e.filename would change str(e))
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
