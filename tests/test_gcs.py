@@ -469,6 +469,55 @@ def test_a_plain_write_first_rolls_back_a_killed_replacement(gcs, tmp_path, caps
     }
 
 
+def test_a_partial_or_damaged_bucket_folder_is_named_by_its_bucket_path(gcs, tmp_path, capsys):
+    """A bucket folder left partial by a killed commit was reported naming a local temporary
+    copy (export-gguf: the mirror, "no tinywave.json"; import-hf: its TMPDIR download, "no
+    weights found"); readers now refuse it naming the bucket folder, and other errors found in
+    a local copy (a damaged params file) name the bucket path too."""
+    from tinywave_jax.checkpoint import save_model
+    from tinywave_jax.convert import export_hf
+    from tinywave_jax.models.config import tiny_config
+    from tinywave_jax.models.llama import init_params
+    from tinywave_jax.outputs import _host
+
+    config = tiny_config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    ck = save_model(tmp_path / "ck", init_params(config, jax.random.key(0)), config)
+    hf = export_hf(ck, tmp_path / "hf")
+    base = f"gs://{make_bucket()}/m"
+    writer = f"{_host()}-{os.getpid()}-0123abcd"  # a live writer: the folder is left alone
+    for name, src in (("final", ck), ("hf", hf)):
+        rels = storage.rel_files(src)
+        storage.copy_tree(src, f"{base}/.{name}.tmp-{writer}")
+        storage.path(f"{base}/.{name}.tmp-{writer}/{COMMIT_MARKER}").write_bytes(b"")
+        for rel in [r for r in rels if r.endswith(".json")][:1]:  # the copy cut short
+            storage.path(f"{base}/{name}/{rel}").write_bytes((src / rel).read_bytes())
+    commands = {
+        "export-gguf": ["export-gguf", f"{base}/final", str(tmp_path / "o.gguf")],
+        "import-hf": ["import-hf", f"{base}/hf", str(tmp_path / "imp")],
+        "score": ["score", f"{base}/final", str(tmp_path / "x.jsonl"), str(tmp_path / "y.jsonl")],
+    }
+    (tmp_path / "x.jsonl").write_text('{"ids": [1, 2]}\n')
+    for command, argv in commands.items():
+        assert cli_main(argv) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        folder = argv[1]
+        assert err.startswith(f"tinywave {command}: error: "), err
+        assert f" {folder}: partial, a write into it was interrupted" in err, err
+        # no local copy named (the mirror cache, import-hf's TMPDIR download)
+        assert "tinywave-cache" not in err and "tinywave-import-hf-" not in err, err
+    assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "imp").exists()
+
+    # a complete folder with a damaged params file: named by its bucket path, not the mirror's
+    storage.copy_tree(ck, f"{base}/ck2")
+    data = sorted(r for r in storage.rel_files(ck) if r.startswith("params/d/"))[0]
+    blob = bytearray((ck / data).read_bytes())
+    blob[len(blob) // 2] ^= 1
+    storage.path(f"{base}/ck2/{data}").write_bytes(bytes(blob))
+    assert cli_main(["export-gguf", f"{base}/ck2", str(tmp_path / "o.gguf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{base}/ck2" in err and "tinywave-cache" not in err, err
+
+
 @pytest.mark.slow
 def test_a_bucket_lost_in_the_middle_of_a_command_is_one_named_line(tmp_path, capsys, monkeypatch):
     """The bucket becoming unreachable after the start-up check gave library tracebacks; it now

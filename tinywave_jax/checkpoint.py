@@ -325,6 +325,9 @@ def load_model_info(ckpt_dir: str | Path) -> dict:
     storage.check_gcs(ckpt_dir, what="model checkpoint")
     path = storage.path(ckpt_dir) / INFO_FILE
     if not path.is_file():
+        from .outputs import check_remote_complete
+
+        check_remote_complete(ckpt_dir, "model checkpoint")  # a killed commit's partial copy
         raise MissingInputError(f"{ckpt_dir}: not a tinywave model checkpoint (no {INFO_FILE})")
     try:
         info = json.loads(path.read_text())

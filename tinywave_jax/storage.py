@@ -22,6 +22,7 @@ setting to fix instead of a library traceback after the first checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -424,7 +425,10 @@ def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
     import shutil
     import tempfile
 
+    from .outputs import check_remote_complete
+
     check_gcs(remote, what=what)
+    check_remote_complete(remote, what)  # a killed commit's partial copy is not mirrored
     base = str(remote).rstrip("/")
     gcs = fs(base)
     stripped = _SCHEME.sub("", base, count=1)
@@ -624,3 +628,20 @@ class _OrbaxStorageLogsAtDebug(_RetryLogsAtDebug):
         ):
             return super().filter(record)
         return True
+
+
+@contextlib.contextmanager
+def reported_as(local: AnyPath, remote: AnyPath):
+    """Named errors (TinywaveError) raised in the block name `remote`, the user's path, where
+    they named `local`, the local copy read in its place (a mirror or download in TMPDIR)."""
+    try:
+        yield
+    except TinywaveError as e:
+        text, here = str(e), str(local).rstrip("/")
+        if here not in text or str(remote) == here:
+            raise
+        try:
+            renamed = type(e)(text.replace(here, str(remote).rstrip("/")))
+        except Exception:  # a constructor that takes other arguments: keep the original
+            raise e from None
+        raise renamed from e
