@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import storage
     from .errors import TinywaveError
 
     args = build_parser().parse_args(argv)
+    storage.forget_lost()  # storage operations lost by an earlier command in this process
     try:
         return int(args.func(args) or 0)
     except TinywaveError as e:

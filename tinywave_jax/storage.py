@@ -535,6 +535,13 @@ def abandoned() -> bool:
     return bool(_ABANDONED)
 
 
+def forget_lost() -> None:
+    """Starts a new command or run with no operation counted as lost (a process that runs
+    several, such as a test session or a notebook, would otherwise skip their cleanups)."""
+    _ABANDONED.clear()
+    _LOST.clear()
+
+
 def lost() -> bool:
     """Whether a storage operation of this process ran past its deadline or failed on the
     bucket: what would wait on it again (orbax's close, a last upload) is skipped, so the named

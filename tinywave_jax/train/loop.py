@@ -228,6 +228,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
     newest intact checkpoint; config keys outside resume.RESUME_MAY_CHANGE may change only when
     named in `allow_config_change` (a key covers the keys under it)."""
     # a gs:// run folder must be writable before any work (not at the first checkpoint)
+    storage.forget_lost()
     storage.check_gcs(cfg.run_dir, write=True, what="run_dir")
     recipe = prepare(cfg)
     run_dir = storage.path(cfg.run_dir)
