@@ -293,12 +293,15 @@ def save_model(
     primary = is_primary_process()  # several processes: all write params, process 0 the rest
     with atomic_output_dir(out_dir, overwrite, sources) as tmp:
         ckptr = _params_checkpointer()
-        storage.within_deadline(
-            lambda: ckptr.save(_absolute(tmp / "params"), args=ocp.args.PyTreeSave(params)),
-            "saving the model's params/",
-            out_dir,
-        )
-        ckptr.close()  # not after a deadline: it would wait on the abandoned write
+        try:
+            storage.within_deadline(
+                lambda: ckptr.save(_absolute(tmp / "params"), args=ocp.args.PyTreeSave(params)),
+                "saving the model's params/",
+                out_dir,
+            )
+        finally:
+            if not storage.lost():  # close() would wait on the abandoned write
+                ckptr.close()
         if primary:
             config.write_hf_file(tmp / "config.json")
         tokenizer_files = copy_tokenizer_files(tokenizer_dir, tmp / "tokenizer") if primary else []

@@ -306,16 +306,14 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                 "signal": None if done else (stop.signal or "SIGTERM"),
             }
         finally:
-            try:
-                wait_for_saves(mngr)
-            finally:
-                # the bucket lost (an operation failed or ran past its deadline): close()
-                # would wait on the failed commit again, the writer's last upload would retry
-                # (metrics.jsonl was uploaded whole at each logged step)
-                if not storage.lost():
-                    mngr.close()
-                    if writer is not None:
-                        writer.close()
+            wait_for_saves(mngr)
+            # the bucket lost (an operation failed or ran past its deadline): close() would
+            # wait on the failed commit again, the writer's last upload would retry
+            # (metrics.jsonl was uploaded whole at each logged step)
+            if not storage.lost():
+                mngr.close()
+                if writer is not None:
+                    writer.close()
 
 
 def _batches(cfg, recipe):
