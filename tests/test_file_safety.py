@@ -499,7 +499,10 @@ def _limited_cli(argv: list[str], **env_over: str) -> list[str]:
     )
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode == 2, r.stderr.decode()[-2000:]
-    named = [l for l in lines if l.startswith(f"tinywave {argv[0]}: error: ")]
+    # orbax's writer thread may print its own traceback at the same moment (the line can then
+    # start mid-line of it): the named line is found where it starts
+    prefix = f"tinywave {argv[0]}: error: "
+    named = [l[l.index(prefix) :] for l in lines if prefix in l]
     assert len(named) == 1 and " while writing " in named[0], lines[-5:]
     assert "file too large" in named[0] or "cut short" in named[0], named
     return named
