@@ -80,3 +80,65 @@ def make_bucket(name: str | None = None) -> str:
     name = name or f"tw-{uuid.uuid4().hex[:12]}"
     storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(name)
     return name
+
+
+class TcpGate:
+    """A TCP forwarder in front of the emulator, to lose the bucket for one client only (the one
+    given `url`) while the test still reads it directly. `cut("refused")`: the port closes and
+    open connections are reset; `cut("silent")`: connections stay open (new ones are accepted)
+    but nothing passes any more, as when packets are dropped."""
+
+    def __init__(self, target_url: str):
+        import threading
+
+        host, port = target_url.rsplit("//", 1)[1].split(":")
+        self._target = (host, int(port))
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.mode = "open"
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread
+        self._thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._conns.append(client)
+            if self.mode != "open":
+                continue  # silent: held open, never answered
+            upstream = socket.create_connection(self._target)
+            self._conns.append(upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                self._thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data or self.mode != "open":
+                    break
+                b.sendall(data)
+            if self.mode == "open":
+                b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def cut(self, how: str) -> None:
+        assert how in ("refused", "silent")
+        self.mode = how
+        if how == "refused":
+            self._listener.close()
+            for c in self._conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                c.close()
+
+    def close(self) -> None:
+        self.cut("refused")

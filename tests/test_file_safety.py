@@ -488,6 +488,59 @@ def test_a_full_disk_is_one_line_and_replaces_nothing(ckpt, tmp_path):
     assert _tree(hf) == before and not (tmp_path / "again").exists()
 
 
+def _limited_cli(argv: list[str], **env_over: str) -> list[str]:
+    """Runs the CLI under _LIMITED_CLI; asserts exit 2 and one named full-disk line among the
+    stderr lines, and returns them."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), **env_over)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # only the command's own writes meet the limit
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    r = subprocess.run(
+        [sys.executable, "-c", _LIMITED_CLI, *argv], env=env, capture_output=True, timeout=300
+    )
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2, r.stderr.decode()[-2000:]
+    # orbax's writer thread may print its own traceback at the same moment (the line can then
+    # start mid-line of it): the named line is found where it starts
+    prefix = f"tinywave {argv[0]}: error: "
+    named = [l[l.index(prefix) :] for l in lines if prefix in l]
+    assert len(named) == 1 and " while writing " in named[0], lines[-5:]
+    assert "file too large" in named[0] or "cut short" in named[0], named
+    return named
+
+
+def test_a_full_disk_in_export_gguf_is_one_line_and_keeps_the_old_file(ckpt, tmp_path):
+    """export-gguf replacing a good .gguf on a full disk: one line naming the file being written,
+    exit 2, the old file byte for byte and no temporary sibling left."""
+    out = tmp_path / "model.gguf"
+    assert cli.main(["export-gguf", str(ckpt), str(out)]) == 0
+    before = out.read_bytes()
+    assert len(before) > 20000  # past the limit, so the write meets it
+    (named,) = _limited_cli(["export-gguf", str(ckpt), str(out), "--overwrite"])
+    assert f"while writing {out}:" in named, named
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "model.gguf"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_distills_first_checkpoint_is_one_line(tmp_path):
+    """distill's first checkpoint on a full disk: one line naming the file being written, exit
+    2; no step counts as saved (a --resume finds none, nothing damaged to set aside)."""
+    import yaml
+    from train_fixtures import distill_dict
+
+    run_dir = tmp_path / "run"
+    d = distill_dict(run_dir=str(run_dir))
+    d["train"].update(steps=2, checkpoint_every=1)
+    config = tmp_path / "distill.yaml"
+    config.write_text(yaml.safe_dump(d))
+    (named,) = _limited_cli(["distill", str(config), "--quiet"])
+    assert str(run_dir / "checkpoints") in named, named
+    import orbax.checkpoint as ocp
+
+    assert ocp.CheckpointManager(run_dir / "checkpoints").all_steps() == []
+    assert not (run_dir / "final").exists() and not (run_dir / ".lock").exists()
+
+
 def test_temporary_folders_of_dead_processes_are_removed(tmp_path):
     """Killed downloads, imports and exports left their temporary folders (hundreds of MB) for
     good; the next run removes those whose process on this host is gone."""

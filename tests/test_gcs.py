@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from gcs_fixtures import gcs_emulator, make_bucket
+from gcs_fixtures import TcpGate, gcs_emulator, make_bucket
 from train_fixtures import (
     SHARED_OVER,
     distill_config,
@@ -469,6 +469,55 @@ def test_a_plain_write_first_rolls_back_a_killed_replacement(gcs, tmp_path, caps
     }
 
 
+def test_a_partial_or_damaged_bucket_folder_is_named_by_its_bucket_path(gcs, tmp_path, capsys):
+    """A bucket folder left partial by a killed commit was reported naming a local temporary
+    copy (export-gguf: the mirror, "no tinywave.json"; import-hf: its TMPDIR download, "no
+    weights found"); readers now refuse it naming the bucket folder, and other errors found in
+    a local copy (a damaged params file) name the bucket path too."""
+    from tinywave_jax.checkpoint import save_model
+    from tinywave_jax.convert import export_hf
+    from tinywave_jax.models.config import tiny_config
+    from tinywave_jax.models.llama import init_params
+    from tinywave_jax.outputs import _host
+
+    config = tiny_config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    ck = save_model(tmp_path / "ck", init_params(config, jax.random.key(0)), config)
+    hf = export_hf(ck, tmp_path / "hf")
+    base = f"gs://{make_bucket()}/m"
+    writer = f"{_host()}-{os.getpid()}-0123abcd"  # a live writer: the folder is left alone
+    for name, src in (("final", ck), ("hf", hf)):
+        rels = storage.rel_files(src)
+        storage.copy_tree(src, f"{base}/.{name}.tmp-{writer}")
+        storage.path(f"{base}/.{name}.tmp-{writer}/{COMMIT_MARKER}").write_bytes(b"")
+        for rel in [r for r in rels if r.endswith(".json")][:1]:  # the copy cut short
+            storage.path(f"{base}/{name}/{rel}").write_bytes((src / rel).read_bytes())
+    commands = {
+        "export-gguf": ["export-gguf", f"{base}/final", str(tmp_path / "o.gguf")],
+        "import-hf": ["import-hf", f"{base}/hf", str(tmp_path / "imp")],
+        "score": ["score", f"{base}/final", str(tmp_path / "x.jsonl"), str(tmp_path / "y.jsonl")],
+    }
+    (tmp_path / "x.jsonl").write_text('{"ids": [1, 2]}\n')
+    for command, argv in commands.items():
+        assert cli_main(argv) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        folder = argv[1]
+        assert err.startswith(f"tinywave {command}: error: "), err
+        assert f" {folder}: partial, a write into it was interrupted" in err, err
+        # no local copy named (the mirror cache, import-hf's TMPDIR download)
+        assert "tinywave-cache" not in err and "tinywave-import-hf-" not in err, err
+    assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "imp").exists()
+
+    # a complete folder with a damaged params file: named by its bucket path, not the mirror's
+    storage.copy_tree(ck, f"{base}/ck2")
+    data = sorted(r for r in storage.rel_files(ck) if r.startswith("params/d/"))[0]
+    blob = bytearray((ck / data).read_bytes())
+    blob[len(blob) // 2] ^= 1
+    storage.path(f"{base}/ck2/{data}").write_bytes(bytes(blob))
+    assert cli_main(["export-gguf", f"{base}/ck2", str(tmp_path / "o.gguf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{base}/ck2" in err and "tinywave-cache" not in err, err
+
+
 @pytest.mark.slow
 def test_a_bucket_lost_in_the_middle_of_a_command_is_one_named_line(tmp_path, capsys, monkeypatch):
     """The bucket becoming unreachable after the start-up check gave library tracebacks; it now
@@ -491,6 +540,100 @@ def test_a_bucket_lost_in_the_middle_of_a_command_is_one_named_line(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "an object-storage request failed" in err[0], err
     assert "Cannot connect" in err[0] and not (tmp_path / "b.jsonl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["refused", "silent"])
+def test_a_run_whose_checkpoint_writes_lose_the_bucket_ends_at_the_deadline(gcs, tmp_path, how):
+    """Orbax's checkpoint writes (tensorstore) to a bucket lost mid-run retried on their own
+    schedule and the run never ended. Tensorstore's endpoint is cut after checkpoint K (the
+    port closed, or silent): the run now ends within TINYWAVE_STORAGE_DEADLINE_S with one line
+    naming the checkpoint folder and the operation, exit 2, and the resume (bucket back)
+    restores checkpoint K intact and finishes."""
+    import time
+
+    bucket = make_bucket()
+    run_dir = f"gs://{bucket}/run"
+    config = tmp_path / "gcs.yaml"
+    d = distill_dict(run_dir=run_dir, **SHARED_OVER)
+    d["train"]["throttle_s"] = 0.7
+    config.write_text(yaml.safe_dump(d))
+    cmd = [sys.executable, "-m", "tinywave_jax.cli", "distill", str(config), "--quiet"]
+    gate = TcpGate(gcs)  # tensorstore (orbax) goes through it; gcsfs and this test do not
+    env = {**subprocess_env(), "TENSORSTORE_GCS_HTTP_URL": gate.url}
+    env[storage.DEADLINE_ENV] = "4"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(
+            lambda: f"checkpoints/{K}/commit_success.txt" in _blobs(bucket, "run", names_only=True),
+            proc,
+            f"checkpoint {K} on the bucket",
+            poll=0.2,
+        )
+        gate.cut(how)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=180)
+        took = time.time() - t0
+    finally:
+        gate.close()
+        if proc.poll() is None:
+            proc.kill()
+    err = err.decode()
+    named = [line for line in err.splitlines() if line.startswith("tinywave distill: error")]
+    assert proc.returncode == 2, err[-3000:]
+    assert len(named) == 1 and f"{run_dir}/checkpoints: " in named[0], err[-3000:]
+    assert "checkpoint" in named[0] and "Traceback" not in err, err[-3000:]
+    assert took < 60, took  # the deadline (4 s) per operation, not tensorstore's ~15 min
+    print(f"{how}: ended {took:.1f} s after the cut: {named[0]}")
+
+    objects = _blobs(bucket, "run", names_only=True)
+    assert "final/tinywave.json" not in objects
+    done = subprocess.run(
+        [*cmd, "--resume", "train.throttle_s=0"],
+        env=subprocess_env(),  # the bucket reachable again
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    log = done.stderr.decode()
+    assert "does not restore" not in log, log  # nothing damaged, nothing set aside
+    objects = _blobs(bucket, "run", names_only=True)
+    assert not any(name.startswith("corrupt_checkpoints/") for name in objects)
+    assert "final/tinywave.json" in objects
+    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, N + 1))
+
+
+def test_storage_operations_have_a_deadline(monkeypatch):
+    """within_deadline: a remote operation past TINYWAVE_STORAGE_DEADLINE_S is a named error at
+    the deadline (the call itself left behind), a failed request names the path and the
+    operation, a local one runs as is; a bad setting is refused naming it."""
+    import threading
+    import time
+
+    from tinywave_jax.errors import ConfigError
+
+    monkeypatch.setattr(storage, "_ABANDONED", [])
+    monkeypatch.setattr(storage, "_LOST", [])
+    monkeypatch.setenv(storage.DEADLINE_ENV, "0.3")
+    release = threading.Event()
+    t0 = time.time()
+    with pytest.raises(storage.StorageDeadlineError, match=r"gs://b-tw/run: saving x did not fin"):
+        storage.within_deadline(release.wait, "saving x", "gs://b-tw/run")
+    assert 0.3 <= time.time() - t0 < 2 and storage.abandoned() and storage.lost()
+    release.set()
+
+    def refused():
+        raise ValueError("ABORTED: All 4 retry attempts failed: CURL error Could not connect")
+
+    with pytest.raises(storage.StorageRequestError, match=r"gs://b-tw/ck: reading y failed: an o"):
+        storage.within_deadline(refused, "reading y", "gs://b-tw/ck")
+    with pytest.raises(KeyError):  # anything else passes through unchanged
+        storage.within_deadline(lambda: {}["k"], "z", "gs://b-tw/ck")
+    assert storage.within_deadline(lambda: 7, "z", "/local/dir") == 7
+    for bad in ("soon", "0", "-1", "inf"):
+        monkeypatch.setenv(storage.DEADLINE_ENV, bad)
+        with pytest.raises(ConfigError, match=storage.DEADLINE_ENV):
+            storage.deadline_s()
 
 
 def test_an_unreachable_endpoint_fails_the_start_up_check_at_once(gcs, tmp_path, monkeypatch):

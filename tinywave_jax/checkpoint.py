@@ -294,9 +294,14 @@ def save_model(
     with atomic_output_dir(out_dir, overwrite, sources) as tmp:
         ckptr = _params_checkpointer()
         try:
-            ckptr.save(_absolute(tmp / "params"), args=ocp.args.PyTreeSave(params))
+            storage.within_deadline(
+                lambda: ckptr.save(_absolute(tmp / "params"), args=ocp.args.PyTreeSave(params)),
+                "saving the model's params/",
+                out_dir,
+            )
         finally:
-            ckptr.close()
+            if not storage.lost():  # close() would wait on the abandoned write
+                ckptr.close()
         if primary:
             config.write_hf_file(tmp / "config.json")
         tokenizer_files = copy_tokenizer_files(tokenizer_dir, tmp / "tokenizer") if primary else []
@@ -323,6 +328,9 @@ def load_model_info(ckpt_dir: str | Path) -> dict:
     storage.check_gcs(ckpt_dir, what="model checkpoint")
     path = storage.path(ckpt_dir) / INFO_FILE
     if not path.is_file():
+        from .outputs import check_remote_complete
+
+        check_remote_complete(ckpt_dir, "model checkpoint")  # a killed commit's partial copy
         raise MissingInputError(f"{ckpt_dir}: not a tinywave model checkpoint (no {INFO_FILE})")
     try:
         info = json.loads(path.read_text())
@@ -377,6 +385,8 @@ def _stored_params(ckpt_dir: Path, params_dir: Path, verified) -> dict[tuple[str
     try:
         meta = ckptr.metadata(params_dir).item_metadata
     except (ValueError, OSError) as e:
+        if storage.storage_failure(e):  # a lost bucket, not damage
+            raise
         raise _damaged(
             ckpt_dir, f"orbax cannot read the params/ index: {_first_line(e)}", verified
         ) from e
@@ -490,15 +500,19 @@ def load_model(
             set_path(restore_args, path, ocp.ArrayRestoreArgs(sharding=sh, dtype=dt))
     ckptr = ocp.PyTreeCheckpointer()
     try:
-        params = ckptr.restore(
-            params_dir,
-            args=ocp.args.PyTreeRestore(
-                item=target, restore_args=restore_args, partial_restore=True
+        params = storage.within_deadline(
+            lambda: ckptr.restore(
+                params_dir,
+                args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=restore_args, partial_restore=True
+                ),
             ),
+            "reading the model's params/",
+            ckpt_dir,
         )
     except Exception as e:
         cause = _read_error(e)
-        if cause is None or isinstance(e, TinywaveError):
+        if cause is None or isinstance(e, TinywaveError) or storage.storage_failure(e):
             raise
         _quiet_orbax_aftermath()
         if verified:
@@ -509,7 +523,8 @@ def load_model(
             ckpt_dir, f"orbax cannot read params/: {_first_line(cause)}", verified
         ) from e
     finally:
-        ckptr.close()
+        if not storage.lost():  # close() would wait on the abandoned read
+            ckptr.close()
     loaded_dtype = _dtype_of(params)
     if loaded_dtype in ("float32", "bfloat16", "float16"):
         config = config.replace(param_dtype=loaded_dtype)

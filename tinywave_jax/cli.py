@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 COMMAND_MODULES = [
@@ -41,14 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import storage
     from .errors import TinywaveError
 
     args = build_parser().parse_args(argv)
+    storage.forget_lost()  # storage operations lost by an earlier command in this process
     try:
         return int(args.func(args) or 0)
     except TinywaveError as e:
         print(f"tinywave {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _exit_code(2, program=argv is None)
     except KeyboardInterrupt:  # a second Ctrl-C (training saves on the first): no traceback
         print(f"tinywave {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
@@ -61,28 +64,53 @@ def main(argv: list[str] | None = None) -> int:
         if "tinywave_jax.checkpoint" in sys.modules:  # orbax's abandoned writes report at exit
             sys.modules["tinywave_jax.checkpoint"]._quiet_orbax_aftermath()
         print(f"tinywave {args.command}: error: {named}", file=sys.stderr)
-        return 2
+        return _exit_code(2, program=argv is None)
+
+
+def _exit_code(code: int, program: bool) -> int:
+    """`code`; but a program (not a call from Python) that left a storage operation behind past
+    its deadline exits at once: orbax's commit thread, which the interpreter would join at exit,
+    may wait on the lost bucket without end."""
+    from . import storage
+
+    if program and storage.abandoned():
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 # errno values of a full disk, a quota or the file-size limit (ENOSPC, EDQUOT, EFBIG), and how
 # tensorstore (orbax's writer) reports them inside a ValueError
-_FULL = {28: "no space left on the device", 122: "disk quota exceeded", 27: "file too large"}
+_FULL = {
+    28: "no space left on the device",
+    122: "disk quota exceeded",
+    27: "file too large",
+    # numpy's tofile (gguf's tensor writer) reports a cut-short write without its errno
+    "short": "a write was cut short (no space left, disk quota or file-size limit)",
+}
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
 
 
 def disk_full(e: BaseException) -> str | None:
     """A one-line message when `e` (or what caused it) is a write that ran out of disk space,
     quota or file-size limit; None for anything else."""
-    import re
-
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        code, where = getattr(e, "errno", None), getattr(e, "filename", None)
+        code = getattr(e, "errno", None)
+        where = getattr(e, "filename", None) or getattr(e, "written_file", None)
         if code not in _FULL:
             m = re.search(r"os_error_code='(\d+)'", str(e))
             code = int(m.group(1)) if m else None
             w = re.search(r'Failed writing: "([^"]+)"', str(e))
             where = w.group(1) if w else where
+        if code not in _FULL and isinstance(e, OSError) and _SHORT_WRITE.search(str(e)):
+            code = "short"
         if code in _FULL:
             return (
                 f"{_FULL[code]} while writing {where or 'a file'}: free space there (or write "

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import storage
-from .errors import ConfigError, OutputExistsError
+from .errors import ConfigError, InputError, OutputExistsError
 
 # A stale sibling whose writer ran on another host is removed only once nothing in it changed for
 # this long (its process cannot be asked whether it is alive).
@@ -326,8 +326,8 @@ def atomic_output_dir(
                     shutil.rmtree(old)
         _sync(f"tinywave-save-done-{tag}")
     finally:
-        if primary and remote:
-            storage.rmtree(tmp)
+        if primary and remote and not storage.lost():  # past a deadline the bucket is
+            storage.rmtree(tmp)  # lost: the next write into out_dir removes the leftover
         elif primary and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -388,6 +388,34 @@ def _remote_last_change(folder) -> float:
             t = datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
         newest = max(newest, float(t or 0.0))
     return newest
+
+
+class PartialFolderError(InputError):
+    """A bucket folder that an interrupted commit (outputs._commit_remote) left partial."""
+
+
+def check_remote_complete(folder, what: str = "folder") -> None:
+    """Refuses to read a remote `folder` that a killed commit left partial: no COMMIT_MARKER while
+    a `.NAME.tmp-*` / `.NAME.old-*` sibling of that commit is there. Named by the user's path
+    (a local mirror of it would otherwise be named, with a misleading reason such as "no
+    tinywave.json"). Folders never written by a commit (no such sibling) pass."""
+    if not storage.is_remote(folder):
+        return
+    folder = storage.path(str(folder).rstrip("/"))
+    pattern = _tag_pattern(folder.name)
+    try:
+        if _complete(folder):
+            return
+        leftovers = [p.name for p in folder.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return
+    if leftovers:
+        raise PartialFolderError(
+            f"{what} {folder}: partial, a write into it was interrupted or is still running "
+            f"(its commit marker {COMMIT_MARKER} is missing; that write's "
+            f"{sorted(leftovers)[0]} is beside it); rerun the command that wrote it: its next "
+            "write completes or rolls back the folder first (once that writer is gone)"
+        )
 
 
 def _clean_remote(out_dir, log) -> list:

@@ -22,14 +22,16 @@ setting to fix instead of a library traceback after the first checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+import threading
 import uuid
 from pathlib import Path
 from typing import Union
 
-from .errors import TinywaveError
+from .errors import ConfigError, TinywaveError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -127,7 +129,10 @@ def _configure_gcsfs() -> None:
         import fsspec.config
 
         for proto in ("gs", "gcs"):
-            fsspec.config.conf.setdefault(proto, {}).setdefault("use_listings_cache", False)
+            conf = fsspec.config.conf.setdefault(proto, {})
+            conf.setdefault("use_listings_cache", False)
+            # gcsfs waits on a silent endpoint without end unless given a per-request timeout
+            conf.setdefault("requests_timeout", deadline_s())
         import logging
 
         if os.environ.get("STORAGE_EMULATOR_HOST"):
@@ -287,6 +292,7 @@ def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> Non
                 "of GOOGLE_APPLICATION_CREDENTIALS (or the VM's service account) needs "
                 "roles/storage.objectAdmin on the bucket"
             ) from None
+    bound_tensorstore_retries()  # orbax's reads and writes there end within the deadline too
     _CHECKED.add(key)
 
 
@@ -419,7 +425,10 @@ def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
     import shutil
     import tempfile
 
+    from .outputs import check_remote_complete
+
     check_gcs(remote, what=what)
+    check_remote_complete(remote, what)  # a killed commit's partial copy is not mirrored
     base = str(remote).rstrip("/")
     gcs = fs(base)
     stripped = _SCHEME.sub("", base, count=1)
@@ -459,6 +468,10 @@ def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
 _STORAGE_LIBS = ("aiohttp", "gcsfs", "google.auth", "google.api_core", "google.cloud")
 
 
+# how tensorstore (orbax's reads and writes) reports a request that failed after its retries
+_TENSORSTORE_GAVE_UP = re.compile(r"All \d+ retry attempts failed|CURL error")
+
+
 def storage_failure(e: BaseException) -> str | None:
     """A one-line message when `e` (or what caused it) is an object-storage request that failed
     in the middle of a command (the bucket became unreachable, credentials expired): the start-up
@@ -466,7 +479,11 @@ def storage_failure(e: BaseException) -> str | None:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if type(e).__module__.startswith(_STORAGE_LIBS) or type(e).__name__ == "FSTimeoutError":
+        if (
+            type(e).__module__.startswith(_STORAGE_LIBS)
+            or type(e).__name__ == "FSTimeoutError"
+            or _TENSORSTORE_GAVE_UP.search(str(e))
+        ):
             return (
                 f"an object-storage request failed: {type(e).__name__}: {_first_line(e)}; check "
                 "the network, the bucket and the credentials (GOOGLE_APPLICATION_CREDENTIALS, or "
@@ -475,3 +492,163 @@ def storage_failure(e: BaseException) -> str | None:
             )
         e = e.__cause__ or e.__context__
     return None
+
+
+# Every storage operation has a deadline (issue 29): orbax's checkpoint writes go through
+# tensorstore, whose requests retry with their own schedule (32 tries, up to 32 s apart), and a
+# stalled request can wait without end; a training run that lost its bucket never ended.
+DEADLINE_ENV = "TINYWAVE_STORAGE_DEADLINE_S"
+DEFAULT_DEADLINE_S = 1800.0  # a whole save or restore of a large state to GCS fits well inside
+
+
+class StorageDeadlineError(TinywaveError, TimeoutError):
+    """A storage operation (a checkpoint save, its background commit, a restore) that did not
+    end within the deadline; the message names the path, the operation and the setting."""
+
+
+class StorageRequestError(TinywaveError, OSError):
+    """A storage operation whose requests failed after their retries (the bucket lost in the
+    middle of it); the message names the path, the operation and the request's error."""
+
+
+def deadline_s() -> float:
+    """The deadline of one storage operation, in seconds: TINYWAVE_STORAGE_DEADLINE_S or 1800."""
+    raw = os.environ.get(DEADLINE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_DEADLINE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{DEADLINE_ENV}={raw!r}: not a positive number of seconds")
+    return value
+
+
+_ABANDONED: list[threading.Thread] = []
+_LOST: list[str] = []  # the operations that ran past their deadline or failed on the bucket
+
+
+def abandoned() -> bool:
+    """Whether an operation ran past its deadline and was left behind (its threads, and orbax's
+    non-daemon commit thread, may still wait: the program then exits without joining them)."""
+    return bool(_ABANDONED)
+
+
+def forget_lost() -> None:
+    """Starts a new command or run with no operation counted as lost (a process that runs
+    several, such as a test session or a notebook, would otherwise skip their cleanups)."""
+    _ABANDONED.clear()
+    _LOST.clear()
+
+
+def lost() -> bool:
+    """Whether a storage operation of this process ran past its deadline or failed on the
+    bucket: what would wait on it again (orbax's close, a last upload) is skipped, so the named
+    error is the one the command ends with."""
+    return bool(_LOST)
+
+
+def within_deadline(fn, what: str, where: AnyPath):
+    """fn() for object storage (`where` is remote) bounded by deadline_s(): past it,
+    StorageDeadlineError naming `where` and `what`, and fn is left running in a daemon thread.
+    Local paths: fn() as is (a local disk reports its own errors)."""
+    if not is_remote(where):
+        return fn()
+    limit = deadline_s()
+    box: dict = {}
+
+    def work():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name=f"tinywave storage: {what}", daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        _ABANDONED.append(worker)
+        _LOST.append(what)
+        raise StorageDeadlineError(
+            f"{where}: {what} did not finish within {limit:g} s ({DEADLINE_ENV}): bucket "
+            f"{bucket(where)!r} is unreachable or too slow; what was complete before stays "
+            "intact (an unfinished checkpoint step has no commit marker and is never used); "
+            "check the network and credentials and rerun (runs: with --resume)"
+        )
+    if "error" in box:
+        failed = storage_failure(box["error"])
+        if failed is not None:  # named with the path and the operation it broke
+            _LOST.append(what)
+            raise StorageRequestError(f"{where}: {what} failed: {failed}") from box["error"]
+        raise box["error"]
+    return box.get("value")
+
+
+_TS_BOUNDED = False
+
+
+def bound_tensorstore_retries() -> None:
+    """Gives tensorstore's GCS requests under orbax a retry schedule that ends within
+    deadline_s() (tensorstore's own: 32 tries up to 32 s apart), through the `gcs_request_retries`
+    resource of the context orbax builds for every read and write. Orbax has no public setting
+    for that context, so its defaults are extended; an orbax without them keeps its own schedule
+    and within_deadline still bounds each operation."""
+    global _TS_BOUNDED
+    if _TS_BOUNDED:
+        return
+    try:
+        from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+
+        contexts = (ts_utils._BASE_TS_CONTEXT, ts_utils._DEFAULT_OCDBT_TS_CONTEXT)
+    except (ImportError, AttributeError):
+        return
+    limit = deadline_s()
+    initial, cap = min(1.0, limit / 8), min(32.0, max(limit / 4, 0.1))
+    delays, delay = [], initial
+    while sum(delays) + delay <= limit:
+        delays.append(delay)
+        delay = min(delay * 2, cap)
+    retries = {
+        "max_retries": max(len(delays), 1),
+        "initial_delay": f"{initial:g}s",
+        "max_delay": f"{cap:g}s",
+    }
+    for context in contexts:
+        context["gcs_request_retries"] = retries
+    import logging
+
+    # orbax logs each failed background write with its traceback at ERROR (several per lost
+    # save) before the named error: debug detail, as gcsfs's retries
+    logging.getLogger("absl").addFilter(_OrbaxStorageLogsAtDebug())
+    _TS_BOUNDED = True
+
+
+class _OrbaxStorageLogsAtDebug(_RetryLogsAtDebug):
+    """Orbax's (absl's logger) records of a failed storage request become DEBUG records;
+    its other records pass unchanged."""
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if (exc is not None and storage_failure(exc)) or _TENSORSTORE_GAVE_UP.search(
+            record.getMessage()
+        ):
+            return super().filter(record)
+        return True
+
+
+@contextlib.contextmanager
+def reported_as(local: AnyPath, remote: AnyPath):
+    """Named errors (TinywaveError) raised in the block name `remote`, the user's path, where
+    they named `local`, the local copy read in its place (a mirror or download in TMPDIR)."""
+    try:
+        yield
+    except TinywaveError as e:
+        text, here = str(e), str(local).rstrip("/")
+        if here not in text or str(remote) == here:
+            raise
+        try:
+            renamed = type(e)(text.replace(here, str(remote).rstrip("/")))
+        except Exception:  # a constructor that takes other arguments: keep the original
+            raise e from None
+        raise renamed from e

@@ -430,6 +430,10 @@ def _atomic_file(out: Path, overwrite: bool, sources) -> Iterator[Path]:
         yield tmp
         check_output_file(out, overwrite, sources)  # someone may have written there meanwhile
         os.replace(tmp, out)
+    except OSError as e:
+        if e.filename is None:  # numpy's short write (a full disk) names no file: name it
+            e.written_file = str(out)  # for cli.disk_full (e.filename would change str(e))
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -519,6 +523,7 @@ def export_gguf(
         check_not_an_input(out, [ckpt_dir])
         storage.check_gcs(out, write=True, what="OUT.gguf")
         _check_remote_output(out, overwrite)
+    given = ckpt_dir
     if storage.is_remote(ckpt_dir):  # read from a local mirror (one download per host)
         ckpt_dir = storage.local_mirror(ckpt_dir, what="tinywave checkpoint folder")
     ckpt_dir = Path(ckpt_dir)
@@ -527,10 +532,11 @@ def export_gguf(
     if not storage.is_remote(out):
         check_output_file(out, overwrite, sources=[ckpt_dir])
         name = ckpt_dir.resolve().name
-    config = load_model_config(ckpt_dir)
-    check_llama_cpp_expressible(config)
-    resolved = resolve_gguf_layout(layout, config.vocab_size)  # a bad --layout fails here
-    params, config, _ = load_model(ckpt_dir, as_numpy=True, verify=verify)
+    with storage.reported_as(ckpt_dir, given):  # errors name the user's path, not the mirror
+        config = load_model_config(ckpt_dir)
+        check_llama_cpp_expressible(config)
+        resolved = resolve_gguf_layout(layout, config.vocab_size)  # a bad --layout fails here
+        params, config, _ = load_model(ckpt_dir, as_numpy=True, verify=verify)
     tokenizer_dir = ckpt_dir / "tokenizer"
 
     def write(to):

@@ -215,7 +215,7 @@ def import_hf(
     progress: Progress | None = None,
 ) -> Path:
     """Converts a Hugging Face Llama folder into a tinywave model checkpoint at `out_dir`."""
-    from ..outputs import check_output_dir
+    from ..outputs import check_output_dir, check_remote_complete
 
     if dtype not in PARAM_DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {list(PARAM_DTYPES)}")
@@ -224,6 +224,7 @@ def import_hf(
     source = storage.path(hf_dir)
     if not source.is_dir():
         raise MissingInputError(f"Hugging Face model folder not found: {hf_dir}")
+    check_remote_complete(source, "Hugging Face model folder")
     check_output_dir(out_dir, overwrite, sources=[hf_dir])  # fail before the long conversion
     if storage.is_remote(source):
         # safetensors are memory-mapped: a gs:// folder is read from a local copy (in TMPDIR)
@@ -231,7 +232,10 @@ def import_hf(
         storage.remove_dead_temps(Path(tempfile.gettempdir()), prefix)
         with tempfile.TemporaryDirectory(prefix=f"{prefix}{storage.temp_tag()}-") as local:
             storage.copy_tree(source, local)
-            return _import(Path(local), str(source), out_dir, dtype, overwrite, progress, source)
+            with storage.reported_as(local, source):  # errors name the user's path
+                return _import(
+                    Path(local), str(source), out_dir, dtype, overwrite, progress, source
+                )
     return _import(source, str(source.resolve()), out_dir, dtype, overwrite, progress, source)
 
 

@@ -36,7 +36,13 @@ from ..outputs import check_not_an_input
 from .data import make_batches
 from .metrics import MetricsWriter, Progress, step_flops
 from .recipes import prepare
-from .resume import check_resume_config, checkpoint_manager, restore_intact, save_checkpoint
+from .resume import (
+    check_resume_config,
+    checkpoint_manager,
+    restore_intact,
+    save_checkpoint,
+    wait_for_saves,
+)
 from .run_lock import RunInUseError, RunLock
 from .session import Session
 from .state import TrainState
@@ -216,6 +222,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
     newest intact checkpoint; config keys outside resume.RESUME_MAY_CHANGE may change only when
     named in `allow_config_change` (a key covers the keys under it)."""
     # a gs:// run folder must be writable before any work (not at the first checkpoint)
+    storage.forget_lost()
     storage.check_gcs(cfg.run_dir, write=True, what="run_dir")
     recipe = prepare(cfg)
     run_dir = storage.path(cfg.run_dir)
@@ -253,8 +260,12 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                     "--resume: %s holds no checkpoint; starting the run from step 0", run_dir
                 )
             if latest is not None:
-                step, state, data_state, _ = restore_intact(
-                    mngr, session.abstract_state(), check, allow_config_change
+                step, state, data_state, _ = storage.within_deadline(
+                    lambda: restore_intact(
+                        mngr, session.abstract_state(), check, allow_config_change
+                    ),
+                    "restoring the newest intact checkpoint",
+                    mngr.directory,
                 )
                 if step >= cfg.train.steps:
                     log.warning(
@@ -292,10 +303,14 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                 "signal": None if done else (stop.signal or "SIGTERM"),
             }
         finally:
-            mngr.wait_until_finished()
-            mngr.close()
-            if writer is not None:
-                writer.close()
+            wait_for_saves(mngr)
+            # the bucket lost (an operation failed or ran past its deadline): close() would
+            # wait on the failed commit again, the writer's last upload would retry
+            # (metrics.jsonl was uploaded whole at each logged step)
+            if not storage.lost():
+                mngr.close()
+                if writer is not None:
+                    writer.close()
 
 
 def _batches(cfg, recipe):

@@ -141,6 +141,8 @@ def _absolute(p):
 def checkpoint_manager(run_dir: str | Path, keep: int = 3, async_save: bool = True):
     import orbax.checkpoint as ocp
 
+    if storage.is_remote(run_dir):
+        storage.bound_tensorstore_retries()
     return ocp.CheckpointManager(
         _absolute(storage.path(run_dir) / "checkpoints"),
         item_names=("state", "data", "meta"),
@@ -228,16 +230,28 @@ def save_checkpoint(mngr, state: TrainState, data_state: dict, meta: dict) -> No
     step = int(jax.device_get(state.step))
     data_state = _all_process_states(data_state)
     digests = {"state_digest": state_digest(state), "data_digest": _data_digest(data_state)}
-    mngr.save(
-        step,
-        force=True,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state._asdict()),
-            data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave(
-                {**meta, **digests, "step": step, "process_count": jax.process_count()}
-            ),
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state._asdict()),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(
+            {**meta, **digests, "step": step, "process_count": jax.process_count()}
         ),
+    )
+    # the call also waits for the previous step's background commit
+    storage.within_deadline(
+        lambda: mngr.save(step, force=True, args=args),
+        f"saving checkpoint step {step}",
+        mngr.directory,
+    )
+
+
+def wait_for_saves(mngr) -> None:
+    """Waits for the background commit of the latest checkpoint, within the storage deadline
+    (storage.within_deadline); not at all once a storage operation failed or ran past it."""
+    if storage.lost():
+        return
+    storage.within_deadline(
+        mngr.wait_until_finished, "committing the latest checkpoint", mngr.directory
     )
 
 
@@ -419,6 +433,8 @@ def _newest_intact(mngr, target, check_meta, steps: list[int], skipped: list, al
         except TinywaveError:
             raise
         except Exception as e:  # orbax/tensorstore/json raise many kinds on damaged files
+            if storage.storage_failure(e):  # a lost bucket is not damage: set nothing aside
+                raise
             reason = f"meta: {_reason(e)}"
         else:
             _check_process_count(mngr, step, meta)
@@ -428,6 +444,8 @@ def _newest_intact(mngr, target, check_meta, steps: list[int], skipped: list, al
             except TinywaveError:
                 raise
             except Exception as e:
+                if storage.storage_failure(e):
+                    raise
                 reason = _reason(e)
         if _everyone(reason is None):
             if skipped:
