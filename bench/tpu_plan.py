@@ -58,7 +58,8 @@ CALIBRATION = {
 
 def plan(*argv: str) -> dict:
     t = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     proc = subprocess.run(
         [sys.executable, "-m", "tinywave_jax.cli", "plan", *argv, "--json"],
         capture_output=True,

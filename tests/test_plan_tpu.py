@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 from train_fixtures import distill_dict
@@ -48,6 +49,27 @@ def test_tiny_distill_step_compiles_for_a_v5p_slice(tmp_path, capsys):
     assert cpu_plan["memory_per_device_bytes"] == tpu_plan["memory_per_device_bytes"]
     assert cpu_plan["model_flops_per_step"] == tpu_plan["model_flops_per_step"]
     assert "optimal_seconds" not in cpu_plan["xla_cost_per_device"]
+
+
+def test_estimate_puts_the_loop_trip_counts_back(tmp_path, capsys):
+    """The estimator's arithmetic (variants at 1-2 student and 2-4 teacher layers, extrapolated
+    to the run's depths) against a step that has no loop at all (layers unrolled, one logit
+    chunk, one attention-KL block, one microbatch), whose own cost analysis is therefore whole."""
+    cfg = _write(
+        tmp_path,
+        teacher={"dtype": "bfloat16"},
+        train={"dtype": "bfloat16", "scan_layers": False},
+        distill={"logit_chunk_size": None, "attention_block_size": 32},
+    )
+    plan = _plan(capsys, cfg, "--topology", "v5p:2x2x1", "--estimate")
+    est, whole = plan["estimate"], plan["xla_cost_per_device"]
+    assert est["available"] and len(est["variants"]) == 3  # (1, 2), (2, 2), (1, 4) layers
+    assert plan["xla_flops_loops_counted_once"] is False
+    np.testing.assert_allclose(est["xla_flops_per_step"], 4 * whole["flops"], rtol=0.01)
+    np.testing.assert_allclose(est["step_s"], whole["optimal_seconds"], rtol=0.05)
+    assert est["mfu"] == pytest.approx(
+        plan["model_flops_per_step"] / (4 * 4.59e14 * est["step_s"]), rel=1e-9
+    )
 
 
 def test_overlays_name_their_slices():

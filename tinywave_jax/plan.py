@@ -313,7 +313,13 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None, estimate=
     tokens = cfg.data.batch_size * cfg.data.seq_len
     model_flops = step_flops(spec, cfg.data.seq_len, cfg.data.batch_size)
     xla_flops = _xla_flops(compiled)
-    loops = spec.student.scan_layers or spec.microbatches > 1
+    t, loss = cfg.data.seq_len, spec.loss
+    loops = (
+        spec.student.scan_layers
+        or spec.microbatches > 1
+        or (loss.logit_chunk_size is not None and loss.logit_chunk_size < t)
+        or (loss.weights.attention > 0 and loss.attention_block_size < t)
+    )
     plan = {
         "config_kind": recipe.kind,
         "topology": topology.name,

@@ -10,7 +10,10 @@ compile can run inside any process, the test suite's included.
 On a machine without TPU chips libtpu's host discovery needs three variables, set here (only
 there, and only where unset) before the plugin loads: TPU_SKIP_MDS_QUERY=1 (no metadata server),
 TPU_ACCELERATOR_TYPE (the slice's name) and TPU_WORKER_HOSTNAMES=localhost. Without them the
-compile still works but libtpu prints a screen of warnings.
+compile still works but libtpu prints a screen of warnings. A fourth, ALLOW_MULTIPLE_LIBTPU_LOAD=1,
+lifts libtpu's one-process-per-machine lock (/tmp/libtpu_lockfile), meant for a real TPU's
+owner: without it a second process compiling at the same time fails with "Internal error when
+accessing libtpu multi-process lockfile".
 
 libtpu installed on a machine without TPUs has one cost for ordinary runs: jax (0.10) tries to
 start a TPU backend at its first use unless JAX_PLATFORMS is set, and libtpu prints warnings
@@ -105,6 +108,9 @@ def _quiet_host_discovery(name: str) -> None:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{prefix}-{chips(name) * per_chip}")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # libtpu lets one process per machine load it (/tmp/libtpu_lockfile) unless told otherwise;
+    # with no TPU to share, compiling processes (test workers, several plans) need not queue
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def topology_devices(name: str) -> list:
