@@ -352,9 +352,16 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None, estimate=
     if estimate:
         from .step_estimate import estimate as estimate_step
 
-        plan["estimate"] = estimate_step(
-            cfg, topology, devices, lambda v: _xla_cost(_compile(v, topology, devices)[2])
+        def compile_variant(variant_cfg, label: str) -> dict:
+            _, _, compiled, seconds = _compile(variant_cfg, topology, devices)
+            print(f"tinywave plan: variant {label} compiled in {seconds:.0f} s", file=sys.stderr)
+            return _xla_cost(compiled)
+
+        print(
+            f"tinywave plan: step compiled in {compile_s:.0f} s; compiling the estimate's variants",
+            file=sys.stderr,
         )
+        plan["estimate"] = estimate_step(cfg, topology, devices, compile_variant)
     return plan
 
 

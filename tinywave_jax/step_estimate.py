@@ -96,8 +96,8 @@ def _add_chunks(total, key: str, full: dict, half: dict, hidden: int) -> Optiona
 
 def estimate(cfg, topology, devices, compile_variant) -> dict:
     """Estimated step seconds, tokens/s, MFU and XLA FLOPs of `cfg` on `topology`'s `devices`
-    (TPU devices: the cost model is libtpu's). `compile_variant(cfg) -> cost dict` compiles one
-    variant (plan.py's compile path)."""
+    (TPU devices: the cost model is libtpu's). `compile_variant(cfg, label) -> cost dict`
+    compiles one variant (plan.py's compile path)."""
     from .train.metrics import step_flops
     from .train.recipes import prepare
 
@@ -112,7 +112,8 @@ def estimate(cfg, topology, devices, compile_variant) -> dict:
     variants = []
     for vs, vt, c in points:
         try:
-            cost = compile_variant(_variant_cfg(cfg, recipe, vs, vt, c))
+            label = f"(student {vs}, teacher {vt} layers, logit chunk {c})"
+            cost = compile_variant(_variant_cfg(cfg, recipe, vs, vt, c), label)
         except ConfigError as e:  # a variant that does not fit
             return {"available": False, "reason": f"variant ({vs}, {vt}) layers: {e}"}
         variants.append(Variant(vs, vt, cost))
