@@ -49,14 +49,18 @@ PUBLISHED = {"tflops_per_device": 416.601, "peak_tflops": 918.0, "topology": "v6
 CALIBRATION = {
     "run_dir": "unused",
     "model": {"shape": LLAMA31_8B},
-    "train": {"dtype": "bfloat16", "param_dtype": "float32", "remat": "full", "microbatches": 1},
-    "mesh": {"data": 1, "fsdp": -1, "tensor": 1},
+    # Our dense attention's [32, 8192, 8192] float32 scores are 8.6 GB per row (MaxText's splash
+    # attention holds no such tile): one row per chip per micro step needs 31.35 of v6e's 31.25
+    # GB. Heads split over tensor=2 and 6 microbatches (one row per fsdp shard, half the heads per
+    # chip) keep the per-chip work of 3 rows x 8192 tokens and halve the tile.
+    "train": {"dtype": "bfloat16", "param_dtype": "float32", "remat": "full", "microbatches": 6},
+    "mesh": {"data": 1, "fsdp": 4, "tensor": 2},
     "data": {"source": "synthetic", "seq_len": 8192, "batch_size": 24},  # 3 rows x 8 chips
     "logit_chunk_size": 1024,
 }
 
 
-def plan(*argv: str) -> dict:
+def plan(*argv: str, required: bool = True) -> dict:
     t = time.perf_counter()
     path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
@@ -66,8 +70,12 @@ def plan(*argv: str) -> dict:
         text=True,
         env=env,
     )
-    if proc.returncode:
+    if proc.returncode and required:
         sys.exit(f"tinywave plan {' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
+    if proc.returncode:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return {"error": proc.stderr.strip().splitlines()[-1]}
+    print(proc.stderr, file=sys.stderr, end="")
     out = json.loads(proc.stdout)
     est = out.get("estimate") or {}
     print(
@@ -100,9 +108,11 @@ def _calibration() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "llama31_8b.yaml"
         cfg.write_text(yaml.safe_dump(CALIBRATION))
-        p = plan(str(cfg), "--topology", PUBLISHED["topology"], "--estimate")
+        p = plan(str(cfg), "--topology", PUBLISHED["topology"], "--estimate", required=False)
+    est = p.get("estimate") or {}
     return {
-        "calibration_est_mfu": p["estimate"].get("mfu") and round(p["estimate"]["mfu"], 4),
+        "calibration_est_mfu": est.get("mfu") and round(est["mfu"], 4),
+        "calibration_error": p.get("error") or est.get("reason"),
         "calibration_published_mfu": round(
             PUBLISHED["tflops_per_device"] / PUBLISHED["peak_tflops"], 4
         ),

@@ -229,7 +229,7 @@ def _does_not_fit(topology: Topology, error: str, session, state, frozen) -> str
     import numpy as np
 
     reason = next((ln for ln in error.splitlines() if "RESOURCE_EXHAUSTED" in ln), error)
-    reason = reason.split("RESOURCE_EXHAUSTED:", 1)[-1].strip()
+    reason = reason.split("RESOURCE_EXHAUSTED:", 1)[-1].strip().rstrip(".")
     trees = {"student": (state.params, session.state_shardings.params)}
     trees["optimizer"] = (state.opt_state, session.state_shardings.opt_state)
     for k in frozen:
