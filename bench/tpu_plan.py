@@ -11,7 +11,8 @@ benchmark (tpu-recipes, Llama3.1-8B-MaxText v6e-8: per-device batch 3 x 8192 tok
 "TFLOP/s/device: 416.601, Tokens/s/device: 7193.579" on a 918 TFLOP/s chip = 45.4% MFU, with
 the non-causal attention FLOPs our step_flops also counts).
 
-Prints one line per plan, then ONE JSON line: tpu_peak_gib, cpu_peak_gib, est_step_s,
+Prints one line per plan (each plan's whole JSON goes to $TPU_PLAN_LOG/TOPOLOGY.json, default
+the temp folder), then ONE JSON line: tpu_peak_gib, cpu_peak_gib, est_step_s,
 est_tokens_per_s, est_mfu (tpu-v5p-64), the same with _v6e (tpu-v6e-64), calibration_est_mfu,
 calibration_published_mfu.
 """
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 PRESET = [str(REPO / "configs/tinywave_base.yaml"), "teacher.path=null", "teacher.shape={}"]
 PRESET += ["data.source=synthetic"]
 GiB = 2**30
+LOG = Path(os.environ.get("TPU_PLAN_LOG", tempfile.gettempdir()))  # each plan's full JSON
 
 # Llama-3.1-8B (MaxText's llama3.1-8b) and the published v6e-8 run of it
 LLAMA31_8B = {
@@ -77,11 +79,13 @@ def plan(*argv: str, required: bool = True) -> dict:
         return {"error": proc.stderr.strip().splitlines()[-1]}
     print(proc.stderr, file=sys.stderr, end="")
     out = json.loads(proc.stdout)
+    (LOG / f"{out['topology'].replace(':', '_')}.json").write_text(json.dumps(out, indent=1))
     est = out.get("estimate") or {}
     print(
         f"{out['topology']} ({out['compiler']}): peak "
         f"{out['xla_memory_per_device_bytes']['peak'] / GiB:.2f} GiB/device"
         + (f", est {est['step_s']:.3f} s/step, MFU {est['mfu']:.3f}" if est.get("step_s") else "")
+        + (f", no estimate: {est['reason']}" if est.get("reason") else "")
         + f" [{time.perf_counter() - t:.0f} s]",
         file=sys.stderr,
         flush=True,

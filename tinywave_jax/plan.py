@@ -574,7 +574,7 @@ def _add_options(p) -> None:
         "--estimate",
         action="store_true",
         help="TPU compiler only: also estimate the step time from libtpu's cost model, "
-        "compiling 2-3 loop-free variants of the step (minutes each for a 7B teacher)",
+        "compiling 2-4 loop-free variants of the step (minutes each for a 7B teacher)",
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 

@@ -121,11 +121,14 @@ def estimate(cfg, topology, devices, compile_variant) -> dict:
     m = spec.microbatches
     micro_s = _solve(layered, "optimal_seconds", ls, lt)
     micro_flops = _solve(layered, "flops", ls, lt)
+    reason = None if micro_s is not None else "a variant's optimal_seconds is missing or < 0"
     if chunk is not None:  # n - 1 more chunk bodies than the loop's one
         hidden = -(-cfg.data.seq_len // chunk) - 1
         full, half = variants[0].cost, variants[-1].cost
         micro_s = _add_chunks(micro_s, "optimal_seconds", full, half, hidden)
         micro_flops = _add_chunks(micro_flops, "flops", full, half, hidden)
+        if micro_s is None and reason is None:
+            reason = f"optimal_seconds at logit chunk {chunk} is not above that at {chunk // 2}"
     out = {
         "available": micro_s is not None,
         "method": "TPU cost model (optimal_seconds) of loop-free variants, trip counts by "
@@ -138,7 +141,7 @@ def estimate(cfg, topology, devices, compile_variant) -> dict:
         "xla_flops_per_step": None if micro_flops is None else micro_flops * m * topology.devices,
     }
     if micro_s is None:
-        out["reason"] = "the cost model gave no usable optimal_seconds for a variant"
+        out["reason"] = f"the cost model gave no usable step time ({reason})"
         return out
     step_s = micro_s * m
     model_flops = step_flops(spec, cfg.data.seq_len, cfg.data.batch_size)
