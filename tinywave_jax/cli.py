@@ -44,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from . import storage
     from .errors import TinywaveError
+    from .tpu import keep_jax_off_absent_tpu
 
     args = build_parser().parse_args(argv)
     storage.forget_lost()  # storage operations lost by an earlier command in this process
+    keep_jax_off_absent_tpu()  # libtpu on a machine without TPUs: stay on the CPU quietly
     try:
         return int(args.func(args) or 0)
     except TinywaveError as e:

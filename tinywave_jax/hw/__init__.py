@@ -6,8 +6,9 @@ tinywave_jax.hw FILE`, which prints the overlay as `key=value` overrides, one pe
 
 The launchers and `plan` pass these after the run's CONFIG and before the user's own overrides,
 so the overlay decides mesh/dtype/batch for the hardware and a command-line `key=value` still
-wins. The overlay's `hw:` section only describes the hardware (chip, peak FLOP/s, HBM) and is not
-an override. Values are written as YAML flow scalars, which `tinywave_jax.config.apply_overrides`
+wins. The overlay's `hw:` section only describes the hardware (chip, peak FLOP/s, HBM; for a TPU,
+`topology`: the slice's libtpu name that `tinywave plan` compiles for) and is not an
+override. Values are written as YAML flow scalars, which `tinywave_jax.config.apply_overrides`
 reads back exactly (a float keeps its dot: `1.0e+20`, not `1e20`, which YAML 1.1 reads as a
 string).
 """

@@ -1,0 +1,155 @@
+"""Whole-step time of a run on a TPU slice from the TPU compiler's cost model, loops included.
+
+XLA's cost analysis (`compiled.cost_analysis()`: flops, bytes accessed and, on TPU, the cost
+model's `optimal_seconds`) counts a while-loop body ONCE, so the real step's figure (layers under
+`lax.scan`, microbatches, the chunked losses' scans) is not a step time: on the TinyWave-Base
+step it came out 0.09 s on v5p and negative on v6e. Here the step is compiled again as loop-free
+variants and the trip counts are put back by arithmetic:
+
+  * layers unrolled (`train.scan_layers=false`) at small depths. A step's cost is linear in its
+    layer counts, T = a + b L_s + c L_t (student layers, each with its distillation terms; teacher
+    layers up to its last tap), so three variants (L_s, L_t) = (1, 2), (2, 2), (1, 4) give a, b,
+    c, evaluated at the run's depths (`tinywave train`: T = a + b L from L = 1, 2);
+  * one microbatch of the run's rows per micro step (`data.batch_size / M`, microbatches 1),
+    times M (the optimizer update is then counted M times: ~1 ms of elementwise work per copy);
+  * the logits' sequence chunks (`logit_chunk_size` c, n = T / c chunks; a scan, forward and
+    backward): one more variant at chunk c / 2 gives the chunk body's cost, 2 (T(c) - T(c/2)),
+    of which the n - 1 chunks the loop hides are added (unchunked logits of a 128k vocabulary
+    would not fit);
+  * the attention KL as one causal T x T tile (`attention_block_size = T`): it also computes the
+    masked half, which the blockwise loop skips (blocks of 256 at T = 2048 do 36 of 64 tiles):
+    an overestimate of that term.
+
+Only the variants' time is used: they hold more memory than the run (one attention tile), and a
+variant the compiler refuses for lack of HBM makes the estimate unavailable, said so. It is
+the cost model's, not a measurement: docs/scaling.md compares it with a published MaxText run of
+the same shape (`bench/tpu_plan.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+from .config import ConfigError, from_dict, to_dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    student_layers: int
+    teacher_layers: int  # 0 for a train config or a distill step that needs no teacher
+    cost: dict  # the variant's per-device cost analysis
+
+
+def _logit_chunk(cfg) -> Optional[int]:
+    c = cfg.distill.logit_chunk_size if hasattr(cfg, "distill") else cfg.logit_chunk_size
+    return None if c is None or c >= cfg.data.seq_len else c
+
+
+def _variant_cfg(cfg, recipe, ls: int, lt: int, chunk: Optional[int]):
+    """`cfg` with layers unrolled at depths (ls, lt), one microbatch, logits in chunks of
+    `chunk`, the attention KL in one block."""
+    d = to_dict(cfg)
+    m = cfg.train.microbatches
+    d["train"].update(scan_layers=False, microbatches=1)
+    d["data"]["batch_size"] = cfg.data.batch_size // m
+    student = to_dict(recipe.spec.student.replace(num_hidden_layers=ls))
+    if recipe.kind != "distill":
+        d["logit_chunk_size"] = chunk
+        d["model"].update(path=None, shape=student)
+        return from_dict(type(cfg), d)
+    d["distill"].update(logit_chunk_size=chunk, attention_block_size=cfg.data.seq_len)
+    d["student"].update(path=None, shape=student, num_layers=None)
+    if recipe.spec.needs_teacher:
+        teacher = recipe.teacher_full.replace(num_hidden_layers=lt)
+        d["teacher"].update(path=None, shape=to_dict(teacher))
+        # every student layer is aligned to one teacher layer; the last tap is the teacher's last
+        d["distill"].update(layer_map=list(range(lt - ls, lt)), init_layers="mapped")
+    return from_dict(type(cfg), d)
+
+
+def _points(recipe) -> list[tuple[int, int]]:
+    if recipe.kind != "distill":
+        return [(1, 0), (2, 0)]
+    if not recipe.spec.needs_teacher:
+        return [(1, 0), (2, 0)]
+    return [(1, 2), (2, 2), (1, 4)]
+
+
+def _solve(variants: list[Variant], key: str, ls: int, lt: int) -> Optional[float]:
+    """The cost `key` at depths (ls, lt) from the linear model fitted exactly to the variants."""
+    v = [x.cost.get(key) for x in variants]
+    if any(x is None or not math.isfinite(x) or x < 0 for x in v):
+        return None
+    per_student = v[1] - v[0]
+    per_teacher = (v[2] - v[0]) / 2 if len(v) == 3 else 0.0
+    base = v[0] - per_student - (2 * per_teacher if len(v) == 3 else 0.0)
+    return base + per_student * ls + per_teacher * lt
+
+
+def _add_chunks(total, key: str, full: dict, half: dict, hidden: int) -> Optional[float]:
+    """`total` plus `hidden` chunk bodies, a body being 2 (cost at chunk c - cost at c / 2)."""
+    body = 2 * (full.get(key, math.nan) - half.get(key, math.nan))
+    return None if total is None or not body >= 0 else total + hidden * body
+
+
+def estimate(cfg, topology, devices, compile_variant) -> dict:
+    """Estimated step seconds, tokens/s, MFU and XLA FLOPs of `cfg` on `topology`'s `devices`
+    (TPU devices: the cost model is libtpu's). `compile_variant(cfg, label) -> cost dict`
+    compiles one variant (plan.py's compile path)."""
+    from .train.metrics import step_flops
+    from .train.recipes import prepare
+
+    recipe = prepare(cfg)
+    spec = recipe.spec
+    ls = spec.student.num_hidden_layers
+    lt = spec.teacher.num_hidden_layers if recipe.kind == "distill" and spec.needs_teacher else 0
+    chunk = _logit_chunk(cfg)
+    points = [(vs, vt, chunk) for vs, vt in _points(recipe)]
+    if chunk is not None:  # the chunk loop's body, from a variant at half the chunk
+        points.append((points[0][0], points[0][1], max(chunk // 2, 1)))
+    variants = []
+    for vs, vt, c in points:
+        try:
+            label = f"(student {vs}, teacher {vt} layers, logit chunk {c})"
+            cost = compile_variant(_variant_cfg(cfg, recipe, vs, vt, c), label)
+        except ConfigError as e:  # a variant that does not fit
+            return {"available": False, "reason": f"variant ({vs}, {vt}) layers: {e}"}
+        variants.append(Variant(vs, vt, cost))
+    layered = variants[: len(_points(recipe))]
+    m = spec.microbatches
+    micro_s = _solve(layered, "optimal_seconds", ls, lt)
+    micro_flops = _solve(layered, "flops", ls, lt)
+    reason = None if micro_s is not None else "a variant's optimal_seconds is missing or < 0"
+    if chunk is not None:  # n - 1 more chunk bodies than the loop's one
+        hidden = -(-cfg.data.seq_len // chunk) - 1
+        full, half = variants[0].cost, variants[-1].cost
+        micro_s = _add_chunks(micro_s, "optimal_seconds", full, half, hidden)
+        micro_flops = _add_chunks(micro_flops, "flops", full, half, hidden)
+        if micro_s is None and reason is None:
+            reason = f"optimal_seconds at logit chunk {chunk} is not above that at {chunk // 2}"
+    out = {
+        "available": micro_s is not None,
+        "method": "TPU cost model (optimal_seconds) of loop-free variants, trip counts by "
+        "arithmetic",
+        "variants": [
+            {"student_layers": v[0], "teacher_layers": v[1], "logit_chunk": v[2], **x.cost}
+            for v, x in zip(points, variants)
+        ],
+        "microbatches": m,
+        "xla_flops_per_step": None if micro_flops is None else micro_flops * m * topology.devices,
+    }
+    if micro_s is None:
+        out["reason"] = f"the cost model gave no usable step time ({reason})"
+        return out
+    step_s = micro_s * m
+    model_flops = step_flops(spec, cfg.data.seq_len, cfg.data.batch_size)
+    out.update(
+        step_s=step_s,
+        tokens_per_s=cfg.data.batch_size * cfg.data.seq_len / step_s,
+        mfu=None
+        if not topology.peak_flops
+        else model_flops / (topology.devices * topology.peak_flops * step_s),
+    )
+    return out
