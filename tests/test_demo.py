@@ -34,9 +34,10 @@ from tinywave_jax.demo.synth import (
     synthesize_words,
     utterance_voice,
 )
-from tinywave_jax.demo.teacher import PACKAGE_DIR
+from tinywave_jax.demo.teacher import PACKAGE_DIR, teacher_world
 
 pytestmark = pytest.mark.slow
+STRANGER = world_text.WorldSplits(kind="stranger")  # the shipped teacher's world
 ROWS = ("teacher", "baseline", "init_ce", "logit", "hidden", "student")
 
 
@@ -78,13 +79,14 @@ def quick_run(tmp_path_factory):
 
 
 def test_world_splits_are_disjoint_and_wrong_endings_change_only_who():
-    """Held-out stories are in no training split; an sSC wrong ending is the right one with its
-    first person replaced by a name the story never mentions, and nothing else changed."""
-    world = world_text.make_world()
+    """The shipped teacher's name-swap world: held-out stories are in no training split; an sSC
+    wrong ending is the right one with its first person replaced by a name the story never
+    mentions, and nothing else changed. (Binding worlds: tests/test_demo_speech.py.)"""
+    world = world_text.make_world(STRANGER)
     texts = {k: {s.text for s in v} for k, v in world.items()}
     assert sum(map(len, texts.values())) == sum(map(len, world.values()))  # all distinct
     assert not texts["train"] & (texts["test"] | texts["validation"])
-    assert world == world_text.make_world()  # reproducible
+    assert world == world_text.make_world(STRANGER)  # reproducible
     names = set(world_text.NAMES)
     for s in world["test"] + world["validation"] + world["train"][:300]:
         right, wrong = world_text.words_of(s.ending), world_text.words_of(s.wrong)
@@ -214,7 +216,7 @@ def test_held_out_stories_and_waveforms_are_in_no_training_corpus(quick_run):
     # the teacher's world: the distillation stories are its first training stories
     world = world_text.make_world(
         world_text.WorldSplits(
-            **json.loads((PACKAGE_DIR / "provenance.json").read_text())["settings"]["world"]
+            **teacher_world(json.loads((PACKAGE_DIR / "provenance.json").read_text()))
         )
     )
     assert [x["transcript"] for x in distill] == [s.text for s in world["train"][: len(distill)]]
@@ -225,7 +227,7 @@ def test_story_cloze_pairs_share_their_context(quick_run):
     right after it; sSC negatives are the wrong endings, tSC negatives another test story's."""
     workdir, _ = quick_run
     items = json.loads((workdir / "speech" / "bench" / "items.json").read_text())
-    story_by_id = {s.id: s for s in world_text.make_world()["test"]}
+    story_by_id = {s.id: s for s in world_text.make_world(STRANGER)["test"]}
     test_endings = {story_by_id[it["story"]].ending for it in items["tsc"]}
     for task in ("ssc", "tsc"):
         assert items[task]

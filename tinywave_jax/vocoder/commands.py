@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def _import_vocoder(args: argparse.Namespace) -> int:
@@ -53,9 +54,18 @@ def _speak(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_command(args) -> str:
+    """The command line that reproduces this run (recorded in the provenance), from the parsed
+    arguments: sys.argv is another program's when `cli.main` is called from Python."""
+    parts = ["tinywave", "vocoder", "train", args.config, args.audio, "--units", args.units]
+    parts += ["--run", args.run, "--out", args.out]
+    parts += ["--train-config", args.train_config] * bool(args.train_config)
+    parts += [x for o in args.set or [] for x in ("--set", o)]
+    parts += ["--resume"] * args.resume + ["--overwrite"] * args.overwrite
+    return shlex.join(parts)
+
+
 def _vocoder_train(args: argparse.Namespace) -> int:
-    import shlex
-    import sys
 
     from ..audio.io import list_audio
     from ..config import load_config
@@ -71,7 +81,7 @@ def _vocoder_train(args: argparse.Namespace) -> int:
         cfg,
         resume=args.resume,
         overwrite=args.overwrite,
-        command=shlex.join(["tinywave", *sys.argv[1:]]),
+        command=_train_command(args),
         log=lambda msg: print(msg, flush=True),
     )
     print(f"wrote tinywave vocoder {out}")
