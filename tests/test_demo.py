@@ -94,12 +94,12 @@ def test_world_splits_are_disjoint_and_wrong_endings_change_only_who():
         changed = {(r, w) for r, w in zip(right, wrong) if r != w}
         assert len(changed) == 1, s.id
         ((r, w),) = changed
-        assert r.capitalize() in s.people and w.capitalize() == s.stranger
-        assert s.stranger in names and s.stranger.lower() not in world_text.words_of(s.text)
+        assert r.capitalize() in s.people and w.capitalize() == s.decoy
+        assert s.decoy in names and s.decoy.lower() not in world_text.words_of(s.text)
     # the stranger is drawn uniformly: no name is much more often the wrong one
     from collections import Counter
 
-    counts = Counter(s.stranger for s in world["train"])
+    counts = Counter(s.decoy for s in world["train"])
     assert max(counts.values()) < 2 * min(counts.values())
     vocab = {w for s in world["train"] for w in world_text.words_of(s.text)}
     for word, nonword in world_text.word_pairs():
