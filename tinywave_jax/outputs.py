@@ -122,6 +122,23 @@ def _check_not_an_input_remote(out_dir, sources, what: str = "output folder") ->
         )
 
 
+def write_file_atomic(path, data: str | bytes) -> None:
+    """Writes `path` through a temporary sibling and a rename: a reader sees the old content or
+    the new, never half, and a killed write leaves no file. On object storage one object write
+    is atomic by itself."""
+    data = data.encode() if isinstance(data, str) else data
+    if storage.is_remote(path):
+        storage.path(path).write_bytes(data)
+        return
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def check_output_dir(
     out_dir: str | Path, overwrite: bool = False, sources: Iterable[str | Path] = ()
 ) -> None:

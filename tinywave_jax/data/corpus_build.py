@@ -29,12 +29,12 @@ import json
 import os
 import re
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 from .. import storage
 from ..errors import ConfigError, MissingInputError
+from ..outputs import write_file_atomic
 from .corpus_audio import audio_record, cached_extractor, combine_log_f0, item_log_f0_stats
 from .corpus_format import NAME, SPLITS, VERSION, CorpusError, encode_example, features
 from .corpus_inputs import (
@@ -78,7 +78,7 @@ def _stage_shard(job) -> tuple[int, int]:
             if opts["strict"]:
                 raise
             skipped.append((item.where, str(e)))
-    _write_atomic(storage.path(out) / shard_name(shard), _encode_shard(records, skipped))
+    write_file_atomic(storage.path(out) / shard_name(shard), _encode_shard(records, skipped))
     return len(records), len(skipped)
 
 
@@ -216,19 +216,6 @@ def share_name(host_index: int, num_hosts: int) -> str:
     return f"share-{host_index:05d}-of-{num_hosts:05d}.json"
 
 
-def _write_atomic(path, data: str | bytes) -> None:
-    """Writes `path` through a temporary sibling and a rename: hosts that read it while another
-    writes it (plan.sha256, speaker_f0.json) see the old content or the new, never half, and a
-    killed write leaves no shard. On object storage one object write is atomic by itself."""
-    data = data.encode() if isinstance(data, str) else data
-    if storage.is_remote(path):
-        path.write_bytes(data)
-        return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _names(folder, pattern: str) -> set[str]:
     """The names in `folder` matching `pattern` (one listing, also on object storage)."""
     return {p.name for p in folder.glob(pattern)}
@@ -317,7 +304,7 @@ def build_corpus(
             + (" (by another host or an earlier build)" if num_hosts > 1 else "")
             + "; delete it (or use another --out) to rebuild"
         )
-    _write_atomic(plan_file, digest)
+    write_file_atomic(plan_file, digest)
 
     shards = [
         (k, items[a : a + shard_size], splits[a : a + shard_size])
@@ -387,14 +374,14 @@ def _speaker_f0(items, shards, mine, staging, extractor, workers, num_hosts, log
         with _pool(workers) as pool:
             for k, its in need:
                 stats = item_log_f0_stats(its, extractor, pool.map if pool else map)
-                _write_atomic(stats_file(k), json.dumps(stats))
+                write_file_atomic(stats_file(k), json.dumps(stats))
     last = time.monotonic()
     while not f0_file.exists():
         have = _names(staging, "f0-*.json")
         missing = [k for k, _, _ in shards if stats_file(k).name not in have]
         if not missing:
             stats = [tuple(x) for k, _, _ in shards for x in json.loads(stats_file(k).read_text())]
-            _write_atomic(f0_file, json.dumps(combine_log_f0(items, stats)))
+            write_file_atomic(f0_file, json.dumps(combine_log_f0(items, stats)))
             break
         if time.monotonic() - last > 60:
             hosts = sorted({k % num_hosts for k in missing})
@@ -454,7 +441,7 @@ def _finish(out, staging, max_skipped, rebuild: bool) -> dict:
             else:
                 tmp.rmdir()
                 os.rename(built, tmp)
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    write_file_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
@@ -481,7 +468,7 @@ def _finish_share(
         "max_skipped": max_skipped,
         "speaker_f0": hashlib.sha256(f0.read_bytes()).hexdigest()[:16] if f0.exists() else None,
     }
-    _write_atomic(staging / share_name(host_index, num_hosts), json.dumps(share, indent=1))
+    write_file_atomic(staging / share_name(host_index, num_hosts), json.dumps(share, indent=1))
     log(
         f"corpus: share {host_index} of {num_hosts} staged; once all {num_hosts} are, "
         f"`tinywave corpus finalize {out}` writes the corpus"

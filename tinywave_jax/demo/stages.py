@@ -15,22 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, OutputExistsError, TinywaveError
+from ..outputs import write_file_atomic
 from .settings import settings_dict
 
 
 def _defaults(settings) -> dict:
     """The settings dataclass's field defaults, in settings.json's JSON form."""
     return json.loads(json.dumps(settings_dict(type(settings)())))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """A temporary sibling renamed into place: a kill never leaves half a record."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class DamagedRecordError(TinywaveError, ValueError):
@@ -164,7 +155,7 @@ class StagedRun:
         self.preflight(stages)
         self.check(stages)
         # pinned only once the inputs passed their checks: a refused run leaves no stamp behind
-        _write_atomic(
+        write_file_atomic(
             self.dir / "settings.json", json.dumps(settings_dict(self.settings), indent=1)
         )
         t0 = time.time()
@@ -187,7 +178,7 @@ class StagedRun:
                     **info,
                 }
                 self.record(stage).parent.mkdir(parents=True, exist_ok=True)
-                _write_atomic(self.record(stage), json.dumps(rec, indent=1))
+                write_file_atomic(self.record(stage), json.dumps(rec, indent=1))
                 self.log(f"[{k}/{n}] {stage}: done in {rec['seconds']:.0f} s")
             out[stage] = rec
         out["wall_seconds"] = round(time.time() - t0, 1)

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError, OutputExistsError
+from ..outputs import write_file_atomic
 from .config import VocoderConfig
 from .discriminators import DiscriminatorConfig
 from .losses import MelConfig
@@ -248,15 +248,6 @@ def make_step(config: VocoderConfig, cfg: VocoderTrainConfig):
     return init, jax.jit(step, donate_argnums=0)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _eta(seconds: float) -> str:
     seconds = int(seconds)
     return (
@@ -325,10 +316,10 @@ def train_vocoder(
         state = flax.serialization.from_bytes(state, state_file.read_bytes())
         log(f"vocoder train: resumed {run_dir} at step {int(state['step'])}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(meta_file, (json.dumps(meta, indent=2) + "\n").encode())
+    write_file_atomic(meta_file, (json.dumps(meta, indent=2) + "\n").encode())
 
     def save():
-        _write_atomic(state_file, flax.serialization.to_bytes(jax.device_get(state)))
+        write_file_atomic(state_file, flax.serialization.to_bytes(jax.device_get(state)))
 
     start, t0, metrics = int(state["step"]), time.perf_counter(), {}
     for s in range(start, cfg.steps):
