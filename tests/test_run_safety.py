@@ -531,3 +531,50 @@ def test_the_final_listing_names_only_outputs_that_exist(tmp_path):
     (tmp_path / "results.md").write_text("")
     (tmp_path / "student_hf").mkdir()
     assert outputs_there(tmp_path) == ["results.md", "student_hf/"]
+
+
+def test_a_demo_stage_stopped_by_sigterm_saves_then_exits_143_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """The demo's stages train in-process: SIGTERM used to end `tinywave demo-teacher` with a
+    RuntimeError traceback. The run saves its checkpoint, the stage raises RunStopped, and the
+    CLI prints one line and exits 143, as `tinywave distill` does."""
+    import argparse
+    import threading
+
+    from tinywave_jax.demo.training import train_run
+    from tinywave_jax.errors import RunStopped
+
+    d = distill_dict(run_dir=str(tmp_path / "run"), **SHARED_OVER)
+    d["train"].update(throttle_s=0.5, checkpoint_every=100)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+
+    def stop_after_step_two():
+        t0 = time.time()
+        while time.time() - t0 < 240:
+            rows = metrics.read_text().splitlines() if metrics.is_file() else []
+            if any(json.loads(r)["step"] >= 2 for r in rows if r.strip()):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=stop_after_step_two, daemon=True).start()
+    with pytest.raises(RunStopped) as stopped:
+        train_run("student/pretrain", d, log=lambda m: None)
+    assert stopped.value.signal == "SIGTERM" and "rerun the same command" in str(stopped.value)
+    mngr = checkpoint_manager(tmp_path / "run")
+    assert 2 <= mngr.latest_step() < 8
+    mngr.close()
+
+    def stage(args):
+        raise stopped.value
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command")
+    parser.set_defaults(func=stage)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    capsys.readouterr()
+    assert cli.main(["demo-teacher"]) == 143
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinywave demo-teacher: student/pretrain: stopped by SIGTERM at step")
+    assert len(err.splitlines()) == 1

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from . import storage
-    from .errors import TinywaveError
+    from .errors import RunStopped, TinywaveError
     from .tpu import keep_jax_off_absent_tpu
 
     args = build_parser().parse_args(argv)
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     keep_jax_off_absent_tpu()  # libtpu on a machine without TPUs: stay on the CPU quietly
     try:
         return int(args.func(args) or 0)
+    except RunStopped as e:
+        print(f"tinywave {args.command}: {e}", file=sys.stderr)
+        return 130 if e.signal == "SIGINT" else 143
     except TinywaveError as e:
         print(f"tinywave {args.command}: error: {e}", file=sys.stderr)
         return _exit_code(2, program=argv is None)

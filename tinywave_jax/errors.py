@@ -32,3 +32,12 @@ class MissingInputError(TinywaveError, FileNotFoundError):
 
 class OutputExistsError(TinywaveError, FileExistsError):
     """An output folder already holds something that would be replaced or mixed in."""
+
+
+class RunStopped(TinywaveError):
+    """A run that SIGTERM or Ctrl-C stopped after saving its checkpoint, inside a command that
+    cannot return the stop itself (the demo's stages); the CLI exits 143 (130 for Ctrl-C)."""
+
+    def __init__(self, message: str, signal: str = "SIGTERM"):
+        super().__init__(message)
+        self.signal = signal

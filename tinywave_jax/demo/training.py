@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import RunStopped
+
 # row -> (what it is, loss weights; None: a random model trained with cross-entropy alone)
 ROWS = {
     "baseline": ("random init, CE only", None),
@@ -299,5 +301,9 @@ def train_run(name: str, cfg_dict: dict, log=print) -> Path:
     log(f"  {name}: {'resuming' if resume else 'training'} for {cfg.train.steps} steps")
     out = run(cfg, resume=resume, echo=True)
     if out["final_dir"] is None:
-        raise RuntimeError(f"{name}: stopped at step {out['step']} before the end; rerun to resume")
+        raise RunStopped(
+            f"{name}: stopped by {out['signal']} at step {out['step']} after saving a "
+            "checkpoint; rerun the same command to resume",
+            out["signal"],
+        )
     return Path(out["final_dir"])
