@@ -89,6 +89,29 @@ def test_package_records_every_file_and_its_origin(quick_teacher):
     assert verify_teacher(pkg) == prov
 
 
+def test_units_remove_the_speakers_mean_yet_a_cloze_pair_shares_its_context_units(quick_teacher):
+    """The natural teacher's units subtract the mean of the first `cmn_seconds` (the setting was
+    once ignored: twelve voices' units then differed by each voice's spectral tilt), measured
+    inside the context, so both endings of an sSC pair still get the same context units."""
+    from tinywave_jax.audio.extractor import load_extractor, read_units_config
+    from tinywave_jax.audio.io import read_audio
+
+    _, work = quick_teacher
+    units = work / "tokens" / "units"
+    spectral = read_units_config(units).phonetic.spectral
+    assert spectral.cmn and spectral.cmn_seconds == 3.0
+    extractor = load_extractor(units)
+    bench = work / "speech" / "bench"
+    pairs = json.loads((bench / "items.json").read_text())["ssc"]
+    for item in pairs[:6]:
+        a, b = (
+            extractor.extract(read_audio(bench / "ssc" / f))["hubert"][0] for f in item["files"]
+        )
+        context = int(item["ending_start"] * extractor.frame_rates["hubert"]) - 1
+        assert context > 50
+        assert np.array_equal(a[:context], b[:context]), item["story"]
+
+
 def test_held_out_stories_are_not_in_the_pretraining_corpus(quick_teacher):
     _, work = quick_teacher
     pre = [json.loads(x) for x in (work / "speech" / "pretrain.jsonl").read_text().splitlines()]

@@ -181,9 +181,11 @@ class TeacherBuild(StagedRun):
             seed=s.seed,
             max_hours=s.units_fit_hours,
             overwrite=True,
-            # no utterance-mean removal: a cloze pair shares its context audio, and
-            # the context's units must not depend on which ending follows
-            cmn=False,
+            # speaker mean removal over the first cmn_seconds only: a cloze pair shares its
+            # context audio, and the context's units must not depend on which ending follows
+            # (the whole-utterance mean would); 0 (the word-bank teachers): none
+            cmn=s.cmn_seconds > 0,
+            cmn_seconds=s.cmn_seconds,
             log=lambda m: self.log("  " + m),
         )
         n_text = tokens.write_text_tokenizer(vocabulary(), self.tokens_dir / "tokenizer")
