@@ -227,6 +227,11 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
     recipe = prepare(cfg)
     run_dir = storage.path(cfg.run_dir)
     check_not_an_input(run_dir / "final", recipe.inputs())  # before any work, not at the end
+    cache = None
+    if recipe.kind == "distill" and recipe.spec.teacher_cached:
+        from ..distill.teacher_cache import open_for_run
+
+        cache = open_for_run(cfg)  # its teacher, top_k, layout and corpus: before any work
     primary = jax.process_index() == 0
     new_config = to_dict(cfg)
     meta = {"kind": recipe.kind, "config": new_config}
@@ -275,7 +280,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                         cfg.train.steps,
                     )
                 frozen, _ = session.frozen_and_trainable(trainable_too=False)
-                batches = _batches(cfg, recipe)
+                batches = _batches(cfg, recipe, cache)
                 batches.set_state(data_state)
                 writer = MetricsWriter(run_dir, cfg.train.tensorboard, enabled=primary)
                 writer.truncate_after(step)
@@ -284,7 +289,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                 frozen, trainable = session.frozen_and_trainable()
                 state = session.init_state(trainable)
                 del trainable
-                batches = _batches(cfg, recipe)
+                batches = _batches(cfg, recipe, cache)
                 writer = MetricsWriter(run_dir, cfg.train.tensorboard, enabled=primary)
             validation = Validation(session) if cfg.train.eval_every else None
             if primary:
@@ -313,10 +318,20 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                     writer.close()
 
 
-def _batches(cfg, recipe):
-    return make_batches(
-        cfg.data, recipe.spec.student.vocab_size, jax.process_index(), jax.process_count()
+def _batches(cfg, recipe, cache=None):
+    """This host's batches; with a teacher cache, joined to its top-k rows by token key."""
+    batches = make_batches(
+        cfg.data,
+        recipe.spec.student.vocab_size,
+        jax.process_index(),
+        jax.process_count(),
+        keys=cache is not None,
     )
+    if cache is None:
+        return batches
+    from ..distill.teacher_cache import CacheJoin
+
+    return CacheJoin(batches, cache, list(cfg.data.corpus_config().mixture))
 
 
 def _train(
