@@ -214,7 +214,7 @@ def _saved_config(run_dir: Path, meta: dict) -> dict | None:
 
 def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_change=()) -> dict:
     """Trains per `cfg` (DistillConfig or TrainConfig). Returns {"step", "final_dir", "stopped",
-    "signal"}: stopped is True when SIGTERM or Ctrl-C ended the run early (after its checkpoint;
+    "signal", "state"}: stopped is True when SIGTERM or Ctrl-C ended the run early (after its checkpoint;
     final_dir is None), signal then names it ("SIGTERM" / "SIGINT"). A non-finite loss or
     gradient norm raises NonFiniteError (nothing of that step saved).
 
@@ -306,6 +306,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                 "final_dir": final_dir,
                 "stopped": not done,
                 "signal": None if done else (stop.signal or "SIGTERM"),
+                "state": state,  # the final TrainState (the Python API returns it)
             }
         finally:
             wait_for_saves(mngr)
