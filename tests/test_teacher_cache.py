@@ -212,3 +212,28 @@ def test_bad_caches_and_configs_are_refused_naming_what(corpus, cache, tmp_path)
         TeacherCacheError, match=r"missing 4 of its .* records: shards \['shard-00002'\]"
     ):
         open_for_run(_cfg(corpus, cache=str(bad)))
+
+
+def test_plan_counts_the_teacher_only_online(corpus, cache):
+    """`tinywave plan` of both modes: the cached step's model FLOPs are the student's alone, its
+    batch holds the cache's top-k rows, and it has no teacher params."""
+    from tinywave_jax.plan import Topology, make_plan
+    from tinywave_jax.train.metrics import flops_per_token
+
+    out, _ = cache
+    online = make_plan(_cfg(corpus), Topology("test", 8, (), 1e12, 1e9))
+    cached = make_plan(_cfg(corpus, cache=str(out)), Topology("test", 8, (), 1e12, 1e9))
+    spec = prepare(_cfg(corpus)).spec
+    per_step = 8 * 32
+    assert cached["model_flops_per_step"] == flops_per_token(spec.student, 32) * per_step
+    assert (
+        online["model_flops_per_step"] == flops_per_token(spec.student, 32, spec.teacher) * per_step
+    )
+    assert (
+        cached["memory_per_device_bytes"]["teacher_params"]
+        == 0
+        < online["memory_per_device_bytes"]["teacher_params"]
+    )
+    # top-k rows: 8 x 32 tokens x k x (2 + 2) bytes, over 8 devices
+    extra = cached["memory_per_device_bytes"]["batch"] - online["memory_per_device_bytes"]["batch"]
+    assert extra == 8 * 32 * K * 4 // 8
