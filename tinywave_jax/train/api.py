@@ -33,14 +33,24 @@ def load_run_config(cls: type, config: Source, overrides: Sequence[str] = ()):
 
 
 def run_config(
-    cfg, resume: bool = False, echo: bool = True, allow_config_change: Sequence[str] = ()
+    cfg,
+    resume: bool = False,
+    echo: bool = True,
+    allow_config_change: Sequence[str] = (),
+    return_state: bool = False,
 ) -> dict[str, Any]:
     """Runs a checked DistillConfig / TrainConfig; what `tinywave distill|train` runs."""
     from .loop import run
     from .recipes import prepare
 
     prepare(cfg)  # all model-dependent checks before any jax device work
-    return run(cfg, resume=resume, echo=echo, allow_config_change=tuple(allow_config_change))
+    return run(
+        cfg,
+        resume=resume,
+        echo=echo,
+        allow_config_change=tuple(allow_config_change),
+        return_state=return_state,
+    )
 
 
 def distill(
@@ -57,7 +67,7 @@ def distill(
     TrainState: params["model"] is the student)}. `resume`, `allow_config_change`: as --resume
     and --allow-config-change. Errors are the CLI's (ConfigError etc., naming the key)."""
     cfg = load_run_config(DistillConfig, config, overrides)
-    return run_config(cfg, resume, echo, allow_config_change)
+    return run_config(cfg, resume, echo, allow_config_change, return_state=True)
 
 
 def train(
@@ -70,4 +80,4 @@ def train(
 ) -> dict[str, Any]:
     """`distill` for `tinywave train` (TrainConfig: CE fine-tuning, full or LoRA)."""
     cfg = load_run_config(TrainConfig, config, overrides)
-    return run_config(cfg, resume, echo, allow_config_change)
+    return run_config(cfg, resume, echo, allow_config_change, return_state=True)

@@ -212,10 +212,18 @@ def _saved_config(run_dir: Path, meta: dict) -> dict | None:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_change=()) -> dict:
+def run(
+    cfg,
+    resume: bool = False,
+    mesh=None,
+    echo: bool = True,
+    allow_config_change=(),
+    return_state: bool = False,
+) -> dict:
     """Trains per `cfg` (DistillConfig or TrainConfig). Returns {"step", "final_dir", "stopped",
-    "signal", "state"}: stopped is True when SIGTERM or Ctrl-C ended the run early (after its checkpoint;
-    final_dir is None), signal then names it ("SIGTERM" / "SIGINT"). A non-finite loss or
+    "signal"} (and "state", the final TrainState, with `return_state`): stopped is True when
+    SIGTERM or Ctrl-C ended the run early (after its checkpoint; final_dir is None), signal then
+    names it ("SIGTERM" / "SIGINT"). A non-finite loss or
     gradient norm raises NonFiniteError (nothing of that step saved).
 
     One run per run_dir at a time (RunInUseError otherwise). `resume=True` continues from the
@@ -301,13 +309,13 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
             if done:
                 final_dir = _export(session, state, frozen, run_dir)
             step = int(jax.device_get(state.step))
-            return {
+            out = {
                 "step": step,
                 "final_dir": final_dir,
                 "stopped": not done,
                 "signal": None if done else (stop.signal or "SIGTERM"),
-                "state": state,  # the final TrainState (the Python API returns it)
             }
+            return {**out, "state": state} if return_state else out
         finally:
             wait_for_saves(mngr)
             # the bucket lost (an operation failed or ran past its deadline): close() would
