@@ -15,8 +15,9 @@ units, 60-300 frames) through the real corpus pipeline (packing, shuffling, toke
   *_flops_per_step        model FLOPs per step of each mode (train.metrics.step_flops, what
                           `tinywave plan` and metrics.jsonl report)
 
-Both steps run side by side in this one process on the same batches (timed after 1 warm-up step,
-median of --steps). Prints progress on stderr and ONE JSON line on stdout.
+Both steps run side by side in this one process, alternating step by step on the same batches
+(the first step of each, with its compilation, untimed; the median of --steps). Prints progress
+on stderr and ONE JSON line on stdout.
 
   nice -n 10 python bench/teacher_cache.py               # ~5-10 min on 2 shared CPU cores
   python bench/teacher_cache.py --hidden 256 --ffn 688 --vocab 4096 --steps 2   # quick check
@@ -115,25 +116,14 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def timed_steps(session, state, frozen, batches, steps: int, join=None) -> tuple[float, object]:
-    """Median seconds per step (host join included) after one warm-up step."""
+def step_once(session, state, frozen, host) -> tuple[float, object, float]:
+    """(seconds, new state, loss) of one step on host batch `host` (host join done by caller)."""
     import jax
 
-    times = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        host = next(batches)
-        if join is not None:
-            host = join(host)
-        state, m = session.step(state, frozen, session.global_batch(host))
-        jax.block_until_ready(m["loss"])
-        if i:
-            times.append(time.perf_counter() - t0)
-        else:
-            log(
-                f"  compiled + first step {time.perf_counter() - t0:.1f}s, loss {float(m['loss']):.3f}"
-            )
-    return float(np.median(times)), state
+    t0 = time.perf_counter()
+    state, m = session.step(state, frozen, session.global_batch(host))
+    jax.block_until_ready(m["loss"])
+    return time.perf_counter() - t0, state, float(m["loss"])
 
 
 def main() -> None:
@@ -146,7 +136,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--top-k", type=int, default=64)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5)
     p.add_argument("--records", type=int, default=24)
     a = p.parse_args()
 
@@ -179,23 +169,38 @@ def main() -> None:
 
         cached_cfg = config(a, cache=out)
         corpus = online_cfg.data.corpus_config()
-        results = {}
+        runs = {}
         for mode, cfg in (("online", online_cfg), ("cached", cached_cfg)):
-            log(f"{mode} step")
             session = Session(prepare(cfg))
             frozen, trainable = session.frozen_and_trainable()
             state = session.init_state(trainable)
             del trainable
-            it = make_train_iterator(corpus, 0, 1, source=src, keys=True)
-            join = None
-            if mode == "cached":
-                joiner = CacheJoin(iter(()), open_for_run(cfg, source=src), ["speech"])
-                join = lambda b, j=joiner: _join(j, b)  # noqa: E731
-            else:
-                join = _drop_keys
-            sec, state = timed_steps(session, state, frozen, it, a.steps, join)
-            results[mode] = (a.batch * a.seq / sec, step_flops(session.spec, a.seq, a.batch))
-            del session, frozen, state
+            runs[mode] = [session, state, frozen, []]
+        joiner = CacheJoin(iter(()), open_for_run(cached_cfg, source=src), ["speech"])
+        it = make_train_iterator(corpus, 0, 1, source=src, keys=True)
+        # the two modes alternate on the same batches, so load from other processes on this
+        # machine falls on both alike; the first step of each (compilation) is not timed
+        for i in range(a.steps + 1):
+            keyed = next(it)
+            for mode, r in runs.items():
+                t0 = time.perf_counter()
+                if mode == "cached":
+                    joiner.batches = iter([keyed])
+                    host = next(joiner)
+                else:
+                    host = {k: v for k, v in keyed.items() if k not in CacheJoin.KEYS}
+                join_s = time.perf_counter() - t0
+                sec, r[1], loss = step_once(r[0], r[1], r[2], host)
+                log(f"  step {i} {mode}: {sec + join_s:.2f}s (join {join_s:.3f}s) loss {loss:.4f}")
+                if i:
+                    r[3].append(sec + join_s)
+        results = {
+            mode: (
+                a.batch * a.seq / float(np.median(r[3])),
+                step_flops(r[0].spec, a.seq, a.batch),
+            )
+            for mode, r in runs.items()
+        }
 
     print(
         json.dumps(
