@@ -153,3 +153,20 @@ def test_online_topk_step_trains_and_its_gradient_reaches_the_student():
     assert set(m) >= {"topk_kl", "ce", "loss"} and "logit_kl" not in m
     assert m["loss"] == pytest.approx(m["topk_kl"]) and m["grad_norm"] > 0
     assert "teacher" in session.frozen_abstract
+
+
+def test_resuming_a_checkpoint_older_than_the_new_keys():
+    """A run saved before distill.terms / top_k / teacher.cache existed resumes while they keep
+    their defaults; a changed one is still a config change."""
+    from tinywave_jax.config import to_dict
+    from tinywave_jax.train.config import DistillConfig
+    from tinywave_jax.train.resume import config_changes
+
+    new = to_dict(distill_config())
+    old = to_dict(distill_config())
+    del old["distill"]["terms"], old["distill"]["top_k"], old["teacher"]["cache"]
+    defaults = to_dict(DistillConfig())
+    assert config_changes(old, new, defaults=defaults) == []
+    assert [k for k, _, _ in config_changes(old, new)] == ["distill.top_k", "teacher.cache"]
+    new["distill"]["top_k"] = 8
+    assert config_changes(old, new, defaults=defaults) == [("distill.top_k", "(absent)", 8)]

@@ -208,7 +208,8 @@ class TeacherCache:
                 if sha256_file(self.dir / name) != meta["files"][name]["sha256"]:
                     raise TeacherCacheError(
                         f"teacher.cache {self.where}: {name} differs from the sha256 recorded "
-                        f"in {shard_name(s)}.json (damaged); rebuild the shard (delete "
+                        f"in {shard_name(s)}.json (damaged; it holds records "
+                        f"{meta['records'][0]} to {meta['records'][1] - 1}); rebuild it (delete "
                         f"{shard_name(s)}.json and run teacher-cache build again)"
                     )
             ids = np.load(self.dir / f"{shard_name(s)}.ids.npy", mmap_mode="r")

@@ -266,6 +266,7 @@ def run(
                     new_config,
                     allow_config_change,
                     f"{run_dir} (checkpoint {step})",
+                    to_dict(type(cfg)()),  # keys newer than the checkpoint, at their defaults
                 )
 
             if resume and latest is None:
