@@ -237,3 +237,24 @@ def test_plan_counts_the_teacher_only_online(corpus, cache):
     # top-k rows: 8 x 32 tokens x k x (2 + 2) bytes, over 8 devices
     extra = cached["memory_per_device_bytes"]["batch"] - online["memory_per_device_bytes"]["batch"]
     assert extra == 8 * 32 * K * 4 // 8
+
+
+def test_the_cli_resumes_a_finished_cache_and_names_a_mismatch(corpus, cache, tmp_path, capsys):
+    import yaml
+
+    from tinywave_jax.cli import main
+    from tinywave_jax.config import to_dict
+
+    out, summary = cache
+    copy = tmp_path / "c"
+    shutil.copytree(out, copy)
+    cfg_file = tmp_path / "distill.yaml"
+    cfg_file.write_text(yaml.safe_dump(to_dict(_cfg(corpus))))
+    argv = ["--out", str(copy), "--records-per-shard", "4"]
+    assert main(["teacher-cache", "build", str(cfg_file), *argv, "--top-k", str(K)]) == 0
+    assert f"0 shards built, {summary['shards']} kept" in capsys.readouterr().out
+    over = [str(cfg_file), "data.seq_len=16"]  # overrides follow the config
+    assert main(["teacher-cache", "build", *over, *argv, "--top-k", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a cache built otherwise" in err and "top_k: cache 8, run 4" in err
+    assert "window: cache 32, run 16" in err

@@ -270,7 +270,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("config", help="distill config YAML (teacher:, data:, mesh:)")
-    b.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    b.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides (after CONFIG)"
+    )
     b.add_argument("--out", required=True, help="cache folder (local or gs://); resumed if there")
     b.add_argument("--top-k", type=int, default=64, help="teacher ids kept per token (64)")
     b.add_argument(

@@ -210,7 +210,8 @@ class DistillRecipe:
 
     def inputs(self) -> tuple:
         """The model folders the run reads (final/ must be apart from them)."""
-        return tuple(p for p in (self.cfg.teacher.path, self.cfg.student.path) if p)
+        c = self.cfg
+        return tuple(p for p in (c.teacher.path, c.student.path, c.teacher.cache) if p)
 
     def provenance(self) -> dict:
         return {
