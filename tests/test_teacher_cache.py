@@ -258,3 +258,23 @@ def test_the_cli_resumes_a_finished_cache_and_names_a_mismatch(corpus, cache, tm
     err = capsys.readouterr().err
     assert "holds a cache built otherwise" in err and "top_k: cache 8, run 4" in err
     assert "window: cache 32, run 16" in err
+
+
+def test_a_cache_on_a_bucket(corpus, cache, tmp_path):
+    """Built onto gs:// (the GCS emulator), resumed there, and read through a local mirror."""
+    from gcs_fixtures import gcs_emulator, make_bucket
+
+    out, summary = cache
+    with gcs_emulator(tmp_path / "gcs.log"):
+        remote = f"gs://{make_bucket()}/cache"
+        s = build_teacher_cache(_cfg(corpus), remote, top_k=K, records_per_shard=4)
+        assert s["built"] == summary["shards"] and s["bytes"] == summary["bytes"]
+        again = build_teacher_cache(_cfg(corpus), remote, top_k=K, records_per_shard=4)
+        assert again["built"] == 0 and again["skipped"] == summary["shards"]
+        local = open_for_run(_cfg(corpus, cache=str(out)))
+        there = open_for_run(_cfg(corpus, cache=remote))
+        pos = np.arange(20)
+        for rec in (1, 6):
+            args = (np.zeros_like(pos), np.full_like(pos, rec), pos, ["speech"])
+            np.testing.assert_array_equal(there.lookup(*args)[0], local.lookup(*args)[0])
+            np.testing.assert_array_equal(there.lookup(*args)[1], local.lookup(*args)[1])
