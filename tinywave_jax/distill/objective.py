@@ -106,7 +106,7 @@ class DistillLossConfig:
                 raise ConfigError(
                     f"distill.terms.{name}: no loss term of that name is registered "
                     f"(registered: {sorted(n for n in TERMS if n not in PAPER_TERMS)}; a "
-                    "user's term is registered from Python with distill.terms.register_term)"
+                    "user's term is registered from Python: tinywave_jax.distill.register_term)"
                 )
             if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
                 raise ConfigError(f"distill.terms.{name}: weight must be a number >= 0, got {w!r}")
@@ -161,8 +161,10 @@ def loss_terms(
       "final_hidden" [B, T, D] post-norm, "head_kernel" [D, V]   (ce, logit_kl; ce needs student only)
       "hidden": per mapped pair [B, T, D]                          (hidden)
       "q": per mapped pair [B, T, H, hd], "k": [B, T, KVH, hd]     (attention)
-    Per-pair features are lists in layer-map order (entry i of the student list is aligned to
-    entry i of the teacher list) or arrays stacked on a leading pair axis.
+      teacher "topk_ids", "topk_logprobs" [B, T, k]                 (topk_kl)
+    and whatever a registered term reads (terms.py). Per-pair features are lists in layer-map
+    order (entry i of the student list is aligned to entry i of the teacher list) or arrays
+    stacked on a leading pair axis.
     projector: {"kernel": [P, D_s, D_t]} from `init_hidden_projector`, required when widths differ.
     """
     inputs = TermInputs(cfg, batch, student, teacher, projector)
