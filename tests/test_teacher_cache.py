@@ -24,6 +24,7 @@ from tinywave_jax.train.data import make_batches
 from tinywave_jax.train.loop import run
 from tinywave_jax.train.metrics import read_metrics
 from tinywave_jax.train.recipes import load_or_init, prepare
+from tinywave_jax.train.step import BATCH_KEYS, teacher_features
 
 K = 8
 VOCAB = 512  # the custom layout's ids: 8 text, 2 markers, 501 units, padded to 256
@@ -150,6 +151,26 @@ def test_packed_shuffled_batches_join_their_tokens_cached_rows(corpus, cache):
         np.testing.assert_array_equal(joined["topk_ids"][r, t], refs[rec][pos])
         checked += 1
     assert checked > 100 and (raw["token_positions"][raw["segment_ids"] > 0] > 0).any()
+
+    # the online step's teacher top-k on the packed batch agrees with the cache wherever the
+    # teacher sees the same context: segments that start at their record's first token
+    spec = prepare(_cfg(corpus)).spec
+    teacher = load_or_init(cfg.teacher, spec.teacher, None)
+    feats = teacher_features(spec, teacher, {k: jax.numpy.asarray(raw[k]) for k in BATCH_KEYS})
+    seg, pos = raw["segment_ids"], raw["token_positions"]
+    same = np.zeros(seg.shape, bool)
+    for r in range(seg.shape[0]):
+        for sid in set(seg[r].tolist()) - {0}:
+            cols = np.nonzero(seg[r] == sid)[0]
+            same[r, cols] = pos[r, cols[0]] == 0
+    assert same.sum() > 50 and (~same & (seg > 0)).any()  # both kinds present
+    np.testing.assert_array_equal(np.asarray(feats["topk_ids"])[same], joined["topk_ids"][same])
+    np.testing.assert_allclose(
+        np.asarray(feats["topk_logprobs"])[same],
+        joined["topk_logprobs"][same].astype(np.float32),
+        atol=2e-2,
+        rtol=2e-3,
+    )
 
 
 def test_distill_with_a_cache_loads_and_runs_no_teacher(corpus, cache, tmp_path, monkeypatch):
