@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "tinywave_jax.scoring",  # score
     "tinywave_jax.audio.commands",  # units fit / hubert-spec / extract
     "tinywave_jax.distill.commands",  # init-student
+    "tinywave_jax.distill.cache_build",  # teacher-cache build
     "tinywave_jax.train.commands",  # distill, train
     "tinywave_jax.data.commands",  # corpus build / info / show
     "tinywave_jax.eval.commands",  # eval

@@ -184,17 +184,21 @@ def abstract_inputs(session):
     import jax.numpy as jnp
 
     from .parallel import batch_sharding
-    from .train.step import BATCH_KEYS
+    from .train.step import CACHE_KEYS
 
     cfg = session.cfg
     state = session.abstract_state()
     frozen = _with_shardings(session.frozen_abstract, session.frozen_shardings)
     bsh = batch_sharding(session.mesh)
     shape = (cfg.data.batch_size, cfg.data.seq_len)
+    topk = shape + (cfg.distill.top_k,) if session.spec.teacher_cached else ()
+    kinds = {"loss_mask": (shape, jnp.float32), "topk_ids": (topk, jnp.uint16)}
+    kinds["topk_logprobs"] = (topk, jnp.float16)  # a teacher cache's rows (CACHE_KEYS)
     batch = {
-        k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "loss_mask" else jnp.int32, sharding=bsh)
-        for k in BATCH_KEYS
+        k: jax.ShapeDtypeStruct(*kinds.get(k, (shape, jnp.int32)), sharding=bsh)
+        for k in session.spec.batch_keys
     }
+    assert set(CACHE_KEYS) <= set(kinds)
     return state, frozen, batch
 
 
@@ -318,7 +322,7 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None, estimate=
         spec.student.scan_layers
         or spec.microbatches > 1
         or (loss.logit_chunk_size is not None and loss.logit_chunk_size < t)
-        or (loss.weights.attention > 0 and loss.attention_block_size < t)
+        or (spec.tap_qk and loss.attention_block_size < t)
     )
     plan = {
         "config_kind": recipe.kind,

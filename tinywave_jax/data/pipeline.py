@@ -108,7 +108,9 @@ class _Tokens:
     """grain random_map: record index -> {'input_ids': ids}, or None for a bad record that the
     allowance covers (counted per process)."""
 
-    def __init__(self, kind, source, cfg: DataConfig, layout, tokenizer, key: str = ""):
+    def __init__(
+        self, kind, source, cfg: DataConfig, layout, tokenizer, key: str = "", stream=None
+    ):
         self.kind, self.source, self.cfg, self.layout, self.tokenizer = (
             kind,
             source,
@@ -116,6 +118,7 @@ class _Tokens:
             layout,
             tokenizer,
         )
+        self.stream = stream  # with keys: this stream's index in the mixture
         self.max_bad_key = _at(key)("max_bad_records")
         self.bad = 0
         self._lock = threading.Lock()
@@ -152,7 +155,15 @@ class _Tokens:
                     ) from None
             log.warning("skipping bad record (%d so far): %s", self.bad, e)
             return None
-        return {"input_ids": ids}
+        if self.stream is None:
+            return {"input_ids": ids}
+        n = len(ids)  # every token's key: (stream, record, position), for a teacher cache
+        return {
+            "input_ids": ids,
+            "stream": np.full(n, self.stream, np.int32),
+            "record": np.full(n, int(index), np.int64),
+            "position": np.arange(n, dtype=np.int32),
+        }
 
 
 class EpochShuffle(grain.MapDataset):
@@ -191,7 +202,7 @@ class EpochShuffle(grain.MapDataset):
         return self._parent[epoch * self._n + self._permuted(epoch, i)]
 
 
-def sequence_dataset(kind, k, source, base, cfg, layout, tokenizer, key: str = ""):
+def sequence_dataset(kind, k, source, base, cfg, layout, tokenizer, key: str = "", keys=False):
     """MapDataset of {"input_ids"} for stream `kind` (mixture slot k) over record indices `base`:
     per-epoch shuffle, repeat, then record -> sequence, deterministic for (seed, k, index).
     `key`: the config's place in its file (DataConfig.validate)."""
@@ -199,16 +210,22 @@ def sequence_dataset(kind, k, source, base, cfg, layout, tokenizer, key: str = "
     if cfg.shuffle:
         ds = EpochShuffle(ds, len(base), (cfg.seed * 7919 + 2 * k) % 2**32)
     return ds.random_map(
-        _Tokens(kind, source, cfg, layout, tokenizer, key),
+        _Tokens(kind, source, cfg, layout, tokenizer, key, k if keys else None),
         seed=(cfg.seed * 7919 + 2 * k + 1) % 2**32,
     )
 
 
 def make_dataset(
-    cfg: DataConfig, process_index: int = 0, process_count: int = 1, source=None, key: str = ""
+    cfg: DataConfig,
+    process_index: int = 0,
+    process_count: int = 1,
+    source=None,
+    key: str = "",
+    keys: bool = False,
 ):
     """The grain IterDataset of contract batches for one host (see the module docstring).
-    `key`: where `cfg` sits in its config file, for error messages (DataConfig.validate)."""
+    `key`: where `cfg` sits in its config file, for error messages (DataConfig.validate).
+    `keys`: batches also carry each token's key (`_to_contract`), for a teacher cache."""
     from grain.experimental import ConcatThenSplitIterDataset
 
     from .corpus_read import CorpusSource
@@ -232,7 +249,7 @@ def make_dataset(
     base = grain.MapDataset.range(len(source))[process_index::process_count]
     kinds = list(cfg.mixture)
     streams = [
-        sequence_dataset(kind, k, source, base, cfg, layout, tokenizer, key)
+        sequence_dataset(kind, k, source, base, cfg, layout, tokenizer, key, keys)
         for k, kind in enumerate(kinds)
     ]
     ds = (
@@ -245,7 +262,8 @@ def make_dataset(
             num_threads=cfg.read_threads, prefetch_buffer_size=max(64, cfg.read_threads * 4)
         )
     )
-    ds = ConcatThenSplitIterDataset(ds, length_struct={"input_ids": cfg.seq_len})
+    feats = ("input_ids", "stream", "record", "position") if keys else ("input_ids",)
+    ds = ConcatThenSplitIterDataset(ds, length_struct=dict.fromkeys(feats, cfg.seq_len))
     rows = cfg.batch_size // process_count
     ds = ds.batch(rows, drop_remainder=False)
     ds = ds.map(lambda b: _to_contract(b, rows))
@@ -256,11 +274,17 @@ def make_dataset(
 
 
 def _to_contract(b, rows):
+    """The batch contract; with keys also stream_ids int32, record_ids int64 and
+    token_positions int32 [B, T] (each token's stream index in the mixture, record index in the
+    split and position in that record's sequence; packing cuts neither)."""
     ids, seg = b["input_ids"], b["input_ids_segment_ids"]
-    if len(ids) < rows:  # the last, partial batch of a finite run: padding rows
-        pad = ((0, rows - len(ids)), (0, 0))
-        ids, seg = np.pad(ids, pad), np.pad(seg, pad)
-    return contract_batch(ids, seg)
+    pad = ((0, rows - len(ids)), (0, 0))  # the last, partial batch of a finite run
+    out = contract_batch(np.pad(ids, pad), np.pad(seg, pad))
+    if "record" in b:
+        for name, feat in (("stream_ids", "stream"), ("record_ids", "record")):
+            out[name] = np.pad(b[feat], pad)
+        out["token_positions"] = np.pad(b["position"], pad).astype(np.int32)
+    return out
 
 
 def _parse_absl_flags():
@@ -277,10 +301,16 @@ class TrainIterator:
     under another process count or batch shape is refused with a clear error."""
 
     def __init__(
-        self, cfg: DataConfig, process_index: int, process_count: int, source=None, key: str = ""
+        self,
+        cfg: DataConfig,
+        process_index: int,
+        process_count: int,
+        source=None,
+        key: str = "",
+        keys: bool = False,
     ):
         self.cfg, self.process_index, self.process_count = cfg, process_index, process_count
-        self._it = iter(make_dataset(cfg, process_index, process_count, source, key))
+        self._it = iter(make_dataset(cfg, process_index, process_count, source, key, keys))
 
     def __iter__(self):
         return self
@@ -326,6 +356,7 @@ def make_train_iterator(
     process_count: int | None = None,
     source=None,
     key: str = "",
+    keys: bool = False,
 ) -> TrainIterator:
     """This host's iterator of contract batches; host defaults come from jax. `key`: where
     `config` sits in its config file (`data.corpus` in a run config), for error messages."""
@@ -334,4 +365,4 @@ def make_train_iterator(
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    return TrainIterator(config, process_index, process_count, source, key)
+    return TrainIterator(config, process_index, process_count, source, key, keys)

@@ -1,10 +1,14 @@
 """Layer-aligned distillation losses (pure JAX functions on model features) and the layer map.
 
-- `losses`: chunked cross-entropy and temperature logit KL from hidden states + LM-head kernel,
+- `losses`: chunked cross-entropy, temperature logit KL and top-k logit KL (`teacher_topk`,
+  `chunked_topk_losses`) from hidden states + LM-head kernel,
   hidden-state alignment (1 - cosine or MSE, optional learned width projector).
 - `attention_kl`: KL(teacher attention || student attention), blockwise, O(T x block) memory.
-- `objective`: `DistillLossConfig` (the `distill:` section), `METRICS` (every term's normaliser and
-  weight, declared once), `loss_terms` as (sum, count) and `distill_loss`, the weighted sum.
+- `terms`: every loss term declared once (`Term`: weight, metrics and their normalisers, the
+  student/teacher features it needs, its pure (sum, count) function); `register_term` adds a
+  user's own, selected with `distill.terms.<name>: weight`.
+- `objective`: `DistillLossConfig` (the `distill:` section), the active terms and what they need,
+  `loss_terms` as (sum, count) and `distill_loss`, the weighted sum.
 - `layer_map`: which teacher layer each student layer is aligned to / initialised from.
 """
 
@@ -17,11 +21,16 @@ from .losses import (
     init_hidden_projector,
 )
 from .objective import DistillLossConfig, LossWeights, distill_loss
+from .terms import Metric, Term, TermInputs, register_term
 
 __all__ = [
     "DistillLossConfig",
     "LayerMap",
     "LossWeights",
+    "Metric",
+    "Term",
+    "TermInputs",
+    "register_term",
     "attention_kl",
     "check_layer_map_spec",
     "chunked_cross_entropy",

@@ -139,6 +139,82 @@ def chunked_logit_losses(
     return _sum_over_chunks(body, (student_hidden, teacher_hidden, targets, loss_mask), chunk_size)
 
 
+def _seq_chunks(x: jax.Array, chunk_size: Optional[int]) -> tuple:
+    """[B, T, ...] -> ([n, B, c, ...] zero-padded, n, c)."""
+    t = x.shape[1]
+    c = t if chunk_size is None else min(chunk_size, t)
+    n = -(-t // c)
+    x = jnp.pad(x, [(0, 0), (0, n * c - t)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.moveaxis(x.reshape(x.shape[0], n, c, *x.shape[2:]), 1, 0), n, c
+
+
+def teacher_topk(
+    hidden: jax.Array, head_kernel: jax.Array, k: int, chunk_size: Optional[int] = 256
+) -> tuple[jax.Array, jax.Array]:
+    """The teacher's k most probable next tokens per position at T = 1, without full logits:
+    (ids int32 [B, T, k], log-probs float32 [B, T, k], each row's ids by descending log-prob).
+    The log-probs are log-softmax over the WHOLE vocabulary, so any temperature's top-k
+    distribution follows from them (`chunked_topk_losses`)."""
+    if not 1 <= k <= head_kernel.shape[-1]:
+        raise ValueError(f"top-k: k={k} must be in [1, vocab_size={head_kernel.shape[-1]}]")
+    t = hidden.shape[1]
+    chunks, _, _ = _seq_chunks(lax.stop_gradient(hidden), chunk_size)
+
+    def one(h):
+        logits = _logits(h, lax.stop_gradient(head_kernel))
+        logp = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+        vals, ids = lax.top_k(logp, k)
+        return ids.astype(jnp.int32), vals
+
+    ids, vals = lax.map(one, chunks)  # [n, B, c, k]
+
+    def join(x):
+        x = jnp.moveaxis(x, 0, 1)
+        return x.reshape(x.shape[0], -1, k)[:, :t]
+
+    return join(ids), join(vals)
+
+
+def chunked_topk_losses(
+    student_hidden: jax.Array,
+    student_head_kernel: jax.Array,
+    topk_ids: jax.Array,
+    topk_logprobs: jax.Array,
+    targets: jax.Array,
+    loss_mask: jax.Array,
+    temperature: float,
+    chunk_size: Optional[int] = 256,
+) -> dict:
+    """Student CE and the top-k logit KL (x T^2) as masked sums, without full logits.
+
+    The KL is over the teacher's top-k support only (MaxText's sparse KL): the teacher's
+    distribution softmax(logprobs / T) and the student's softmax(logits[ids] / T), both
+    renormalised over the k ids. topk_ids [B, T, k] int, topk_logprobs [B, T, k] (any float
+    dtype; a cache's 16-bit ones too). Returns {"ce", "topk_kl", "num_tokens"}."""
+    temperature = float(temperature)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    vocab = student_head_kernel.shape[-1]
+    topk_ids = lax.stop_gradient(jnp.clip(topk_ids.astype(jnp.int32), 0, vocab - 1))
+    topk_logprobs = lax.stop_gradient(topk_logprobs.astype(F32))
+
+    def body(hs, ids, lp, tgt, m):
+        s = _logits(hs, student_head_kernel)
+        m = m.astype(F32)
+        log_q = jax.nn.log_softmax(jnp.take_along_axis(s, ids, axis=-1) / temperature, axis=-1)
+        log_p = jax.nn.log_softmax(lp / temperature, axis=-1)
+        kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+        return {
+            "ce": _masked_sum(_target_nll(s, jax.nn.logsumexp(s, axis=-1), tgt), m),
+            "topk_kl": _masked_sum(kl, m) * temperature**2,
+            "num_tokens": jnp.sum(m),
+        }
+
+    return _sum_over_chunks(
+        body, (student_hidden, topk_ids, topk_logprobs, targets, loss_mask), chunk_size
+    )
+
+
 # ----------------------------------------------------------------------------- hidden alignment
 
 

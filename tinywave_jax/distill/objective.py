@@ -1,13 +1,14 @@
-"""The distillation objective: `DistillLossConfig` (the `distill:` config section), the declared
-metrics (`METRICS`) and how terms combine.
+"""The distillation objective: `DistillLossConfig` (the `distill:` config section), the active
+terms and how they combine. The terms themselves are declared once, in terms.py.
 
 total = w_ce * CE + w_logit_kl * T^2 KL_T(teacher || student) + w_hidden * mean_layers(hidden)
-        + w_attention * mean_layers(attention KL)
+        + w_attention * mean_layers(attention KL) + sum over `distill.terms` of w_name * name
 Every term is a (sum, count) pair over the tokens it averages (`loss_terms`): CE and the logit KL
 over `loss_mask` tokens; the hidden loss and the attention KL (a mean over heads/groups per query
-row) over valid (segment != 0) tokens. `METRICS` declares each name's normaliser and weight, in
-one place; a term not declared there fails loudly. The train step sums terms over microbatches
-and divides once. A term with weight 0 is not computed at all, and its inputs need not be given.
+row) over valid (segment != 0) tokens. Each metric's normaliser and weight is declared with its
+term (terms.py); a name not declared there fails loudly. The train step sums terms over
+microbatches and divides once. A term with weight 0 is not computed at all, and its inputs need
+not be given.
 
 Defaults where the TinyWave paper is silent (all configurable): every weight 1.0, temperature 2.0
 (Hinton et al.'s usual choice; the KL is scaled by T^2 so its gradient scale does not depend on T),
@@ -24,9 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from ..config import ConfigError
-from .attention_kl import attention_kl
 from .layer_map import check_layer_map_spec
-from .losses import chunked_cross_entropy, chunked_logit_losses, hidden_alignment
+from .terms import PAPER_TERMS, TERMS, Metric, TermInputs, declared_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,25 @@ class DistillLossConfig:
     logit_chunk_size: Optional[int] = 256  # None: unchunked (full [B, T, V] logits)
     layer_map: Union[str, tuple[int, ...]] = "uniform"  # "uniform", "tinywave" or a list
     init_layers: Union[str, tuple[int, ...]] = "mapped"  # teacher layers the student copies
+    # weights of further registered terms (terms.py), by name: e.g. {topk_kl: 1.0}
+    terms: dict[str, float] = dataclasses.field(default_factory=dict)
+    top_k: int = 64  # the teacher's support size for topk_kl (online; a cache fixes its own)
+
+    def weight(self, name: str) -> float:
+        """The weight of term `name`: a `weights` field (the paper's terms) or a `terms` entry."""
+        if name in PAPER_TERMS:
+            return getattr(self.weights, name)
+        return float(self.terms.get(name, 0.0))
+
+    def active_terms(self) -> tuple[str, ...]:
+        """The terms with weight > 0, in registry order."""
+        return tuple(n for n in TERMS if self.weight(n) > 0)
+
+    def needs(self, who: str) -> frozenset:
+        """The features ("output", "hidden", "qk", "topk") the active terms need from `who`
+        ("student" or "teacher")."""
+        attr = "needs_student" if who == "student" else "needs_teacher"
+        return frozenset().union(*(getattr(TERMS[n], attr) for n in self.active_terms()))
 
     def validate(self):
         for name in (f.name for f in dataclasses.fields(LossWeights)):
@@ -80,53 +99,29 @@ class DistillLossConfig:
                 )
         else:
             check_layer_map_spec(self.init_layers, "distill.init_layers")
-        if not any(getattr(self.weights, f.name) > 0 for f in dataclasses.fields(LossWeights)):
+        for name, w in self.terms.items():
+            if name in PAPER_TERMS:
+                raise ConfigError(f"distill.terms.{name}: set distill.weights.{name} instead")
+            if name not in TERMS:
+                raise ConfigError(
+                    f"distill.terms.{name}: no loss term of that name is registered "
+                    f"(registered: {sorted(n for n in TERMS if n not in PAPER_TERMS)}; a "
+                    "user's term is registered from Python: tinywave_jax.distill.register_term)"
+                )
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ConfigError(f"distill.terms.{name}: weight must be a number >= 0, got {w!r}")
+        if self.top_k < 1:
+            raise ConfigError(f"distill.top_k: must be >= 1, got {self.top_k}")
+        if not self.active_terms():
             raise ConfigError("distill.weights: all weights are 0; nothing to train on")
 
 
-def _need(features: Mapping, key: str, who: str, term: str):
-    if key not in features or features[key] is None:
-        raise KeyError(
-            f"{who} features lack {key!r}, needed by the {term} term (its weight is > 0)"
-        )
-    return features[key]
-
-
-def _layers(x) -> list:
-    """A list of per-layer arrays from a list/tuple, or an array stacked on a leading layer axis."""
-    return list(x) if isinstance(x, (list, tuple)) else [x[i] for i in range(x.shape[0])]
-
-
-def _aligned(student: Mapping, teacher: Mapping, key: str, term: str) -> list[tuple]:
-    s = _layers(_need(student, key, "student", term))
-    t = _layers(_need(teacher, key, "teacher", term))
-    if len(s) != len(t):
-        raise ValueError(
-            f"{term}: {len(s)} student {key!r} layers vs {len(t)} teacher layers; "
-            "they must be given in layer-map order, one per mapped pair"
-        )
-    return list(zip(s, t))
-
-
-# ---- the one declaration of what the objective computes ----------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Metric:
-    """One quantity the objective reports: the tokens it is averaged over and the weight (a
-    `LossWeights` field) that puts it in the loss; `weight=None` is reported only."""
-
-    normaliser: Literal["loss_tokens", "valid_tokens"]
-    weight: Optional[str] = None
-    per_layer: bool = False  # one value per mapped layer pair; the term is their mean
-
-
-METRICS: dict[str, Metric] = {
-    "ce": Metric("loss_tokens", "ce"),
-    "logit_kl": Metric("loss_tokens", "logit_kl"),
-    "kl_t1": Metric("loss_tokens"),  # KL at T = 1: the unsoftened student-teacher gap
-    "teacher_ce": Metric("loss_tokens"),  # the teacher's own CE on the same tokens
-    "hidden": Metric("valid_tokens", "hidden", per_layer=True),
-    "attention_kl": Metric("valid_tokens", "attention", per_layer=True),
-}
+# the metrics of the paper's four terms (what a default config computes; "ce" as the ce term
+# declares it); every registered term's: terms.declared_metrics()
+METRICS: dict[str, Metric] = {}
+for _name in PAPER_TERMS:
+    for _metric, _decl in TERMS[_name].metrics.items():
+        METRICS.setdefault(_metric, _decl)
 
 
 def normalisers(batch: Mapping) -> dict:
@@ -139,12 +134,13 @@ def normalisers(batch: Mapping) -> dict:
 
 
 def _declared(name: str) -> Metric:
-    if name not in METRICS:
+    declared = declared_metrics()
+    if name not in declared:
         raise KeyError(
-            f"objective: metric {name!r} is not declared in distill/objective.py "
-            f"METRICS ({sorted(METRICS)}); declare its normaliser and weight there"
+            f"objective: metric {name!r} is not declared by any registered term "
+            f"({sorted(declared)}); declare its normaliser and weight with its term (terms.py)"
         )
-    return METRICS[name]
+    return declared[name]
 
 
 # ---- terms: (sum, count) over the tokens each averages ------------------------------------------
@@ -165,72 +161,24 @@ def loss_terms(
       "final_hidden" [B, T, D] post-norm, "head_kernel" [D, V]   (ce, logit_kl; ce needs student only)
       "hidden": per mapped pair [B, T, D]                          (hidden)
       "q": per mapped pair [B, T, H, hd], "k": [B, T, KVH, hd]     (attention)
-    Per-pair features are lists in layer-map order (entry i of the student list is aligned to
-    entry i of the teacher list) or arrays stacked on a leading pair axis.
+      teacher "topk_ids", "topk_logprobs" [B, T, k]                 (topk_kl)
+    and whatever a registered term reads (terms.py). Per-pair features are lists in layer-map
+    order (entry i of the student list is aligned to entry i of the teacher list) or arrays
+    stacked on a leading pair axis.
     projector: {"kernel": [P, D_s, D_t]} from `init_hidden_projector`, required when widths differ.
     """
-    w = cfg.weights
+    inputs = TermInputs(cfg, batch, student, teacher, projector)
+    active = cfg.active_terms()
     terms: Terms = {}
-    if w.ce > 0 or w.logit_kl > 0:
-        sh = _need(student, "final_hidden", "student", "ce/logit_kl")
-        sk = _need(student, "head_kernel", "student", "ce/logit_kl")
-        if w.logit_kl > 0:
-            sums = chunked_logit_losses(
-                sh,
-                sk,
-                _need(teacher, "final_hidden", "teacher", "logit_kl"),
-                _need(teacher, "head_kernel", "teacher", "logit_kl"),
-                batch["targets"],
-                batch["loss_mask"],
-                cfg.temperature,
-                cfg.logit_chunk_size,
-            )
-        else:
-            sums = chunked_cross_entropy(
-                sh, sk, batch["targets"], batch["loss_mask"], cfg.logit_chunk_size
-            )
-        count = sums.pop("num_tokens")
-        terms.update({k: (v, count) for k, v in sums.items()})
-    valid = batch["segment_ids"] != 0
-    if w.hidden > 0:
-        per_layer = []
-        for i, (s, t) in enumerate(_aligned(student, teacher, "hidden", "hidden")):
-            kernel = None
-            if s.shape[-1] != t.shape[-1] or projector is not None:
-                if projector is None:
-                    raise ValueError(
-                        f"hidden: student width {s.shape[-1]} != teacher width "
-                        f"{t.shape[-1]}; pass projector=init_hidden_projector(...)"
-                    )
-                kernel = projector["kernel"][i]
-            per_layer.append(hidden_alignment(s, t, valid, cfg.hidden_loss, kernel))
-        terms["hidden"] = _stack(per_layer)
-    if w.attention > 0:
-        qs = _aligned(student, teacher, "q", "attention")
-        ks = _aligned(student, teacher, "k", "attention")
-        terms["attention_kl"] = _stack(
-            [
-                attention_kl(
-                    sq,
-                    sk,
-                    tq,
-                    tk,
-                    batch["segment_ids"],
-                    block_size=cfg.attention_block_size,
-                    heads=cfg.attention_heads,
-                    student_scale=cfg.attention_scale,
-                    teacher_scale=cfg.attention_scale,
-                )
-                for (sq, tq), (sk, tk) in zip(qs, ks)
-            ]
-        )
-    for name in terms:
-        _declared(name)
+    for name in active:
+        t = TERMS[name]
+        if any(c in active for c in t.covered_by):
+            continue  # an active term's pass reports this one's metrics already
+        for metric, value in t.fn(inputs).items():
+            if metric not in t.metrics:
+                raise KeyError(f"term {name!r} returned undeclared metric {metric!r}")
+            terms.setdefault(metric, value)  # "ce" from the first pass that reports it
     return terms
-
-
-def _stack(per_layer: list[dict]) -> tuple:
-    return (jnp.stack([o["sum"] for o in per_layer]), jnp.stack([o["count"] for o in per_layer]))
 
 
 # ---- combining terms ------------------------------------------------------------------------------
@@ -252,7 +200,7 @@ def weighted_loss(cfg: DistillLossConfig, term_means: Mapping) -> jax.Array:
     for name, value in term_means.items():
         metric = _declared(name)
         if metric.weight is not None:
-            total += getattr(cfg.weights, metric.weight) * jnp.mean(value)
+            total += cfg.weight(metric.weight) * jnp.mean(value)
     return total
 
 

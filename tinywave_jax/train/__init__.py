@@ -10,4 +10,9 @@ resume.py   the resume checkpoint: state + data iterator state + meta (orbax)
 metrics.py  model FLOPs / MFU, JSONL + TensorBoard writer, progress line
 data.py     batch sources (synthetic documents or the grain corpus pipeline)
 lora.py     LoRA adapters on the stacked Llama params
+api.py      Python entry points: distill(config), train(config) (the CLI's code path)
 """
+
+from .._lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {"api": ["distill", "train", "load_run_config"]})

@@ -7,9 +7,13 @@ import logging
 
 _DISTILL_HELP = """\
 Distil a frozen teacher into a student (TinyWave): CE + temperature logit KL + hidden-state
-alignment + attention KL at mapped layer pairs (section `distill:`), on a (data, fsdp, tensor)
-device mesh (section `mesh:`). Results: RUN_DIR/metrics.jsonl, RUN_DIR/tb/, RUN_DIR/checkpoints/,
-and the student as a tinywave model checkpoint in RUN_DIR/final/ (for `tinywave export-hf`).
+alignment + attention KL at mapped layer pairs (section `distill:`; `distill.terms.NAME: W` adds
+a registered term, e.g. topk_kl, the KL over the teacher's top distill.top_k ids), on a
+(data, fsdp, tensor) device mesh (section `mesh:`). `teacher.cache: DIR` (from `tinywave
+teacher-cache build`) stands in for the teacher: no teacher forward in the step (topk_kl only).
+Results: RUN_DIR/metrics.jsonl, RUN_DIR/tb/, RUN_DIR/checkpoints/, and the student as a
+tinywave model checkpoint in RUN_DIR/final/ (for `tinywave export-hf`). From Python:
+`tinywave_jax.train.distill(config_or_dict, overrides)` (the same code path).
 
 example: tinywave distill configs/distill_tiny.yaml train.steps=200 run_dir=runs/tiny
 """
@@ -125,10 +129,8 @@ def _split_flags(args) -> None:
 
 
 def _run(kind: str, args) -> int:
-    from ..config import load_config
+    from .api import load_run_config, run_config
     from .config import DistillConfig, TrainConfig
-    from .loop import run
-    from .recipes import prepare
 
     _split_flags(args)
     from ..parallel.distributed import maybe_initialize
@@ -136,13 +138,9 @@ def _run(kind: str, args) -> int:
     maybe_initialize()  # multi-process runs: before any jax device is touched
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cls = DistillConfig if kind == "distill" else TrainConfig
-    cfg = load_config(cls, args.config, args.overrides)
-    prepare(cfg)  # all model-dependent checks before any jax device work
-    out = run(
-        cfg,
-        resume=args.resume,
-        echo=not args.quiet,
-        allow_config_change=tuple(args.allow_config_change),
+    cfg = load_run_config(cls, args.config, args.overrides)
+    out = run_config(  # the same path as the Python API (train/api.py)
+        cfg, resume=args.resume, echo=not args.quiet, allow_config_change=args.allow_config_change
     )
     if out["stopped"]:
         sig = out.get("signal") or "SIGTERM"

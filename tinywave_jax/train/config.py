@@ -41,6 +41,9 @@ class ModelSource:
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig(ModelSource):
     dtype: DType = "bfloat16"  # teacher parameter AND compute dtype (frozen, no optimizer)
+    # a teacher cache folder (`tinywave teacher-cache build`): its top-k log-probs stand in for
+    # the teacher, which then never runs; `path`/`shape` still name the teacher it must match
+    cache: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)

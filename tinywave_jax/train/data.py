@@ -99,13 +99,22 @@ class SyntheticIterator:
         self.index = int(state["index"])
 
 
-def make_batches(cfg: DataSection, vocab_size: int, process_index: int = 0, process_count: int = 1):
-    """This host's batch iterator for `data.source`."""
+def make_batches(
+    cfg: DataSection,
+    vocab_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    keys: bool = False,
+):
+    """This host's batch iterator for `data.source`. `keys`: the corpus pipeline's batches also
+    carry every token's (stream, record, position) key, for a teacher cache."""
     if cfg.source == "synthetic":
         return SyntheticIterator(cfg, vocab_size, process_index, process_count)
     from ..data.pipeline import make_train_iterator
 
-    return make_train_iterator(cfg.corpus_config(), process_index, process_count, key=CORPUS_KEY)
+    return make_train_iterator(
+        cfg.corpus_config(), process_index, process_count, key=CORPUS_KEY, keys=keys
+    )
 
 
 def held_out_batches(

@@ -212,10 +212,18 @@ def _saved_config(run_dir: Path, meta: dict) -> dict | None:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_change=()) -> dict:
+def run(
+    cfg,
+    resume: bool = False,
+    mesh=None,
+    echo: bool = True,
+    allow_config_change=(),
+    return_state: bool = False,
+) -> dict:
     """Trains per `cfg` (DistillConfig or TrainConfig). Returns {"step", "final_dir", "stopped",
-    "signal"}: stopped is True when SIGTERM or Ctrl-C ended the run early (after its checkpoint;
-    final_dir is None), signal then names it ("SIGTERM" / "SIGINT"). A non-finite loss or
+    "signal"} (and "state", the final TrainState, with `return_state`): stopped is True when
+    SIGTERM or Ctrl-C ended the run early (after its checkpoint; final_dir is None), signal then
+    names it ("SIGTERM" / "SIGINT"). A non-finite loss or
     gradient norm raises NonFiniteError (nothing of that step saved).
 
     One run per run_dir at a time (RunInUseError otherwise). `resume=True` continues from the
@@ -227,6 +235,11 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
     recipe = prepare(cfg)
     run_dir = storage.path(cfg.run_dir)
     check_not_an_input(run_dir / "final", recipe.inputs())  # before any work, not at the end
+    cache = None
+    if recipe.kind == "distill" and recipe.spec.teacher_cached:
+        from ..distill.teacher_cache import open_for_run
+
+        cache = open_for_run(cfg)  # its teacher, top_k, layout and corpus: before any work
     primary = jax.process_index() == 0
     new_config = to_dict(cfg)
     meta = {"kind": recipe.kind, "config": new_config}
@@ -253,6 +266,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                     new_config,
                     allow_config_change,
                     f"{run_dir} (checkpoint {step})",
+                    to_dict(type(cfg)()),  # keys newer than the checkpoint, at their defaults
                 )
 
             if resume and latest is None:
@@ -275,7 +289,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                         cfg.train.steps,
                     )
                 frozen, _ = session.frozen_and_trainable(trainable_too=False)
-                batches = _batches(cfg, recipe)
+                batches = _batches(cfg, recipe, cache)
                 batches.set_state(data_state)
                 writer = MetricsWriter(run_dir, cfg.train.tensorboard, enabled=primary)
                 writer.truncate_after(step)
@@ -284,7 +298,7 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                 frozen, trainable = session.frozen_and_trainable()
                 state = session.init_state(trainable)
                 del trainable
-                batches = _batches(cfg, recipe)
+                batches = _batches(cfg, recipe, cache)
                 writer = MetricsWriter(run_dir, cfg.train.tensorboard, enabled=primary)
             validation = Validation(session) if cfg.train.eval_every else None
             if primary:
@@ -296,12 +310,13 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
             if done:
                 final_dir = _export(session, state, frozen, run_dir)
             step = int(jax.device_get(state.step))
-            return {
+            out = {
                 "step": step,
                 "final_dir": final_dir,
                 "stopped": not done,
                 "signal": None if done else (stop.signal or "SIGTERM"),
             }
+            return {**out, "state": state} if return_state else out
         finally:
             wait_for_saves(mngr)
             # the bucket lost (an operation failed or ran past its deadline): close() would
@@ -313,10 +328,20 @@ def run(cfg, resume: bool = False, mesh=None, echo: bool = True, allow_config_ch
                     writer.close()
 
 
-def _batches(cfg, recipe):
-    return make_batches(
-        cfg.data, recipe.spec.student.vocab_size, jax.process_index(), jax.process_count()
+def _batches(cfg, recipe, cache=None):
+    """This host's batches; with a teacher cache, joined to its top-k rows by token key."""
+    batches = make_batches(
+        cfg.data,
+        recipe.spec.student.vocab_size,
+        jax.process_index(),
+        jax.process_count(),
+        keys=cache is not None,
     )
+    if cache is None:
+        return batches
+    from ..distill.teacher_cache import CacheJoin
+
+    return CacheJoin(batches, cache, list(cfg.data.corpus_config().mixture))
 
 
 def _train(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import storage
+from ..distill.terms import weighted_metric_names
 from ..errors import InputError
 from ..models.config import LlamaConfig
 
@@ -92,12 +93,13 @@ def flops_per_token(
 
 def step_flops(spec, seq_len: int, batch_size: int) -> float:
     """Model FLOPs of one train step of `spec` (a StepSpec) on a [batch_size, seq_len] batch:
-    the teacher counts only when a term needs it, its LM head only for the logit KL."""
+    the teacher counts only when it runs in the step (an active term needs it and no cache
+    serves it), its LM head only when a term needs its logits or top-k."""
     per_token = flops_per_token(
         spec.student,
         seq_len,
         spec.teacher if spec.needs_teacher else None,
-        teacher_head=spec.loss.weights.logit_kl > 0,
+        teacher_head=spec.teacher_head,
     )
     return per_token * batch_size * seq_len
 
@@ -187,7 +189,7 @@ class Progress:
             eta = (self.total - step) * (now - self.last[0]) / (step - self.last[1])
         self.last = (now, step)
         parts = [f"step {step}/{self.total}"]
-        for k in ("loss", "ce", "logit_kl", "hidden", "attention_kl", "val_loss", "val_ppl"):
+        for k in ("loss", *weighted_metric_names(), "val_loss", "val_ppl"):
             if k in metrics:
                 parts.append(f"{k} {metrics[k]:.4f}")
         if "tokens_per_s" in metrics:

@@ -24,6 +24,7 @@ from ..config import ConfigError, to_dict
 from ..distill.attention_kl import head_groups
 from ..distill.layer_map import LayerMap, resolve_layer_map
 from ..distill.losses import init_hidden_projector
+from ..distill.terms import TERMS
 from ..models import llama
 from ..models.config import LlamaConfig
 from ..parallel import tree_shardings
@@ -164,13 +165,17 @@ class DistillRecipe:
         """(frozen, trainable) params with their shardings; `trainable_too=False`: a resume (the
         checkpoint has the student and projector)."""
         cfg, s, full = self.cfg, self.spec, self.teacher_full
-        teacher = load_or_init(
-            cfg.teacher,
-            full,
-            tree_shardings(mesh, llama.param_logical_axes(full), llama.abstract_params(full)),
-        )
+        own_student = cfg.student.path is not None or cfg.student.shape is not None
+        teacher = None
+        # the teacher's weights: for the step (unless a cache stands in), or to cut the student
+        if "teacher" in frozen_sh or (trainable_too and not own_student):
+            teacher = load_or_init(
+                cfg.teacher,
+                full,
+                tree_shardings(mesh, llama.param_logical_axes(full), llama.abstract_params(full)),
+            )
         trainable = {}
-        if trainable_too and (cfg.student.path is not None or cfg.student.shape is not None):
+        if trainable_too and own_student:
             trainable["model"] = load_or_init(cfg.student, s.student, trainable_sh["model"])
         elif trainable_too:
             from ..distill.student_init import init_student_from_teacher
@@ -205,11 +210,14 @@ class DistillRecipe:
 
     def inputs(self) -> tuple:
         """The model folders the run reads (final/ must be apart from them)."""
-        return tuple(p for p in (self.cfg.teacher.path, self.cfg.student.path) if p)
+        c = self.cfg
+        return tuple(p for p in (c.teacher.path, c.student.path, c.teacher.cache) if p)
 
     def provenance(self) -> dict:
         return {
             "teacher": self.cfg.teacher.path or "random",
+            "teacher_cache": self.cfg.teacher.cache,
+            "terms": {n: self.spec.loss.weight(n) for n in self.spec.loss.active_terms()},
             "layer_map": list(self.layer_map.teacher_for_student),
         }
 
@@ -241,7 +249,7 @@ def _prepare_fine_tune(cfg: TrainConfig) -> FineTuneRecipe:
 
 
 def _prepare_distill(cfg: DistillConfig) -> DistillRecipe:
-    loss, w = cfg.distill, cfg.distill.weights
+    loss = cfg.distill
     teacher = _source_config(cfg.teacher, "teacher").replace(
         dtype=cfg.teacher.dtype,
         param_dtype=cfg.teacher.dtype,
@@ -263,33 +271,41 @@ def _prepare_distill(cfg: DistillConfig) -> DistillRecipe:
             )
         student = teacher.replace(num_hidden_layers=depth)
     student = _student_numerics(student, cfg)
-    if w.logit_kl > 0 or w.hidden > 0 or w.attention > 0:  # StepSpec.needs_teacher
+    active, t_needs = loss.active_terms(), loss.needs("teacher")
+    cached = cfg.teacher.cache is not None
+    if cached:
+        _check_cacheable(cfg, active)
+    elif t_needs:  # the teacher runs in the step
         _check_seq_len(cfg, teacher, "teacher")
     _check_seq_len(cfg, student, "student")
     lm = resolve_layer_map(loss.layer_map, teacher.num_hidden_layers, depth, loss.init_layers)
-    if w.hidden > 0 and student.hidden_size != teacher.hidden_size and not cfg.projector:
+    if "hidden" in active and student.hidden_size != teacher.hidden_size and not cfg.projector:
         raise ConfigError(
             f"projector: student hidden_size {student.hidden_size} != teacher "
             f"hidden_size {teacher.hidden_size} and distill.weights.hidden > 0; set "
             "projector: true (a learned width projector) or distill.weights.hidden: 0"
         )
-    if w.logit_kl > 0 and student.vocab_size != teacher.vocab_size:
+    if {"output", "topk"} & t_needs and student.vocab_size != teacher.vocab_size:
         raise ConfigError(
             f"student.shape.vocab_size: {student.vocab_size} != teacher vocab_size "
             f"{teacher.vocab_size}; the logit KL needs one vocabulary"
         )
-    if w.attention > 0:
+    if "topk" in t_needs and loss.top_k > teacher.vocab_size:
+        raise ConfigError(
+            f"distill.top_k: {loss.top_k} exceeds the teacher's vocab_size {teacher.vocab_size}"
+        )
+    if "attention" in active:
         try:
             head_groups(
                 student.num_attention_heads, teacher.num_attention_heads, loss.attention_heads
             )
         except ValueError as e:
             raise ConfigError(f"distill.attention_heads: {e}") from None
-    teacher_taps, student_taps = lm.taps() if (w.hidden > 0 or w.attention > 0) else ((), ())
+    tapped = {"hidden", "qk"} & (t_needs | loss.needs("student"))
+    teacher_taps, student_taps = lm.taps() if tapped else ((), ())
     teacher_run = teacher
-    if (
-        w.logit_kl == 0 and teacher_taps
-    ):  # no teacher logits: its layers past the last tapped one are never needed
+    if not {"output", "topk"} & t_needs and teacher_taps:
+        # no teacher logits: its layers past the last tapped one are never needed
         teacher_run = teacher.replace(num_hidden_layers=max(teacher_taps) + 1)
     spec = StepSpec(
         student=student,
@@ -298,8 +314,25 @@ def _prepare_distill(cfg: DistillConfig) -> DistillRecipe:
         student_taps=student_taps,
         teacher_taps=teacher_taps,
         microbatches=cfg.train.microbatches,
+        teacher_cached=cached,
     )
-    return DistillRecipe(cfg, spec, teacher, lm, bool(cfg.projector and w.hidden > 0))
+    return DistillRecipe(cfg, spec, teacher, lm, bool(cfg.projector and "hidden" in active))
+
+
+def _check_cacheable(cfg: DistillConfig, active: tuple) -> None:
+    """With teacher.cache only the teacher's top-k exists: terms needing more are refused."""
+    beyond = [n for n in active if TERMS[n].needs_teacher - {"topk"}]
+    if beyond:
+        raise ConfigError(
+            f"teacher.cache: the terms {beyond} need the teacher's "
+            f"{sorted(set().union(*(TERMS[n].needs_teacher for n in beyond)) - {'topk'})}, which "
+            "a teacher cache does not hold (only its top-k log-probs); set their weights to 0 "
+            "(e.g. distill.weights.hidden=0) or drop teacher.cache"
+        )
+    if "topk_kl" not in active:
+        raise ConfigError(
+            "teacher.cache: no active term reads it; set distill.terms.topk_kl (e.g. 1.0)"
+        )
 
 
 def prepare(cfg: RunConfig) -> Recipe:

@@ -80,17 +80,23 @@ def _covered(key: str, allowed: Iterable[str]) -> bool:
     return any(key == a or key.startswith(a + ".") for a in allowed)
 
 
-def config_changes(saved: dict, new: dict, allow: Iterable[str] = ()) -> list[tuple]:
+def config_changes(
+    saved: dict, new: dict, allow: Iterable[str] = (), defaults: dict | None = None
+) -> list[tuple]:
     """(dotted key, saved value, new value) for each key that differs between two config dicts
-    (as `config.to_dict` writes them) and is neither in RESUME_MAY_CHANGE nor in `allow`."""
+    (as `config.to_dict` writes them) and is neither in RESUME_MAY_CHANGE nor in `allow`.
+    `defaults` (the config class's defaults, as a dict): a key the saved config lacks (added to
+    the package after it was written) is no change while the new config keeps its default."""
     # JSON round trip: the saved config went through JSON (tuples are lists, keys strings)
-    a, b = (_flatten(json.loads(json.dumps(c))) for c in (saved, new))
+    a, b, d = (_flatten(json.loads(json.dumps(c or {}))) for c in (saved, new, defaults))
     allowed = (*RESUME_MAY_CHANGE, *allow)
     absent = "(absent)"
     return [
         (k, a.get(k, absent), b.get(k, absent))
         for k in sorted(a.keys() | b.keys())
-        if a.get(k, absent) != b.get(k, absent) and not _covered(k, allowed)
+        if a.get(k, absent) != b.get(k, absent)
+        and not _covered(k, allowed)
+        and not (k not in a and k in d and b[k] == d[k])
     ]
 
 
@@ -115,13 +121,15 @@ def _check_allowed_keys(allow: Iterable[str], saved: dict, new: dict) -> None:
             )
 
 
-def check_resume_config(saved: dict | None, new: dict, allow: Iterable[str], where: str) -> None:
+def check_resume_config(
+    saved: dict | None, new: dict, allow: Iterable[str], where: str, defaults: dict | None = None
+) -> None:
     """Refuses (ConfigError) a resume whose config differs from the checkpoint's (see module doc)."""
     if saved is None:
         log.warning("%s: holds no config to compare with; resuming without the check", where)
         return
     _check_allowed_keys(allow, saved, new)
-    changes = config_changes(saved, new, allow)
+    changes = config_changes(saved, new, allow, defaults)
     if changes:
         keys = " ".join(k for k, _, _ in changes)
         raise ConfigError(

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from ..distill.losses import teacher_topk
 from ..distill.objective import (
     DistillLossConfig,
     LossWeights,
@@ -39,6 +40,7 @@ from .lora import LoraConfig, apply_lora
 from .state import TrainState
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+CACHE_KEYS = ("topk_ids", "topk_logprobs")  # a teacher cache's rows, joined to the batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,19 +54,38 @@ class StepSpec:
     teacher_taps: tuple[int, ...] = ()
     microbatches: int = 1
     lora: Optional[LoraConfig] = None
+    teacher_cached: bool = False  # the teacher's top-k comes with the batch (teacher.cache)
+
+    # what the step computes derives from the active terms' declared needs (distill/terms.py)
+    @property
+    def student_needs(self) -> frozenset:
+        return self.loss.needs("student")
+
+    @property
+    def teacher_needs(self) -> frozenset:
+        return self.loss.needs("teacher")
 
     @property
     def tap_hidden(self) -> bool:
-        return self.loss.weights.hidden > 0
+        return "hidden" in self.student_needs | self.teacher_needs
 
     @property
     def tap_qk(self) -> bool:
-        return self.loss.weights.attention > 0
+        return "qk" in self.student_needs | self.teacher_needs
 
     @property
     def needs_teacher(self) -> bool:
-        w = self.loss.weights
-        return w.logit_kl > 0 or w.hidden > 0 or w.attention > 0
+        """Whether the teacher runs in the step (never with a cache)."""
+        return bool(self.teacher_needs) and not self.teacher_cached
+
+    @property
+    def teacher_head(self) -> bool:
+        """Whether the teacher runs to its last layer and its LM head (its logits or top-k)."""
+        return self.needs_teacher and bool({"output", "topk"} & self.teacher_needs)
+
+    @property
+    def batch_keys(self) -> tuple:
+        return BATCH_KEYS + (CACHE_KEYS if self.teacher_cached else ())
 
 
 def student_params(spec: StepSpec, trainable: dict, frozen: dict) -> dict:
@@ -94,18 +115,29 @@ def _features(
 
 
 def teacher_features(spec: StepSpec, teacher: dict, mb: dict) -> dict:
-    """Only what a term with weight > 0 needs; constants for the student's gradient."""
+    """Only what an active term needs; constants for the student's gradient. With a teacher
+    cache, its top-k rows come with the microbatch and the teacher does not run."""
+    if spec.teacher_cached:
+        return {k: mb[k] for k in CACHE_KEYS}
     if not spec.needs_teacher:
         return {}
+    need = spec.teacher_needs
     feats = _features(
         spec.teacher,
         teacher,
         mb,
         spec.teacher_taps,
-        spec.tap_hidden,
-        spec.tap_qk,
-        output=spec.loss.weights.logit_kl > 0,
+        "hidden" in need,
+        "qk" in need,
+        output=spec.teacher_head,
     )
+    if "topk" in need:
+        feats["topk_ids"], feats["topk_logprobs"] = teacher_topk(
+            feats["final_hidden"], feats["head_kernel"], spec.loss.top_k, spec.loss.logit_chunk_size
+        )
+    if "output" not in need:
+        feats.pop("final_hidden", None)
+        feats.pop("head_kernel", None)
     return lax.stop_gradient(feats)
 
 
@@ -115,15 +147,15 @@ def microbatch_loss(
     """This microbatch's share of the full-batch loss (its term sums over the FULL batch's counts,
     so the shares add up to the full-batch loss exactly), and its terms as (sum, count)."""
     params = student_params(spec, trainable, frozen)
-    w = spec.loss.weights
+    need = spec.student_needs
     student = _features(
         spec.student,
         params,
         mb,
         spec.student_taps,
-        spec.tap_hidden,
-        spec.tap_qk,
-        output=w.ce > 0 or w.logit_kl > 0,
+        "hidden" in need,
+        "qk" in need,
+        output="output" in need,
     )
     terms = loss_terms(spec.loss, mb, student, teacher, trainable.get("projector"))
     return weighted_loss(spec.loss, means(terms, counts)), terms
@@ -138,7 +170,7 @@ def split_microbatches(batch: dict, m: int) -> dict:
         spec = logical_to_spec((None, "batch") + (None,) * (x.ndim - 1))
         return lax.with_sharding_constraint(y, spec)
 
-    return {k: split(batch[k]) for k in BATCH_KEYS}
+    return {k: split(batch[k]) for k in batch}
 
 
 def train_step(
@@ -159,8 +191,9 @@ def train_step(
         (_, terms), grads = grad_fn(state.params, mb, teacher)
         return grads, terms
 
+    batch = {k: batch[k] for k in spec.batch_keys}
     if spec.microbatches == 1:
-        grads, terms = one({k: batch[k] for k in BATCH_KEYS})
+        grads, terms = one(batch)
     else:
         mbs = split_microbatches(batch, spec.microbatches)
         first = jax.tree.map(lambda x: x[0], mbs)
@@ -183,15 +216,16 @@ def eval_terms(spec: StepSpec, trainable: dict, frozen: dict, batch: dict) -> tu
     """The student's next-token cross-entropy on `batch` as (NLL sum, loss_mask tokens): the
     training CE term itself (`loss_terms`), whatever the run's loss weights; microbatched like
     the step, so it needs no more memory than a training step."""
-    ce_only = dataclasses.replace(spec.loss, weights=LossWeights(1.0, 0.0, 0.0, 0.0))
+    ce_only = dataclasses.replace(spec.loss, weights=LossWeights(1.0, 0.0, 0.0, 0.0), terms={})
     params = student_params(spec, trainable, frozen)
 
     def one(mb):
         student = _features(spec.student, params, mb, (), False, False, output=True)
         return loss_terms(ce_only, mb, student, {})["ce"]
 
+    batch = {k: batch[k] for k in BATCH_KEYS}
     if spec.microbatches == 1:
-        return one({k: batch[k] for k in BATCH_KEYS})
+        return one(batch)
     sums = lax.map(one, split_microbatches(batch, spec.microbatches))
     return jax.tree.map(jnp.sum, sums)
 
@@ -222,18 +256,19 @@ class CompiledStep:
         bsh = batch_sharding(mesh)
         self._jit = jax.jit(
             lambda state, frozen, batch: train_step(spec, tx, schedule, state, frozen, batch),
-            in_shardings=(state_sh, frozen_sh, dict.fromkeys(BATCH_KEYS, bsh)),
+            in_shardings=(state_sh, frozen_sh, dict.fromkeys(spec.batch_keys, bsh)),
             out_shardings=(state_sh, replicated(mesh)),
             donate_argnums=(0,),
         )
         self._compiled = None
+        self.keys = spec.batch_keys
 
     def lower(self, state, frozen, batch):
         with jax.set_mesh(self.mesh), axis_rules_context():
-            return self._jit.lower(state, frozen, batch)
+            return self._jit.lower(state, frozen, {k: batch[k] for k in self.keys})
 
     def __call__(self, state, frozen, batch):
-        batch = {k: batch[k] for k in BATCH_KEYS}
+        batch = {k: batch[k] for k in self.keys}
         if self._compiled is None:
             self._compiled = self.lower(state, frozen, batch).compile()
         return self._compiled(state, frozen, batch)
