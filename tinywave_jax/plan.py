@@ -334,6 +334,7 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None, estimate=
         "dtype": spec.student.dtype,
         "param_dtype": spec.student.param_dtype,
         "remat": spec.student.remat,
+        "attention": spec.student.attention,
         "compile_s": round(compile_s, 2),
         "memory_per_device_bytes": memory,
         "xla_memory_per_device_bytes": xla,
@@ -384,7 +385,7 @@ def format_plan(p: dict) -> str:
         f"compiled by the {p['compiler']} for {_compiled_for(p)} in {p['compile_s']:.1f} s",
         f"  batch {p['batch_rows']} x {p['seq_len']} tokens ({p['tokens_per_step']:,} per step), "
         f"microbatches {p['microbatches']}, compute {p['dtype']}, master {p['param_dtype']}, "
-        f"remat {p['remat']}",
+        f"remat {p['remat']}, attention {p['attention']}",
         "memory per device:",
         f"  student params      {_gib(m['student_params'])}",
         f"  optimizer state     {_gib(m['optimizer_state'])}",
