@@ -23,6 +23,7 @@ cost-model figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -121,31 +122,69 @@ def _preset(topology: str, suffix: str, skip_cpu: bool, factor) -> dict:
     return {k + suffix: v for k, v in out.items()}
 
 
-def calibration() -> dict:
-    """The estimator on the published run's shape, in this process (only the loop-free variants
-    are compiled: the full 32-layer step would add its own long compile and no figure used here)."""
+def estimate_only(cfg, topology_name: str, log_name: str):
+    """(topology, the estimate) of `cfg` in this process: only the loop-free variants are
+    compiled, not the whole step (whose own long compile gives memory, no figure used here)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    sys.path.insert(0, str(REPO))
     from tinywave_jax import tpu
-    from tinywave_jax.config import from_dict
     from tinywave_jax.plan import _compile, _xla_cost, resolve_topology
     from tinywave_jax.step_estimate import estimate
-    from tinywave_jax.train.config import TrainConfig
-    from tinywave_jax.train.metrics import step_flops
-    from tinywave_jax.train.recipes import prepare
 
-    topo = resolve_topology(PUBLISHED["topology"])
+    topo = resolve_topology(topology_name)
     devices = tpu.topology_devices(topo.tpu)
-    cfg = from_dict(TrainConfig, CALIBRATION)
+    topo = dataclasses.replace(topo, devices=len(devices))
 
     def compile_variant(variant_cfg, label):
         t = time.perf_counter()
         cost = _xla_cost(_compile(variant_cfg, topo, devices)[2])
-        print(f"calibration variant {label}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        print(f"{log_name} variant {label}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
         return cost
 
     est = estimate(cfg, topo, devices, compile_variant)
-    (LOG / "calibration.json").write_text(json.dumps(est, indent=1))
+    (LOG / f"{log_name}.json").write_text(json.dumps(est, indent=1))
+    return topo, est
+
+
+def _preset_estimate_only(topology: str, suffix: str, factor) -> dict:
+    from tinywave_jax.plan import load_run_config, resolve_topology
+
+    overrides = list(resolve_topology(topology).overrides) + PRESET[1:]
+    cfg = load_run_config(PRESET[0], overrides)
+    _, est = estimate_only(cfg, topology, f"estimate-{topology}")
+    out = {"attention": None}
+    if est.get("available"):
+        out.update(
+            roofline_step_s=round(est["step_s"], 4),
+            roofline_mfu=round(est["mfu"], 4),
+            roofline_bound=est["bound"],
+        )
+        if factor:
+            step = est["step_s"] / factor
+            tokens = cfg.data.batch_size * cfg.data.seq_len
+            out.update(
+                est_step_s=round(step, 3),
+                est_tokens_per_s=round(tokens / step),
+                est_mfu=round(est["mfu"] * factor, 4),
+            )
+    else:
+        out["estimate_error"] = est.get("reason")
+    cm = est.get("cost_model") or {}
+    out["cost_model_step_s"] = cm.get("step_s") and round(cm["step_s"], 4)
+    from tinywave_jax.models.attention import resolve
+
+    out["attention"] = resolve(cfg.train.attention, "tpu", cfg.data.seq_len)
+    return {k + suffix: v for k, v in out.items()}
+
+
+def calibration() -> dict:
+    """The estimator on the published run's shape (estimate_only)."""
+    from tinywave_jax.config import from_dict
+    from tinywave_jax.train.config import TrainConfig
+    from tinywave_jax.train.metrics import step_flops
+    from tinywave_jax.train.recipes import prepare
+
+    cfg = from_dict(TrainConfig, CALIBRATION)
+    topo, est = estimate_only(cfg, PUBLISHED["topology"], "calibration")
     tokens = cfg.data.batch_size * cfg.data.seq_len
     per_token = step_flops(prepare(cfg).spec, cfg.data.seq_len, cfg.data.batch_size) / tokens
     published = PUBLISHED["tokens_per_s_per_device"] * per_token / topo.peak_flops
@@ -171,16 +210,28 @@ def main():
         default=None,
         help="calibration factor from an earlier run (skips the calibration compiles)",
     )
+    ap.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="presets: only the estimate's variants, in this process (no whole-step compile: "
+        "no memory figures)",
+    )
     args = ap.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    sys.path.insert(0, str(REPO))
     out = {}
     if args.factor is None and args.only in (None, "calibration"):
         out.update(calibration())
         print(json.dumps(out), file=sys.stderr, flush=True)
     factor = args.factor or out.get("calibration_factor")
-    if args.only in (None, "v5p"):
-        out.update(_preset("tpu-v5p-64", "", args.skip_cpu, factor))
-    if args.only in (None, "v6e"):
-        out.update(_preset("tpu-v6e-64", "_v6e", args.skip_cpu, factor))
+    for name, topology, suffix in (("v5p", "tpu-v5p-64", ""), ("v6e", "tpu-v6e-64", "_v6e")):
+        if args.only not in (None, name):
+            continue
+        if args.estimate_only:
+            out.update(_preset_estimate_only(topology, suffix, factor))
+        else:
+            out.update(_preset(topology, suffix, args.skip_cpu, factor))
+        print(json.dumps(out), file=sys.stderr, flush=True)
     print(json.dumps(out))
 
 
