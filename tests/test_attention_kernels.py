@@ -128,7 +128,8 @@ def test_train_attention_is_resolved_per_platform():
 
 def test_splash_distill_step_compiles_for_a_v5p_slice(tmp_path, capsys):
     """train.attention=auto on a TPU slice is splash: the TPU compiler takes the Pallas kernels
-    (Mosaic custom calls in the program) in the bf16 distill step with all four loss terms."""
+    (Mosaic custom calls in the program) in the bf16 distill step with all four loss terms, the
+    student's layers under remat and scan."""
     from tinywave_jax import plan as plan_mod
 
     teacher = dict(TEACHER, max_position_embeddings=256)
@@ -137,7 +138,7 @@ def test_splash_distill_step_compiles_for_a_v5p_slice(tmp_path, capsys):
         yaml.safe_dump(
             distill_dict(
                 teacher={"dtype": "bfloat16", "shape": teacher},
-                train={"dtype": "bfloat16"},
+                train={"dtype": "bfloat16", "remat": "dots_no_batch"},  # the presets'
                 data={"seq_len": 128},
             )
         )
