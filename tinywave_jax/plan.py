@@ -65,6 +65,7 @@ class Topology:
     peak_flops: Optional[float]  # per device, FLOP/s
     hbm_bytes: Optional[float]  # per device
     tpu: Optional[str] = None  # libtpu's name of the slice (v5p:4x4x2) for a TPU topology
+    hbm_bandwidth: Optional[float] = None  # per device, bytes/s (the roofline's memory side)
 
 
 def _generation_hw(generation: str) -> dict:
@@ -112,8 +113,10 @@ def resolve_topology(
             hbm,
         )
     if tpu.is_topology_name(name):
-        peak, hbm = _hw_figures(_generation_hw(tpu.generation(name)), peak, hbm)
-        return Topology(name, tpu.chips(name), (), peak, hbm, tpu=name)
+        hw = _generation_hw(tpu.generation(name))
+        peak, hbm = _hw_figures(hw, peak, hbm)
+        bw = hw.get("hbm_bytes_per_s_per_chip")
+        return Topology(name, tpu.chips(name), (), peak, hbm, tpu=name, hbm_bandwidth=bw)
     if name not in hw_overlays.names():
         raise ConfigError(
             f"--topology {name!r}: no such hardware overlay (overlays: "
@@ -138,6 +141,7 @@ def resolve_topology(
         peak,
         hbm,
         tpu=None if slice_name is None else str(slice_name),
+        hbm_bandwidth=hw.get("hbm_bytes_per_s_per_chip"),
     )
 
 
@@ -338,6 +342,7 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None, estimate=
         "dtype": spec.student.dtype,
         "param_dtype": spec.student.param_dtype,
         "remat": spec.student.remat,
+        "attention": spec.student.attention,
         "compile_s": round(compile_s, 2),
         "memory_per_device_bytes": memory,
         "xla_memory_per_device_bytes": xla,
@@ -388,7 +393,7 @@ def format_plan(p: dict) -> str:
         f"compiled by the {p['compiler']} for {_compiled_for(p)} in {p['compile_s']:.1f} s",
         f"  batch {p['batch_rows']} x {p['seq_len']} tokens ({p['tokens_per_step']:,} per step), "
         f"microbatches {p['microbatches']}, compute {p['dtype']}, master {p['param_dtype']}, "
-        f"remat {p['remat']}",
+        f"remat {p['remat']}, attention {p['attention']}",
         "memory per device:",
         f"  student params      {_gib(m['student_params'])}",
         f"  optimizer state     {_gib(m['optimizer_state'])}",
@@ -438,12 +443,18 @@ def format_plan(p: dict) -> str:
     if e and e["available"]:
         mfu = "" if e["mfu"] is None else f", MFU {100 * e['mfu']:.1f}%"
         lines.append(
-            f"  TPU cost model ({len(e['variants'])} loop-free variants, trip counts put back): "
-            f"{e['step_s']:.3f} s per step, {e['tokens_per_s']:,.0f} tokens/s{mfu} (an estimate: "
-            "docs/scaling.md compares it with a measured run)"
+            f"  roofline of the TPU compiler's FLOPs and HBM bytes ({len(e['variants'])} loop-free "
+            f"variants, trip counts put back; {e['bound']}-bound): {e['step_s']:.3f} s per step, "
+            f"{e['tokens_per_s']:,.0f} tokens/s{mfu} (a bound: docs/scaling.md calibrates it)"
         )
     elif e:
-        lines.append(f"  no TPU cost-model estimate: {e['reason']}")
+        lines.append(f"  no step-time estimate: {e['reason']}")
+    cm = (e or {}).get("cost_model")
+    if cm and cm["available"]:
+        mfu = "" if cm["mfu"] is None else f", MFU {100 * cm['mfu']:.1f}%"
+        lines.append(f"  libtpu cost model (optimal_seconds): {cm['step_s']:.3f} s per step{mfu}")
+    elif cm:
+        lines.append(f"  libtpu cost model: no usable figure ({cm['reason']})")
     return "\n".join(lines)
 
 
@@ -577,8 +588,9 @@ def _add_options(p) -> None:
     p.add_argument(
         "--estimate",
         action="store_true",
-        help="TPU compiler only: also estimate the step time from libtpu's cost model, "
-        "compiling 2-4 loop-free variants of the step (minutes each for a 7B teacher)",
+        help="TPU compiler only: also estimate the step time (a roofline of the compiler's "
+        "FLOPs and HBM bytes, and libtpu's cost model), compiling 2-4 loop-free variants of "
+        "the step (minutes each for a 7B teacher)",
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 

@@ -20,10 +20,10 @@ variants and the trip counts are put back by arithmetic:
     masked half, which the blockwise loop skips (blocks of 256 at T = 2048 do 36 of 64 tiles):
     an overestimate of that term.
 
-Only the variants' time is used: they hold more memory than the run (one attention tile), and a
-variant the compiler refuses for lack of HBM makes the estimate unavailable, said so. It is
-the cost model's, not a measurement: docs/scaling.md compares it with a published MaxText run of
-the same shape (`bench/tpu_plan.py`).
+Only the variants' costs are used: they hold more memory than the run (one attention tile), and
+a variant the compiler refuses for lack of HBM makes the estimate unavailable, said so. The time
+is a roofline of the counted FLOPs and HBM bytes, not a measurement: docs/scaling.md compares it
+with a published MaxText run of the same shape (`bench/tpu_plan.py`).
 """
 
 from __future__ import annotations
@@ -94,10 +94,46 @@ def _add_chunks(total, key: str, full: dict, half: dict, hidden: int) -> Optiona
     return None if total is None or not body >= 0 else total + hidden * body
 
 
+def splash_flops(cfg, spec, teacher_layers: int) -> float:
+    """FLOPs of the splash attention kernels in one step (all devices), which XLA's cost analysis
+    cannot see (a Pallas kernel is opaque to it): per layer and row, each kernel matmul is
+    2 T^2 H hd over the tiles on or below the diagonal ((n + 1) / 2n of n x n tiles). The
+    forward has 2 matmuls (q k^T, p v); the student's backward 7 (dq kernel: s, dp, dq; dkv
+    kernel: s, dp, dv, dk) plus, under remat, its forward again."""
+    from .models.attention import splash_block
+
+    t = cfg.data.seq_len
+    n = t // splash_block(t)
+    tile = 2 * t * t * (n + 1) / (2 * n)
+
+    def per_layer(c) -> float:
+        return tile * c.num_attention_heads * c.head_dim
+
+    s = spec.student
+    student = 2 + 7 + (2 if s.remat != "none" else 0)
+    total = s.num_hidden_layers * student * per_layer(s)
+    if teacher_layers:
+        total += teacher_layers * 2 * per_layer(spec.teacher)
+    return total * cfg.data.batch_size
+
+
+def _per_step(micro, m: int) -> Optional[float]:
+    return None if micro is None else micro * m
+
+
 def estimate(cfg, topology, devices, compile_variant) -> dict:
     """Estimated step seconds, tokens/s, MFU and XLA FLOPs of `cfg` on `topology`'s `devices`
-    (TPU devices: the cost model is libtpu's). `compile_variant(cfg, label) -> cost dict`
-    compiles one variant (plan.py's compile path)."""
+    (TPU devices). Two estimates from the same variants, loops counted:
+
+      * roofline (the reported one): per device, max(FLOPs / peak, HBM bytes / bandwidth) of the
+        whole step, FLOPs = XLA's plus the splash kernels' (`splash_flops`): a bound a real
+        step does not reach (no overlap losses, collectives assumed hidden); docs/scaling.md
+        calibrates it on a published MaxText run;
+      * cost model: libtpu's `optimal_seconds` (unavailable, with the reason, where a variant's
+        figure is negative or the chunk body comes out non-positive, as at full size on v6e).
+
+    `compile_variant(cfg, label) -> cost dict` compiles one variant (plan.py's compile path)."""
+    from .models.attention import resolve
     from .train.metrics import step_flops
     from .train.recipes import prepare
 
@@ -119,37 +155,58 @@ def estimate(cfg, topology, devices, compile_variant) -> dict:
         variants.append(Variant(vs, vt, cost))
     layered = variants[: len(_points(recipe))]
     m = spec.microbatches
-    micro_s = _solve(layered, "optimal_seconds", ls, lt)
-    micro_flops = _solve(layered, "flops", ls, lt)
-    reason = None if micro_s is not None else "a variant's optimal_seconds is missing or < 0"
+    micro = {k: _solve(layered, k, ls, lt) for k in ("optimal_seconds", "flops", "bytes_accessed")}
+    reason = None if micro["optimal_seconds"] is not None else "a variant's optimal_seconds < 0"
     if chunk is not None:  # n - 1 more chunk bodies than the loop's one
         hidden = -(-cfg.data.seq_len // chunk) - 1
         full, half = variants[0].cost, variants[-1].cost
-        micro_s = _add_chunks(micro_s, "optimal_seconds", full, half, hidden)
-        micro_flops = _add_chunks(micro_flops, "flops", full, half, hidden)
-        if micro_s is None and reason is None:
+        for k in micro:
+            micro[k] = _add_chunks(micro[k], k, full, half, hidden)
+        if micro["optimal_seconds"] is None and reason is None:
             reason = f"optimal_seconds at logit chunk {chunk} is not above that at {chunk // 2}"
+    n = topology.devices
+    flops, hbm = _per_step(micro["flops"], m), _per_step(micro["bytes_accessed"], m)
+    kernel = 0.0
+    if resolve(cfg.train.attention, "tpu", cfg.data.seq_len) == "splash":
+        kernel = splash_flops(cfg, spec, lt)
+    tokens = cfg.data.batch_size * cfg.data.seq_len
+    model_flops = step_flops(spec, cfg.data.seq_len, cfg.data.batch_size)
+
+    def figures(step_s: float) -> dict:
+        mfu = None if not topology.peak_flops else model_flops / (n * topology.peak_flops * step_s)
+        return {"step_s": step_s, "tokens_per_s": tokens / step_s, "mfu": mfu}
+
     out = {
-        "available": micro_s is not None,
-        "method": "TPU cost model (optimal_seconds) of loop-free variants, trip counts by "
-        "arithmetic",
+        "method": "roofline of loop-free variants' XLA FLOPs and HBM bytes (+ splash kernel "
+        "FLOPs), trip counts by arithmetic; libtpu's optimal_seconds alongside",
         "variants": [
             {"student_layers": v[0], "teacher_layers": v[1], "logit_chunk": v[2], **x.cost}
             for v, x in zip(points, variants)
         ],
         "microbatches": m,
-        "xla_flops_per_step": None if micro_flops is None else micro_flops * m * topology.devices,
+        "xla_flops_per_step": None if flops is None else flops * n,
+        "splash_kernel_flops_per_step": kernel,
+        "xla_hbm_bytes_per_step": None if hbm is None else hbm * n,
     }
-    if micro_s is None:
-        out["reason"] = f"the cost model gave no usable step time ({reason})"
+    if micro["optimal_seconds"] is None:
+        out["cost_model"] = {"available": False, "reason": reason}
+    else:
+        out["cost_model"] = {"available": True, **figures(micro["optimal_seconds"] * m)}
+    why = []
+    if flops is None or hbm is None:
+        why.append("a variant's flops or bytes accessed is missing or < 0")
+    if not topology.peak_flops or not topology.hbm_bandwidth:
+        why.append(f"{topology.name} has no peak FLOP/s or HBM bandwidth (hw: section)")
+    if why:
+        out.update(available=False, reason="no roofline: " + "; ".join(why))
         return out
-    step_s = micro_s * m
-    model_flops = step_flops(spec, cfg.data.seq_len, cfg.data.batch_size)
+    compute_s = (flops + kernel / n) / topology.peak_flops
+    memory_s = hbm / topology.hbm_bandwidth
     out.update(
-        step_s=step_s,
-        tokens_per_s=cfg.data.batch_size * cfg.data.seq_len / step_s,
-        mfu=None
-        if not topology.peak_flops
-        else model_flops / (topology.devices * topology.peak_flops * step_s),
+        available=True,
+        bound="compute" if compute_s >= memory_s else "HBM bandwidth",
+        compute_s=compute_s,
+        memory_s=memory_s,
+        **figures(max(compute_s, memory_s)),
     )
     return out

@@ -15,6 +15,7 @@ from typing import Literal, Optional
 from ..config import ConfigError, building_key, from_dict
 
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "save_attn_proj"]
+Attention = Literal["dense", "splash", "cudnn"]  # models/attention.py
 DType = Literal["float32", "bfloat16", "float16"]
 
 
@@ -86,6 +87,7 @@ class LlamaConfig:
     param_dtype: DType = "float32"  # parameter storage dtype
     scan_layers: bool = True  # one compiled layer body under lax.scan
     remat: RematPolicy = "none"  # what the backward pass keeps (see models/llama.py)
+    attention: Attention = "dense"  # full-sequence attention implementation (models/attention.py)
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -114,6 +116,8 @@ class LlamaConfig:
                 f"{at('num_attention_heads')}: {self.num_attention_heads} is not a multiple of "
                 f"{at('num_key_value_heads')} ({self.num_key_value_heads})"
             )
+        if self.attention not in ("dense", "splash", "cudnn"):
+            raise ConfigError(f"{at('attention')}: dense, splash or cudnn, got {self.attention!r}")
         if self.head_dim % 2:
             raise ConfigError(f"{at('head_dim')}: must be even for RoPE, got {self.head_dim}")
 

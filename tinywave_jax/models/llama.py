@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
+from . import attention as attention_impl
 from .config import LlamaConfig
 
 Array = jax.Array
@@ -110,17 +111,8 @@ def attention_mask(segment_ids: Array) -> Array:
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """q [B,Tq,H,hd], k/v [B,KVH,Tk,hd] (heads-major, the KV-cache layout), mask [B,Tq,Tk]
-    -> [B,Tq,H*hd]. Softmax in float32 (HF). Heads-major keys make both einsums plain batched
-    matmuls: with [B,Tk,KVH,hd] keys XLA on CPU transposes the whole cache per layer per token."""
-    b, tq, h, hd = q.shape
-    kvh = k.shape[1]
-    q = q.reshape(b, tq, kvh, h // kvh, hd)
-    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k) * jnp.asarray(scale, q.dtype)
-    scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bksd->bqkgd", probs, v)
-    return out.reshape(b, tq, h * hd)
+    """The dense path (models/attention.py): q [B,Tq,H,hd], k/v [B,KVH,Tk,hd], mask [B,Tq,Tk]."""
+    return attention_impl.dense(q, k, v, mask, scale)
 
 
 # ---- modules ---------------------------------------------------------------------------------
@@ -196,7 +188,12 @@ class Attention(nn.Module):
             keys, values, new_cache = ck.astype(q.dtype), cv.astype(q.dtype), (ck, cv)
         else:
             keys, values, new_cache = k_heads, v_heads, None
-        out = dot_product_attention(q, keys, values, mask, c.head_dim**-0.5)
+        scale = c.head_dim**-0.5
+        if cache_kv is not None or c.attention == "dense":
+            out = dot_product_attention(q, keys, values, mask, scale)
+        else:  # a kernel: `mask` is the segment ids [B, T] (Llama.__call__)
+            kernel = getattr(attention_impl, c.attention)
+            out = kernel(q, keys, values, mask, scale)
         return checkpoint_name(self.o_proj(out), "attn_out"), q, k, new_cache
 
 
@@ -340,7 +337,10 @@ class Llama(nn.Module):
             raise ValueError(f"tap_layers has duplicates: {tap_layers}")
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        mask = attention_mask(jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids)
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        # the kernels take the segment ids and never build the [B, T, T] mask
+        mask = attention_mask(segment_ids) if c.attention == "dense" else segment_ids
         cos, sin = rope_cos_sin(c, positions, dt)
 
         n_taps = len(tap_layers)

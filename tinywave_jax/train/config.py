@@ -94,6 +94,9 @@ class LoopConfig:
     dtype: DType = "float32"  # student compute dtype (bfloat16 on accelerators)
     remat: RematPolicy = "none"  # student backward-pass rematerialisation (models/llama.py)
     scan_layers: bool = True
+    # attention of the step's forwards (models/attention.py): auto = Pallas splash on a TPU mesh
+    # (data.seq_len a multiple of 128), dense XLA elsewhere; dense, splash or cudnn to force one
+    attention: Literal["auto", "dense", "splash", "cudnn"] = "auto"
     log_every: int = 10
     checkpoint_every: int = 1000
     checkpoint_keep: int = 3

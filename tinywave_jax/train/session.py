@@ -6,21 +6,48 @@ the optimizer and the compiled step, and creates (or describes, for a restore) t
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 
 from ..config import ConfigError
 from ..parallel import make_mesh, tree_shardings
 from .recipes import Recipe
 from .state import TrainState, abstract_state, init_state, make_optimizer, state_shardings
-from .step import CompiledStep
+from .step import CompiledStep, StepSpec
+
+
+def with_attention(spec: StepSpec, cfg, platform: str) -> StepSpec:
+    """`spec` with `train.attention` resolved for `platform` in the student's and teacher's
+    configs (models/attention.py); ConfigError where the choice cannot run this shape."""
+    from ..models import attention
+
+    t, dtype = cfg.data.seq_len, spec.student.dtype
+    impl = attention.resolve(cfg.train.attention, platform, t)
+    if impl == "splash" and t % attention.SPLASH_MIN_BLOCK:
+        raise ConfigError(
+            f"train.attention: splash needs data.seq_len a multiple of "
+            f"{attention.SPLASH_MIN_BLOCK}, got {t} (use auto or dense)"
+        )
+    if impl == "splash" and platform == "tpu" and attention.precision_refuses_splash():
+        raise ConfigError(f"train.attention: {attention.precision_refuses_splash()}")
+    teacher_dtype = None if spec.teacher is None else spec.teacher.dtype
+    if impl == "cudnn" and {dtype, teacher_dtype or dtype} - {"bfloat16", "float16"}:
+        raise ConfigError(
+            "train.attention: cudnn needs bfloat16 or float16 compute, got "
+            f"train.dtype={dtype}" + ("" if spec.teacher is None else f", teacher {teacher_dtype}")
+        )
+    teacher = None if spec.teacher is None else spec.teacher.replace(attention=impl)
+    return dataclasses.replace(spec, student=spec.student.replace(attention=impl), teacher=teacher)
 
 
 class Session:
     """Shardings, optimizer, compiled step and train state for a recipe on a mesh."""
 
     def __init__(self, recipe: Recipe, mesh=None):
-        self.recipe, self.cfg, self.spec = recipe, recipe.cfg, recipe.spec
+        self.recipe, self.cfg = recipe, recipe.cfg
         self.mesh = make_mesh(self.cfg.mesh) if mesh is None else mesh
+        self.spec = with_attention(recipe.spec, self.cfg, self.mesh.devices.flat[0].platform)
         rows = self.cfg.data.batch_size // self.spec.microbatches
         div = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         if rows % div:
