@@ -65,6 +65,8 @@ class Recognizer:
 
     def __init__(self):
         try:
+            import jiwer  # noqa: F401  (scored later: missing, fail here, before any synthesis)
+            import pystoi  # noqa: F401
             from pocketsphinx import Decoder
         except ImportError:
             raise ConfigError(
