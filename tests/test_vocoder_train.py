@@ -101,6 +101,7 @@ def test_training_lowers_the_losses(data, tmp_path):
     print(f"log-mel L1 on a fixed batch: {before:.3f} at init, {after:.3f} after 24 steps")
     assert after < 0.97 * before  # measured 9.78 -> 9.14; a wrong gradient sign raises it
     assert info["provenance"]["steps"] == 24 and len(info["provenance"]["data_sha256"]) == 4
+    assert info["provenance"]["speakers"] == ["voice0", "voice1"]  # ids 0, 1 in training
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ benchmarks with intervals -> Hugging Face export.
     tokens    tokenizer, token layout, corpora
     training  run configs: teacher pretraining and correction, the student rows and their sweep
     teacher   `tinywave demo-teacher`: pretrain, evaluate and package the teacher; hash checks
-    evaluate  scoring, paired-bootstrap intervals, the export check
+    vocoder   `tinywave demo-vocoder`: train, evaluate and package the demo's unit vocoder
+    evaluate  scoring, paired-bootstrap intervals (eval/bootstrap.py), the export check
     results   results.md / results.json
     plots     loss curves and attention maps
     stages    a work folder of cached stages;  pipeline  the demo's stages, `run_demo`

@@ -1,5 +1,6 @@
-"""`tinywave demo` (the whole TinyWave recipe on a CPU, see demo/pipeline.py) and
-`tinywave demo-teacher` (pretrains and packages the demo's teacher, see demo/teacher.py)."""
+"""`tinywave demo` (the whole TinyWave recipe on a CPU, see demo/pipeline.py),
+`tinywave demo-teacher` (pretrains and packages the demo's teacher, see demo/teacher.py) and
+`tinywave demo-vocoder` (trains and packages the demo's vocoder, see demo/vocoder.py)."""
 
 from __future__ import annotations
 
@@ -40,9 +41,22 @@ expressive speech, text and interleaved speech-text). See docs/demo_teacher.md.
 """
 
 
+_VOCODER_HELP = """\
+Builds the demo's vocoder package: synthesises the world's training stories naturally in the
+demo's voices (each story in a distillation voice and one of the teacher's other voices, every
+utterance its own espeak-ng synthesis) and held-out validation stories, trains a small unit
+HiFi-GAN on the teacher package's units (`vocoder train`), measures it on the held-out stories
+(`vocoder eval`: pocketsphinx WER of resynthesis vs original, STOI, unit agreement) and writes OUT:
+the vocoder folder with units/, README.md and provenance.json (command, settings, data hashes,
+training, quality, file hashes). Settings: demo/vocoder.py VocoderBuildSettings (--set
+training.steps=500, --set teacher_dir=DIR, ...). See docs/vocoder.md.
+"""
+
+
 def register(subparsers) -> None:
     from .pipeline import STAGES
     from .teacher import TeacherBuild
+    from .vocoder import VocoderBuild
 
     p = subparsers.add_parser(
         "demo",
@@ -109,6 +123,35 @@ def register(subparsers) -> None:
         help="comma-separated stages to run (earlier ones must be done)",
     )
     t.set_defaults(func=_run_teacher)
+
+    v = subparsers.add_parser(
+        "demo-vocoder",
+        help="train and package the demo's vocoder (units -> speech in the demo's voices)",
+        description=_VOCODER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("--out", required=True, help="the vocoder package folder to write")
+    v.add_argument(
+        "--workdir",
+        default="runs/demo_vocoder",
+        help="where the stages write audio, the training run and the quality report",
+    )
+    v.add_argument("--quick", action="store_true", help="toy sizes (what the tests run)")
+    v.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    v.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting (demo/vocoder.py VocoderBuildSettings)",
+    )
+    v.add_argument(
+        "--stages",
+        default=",".join(VocoderBuild.STAGES),
+        help="comma-separated stages to run (earlier ones must be done)",
+    )
+    v.set_defaults(func=_run_vocoder)
 
 
 def _stages(arg: str, known) -> list[str]:
@@ -193,12 +236,34 @@ def _run_teacher(args) -> int:
     return 0
 
 
-def _command(args) -> str:
+def _run_vocoder(args) -> int:
+    import time
+
+    from .vocoder import VocoderBuild, build_vocoder
+
+    _quiet()
+    t = time.time()
+    build_vocoder(
+        args.out,
+        args.workdir,
+        args.quick,
+        args.overrides,
+        args.overwrite,
+        _stages(args.stages, VocoderBuild.STAGES),
+        _command(args, "demo-vocoder"),
+        log=lambda m: print(m, flush=True),
+    )
+    print(f"demo-vocoder: finished in {time.time() - t:.0f} s; package in {args.out}")
+    return 0
+
+
+def _command(args, name: str = "demo-teacher") -> str:
     """The command line that reproduces this build (recorded in the provenance)."""
     import shlex
 
-    parts = ["tinywave", "demo-teacher", "--out", args.out, "--workdir", args.workdir]
+    parts = ["tinywave", name, "--out", args.out, "--workdir", args.workdir]
     parts += ["--quick"] * args.quick + ["--overwrite"] * args.overwrite
-    parts += ["--variant", args.variant] * (args.variant != "base")
+    variant = getattr(args, "variant", "base")  # demo-vocoder has none
+    parts += ["--variant", variant] * (variant != "base")
     parts += [x for o in args.overrides for x in ("--set", o)]
     return " ".join(shlex.quote(p) for p in parts)

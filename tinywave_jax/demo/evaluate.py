@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..eval.bootstrap import interval as _interval
+from ..eval.bootstrap import resamples as _resamples
+
 CLOZE = ("ssc", "tsc")
 GGUF_FILE = "student.q8_0.gguf"  # the quantized student the results table scores in llama.cpp
 CROSS_MODAL = ("cloze_ss", "cloze_st", "cloze_ts", "cloze_tt")
@@ -153,15 +156,6 @@ def score_llama_cpp(gguf_path: Path, inputs: dict) -> dict:
 
 def ppl_of(nll: np.ndarray, tokens: np.ndarray) -> float:
     return math.exp(nll.sum() / tokens.sum())
-
-
-def _resamples(n: int, draws: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(draws, n))
-
-
-def _interval(values: np.ndarray) -> list[float]:
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return [round(float(lo), 2), round(float(hi), 2)]
 
 
 def _statistic(task: str, scores, idx=None):

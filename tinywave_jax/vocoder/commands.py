@@ -1,9 +1,10 @@
-"""`tinywave import-vocoder`, `tinywave speak` and `tinywave vocoder train`."""
+"""`tinywave import-vocoder`, `tinywave speak`, `tinywave vocoder train` and `vocoder eval`."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 
 def _import_vocoder(args: argparse.Namespace) -> int:
@@ -67,14 +68,14 @@ def _train_command(args) -> str:
 
 def _vocoder_train(args: argparse.Namespace) -> int:
 
-    from ..audio.io import list_audio
     from ..config import load_config
+    from .corpus import read_items
     from .train import VocoderTrainConfig, train_vocoder
 
     cfg = load_config(VocoderTrainConfig, args.train_config, args.set or [])
     out = train_vocoder(
         args.config,
-        list_audio(args.audio),
+        read_items(args.audio),
         args.units,
         args.run,
         args.out,
@@ -85,6 +86,33 @@ def _vocoder_train(args: argparse.Namespace) -> int:
         log=lambda msg: print(msg, flush=True),
     )
     print(f"wrote tinywave vocoder {out}")
+    return 0
+
+
+def _vocoder_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from ..errors import OutputExistsError
+    from ..outputs import write_file_atomic
+    from .corpus import read_items
+    from .quality import evaluate_vocoder, report
+
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        raise OutputExistsError(f"{args.json} exists (pass --overwrite to replace it)")
+    result = evaluate_vocoder(
+        args.vocoder,
+        read_items(args.audio),
+        args.units,
+        speaker=args.speaker,
+        limit=args.limit,
+        draws=args.draws,
+        seed=args.seed,
+        log=(lambda m: print(m, flush=True)) if args.verbose else (lambda m: None),
+    )
+    print(report(result["summary"]))
+    if args.json:
+        write_file_atomic(args.json, json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -154,13 +182,16 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.wav")
     p.set_defaults(func=_speak)
 
-    p = subparsers.add_parser("vocoder", help="vocoder training (`tinywave vocoder train`)")
+    p = subparsers.add_parser(
+        "vocoder", help="vocoder training and quality (`vocoder train`, `vocoder eval`)"
+    )
     sub = p.add_subparsers(dest="vocoder_command", metavar="COMMAND", required=True)
     p = sub.add_parser(
         "train",
         help="train a unit HiFi-GAN (generator + multi-period / multi-scale discriminators)",
         description="Trains the generator of CONFIG.json (speech-resynthesis keys) on AUDIO (a "
-        "folder of audio files, speaker = parent folder, or a manifest) with units from "
+        "folder of audio files, speaker = parent folder; a manifest; or a .jsonl manifest with "
+        '"path" and "speaker" per line) with units from '
         "--units, HiFi-GAN's losses (mel, feature matching, adversarial) plus the duration "
         "predictor's; progress with ETA; RUN keeps resumable state (--resume); the generator "
         "is written to OUT as a vocoder folder with provenance. Settings: --train-config "
@@ -178,3 +209,35 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     p.set_defaults(func=_vocoder_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="resynthesis quality on held-out speech: ASR WER, STOI, unit agreement",
+        description='Resynthesises each utterance of AUDIO (a .jsonl manifest with "path", '
+        '"transcript" and optional "speaker" per line, as the demo\'s; or a folder / '
+        "manifest whose wavs have sibling .txt transcripts) from its units (--units, one per "
+        "frame) with VOC, and prints with 95 %% bootstrap intervals over utterances: "
+        "pocketsphinx's WER of the resynthesis next to its WER of the original audio (and the "
+        "gap), STOI against the original, and unit agreement (the resynthesis re-tokenised by "
+        "the same extractor vs the input units), and whether the targets (gap <= 15 points, "
+        "agreement >= 80 %%) are met. Use utterances the vocoder was not trained on. Needs the "
+        "vocoder extra (pocketsphinx, jiwer, pystoi).",
+    )
+    p.add_argument("vocoder", metavar="VOC", help="tinywave vocoder folder")
+    p.add_argument("audio", metavar="AUDIO")
+    p.add_argument("--units", required=True, metavar="UNITS_DIR", help="units extractor folder")
+    p.add_argument(
+        "--speaker",
+        type=int,
+        help="speaker id for every utterance (default: each utterance's speaker among the "
+        "vocoder's training speakers; needed for an imported multi-speaker vocoder)",
+    )
+    p.add_argument("--limit", type=int, help="evaluate only the first N utterances")
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--json", metavar="OUT.json", help="also write the summary and per-utterance scores"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("-v", "--verbose", action="store_true", help="one line per utterance")
+    p.set_defaults(func=_vocoder_eval)

@@ -1,10 +1,11 @@
 """`tinywave vocoder train`: a CodeHiFiGAN trained as HiFi-GAN / speech-resynthesis train it.
 
-Data: audio files and a units folder; each file's units come from the folder's extractor, so
-units and audio are aligned frame by frame (hop = the vocoder's samples per unit, which must be
-the extractor's). Speaker ids (multispkr) are the files' parent folder names in sorted order;
-style ids are 0. Vocoders that need pitch / style codes are not trained here (the data would
-need them): that is a ConfigError.
+Data: audio files (`corpus.Item`s: path, speaker) and a units folder; each file's units come
+from the folder's extractor, so units and audio are aligned frame by frame (hop = the vocoder's
+samples per unit, which must be the extractor's). Speaker ids (multispkr) are the speaker names
+(a manifest's "speaker", else the parent folder name) in sorted order, recorded in the
+provenance as "speakers"; style ids are 0. Vocoders that need pitch / style codes are not
+trained here (the data would need them): that is a ConfigError.
 
 Each step samples `segment_frames`-unit segments (seeded by seed and step, so a resumed run draws
 the same batches), updates the discriminators (MPD + MSD, least-squares loss), then the
@@ -33,6 +34,7 @@ import numpy as np
 from ..errors import ConfigError, InputError, OutputExistsError
 from ..outputs import write_file_atomic
 from .config import VocoderConfig
+from .corpus import as_items
 from .discriminators import DiscriminatorConfig
 from .losses import MelConfig
 
@@ -99,7 +101,8 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def load_data(files, units_dir, config: VocoderConfig, log=print) -> list[Utterance]:
+def load_data(items, units_dir, config: VocoderConfig, log=print) -> list[Utterance]:
+    """Each file's units and frame-aligned audio; `items`: `corpus.Item`s or audio paths."""
     from ..audio import load_extractor, read_audio
     from .synthesis import check_ids
 
@@ -117,18 +120,19 @@ def load_data(files, units_dir, config: VocoderConfig, log=print) -> list[Uttera
             f"{units_dir} gives {rate:g} units per second; the vocoder makes "
             f"{config.sampling_rate / config.hop_length:g} (upsample_rates)"
         )
-    files = sorted(Path(f) for f in files)
-    speakers = sorted({f.parent.name for f in files})
+    items = sorted(as_items(items), key=lambda i: str(i.path))
+    speakers = sorted({i.speaker for i in items})
     if config.has_speaker and len(speakers) > config.num_speakers:
-        raise ConfigError(f"num_speakers: {config.num_speakers} < {len(speakers)} speaker folders")
+        raise ConfigError(f"num_speakers: {config.num_speakers} < {len(speakers)} speakers")
     out = []
-    for f in files:
+    for item in items:
+        f = item.path
         wav = read_audio(f)
         codes = extractor.extract(wav)["hubert"][0].astype(np.int32)
         check_ids(codes, config.num_embeddings, "unit", str(f))
         n = codes.size * config.hop_length
         wav = np.pad(wav[:n], (0, max(0, n - wav.size)))
-        out.append(Utterance(str(f), codes, wav, speakers.index(f.parent.name)))
+        out.append(Utterance(str(f), codes, wav, speakers.index(item.speaker)))
     log(f"vocoder train: {len(out)} files, {sum(u.codes.size for u in out) / rate / 60:.1f} min")
     return out
 
@@ -269,7 +273,8 @@ def train_vocoder(
     command: str | None = None,
     log=print,
 ) -> Path:
-    """Trains (or, with `resume`, continues) a vocoder and writes it to `out_dir`."""
+    """Trains (or, with `resume`, continues) a vocoder and writes it to `out_dir`.
+    `audio_files`: paths (speaker = parent folder name) or `corpus.Item`s."""
     import flax.serialization
     import jax
 
@@ -281,21 +286,23 @@ def train_vocoder(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not audio_files:
         raise InputError("no training audio files given")
-    files = sorted(str(Path(f)) for f in audio_files)
+    items = as_items(audio_files)
+    files = sorted(str(i.path) for i in items)
     meta = {
         "format": "tinywave-vocoder-run",
         "vocoder_config": config.to_json_dict(),
         "train_config": to_dict(cfg),
         "units_dir": str(Path(units_dir).resolve()),
         "data_sha256": {f: _sha256(Path(f)) for f in files},
+        "speakers": sorted({i.speaker for i in items}),
     }
     state_file, meta_file = run_dir / "state.msgpack", run_dir / "run.json"
     if resume:
         if not state_file.is_file():
             raise InputError(f"{run_dir}: nothing to resume (no state.msgpack)")
         saved = json.loads(meta_file.read_text())
-        for key in ("vocoder_config", "data_sha256"):
-            if saved[key] != meta[key]:
+        for key in ("vocoder_config", "data_sha256", "speakers"):
+            if saved.get(key) != meta[key]:
                 raise ConfigError(f"--resume: {key} differs from the run in {run_dir}")
         for key, value in meta["train_config"].items():
             if (
@@ -309,7 +316,7 @@ def train_vocoder(
         raise OutputExistsError(f"{run_dir} is not empty (--resume continues it)")
     check_output_dir(out_dir, overwrite, sources=[run_dir, *files])  # before training, not after
 
-    data = load_data(files, units_dir, config, log)
+    data = load_data(items, units_dir, config, log)
     init, step_fn = make_step(config, cfg)
     state = init(cfg.seed)
     if resume:
@@ -342,6 +349,7 @@ def train_vocoder(
         "train_config": meta["train_config"],
         "units_dir": meta["units_dir"],
         "data_sha256": meta["data_sha256"],
+        "speakers": meta["speakers"],
         "steps": int(state["step"]),
         "final_losses": {k: float(v) for k, v in metrics.items()},
     }
