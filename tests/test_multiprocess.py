@@ -164,7 +164,7 @@ def reference(tmp_path_factory):
         mp.setattr(
             loop,
             "make_batches",
-            lambda data, vocab, index, count: _Concat(
+            lambda data, vocab, index, count, keys=False: _Concat(
                 [train_data.make_batches(data, vocab, p, 2) for p in range(2)]
             ),
         )
