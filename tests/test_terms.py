@@ -160,13 +160,18 @@ def test_resuming_a_checkpoint_older_than_the_new_keys():
     their defaults; a changed one is still a config change."""
     from tinywave_jax.config import to_dict
     from tinywave_jax.train.config import DistillConfig
-    from tinywave_jax.train.resume import config_changes
+    from tinywave_jax.train.resume import config_changes, config_defaults
 
     new = to_dict(distill_config())
     old = to_dict(distill_config())
     del old["distill"]["terms"], old["distill"]["top_k"], old["teacher"]["cache"]
-    defaults = to_dict(DistillConfig())
+    defaults = config_defaults(DistillConfig)
     assert config_changes(old, new, defaults=defaults) == []
     assert [k for k, _, _ in config_changes(old, new)] == ["distill.top_k", "teacher.cache"]
+    # a shape key added since (teacher.shape.attention): the shape's default is None in
+    # DistillConfig(), so LlamaConfig's defaults stand in for it
+    del old["teacher"]["shape"]["attention"]
+    assert config_changes(old, new, defaults=defaults) == []
+    assert config_changes(old, new, defaults=to_dict(DistillConfig())) != []
     new["distill"]["top_k"] = 8
     assert config_changes(old, new, defaults=defaults) == [("distill.top_k", "(absent)", 8)]

@@ -39,6 +39,7 @@ from .recipes import prepare
 from .resume import (
     check_resume_config,
     checkpoint_manager,
+    config_defaults,
     restore_intact,
     save_checkpoint,
     wait_for_saves,
@@ -266,7 +267,7 @@ def run(
                     new_config,
                     allow_config_change,
                     f"{run_dir} (checkpoint {step})",
-                    to_dict(type(cfg)()),  # keys newer than the checkpoint, at their defaults
+                    config_defaults(type(cfg)),  # keys newer than the checkpoint, at defaults
                 )
 
             if resume and latest is None:

@@ -100,6 +100,21 @@ def config_changes(
     ]
 
 
+def config_defaults(cls) -> dict:
+    """The defaults `config_changes` compares absent keys with: `cls()` as a dict, with every
+    model shape the default leaves None (model.shape, teacher.shape) filled by LlamaConfig's
+    defaults, so a shape key added since a checkpoint (model.shape.attention) is no change
+    while it keeps its default."""
+    from ..config import to_dict
+    from ..models.config import LlamaConfig
+
+    d = to_dict(cls())
+    for section in d.values():
+        if isinstance(section, dict) and "shape" in section and section["shape"] is None:
+            section["shape"] = to_dict(LlamaConfig())
+    return d
+
+
 def _short(value) -> str:
     text = value if value == "(absent)" else json.dumps(value)
     return text if len(text) <= 80 else text[:77] + "..."
