@@ -267,3 +267,22 @@ def test_bad_units_config_names_the_file_and_key(corpus, tmp_path):
     (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match=r"style\.frame_rate: 0\.3 Hz"):
         load_extractor(tmp_path)
+
+
+def test_frame_rate_and_window_are_fitted_recorded_and_checked(corpus, tmp_path, capsys):
+    out = tmp_path / "units50"
+    args = ["--units", "24", "--pitch-bins", "0", "--style-classes", "0"]
+    rate = ["--frame-rate", "50", "--window-seconds", "0.025"]
+    assert main(["units", "fit", str(corpus / "audio"), str(out), *args, *rate]) == 0
+    spectral = json.loads((out / CONFIG_FILE).read_text())["phonetic"]["spectral"]
+    assert (spectral["frame_rate"], spectral["window_seconds"]) == (50.0, 0.025)
+    wav = read_audio(corpus / "audio" / "voice1" / "utt0.wav")
+    ids, times = load_extractor(out).extract(wav)["hubert"]
+    assert len(ids) == len(wav) // 320  # one unit per 20 ms hop
+    np.testing.assert_allclose(times, np.arange(len(ids)) / 50.0)
+    assert len(load_extractor(corpus / "units").extract(wav)["hubert"][0]) == len(wav) // 640
+    for bad, key in (("--frame-rate=7", "frame_rate: 7.0 Hz"), ("--window-seconds=0", "window_")):
+        capsys.readouterr()
+        assert main(["units", "fit", str(corpus / "audio"), str(tmp_path / "x"), *args, bad]) != 0
+        assert key in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()  # refused before anything is written

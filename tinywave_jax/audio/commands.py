@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .features import SpectralConfig
+
 
 def register(subparsers) -> None:
     units = subparsers.add_parser("units", help="speech units: fit, hubert-spec, extract")
@@ -41,6 +43,21 @@ def register(subparsers) -> None:
         metavar="S",
         help="subtract the mean of the first S seconds' sounding frames instead of the whole "
         "utterance's (0: whole), so a frame's units do not depend on audio long after it",
+    )
+    fit.add_argument(
+        "--frame-rate",
+        type=float,
+        default=SpectralConfig.frame_rate,
+        metavar="HZ",
+        help="spectral units per second before deduplication (default %(default)s; HuBERT's 50 "
+        "gives a word's repeats more of the same units than 25)",
+    )
+    fit.add_argument(
+        "--window-seconds",
+        type=float,
+        default=SpectralConfig.window_seconds,
+        metavar="S",
+        help="spectral analysis window (default %(default)s s)",
     )
     fit.add_argument("--skip-bad", action="store_true", help="warn on unreadable files, not fail")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing units folder")
@@ -85,6 +102,8 @@ def _fit(args) -> int:
         overwrite=args.overwrite,
         cmn=args.cmn,
         cmn_seconds=args.cmn_seconds,
+        frame_rate=args.frame_rate,
+        window_seconds=args.window_seconds,
     )
     return 0
 

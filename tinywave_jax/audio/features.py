@@ -40,6 +40,8 @@ class SpectralConfig:
 
     def validate(self):
         check_frame_rate(self.frame_rate, "frame_rate")
+        if not self.window_seconds > 0:
+            raise ConfigError(f"window_seconds: must be > 0, got {self.window_seconds}")
         if not 0 < self.fmin < self.fmax <= SAMPLE_RATE / 2:
             raise ConfigError(
                 f"fmin/fmax: need 0 < fmin < fmax <= {SAMPLE_RATE // 2}, got "

@@ -63,6 +63,8 @@ def fit_units(
     max_hours: float | None = None,
     cmn: bool = True,
     cmn_seconds: float = 0.0,
+    frame_rate: float = SpectralConfig.frame_rate,
+    window_seconds: float = SpectralConfig.window_seconds,
     skip_bad: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
@@ -73,6 +75,7 @@ def fit_units(
     Files are visited in a seeded random order when `max_hours` caps the training audio.
     `cmn`: subtract each utterance's feature mean (spectral units; see SpectralConfig.cmn);
     `cmn_seconds` > 0: the mean of its first seconds' sounding frames only.
+    `frame_rate` (Hz) and `window_seconds`: the spectral units' hop and analysis window.
     """
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() and not overwrite:
@@ -87,9 +90,17 @@ def fit_units(
         if hubert_spec is not None
         else PhoneticConfig(
             kind="spectral",
-            spectral=SpectralConfig(features=features, cmn=cmn, cmn_seconds=cmn_seconds),
+            spectral=SpectralConfig(
+                features=features,
+                cmn=cmn,
+                cmn_seconds=cmn_seconds,
+                frame_rate=frame_rate,
+                window_seconds=window_seconds,
+            ),
         )
     )
+    if phonetic.kind == "spectral":
+        phonetic.spectral.validate()
     pitch = PitchFiles(bins=pitch_bins) if pitch_bins else None
     style = StyleFiles(classes=style_classes) if style_classes else None
     if pitch:

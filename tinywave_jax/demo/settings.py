@@ -39,7 +39,12 @@ class TeacherSettings:
     # events) in the many-voice cast (speech.Cast); "word_bank": utterances concatenated from
     # single-word syntheses in one target voice (the first shipped teachers)
     synthesis: Literal["natural", "word_bank"] = "natural"
-    units: int = 64  # MFCC k-means units
+    units: int = 128  # MFCC k-means units
+    # units per second before deduplication, and their analysis window: at 50 Hz (HuBERT's
+    # rate) two spoken repeats of a word share far more unit bigrams than at 25 Hz (the
+    # word-bank teachers', 40 ms frames), which a teacher must see to use the story
+    unit_frame_rate: float = 50.0
+    unit_window_seconds: float = 0.025
     cmn_seconds: float = 3.0  # units' mean removal over the first seconds (0: none)
     pitch_bins: int = 0  # pitch tokens (0: none; SpiritLM has 64)
     style_classes: int = 0  # style tokens (0: none; SpiritLM has 100)
@@ -48,7 +53,7 @@ class TeacherSettings:
     )  # pretraining stream kind -> weight (data.mixture)
     units_fit_hours: float = 1.0  # pretraining audio the k-means is fitted on (at most)
     shape: ModelShape = dataclasses.field(default_factory=ModelShape)
-    seq_len: int = 256  # >= a whole story (~200 units)
+    seq_len: int = 320  # >= a whole story (at most ~285 units at 50 Hz)
     batch_size: int = 16
     steps: int = 1000  # ~22 min on 2 cores
     learning_rate: float = 3e-3
@@ -63,6 +68,11 @@ class TeacherSettings:
             raise ConfigError(f"synthesis: {self.synthesis!r} is not 'natural' or 'word_bank'")
         if self.cmn_seconds < 0:
             raise ConfigError("cmn_seconds: must be >= 0 (0: no mean removal)")
+        from ..audio.features import SpectralConfig
+
+        SpectralConfig(
+            frame_rate=self.unit_frame_rate, window_seconds=self.unit_window_seconds
+        ).validate()  # names frame_rate / window_seconds
         if self.units_fit_hours <= 0 or self.learning_rate <= 0:
             raise ConfigError("units_fit_hours and learning_rate: must be > 0")
         expressive = self.variant == "expressive"

@@ -186,6 +186,8 @@ class TeacherBuild(StagedRun):
             # (the whole-utterance mean would); 0 (the word-bank teachers): none
             cmn=s.cmn_seconds > 0,
             cmn_seconds=s.cmn_seconds,
+            frame_rate=s.unit_frame_rate,
+            window_seconds=s.unit_window_seconds,
             log=lambda m: self.log("  " + m),
         )
         n_text = tokens.write_text_tokenizer(vocabulary(), self.tokens_dir / "tokenizer")
