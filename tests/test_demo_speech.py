@@ -56,6 +56,31 @@ def test_binding_sSC_endings_differ_in_one_word_the_story_mentions():
     assert 0.4 < np.mean(asked_first) < 0.6
 
 
+def test_scene_sSC_endings_differ_only_in_words_the_story_never_says():
+    """A scene story's wrong ending is the right one with the words its context does not say
+    taken from another scene: neither ending's differing words occur in the story, so copying
+    cannot tell them apart, and the other scene's words are a real scene's, in its slot."""
+    splits = world_text.WorldSplits(test=48, validation=12, train=600, kind="scene")
+    world = world_text.make_world(splits)
+    assert world == world_text.make_world(splits)
+    texts = {k: {s.text for s in v} for k, v in world.items()}
+    assert not texts["train"] & (texts["test"] | texts["validation"])
+    scene_of = {w: i for i, sc in enumerate(world_text.SCENES) for w in sc}
+    for s in world["test"] + world["train"][:200]:
+        right, wrong = world_text.words_of(s.ending), world_text.words_of(s.wrong)
+        said = set(world_text.words_of(" ".join(s.context)))
+        head = next(i for i, (r, w) in enumerate(zip(right, wrong)) if r != w)
+        tail = next(i for i, (r, w) in enumerate(zip(right[::-1], wrong[::-1])) if r != w)
+        ours, theirs = right[head : len(right) - tail], wrong[head : len(wrong) - tail]
+        assert not (set(ours) | set(theirs)) & said, s.id
+        assert theirs == world_text.words_of(s.decoy), s.id
+        other = scene_of[s.decoy]  # one slot differs in every template
+        assert other != s.scene and " ".join(ours) in world_text.SCENES[s.scene], s.id
+    # every template's ending names a scene word its context does not
+    assert all(world_text.new_slots(t) for t in range(len(world_text.TEMPLATES)))
+    assert Counter(s.template for s in world["test"]) == dict.fromkeys(range(8), 6)
+
+
 def test_the_shipped_teachers_worlds_are_still_generated():
     """Packages from before story kinds read as name-swap worlds and reproduce their hash."""
     from tinywave_jax.config import from_dict

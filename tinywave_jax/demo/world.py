@@ -3,7 +3,7 @@
 A scene binds three words: a place, the person who works there and the thing one gets there
 (bakery, baker, bread). Twenty-four scenes, sixteen names and five times of day give tens of
 thousands of distinct stories, so the teacher's pretraining corpus can hold far more of them than
-the distillation set. Two kinds of story (`WorldSplits.kind`), each with its own sSC:
+the distillation set. Three kinds of story (`WorldSplits.kind`), each with its own sSC:
 
   binding   (the default) two people, each bound to one scene's place, worker or item ("Anna
             went to the bakery. Leo went to the river."); the ending says something new about
@@ -12,6 +12,11 @@ the distillation set. Two kinds of story (`WorldSplits.kind`), each with its own
             ("... from the river."), which the story does mention, in the same sentence shape.
             Copying from the context cannot tell the endings apart (`tinywave eval --reference
             copy` measures it on the audio); a model must know who did what.
+  scene     one scene, one or two people (the stranger stories' templates); the ending names
+            a scene word the context does not ("Anna needed the medicine. ... The doctor gave
+            Anna the medicine."), and sSC's wrong ending takes that word from another scene
+            ("The guide gave Anna the medicine."). Neither ending's new word is in the story,
+            so copying cannot tell them apart; a model must know which words go together.
   stranger  (the shipped teachers' world) one story, one or two people; sSC's wrong ending names
             someone the story never mentions, which copying names from the context solves.
 
@@ -174,7 +179,8 @@ class Story:
     ending: str
     wrong: str  # sSC's wrong ending: `decoy` in place of the right word
     decoy: str  # stranger stories: a name the story never mentions; binding stories: the
-    #             other person's place / worker / item (or the other person), which it does
+    #             other person's place / worker / item (or the other person), which it does;
+    #             scene stories: the other scene's word(s) in the wrong ending
 
     @property
     def sentences(self) -> tuple[str, ...]:
@@ -193,7 +199,7 @@ class WorldSplits:
     validation: int = 64
     train: int = 2400
     seed: int = 0
-    kind: Literal["stranger", "binding"] = "binding"  # which sSC the stories are built for
+    kind: Literal["stranger", "binding", "scene"] = "binding"  # which sSC the stories are built for
 
     def validate(self):
         if self.test < 2 or self.validation < 2 or self.train < 1:
@@ -232,9 +238,10 @@ def _balanced(n: int, rng: random.Random, templates: int = len(TEMPLATES)) -> li
     ]
 
 
-def _stranger_split(name: str, n: int, rng: random.Random, seen: set, total: int) -> list[Story]:
-    """One split of name-swap stories (the first world's sSC: the wrong ending names someone
-    the story never mentions, so copying names from the context solves it)."""
+def _template_split(name, n, rng, seen, total, wrong_ending, fits=None) -> list[Story]:
+    """One split of TEMPLATES stories (one scene, one or two people); `wrong_ending(rng,
+    template, scene, people, time)` gives sSC's (wrong ending, decoy); `fits(template, scene,
+    context)`, if given, must accept a story's draw (else it is drawn again)."""
     combos = (
         _balanced(n, rng)
         if name != "train"
@@ -247,14 +254,12 @@ def _stranger_split(name: str, n: int, rng: random.Random, seen: set, total: int
             time = rng.choice(TIMES)
             context, ending = _fill(template, scene, people, time)
             text = " ".join((*context, ending))
-            if text not in seen:
+            if text not in seen and (fits is None or fits(template, scene, context)):
                 break
         else:
             _too_many(total)
         seen.add(text)
-        stranger = rng.choice([x for x in NAMES if x not in people])
-        swapped = dict(zip("AB", people), **{ending_person(template): stranger})
-        wrong = _fill(template, scene, (swapped["A"], swapped["B"]), time)[1]
+        wrong, decoy = wrong_ending(rng, template, scene, people, time)
         stories.append(
             Story(
                 f"{PREFIX[name]}{len(stories):04d}",
@@ -264,10 +269,59 @@ def _stranger_split(name: str, n: int, rng: random.Random, seen: set, total: int
                 context,
                 ending,
                 wrong,
-                stranger,
+                decoy,
             )
         )
     return stories
+
+
+def _stranger_wrong(rng, template, scene, people, time):
+    """The ending's first person swapped for someone the story never mentions (copying names
+    from the context solves it)."""
+    stranger = rng.choice([x for x in NAMES if x not in people])
+    swapped = dict(zip("AB", people), **{ending_person(template): stranger})
+    return _fill(template, scene, (swapped["A"], swapped["B"]), time)[1], stranger
+
+
+SLOTS = ("place", "worker", "item")
+
+
+def new_slots(template: int) -> tuple[str, ...]:
+    """The scene slots a template's ending names and its context does not."""
+    context, ending = TEMPLATES[template]
+    said = " ".join(context)
+    return tuple(k for k in SLOTS if "{" + k + "}" in ending and "{" + k + "}" not in said)
+
+
+def _unsaid(template: int, scene: int, context) -> bool:
+    """None of the scene's words for the ending's new slots occurs in the context (a time of
+    day can say one: "before school")."""
+    said = set(words_of(" ".join(context)))
+    return not any(set(words_of(SCENES[scene][SLOTS.index(k)])) & said for k in new_slots(template))
+
+
+def _scene_wrong(rng, template, scene, people, time):
+    """The ending's new scene words (those the context does not say) taken from another
+    scene: the same people, the same sentence, words the story never says in either ending."""
+    context = _fill(template, scene, people, time)[0]
+    other = rng.choice(
+        [x for x in range(len(SCENES)) if x != scene and _unsaid(template, x, context)]
+    )
+    new = new_slots(template)
+    words = {k: SCENES[other if k in new else scene][i] for i, k in enumerate(SLOTS)}
+    ending = TEMPLATES[template][1]
+    wrong = ending.format(A=people[0], B=people[1], time=time, **words)
+    return wrong, " ".join(words[k] for k in new)
+
+
+def _stranger_split(name: str, n: int, rng: random.Random, seen: set, total: int) -> list[Story]:
+    """Name-swap stories (the first world's sSC)."""
+    return _template_split(name, n, rng, seen, total, _stranger_wrong)
+
+
+def _scene_split(name: str, n: int, rng: random.Random, seen: set, total: int) -> list[Story]:
+    """Scene stories: sSC asks which scene's words continue the story."""
+    return _template_split(name, n, rng, seen, total, _scene_wrong, _unsaid)
 
 
 # Binding stories: each of two people is bound to one scene's place, worker or item; the ending
@@ -355,7 +409,7 @@ def _too_many(total: int):
     )
 
 
-KINDS = {"stranger": _stranger_split, "binding": _binding_split}
+KINDS = {"stranger": _stranger_split, "binding": _binding_split, "scene": _scene_split}
 PREFIX = {"test": "test", "validation": "valid", "train": "train"}
 
 
