@@ -238,17 +238,20 @@ def _balanced(n: int, rng: random.Random, templates: int = len(TEMPLATES)) -> li
     ]
 
 
-def _template_split(name, n, rng, seen, total, wrong_ending, fits=None) -> list[Story]:
-    """One split of TEMPLATES stories (one scene, one or two people); `wrong_ending(rng,
-    template, scene, people, time)` gives sSC's (wrong ending, decoy); `fits(template, scene,
-    context)`, if given, must accept a story's draw (else it is drawn again)."""
+def _template_split(
+    name, n, rng, seen, total, wrong_ending, fits=None, templates=tuple(range(len(TEMPLATES)))
+) -> list[Story]:
+    """One split of stories on `templates` (TEMPLATES indices; one scene, one or two people);
+    `wrong_ending(rng, template, scene, people, time)` gives sSC's (wrong ending, decoy);
+    `fits(template, scene, context)`, if given, must accept a story's draw (else redrawn)."""
     combos = (
-        _balanced(n, rng)
+        _balanced(n, rng, len(templates))
         if name != "train"
-        else [(rng.randrange(len(TEMPLATES)), rng.randrange(len(SCENES))) for _ in range(n)]
+        else [(rng.randrange(len(templates)), rng.randrange(len(SCENES))) for _ in range(n)]
     )
     stories = []
-    for template, scene in combos:
+    for index, scene in combos:
+        template = templates[index]
         for _ in range(1000):
             people = tuple(rng.sample(NAMES, 2))
             time = rng.choice(TIMES)
@@ -293,6 +296,17 @@ def new_slots(template: int) -> tuple[str, ...]:
     return tuple(k for k in SLOTS if "{" + k + "}" in ending and "{" + k + "}" not in said)
 
 
+# Scene stories use the templates whose ending names only scene words the context does not
+# say: an ending that also repeats one (the worker, then the place) would pair a right
+# ending's two words from one scene against a wrong ending's from two, given away without
+# the story.
+SCENE_TEMPLATES = tuple(
+    t
+    for t, (_, ending) in enumerate(TEMPLATES)
+    if set(new_slots(t)) == {k for k in SLOTS if "{" + k + "}" in ending}
+)
+
+
 def _unsaid(template: int, scene: int, context) -> bool:
     """None of the scene's words for the ending's new slots occurs in the context (a time of
     day can say one: "before school")."""
@@ -321,7 +335,7 @@ def _stranger_split(name: str, n: int, rng: random.Random, seen: set, total: int
 
 def _scene_split(name: str, n: int, rng: random.Random, seen: set, total: int) -> list[Story]:
     """Scene stories: sSC asks which scene's words continue the story."""
-    return _template_split(name, n, rng, seen, total, _scene_wrong, _unsaid)
+    return _template_split(name, n, rng, seen, total, _scene_wrong, _unsaid, SCENE_TEMPLATES)
 
 
 # Binding stories: each of two people is bound to one scene's place, worker or item; the ending
