@@ -17,7 +17,9 @@ from tinywave_jax.eval.references import copy_score
 
 
 def _binding_world():
-    return world_text.make_world(world_text.WorldSplits(test=48, validation=12, train=600))
+    return world_text.make_world(
+        world_text.WorldSplits(test=48, validation=12, train=600, kind="binding")
+    )
 
 
 def test_binding_sSC_endings_differ_in_one_word_the_story_mentions():

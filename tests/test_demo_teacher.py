@@ -75,7 +75,7 @@ def test_package_records_every_file_and_its_origin(quick_teacher):
         "validation": 4,
         "train": 24,
         "seed": 0,
-        "kind": "binding",
+        "kind": "scene",
     }
     assert prov["settings"]["synthesis"] == "natural"
     for name, digest in prov["data"]["sha256"].items():

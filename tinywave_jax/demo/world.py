@@ -5,22 +5,24 @@ A scene binds three words: a place, the person who works there and the thing one
 thousands of distinct stories, so the teacher's pretraining corpus can hold far more of them than
 the distillation set. Three kinds of story (`WorldSplits.kind`), each with its own sSC:
 
-  binding   (the default) two people, each bound to one scene's place, worker or item ("Anna
-            went to the bakery. Leo went to the river."); the ending says something new about
-            one binding in words the context never uses together ("Later Anna came back from
-            the bakery."), and sSC's wrong ending swaps in the *other* binding's value or person
+  scene     (the default) one scene, one or two people (the stranger stories' templates whose
+            ending names only scene words the context does not: "Lily needed the monkey on
+            Sunday. Lily asked Leo where to find it." / "Leo said it was at the zoo."); sSC's
+            wrong ending takes that word from another scene ("... at the forest."). Neither
+            ending's differing word is in the story, so copying cannot tell them apart; a
+            model must know which words go together (the 6 x 128 teacher shape learns it in
+            text; it did not learn the binding).
+  binding   two people, each bound to one scene's place, worker or item ("Anna went to the
+            bakery. Leo went to the river."); the ending says something new about one binding
+            in words the context never uses together ("Later Anna came back from the
+            bakery."), and sSC's wrong ending swaps in the *other* binding's value or person
             ("... from the river."), which the story does mention, in the same sentence shape.
             Copying from the context cannot tell the endings apart (`tinywave eval --reference
             copy` measures it on the audio); a model must know who did what.
-  scene     one scene, one or two people (the stranger stories' templates); the ending names
-            a scene word the context does not ("Anna needed the medicine. ... The doctor gave
-            Anna the medicine."), and sSC's wrong ending takes that word from another scene
-            ("The guide gave Anna the medicine."). Neither ending's new word is in the story,
-            so copying cannot tell them apart; a model must know which words go together.
   stranger  (the shipped teachers' world) one story, one or two people; sSC's wrong ending names
             someone the story never mentions, which copying names from the context solves.
 
-tSC (both kinds): the wrong ending is the ending of another test story. Stories are drawn once
+tSC (every kind): the wrong ending is the ending of another test story. Stories are drawn once
 from a fixed seed and split by story: test, validation, then training stories (every text
 distinct, so held-out stories are in no training corpus). `world_hash` fingerprints the texts,
 so a teacher pretrained on one world refuses another.
@@ -199,7 +201,7 @@ class WorldSplits:
     validation: int = 64
     train: int = 2400
     seed: int = 0
-    kind: Literal["stranger", "binding", "scene"] = "binding"  # which sSC the stories are built for
+    kind: Literal["stranger", "binding", "scene"] = "scene"  # which sSC the stories are built for
 
     def validate(self):
         if self.test < 2 or self.validation < 2 or self.train < 1:
@@ -238,8 +240,11 @@ def _balanced(n: int, rng: random.Random, templates: int = len(TEMPLATES)) -> li
     ]
 
 
+ALL_TEMPLATES = tuple(range(len(TEMPLATES)))
+
+
 def _template_split(
-    name, n, rng, seen, total, wrong_ending, fits=None, templates=tuple(range(len(TEMPLATES)))
+    name, n, rng, seen, total, wrong_ending, fits=None, templates=ALL_TEMPLATES
 ) -> list[Story]:
     """One split of stories on `templates` (TEMPLATES indices; one scene, one or two people);
     `wrong_ending(rng, template, scene, people, time)` gives sSC's (wrong ending, decoy);
