@@ -16,7 +16,8 @@ roofline scaled by the factor (est_*), and the CPU compiler's plan (unless --ski
 Prints one line per plan (each plan's whole JSON goes to $TPU_PLAN_LOG/TOPOLOGY.json, default
 the temp folder, the calibration's to calibration.json), then ONE JSON line: tpu_peak_gib,
 cpu_peak_gib, est_step_s, est_tokens_per_s, est_mfu (tpu-v5p-64), the same with _v6e
-(tpu-v6e-64), calibration_est_mfu, calibration_published_mfu, and the raw roofline and
+(tpu-v6e-64), calibration_est_mfu, calibration_published_mfu, and the raw roofline (with its terms,
+roofline_breakdown: [compute s, HBM s] per device of each, step_estimate.breakdown) and
 cost-model figures.
 """
 
@@ -96,6 +97,13 @@ def plan(*argv: str, required: bool = True) -> dict:
     return out
 
 
+def _terms(est: dict) -> dict:
+    """The roofline's terms (step_estimate.breakdown): name -> [compute s, HBM s] per device."""
+    return {
+        k: [round(t["compute_s"], 4), round(t["memory_s"], 4)] for k, t in est["breakdown"].items()
+    }
+
+
 def _preset(topology: str, suffix: str, skip_cpu: bool, factor) -> dict:
     tpu = plan(*PRESET, "--topology", topology, "--compiler", "tpu", "--estimate")
     est = tpu["estimate"]
@@ -106,6 +114,7 @@ def _preset(topology: str, suffix: str, skip_cpu: bool, factor) -> dict:
             roofline_step_s=round(est["step_s"], 4),
             roofline_mfu=round(est["mfu"], 4),
             roofline_bound=est["bound"],
+            roofline_breakdown=_terms(est),
         )
     cm = est.get("cost_model") or {}
     out["cost_model_step_s"] = cm.get("step_s") and round(cm["step_s"], 4)
@@ -157,6 +166,7 @@ def _preset_estimate_only(topology: str, suffix: str, factor) -> dict:
             roofline_step_s=round(est["step_s"], 4),
             roofline_mfu=round(est["mfu"], 4),
             roofline_bound=est["bound"],
+            roofline_breakdown=_terms(est),
         )
         if factor:
             step = est["step_s"] / factor

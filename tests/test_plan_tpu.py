@@ -16,6 +16,7 @@ from train_fixtures import distill_dict
 from tinywave_jax import cli, tpu
 from tinywave_jax.config import ConfigError
 from tinywave_jax.plan import choose_compiler, resolve_topology
+from tinywave_jax.step_estimate import breakdown
 
 
 def _write(tmp_path, **over):
@@ -74,6 +75,38 @@ def test_estimate_puts_the_loop_trip_counts_back(tmp_path, capsys):
     assert est["mfu"] == pytest.approx(
         plan["model_flops_per_step"] / (4 * 4.59e14 * est["step_s"]), rel=1e-9
     )
+    # the breakdown's terms add up to the roofline's two sides
+    terms = est["breakdown"].values()
+    assert sum(t["compute_s"] for t in terms) == pytest.approx(est["compute_s"], rel=1e-9)
+    assert sum(t["memory_s"] for t in terms) == pytest.approx(est["memory_s"], rel=1e-9)
+
+
+def test_breakdown_recovers_each_term_of_the_linear_model():
+    """Variants made from known per-term costs (base, per student / teacher layer, logit chunk
+    body) at the estimator's points: the breakdown gives each term back, times its count."""
+    base, student, teacher, body = 5.0, 7.0, 3.0, 2.0  # per device, per micro step
+
+    def cost(ls, lt, chunk_scale):  # the variant's loop runs its chunk body once
+        return base + student * ls + teacher * lt + body * chunk_scale
+
+    points = [(1, 2, 1.0), (2, 2, 1.0), (1, 4, 1.0), (1, 2, 0.5)]  # last: half the chunk
+    est = {
+        "microbatches": 2,
+        "variants": [{"flops": 10 * cost(*p), "bytes_accessed": 100 * cost(*p)} for p in points],
+        "splash_kernel_flops_by_model": {"student": 80.0, "teacher": 0.0},
+    }
+    terms = breakdown(est, ls=10, lt=32, n_chunks=4, devices=4, peak=10.0, bandwidth=100.0)
+    expect = {
+        "student layers (10)": 2 * student * 10,
+        "teacher layers (32)": 2 * teacher * 32,
+        "logit chunks (4)": 2 * body * 4,
+        "rest": 2 * base,
+    }
+    for name, seconds in expect.items():
+        assert terms[name]["compute_s"] == pytest.approx(seconds)
+        assert terms[name]["memory_s"] == pytest.approx(seconds)
+    assert terms["splash kernels (student)"] == {"compute_s": 2.0, "memory_s": 0.0}
+    assert "splash kernels (teacher)" not in terms
 
 
 def test_overlays_name_their_slices():
