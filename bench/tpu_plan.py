@@ -2,7 +2,12 @@
 CPU compiler's plan, and the step estimate calibrated on a published run.
 
     PYTHONPATH=. .venv/bin/python bench/tpu_plan.py [--skip-cpu] [--only v5p|v6e|calibration]
-        [--factor F]
+        [--factor F] [--estimate-only]
+
+Each full-size variant compiles in 20-30 min on a loaded 2-core machine: the in-process
+compiles (calibration, --estimate-only) keep every variant's cost in
+$TPU_PLAN_LOG/variant_costs.json as it finishes, so a stopped run resumes from the first
+variant missing (same TPU_PLAN_LOG).
 
 Needs the `tpu` extra (pip install 'tinywave_jax[tpu]'). First the calibration, in this process:
 the estimator (step_estimate.py: roofline of the TPU compiler's FLOPs and HBM bytes over
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -131,21 +137,48 @@ def _preset(topology: str, suffix: str, skip_cpu: bool, factor) -> dict:
     return {k + suffix: v for k, v in out.items()}
 
 
+def cached_cost(path: Path, key: dict, compile_cost) -> dict:
+    """`compile_cost()` once per `key` (a variant's whole config, topology and compiler
+    versions): each cost is kept in the JSON file `path` as soon as it is compiled, so a bench
+    stopped after some of its 20-30 min variants starts again from the first one missing."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    done = json.loads(path.read_text()) if path.exists() else {}
+    if digest in done:
+        return done[digest]["cost"]
+    cost = compile_cost()
+    done = json.loads(path.read_text()) if path.exists() else {}  # another run may have added
+    done[digest] = {"key": key, "cost": cost}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(done, indent=1))
+    os.replace(tmp, path)
+    return cost
+
+
 def estimate_only(cfg, topology_name: str, log_name: str):
     """(topology, the estimate) of `cfg` in this process: only the loop-free variants are
-    compiled, not the whole step (whose own long compile gives memory, no figure used here)."""
+    compiled, not the whole step (whose own long compile gives memory, no figure used here).
+    Each variant's cost is kept in $TPU_PLAN_LOG/variant_costs.json (cached_cost)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
     from tinywave_jax import tpu
+    from tinywave_jax.config import to_dict
     from tinywave_jax.plan import _compile, _xla_cost, resolve_topology
     from tinywave_jax.step_estimate import estimate
 
     topo = resolve_topology(topology_name)
     devices = tpu.topology_devices(topo.tpu)
     topo = dataclasses.replace(topo, devices=len(devices))
+    versions = {"jax": jax.__version__, "libtpu": tpu.libtpu_version()}
 
     def compile_variant(variant_cfg, label):
         t = time.perf_counter()
-        cost = _xla_cost(_compile(variant_cfg, topo, devices)[2])
+        key = {"config": to_dict(variant_cfg), "topology": topo.tpu, **versions}
+        cost = cached_cost(
+            LOG / "variant_costs.json",
+            key,
+            lambda: _xla_cost(_compile(variant_cfg, topo, devices)[2]),
+        )
         print(f"{log_name} variant {label}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
         return cost
 

@@ -108,6 +108,18 @@ def test_breakdown_recovers_each_term_of_the_linear_model():
     assert terms["splash kernels (student)"] == {"compute_s": 2.0, "memory_s": 0.0}
     assert "splash kernels (teacher)" not in terms
 
+    # a train step: no teacher, variants at 1 and 2 layers, then the half chunk
+    est["variants"] = [est["variants"][i] for i in (0, 1, 3)]  # teacher cost is per variant
+    terms = breakdown(est, ls=10, lt=0, n_chunks=4, devices=4, peak=10.0, bandwidth=100.0)
+    assert set(terms) == {
+        "student layers (10)",
+        "logit chunks (4)",
+        "rest",
+        "splash kernels (student)",
+    }
+    assert terms["student layers (10)"]["compute_s"] == pytest.approx(2 * student * 10)
+    assert terms["rest"]["memory_s"] == pytest.approx(2 * (base + 2 * teacher))
+
 
 def test_overlays_name_their_slices():
     for name, slice_name, chips in (
@@ -218,3 +230,35 @@ def test_libtpu_installed_does_not_start_a_tpu_backend_in_ordinary_runs():
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0 and run.stdout.split()[:2] == ["''", "''"], run.stderr[-2000:]
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "tpu_plan.py"
+    spec = importlib.util.spec_from_file_location("tpu_plan_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_keeps_each_variant_cost_so_a_stopped_run_resumes(tmp_path):
+    cached_cost = _bench().cached_cost
+    path, calls = tmp_path / "variant_costs.json", []
+
+    def compile_cost(flops):
+        def run():
+            calls.append(flops)
+            return {"flops": flops}
+
+        return run
+
+    key = {"config": {"train": {"microbatches": 1}}, "topology": "v6e:8x8", "libtpu": "0.0.42"}
+    assert cached_cost(path, key, compile_cost(1.0)) == {"flops": 1.0}
+    # a later process (the file is all it shares): the same key is not compiled again
+    assert cached_cost(path, dict(key), compile_cost(2.0)) == {"flops": 1.0}
+    other = dict(key, topology="v5p:4x4x2")
+    assert cached_cost(path, other, compile_cost(3.0)) == {"flops": 3.0}
+    assert calls == [1.0, 3.0]
+    assert len(json.loads(path.read_text())) == 2

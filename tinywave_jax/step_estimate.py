@@ -122,8 +122,9 @@ def breakdown(est: dict, ls: int, lt: int, n_chunks: int, devices: int, peak, ba
     and of HBM traffic (bytes / bandwidth) of each term of its linear model, from its variants:
     the student layers (each with its distillation terms: hidden, attention KL), the teacher
     layers up to the last tap, the logit chunks (head, logit KL, CE; `n_chunks` of them), the
-    rest (embeddings, final norms, optimizer update, whatever else XLA counts once per step)
-    and the splash kernels (FLOPs only). Collectives are in none of them."""
+    rest (embeddings, final norms, optimizer update, whatever else XLA counts once per step;
+    the linear fit's residual, so it can come out slightly negative) and the splash kernels
+    (FLOPs only). Collectives are in none of them."""
     v = est["variants"]
     n_layered = 3 if lt else 2
     chunked = len(v) > n_layered
@@ -133,7 +134,9 @@ def breakdown(est: dict, ls: int, lt: int, n_chunks: int, devices: int, peak, ba
         student = x[1] - x[0]
         teacher = (x[2] - x[0]) / 2 if lt else 0.0
         body = 2 * (x[0] - x[-1]) if chunked else 0.0
-        terms = {f"student layers ({ls})": student * ls, f"teacher layers ({lt})": teacher * lt}
+        terms = {f"student layers ({ls})": student * ls}
+        if lt:
+            terms[f"teacher layers ({lt})"] = teacher * lt
         if chunked:
             terms[f"logit chunks ({n_chunks})"] = body * n_chunks
         terms["rest"] = x[0] - student - 2 * teacher - body
