@@ -15,7 +15,7 @@ from train_fixtures import distill_dict
 
 from tinywave_jax import cli, tpu
 from tinywave_jax.config import ConfigError
-from tinywave_jax.plan import choose_compiler, resolve_topology
+from tinywave_jax.plan import choose_compiler, format_plan, resolve_topology
 from tinywave_jax.step_estimate import breakdown
 
 
@@ -79,6 +79,9 @@ def test_estimate_puts_the_loop_trip_counts_back(tmp_path, capsys):
     terms = est["breakdown"].values()
     assert sum(t["compute_s"] for t in terms) == pytest.approx(est["compute_s"], rel=1e-9)
     assert sum(t["memory_s"] for t in terms) == pytest.approx(est["memory_s"], rel=1e-9)
+    text = format_plan(plan)  # the text plan lists them under the estimate
+    for name, t in est["breakdown"].items():
+        assert f"    {name}: compute {t['compute_s']:.3f} s, HBM {t['memory_s']:.3f} s" in text
 
 
 def test_breakdown_recovers_each_term_of_the_linear_model():
