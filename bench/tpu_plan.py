@@ -2,7 +2,12 @@
 CPU compiler's plan, and the step estimate calibrated on a published run.
 
     PYTHONPATH=. .venv/bin/python bench/tpu_plan.py [--skip-cpu] [--only v5p|v6e|calibration]
-        [--factor F]
+        [--factor F] [--estimate-only]
+
+Each full-size variant compiles in 20-30 min on a loaded 2-core machine: the in-process
+compiles (calibration, --estimate-only) keep every variant's cost in
+$TPU_PLAN_LOG/variant_costs.json as it finishes, so a stopped run resumes from the first
+variant missing (same TPU_PLAN_LOG).
 
 Needs the `tpu` extra (pip install 'tinywave_jax[tpu]'). First the calibration, in this process:
 the estimator (step_estimate.py: roofline of the TPU compiler's FLOPs and HBM bytes over
@@ -16,7 +21,8 @@ roofline scaled by the factor (est_*), and the CPU compiler's plan (unless --ski
 Prints one line per plan (each plan's whole JSON goes to $TPU_PLAN_LOG/TOPOLOGY.json, default
 the temp folder, the calibration's to calibration.json), then ONE JSON line: tpu_peak_gib,
 cpu_peak_gib, est_step_s, est_tokens_per_s, est_mfu (tpu-v5p-64), the same with _v6e
-(tpu-v6e-64), calibration_est_mfu, calibration_published_mfu, and the raw roofline and
+(tpu-v6e-64), calibration_est_mfu, calibration_published_mfu, and the raw roofline (with its terms,
+roofline_breakdown: [compute s, HBM s] per device of each, step_estimate.breakdown) and
 cost-model figures.
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -96,6 +103,13 @@ def plan(*argv: str, required: bool = True) -> dict:
     return out
 
 
+def _terms(est: dict) -> dict:
+    """The roofline's terms (step_estimate.breakdown): name -> [compute s, HBM s] per device."""
+    return {
+        k: [round(t["compute_s"], 4), round(t["memory_s"], 4)] for k, t in est["breakdown"].items()
+    }
+
+
 def _preset(topology: str, suffix: str, skip_cpu: bool, factor) -> dict:
     tpu = plan(*PRESET, "--topology", topology, "--compiler", "tpu", "--estimate")
     est = tpu["estimate"]
@@ -106,6 +120,7 @@ def _preset(topology: str, suffix: str, skip_cpu: bool, factor) -> dict:
             roofline_step_s=round(est["step_s"], 4),
             roofline_mfu=round(est["mfu"], 4),
             roofline_bound=est["bound"],
+            roofline_breakdown=_terms(est),
         )
     cm = est.get("cost_model") or {}
     out["cost_model_step_s"] = cm.get("step_s") and round(cm["step_s"], 4)
@@ -122,21 +137,48 @@ def _preset(topology: str, suffix: str, skip_cpu: bool, factor) -> dict:
     return {k + suffix: v for k, v in out.items()}
 
 
+def cached_cost(path: Path, key: dict, compile_cost) -> dict:
+    """`compile_cost()` once per `key` (a variant's whole config, topology and compiler
+    versions): each cost is kept in the JSON file `path` as soon as it is compiled, so a bench
+    stopped after some of its 20-30 min variants starts again from the first one missing."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    done = json.loads(path.read_text()) if path.exists() else {}
+    if digest in done:
+        return done[digest]["cost"]
+    cost = compile_cost()
+    done = json.loads(path.read_text()) if path.exists() else {}  # another run may have added
+    done[digest] = {"key": key, "cost": cost}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(done, indent=1))
+    os.replace(tmp, path)
+    return cost
+
+
 def estimate_only(cfg, topology_name: str, log_name: str):
     """(topology, the estimate) of `cfg` in this process: only the loop-free variants are
-    compiled, not the whole step (whose own long compile gives memory, no figure used here)."""
+    compiled, not the whole step (whose own long compile gives memory, no figure used here).
+    Each variant's cost is kept in $TPU_PLAN_LOG/variant_costs.json (cached_cost)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
     from tinywave_jax import tpu
+    from tinywave_jax.config import to_dict
     from tinywave_jax.plan import _compile, _xla_cost, resolve_topology
     from tinywave_jax.step_estimate import estimate
 
     topo = resolve_topology(topology_name)
     devices = tpu.topology_devices(topo.tpu)
     topo = dataclasses.replace(topo, devices=len(devices))
+    versions = {"jax": jax.__version__, "libtpu": tpu.libtpu_version()}
 
     def compile_variant(variant_cfg, label):
         t = time.perf_counter()
-        cost = _xla_cost(_compile(variant_cfg, topo, devices)[2])
+        key = {"config": to_dict(variant_cfg), "topology": topo.tpu, **versions}
+        cost = cached_cost(
+            LOG / "variant_costs.json",
+            key,
+            lambda: _xla_cost(_compile(variant_cfg, topo, devices)[2]),
+        )
         print(f"{log_name} variant {label}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
         return cost
 
@@ -157,6 +199,7 @@ def _preset_estimate_only(topology: str, suffix: str, factor) -> dict:
             roofline_step_s=round(est["step_s"], 4),
             roofline_mfu=round(est["mfu"], 4),
             roofline_bound=est["bound"],
+            roofline_breakdown=_terms(est),
         )
         if factor:
             step = est["step_s"] / factor

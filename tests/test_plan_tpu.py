@@ -15,7 +15,8 @@ from train_fixtures import distill_dict
 
 from tinywave_jax import cli, tpu
 from tinywave_jax.config import ConfigError
-from tinywave_jax.plan import choose_compiler, resolve_topology
+from tinywave_jax.plan import choose_compiler, format_plan, resolve_topology
+from tinywave_jax.step_estimate import breakdown
 
 
 def _write(tmp_path, **over):
@@ -74,6 +75,53 @@ def test_estimate_puts_the_loop_trip_counts_back(tmp_path, capsys):
     assert est["mfu"] == pytest.approx(
         plan["model_flops_per_step"] / (4 * 4.59e14 * est["step_s"]), rel=1e-9
     )
+    # the breakdown's terms add up to the roofline's two sides
+    terms = est["breakdown"].values()
+    assert sum(t["compute_s"] for t in terms) == pytest.approx(est["compute_s"], rel=1e-9)
+    assert sum(t["memory_s"] for t in terms) == pytest.approx(est["memory_s"], rel=1e-9)
+    text = format_plan(plan)  # the text plan lists them under the estimate
+    for name, t in est["breakdown"].items():
+        assert f"    {name}: compute {t['compute_s']:.3f} s, HBM {t['memory_s']:.3f} s" in text
+
+
+def test_breakdown_recovers_each_term_of_the_linear_model():
+    """Variants made from known per-term costs (base, per student / teacher layer, logit chunk
+    body) at the estimator's points: the breakdown gives each term back, times its count."""
+    base, student, teacher, body = 5.0, 7.0, 3.0, 2.0  # per device, per micro step
+
+    def cost(ls, lt, chunk_scale):  # the variant's loop runs its chunk body once
+        return base + student * ls + teacher * lt + body * chunk_scale
+
+    points = [(1, 2, 1.0), (2, 2, 1.0), (1, 4, 1.0), (1, 2, 0.5)]  # last: half the chunk
+    est = {
+        "microbatches": 2,
+        "variants": [{"flops": 10 * cost(*p), "bytes_accessed": 100 * cost(*p)} for p in points],
+        "splash_kernel_flops_by_model": {"student": 80.0, "teacher": 0.0},
+    }
+    terms = breakdown(est, ls=10, lt=32, n_chunks=4, devices=4, peak=10.0, bandwidth=100.0)
+    expect = {
+        "student layers (10)": 2 * student * 10,
+        "teacher layers (32)": 2 * teacher * 32,
+        "logit chunks (4)": 2 * body * 4,
+        "rest": 2 * base,
+    }
+    for name, seconds in expect.items():
+        assert terms[name]["compute_s"] == pytest.approx(seconds)
+        assert terms[name]["memory_s"] == pytest.approx(seconds)
+    assert terms["splash kernels (student)"] == {"compute_s": 2.0, "memory_s": 0.0}
+    assert "splash kernels (teacher)" not in terms
+
+    # a train step: no teacher, variants at 1 and 2 layers, then the half chunk
+    est["variants"] = [est["variants"][i] for i in (0, 1, 3)]  # teacher cost is per variant
+    terms = breakdown(est, ls=10, lt=0, n_chunks=4, devices=4, peak=10.0, bandwidth=100.0)
+    assert set(terms) == {
+        "student layers (10)",
+        "logit chunks (4)",
+        "rest",
+        "splash kernels (student)",
+    }
+    assert terms["student layers (10)"]["compute_s"] == pytest.approx(2 * student * 10)
+    assert terms["rest"]["memory_s"] == pytest.approx(2 * (base + 2 * teacher))
 
 
 def test_overlays_name_their_slices():
@@ -185,3 +233,35 @@ def test_libtpu_installed_does_not_start_a_tpu_backend_in_ordinary_runs():
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0 and run.stdout.split()[:2] == ["''", "''"], run.stderr[-2000:]
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "tpu_plan.py"
+    spec = importlib.util.spec_from_file_location("tpu_plan_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_keeps_each_variant_cost_so_a_stopped_run_resumes(tmp_path):
+    cached_cost = _bench().cached_cost
+    path, calls = tmp_path / "variant_costs.json", []
+
+    def compile_cost(flops):
+        def run():
+            calls.append(flops)
+            return {"flops": flops}
+
+        return run
+
+    key = {"config": {"train": {"microbatches": 1}}, "topology": "v6e:8x8", "libtpu": "0.0.42"}
+    assert cached_cost(path, key, compile_cost(1.0)) == {"flops": 1.0}
+    # a later process (the file is all it shares): the same key is not compiled again
+    assert cached_cost(path, dict(key), compile_cost(2.0)) == {"flops": 1.0}
+    other = dict(key, topology="v5p:4x4x2")
+    assert cached_cost(path, other, compile_cost(3.0)) == {"flops": 3.0}
+    assert calls == [1.0, 3.0]
+    assert len(json.loads(path.read_text())) == 2

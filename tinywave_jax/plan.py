@@ -447,6 +447,10 @@ def format_plan(p: dict) -> str:
             f"variants, trip counts put back; {e['bound']}-bound): {e['step_s']:.3f} s per step, "
             f"{e['tokens_per_s']:,.0f} tokens/s{mfu} (a bound: docs/scaling.md calibrates it)"
         )
+        for name, t in e["breakdown"].items():
+            lines.append(
+                f"    {name}: compute {t['compute_s']:.3f} s, HBM {t['memory_s']:.3f} s per device"
+            )
     elif e:
         lines.append(f"  no step-time estimate: {e['reason']}")
     cm = (e or {}).get("cost_model")

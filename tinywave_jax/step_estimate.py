@@ -117,6 +117,37 @@ def splash_flops(cfg, spec, teacher_layers: int) -> float:
     return total * cfg.data.batch_size
 
 
+def breakdown(est: dict, ls: int, lt: int, n_chunks: int, devices: int, peak, bandwidth) -> dict:
+    """Where an estimate's roofline goes: per-device seconds per step of compute (FLOPs / peak)
+    and of HBM traffic (bytes / bandwidth) of each term of its linear model, from its variants:
+    the student layers (each with its distillation terms: hidden, attention KL), the teacher
+    layers up to the last tap, the logit chunks (head, logit KL, CE; `n_chunks` of them), the
+    rest (embeddings, final norms, optimizer update, whatever else XLA counts once per step;
+    the linear fit's residual, so it can come out slightly negative) and the splash kernels
+    (FLOPs only). Collectives are in none of them."""
+    v = est["variants"]
+    n_layered = 3 if lt else 2
+    chunked = len(v) > n_layered
+    out = {}
+    for key, unit in (("flops", peak), ("bytes_accessed", bandwidth)):
+        x = [var[key] * est["microbatches"] / unit for var in v]
+        student = x[1] - x[0]
+        teacher = (x[2] - x[0]) / 2 if lt else 0.0
+        body = 2 * (x[0] - x[-1]) if chunked else 0.0
+        terms = {f"student layers ({ls})": student * ls}
+        if lt:
+            terms[f"teacher layers ({lt})"] = teacher * lt
+        if chunked:
+            terms[f"logit chunks ({n_chunks})"] = body * n_chunks
+        terms["rest"] = x[0] - student - 2 * teacher - body
+        for name, seconds in terms.items():
+            out.setdefault(name, {})["compute_s" if key == "flops" else "memory_s"] = seconds
+    for name, flops in est["splash_kernel_flops_by_model"].items():
+        if flops:
+            out[f"splash kernels ({name})"] = {"compute_s": flops / devices / peak, "memory_s": 0.0}
+    return out
+
+
 def _per_step(micro, m: int) -> Optional[float]:
     return None if micro is None else micro * m
 
@@ -166,9 +197,10 @@ def estimate(cfg, topology, devices, compile_variant) -> dict:
             reason = f"optimal_seconds at logit chunk {chunk} is not above that at {chunk // 2}"
     n = topology.devices
     flops, hbm = _per_step(micro["flops"], m), _per_step(micro["bytes_accessed"], m)
-    kernel = 0.0
+    kernel = {"student": 0.0, "teacher": 0.0}
     if resolve(cfg.train.attention, "tpu", cfg.data.seq_len) == "splash":
-        kernel = splash_flops(cfg, spec, lt)
+        kernel["student"] = splash_flops(cfg, spec, 0)
+        kernel["teacher"] = splash_flops(cfg, spec, lt) - kernel["student"]
     tokens = cfg.data.batch_size * cfg.data.seq_len
     model_flops = step_flops(spec, cfg.data.seq_len, cfg.data.batch_size)
 
@@ -185,7 +217,8 @@ def estimate(cfg, topology, devices, compile_variant) -> dict:
         ],
         "microbatches": m,
         "xla_flops_per_step": None if flops is None else flops * n,
-        "splash_kernel_flops_per_step": kernel,
+        "splash_kernel_flops_per_step": sum(kernel.values()),
+        "splash_kernel_flops_by_model": kernel,
         "xla_hbm_bytes_per_step": None if hbm is None else hbm * n,
     }
     if micro["optimal_seconds"] is None:
@@ -200,10 +233,13 @@ def estimate(cfg, topology, devices, compile_variant) -> dict:
     if why:
         out.update(available=False, reason="no roofline: " + "; ".join(why))
         return out
-    compute_s = (flops + kernel / n) / topology.peak_flops
+    compute_s = (flops + sum(kernel.values()) / n) / topology.peak_flops
     memory_s = hbm / topology.hbm_bandwidth
+    chunks = 1 if chunk is None else -(-cfg.data.seq_len // chunk)
+    terms = breakdown(out, ls, lt, chunks, n, topology.peak_flops, topology.hbm_bandwidth)
     out.update(
         available=True,
+        breakdown=terms,
         bound="compute" if compute_s >= memory_s else "HBM bandwidth",
         compute_s=compute_s,
         memory_s=memory_s,
