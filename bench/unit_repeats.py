@@ -31,6 +31,7 @@ from tinywave_jax.audio.extractor import PhoneticConfig, UnitsConfig, write_unit
 from tinywave_jax.audio.features import SpectralConfig, phonetic_features
 from tinywave_jax.audio.io import read_audio
 from tinywave_jax.audio.kmeans import fit_kmeans
+from tinywave_jax.data.layout import dedup
 from tinywave_jax.eval.harness import prepare_inputs
 from tinywave_jax.eval.references import copy_rule_accuracy
 from tinywave_jax.jsonl import iter_jsonl
@@ -62,10 +63,6 @@ def fit(rows, speech: Path, spec: SpectralConfig, k: int, hours: float, out: Pat
     write_units_config(UnitsConfig(phonetic=PhoneticConfig(spectral=spec)), out)
 
 
-def dedup(ids) -> tuple:
-    return tuple(int(v) for i, v in enumerate(ids) if i == 0 or v != ids[i - 1])
-
-
 def bigram_jaccard(a: tuple, b: tuple) -> float:
     ga, gb = {a[i : i + 2] for i in range(len(a) - 1)}, {b[i : i + 2] for i in range(len(b) - 1)}
     return len(ga & gb) / max(1, len(ga | gb))
@@ -77,7 +74,9 @@ def repeat_auc(rows, speech: Path, units: Path) -> float:
     for r in rows:
         ids, times = extractor.extract(read_audio(speech / r["path"]))["hubert"]
         words = [
-            (w, dedup(ids[(times >= a) & (times < b)])) for w, a, b in r["words"] if len(w) > 3
+            (w, tuple(dedup(ids[(times >= a) & (times < b)])[0].tolist()))
+            for w, a, b in r["words"]
+            if len(w) > 3
         ]
         for i, (wi, ui) in enumerate(words):
             for wj, uj in words[i + 1 :]:
