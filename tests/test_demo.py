@@ -108,8 +108,8 @@ def test_world_splits_are_disjoint_and_wrong_endings_change_only_who():
 
 
 def test_settings_fail_naming_the_key():
-    from tinywave_jax.config import ConfigError
     from tinywave_jax.demo.settings import demo_settings, teacher_settings
+    from tinywave_jax.errors import ConfigError
 
     assert demo_settings(quick=True, overrides=["distill_steps=7"]).distill_steps == 7
     with pytest.raises(ConfigError, match="demo.nonsense"):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinywave_jax.config import ConfigError, from_dict
+from tinywave_jax.config import from_dict
 from tinywave_jax.distill import (
     DistillLossConfig,
     chunked_cross_entropy,
@@ -24,6 +24,7 @@ from tinywave_jax.distill.objective import (
     normalisers,
     weighted_loss,
 )
+from tinywave_jax.errors import ConfigError
 
 B, T, DS, DT, V = 2, 10, 6, 8, 32
 TEMP = 2.5

@@ -16,7 +16,7 @@ import yaml
 from train_fixtures import TEACHER, distill_dict
 
 from tinywave_jax import cli
-from tinywave_jax.config import ConfigError
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.plan import format_plan, make_plan, resolve_topology
 
 GiB = 2**30

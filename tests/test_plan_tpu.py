@@ -14,7 +14,7 @@ import yaml
 from train_fixtures import distill_dict
 
 from tinywave_jax import cli, tpu
-from tinywave_jax.config import ConfigError
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.plan import choose_compiler, resolve_topology
 
 

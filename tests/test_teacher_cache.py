@@ -13,12 +13,12 @@ import pytest
 from data_fixtures import synthetic_utterance, write_units_manifest
 from train_fixtures import distill_config
 
-from tinywave_jax.config import ConfigError
 from tinywave_jax.data.corpus_build import build_corpus
 from tinywave_jax.data.corpus_read import CorpusSource
 from tinywave_jax.data.streams import speech_sequence
 from tinywave_jax.distill.cache_build import build_teacher_cache
 from tinywave_jax.distill.teacher_cache import CacheJoin, TeacherCacheError, open_for_run
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.models import llama
 from tinywave_jax.train.data import make_batches
 from tinywave_jax.train.loop import run

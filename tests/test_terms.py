@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from train_fixtures import distill_config, one_step
 
-from tinywave_jax.config import ConfigError, from_dict
+from tinywave_jax.config import from_dict
 from tinywave_jax.distill.losses import chunked_topk_losses, teacher_topk
 from tinywave_jax.distill.objective import DistillLossConfig, loss_terms, normalisers
 from tinywave_jax.distill.terms import Metric, Term, register_term, unregister_term
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.train.metrics import step_flops
 from tinywave_jax.train.recipes import prepare
 

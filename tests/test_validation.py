@@ -12,7 +12,7 @@ import pytest
 from train_fixtures import distill_config, train_config
 
 from tinywave_jax.checkpoint import load_model
-from tinywave_jax.config import ConfigError
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.scoring import score_sequences
 from tinywave_jax.train.data import held_out_batches
 from tinywave_jax.train.loop import run

@@ -31,7 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import storage
-from .errors import ConversionError, InputError, MissingInputError, TinywaveError
+from .errors import ConversionError, InputError, MissingInputError, TinywaveError, first_line
 from .models.config import LlamaConfig
 from .models.param_layout import check_params, flatten, param_shapes, set_path
 from .outputs import COMMIT_MARKER, atomic_output_dir, is_primary_process
@@ -388,7 +388,9 @@ def _stored_params(ckpt_dir: Path, params_dir: Path, verified) -> dict[tuple[str
         if storage.storage_failure(e):  # a lost bucket, not damage
             raise
         raise _damaged(
-            ckpt_dir, f"orbax cannot read the params/ index: {_first_line(e)}", verified
+            ckpt_dir,
+            f"orbax cannot read the params/ index: {first_line(e, with_type=True)}",
+            verified,
         ) from e
     finally:
         ckptr.close()
@@ -433,11 +435,6 @@ def _read_error(e: BaseException) -> BaseException | None:
             return e
         e = e.__cause__ or e.__context__
     return None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 def load_model(
@@ -520,7 +517,7 @@ def load_model(
             e.add_note(f"{ckpt_dir}: every params/ file matches its sha256 recorded at save time")
             raise
         raise _damaged(
-            ckpt_dir, f"orbax cannot read params/: {_first_line(cause)}", verified
+            ckpt_dir, f"orbax cannot read params/: {first_line(cause, with_type=True)}", verified
         ) from e
     finally:
         if not storage.lost():  # close() would wait on the abandoned read

@@ -50,7 +50,8 @@ from typing import Optional
 
 from . import hw as hw_overlays
 from . import tpu
-from .config import ConfigError, read_yaml
+from .config import read_yaml
+from .errors import ConfigError
 
 DEFAULT_DEVICES = 8  # an overlay that names no device count (cpu.yaml): 8 simulated
 _CHILD_ENV = "TINYWAVE_PLAN_CHILD"

@@ -32,7 +32,8 @@ import dataclasses
 import math
 from typing import Optional
 
-from .config import ConfigError, from_dict, to_dict
+from .config import from_dict, to_dict
+from .errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Union
 
-from .errors import ConfigError, TinywaveError
+from .errors import ConfigError, TinywaveError, first_line
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -168,11 +168,6 @@ def fs(p: AnyPath):
     return fsspec.filesystem("gcs" if proto == "gs" else proto)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
-
-
 def _credentials_problem() -> str | None:
     """Why Application Default Credentials cannot be found, or None (also None with an emulator,
     which needs none)."""
@@ -186,7 +181,7 @@ def _credentials_problem() -> str | None:
     try:
         google.auth.default()
     except google.auth.exceptions.DefaultCredentialsError as e:
-        return _first_line(e)
+        return first_line(e)
     return None
 
 
@@ -269,7 +264,7 @@ def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> Non
         found = gcs.exists(name)
     except Exception as e:  # gcsfs raises HttpError, OSError, ... for refused or failed requests
         raise StorageAccessError(
-            f"{what} {p}: cannot reach bucket {name!r}: {_first_line(e)}; check the bucket name, "
+            f"{what} {p}: cannot reach bucket {name!r}: {first_line(e)}; check the bucket name, "
             "GOOGLE_APPLICATION_CREDENTIALS (the account needs storage access) and "
             "STORAGE_EMULATOR_HOST"
         ) from None
@@ -288,7 +283,7 @@ def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> Non
             gcs.rm_file(probe)
         except Exception as e:
             raise StorageAccessError(
-                f"{what} {p}: cannot write to bucket {name!r}: {_first_line(e)}; the account "
+                f"{what} {p}: cannot write to bucket {name!r}: {first_line(e)}; the account "
                 "of GOOGLE_APPLICATION_CREDENTIALS (or the VM's service account) needs "
                 "roles/storage.objectAdmin on the bucket"
             ) from None
@@ -485,7 +480,7 @@ def storage_failure(e: BaseException) -> str | None:
             or _TENSORSTORE_GAVE_UP.search(str(e))
         ):
             return (
-                f"an object-storage request failed: {type(e).__name__}: {_first_line(e)}; check "
+                f"an object-storage request failed: {first_line(e, with_type=True)}; check "
                 "the network, the bucket and the credentials (GOOGLE_APPLICATION_CREDENTIALS, or "
                 "STORAGE_EMULATOR_HOST / TENSORSTORE_GCS_HTTP_URL for an emulator) and rerun "
                 "(runs: with --resume)"

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .io import SAMPLE_RATE
 
 LOG_FLOOR = 1e-10

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .features import check_frame_rate, hop_samples
 from .io import SAMPLE_RATE
 

@@ -15,8 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from ..config import ConfigError
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .features import FRAMES_PER_BLOCK, check_frame_rate, hop_samples
 from .io import SAMPLE_RATE
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 def _parse_layers(text: str) -> list[int]:

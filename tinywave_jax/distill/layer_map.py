@@ -19,7 +19,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 LayerMapSpec = Union[str, Sequence[int]]
 PRESETS = ("uniform", "tinywave")

@@ -16,8 +16,8 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from ..config import ConfigError, from_dict
-from ..errors import MissingInputError
+from ..config import from_dict
+from ..errors import ConfigError, MissingInputError
 from ..models.config import LlamaConfig
 from .layer_map import check_layer_list
 

@@ -24,10 +24,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import sys
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, log_stderr
 
 SALMON_SUBSETS = (
     "bg_alignment",
@@ -149,10 +148,6 @@ def salmon_subset_pairs(folder: Path) -> list[FilePair]:
     return pairs
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
 def unknown_salmon_folders(root: Path) -> list[Path]:
     """Sub-folders of a SALMon root that are not one of the eight subsets (hidden ones aside)."""
     return sorted(
@@ -162,7 +157,7 @@ def unknown_salmon_folders(root: Path) -> list[Path]:
     )
 
 
-def salmon_pairs(root: str | Path, subsets=None, warn=_stderr) -> list[FilePair]:
+def salmon_pairs(root: str | Path, subsets=None, warn=log_stderr) -> list[FilePair]:
     """All SALMon subsets under `root` (default: those of the eight present; none present is an
     error); `root` may also be a single subset folder. Any other sub-folder (a misspelled subset)
     is skipped with a warning through `warn` (default: stderr) naming it and the known subsets."""
@@ -195,7 +190,7 @@ def salmon_pairs(root: str | Path, subsets=None, warn=_stderr) -> list[FilePair]
     return pairs
 
 
-def benchmark_pairs(task: str, root: str | Path, warn=_stderr) -> list[FilePair]:
+def benchmark_pairs(task: str, root: str | Path, warn=log_stderr) -> list[FilePair]:
     if task == "salmon":
         return salmon_pairs(root, warn=warn)
     if task in SEPARATOR:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import log_stderr
+
 TASK_HELP = (
     "ssc/tsc: StoryCloze folder; swuggy/sblimp: folder of wavs; salmon: folder of the "
     "eight subset folders; cloze_ss/cloze_st/cloze_ts/cloze_tt (context -> ending in speech "
@@ -78,7 +80,7 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     from ..parallel.distributed import maybe_initialize
-    from .harness import _stderr, evaluate
+    from .harness import evaluate
 
     maybe_initialize()  # multi-process runs: before any jax device is touched
     evaluate(
@@ -96,7 +98,7 @@ def _run(args) -> int:
         split=args.split,
         limit=args.limit,
         progress=True,
-        log=_stderr,
+        log=log_stderr,
         verify=not args.no_verify,
         fsdp=args.fsdp,
         reference=args.reference,

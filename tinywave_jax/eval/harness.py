@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 from .. import storage
@@ -323,7 +322,3 @@ def _write(out: Path, doc: dict, student: str, teacher: str | None, log) -> None
         md, _ = report.write_report(out, doc["comparison"], teacher, student, slim)
         log(md.read_text())
     log(f"eval: wrote {out}")
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from ..config import ConfigError, building_key, from_dict
+from ..config import building_key, from_dict
+from ..errors import ConfigError
 
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "save_attn_proj"]
 Attention = Literal["dense", "splash", "cudnn"]  # models/attention.py

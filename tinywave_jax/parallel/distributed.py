@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 _EXPLICIT = ("TINYWAVE_COORDINATOR", "TINYWAVE_NUM_PROCESSES", "TINYWAVE_PROCESS_ID")
 

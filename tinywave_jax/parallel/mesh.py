@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
 

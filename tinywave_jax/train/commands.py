@@ -99,7 +99,7 @@ _ALLOW = "--allow-config-change"
 def _split_flags(args) -> None:
     """Moves --resume / --quiet / --allow-config-change KEY [KEY ...] given after the overrides
     from `overrides` to their flags (the keys run to the next option or KEY=VALUE item)."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     rest, items, i = [], list(args.overrides), 0
     while i < len(items):

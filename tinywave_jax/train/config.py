@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional
 
-from ..config import ConfigError
 from ..data.corpus_format import SPLITS
 from ..distill.objective import DistillLossConfig, LossWeights
+from ..errors import ConfigError
 from ..models.config import DType, LlamaConfig, RematPolicy
 from ..parallel.mesh import MeshConfig
 from .lora import LoraConfig

@@ -30,8 +30,8 @@ import jax
 import yaml
 
 from .. import storage
-from ..config import ConfigError, to_dict
-from ..errors import OutputExistsError, TinywaveError
+from ..config import to_dict
+from ..errors import ConfigError, OutputExistsError, TinywaveError
 from ..outputs import check_not_an_input
 from .data import make_batches
 from .metrics import MetricsWriter, Progress, step_flops

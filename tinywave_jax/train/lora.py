@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models.config import LlamaConfig
 
 # Projection name -> the module holding it under params["layers"].

@@ -20,11 +20,12 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 
-from ..config import ConfigError, to_dict
+from ..config import to_dict
 from ..distill.attention_kl import head_groups
 from ..distill.layer_map import LayerMap, resolve_layer_map
 from ..distill.losses import init_hidden_projector
 from ..distill.terms import TERMS
+from ..errors import ConfigError
 from ..models import llama
 from ..models.config import LlamaConfig
 from ..parallel import tree_shardings

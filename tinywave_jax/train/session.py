@@ -10,7 +10,7 @@ import dataclasses
 
 import jax
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..parallel import make_mesh, tree_shardings
 from .recipes import Recipe
 from .state import TrainState, abstract_state, init_state, make_optimizer, state_shardings

@@ -15,7 +15,7 @@ import math
 import jax
 import numpy as np
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .data import held_out_batches
 from .session import Session
 from .step import CompiledEval
