@@ -382,8 +382,8 @@ def test_student_perplexity_matches_transformers(quick_run):
     import torch
     from transformers import LlamaForCausalLM
 
+    from tinywave_jax.data.layout import resolve_layout
     from tinywave_jax.eval.perplexity import corpus_seqs
-    from tinywave_jax.eval.sequences import resolve_layout
 
     workdir, _ = quick_run
     res = json.loads((workdir / "results.json").read_text())

@@ -42,7 +42,7 @@ def model(tmp_path_factory):
     ).eval()
     hf.generation_config.eos_token_id = None
     (root / "layout.json").write_text(json.dumps(LAYOUT))
-    from tinywave_jax.eval import resolve_layout
+    from tinywave_jax.data import resolve_layout
 
     return {"root": root, "hf": hf, "layout": resolve_layout(str(root / "layout.json"), VOCAB)}
 

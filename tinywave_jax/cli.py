@@ -5,7 +5,8 @@ A module in COMMAND_MODULES defines `register(subparsers)`, which adds parsers w
 `tinywave --help` stays fast.
 
 A `TinywaveError` (errors.py: a bad config, input or output folder) is printed as one line naming
-what to fix, exit code 2; anything else is a bug and keeps its traceback (exit 1).
+what to fix, exit code 2; anything else is a bug and keeps its traceback (exit 1). Library code
+names its Python parameter in an error (`e.param`); here it becomes the flag that set it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import RunStopped, TinywaveError
     from .tpu import keep_jax_off_absent_tpu
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     storage.forget_lost()  # storage operations lost by an earlier command in this process
     keep_jax_off_absent_tpu()  # libtpu on a machine without TPUs: stay on the CPU quietly
     try:
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tinywave {args.command}: {e}", file=sys.stderr)
         return 130 if e.signal == "SIGINT" else 143
     except TinywaveError as e:
-        print(f"tinywave {args.command}: error: {e}", file=sys.stderr)
+        print(f"tinywave {args.command}: error: {flag_message(parser, args, e)}", file=sys.stderr)
         return _exit_code(2, program=argv is None)
     except KeyboardInterrupt:  # a second Ctrl-C (training saves on the first): no traceback
         print(f"tinywave {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
@@ -71,6 +73,32 @@ def main(argv: list[str] | None = None) -> int:
             sys.modules["tinywave_jax.checkpoint"]._quiet_orbax_aftermath()
         print(f"tinywave {args.command}: error: {named}", file=sys.stderr)
         return _exit_code(2, program=argv is None)
+
+
+def flag_message(parser: argparse.ArgumentParser, args, e: BaseException) -> str:
+    """`e`'s message with the parameter it starts with (`e.param`, errors.py) written as the flag
+    of the command that ran (`max_new_tokens: ...` -> `--max-new-tokens: ...`). A command whose
+    flag's name differs from the parameter's says so in its `param_dests` default."""
+    msg, param = str(e), getattr(e, "param", None)
+    dest = (getattr(args, "param_dests", None) or {}).get(param, param)
+    command = _command_parser(parser, args.func) if param and msg.startswith(param) else None
+    for action in command._actions if command is not None else ():
+        if action.dest == dest and action.option_strings:
+            return max(action.option_strings, key=len) + msg[len(param) :]
+    return msg
+
+
+def _command_parser(parser: argparse.ArgumentParser, func):
+    """The (sub-)sub-parser whose `func` default is `func`, or None."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if sub.get_default("func") is func:
+                    return sub
+                found = _command_parser(sub, func)
+                if found is not None:
+                    return found
+    return None
 
 
 def _exit_code(code: int, program: bool) -> int:

@@ -43,7 +43,8 @@ def allowed_ids(layout, vocab_size: int, modality: str, stop_ids: Sequence[int] 
         streams = ("hubert",) if modality == "speech" else ("hubert", "pitch", "style")
         if modality == "expressive" and not layout.is_expressive:
             raise ConfigError(
-                f"--modality expressive: layout {layout.name} has no pitch/style tokens"
+                f"modality expressive: layout {layout.name} has no pitch/style tokens",
+                param="modality",
             )
         for s in streams:
             allowed[layout.offset(s) : layout.offset(s) + layout.stream_size(s)] = True
@@ -51,7 +52,9 @@ def allowed_ids(layout, vocab_size: int, modality: str, stop_ids: Sequence[int] 
         raise ValueError(f"modality {modality!r} is not one of {MODALITIES}")
     for i in stop_ids:
         if not 0 <= i < vocab_size:
-            raise ConfigError(f"stop id {i} (--stop) is outside the vocabulary [0, {vocab_size})")
+            raise ConfigError(
+                f"stop_ids: {i} is outside the vocabulary [0, {vocab_size})", param="stop_ids"
+            )
         allowed[i] = True
     return allowed
 
@@ -120,19 +123,21 @@ def generate_tokens(
     import jax
     import jax.numpy as jnp
 
-    from .data.layout import TokenLayout, ids_to_string
-    from .eval.sequences import resolve_layout
+    from .data.layout import TokenLayout, ids_to_string, resolve_layout
     from .models import decode
     from .scoring import bucket_length
 
     if max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+        raise ConfigError(
+            f"max_new_tokens: must be >= 1, got {max_new_tokens}", param="max_new_tokens"
+        )
     if not greedy and not temperature > 0:
         raise ConfigError(
-            f"--temperature must be > 0 for sampling (use --greedy), got {temperature}"
+            f"temperature: must be > 0 for sampling (or greedy), got {temperature}",
+            param="temperature",
         )
     if not 0 < top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"top_p: must be in (0, 1], got {top_p}", param="top_p")
     if not prompts:
         raise ValueError("no prompts given")
     params, config = _load_model(model)
@@ -143,7 +148,7 @@ def generate_tokens(
     stop_ids = tuple(int(i) for i in stop_ids)
     banned = ~allowed_ids(layout, config.vocab_size, modality, stop_ids)
     if top_k < 0 or top_k > config.vocab_size:
-        raise ConfigError(f"--top-k must be in [0, {config.vocab_size}], got {top_k}")
+        raise ConfigError(f"top_k: must be in [0, {config.vocab_size}], got {top_k}", param="top_k")
     names = list(
         prompt_names or [p if isinstance(p, str) else f"prompt {k}" for k, p in enumerate(prompts)]
     )
@@ -165,9 +170,9 @@ def generate_tokens(
         width = max(len(p) for p in ids)
         if width + max_new_tokens > config.max_position_embeddings:
             raise ConfigError(
-                f"longest prompt ({width} tokens) + --max-new-tokens "
-                f"{max_new_tokens} exceeds the model's max_position_embeddings "
-                f"({config.max_position_embeddings})"
+                f"max_new_tokens: {max_new_tokens} + the longest prompt ({width} tokens) "
+                f"exceeds the model's max_position_embeddings ({config.max_position_embeddings})",
+                param="max_new_tokens",
             )
     rows = min(batch_size, len(ids))
     key = jax.random.key(seed)
@@ -265,8 +270,7 @@ def _parse_stop(values, layout, tokenizer):
 
 
 def _run(args) -> int:
-    from .data.layout import load_tokenizer
-    from .eval.sequences import resolve_layout
+    from .data.layout import load_tokenizer, resolve_layout
 
     if args.out:
         from .outputs import check_output_files

@@ -100,11 +100,12 @@ def resolve_topology(
     if m:
         d, f, t = (int(x) for x in m.groups())
         if min(d, f, t) < 1:
-            raise ConfigError(f"--topology {name!r}: mesh sizes must be >= 1")
+            raise ConfigError(f"topology {name!r}: mesh sizes must be >= 1", param="topology")
         if peak is None or hbm is None:
             raise ConfigError(
-                f"--topology {name!r}: an explicit mesh shape needs --peak-tflops "
-                "and --hbm-gib (per device)"
+                f"topology {name!r}: an explicit mesh shape needs peak_tflops and hbm_gib (per "
+                "device)",
+                param="topology",
             )
         return Topology(
             f"mesh {d}x{f}x{t}",
@@ -120,8 +121,9 @@ def resolve_topology(
         return Topology(name, tpu.chips(name), (), peak, hbm, tpu=name, hbm_bandwidth=bw)
     if name not in hw_overlays.names():
         raise ConfigError(
-            f"--topology {name!r}: no such hardware overlay (overlays: "
-            f"{', '.join(hw_overlays.names())}), nor DATA,FSDP,TENSOR, nor {tpu.FORMS}"
+            f"topology {name!r}: no such hardware overlay (overlays: "
+            f"{', '.join(hw_overlays.names())}), nor DATA,FSDP,TENSOR, nor {tpu.FORMS}",
+            param="topology",
         )
     overlay = hw_overlays.load(name)
     hw = overlay.get("hw") or {}
@@ -294,13 +296,15 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None, estimate=
     from .train.metrics import step_flops
 
     if not 0 < mfu <= 1:
-        raise ConfigError(f"--mfu: must be in (0, 1], got {mfu}")
+        raise ConfigError(f"mfu: must be in (0, 1], got {mfu}", param="mfu")
     devices = list(jax.devices()[: topology.devices] if devices is None else devices)
     if len(devices) != topology.devices:
         raise ValueError(f"plan for {topology.devices} devices, this process has {len(devices)}")
     platform = devices[0].platform
     if estimate and platform != "tpu":
-        raise ConfigError("--estimate: needs the TPU compiler (a TPU topology and libtpu)")
+        raise ConfigError(
+            "estimate: needs the TPU compiler (a TPU topology and libtpu)", param="estimate"
+        )
     session, (state, frozen, batch), compiled, compile_s = _compile(cfg, topology, devices)
     recipe, spec = session.recipe, session.spec
     ma = compiled.memory_analysis()
@@ -491,20 +495,22 @@ def _reexec(n: int, argv: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "tinywave_jax.cli", "plan"] + argv, env=env)
 
 
-def choose_compiler(topo: Topology, requested: str = "auto") -> str:
-    """'tpu' or 'cpu' for `topo` (see the module doc); ConfigError where `requested` cannot be."""
-    if requested not in ("auto", "tpu", "cpu"):
-        raise ConfigError(f"--compiler: auto, tpu or cpu, got {requested!r}")
-    if requested == "cpu":
+def choose_compiler(topo: Topology, compiler: str = "auto") -> str:
+    """'tpu' or 'cpu' for `topo` (see the module doc); ConfigError where `compiler` cannot be."""
+    if compiler not in ("auto", "tpu", "cpu"):
+        raise ConfigError(f"compiler: auto, tpu or cpu, got {compiler!r}", param="compiler")
+    if compiler == "cpu":
         return "cpu"
     if topo.tpu is None:
-        if requested == "tpu":
-            raise ConfigError(f"--compiler tpu: {topo.name} is not a TPU topology ({tpu.FORMS})")
+        if compiler == "tpu":
+            raise ConfigError(
+                f"compiler tpu: {topo.name} is not a TPU topology ({tpu.FORMS})", param="compiler"
+            )
         return "cpu"
     if tpu.libtpu_available():
         return "tpu"
-    if requested == "tpu":
-        raise ConfigError(f"--compiler tpu: libtpu is not installed: {tpu.EXTRA}")
+    if compiler == "tpu":
+        raise ConfigError(f"compiler tpu: libtpu is not installed: {tpu.EXTRA}", param="compiler")
     return "cpu"
 
 

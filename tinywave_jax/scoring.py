@@ -136,7 +136,8 @@ def scoring_mesh(fsdp: int = 1, devices=None):
     devices = list(jax.devices() if devices is None else devices)
     if not isinstance(fsdp, int) or fsdp < 1 or len(devices) % fsdp:
         raise ConfigError(
-            f"--fsdp {fsdp}: must be a positive divisor of the device count ({len(devices)})"
+            f"fsdp {fsdp}: must be a positive divisor of the device count ({len(devices)})",
+            param="fsdp",
         )
     return make_mesh(MeshConfig(data=-1, fsdp=fsdp, tensor=1), devices)
 
@@ -181,7 +182,9 @@ def rows_per_step(batch_size: int, mesh=None) -> int:
     from .errors import ConfigError
 
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
+        raise ConfigError(
+            f"batch_size: must be a positive integer, got {batch_size!r}", param="batch_size"
+        )
     if mesh is None:
         return batch_size
     from .parallel import batch_divisor

@@ -161,4 +161,4 @@ def register(subparsers) -> None:
         "inside CKPT_DIR)",
     )
     add_no_verify(p)
-    p.set_defaults(func=_export_gguf)
+    p.set_defaults(func=_export_gguf, param_dests={"gguf_type": "type"})

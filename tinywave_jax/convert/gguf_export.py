@@ -70,7 +70,9 @@ class GgufExport:
 
 def check_type(gguf_type: str) -> str:
     if gguf_type not in GGUF_TYPES:
-        raise ConfigError(f"--type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
+        raise ConfigError(
+            f"gguf_type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}", param="gguf_type"
+        )
     return gguf_type
 
 
@@ -210,8 +212,7 @@ def build_vocab(config: LlamaConfig, tokenizer_dir: str | Path | None, layout) -
 def resolve_gguf_layout(layout, vocab_size: int):
     """A TokenLayout from a TokenLayout, preset name or layout JSON path; None: the SpiritLM
     preset of a SpiritLM vocabulary size, else None (no layout)."""
-    from ..data.layout import TokenLayout
-    from ..eval.sequences import VOCAB_PRESETS, resolve_layout
+    from ..data.layout import VOCAB_PRESETS, TokenLayout, resolve_layout
 
     if isinstance(layout, TokenLayout):
         if layout.used_size > vocab_size:

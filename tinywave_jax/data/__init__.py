@@ -1,6 +1,7 @@
 """Token layout, tokenized speech corpus (ArrayRecord via TFDS) and grain training pipelines.
 
-    layout         TokenLayout / LayoutConfig, token strings, dedup and the expressive merge
+    layout         TokenLayout / LayoutConfig, a model's layout (resolve_layout), token strings,
+                   dedup and the expressive merge
     streams        record -> token sequence (speech, expressive, interleaved, text)
     corpus_inputs  manifest / audio folder -> items, their splits; a units line -> record
     corpus_audio   audio -> unit record through the extractor; per-speaker mean log-F0
@@ -27,6 +28,7 @@ _NAMES = {
         "merge_streams",
         "parse_token_string",
         "preset_layout",
+        "resolve_layout",
     ],
     "streams": ["PATTERNS", "BadRecord", "interleave", "sequence_for"],
     "corpus_format": ["CorpusError"],

@@ -204,10 +204,11 @@ def builder_class():
 def check_hosts(num_hosts: int, host_index: int) -> None:
     """Refuses a host share that cannot exist (ConfigError, before any input is read)."""
     if num_hosts < 1:
-        raise ConfigError(f"--num-hosts {num_hosts} must be at least 1")
+        raise ConfigError(f"num_hosts {num_hosts} must be at least 1", param="num_hosts")
     if not 0 <= host_index < num_hosts:
         raise ConfigError(
-            f"--host-index {host_index} is outside 0..{num_hosts - 1} (--num-hosts {num_hosts})"
+            f"host_index {host_index} is outside 0..{num_hosts - 1} (num_hosts {num_hosts})",
+            param="host_index",
         )
 
 

@@ -235,8 +235,8 @@ def export_and_compare(
 
     from ..checkpoint import load_model
     from ..convert.hf_export import export_hf
+    from ..data.layout import resolve_layout
     from ..eval.perplexity import corpus_seqs
-    from ..eval.sequences import resolve_layout
     from ..models import decode
 
     hf_dir = out_dir / "student_hf"

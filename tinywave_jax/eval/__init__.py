@@ -2,7 +2,7 @@
 perplexity, and teacher-vs-student reports (`tinywave eval`).
 
     benchmarks   benchmark folders -> (positive, negative) file pairs, as the reference loaders
-    sequences    Seq (ids + first scored token), benchmark audio -> tokens, layout resolution
+    sequences    Seq (ids + first scored token), benchmark audio -> tokens
     pairwise     mean / sum scoring and 1 / 0.5 / 0 pair accuracy, overall and per group
     perplexity   per-token and per-second perplexity of a corpus split or jsonl
     report       teacher vs student table (markdown + JSON)
@@ -24,6 +24,6 @@ _NAMES = {
         "sequence_score",
     ],
     "perplexity": ["perplexity", "read_ppl_jsonl"],
-    "sequences": ["AudioTokenizer", "Seq", "resolve_layout"],
+    "sequences": ["AudioTokenizer", "Seq"],
 }
 __getattr__, __all__ = lazy_exports(__name__, _NAMES)

@@ -17,13 +17,14 @@ import json
 from pathlib import Path
 
 from .. import storage
+from ..data.layout import resolve_layout
 from ..errors import ConfigError, InputError, MissingInputError, OutputExistsError, TinywaveError
 from .benchmarks import AUDIO_TASKS, benchmark_pairs
 from .crossmodal import CROSS_MODAL_TASKS, cloze_pairs, read_cloze_jsonl
 from .pairwise import SCORINGS, PairItem, check_vocab, pairwise_accuracy, read_pairs_jsonl
 from .perplexity import corpus_seqs, perplexity, read_ppl_jsonl
 from .references import check_reference, copy_rule_accuracy, ending_alone
-from .sequences import AudioTokenizer, Seq, resolve_layout
+from .sequences import AudioTokenizer, Seq
 
 TASKS = (*AUDIO_TASKS, *CROSS_MODAL_TASKS, "pairs", "ppl")
 # what `evaluate` writes into --out; all of them are removed before a run writes its own, so no
@@ -53,7 +54,7 @@ def prepare_inputs(
     """Reads and tokenises a task's data; `limit` keeps the first pairs / sequences.
     `tokenizer`: a Hugging Face tokenizer folder, for the text spans of cross-modal cloze."""
     if task not in TASKS:
-        raise ConfigError(f"--task: unknown task {task!r}; expected one of {TASKS}")
+        raise ConfigError(f"task: unknown task {task!r}; expected one of {TASKS}", param="task")
     # jsonl inputs (pairs, ppl, cloze files) may be gs://; benchmark audio folders and corpora
     # are read locally
     data = storage.path(data)
@@ -69,7 +70,9 @@ def prepare_inputs(
         return _cross_modal_inputs(task, data, vocab_size, extractor, layout, tokenizer, limit, log)
     files = benchmark_pairs(task, data)[:limit]
     if extractor is None:
-        raise ConfigError(f"{task}: audio benchmarks need --extractor (a units folder)")
+        raise ConfigError(
+            f"extractor: audio benchmarks ({task}) need a units folder", param="extractor"
+        )
     tokenize = AudioTokenizer(extractor, resolve_layout(layout, vocab_size))
     log(f"eval {task}: tokenising {2 * len(files)} files of {len(files)} pairs")
     return TaskInputs(
@@ -209,7 +212,7 @@ def evaluate(
     from . import report
 
     if scoring not in SCORINGS:
-        raise ConfigError(f"--scoring {scoring!r} is not one of {SCORINGS}")
+        raise ConfigError(f"scoring {scoring!r} is not one of {SCORINGS}", param="scoring")
     check_reference(reference, task, compare)
     mesh = scoring_mesh(fsdp) if mesh is None else mesh
     rows_per_step(batch_size, mesh)  # a bad --batch-size fails before anything is read
@@ -217,7 +220,9 @@ def evaluate(
     config = _model_config(ckpt)
     teacher_config = _model_config(compare, "--compare") if compare else None
     if extractor is not None and not Path(extractor).is_dir():
-        raise MissingInputError(f"--extractor: units folder not found: {extractor}")
+        raise MissingInputError(
+            f"extractor: units folder not found: {extractor}", param="extractor"
+        )
     if layout is not None:
         resolve_layout(layout, config.vocab_size)
     if out is not None:
@@ -237,7 +242,7 @@ def evaluate(
         )
     storage.check_gcs(out, write=True, what="--out")
     if out is not None and storage.path(out).exists() and not storage.path(out).is_dir():
-        raise OutputExistsError(f"--out {out}: exists and is not a folder")
+        raise OutputExistsError(f"out {out}: exists and is not a folder", param="out")
     inputs = prepare_inputs(
         task,
         data,

@@ -131,8 +131,9 @@ def _check_allowed_keys(allow: Iterable[str], saved: dict, new: dict) -> None:
         if a not in sections:
             near = difflib.get_close_matches(a, sorted(sections), n=1)
             raise ConfigError(
-                f"--allow-config-change {a}: no such config key"
-                + (f" (did you mean {near[0]}?)" if near else "")
+                f"allow_config_change {a}: no such config key"
+                + (f" (did you mean {near[0]}?)" if near else ""),
+                param="allow_config_change",
             )
 
 

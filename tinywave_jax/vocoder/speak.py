@@ -51,7 +51,7 @@ class Speaker:
 
     def __init__(self, model, units_dir, vocoder_dir, layout: str | None = None, threads: int = 1):
         from ..audio import load_extractor
-        from ..eval.sequences import resolve_layout
+        from ..data.layout import resolve_layout
         from .checkpoint import load_vocoder
         from .synthesis import Vocoder
 
@@ -131,7 +131,7 @@ class Speaker:
 
         prompt_wav, out_wav = Path(prompt_wav), Path(out_wav)
         if not seconds > 0:
-            raise ConfigError(f"--seconds: {seconds} must be > 0")
+            raise ConfigError(f"seconds: {seconds} must be > 0", param="seconds")
         if out_wav.exists() and not overwrite:
             raise OutputExistsError(f"{out_wav} exists (pass --overwrite to replace it)")
         if out_wav.exists() and prompt_wav.exists() and os.path.samefile(out_wav, prompt_wav):

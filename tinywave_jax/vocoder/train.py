@@ -303,17 +303,21 @@ def train_vocoder(
         saved = json.loads(meta_file.read_text())
         for key in ("vocoder_config", "data_sha256", "speakers"):
             if saved.get(key) != meta[key]:
-                raise ConfigError(f"--resume: {key} differs from the run in {run_dir}")
+                raise ConfigError(
+                    f"resume: {key} differs from the run in {run_dir}", param="resume"
+                )
         for key, value in meta["train_config"].items():
             if (
                 key not in ("steps", "log_every", "save_every")
                 and saved["train_config"].get(key) != value
             ):
                 raise ConfigError(
-                    f"--resume: {key} {value!r} differs from the run's {saved['train_config'].get(key)!r}"
+                    f"resume: {key} {value!r} differs from the run's "
+                    f"{saved['train_config'].get(key)!r}",
+                    param="resume",
                 )
     elif run_dir.is_dir() and any(run_dir.iterdir()):
-        raise OutputExistsError(f"{run_dir} is not empty (--resume continues it)")
+        raise OutputExistsError(f"{run_dir} is not empty (resume=True / --resume continues it)")
     check_output_dir(out_dir, overwrite, sources=[run_dir, *files])  # before training, not after
 
     data = load_data(items, units_dir, config, log)
