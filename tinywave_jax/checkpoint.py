@@ -62,17 +62,6 @@ class UnverifiedCheckpointWarning(UserWarning):
     """A checkpoint saved before tinywave.json recorded hashes: its files cannot be checked."""
 
 
-def add_no_verify(parser) -> None:
-    """The --no-verify flag of every command that loads a tinywave model checkpoint."""
-    parser.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="skip checking the checkpoint's params/ files against the sha256 recorded in its "
-        "tinywave.json (saves reading the files twice; damage then shows as a read error or "
-        "not at all)",
-    )
-
-
 def _params_files(params_dir: Path) -> list[str]:
     """Every file under params_dir (local or gs://), as sorted '/'-separated relative paths."""
     return storage.rel_files(params_dir)

@@ -18,16 +18,13 @@ import sys
 
 COMMAND_MODULES = [
     "tinywave_jax.convert.commands",  # import-hf, export-hf, export-gguf
-    "tinywave_jax.scoring",  # score
+    "tinywave_jax.commands",  # score, generate
     "tinywave_jax.audio.commands",  # units fit / hubert-spec / extract
-    "tinywave_jax.distill.commands",  # init-student
-    "tinywave_jax.distill.cache_build",  # teacher-cache build
-    "tinywave_jax.train.commands",  # distill, train
+    "tinywave_jax.distill.commands",  # distill, init-student, teacher-cache build
+    "tinywave_jax.train.commands",  # train, plan
     "tinywave_jax.data.commands",  # corpus build / info / show
     "tinywave_jax.eval.commands",  # eval
-    "tinywave_jax.generation",  # generate
     "tinywave_jax.demo.commands",  # demo
-    "tinywave_jax.plan",  # plan
     "tinywave_jax.vocoder.commands",  # import-vocoder, speak, vocoder train
 ]
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from ..flags import add_no_verify
+
 
 class ProgressPrinter:
     """Prints 'tensors done/total, GB done/total' to stderr, at most every `every_s` seconds."""
@@ -74,7 +76,6 @@ def _export_gguf(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from ..checkpoint import add_no_verify
 
     p = subparsers.add_parser(
         "import-hf",

@@ -162,7 +162,9 @@ def build_teacher_cache(
     mesh = make_mesh(cfg.mesh) if mesh is None else mesh
     config, params, param_sh = _teacher(cfg, mesh)
     if top_k > config.vocab_size:
-        raise ConfigError(f"--top-k: {top_k} exceeds the teacher's vocab_size {config.vocab_size}")
+        raise ConfigError(
+            f"top_k: {top_k} exceeds the teacher's vocab_size {config.vocab_size}", param="top_k"
+        )
     window = cfg.data.seq_len
     if window > config.max_position_embeddings:
         raise ConfigError(
@@ -240,60 +242,3 @@ def _sha256_bytes(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
-
-
-_HELP = """\
-Run the teacher of a distill CONFIG once over its corpus split (data.source: corpus) and store
-its top-k next-token ids (uint16) and log-probs (float16) per token, keyed by stream kind, record
-and token position (4 k bytes per token: 256 at k = 64). Then `distill` with
-`teacher.cache: DIR` and `distill.terms.topk_kl: 1` loads no teacher weights for the step and runs
-no teacher forward. Resumable: run the same command again after a stop; finished shards are kept.
-Rows per teacher call: data.batch_size, split over the mesh's data x fsdp devices.
-
-example: tinywave teacher-cache build configs/distill.yaml --out caches/t7b --top-k 64
-"""
-
-
-def register(subparsers) -> None:
-    import argparse
-
-    p = subparsers.add_parser(
-        "teacher-cache",
-        help="an offline teacher: build its top-k cache over a corpus",
-        description="An offline teacher's top-k log-probs (teacher_cache.py).",
-    )
-    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    b = sub.add_parser(
-        "build",
-        help="run the teacher once over the corpus and store its top-k",
-        description=_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    b.add_argument("config", help="distill config YAML (teacher:, data:, mesh:)")
-    b.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides (after CONFIG)"
-    )
-    b.add_argument("--out", required=True, help="cache folder (local or gs://); resumed if there")
-    b.add_argument("--top-k", type=int, default=64, help="teacher ids kept per token (64)")
-    b.add_argument(
-        "--records-per-shard", type=int, default=256, help="records per cache shard (256)"
-    )
-    b.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    from ..config import load_config
-    from ..parallel.distributed import maybe_initialize
-    from ..train.config import DistillConfig
-
-    maybe_initialize()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg = load_config(DistillConfig, args.config, args.overrides)
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k: must be >= 1, got {args.top_k}")
-    s = build_teacher_cache(cfg, args.out, args.top_k, args.records_per_shard)
-    print(
-        f"teacher cache {args.out}: {s['built']} shards built, {s['skipped']} kept, "
-        f"{s['tokens']} tokens at {s['tokens_per_s']:.0f} tok/s"
-    )
-    return 0

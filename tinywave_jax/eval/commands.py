@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import log_stderr
+from ..flags import add_mesh_flags, add_no_verify
 
 TASK_HELP = (
     "ssc/tsc: StoryCloze folder; swuggy/sblimp: folder of wavs; salmon: folder of the "
@@ -63,7 +64,6 @@ def register(subparsers) -> None:
     )
     p.add_argument("--split", default="test", help="corpus split for --task ppl (default test)")
     p.add_argument("--limit", type=int, help="only the first N pairs / sequences")
-    from ..scoring import add_mesh_flags
 
     add_mesh_flags(p)
     p.add_argument(
@@ -72,7 +72,6 @@ def register(subparsers) -> None:
         default=None,
         help="compute/parameter dtype (default: as stored)",
     )
-    from ..checkpoint import add_no_verify
 
     add_no_verify(p)
     p.set_defaults(func=_run)
