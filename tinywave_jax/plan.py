@@ -155,8 +155,8 @@ def abstract_inputs(session):
     import jax
     import jax.numpy as jnp
 
+    from .data.batches import CACHE_KEYS
     from .parallel import batch_sharding
-    from .train.step import CACHE_KEYS
 
     cfg = session.cfg
     state = session.abstract_state()

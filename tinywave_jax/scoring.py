@@ -2,7 +2,8 @@
 
 Sequences are grouped into length buckets (powers of two from 16, capped at the model's
 `max_position_embeddings`), right-padded, and run in fixed-size batches, so each bucket compiles
-once. Log-probabilities come from the final hidden state and the LM head in sequence chunks, so
+once. Log-probabilities come from the final hidden state and the LM head in sequence chunks
+(distill/losses.py `chunked_token_logprobs`, the losses' own chunked logits), so
 `[batch, length, vocab]` float32 logits never exist at once.
 
 Sharded (`mesh`, what `tinywave score` and `tinywave eval` use: `scoring_mesh()`, every device of
@@ -70,9 +71,7 @@ def check_ids(
 
 def _logprob_body(config):
     """(params, ids [B, T], segment_ids [B, T]) -> log p(ids[:, t] | ids[:, :t]) [B, T-1]."""
-    import jax
-    import jax.numpy as jnp
-
+    from .distill.losses import chunked_token_logprobs
     from .models import llama
 
     def fn(params, ids, segment_ids):
@@ -80,22 +79,7 @@ def _logprob_body(config):
             {"params": params}, ids, None, segment_ids, return_logits=False
         )
         head = llama.lm_head_kernel(params, config)
-        hidden, targets = out.final_hidden[:, :-1], ids[:, 1:]
-        b, t, d = hidden.shape
-        chunk = min(LOGIT_CHUNK, t)
-        n = -(-t // chunk)
-        pad = n * chunk - t
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
-        targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
-
-        def per_chunk(args):
-            h, tgt = args
-            logits = jnp.einsum("bcd,dv->bcv", h, head, preferred_element_type=jnp.float32)
-            lse = jax.nn.logsumexp(logits, axis=-1)
-            return jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0] - lse
-
-        lp = jax.lax.map(per_chunk, (hidden, targets))  # [n, B, chunk]
-        return lp.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+        return chunked_token_logprobs(out.final_hidden[:, :-1], head, ids[:, 1:], LOGIT_CHUNK)
 
     return fn
 

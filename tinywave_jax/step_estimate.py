@@ -62,7 +62,7 @@ def _variant_cfg(cfg, recipe, ls: int, lt: int, chunk: Optional[int]):
         return from_dict(type(cfg), d)
     d["distill"].update(logit_chunk_size=chunk, attention_block_size=cfg.data.seq_len)
     d["student"].update(path=None, shape=student, num_layers=None)
-    if recipe.spec.needs_teacher:
+    if recipe.spec.runs_teacher:
         teacher = recipe.teacher_full.replace(num_hidden_layers=lt)
         d["teacher"].update(path=None, shape=to_dict(teacher))
         # every student layer is aligned to one teacher layer; the last tap is the teacher's last
@@ -73,7 +73,7 @@ def _variant_cfg(cfg, recipe, ls: int, lt: int, chunk: Optional[int]):
 def _points(recipe) -> list[tuple[int, int]]:
     if recipe.kind != "distill":
         return [(1, 0), (2, 0)]
-    if not recipe.spec.needs_teacher:
+    if not recipe.spec.runs_teacher:
         return [(1, 0), (2, 0)]
     return [(1, 2), (2, 2), (1, 4)]
 
@@ -141,7 +141,7 @@ def estimate(cfg, topology, devices, compile_variant) -> dict:
     recipe = prepare(cfg)
     spec = recipe.spec
     ls = spec.student.num_hidden_layers
-    lt = spec.teacher.num_hidden_layers if recipe.kind == "distill" and spec.needs_teacher else 0
+    lt = spec.teacher.num_hidden_layers if recipe.kind == "distill" and spec.runs_teacher else 0
     chunk = _logit_chunk(cfg)
     points = [(vs, vt, chunk) for vs, vt in _points(recipe)]
     if chunk is not None:  # the chunk loop's body, from a variant at half the chunk

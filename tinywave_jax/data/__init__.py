@@ -10,6 +10,7 @@
     corpus_format  the stored record: CorpusError, TFDS features, encode / decode
     corpus_read    version_dir, CorpusSource (a grain data source of one split)
     batches        the batch contract (contract_batch, pack_sequences), no grain needed
+    synthetic      SyntheticDataConfig, SyntheticIterator: bigram-walk documents, no corpus
     pipeline       DataConfig, make_train_iterator (grain; packing, hosts, state)
 
 Names are imported lazily so that `tinywave --help` does not pay for grain and TFDS.
@@ -35,6 +36,7 @@ _NAMES = {
     "corpus_read": ["CorpusSource"],
     "corpus_build": ["build_corpus"],
     "batches": ["contract_batch", "pack_sequences"],
+    "synthetic": ["SyntheticDataConfig", "SyntheticIterator"],
     "pipeline": ["DataConfig", "TrainIterator", "make_dataset", "make_train_iterator"],
 }
 __getattr__, __all__ = lazy_exports(__name__, _NAMES)

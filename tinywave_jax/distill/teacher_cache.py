@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 
 from .. import storage
+from ..data.batches import TOKEN_KEYS
 from ..errors import InputError
 
 FORMAT, VERSION = "tinywave-teacher-cache", 1
@@ -263,7 +264,7 @@ class CacheJoin:
     and "topk_logprobs" [B, T, k] rows (zeros on padding) and lose the key arrays; its state is
     the wrapped iterator's."""
 
-    KEYS = ("stream_ids", "record_ids", "token_positions")
+    KEYS = TOKEN_KEYS
 
     def __init__(self, batches, cache: TeacherCache, kinds):
         self.batches, self.cache, self.kinds = batches, cache, list(kinds)

@@ -7,6 +7,8 @@ perplexity, and teacher-vs-student reports (`tinywave eval`).
     perplexity   per-token and per-second perplexity of a corpus split or jsonl
     report       teacher vs student table (markdown + JSON)
     harness      evaluate(): inputs -> scores for one model or a teacher/student pair
+    gguf_run     an exported GGUF file in llama.cpp: log-probs, greedy, pairwise, perplexity,
+                 and the export-and-compare check against the JAX model
 
 Names are imported lazily so that `tinywave --help` stays fast.
 """

@@ -98,7 +98,7 @@ def step_flops(spec, seq_len: int, batch_size: int) -> float:
     per_token = flops_per_token(
         spec.student,
         seq_len,
-        spec.teacher if spec.needs_teacher else None,
+        spec.teacher if spec.runs_teacher else None,
         teacher_head=spec.teacher_head,
     )
     return per_token * batch_size * seq_len

@@ -160,7 +160,7 @@ class DistillRecipe:
         return out
 
     def frozen(self) -> Declared:
-        return {"teacher": _model(self.spec.teacher)} if self.spec.needs_teacher else {}
+        return {"teacher": _model(self.spec.teacher)} if self.spec.runs_teacher else {}
 
     def create(self, mesh, frozen_sh: dict, trainable_sh: dict, trainable_too: bool) -> tuple:
         """(frozen, trainable) params with their shardings; `trainable_too=False`: a resume (the

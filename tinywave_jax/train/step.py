@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from ..data.batches import BATCH_KEYS, CACHE_KEYS
 from ..distill.losses import teacher_topk
 from ..distill.objective import (
     DistillLossConfig,
@@ -38,9 +39,6 @@ from ..parallel import axis_rules_context, batch_sharding, replicated
 from ..parallel.rules import logical_to_spec
 from .lora import LoraConfig, apply_lora
 from .state import TrainState
-
-BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
-CACHE_KEYS = ("topk_ids", "topk_logprobs")  # a teacher cache's rows, joined to the batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +72,15 @@ class StepSpec:
         return "qk" in self.student_needs | self.teacher_needs
 
     @property
-    def needs_teacher(self) -> bool:
-        """Whether the teacher runs in the step (never with a cache)."""
+    def runs_teacher(self) -> bool:
+        """Whether the teacher runs in the step (never with a cache); what it must compute is
+        `teacher_needs`, the union of the active terms' `needs_teacher` (distill/terms.py)."""
         return bool(self.teacher_needs) and not self.teacher_cached
 
     @property
     def teacher_head(self) -> bool:
         """Whether the teacher runs to its last layer and its LM head (its logits or top-k)."""
-        return self.needs_teacher and bool({"output", "topk"} & self.teacher_needs)
+        return self.runs_teacher and bool({"output", "topk"} & self.teacher_needs)
 
     @property
     def batch_keys(self) -> tuple:
@@ -119,7 +118,7 @@ def teacher_features(spec: StepSpec, teacher: dict, mb: dict) -> dict:
     cache, its top-k rows come with the microbatch and the teacher does not run."""
     if spec.teacher_cached:
         return {k: mb[k] for k in CACHE_KEYS}
-    if not spec.needs_teacher:
+    if not spec.runs_teacher:
         return {}
     need = spec.teacher_needs
     feats = _features(

@@ -67,7 +67,7 @@ class Speaker:
             )
         model = Path(model)
         if model.suffix == ".gguf":
-            from ..convert.gguf_run import load_llama_cpp
+            from ..eval.gguf_run import load_llama_cpp
 
             if not model.is_file():
                 raise InputError(f"{model}: GGUF file not found")
@@ -84,7 +84,7 @@ class Speaker:
         from ..generation import allowed_ids, generate_tokens
 
         if self.llm is not None:
-            from ..convert.gguf_run import llama_cpp_generate
+            from ..eval.gguf_run import llama_cpp_generate
 
             eos = self.llm.token_eos()
             stops = () if eos is None or eos < 0 else (int(eos),)

@@ -166,7 +166,7 @@ def llama_cpp_generate(
 def llama_cpp_pairwise_accuracy(model, items: list, scoring: str = "mean") -> dict:
     """`eval.pairwise.pairwise_accuracy` with llama.cpp's log-probabilities: {"accuracy",
     "n_pairs", "pairs": [{"name", "positive", "negative", "outcome"}]}."""
-    from ..eval.pairwise import pair_outcome, sequence_score
+    from .pairwise import pair_outcome, sequence_score
 
     llm = _model(model)
     seqs = [s for it in items for s in (it.positive, it.negative)]
@@ -227,10 +227,10 @@ def export_gguf_and_compare(
     a JSON-able dict; nothing is asserted (a quantized file may differ a little)."""
 
     from ..checkpoint import load_model
-    from ..eval.pairwise import pairwise_accuracy
+    from ..convert.gguf_export import export_gguf
     from ..models import decode
     from ..scoring import score_sequences
-    from .gguf_export import export_gguf
+    from .pairwise import pairwise_accuracy
 
     result = export_gguf(ckpt_dir, out, gguf_type, overwrite=overwrite, layout=layout)
     for note in result.notes:
