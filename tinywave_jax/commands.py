@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, InputError
-from .flags import add_mesh_flags, add_no_verify
+from .flags import add_dtype, add_mesh_flags, add_no_verify
 from .generation import MODALITIES
 from .jsonl import iter_jsonl
 
@@ -39,12 +39,7 @@ def _register_score(subparsers) -> None:
         "the input file or a path inside the checkpoint",
     )
     add_mesh_flags(p)
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=None,
-        help="compute/parameter dtype (default: as stored)",
-    )
+    add_dtype(p)
     add_no_verify(p)
     p.set_defaults(func=_score)
 
@@ -211,7 +206,7 @@ def _register_generate(subparsers) -> None:
     p.add_argument("--layout", help="layout preset or JSON file (default: from the vocab size)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's tokenizer/)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    add_dtype(p)
     add_no_verify(p)
     p.add_argument("--out", help="write the JSON here instead of stdout")
     p.set_defaults(func=_generate, param_dests={"stop_ids": "stop"})

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+DTYPES = ("float32", "bfloat16")
+
+
+def add_dtype(parser, help: str = "compute/parameter dtype (default: as stored)", default=None):
+    """--dtype: the dtype a model is loaded (or written) at."""
+    parser.add_argument("--dtype", choices=DTYPES, default=default, help=help)
+
 
 def add_no_verify(parser) -> None:
     """The --no-verify flag of every command that loads a tinywave model checkpoint."""

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from ..flags import add_no_verify
+from ..flags import add_dtype, add_no_verify
 
 
 class ProgressPrinter:
@@ -86,12 +86,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("hf_dir", metavar="HF_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="parameter dtype of the checkpoint (default float32)",
-    )
+    add_dtype(p, "parameter dtype of the checkpoint (default float32)", default="float32")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -108,12 +103,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("ckpt_dir", metavar="CKPT_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=None,
-        help="tensor dtype (default: the checkpoint's)",
-    )
+    add_dtype(p, "tensor dtype (default: the checkpoint's)")
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..flags import add_no_verify
+from ..flags import add_dtype, add_no_verify
 from ..train.commands import add_run_command
 
 
@@ -195,12 +195,7 @@ def _register_init_student(subparsers) -> None:
     p.add_argument("--random", action="store_true", help="random init instead of teacher layers")
     p.add_argument("--config", default=None, help="with --random: the student's HF config.json")
     p.add_argument("--seed", type=int, default=0, help="with --random: the init seed (default 0)")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=None,
-        help="parameter dtype of the student (default: the teacher's / float32)",
-    )
+    add_dtype(p, "parameter dtype of the student (default: the teacher's / float32)")
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import log_stderr
-from ..flags import add_mesh_flags, add_no_verify
+from ..flags import add_dtype, add_mesh_flags, add_no_verify
 
 TASK_HELP = (
     "ssc/tsc: StoryCloze folder; swuggy/sblimp: folder of wavs; salmon: folder of the "
@@ -66,12 +66,7 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, help="only the first N pairs / sequences")
 
     add_mesh_flags(p)
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=None,
-        help="compute/parameter dtype (default: as stored)",
-    )
+    add_dtype(p)
 
     add_no_verify(p)
     p.set_defaults(func=_run)
