@@ -119,7 +119,7 @@ def resolve_layer_map(
         layers = _preset(spec, teacher_layers, student_layers, key)
         what = f"preset {spec!r} gives"
     else:
-        layers, what = spec, "map"
+        layers, what = list(spec), "map"
     mapped = check_layer_list(layers, teacher_layers, student_layers, key, what)
     if isinstance(init_layers, str):
         if init_layers != "mapped":

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -151,7 +151,8 @@ class TeacherCache:
             )
         self.k, self.rps = int(self.info["top_k"]), int(self.info["records_per_shard"])
         self.kinds = list(self.info["kinds"])
-        self.shards = [self._shard_meta(s) for s in range(int(self.info["num_shards"]))]
+        # each shard's meta (None: unfinished, which _check_complete refuses)
+        self.shards: list[Any] = [self._shard_meta(s) for s in range(int(self.info["num_shards"]))]
         self._check_complete()
         self._open: dict[int, tuple] = {}
 
@@ -293,7 +294,7 @@ class CacheJoin:
         self.batches.set_state(state)
 
 
-def run_identity(cfg, source=None) -> tuple[dict, object]:
+def run_identity(cfg, source=None) -> tuple[dict, Any]:
     """(the identity a run's cache must have, the corpus config) of a DistillConfig."""
     from ..data.corpus_read import CorpusSource
     from ..errors import ConfigError

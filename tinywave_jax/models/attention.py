@@ -138,7 +138,8 @@ def precision_refuses_splash() -> str:
     """Why splash cannot compile for a TPU in this process ("" if it can): the kernel's dots take
     the process-wide jax_default_matmul_precision, and Mosaic refuses fp32 contract precision on
     bf16 operands ("Bad lhs type", deep inside the step's compile)."""
-    precision = jax.config.jax_default_matmul_precision
+    # jax's Config declares its flags at run time, which its type stubs cannot show
+    precision = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
     if precision not in ("highest", "float32"):
         return ""
     return (

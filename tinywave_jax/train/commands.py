@@ -245,7 +245,7 @@ def _plan(args) -> int:
                 f"slice as --topology instead ({tpu.FORMS})"
             )
         _configure_devices(None)  # computes nothing: any backend, any device count will do
-        devices = tpu.topology_devices(topo.tpu)
+        devices = tpu.topology_devices(str(topo.tpu))  # a TPU compile: a TPU slice
         topo = dataclasses.replace(topo, devices=len(devices))
     else:
         if topo.tpu is not None and args.compiler == "auto" and not os.environ.get(_CHILD_ENV):

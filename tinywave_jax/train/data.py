@@ -44,8 +44,8 @@ def held_out_batches(
     last one padded, which the loss mask leaves out); a split the corpus lacks is a ConfigError
     naming the splits it has."""
     if cfg.source == "synthetic":
-        it = SyntheticIterator(cfg, vocab_size, process_index, process_count, split)
-        return [next(it) for _ in range(n)]
+        synthetic = SyntheticIterator(cfg, vocab_size, process_index, process_count, split)
+        return [next(synthetic) for _ in range(n)]
     import dataclasses
 
     from ..data.corpus_read import corpus_splits

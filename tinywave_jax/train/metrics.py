@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 from .. import storage
 from ..distill.terms import weighted_metric_names
@@ -80,13 +80,13 @@ def flops_per_token(
     s = student
     flops = (
         6 * matmul_params(s)
-        + 12 * s.num_hidden_layers * s.num_attention_heads * s.head_dim * seq_len
+        + 12 * s.num_hidden_layers * s.num_attention_heads * cast(int, s.head_dim) * seq_len
     )
     if teacher is not None:
         t = teacher
         flops += (
             2 * matmul_params(t, with_head=teacher_head)
-            + 4 * t.num_hidden_layers * t.num_attention_heads * t.head_dim * seq_len
+            + 4 * t.num_hidden_layers * t.num_attention_heads * cast(int, t.head_dim) * seq_len
         )
     return float(flops)
 
@@ -180,7 +180,9 @@ class Progress:
 
     def __init__(self, total_steps: int, stream=sys.stderr):
         self.total, self.stream = total_steps, stream
-        self.last = None  # (time, step) of the previous line; the first interval includes compiling
+        self.last: Optional[tuple[float, int]] = (
+            None  # (time, step) of the previous line; the first interval includes compiling
+        )
 
     def line(self, step: int, metrics: dict) -> str:
         now = time.time()

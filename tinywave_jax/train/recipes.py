@@ -15,7 +15,7 @@ declares, and asks it for the initial params and the exported model; it never br
 from __future__ import annotations
 
 import dataclasses
-from typing import Union
+from typing import Optional, Union, cast
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ def _source_config(src: ModelSource, key: str) -> LlamaConfig:
             return load_model_config(src.path)
         except (ConfigError, FileNotFoundError) as e:
             raise ConfigError(f"{key}.path: {e}") from None
-    return src.shape
+    return cast(LlamaConfig, src.shape)  # validated: a path or a shape
 
 
 def _student_numerics(config: LlamaConfig, cfg: RunConfig) -> LlamaConfig:
@@ -91,11 +91,12 @@ class FineTuneRecipe:
         s = self.spec
         if s.lora is None:
             return {"model": _model(s.student)}
+        lora = s.lora
         abstract = jax.eval_shape(
-            lambda p: init_lora(p, s.student, s.lora, jax.random.key(0)),
+            lambda p: init_lora(p, s.student, lora, jax.random.key(0)),
             llama.abstract_params(s.student),
         )
-        return {"lora": (abstract, lora_logical_axes(s.student, s.lora))}
+        return {"lora": (abstract, lora_logical_axes(s.student, lora))}
 
     def frozen(self) -> Declared:
         return {} if self.spec.lora is None else {"base": _model(self.spec.student)}
@@ -111,19 +112,19 @@ class FineTuneRecipe:
             )
         frozen = {"base": load_or_init(src, s.student, frozen_sh["base"])}
         trainable = {}
+        lora = s.lora
         if trainable_too:
             trainable["lora"] = jax.jit(
-                lambda p: init_lora(p, s.student, s.lora, jax.random.key(self.cfg.train.seed)),
+                lambda p: init_lora(p, s.student, lora, jax.random.key(self.cfg.train.seed)),
                 out_shardings=trainable_sh["lora"],
             )(frozen["base"])
         return frozen, trainable
 
     def final_params(self, params: dict, frozen: dict) -> dict:
-        if self.spec.lora is None:
+        lora = self.spec.lora
+        if lora is None:
             return params["model"]
-        return jax.jit(lambda b, a: merge_lora(b, a, self.spec.lora))(
-            frozen["base"], params["lora"]
-        )
+        return jax.jit(lambda b, a: merge_lora(b, a, lora))(frozen["base"], params["lora"])
 
     def inputs(self) -> tuple:
         """The model folders the run reads (final/ must be apart from them)."""
@@ -152,7 +153,8 @@ class DistillRecipe:
         s = self.spec
         out = {"model": _model(s.student)}
         if self.projector:
-            shape = (len(s.student_taps), s.student.hidden_size, s.teacher.hidden_size)
+            teacher = cast(LlamaConfig, s.teacher)  # a distill step always has one
+            shape = (len(s.student_taps), s.student.hidden_size, teacher.hidden_size)
             out["projector"] = (
                 {"kernel": jax.ShapeDtypeStruct(shape, jnp.float32)},
                 {"kernel": jax.sharding.PartitionSpec(None, None, None)},
@@ -160,7 +162,8 @@ class DistillRecipe:
         return out
 
     def frozen(self) -> Declared:
-        return {"teacher": _model(self.spec.teacher)} if self.spec.runs_teacher else {}
+        teacher = cast(LlamaConfig, self.spec.teacher)
+        return {"teacher": _model(teacher)} if self.spec.runs_teacher else {}
 
     def create(self, mesh, frozen_sh: dict, trainable_sh: dict, trainable_too: bool) -> tuple:
         """(frozen, trainable) params with their shardings; `trainable_too=False`: a resume (the
@@ -192,13 +195,13 @@ class DistillRecipe:
                     jax.random.key(cfg.train.seed),
                     len(s.student_taps),
                     s.student.hidden_size,
-                    s.teacher.hidden_size,
+                    cast(LlamaConfig, s.teacher).hidden_size,
                 ),
                 out_shardings=trainable_sh["projector"],
             )()
         if "teacher" not in frozen_sh:
             return {}, trainable
-        n = s.teacher.num_hidden_layers
+        n = cast(LlamaConfig, s.teacher).num_hidden_layers
         if n != full.num_hidden_layers:  # keep only the layers up to the last tapped one
             teacher = jax.jit(
                 lambda t: {**t, "layers": jax.tree.map(lambda x: x[:n], t["layers"])},
@@ -257,6 +260,7 @@ def _prepare_distill(cfg: DistillConfig) -> DistillRecipe:
         remat="none",
         scan_layers=cfg.train.scan_layers,
     )
+    depth: Optional[int]
     if cfg.student.path is not None or cfg.student.shape is not None:
         student = _source_config(cfg.student, "student")
         depth = student.num_hidden_layers

@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, Optional, cast
 
 import jax
 
@@ -383,8 +384,8 @@ class _FailedReadNoise(logging.Filter):
 
 
 def _reason(e: BaseException) -> str:
-    text = str(e).split(" [tensorstore_spec", 1)[0].strip().splitlines()
-    text = re.sub(r'(Error opening "\w+" driver: )+', "", text[0] if text else "")
+    lines = str(e).split(" [tensorstore_spec", 1)[0].strip().splitlines()
+    text = re.sub(r'(Error opening "\w+" driver: )+', "", lines[0] if lines else "")
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -439,7 +440,7 @@ def restore_intact(
     steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
         raise MissingInputError(f"{mngr.directory}: no checkpoint to restore")
-    noise, skipped = _FailedReadNoise(), []
+    noise, skipped = _FailedReadNoise(), cast(list[tuple[int, str]], [])
     noise.install()
     try:
         return _newest_intact(mngr, target, check_meta, steps, skipped, tuple(allowed_changes))
@@ -451,7 +452,8 @@ def restore_intact(
 
 def _newest_intact(mngr, target, check_meta, steps: list[int], skipped: list, allowed=()) -> tuple:
     for step in steps:
-        reason, got = None, None
+        reason: Optional[str] = None
+        got: Any = None
         try:
             meta = read_meta(mngr, step)
         except TinywaveError:

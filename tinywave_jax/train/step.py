@@ -14,7 +14,7 @@ donated; the frozen params (teacher / LoRA base) are a separate, non-donated inp
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ from ..distill.objective import (
     weighted_loss,
 )
 from ..models.config import LlamaConfig
-from ..models.llama import Llama, lm_head_kernel
+from ..models.llama import apply_llama, lm_head_kernel
 from ..parallel import axis_rules_context, batch_sharding, replicated
 from ..parallel.rules import logical_to_spec
 from .lora import LoraConfig, apply_lora
@@ -97,8 +97,9 @@ def student_params(spec: StepSpec, trainable: dict, frozen: dict) -> dict:
 def _features(
     config: LlamaConfig, params: dict, mb: dict, taps: tuple, hidden: bool, qk: bool, output: bool
 ) -> dict:
-    out = Llama(config).apply(
-        {"params": params},
+    out = apply_llama(
+        config,
+        params,
         mb["input_ids"],
         mb["positions"],
         mb["segment_ids"],
@@ -113,7 +114,7 @@ def _features(
     return {k: v for k, v in feats.items() if v is not None}
 
 
-def teacher_features(spec: StepSpec, teacher: dict, mb: dict) -> dict:
+def teacher_features(spec: StepSpec, teacher: Optional[dict], mb: dict) -> dict:
     """Only what an active term needs; constants for the student's gradient. With a teacher
     cache, its top-k rows come with the microbatch and the teacher does not run."""
     if spec.teacher_cached:
@@ -122,8 +123,8 @@ def teacher_features(spec: StepSpec, teacher: dict, mb: dict) -> dict:
         return {}
     need = spec.teacher_needs
     feats = _features(
-        spec.teacher,
-        teacher,
+        cast(LlamaConfig, spec.teacher),  # a step that runs its teacher has one, and its params
+        cast(dict, teacher),
         mb,
         spec.teacher_taps,
         "hidden" in need,
@@ -259,7 +260,7 @@ class CompiledStep:
             out_shardings=(state_sh, replicated(mesh)),
             donate_argnums=(0,),
         )
-        self._compiled = None
+        self._compiled: Any = None
         self.keys = spec.batch_keys
 
     def lower(self, state, frozen, batch):
