@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
+from .data.layout import MODALITIES
 from .errors import ConfigError, InputError
 from .flags import add_dtype, add_mesh_flags, add_no_verify
-from .generation import MODALITIES
 from .jsonl import iter_jsonl
 
 

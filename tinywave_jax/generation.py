@@ -21,11 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from .checkpoint import load_model
+from .data.layout import MODALITIES, TokenLayout, ids_to_string, parse_token_string, resolve_layout
 from .errors import ConfigError, InputError, TinywaveError
-
-MODALITIES = ("speech", "expressive", "text", "any")
+from .models import decode
+from .scoring import bucket_length
 
 
 def allowed_ids(layout, vocab_size: int, modality: str, stop_ids: Sequence[int] = ()) -> np.ndarray:
@@ -67,7 +71,6 @@ def parse_prompt(
     prompt, layout, tokenizer=None, where: str = "prompt", add_bos: bool = True
 ) -> np.ndarray:
     """A token string (bos prepended unless `add_bos=False`) or an id list (as given) -> ids."""
-    from .data.layout import parse_token_string
 
     if isinstance(prompt, str):
         try:
@@ -87,8 +90,6 @@ def parse_prompt(
 def load_model_arrays(model, dtype=None, verify=True):
     """(params, config) of `model`: a checkpoint folder (loaded at `dtype`), or the pair itself."""
     if isinstance(model, (str, Path)):
-        from .checkpoint import load_model
-
         params, config, _ = load_model(model, dtype=dtype, verify=verify)
         if dtype:
             config = config.replace(dtype=dtype, param_dtype=dtype)
@@ -117,12 +118,6 @@ def generate_tokens(
     TokenLayout, preset name, layout JSON path or None (inferred from the vocabulary);
     `stop_ids` None: the model's eos. Returns per prompt {"prompt", "prompt_ids", "ids",
     "tokens", "text", "stopped", "stop_id"}; "text" is None when text ids need a tokenizer."""
-    import jax
-    import jax.numpy as jnp
-
-    from .data.layout import TokenLayout, ids_to_string, resolve_layout
-    from .models import decode
-    from .scoring import bucket_length
 
     if max_new_tokens < 1:
         raise ConfigError(

@@ -12,12 +12,25 @@ import dataclasses
 import math
 import re
 import sys
+import time
 from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax._src import config as jax_config
 
 from . import hw as hw_overlays
 from . import tpu
-from .config import read_yaml
+from .config import load_config, read_yaml
+from .data.batches import CACHE_KEYS
 from .errors import ConfigError
+from .parallel import batch_sharding, make_mesh
+from .step_estimate import estimate as estimate_step
+from .train.config import DistillConfig, TrainConfig
+from .train.metrics import step_flops
+from .train.recipes import prepare
+from .train.session import Session
 
 DEFAULT_DEVICES = 8  # an overlay that names no device count (cpu.yaml): 8 simulated
 GiB = 2**30
@@ -115,8 +128,6 @@ def resolve_topology(
 
 def load_run_config(path: str, overrides: list[str]):
     """DistillConfig (the YAML has `teacher:`) or TrainConfig (it has `model:`)."""
-    from .config import load_config
-    from .train.config import DistillConfig, TrainConfig
 
     data = read_yaml(path)
     if "teacher" in data:
@@ -127,8 +138,6 @@ def load_run_config(path: str, overrides: list[str]):
 
 
 def _per_device_bytes(abstract_tree, sharding_tree) -> int:
-    import jax
-    import numpy as np
 
     leaves = jax.tree_util.tree_leaves(abstract_tree)
     shardings = jax.tree_util.tree_leaves(sharding_tree)
@@ -141,7 +150,6 @@ def _per_device_bytes(abstract_tree, sharding_tree) -> int:
 
 
 def _with_shardings(abstract_tree, sharding_tree):
-    import jax
 
     return jax.tree.map(
         lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
@@ -152,11 +160,6 @@ def _with_shardings(abstract_tree, sharding_tree):
 
 def abstract_inputs(session):
     """(state, frozen params, batch) of the session's step as sharded ShapeDtypeStructs."""
-    import jax
-    import jax.numpy as jnp
-
-    from .data.batches import CACHE_KEYS
-    from .parallel import batch_sharding
 
     cfg = session.cfg
     state = session.abstract_state()
@@ -201,8 +204,6 @@ def _compiler_name(platform: str) -> str:
 def _does_not_fit(topology: Topology, error: str, session, state, frozen) -> str:
     """The TPU compiler's out-of-memory refusal as one message: its own figures (required vs
     available HBM), the largest per-chip arrays we know exactly, and what to change."""
-    import jax
-    import numpy as np
 
     reason = next((ln for ln in error.splitlines() if "RESOURCE_EXHAUSTED" in ln), error)
     reason = reason.split("RESOURCE_EXHAUSTED:", 1)[-1].strip().rstrip(".")
@@ -227,13 +228,6 @@ def _does_not_fit(topology: Topology, error: str, session, state, frozen) -> str
 
 def _compile(cfg, topology: Topology, devices):
     """(session, (state, frozen, batch), compiled, seconds) of cfg's step on `devices`."""
-    import time
-
-    from jax._src import config as jax_config
-
-    from .parallel import make_mesh
-    from .train.recipes import prepare
-    from .train.session import Session
 
     # a TPU executable compiled without a TPU client cannot be read back from jax's persistent
     # compilation cache (jax 0.10: "PjRtCompiler must be constructed with a Client"): no cache
@@ -256,9 +250,6 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None, estimate=
     """The plan of `cfg` on `topology` (see module doc). `devices`: the jax devices to build the
     mesh on (default: the first `topology.devices` of this process; any platform). `estimate`:
     also the whole-step time from the TPU cost model (TPU devices only; step_estimate.py)."""
-    import jax
-
-    from .train.metrics import step_flops
 
     if not 0 < mfu <= 1:
         raise ConfigError(f"mfu: must be in (0, 1], got {mfu}", param="mfu")
@@ -329,7 +320,6 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None, estimate=
         step_s = model_flops / (topology.devices * topology.peak_flops * mfu)
         plan.update(step_s=step_s, tokens_per_s=tokens / step_s)
     if estimate:
-        from .step_estimate import estimate as estimate_step
 
         def compile_variant(variant_cfg, label: str) -> dict:
             _, _, compiled, seconds = _compile(variant_cfg, topology, devices)

@@ -27,10 +27,26 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
-from .errors import InputError
+from . import storage
+from .checkpoint import load_model, load_model_config
+from .distill.losses import chunked_token_logprobs
+from .errors import ConfigError, InputError
 from .jsonl import iter_jsonl, write_jsonl_atomic
+from .models import llama
+from .outputs import check_output_files, is_primary_process
+from .parallel import (
+    MeshConfig,
+    axis_rules_context,
+    batch_divisor,
+    batch_sharding,
+    make_mesh,
+    tree_shardings,
+)
 
 MIN_BUCKET = 16
 LOGIT_CHUNK = 256
@@ -71,8 +87,6 @@ def check_ids(
 
 def _logprob_body(config):
     """(params, ids [B, T], segment_ids [B, T]) -> log p(ids[:, t] | ids[:, :t]) [B, T-1]."""
-    from .distill.losses import chunked_token_logprobs
-    from .models import llama
 
     def fn(params, ids, segment_ids):
         out = llama.Llama(config).apply(
@@ -87,7 +101,6 @@ def _logprob_body(config):
 @functools.lru_cache(maxsize=None)
 def _logprob_fn(config):
     """The one-device scoring function (jitted; inputs on the default device)."""
-    import jax
 
     return jax.jit(_logprob_body(config))
 
@@ -96,9 +109,6 @@ def _logprob_fn(config):
 def _sharded_logprob_fn(config, mesh):
     """The scoring function on `mesh`: rows over (data, fsdp), parameters by the training rules,
     log-probabilities left row-sharded (gathered on the host side)."""
-    import jax
-
-    from .parallel import batch_sharding
 
     bsh = batch_sharding(mesh)
     return jax.jit(
@@ -112,10 +122,6 @@ def scoring_mesh(fsdp: int = 1, devices=None):
     """The mesh `score` and `eval` run on: all devices of all processes (`devices`: these only)
     on (data, fsdp); `fsdp` > 1 shards the parameters over groups of that many devices (for a
     model too large to replicate on each), fsdp=1 replicates them."""
-    import jax
-
-    from .errors import ConfigError
-    from .parallel import MeshConfig, make_mesh
 
     devices = list(jax.devices() if devices is None else devices)
     if not isinstance(fsdp, int) or fsdp < 1 or len(devices) % fsdp:
@@ -129,8 +135,6 @@ def scoring_mesh(fsdp: int = 1, devices=None):
 def param_shardings(mesh, config):
     """NamedShardings of a model's parameters on `mesh` (the training rules: replicated unless
     the mesh has fsdp > 1 or tensor > 1); pass them to `checkpoint.load_model(shardings=...)`."""
-    from .models import llama
-    from .parallel import tree_shardings
 
     return tree_shardings(mesh, llama.param_logical_axes(config), llama.abstract_params(config))
 
@@ -138,7 +142,6 @@ def param_shardings(mesh, config):
 def _place_params(params, shardings):
     """`params` as global arrays with `shardings` (kept when already so: a checkpoint loaded with
     them). Host values are cut per device, so each process only places its own shards."""
-    import jax
 
     def put(x, sh):
         if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sh, x.ndim):
@@ -155,7 +158,6 @@ def _to_host(x) -> np.ndarray:
     """A (row-sharded) global array as one host array, on every process."""
     if x.is_fully_addressable:
         return np.asarray(x)
-    from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
@@ -163,7 +165,6 @@ def _to_host(x) -> np.ndarray:
 def rows_per_step(batch_size: int, mesh=None) -> int:
     """Rows of each scoring step: `batch_size` (global), rounded up to a multiple of the
     data-parallel devices of `mesh` (data x fsdp)."""
-    from .errors import ConfigError
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(
@@ -171,7 +172,6 @@ def rows_per_step(batch_size: int, mesh=None) -> int:
         )
     if mesh is None:
         return batch_size
-    from .parallel import batch_divisor
 
     dp = batch_divisor(mesh)
     return -(-batch_size // dp) * dp
@@ -191,8 +191,6 @@ def score_sequences(
     (`scoring_mesh()`) splits each step's rows over its data-parallel devices, `batch_size` then
     being the global rows per step rounded up to a multiple of them (see the module doc). With
     several processes every process passes the same `seqs` and gets all results back."""
-    import jax
-    import jax.numpy as jnp
 
     max_len = config.max_position_embeddings
     check_ids(seqs, config.vocab_size, max_len)
@@ -200,8 +198,6 @@ def score_sequences(
     if mesh is None:
         fn = _logprob_fn(config)
     else:
-        from .parallel import axis_rules_context, batch_sharding
-
         sharded_fn = _sharded_logprob_fn(config, mesh)
         bsh = batch_sharding(mesh)
         params = _place_params(params, param_shardings(mesh, config))
@@ -274,11 +270,6 @@ def score_file(
     """Scores every record of `in_path` and writes `out_path` (process 0 only, atomically).
     mesh: default `scoring_mesh(fsdp)` (every device of every process); `batch_size` is the
     global rows per step (see `score_sequences`)."""
-    import jax
-
-    from . import storage
-    from .checkpoint import load_model, load_model_config
-    from .outputs import check_output_files, is_primary_process
 
     check_output_files([out_path], [ckpt_dir, in_path], "score OUT")
     # gs:// paths are checked (credentials, bucket, write access) before the long load and scoring
@@ -311,7 +302,5 @@ def score_file(
     if is_primary_process():  # every process has every result; one writes them
         write_jsonl_atomic(out_path, out)
     if jax.process_count() > 1:  # no process returns before the file is there
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("tinywave score written")
     return out

@@ -34,6 +34,9 @@ from typing import Optional
 
 from .config import from_dict, to_dict
 from .errors import ConfigError
+from .models.attention import resolve, splash_block
+from .train.metrics import step_flops
+from .train.recipes import prepare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +104,6 @@ def splash_flops(cfg, spec, teacher_layers: int) -> float:
     2 T^2 H hd over the tiles on or below the diagonal ((n + 1) / 2n of n x n tiles). The
     forward has 2 matmuls (q k^T, p v); the student's backward 7 (dq kernel: s, dp, dq; dkv
     kernel: s, dp, dv, dk) plus, under remat, its forward again."""
-    from .models.attention import splash_block
 
     t = cfg.data.seq_len
     n = t // splash_block(t)
@@ -134,9 +136,6 @@ def estimate(cfg, topology, devices, compile_variant) -> dict:
         figure is negative or the chunk body comes out non-positive, as at full size on v6e).
 
     `compile_variant(cfg, label) -> cost dict` compiles one variant (plan.py's compile path)."""
-    from .models.attention import resolve
-    from .train.metrics import step_flops
-    from .train.recipes import prepare
 
     recipe = prepare(cfg)
     spec = recipe.spec

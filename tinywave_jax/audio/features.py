@@ -14,6 +14,7 @@ import dataclasses
 from typing import Literal
 
 import numpy as np
+from scipy.fft import dct
 
 from ..errors import ConfigError
 from .io import SAMPLE_RATE
@@ -139,7 +140,6 @@ def log_mel(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
 
 def mfcc(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
     """[frames, n_mfcc] orthonormal DCT-II of the log-mel energies."""
-    from scipy.fft import dct
 
     return dct(log_mel(wav, cfg), type=2, norm="ortho", axis=-1)[:, : cfg.n_mfcc]
 

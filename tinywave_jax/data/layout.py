@@ -315,6 +315,11 @@ def join_spans(layout: TokenLayout, spans, leading_marker: bool = True, bos: boo
 # ---------------------------------------------------------------- text and token strings
 
 
+# the output modalities generation can be held to (generation.allowed_ids): HuBERT units; HuBERT,
+# pitch and style units; text ids; every id the layout uses
+MODALITIES = ("speech", "expressive", "text", "any")
+
+
 # the SpiritLM presets by vocabulary size, for a model that names no layout
 VOCAB_PRESETS = {32512: "spiritlm_base", 32768: "spiritlm_expressive"}
 
@@ -357,7 +362,7 @@ def resolve_layout(layout: str | None, vocab_size: int) -> TokenLayout:
 
 def load_tokenizer(path: str, layout: TokenLayout):
     """Hugging Face tokenizer from a directory; checks it fits the layout's text range."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # the torch extra (text spans only)
 
     tok = AutoTokenizer.from_pretrained(path)
     if len(tok) > layout.text_vocab_size:

@@ -11,17 +11,29 @@ processes, gathered back); the primary process writes. Format and keys: teacher_
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import logging
 import time
 from typing import Any
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from .. import storage
+from ..data.corpus_read import CorpusSource
+from ..data.layout import load_tokenizer
+from ..data.streams import BadRecord, sequence_for
 from ..errors import ConfigError
+from ..models import llama
+from ..models.llama import apply_llama, lm_head_kernel
 from ..outputs import is_primary_process, write_file_atomic
+from ..parallel import axis_rules_context, batch_divisor, batch_sharding, make_mesh, tree_shardings
+from ..train.recipes import _source_config, load_or_init
+from .losses import teacher_topk
 from .teacher_cache import (
     FORMAT,
     ID_DTYPE,
@@ -39,9 +51,6 @@ log = logging.getLogger(__name__)
 
 
 def _teacher(cfg, mesh):
-    from ..models import llama
-    from ..parallel import tree_shardings
-    from ..train.recipes import _source_config, load_or_init
 
     config = _source_config(cfg.teacher, "teacher").replace(
         dtype=cfg.teacher.dtype, param_dtype=cfg.teacher.dtype, remat="none"
@@ -57,11 +66,6 @@ def _teacher(cfg, mesh):
 
 
 def _topk_fn(config, k: int, chunk, mesh, param_sh):
-    import jax
-
-    from ..models.llama import apply_llama, lm_head_kernel
-    from ..parallel import axis_rules_context, batch_sharding
-    from .losses import teacher_topk
 
     def fn(params, ids, seg, pos):
         out = apply_llama(config, params, ids, pos, seg, return_logits=False)
@@ -84,8 +88,6 @@ def _topk_fn(config, k: int, chunk, mesh, param_sh):
                 timing["compile_s"] = time.time() - t0
             out = compiled[0](*args)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             out = multihost_utils.process_allgather(out, tiled=True)
         return tuple(np.asarray(x) for x in out)
 
@@ -120,18 +122,11 @@ def build_teacher_cache(
     """Builds (or resumes) the teacher cache of `cfg` (a DistillConfig) in `out`; returns
     {"shards", "built", "skipped", "tokens", "bytes", "seconds", "tokens_per_s", "compile_s"}
     (seconds and tokens/s of this call's built shards, the teacher's compilation left out)."""
-    import dataclasses
-
-    from ..data.layout import load_tokenizer
-    from ..data.streams import BadRecord, sequence_for
-    from ..parallel import batch_divisor, make_mesh
 
     if records_per_shard < 1:
         raise ConfigError(f"--records-per-shard: must be >= 1, got {records_per_shard}")
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, top_k=top_k))
     if source is None:
-        from ..data.corpus_read import CorpusSource
-
         corpus = cfg.data.corpus_config()
         source = CorpusSource(corpus.corpus_dir, corpus.split)
     identity, corpus = run_identity(cfg, source)
@@ -246,6 +241,5 @@ def build_teacher_cache(
 
 
 def _sha256_bytes(data: bytes) -> str:
-    import hashlib
 
     return hashlib.sha256(data).hexdigest()

@@ -35,8 +35,11 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import storage
+from ..checkpoint import FILES_KEY, HASHES_KEY, load_model_info
+from ..config import to_dict
 from ..data.batches import TOKEN_KEYS
-from ..errors import InputError
+from ..data.corpus_read import CorpusSource, version_dir
+from ..errors import ConfigError, InputError
 
 FORMAT, VERSION = "tinywave-teacher-cache", 1
 INFO = "cache.json"
@@ -62,8 +65,6 @@ def teacher_identity(teacher) -> dict:
     """The teacher a cache belongs to (`teacher:` section): a checkpoint by the sha256 over its
     recorded file hashes (no weights read), a random one by shape and seed; and the dtype it ran in."""
     if teacher.path is not None:
-        from ..checkpoint import FILES_KEY, HASHES_KEY, load_model_info
-
         info = load_model_info(teacher.path)
         if HASHES_KEY not in info:
             raise TeacherCacheError(
@@ -72,8 +73,6 @@ def teacher_identity(teacher) -> dict:
             )
         recorded = {"params": info[HASHES_KEY], "files": info.get(FILES_KEY, {})}
     else:
-        from ..config import to_dict
-
         recorded = {"shape": to_dict(teacher.shape), "seed": teacher.seed}
     digest = hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
     return {"sha256": digest, "dtype": teacher.dtype}
@@ -86,8 +85,6 @@ def corpus_identity(corpus_cfg, source) -> dict:
     if hasattr(source, "identity"):
         digest = source.identity()
     else:
-        from ..data.corpus_read import version_dir
-
         info = storage.path(version_dir(corpus_cfg.corpus_dir)) / "dataset_info.json"
         digest = hashlib.sha256(info.read_bytes()).hexdigest()
     return {"split": corpus_cfg.split, "records": len(source), "sha256": digest}
@@ -95,7 +92,6 @@ def corpus_identity(corpus_cfg, source) -> dict:
 
 def layout_identity(corpus_cfg) -> dict:
     """What turns a record into token ids: the token layout, tokenizer and stream options."""
-    from ..config import to_dict
 
     return {
         "layout": to_dict(corpus_cfg.layout),
@@ -296,8 +292,6 @@ class CacheJoin:
 
 def run_identity(cfg, source=None) -> tuple[dict, Any]:
     """(the identity a run's cache must have, the corpus config) of a DistillConfig."""
-    from ..data.corpus_read import CorpusSource
-    from ..errors import ConfigError
 
     if cfg.data.source != "corpus":
         raise ConfigError(

@@ -16,8 +16,8 @@ Names are imported lazily so that `tinywave --help` stays fast.
 from .._lazy import lazy_exports
 
 _NAMES = {
-    "harness": ["TASKS", "evaluate", "prepare_inputs", "run_task"],
-    "benchmarks": ["BenchmarkError", "FilePair", "benchmark_pairs", "salmon_pairs"],
+    "harness": ["evaluate", "prepare_inputs", "run_task"],
+    "benchmarks": ["TASKS", "BenchmarkError", "FilePair", "benchmark_pairs", "salmon_pairs"],
     "pairwise": [
         "PairItem",
         "pair_outcome",

@@ -26,6 +26,7 @@ import difflib
 import re
 from pathlib import Path
 
+from ..data.layout import SPEECH, TEXT
 from ..errors import InputError, log_stderr
 
 SALMON_SUBSETS = (
@@ -40,6 +41,15 @@ SALMON_SUBSETS = (
 )
 SEPARATOR = {"ssc": "_", "tsc": "_", "swuggy": "_", "sblimp": "+"}
 AUDIO_TASKS = ("salmon", *SEPARATOR)
+# cross-modal cloze (crossmodal.py): the modality of the context and of the endings
+CROSS_MODAL_TASKS = {
+    "cloze_ss": (SPEECH, SPEECH),
+    "cloze_st": (SPEECH, TEXT),
+    "cloze_ts": (TEXT, SPEECH),
+    "cloze_tt": (TEXT, TEXT),
+}
+# every task `tinywave eval` runs (harness.py), named here so the command line needs no jax
+TASKS = (*AUDIO_TASKS, *CROSS_MODAL_TASKS, "pairs", "ppl")
 _SALMON_NAME = re.compile(r"sample_(\d+)_(\d+)")
 _MAX_LISTED = 20
 

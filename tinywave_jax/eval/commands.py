@@ -15,7 +15,7 @@ TASK_HELP = (
 
 
 def register(subparsers) -> None:
-    from .harness import TASKS
+    from .benchmarks import TASKS
 
     p = subparsers.add_parser(
         "eval",

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio import SAMPLE_RATE, load_extractor, read_audio
+from ..data.layout import SPEECH, join_spans, merge_streams
 from ..errors import ConfigError, InputError, TinywaveError
 
 AUDIO_SCORE_FROM = 2  # bos, [Speech]
@@ -59,7 +61,6 @@ class AudioTokenizer:
     spec). `expressive` (default: the layout's) merges pitch and style tokens in."""
 
     def __init__(self, extractor_dir: str | Path, layout, expressive: bool | None = None):
-        from ..audio import load_extractor
 
         self.layout = layout
         self.expressive = layout.is_expressive if expressive is None else expressive
@@ -89,8 +90,6 @@ class AudioTokenizer:
         return self._tokens(path)[0]
 
     def _tokens(self, path: str | Path) -> tuple[np.ndarray, float]:
-        from ..audio import SAMPLE_RATE, read_audio
-        from ..data.layout import merge_streams
 
         key = str(path)
         if key not in self._cache:
@@ -105,7 +104,6 @@ class AudioTokenizer:
 
     def __call__(self, path: str | Path) -> Seq:
         """The file as a scored sequence: bos, [Speech], its units (scored)."""
-        from ..data.layout import SPEECH, join_spans
 
         ids, seconds = self._tokens(path)
         seq = join_spans(self.layout, [(SPEECH, ids)])

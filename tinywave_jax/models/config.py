@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional, cast
 
 from ..config import building_key, from_dict
 from ..errors import ConfigError
+from ..storage import path as _path
 
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "save_attn_proj"]
 Attention = Literal["dense", "splash", "cudnn"]  # models/attention.py
@@ -221,7 +222,6 @@ class LlamaConfig:
 
     @classmethod
     def from_hf_file(cls, path: str | Path, **jax_options) -> "LlamaConfig":
-        from ..storage import path as _path
 
         p = _path(path)
         if p.is_dir():
@@ -235,7 +235,6 @@ class LlamaConfig:
         return cls.from_hf_dict(hf, where=str(p), **jax_options)
 
     def write_hf_file(self, path: str | Path) -> None:
-        from ..storage import path as _path
 
         _path(path).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
 

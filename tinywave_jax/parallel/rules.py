@@ -27,6 +27,7 @@ import logging
 import math
 from typing import cast
 
+import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -48,7 +49,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 def logical_to_spec(logical: P | tuple) -> P:
     """Logical PartitionSpec -> mesh PartitionSpec via LOGICAL_AXIS_RULES."""
-    import flax.linen as nn
 
     return cast(P, nn.logical_to_mesh_axes(tuple(logical), LOGICAL_AXIS_RULES))
 
@@ -113,6 +113,5 @@ def batch_divisor(mesh) -> int:
 
 def axis_rules_context():
     """Context making the model's `nn.with_logical_constraint` use LOGICAL_AXIS_RULES."""
-    import flax.linen as nn
 
     return nn.logical_axis_rules(LOGICAL_AXIS_RULES)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional
 
+from ..config import from_dict
 from ..data.corpus_format import SPLITS
+from ..data.pipeline import DataConfig
 from ..data.synthetic import SyntheticDataConfig
 from ..distill.objective import DistillLossConfig, LossWeights
 from ..errors import ConfigError
@@ -156,8 +158,6 @@ class DataSection:
             self.corpus_config()  # validates data.corpus.* now
 
     def corpus_config(self):
-        from ..config import from_dict
-        from ..data.pipeline import DataConfig
 
         return from_dict(
             DataConfig,

@@ -8,6 +8,10 @@ loss_mask, segment_ids, positions, each [B, T]) and checkpoint their position wi
 
 from __future__ import annotations
 
+import dataclasses
+
+from ..data.corpus_read import corpus_splits
+from ..data.pipeline import make_train_iterator
 from ..data.synthetic import SyntheticIterator
 from ..errors import ConfigError
 from .config import CORPUS_KEY, DataSection
@@ -24,7 +28,6 @@ def make_batches(
     carry every token's (stream, record, position) key, for a teacher cache."""
     if cfg.source == "synthetic":
         return SyntheticIterator(cfg, vocab_size, process_index, process_count)
-    from ..data.pipeline import make_train_iterator
 
     return make_train_iterator(
         cfg.corpus_config(), process_index, process_count, key=CORPUS_KEY, keys=keys
@@ -46,10 +49,6 @@ def held_out_batches(
     if cfg.source == "synthetic":
         synthetic = SyntheticIterator(cfg, vocab_size, process_index, process_count, split)
         return [next(synthetic) for _ in range(n)]
-    import dataclasses
-
-    from ..data.corpus_read import corpus_splits
-    from ..data.pipeline import make_train_iterator
 
     corpus = cfg.corpus_config()
     have = corpus_splits(corpus.corpus_dir)

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Optional, cast
 
+from tensorboardX import SummaryWriter
+
 from .. import storage
 from ..distill.terms import weighted_metric_names
 from ..errors import InputError
@@ -122,8 +124,6 @@ class MetricsWriter:
         if enabled and not self.remote:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if enabled and tensorboard:
-            from tensorboardX import SummaryWriter
-
             self._tb = SummaryWriter(str(storage.path(run_dir) / "tb"))
 
     def truncate_after(self, step: int) -> None:

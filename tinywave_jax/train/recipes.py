@@ -20,10 +20,12 @@ from typing import Optional, Union, cast
 import jax
 import jax.numpy as jnp
 
+from ..checkpoint import load_model, load_model_config
 from ..config import to_dict
 from ..distill.attention_kl import head_groups
 from ..distill.layer_map import LayerMap, resolve_layer_map
 from ..distill.losses import init_hidden_projector
+from ..distill.student_init import init_student_from_teacher
 from ..distill.terms import TERMS
 from ..errors import ConfigError
 from ..models import llama
@@ -39,8 +41,6 @@ Declared = dict  # name -> (abstract params tree, logical axes tree)
 
 def _source_config(src: ModelSource, key: str) -> LlamaConfig:
     if src.path is not None:
-        from ..checkpoint import load_model_config
-
         try:
             return load_model_config(src.path)
         except (ConfigError, FileNotFoundError) as e:
@@ -64,8 +64,6 @@ def load_or_init(src: ModelSource, config: LlamaConfig, shardings, verify: bool 
     verify: check a loaded checkpoint's files against their recorded sha256 first."""
     dtype = jnp.dtype(config.param_dtype)
     if src.path is not None:
-        from ..checkpoint import load_model
-
         return load_model(src.path, dtype=dtype, shardings=shardings, verify=verify)[0]
     init_cfg = config.replace(param_dtype="float32", dtype="float32")
     # the seed is an argument, not a constant, so one compiled init serves every seed
@@ -182,8 +180,6 @@ class DistillRecipe:
         if trainable_too and own_student:
             trainable["model"] = load_or_init(cfg.student, s.student, trainable_sh["model"])
         elif trainable_too:
-            from ..distill.student_init import init_student_from_teacher
-
             layers, dtype = self.layer_map.init_teacher_layers, jnp.dtype(s.student.param_dtype)
             trainable["model"] = jax.jit(
                 lambda t: _cast(init_student_from_teacher(t, full, layers)[0], dtype),
