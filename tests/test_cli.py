@@ -74,3 +74,5 @@ def test_a_flag_named_unlike_its_parameter_is_mapped_by_param_dests():
     assert cli.flag_message(parser, args, stop) == "--stop: 9 is outside the vocabulary [0, 8)"
     assert cli.flag_message(parser, args, top_k) == "--top-k: must be in [0, 8], got 9"
     assert cli.flag_message(parser, args, unnamed) == "top_k appears here without param"
+    both = ConfigError("top_k: 9 needs stop_ids, unlike top_kk", param=("top_k", "stop_ids"))
+    assert cli.flag_message(parser, args, both) == "--top-k: 9 needs --stop, unlike top_kk"

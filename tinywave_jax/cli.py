@@ -76,12 +76,21 @@ def flag_message(parser: argparse.ArgumentParser, args, e: BaseException) -> str
     """`e`'s message with the parameter it starts with (`e.param`, errors.py) written as the flag
     of the command that ran (`max_new_tokens: ...` -> `--max-new-tokens: ...`). A command whose
     flag's name differs from the parameter's says so in its `param_dests` default."""
-    msg, param = str(e), getattr(e, "param", None)
-    dest = (getattr(args, "param_dests", None) or {}).get(param, param)
-    command = _command_parser(parser, args.func) if param and msg.startswith(param) else None
-    for action in command._actions if command is not None else ():
-        if action.dest == dest and action.option_strings:
-            return max(action.option_strings, key=len) + msg[len(param) :]
+    msg, params = str(e), getattr(e, "param", None) or ()
+    params = (params,) if isinstance(params, str) else tuple(params)
+    command = _command_parser(parser, args.func) if params else None
+    if command is None:
+        return msg
+    dests = getattr(args, "param_dests", None) or {}
+    flags = {a.dest: max(a.option_strings, key=len) for a in command._actions if a.option_strings}
+    for k, param in enumerate(params):
+        flag = flags.get(dests.get(param, param))
+        if flag is None:
+            continue
+        if k == 0 and msg.startswith(param):
+            msg = flag + msg[len(param) :]
+        elif k > 0:
+            msg = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flag, msg)
     return msg
 
 

@@ -18,9 +18,10 @@ import sys
 
 class TinywaveError(Exception):
     """Root of the errors whose message tells the user what to fix. `param`: the function
-    parameter the message starts with, which the CLI replaces by the flag that set it."""
+    parameter the message starts with, which the CLI replaces by the flag that set it; a tuple
+    names further parameters the message mentions (each replaced wherever it stands as a word)."""
 
-    def __init__(self, *args, param: str | None = None):
+    def __init__(self, *args, param: str | tuple[str, ...] | None = None):
         super().__init__(*args)
         self.param = param
 

@@ -125,8 +125,8 @@ def generate_tokens(
         )
     if not greedy and not temperature > 0:
         raise ConfigError(
-            f"temperature: must be > 0 for sampling (or greedy), got {temperature}",
-            param="temperature",
+            f"temperature: must be > 0 for sampling (or use greedy), got {temperature}",
+            param=("temperature", "greedy"),
         )
     if not 0 < top_p <= 1:
         raise ConfigError(f"top_p: must be in (0, 1], got {top_p}", param="top_p")

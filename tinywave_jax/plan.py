@@ -83,7 +83,7 @@ def resolve_topology(
             raise ConfigError(
                 f"topology {name!r}: an explicit mesh shape needs peak_tflops and hbm_gib (per "
                 "device)",
-                param="topology",
+                param=("topology", "peak_tflops", "hbm_gib"),
             )
         return Topology(
             f"mesh {d}x{f}x{t}",

@@ -88,7 +88,7 @@ def fit_units(
         raise ConfigError(
             f"pitch_bins: must be 0 (off) or >= 2, got {pitch_bins}; style_classes >= 0, got "
             f"{style_classes}",
-            param="pitch_bins",
+            param=("pitch_bins", "style_classes"),
         )
 
     phonetic = (

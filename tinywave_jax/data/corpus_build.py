@@ -207,7 +207,7 @@ def check_hosts(num_hosts: int, host_index: int) -> None:
     if not 0 <= host_index < num_hosts:
         raise ConfigError(
             f"host_index {host_index} is outside 0..{num_hosts - 1} (num_hosts {num_hosts})",
-            param="host_index",
+            param=("host_index", "num_hosts"),
         )
 
 

@@ -107,4 +107,6 @@ def check_reference(reference: str | None, task: str, compare) -> None:
     if task == "ppl":
         raise ConfigError("reference: only for pairwise tasks, not ppl", param="reference")
     if reference == "copy" and compare:
-        raise ConfigError("reference copy scores no model: drop compare", param="reference")
+        raise ConfigError(
+            "reference copy scores no model: drop compare", param=("reference", "compare")
+        )
