@@ -288,7 +288,8 @@ def test_malformed_prompt_tokens_exit_2_naming_the_nearest_form(
 
 def test_stop_token_string_adds_only_the_named_id(model):
     """`--stop '[Text]'` used to add bos too, which lifted the speech ban on bos."""
-    from tinywave_jax.generation import _parse_stop, allowed_ids
+    from tinywave_jax.commands import _parse_stop
+    from tinywave_jax.generation import allowed_ids
 
     layout = model["layout"]
     stop = _parse_stop(["[Text]", "[Hu5][St1]", "7"], layout, None)
