@@ -37,9 +37,11 @@ shellcheck:
 	  { echo "shellcheck is missing and apt-get is unavailable: install shellcheck by hand" >&2; exit 1; }
 
 # ruff (pinned in setup.cfg's test extra; rules in pyproject.toml): `make format` applies the fixes.
+# mypy (pinned there too) type-checks models/, distill/, train/ and parallel/ (pyproject.toml).
 lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 format: venv
 	$(BIN)/ruff format .
@@ -72,4 +74,4 @@ demo-teacher-expressive: venv espeak
 	  --workdir runs/demo_teacher_expressive --overwrite
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -134,7 +134,7 @@ def run_engine(engine: str, work: Path, prompt: list[int], new: int, threads: in
         load_s = time.perf_counter() - t0
         generate(8)
     else:
-        from tinywave_jax.convert.gguf_run import llama_cpp_greedy, load_llama_cpp
+        from tinywave_jax.eval.gguf_run import llama_cpp_greedy, load_llama_cpp
 
         gguf_type = engine.split("_", 1)[1]
         llm = load_llama_cpp(

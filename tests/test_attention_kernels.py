@@ -15,7 +15,7 @@ import yaml
 from train_fixtures import TEACHER, distill_config, distill_dict
 
 from tinywave_jax import cli
-from tinywave_jax.config import ConfigError
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.models import attention
 from tinywave_jax.models.config import LlamaConfig
 from tinywave_jax.models.llama import attention_mask, forward, init_params

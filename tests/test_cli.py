@@ -43,3 +43,36 @@ def test_user_errors_are_still_the_builtins_callers_catch():
         assert issubclass(cls, TinywaveError)
     with pytest.raises(TinywaveError):
         raise ConversionError("x")
+
+
+def test_library_errors_name_the_parameter_and_the_cli_the_flag(tmp_path, capsys):
+    """A Python caller reads the parameter it passed (`topology`); the command line, the flag."""
+    from tinywave_jax.plan import resolve_topology
+
+    with pytest.raises(ConfigError, match=r"^topology 'nope': no such hardware overlay") as e:
+        resolve_topology("nope")
+    assert e.value.param == "topology"
+    assert cli.main(["plan", str(tmp_path / "run.yaml"), "--topology", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinywave plan: error: --topology 'nope': no such hardware overlay"), err
+
+
+def test_a_flag_named_unlike_its_parameter_is_mapped_by_param_dests():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("gen")
+    p.add_argument("--stop", action="append")
+    p.add_argument("--top-k", type=int)
+    run = lambda args: None  # noqa: E731
+    p.set_defaults(func=run, param_dests={"stop_ids": "stop"})
+    args = parser.parse_args(["gen"])
+    stop = ConfigError("stop_ids: 9 is outside the vocabulary [0, 8)", param="stop_ids")
+    top_k = ConfigError("top_k: must be in [0, 8], got 9", param="top_k")
+    unnamed = ConfigError("top_k appears here without param")
+    assert cli.flag_message(parser, args, stop) == "--stop: 9 is outside the vocabulary [0, 8)"
+    assert cli.flag_message(parser, args, top_k) == "--top-k: must be in [0, 8], got 9"
+    assert cli.flag_message(parser, args, unnamed) == "top_k appears here without param"
+    both = ConfigError("top_k: 9 needs stop_ids, unlike top_kk", param=("top_k", "stop_ids"))
+    assert cli.flag_message(parser, args, both) == "--top-k: 9 needs --stop, unlike top_kk"

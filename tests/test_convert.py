@@ -16,10 +16,9 @@ from huggingface_hub import split_torch_state_dict_into_shards
 
 from tinywave_jax import cli
 from tinywave_jax.checkpoint import load_model
-from tinywave_jax.config import ConfigError
 from tinywave_jax.convert import export_hf, hf_export, import_hf
 from tinywave_jax.convert import safetensors_io as stio
-from tinywave_jax.errors import ConversionError
+from tinywave_jax.errors import ConfigError, ConversionError
 
 # Tiny shapes; vocab 211 is not a multiple of 128.
 SMALL = dict(vocab_size=211, hidden_size=32, intermediate_size=48, num_hidden_layers=2)

@@ -236,7 +236,7 @@ def test_host_index_outside_the_host_count_is_refused_at_start_up(tmp_path, caps
         assert cli.main(argv) == 2
         assert msg in capsys.readouterr().err
         assert not out.exists()
-    with pytest.raises(ConfigError, match="--host-index 3 is outside 0..2"):
+    with pytest.raises(ConfigError, match=r"^host_index 3 is outside 0..2 \(num_hosts 3\)"):
         build_corpus(out, manifest=missing, num_hosts=3, host_index=3)
 
 

@@ -108,8 +108,8 @@ def test_world_splits_are_disjoint_and_wrong_endings_change_only_who():
 
 
 def test_settings_fail_naming_the_key():
-    from tinywave_jax.config import ConfigError
     from tinywave_jax.demo.settings import demo_settings, teacher_settings
+    from tinywave_jax.errors import ConfigError
 
     assert demo_settings(quick=True, overrides=["distill_steps=7"]).distill_steps == 7
     with pytest.raises(ConfigError, match="demo.nonsense"):
@@ -382,8 +382,8 @@ def test_student_perplexity_matches_transformers(quick_run):
     import torch
     from transformers import LlamaForCausalLM
 
+    from tinywave_jax.data.layout import resolve_layout
     from tinywave_jax.eval.perplexity import corpus_seqs
-    from tinywave_jax.eval.sequences import resolve_layout
 
     workdir, _ = quick_run
     res = json.loads((workdir / "results.json").read_text())

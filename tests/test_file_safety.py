@@ -62,7 +62,7 @@ def cli_main(monkeypatch):
     monkeypatch.setattr(
         cli,
         "COMMAND_MODULES",
-        ["tinywave_jax.convert.commands", "tinywave_jax.distill.commands", "tinywave_jax.scoring"],
+        ["tinywave_jax.convert.commands", "tinywave_jax.distill.commands", "tinywave_jax.commands"],
     )
     return cli.main
 

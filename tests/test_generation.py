@@ -42,7 +42,7 @@ def model(tmp_path_factory):
     ).eval()
     hf.generation_config.eos_token_id = None
     (root / "layout.json").write_text(json.dumps(LAYOUT))
-    from tinywave_jax.eval import resolve_layout
+    from tinywave_jax.data import resolve_layout
 
     return {"root": root, "hf": hf, "layout": resolve_layout(str(root / "layout.json"), VOCAB)}
 
@@ -288,7 +288,8 @@ def test_malformed_prompt_tokens_exit_2_naming_the_nearest_form(
 
 def test_stop_token_string_adds_only_the_named_id(model):
     """`--stop '[Text]'` used to add bos too, which lifted the speech ban on bos."""
-    from tinywave_jax.generation import _parse_stop, allowed_ids
+    from tinywave_jax.commands import _parse_stop
+    from tinywave_jax.generation import allowed_ids
 
     layout = model["layout"]
     stop = _parse_stop(["[Text]", "[Hu5][St1]", "7"], layout, None)

@@ -19,17 +19,17 @@ import pytest
 from tinywave_jax import cli
 from tinywave_jax.checkpoint import save_model
 from tinywave_jax.convert.gguf_export import GGUF_TYPES, export_gguf, write_gguf
-from tinywave_jax.convert.gguf_run import (
-    llama_cpp_greedy,
-    llama_cpp_logprobs,
-    load_llama_cpp,
-)
 from tinywave_jax.data.layout import TokenLayout
 from tinywave_jax.errors import (
     ConfigError,
     ConversionError,
     MissingInputError,
     OutputExistsError,
+)
+from tinywave_jax.eval.gguf_run import (
+    llama_cpp_greedy,
+    llama_cpp_logprobs,
+    load_llama_cpp,
 )
 from tinywave_jax.models import decode
 from tinywave_jax.models.config import LlamaConfig, RopeScaling
@@ -190,7 +190,7 @@ def test_f32_greedy_and_logprobs_equal_jax(model):
 
 
 def llama_cpp_logits_sorted(llm, ids):
-    from tinywave_jax.convert.gguf_run import llama_cpp_logits
+    from tinywave_jax.eval.gguf_run import llama_cpp_logits
 
     return np.sort(llama_cpp_logits(llm, ids), axis=-1)
 
@@ -432,7 +432,7 @@ def test_cli_help_names_every_type():
 
 def test_export_gguf_and_compare_reports_what_llama_cpp_scores_and_continues(model, tmp_path):
     """The demo's check: pairwise accuracy and greedy continuation in llama.cpp next to JAX."""
-    from tinywave_jax.convert.gguf_run import export_gguf_and_compare
+    from tinywave_jax.eval.gguf_run import export_gguf_and_compare
     from tinywave_jax.eval.pairwise import PairItem, pairwise_accuracy
     from tinywave_jax.eval.sequences import checked_seq
 

@@ -8,7 +8,8 @@ import pytest
 from train_fixtures import TEACHER, distill_config, train_config
 
 from tinywave_jax import cli
-from tinywave_jax.config import ConfigError, load_config, read_yaml
+from tinywave_jax.config import load_config, read_yaml
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.train.config import TrainConfig
 from tinywave_jax.train.recipes import prepare
 

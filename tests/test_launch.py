@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from tinywave_jax import hw as hw_overlays
-from tinywave_jax.config import ConfigError, apply_overrides, from_dict, read_yaml
+from tinywave_jax.config import apply_overrides, from_dict, read_yaml
+from tinywave_jax.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 TPU = REPO / "launch" / "tpu.sh"

@@ -2,8 +2,9 @@
 
 import pytest
 
-from tinywave_jax.config import ConfigError, load_config
+from tinywave_jax.config import load_config
 from tinywave_jax.distill import DistillLossConfig, check_layer_map_spec, resolve_layer_map
+from tinywave_jax.errors import ConfigError
 
 
 def test_tinywave_preset_is_3l_plus_4():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from data_fixtures import make_tokenizer
 
-from tinywave_jax.config import ConfigError, from_dict
+from tinywave_jax.config import from_dict
 from tinywave_jax.data.layout import (
     LayoutConfig,
     TokenLayout,
@@ -19,7 +19,7 @@ from tinywave_jax.data.layout import (
     parse_token_string,
     preset_layout,
 )
-from tinywave_jax.errors import InputError
+from tinywave_jax.errors import ConfigError, InputError
 
 EXPRESSIVE_EXAMPLE = "[St71][Pi39][Hu99][Hu49][Hu38][Hu149][Hu71][Pi48][Hu423]"
 INTERLEAVED_EXAMPLE = "[Hu338][Text] and they went out together[Speech][Hu431][Pi0][Hu457]"

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinywave_jax.config import ConfigError, from_dict
+from tinywave_jax.config import from_dict
 from tinywave_jax.distill import (
     DistillLossConfig,
     chunked_cross_entropy,
@@ -24,6 +24,7 @@ from tinywave_jax.distill.objective import (
     normalisers,
     weighted_loss,
 )
+from tinywave_jax.errors import ConfigError
 
 B, T, DS, DT, V = 2, 10, 6, 8, 32
 TEMP = 2.5
@@ -339,3 +340,21 @@ def test_every_term_is_declared_and_counted_over_its_declared_tokens():
     assert sorted(weights) == sorted(f.name for f in dataclasses.fields(LossWeights))
     with pytest.raises(KeyError, match="'hiddn' is not declared"):
         weighted_loss(cfg, {"hiddn": jnp.ones(())})
+
+
+@pytest.mark.parametrize("chunk", [None, 3, 7, 64])
+def test_chunked_token_logprobs_equal_numpy_log_softmax(chunk):
+    """The scoring engine's per-token log-probs (losses.chunked_token_logprobs) against numpy's
+    log-softmax of the full float64 logits, for chunks that divide T, do not, or exceed it."""
+    from tinywave_jax.distill.losses import chunked_token_logprobs
+
+    rng = np.random.default_rng(3)
+    hidden = rng.normal(size=(B, T, DS)).astype(np.float32)
+    kernel = rng.normal(size=(DS, V)).astype(np.float32)
+    targets = rng.integers(0, V, size=(B, T))
+    got = np.asarray(chunked_token_logprobs(hidden, kernel, targets, chunk))
+    logits = hidden.astype(np.float64) @ kernel.astype(np.float64)
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    want = np.take_along_axis(logits, targets[..., None], -1)[..., 0] - lse
+    assert got.shape == (B, T) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

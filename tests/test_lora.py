@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from tinywave_jax.config import ConfigError, from_dict, load_config
+from tinywave_jax.config import from_dict, load_config
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.models import llama
 from tinywave_jax.models.config import tiny_config
 from tinywave_jax.models.param_layout import param_shapes

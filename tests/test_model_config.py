@@ -6,7 +6,7 @@ import jax
 import pytest
 import transformers
 
-from tinywave_jax.config import ConfigError
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.models import config as mc
 from tinywave_jax.models import llama
 

@@ -9,7 +9,7 @@ import pytest
 from data_fixtures import as_source_record, make_tokenizer, synthetic_utterance
 from scipy.stats import chisquare
 
-from tinywave_jax.config import ConfigError, load_config
+from tinywave_jax.config import load_config
 from tinywave_jax.data import (
     BadRecord,
     CorpusError,
@@ -22,6 +22,7 @@ from tinywave_jax.data import (
 from tinywave_jax.data.layout import load_tokenizer
 from tinywave_jax.data.pipeline import sequence_dataset
 from tinywave_jax.data.streams import PATTERNS, interleave, speech_sequence
+from tinywave_jax.errors import ConfigError
 
 LAYOUT = preset_layout("spiritlm_expressive")
 TEXT, SPEECH, BOS = LAYOUT.text_marker_id, LAYOUT.speech_marker_id, LAYOUT.bos_id

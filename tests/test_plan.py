@@ -16,7 +16,7 @@ import yaml
 from train_fixtures import TEACHER, distill_dict
 
 from tinywave_jax import cli
-from tinywave_jax.config import ConfigError
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.plan import format_plan, make_plan, resolve_topology
 
 GiB = 2**30
@@ -52,7 +52,7 @@ def test_topologies_from_overlays_and_shapes():
     assert h100.devices == 8 and h100.hbm_bytes == 79 * GiB and "mesh.fsdp=8" in h100.overrides
     shape = resolve_topology("2,4,1", peak_tflops=100, hbm_gib=16)
     assert shape.devices == 8 and shape.overrides == ("mesh.data=2", "mesh.fsdp=4", "mesh.tensor=1")
-    with pytest.raises(ConfigError, match="--peak-tflops"):
+    with pytest.raises(ConfigError, match="needs peak_tflops and hbm_gib"):
         resolve_topology("1,8,1")
     with pytest.raises(ConfigError, match="tpu-v5p-64"):  # lists the known overlays
         resolve_topology("tpu-v9")

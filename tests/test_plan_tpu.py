@@ -14,7 +14,7 @@ import yaml
 from train_fixtures import distill_dict
 
 from tinywave_jax import cli, tpu
-from tinywave_jax.config import ConfigError
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.plan import choose_compiler, format_plan, resolve_topology
 from tinywave_jax.step_estimate import breakdown
 
@@ -143,7 +143,7 @@ def test_overlays_name_their_slices():
 
 @pytest.mark.parametrize("name", ["v5p:3x3x1", "v9:2x2"])
 def test_a_slice_libtpu_cannot_build_names_it_and_the_forms(tmp_path, name):
-    with pytest.raises(ConfigError, match=rf"--topology '{name}'.*v5p:4x4x2.*v6e:8x8"):
+    with pytest.raises(ConfigError, match=rf"topology '{name}'.*v5p:4x4x2.*v6e:8x8"):
         cli_run(tmp_path, "--topology", name)
 
 

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from train_fixtures import distill_config, one_step
 
-from tinywave_jax.config import ConfigError
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.parallel import (
     LOGICAL_AXIS_RULES,
     MeshConfig,

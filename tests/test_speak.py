@@ -16,8 +16,8 @@ from vocoder_reference import TorchCodeHiFiGAN
 from tinywave_jax import cli
 from tinywave_jax.audio import load_extractor, read_audio
 from tinywave_jax.convert import import_hf
+from tinywave_jax.data import resolve_layout
 from tinywave_jax.data.layout import dedup
-from tinywave_jax.eval import resolve_layout
 from tinywave_jax.generation import generate_tokens
 from tinywave_jax.vocoder.checkpoint import import_vocoder
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tinywave_jax.checkpoint import load_model, save_model
-from tinywave_jax.config import ConfigError
 from tinywave_jax.distill import commands
 from tinywave_jax.distill.student_init import init_student_from_teacher, random_student
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.models import llama
 from tinywave_jax.models.config import tiny_config
 from tinywave_jax.models.param_layout import param_shapes

@@ -13,18 +13,19 @@ import pytest
 from data_fixtures import synthetic_utterance, write_units_manifest
 from train_fixtures import distill_config
 
-from tinywave_jax.config import ConfigError
+from tinywave_jax.data.batches import BATCH_KEYS
 from tinywave_jax.data.corpus_build import build_corpus
 from tinywave_jax.data.corpus_read import CorpusSource
 from tinywave_jax.data.streams import speech_sequence
 from tinywave_jax.distill.cache_build import build_teacher_cache
 from tinywave_jax.distill.teacher_cache import CacheJoin, TeacherCacheError, open_for_run
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.models import llama
 from tinywave_jax.train.data import make_batches
 from tinywave_jax.train.loop import run
 from tinywave_jax.train.metrics import read_metrics
 from tinywave_jax.train.recipes import load_or_init, prepare
-from tinywave_jax.train.step import BATCH_KEYS, teacher_features
+from tinywave_jax.train.step import teacher_features
 
 K = 8
 VOCAB = 512  # the custom layout's ids: 8 text, 2 markers, 501 units, padded to 256
@@ -185,14 +186,14 @@ def test_distill_with_a_cache_loads_and_runs_no_teacher(corpus, cache, tmp_path,
     cfg = _cfg(corpus, cache=str(out), train={"steps": 2, "log_every": 1, "checkpoint_every": 100})
     cfg = dataclasses.replace(cfg, run_dir=str(tmp_path / "run"))
     recipe = prepare(cfg)
-    assert not recipe.spec.needs_teacher and recipe.frozen() == {}
+    assert not recipe.spec.runs_teacher and recipe.frozen() == {}
     result = run(cfg, echo=False)
     assert result["final_dir"] is not None
     assert all(src is cfg.student for src in loaded) and loaded
     rows = read_metrics(tmp_path / "run")
     assert rows[-1]["topk_kl"] > 0 and np.isfinite(rows[-1]["loss"])
     online = prepare(_cfg(corpus))
-    assert online.spec.needs_teacher and online.spec.teacher_head
+    assert online.spec.runs_teacher and online.spec.teacher_head
     assert rows[-1]["model_flops_per_step"] < _flops(online.spec)
 
 

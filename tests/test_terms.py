@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from train_fixtures import distill_config, one_step
 
-from tinywave_jax.config import ConfigError, from_dict
+from tinywave_jax.config import from_dict
 from tinywave_jax.distill.losses import chunked_topk_losses, teacher_topk
 from tinywave_jax.distill.objective import DistillLossConfig, loss_terms, normalisers
 from tinywave_jax.distill.terms import Metric, Term, register_term, unregister_term
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.train.metrics import step_flops
 from tinywave_jax.train.recipes import prepare
 
@@ -88,9 +89,9 @@ def test_unknown_or_negative_terms_are_refused_naming_the_key(final_mse):
 def test_what_runs_derives_from_the_active_terms():
     off = {"ce": 1.0, "logit_kl": 0.0, "hidden": 0.0, "attention": 0.0}
     ce_only = prepare(distill_config(distill={"weights": off})).spec
-    assert not ce_only.needs_teacher and not ce_only.tap_hidden and not ce_only.tap_qk
+    assert not ce_only.runs_teacher and not ce_only.tap_hidden and not ce_only.tap_qk
     topk = prepare(distill_config(distill={"weights": off, "terms": {"topk_kl": 1.0}})).spec
-    assert topk.needs_teacher and topk.teacher_head and topk.teacher.num_hidden_layers == 4
+    assert topk.runs_teacher and topk.teacher_head and topk.teacher.num_hidden_layers == 4
     assert topk.teacher_taps == ()
     # FLOPs: the teacher (with its head) counts for top-k KD, not for CE alone
     t = ce_only.teacher

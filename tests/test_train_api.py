@@ -9,7 +9,7 @@ from train_fixtures import distill_config, distill_dict
 
 from tinywave_jax.checkpoint import load_model
 from tinywave_jax.cli import main
-from tinywave_jax.config import ConfigError
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.train import distill
 
 

@@ -13,7 +13,8 @@ from train_fixtures import SHARED_OVER, TEACHER, distill_dict
 
 from tinywave_jax import cli
 from tinywave_jax.checkpoint import load_model
-from tinywave_jax.config import ConfigError, load_config
+from tinywave_jax.config import load_config
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.models import llama
 from tinywave_jax.models.config import LlamaConfig
 from tinywave_jax.train.config import DistillConfig, TrainConfig

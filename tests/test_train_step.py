@@ -9,9 +9,9 @@ from train_fixtures import SHARED_OVER, TEACHER, distill_config, one_step, train
 
 from tinywave_jax.checkpoint import load_model
 from tinywave_jax.config import from_dict
+from tinywave_jax.data.synthetic import SyntheticIterator
 from tinywave_jax.models import llama
 from tinywave_jax.train.config import DataSection
-from tinywave_jax.train.data import SyntheticIterator
 from tinywave_jax.train.loop import run
 from tinywave_jax.train.metrics import read_metrics
 from tinywave_jax.train.recipes import prepare

@@ -12,7 +12,7 @@ import pytest
 from train_fixtures import distill_config, train_config
 
 from tinywave_jax.checkpoint import load_model
-from tinywave_jax.config import ConfigError
+from tinywave_jax.errors import ConfigError
 from tinywave_jax.scoring import score_sequences
 from tinywave_jax.train.data import held_out_batches
 from tinywave_jax.train.loop import run
@@ -127,7 +127,7 @@ def test_held_out_synthetic_data_is_not_the_training_data():
     assert not np.array_equal(train[0]["input_ids"], valid[0]["input_ids"])
     assert not np.array_equal(valid[0]["input_ids"], test[0]["input_ids"])
     # the held-out walks come from the training table: the same successor sets
-    from tinywave_jax.train.data import SyntheticIterator
+    from tinywave_jax.data.synthetic import SyntheticIterator
 
     succ = SyntheticIterator(cfg, 128).successors
     ids, seg = valid[0]["input_ids"], valid[0]["segment_ids"]

@@ -23,18 +23,22 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
-from . import storage
-from .errors import ConversionError, InputError, MissingInputError, TinywaveError
+from . import __version__, storage
+from .errors import ConversionError, InputError, MissingInputError, TinywaveError, first_line
 from .models.config import LlamaConfig
 from .models.param_layout import check_params, flatten, param_shapes, set_path
-from .outputs import COMMIT_MARKER, atomic_output_dir, is_primary_process
+from .outputs import COMMIT_MARKER, atomic_output_dir, check_remote_complete, is_primary_process
 
 FORMAT = "tinywave-model"
 FORMAT_VERSION = 1
@@ -60,17 +64,6 @@ class CheckpointIntegrityError(ConversionError):
 
 class UnverifiedCheckpointWarning(UserWarning):
     """A checkpoint saved before tinywave.json recorded hashes: its files cannot be checked."""
-
-
-def add_no_verify(parser) -> None:
-    """The --no-verify flag of every command that loads a tinywave model checkpoint."""
-    parser.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="skip checking the checkpoint's params/ files against the sha256 recorded in its "
-        "tinywave.json (saves reading the files twice; damage then shows as a read error or "
-        "not at all)",
-    )
 
 
 def _params_files(params_dir: Path) -> list[str]:
@@ -201,8 +194,6 @@ class NonFiniteParamsError(ConversionError):
 
 def check_finite_params(params: dict, where: str) -> None:
     """Raises NonFiniteParamsError naming the first parameter with a NaN or infinite value."""
-    import jax
-    import jax.numpy as jnp
 
     for path, leaf in flatten(params).items():
         if not jnp.issubdtype(leaf.dtype, jnp.inexact):
@@ -251,8 +242,6 @@ def _params_checkpointer():
     Orbax's defaults deep-copy numpy arrays before writing and compress chunks in memory, which
     measured ~1.8x the params in extra host memory (and 10x the time) for float weights that
     barely compress; a model import must not hold more than one copy."""
-    import jax
-    import orbax.checkpoint as ocp
 
     handlers = ocp.type_handlers
     registry = handlers.create_type_handler_registry(
@@ -283,9 +272,6 @@ def save_model(
     checkpoint folder; tokenizer files found in `tokenizer_dir` are copied in. `sources`: the
     inputs `out_dir` must be apart from (outputs.check_not_an_input). tinywave.json records the
     sha256 of every params/ file as written (load_model checks them)."""
-    import orbax.checkpoint as ocp
-
-    from . import __version__
 
     out_dir = storage.path(out_dir)
     check_params(params, config, where=f"saving {out_dir}")
@@ -328,8 +314,6 @@ def load_model_info(ckpt_dir: str | Path) -> dict:
     storage.check_gcs(ckpt_dir, what="model checkpoint")
     path = storage.path(ckpt_dir) / INFO_FILE
     if not path.is_file():
-        from .outputs import check_remote_complete
-
         check_remote_complete(ckpt_dir, "model checkpoint")  # a killed commit's partial copy
         raise MissingInputError(f"{ckpt_dir}: not a tinywave model checkpoint (no {INFO_FILE})")
     try:
@@ -365,7 +349,6 @@ def _damaged(ckpt_dir: Path, what: str, verified: bool | None) -> CheckpointInte
 
 
 def _stored_params(ckpt_dir: Path, params_dir: Path, verified) -> dict[tuple[str, ...], Any]:
-    import orbax.checkpoint as ocp
 
     if not params_dir.is_dir():
         raise MissingInputError(f"{params_dir}: parameter folder missing")
@@ -388,7 +371,9 @@ def _stored_params(ckpt_dir: Path, params_dir: Path, verified) -> dict[tuple[str
         if storage.storage_failure(e):  # a lost bucket, not damage
             raise
         raise _damaged(
-            ckpt_dir, f"orbax cannot read the params/ index: {_first_line(e)}", verified
+            ckpt_dir,
+            f"orbax cannot read the params/ index: {first_line(e, with_type=True)}",
+            verified,
         ) from e
     finally:
         ckptr.close()
@@ -405,7 +390,6 @@ def _quiet_orbax_aftermath() -> None:
     """After a failed restore, tensorstore's pending reads call back into orbax's closed event
     loop, and orbax's abandoned read coroutines are collected at exit: each prints a traceback
     (via sys.unraisablehook) around the one-line error. Drop exactly those, pass the rest on."""
-    import sys
 
     previous = sys.unraisablehook
     if getattr(previous, "_tinywave_quiet", False):
@@ -435,11 +419,6 @@ def _read_error(e: BaseException) -> BaseException | None:
     return None
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
 def load_model(
     ckpt_dir: str | Path,
     dtype: Any = None,
@@ -458,8 +437,6 @@ def load_model(
     Only the Llama layout of config.json is restored; anything else stored is ignored.
     Damaged or incomplete params/ raise CheckpointIntegrityError naming the checkpoint and file.
     """
-    import jax
-    import orbax.checkpoint as ocp
 
     ckpt_dir = storage.path(ckpt_dir)
     info = load_model_info(ckpt_dir)
@@ -520,7 +497,7 @@ def load_model(
             e.add_note(f"{ckpt_dir}: every params/ file matches its sha256 recorded at save time")
             raise
         raise _damaged(
-            ckpt_dir, f"orbax cannot read params/: {_first_line(cause)}", verified
+            ckpt_dir, f"orbax cannot read params/: {first_line(cause, with_type=True)}", verified
         ) from e
     finally:
         if not storage.lost():  # close() would wait on the abandoned read

@@ -5,7 +5,8 @@ A module in COMMAND_MODULES defines `register(subparsers)`, which adds parsers w
 `tinywave --help` stays fast.
 
 A `TinywaveError` (errors.py: a bad config, input or output folder) is printed as one line naming
-what to fix, exit code 2; anything else is a bug and keeps its traceback (exit 1).
+what to fix, exit code 2; anything else is a bug and keeps its traceback (exit 1). Library code
+names its Python parameter in an error (`e.param`); here it becomes the flag that set it.
 """
 
 from __future__ import annotations
@@ -17,16 +18,13 @@ import sys
 
 COMMAND_MODULES = [
     "tinywave_jax.convert.commands",  # import-hf, export-hf, export-gguf
-    "tinywave_jax.scoring",  # score
+    "tinywave_jax.commands",  # score, generate
     "tinywave_jax.audio.commands",  # units fit / hubert-spec / extract
-    "tinywave_jax.distill.commands",  # init-student
-    "tinywave_jax.distill.cache_build",  # teacher-cache build
-    "tinywave_jax.train.commands",  # distill, train
+    "tinywave_jax.distill.commands",  # distill, init-student, teacher-cache build
+    "tinywave_jax.train.commands",  # train, plan
     "tinywave_jax.data.commands",  # corpus build / info / show
     "tinywave_jax.eval.commands",  # eval
-    "tinywave_jax.generation",  # generate
     "tinywave_jax.demo.commands",  # demo
-    "tinywave_jax.plan",  # plan
     "tinywave_jax.vocoder.commands",  # import-vocoder, speak, vocoder train
 ]
 
@@ -47,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import RunStopped, TinywaveError
     from .tpu import keep_jax_off_absent_tpu
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     storage.forget_lost()  # storage operations lost by an earlier command in this process
     keep_jax_off_absent_tpu()  # libtpu on a machine without TPUs: stay on the CPU quietly
     try:
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tinywave {args.command}: {e}", file=sys.stderr)
         return 130 if e.signal == "SIGINT" else 143
     except TinywaveError as e:
-        print(f"tinywave {args.command}: error: {e}", file=sys.stderr)
+        print(f"tinywave {args.command}: error: {flag_message(parser, args, e)}", file=sys.stderr)
         return _exit_code(2, program=argv is None)
     except KeyboardInterrupt:  # a second Ctrl-C (training saves on the first): no traceback
         print(f"tinywave {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
@@ -71,6 +70,41 @@ def main(argv: list[str] | None = None) -> int:
             sys.modules["tinywave_jax.checkpoint"]._quiet_orbax_aftermath()
         print(f"tinywave {args.command}: error: {named}", file=sys.stderr)
         return _exit_code(2, program=argv is None)
+
+
+def flag_message(parser: argparse.ArgumentParser, args, e: BaseException) -> str:
+    """`e`'s message with the parameter it starts with (`e.param`, errors.py) written as the flag
+    of the command that ran (`max_new_tokens: ...` -> `--max-new-tokens: ...`). A command whose
+    flag's name differs from the parameter's says so in its `param_dests` default."""
+    msg, params = str(e), getattr(e, "param", None) or ()
+    params = (params,) if isinstance(params, str) else tuple(params)
+    command = _command_parser(parser, args.func) if params else None
+    if command is None:
+        return msg
+    dests = getattr(args, "param_dests", None) or {}
+    flags = {a.dest: max(a.option_strings, key=len) for a in command._actions if a.option_strings}
+    for k, param in enumerate(params):
+        flag = flags.get(dests.get(param, param))
+        if flag is None:
+            continue
+        if k == 0 and msg.startswith(param):
+            msg = flag + msg[len(param) :]
+        elif k > 0:
+            msg = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flag, msg)
+    return msg
+
+
+def _command_parser(parser: argparse.ArgumentParser, func):
+    """The (sub-)sub-parser whose `func` default is `func`, or None."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if sub.get_default("func") is func:
+                    return sub
+                found = _command_parser(sub, func)
+                if found is not None:
+                    return found
+    return None
 
 
 def _exit_code(code: int, program: bool) -> int:

@@ -5,13 +5,25 @@ a bug (ours or a library's) and keeps its traceback (exit 1).
 Each class also derives from the builtin a caller would naturally catch (ValueError,
 FileNotFoundError, FileExistsError). Areas add their own subclasses next to the code that raises
 them (CorpusError, BenchmarkError, SafetensorsError, TeacherError).
+
+A library function names its own Python parameter (`max_new_tokens: must be >= 1`), never a
+command-line flag its Python caller did not pass: an error about a parameter starts with the
+parameter's name and says so in `param`; the CLI (cli.py) writes the flag in its place.
 """
 
 from __future__ import annotations
 
+import sys
+
 
 class TinywaveError(Exception):
-    """Root of the errors whose message tells the user what to fix."""
+    """Root of the errors whose message tells the user what to fix. `param`: the function
+    parameter the message starts with, which the CLI replaces by the flag that set it; a tuple
+    names further parameters the message mentions (each replaced wherever it stands as a word)."""
+
+    def __init__(self, *args, param: str | tuple[str, ...] | None = None):
+        super().__init__(*args)
+        self.param = param
 
 
 class ConfigError(TinywaveError, ValueError):
@@ -41,3 +53,18 @@ class RunStopped(TinywaveError):
     def __init__(self, message: str, signal: str = "SIGTERM"):
         super().__init__(message)
         self.signal = signal
+
+
+def first_line(e: BaseException, with_type: bool = False) -> str:
+    """The first line of `e`'s message (at most 300 characters; the type's name for an empty
+    one), for a one-line error that quotes a library's long one; `with_type`: "Type: line"."""
+    text = str(e).strip().splitlines()
+    line = text[0][:300] if text else ""
+    if with_type:
+        return f"{type(e).__name__}: {line}".rstrip(": ")
+    return line or type(e).__name__
+
+
+def log_stderr(msg: str) -> None:
+    """The default `log` / `warn` of library functions: one line on stderr, flushed."""
+    print(msg, file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ meanwhile).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from jax.experimental import multihost_utils
 
 from . import storage
 from .errors import ConfigError, InputError, OutputExistsError
@@ -182,8 +184,6 @@ def is_primary_process() -> bool:
 
 def _sync(name: str) -> None:
     if _multiprocess() is not None:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -197,8 +197,6 @@ def _shared_tag() -> str:
     run can tell whether the writer of a leftover folder is still alive."""
     tag = f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if _multiprocess() is not None:
-        from jax.experimental import multihost_utils
-
         raw = np.frombuffer(tag.encode().ljust(96), np.uint8)
         tag = (
             bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)).decode().strip()
@@ -400,8 +398,6 @@ def _remote_last_change(folder) -> float:
         if hasattr(t, "timestamp"):
             t = t.timestamp()
         elif isinstance(t, str):
-            import datetime
-
             t = datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
         newest = max(newest, float(t or 0.0))
     return newest

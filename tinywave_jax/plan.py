@@ -1,59 +1,38 @@
-"""`tinywave plan`: memory and speed of a run's step on a target mesh, without weights or hardware.
-
-The distill (or train) step of CONFIG is lowered and compiled ahead of time from ABSTRACT inputs
-(ShapeDtypeStructs carrying the run's shardings: no parameter is allocated) by one of two
-compilers, and the plan says which:
-
-  * TPU topologies (the tpu-* overlays, or a slice like v5p:2x2x1) with libtpu installed
-    (`pip install 'tinywave_jax[tpu]'`): the real TPU compiler, for the slice's devices from
-    `jax.experimental.topologies` (tinywave_jax/tpu.py; no TPU needed, none is started);
-  * otherwise (GPU overlays, explicit meshes, no libtpu, or --compiler cpu): the CPU compiler,
-    for a mesh of N simulated CPU devices (`jax_num_cpu_devices`, set before the backend starts;
-    the command re-runs itself in a fresh process when this one already has a backend with too
-    few devices).
-
-It reports per device:
-
-  * parameters (student, teacher / frozen base), optimizer state and batch: exact, from each
-    array's shard shape under the run's shardings;
-  * the compiler's buffer assignment (`compiled.memory_analysis()`): argument, output, alias
-    (donated state reused for the output) and temp (activations, gradients, collectives' buffers)
-    bytes; peak ~ argument + output - alias + temp;
-  * model FLOPs per step (the trainer's own `step_flops`, PaLM convention) and XLA's cost
-    analysis of the per-device program (which counts a while-loop body once: with scanned layers
-    or microbatches it is a lower bound, so it is only "meaningful" without them);
-  * step time and tokens/s at the device's peak FLOP/s times an assumed MFU.
-
-What the CPU compile cannot tell: the TPU/GPU compilers fuse, lay out and schedule differently,
-so their temp bytes differ (docs/scaling.md, "Planning a run": ~3x an H100's, 1.2-1.5x a TPU's).
-The parameter/optimizer figures do not depend on the compiler.
-
-Topologies: a hardware overlay NAME, one of the package's `tinywave_jax/hw/NAME.yaml` (linked as
-configs/hw; its keys become overrides after CONFIG and before yours, as in the launchers; its
-`hw:` section gives devices, peak FLOP/s, HBM and, for TPUs, the slice's libtpu topology), a TPU
-slice GENERATION:AxBxC / GENERATION:AxB (v5p:2x2x1, v6e:4x4: no overrides; peak FLOP/s and HBM
-from the overlay of the same generation), or an explicit mesh shape `DATA,FSDP,TENSOR` with
---peak-tflops / --hbm-gib.
+"""`tinywave plan`'s engine: memory and speed of a run's step on a target mesh, without weights
+or hardware. The distill (or train) step of a config is lowered and compiled ahead of time from
+ABSTRACT inputs (ShapeDtypeStructs carrying the run's shardings: no parameter is allocated) by the
+TPU compiler (libtpu, for a TPU slice's devices from `jax.experimental.topologies`) or the CPU
+compiler (N simulated CPU devices). What a plan reports, and what the CPU compile cannot tell:
+the command's help (`tinywave plan --help`, train/commands.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
-import os
 import re
-import subprocess
 import sys
+import time
 from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax._src import config as jax_config
 
 from . import hw as hw_overlays
 from . import tpu
-from .config import ConfigError, read_yaml
+from .config import load_config, read_yaml
+from .data.batches import CACHE_KEYS
+from .errors import ConfigError
+from .parallel import batch_sharding, make_mesh
+from .step_estimate import estimate as estimate_step
+from .train.config import DistillConfig, TrainConfig
+from .train.metrics import step_flops
+from .train.recipes import prepare
+from .train.session import Session
 
 DEFAULT_DEVICES = 8  # an overlay that names no device count (cpu.yaml): 8 simulated
-_CHILD_ENV = "TINYWAVE_PLAN_CHILD"
 GiB = 2**30
 
 
@@ -99,11 +78,12 @@ def resolve_topology(
     if m:
         d, f, t = (int(x) for x in m.groups())
         if min(d, f, t) < 1:
-            raise ConfigError(f"--topology {name!r}: mesh sizes must be >= 1")
+            raise ConfigError(f"topology {name!r}: mesh sizes must be >= 1", param="topology")
         if peak is None or hbm is None:
             raise ConfigError(
-                f"--topology {name!r}: an explicit mesh shape needs --peak-tflops "
-                "and --hbm-gib (per device)"
+                f"topology {name!r}: an explicit mesh shape needs peak_tflops and hbm_gib (per "
+                "device)",
+                param=("topology", "peak_tflops", "hbm_gib"),
             )
         return Topology(
             f"mesh {d}x{f}x{t}",
@@ -119,8 +99,9 @@ def resolve_topology(
         return Topology(name, tpu.chips(name), (), peak, hbm, tpu=name, hbm_bandwidth=bw)
     if name not in hw_overlays.names():
         raise ConfigError(
-            f"--topology {name!r}: no such hardware overlay (overlays: "
-            f"{', '.join(hw_overlays.names())}), nor DATA,FSDP,TENSOR, nor {tpu.FORMS}"
+            f"topology {name!r}: no such hardware overlay (overlays: "
+            f"{', '.join(hw_overlays.names())}), nor DATA,FSDP,TENSOR, nor {tpu.FORMS}",
+            param="topology",
         )
     overlay = hw_overlays.load(name)
     hw = overlay.get("hw") or {}
@@ -147,8 +128,6 @@ def resolve_topology(
 
 def load_run_config(path: str, overrides: list[str]):
     """DistillConfig (the YAML has `teacher:`) or TrainConfig (it has `model:`)."""
-    from .config import load_config
-    from .train.config import DistillConfig, TrainConfig
 
     data = read_yaml(path)
     if "teacher" in data:
@@ -159,8 +138,6 @@ def load_run_config(path: str, overrides: list[str]):
 
 
 def _per_device_bytes(abstract_tree, sharding_tree) -> int:
-    import jax
-    import numpy as np
 
     leaves = jax.tree_util.tree_leaves(abstract_tree)
     shardings = jax.tree_util.tree_leaves(sharding_tree)
@@ -173,7 +150,6 @@ def _per_device_bytes(abstract_tree, sharding_tree) -> int:
 
 
 def _with_shardings(abstract_tree, sharding_tree):
-    import jax
 
     return jax.tree.map(
         lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
@@ -184,11 +160,6 @@ def _with_shardings(abstract_tree, sharding_tree):
 
 def abstract_inputs(session):
     """(state, frozen params, batch) of the session's step as sharded ShapeDtypeStructs."""
-    import jax
-    import jax.numpy as jnp
-
-    from .parallel import batch_sharding
-    from .train.step import CACHE_KEYS
 
     cfg = session.cfg
     state = session.abstract_state()
@@ -233,8 +204,6 @@ def _compiler_name(platform: str) -> str:
 def _does_not_fit(topology: Topology, error: str, session, state, frozen) -> str:
     """The TPU compiler's out-of-memory refusal as one message: its own figures (required vs
     available HBM), the largest per-chip arrays we know exactly, and what to change."""
-    import jax
-    import numpy as np
 
     reason = next((ln for ln in error.splitlines() if "RESOURCE_EXHAUSTED" in ln), error)
     reason = reason.split("RESOURCE_EXHAUSTED:", 1)[-1].strip().rstrip(".")
@@ -259,13 +228,6 @@ def _does_not_fit(topology: Topology, error: str, session, state, frozen) -> str
 
 def _compile(cfg, topology: Topology, devices):
     """(session, (state, frozen, batch), compiled, seconds) of cfg's step on `devices`."""
-    import time
-
-    from jax._src import config as jax_config
-
-    from .parallel import make_mesh
-    from .train.recipes import prepare
-    from .train.session import Session
 
     # a TPU executable compiled without a TPU client cannot be read back from jax's persistent
     # compilation cache (jax 0.10: "PjRtCompiler must be constructed with a Client"): no cache
@@ -288,18 +250,17 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None, estimate=
     """The plan of `cfg` on `topology` (see module doc). `devices`: the jax devices to build the
     mesh on (default: the first `topology.devices` of this process; any platform). `estimate`:
     also the whole-step time from the TPU cost model (TPU devices only; step_estimate.py)."""
-    import jax
-
-    from .train.metrics import step_flops
 
     if not 0 < mfu <= 1:
-        raise ConfigError(f"--mfu: must be in (0, 1], got {mfu}")
+        raise ConfigError(f"mfu: must be in (0, 1], got {mfu}", param="mfu")
     devices = list(jax.devices()[: topology.devices] if devices is None else devices)
     if len(devices) != topology.devices:
         raise ValueError(f"plan for {topology.devices} devices, this process has {len(devices)}")
     platform = devices[0].platform
     if estimate and platform != "tpu":
-        raise ConfigError("--estimate: needs the TPU compiler (a TPU topology and libtpu)")
+        raise ConfigError(
+            "estimate: needs the TPU compiler (a TPU topology and libtpu)", param="estimate"
+        )
     session, (state, frozen, batch), compiled, compile_s = _compile(cfg, topology, devices)
     recipe, spec = session.recipe, session.spec
     ma = compiled.memory_analysis()
@@ -359,7 +320,6 @@ def make_plan(cfg, topology: Topology, mfu: float = 0.4, devices=None, estimate=
         step_s = model_flops / (topology.devices * topology.peak_flops * mfu)
         plan.update(step_s=step_s, tokens_per_s=tokens / step_s)
     if estimate:
-        from .step_estimate import estimate as estimate_step
 
         def compile_variant(variant_cfg, label: str) -> dict:
             _, _, compiled, seconds = _compile(variant_cfg, topology, devices)
@@ -462,172 +422,20 @@ def format_plan(p: dict) -> str:
     return "\n".join(lines)
 
 
-# ---- command ---------------------------------------------------------------------------------
-def _configure_devices(n: Optional[int]) -> bool:
-    """Makes this process's jax backend n simulated CPU devices (None: the CPU, as many devices
-    as configured) if it has not started yet. False when a backend is already up without n CPU
-    devices (the caller re-executes)."""
-    import jax
-    from jax._src import xla_bridge
-
-    if not xla_bridge.backends_are_initialized():
-        jax.config.update("jax_platforms", "cpu")
-        if n is not None:
-            jax.config.update("jax_num_cpu_devices", n)
-        return True
-    if n is None:
-        return True
-    devs = jax.devices()
-    return devs[0].platform == "cpu" and len(devs) >= n
-
-
-def _reexec(n: int, argv: list[str]) -> int:
-    flags = re.sub(
-        r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")
-    ).strip()
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        **{_CHILD_ENV: "1"},
-        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={n}".strip(),
-    )
-    return subprocess.call([sys.executable, "-m", "tinywave_jax.cli", "plan"] + argv, env=env)
-
-
-def choose_compiler(topo: Topology, requested: str = "auto") -> str:
-    """'tpu' or 'cpu' for `topo` (see the module doc); ConfigError where `requested` cannot be."""
-    if requested not in ("auto", "tpu", "cpu"):
-        raise ConfigError(f"--compiler: auto, tpu or cpu, got {requested!r}")
-    if requested == "cpu":
+def choose_compiler(topo: Topology, compiler: str = "auto") -> str:
+    """'tpu' or 'cpu' for `topo` (see the module doc); ConfigError where `compiler` cannot be."""
+    if compiler not in ("auto", "tpu", "cpu"):
+        raise ConfigError(f"compiler: auto, tpu or cpu, got {compiler!r}", param="compiler")
+    if compiler == "cpu":
         return "cpu"
     if topo.tpu is None:
-        if requested == "tpu":
-            raise ConfigError(f"--compiler tpu: {topo.name} is not a TPU topology ({tpu.FORMS})")
+        if compiler == "tpu":
+            raise ConfigError(
+                f"compiler tpu: {topo.name} is not a TPU topology ({tpu.FORMS})", param="compiler"
+            )
         return "cpu"
     if tpu.libtpu_available():
         return "tpu"
-    if requested == "tpu":
-        raise ConfigError(f"--compiler tpu: libtpu is not installed: {tpu.EXTRA}")
+    if compiler == "tpu":
+        raise ConfigError(f"compiler tpu: libtpu is not installed: {tpu.EXTRA}", param="compiler")
     return "cpu"
-
-
-def _run(args) -> int:
-    later = argparse.ArgumentParser(prog="tinywave plan", add_help=False)
-    _add_options(later)
-    args.overrides = [a for a in args.overrides if a != "--"]
-    _, overrides = later.parse_known_args(args.overrides, namespace=args)
-    bad = [o for o in overrides if o.startswith("-") or "=" not in o]
-    if bad:
-        raise ConfigError(f"plan: not an option nor a key=value override: {' '.join(bad)}")
-    args.overrides = overrides
-    if not args.topology:
-        raise ConfigError(
-            "plan: --topology is required (hardware overlay name, TPU slice or DATA,FSDP,TENSOR)"
-        )
-    topo = resolve_topology(args.topology, args.peak_tflops, args.hbm_gib, args.devices)
-    devices = None
-    if choose_compiler(topo, args.compiler) == "tpu":
-        if args.devices is not None:
-            raise ConfigError(
-                f"--devices: the TPU slice {topo.tpu} fixes the device count; name another "
-                f"slice as --topology instead ({tpu.FORMS})"
-            )
-        _configure_devices(None)  # computes nothing: any backend, any device count will do
-        devices = tpu.topology_devices(topo.tpu)
-        topo = dataclasses.replace(topo, devices=len(devices))
-    else:
-        if topo.tpu is not None and args.compiler == "auto" and not os.environ.get(_CHILD_ENV):
-            print(
-                f"tinywave plan: libtpu is not installed, so this is the CPU compiler's plan "
-                f"(temporaries above a TPU's); for the TPU compiler's: {tpu.EXTRA}",
-                file=sys.stderr,
-            )
-        if not _configure_devices(topo.devices):
-            if os.environ.get(_CHILD_ENV):
-                raise ConfigError(f"could not get {topo.devices} simulated CPU devices")
-            return _reexec(topo.devices, _argv(args))
-    cfg = load_run_config(args.config, list(topo.overrides) + overrides)
-    if args.estimate and devices is None:
-        raise ConfigError(
-            f"--estimate: needs the TPU compiler (a TPU topology, libtpu: {tpu.EXTRA})"
-        )
-    plan = make_plan(cfg, topo, args.mfu, devices=devices, estimate=args.estimate)
-    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
-    return 0
-
-
-def _add_options(p) -> None:
-    p.add_argument(
-        "--topology",
-        default=None,
-        help="hardware overlay name (configs/hw: tpu-v5p-64, h100x8, cpu, ...), TPU slice "
-        "(v5p:2x2x1, v6e:4x4) or DATA,FSDP,TENSOR",
-    )
-    p.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation (0.4)")
-    p.add_argument(
-        "--peak-tflops",
-        type=float,
-        default=None,
-        help="peak TFLOP/s per device (default: the overlay's hw: section)",
-    )
-    p.add_argument(
-        "--hbm-gib",
-        type=float,
-        default=None,
-        help="device memory in GiB (default: the overlay's hw.hbm_gb_per_chip)",
-    )
-    p.add_argument(
-        "--devices",
-        type=int,
-        default=None,
-        help="device count for an overlay (default: its hw.chips / gpus_per_node, or 8)",
-    )
-    p.add_argument(
-        "--compiler",
-        choices=("auto", "tpu", "cpu"),
-        default="auto",
-        help="auto (default): the TPU compiler for a TPU topology when libtpu is installed "
-        f"({tpu.EXTRA}), else the CPU compiler for simulated devices",
-    )
-    p.add_argument(
-        "--estimate",
-        action="store_true",
-        help="TPU compiler only: also estimate the step time (a roofline of the compiler's "
-        "FLOPs and HBM bytes, and libtpu's cost model), compiling 2-4 loop-free variants of "
-        "the step (minutes each for a 7B teacher)",
-    )
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "plan",
-        help="memory/FLOPs/step-time plan of a run on a target mesh (AOT, no weights)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("config", help="run config YAML (distill or train)")
-    _add_options(p)
-    # REMAINDER: options may also follow the overrides (`x.yaml a=1 --topology cpu`); _run sorts them.
-    p.add_argument(
-        "overrides",
-        nargs=argparse.REMAINDER,
-        metavar="KEY=VALUE",
-        help="dotted config overrides (after the overlay's), e.g. train.microbatches=8",
-    )
-    p.set_defaults(func=_run)
-
-
-def _argv(args) -> list[str]:
-    """The parsed arguments back as a command line (for the re-executed child)."""
-    out = [args.config, "--topology", args.topology, "--mfu", repr(args.mfu)]
-    out += ["--compiler", args.compiler]
-    for flag, value in (
-        ("--peak-tflops", args.peak_tflops),
-        ("--hbm-gib", args.hbm_gib),
-        ("--devices", args.devices),
-    ):
-        if value is not None:
-            out += [flag, repr(value)]
-    flags = [f for f, on in (("--estimate", args.estimate), ("--json", args.json)) if on]
-    return out + flags + list(args.overrides)

@@ -2,7 +2,8 @@
 
 Sequences are grouped into length buckets (powers of two from 16, capped at the model's
 `max_position_embeddings`), right-padded, and run in fixed-size batches, so each bucket compiles
-once. Log-probabilities come from the final hidden state and the LM head in sequence chunks, so
+once. Log-probabilities come from the final hidden state and the LM head in sequence chunks
+(distill/losses.py `chunked_token_logprobs`, the losses' own chunked logits), so
 `[batch, length, vocab]` float32 logits never exist at once.
 
 Sharded (`mesh`, what `tinywave score` and `tinywave eval` use: `scoring_mesh()`, every device of
@@ -26,10 +27,26 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
-from .errors import InputError
+from . import storage
+from .checkpoint import load_model, load_model_config
+from .distill.losses import chunked_token_logprobs
+from .errors import ConfigError, InputError
 from .jsonl import iter_jsonl, write_jsonl_atomic
+from .models import llama
+from .outputs import check_output_files, is_primary_process
+from .parallel import (
+    MeshConfig,
+    axis_rules_context,
+    batch_divisor,
+    batch_sharding,
+    make_mesh,
+    tree_shardings,
+)
 
 MIN_BUCKET = 16
 LOGIT_CHUNK = 256
@@ -70,32 +87,13 @@ def check_ids(
 
 def _logprob_body(config):
     """(params, ids [B, T], segment_ids [B, T]) -> log p(ids[:, t] | ids[:, :t]) [B, T-1]."""
-    import jax
-    import jax.numpy as jnp
-
-    from .models import llama
 
     def fn(params, ids, segment_ids):
         out = llama.Llama(config).apply(
             {"params": params}, ids, None, segment_ids, return_logits=False
         )
         head = llama.lm_head_kernel(params, config)
-        hidden, targets = out.final_hidden[:, :-1], ids[:, 1:]
-        b, t, d = hidden.shape
-        chunk = min(LOGIT_CHUNK, t)
-        n = -(-t // chunk)
-        pad = n * chunk - t
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
-        targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
-
-        def per_chunk(args):
-            h, tgt = args
-            logits = jnp.einsum("bcd,dv->bcv", h, head, preferred_element_type=jnp.float32)
-            lse = jax.nn.logsumexp(logits, axis=-1)
-            return jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0] - lse
-
-        lp = jax.lax.map(per_chunk, (hidden, targets))  # [n, B, chunk]
-        return lp.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+        return chunked_token_logprobs(out.final_hidden[:, :-1], head, ids[:, 1:], LOGIT_CHUNK)
 
     return fn
 
@@ -103,7 +101,6 @@ def _logprob_body(config):
 @functools.lru_cache(maxsize=None)
 def _logprob_fn(config):
     """The one-device scoring function (jitted; inputs on the default device)."""
-    import jax
 
     return jax.jit(_logprob_body(config))
 
@@ -112,9 +109,6 @@ def _logprob_fn(config):
 def _sharded_logprob_fn(config, mesh):
     """The scoring function on `mesh`: rows over (data, fsdp), parameters by the training rules,
     log-probabilities left row-sharded (gathered on the host side)."""
-    import jax
-
-    from .parallel import batch_sharding
 
     bsh = batch_sharding(mesh)
     return jax.jit(
@@ -128,15 +122,12 @@ def scoring_mesh(fsdp: int = 1, devices=None):
     """The mesh `score` and `eval` run on: all devices of all processes (`devices`: these only)
     on (data, fsdp); `fsdp` > 1 shards the parameters over groups of that many devices (for a
     model too large to replicate on each), fsdp=1 replicates them."""
-    import jax
-
-    from .errors import ConfigError
-    from .parallel import MeshConfig, make_mesh
 
     devices = list(jax.devices() if devices is None else devices)
     if not isinstance(fsdp, int) or fsdp < 1 or len(devices) % fsdp:
         raise ConfigError(
-            f"--fsdp {fsdp}: must be a positive divisor of the device count ({len(devices)})"
+            f"fsdp {fsdp}: must be a positive divisor of the device count ({len(devices)})",
+            param="fsdp",
         )
     return make_mesh(MeshConfig(data=-1, fsdp=fsdp, tensor=1), devices)
 
@@ -144,8 +135,6 @@ def scoring_mesh(fsdp: int = 1, devices=None):
 def param_shardings(mesh, config):
     """NamedShardings of a model's parameters on `mesh` (the training rules: replicated unless
     the mesh has fsdp > 1 or tensor > 1); pass them to `checkpoint.load_model(shardings=...)`."""
-    from .models import llama
-    from .parallel import tree_shardings
 
     return tree_shardings(mesh, llama.param_logical_axes(config), llama.abstract_params(config))
 
@@ -153,7 +142,6 @@ def param_shardings(mesh, config):
 def _place_params(params, shardings):
     """`params` as global arrays with `shardings` (kept when already so: a checkpoint loaded with
     them). Host values are cut per device, so each process only places its own shards."""
-    import jax
 
     def put(x, sh):
         if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sh, x.ndim):
@@ -170,7 +158,6 @@ def _to_host(x) -> np.ndarray:
     """A (row-sharded) global array as one host array, on every process."""
     if x.is_fully_addressable:
         return np.asarray(x)
-    from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
@@ -178,13 +165,13 @@ def _to_host(x) -> np.ndarray:
 def rows_per_step(batch_size: int, mesh=None) -> int:
     """Rows of each scoring step: `batch_size` (global), rounded up to a multiple of the
     data-parallel devices of `mesh` (data x fsdp)."""
-    from .errors import ConfigError
 
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
+        raise ConfigError(
+            f"batch_size: must be a positive integer, got {batch_size!r}", param="batch_size"
+        )
     if mesh is None:
         return batch_size
-    from .parallel import batch_divisor
 
     dp = batch_divisor(mesh)
     return -(-batch_size // dp) * dp
@@ -204,8 +191,6 @@ def score_sequences(
     (`scoring_mesh()`) splits each step's rows over its data-parallel devices, `batch_size` then
     being the global rows per step rounded up to a multiple of them (see the module doc). With
     several processes every process passes the same `seqs` and gets all results back."""
-    import jax
-    import jax.numpy as jnp
 
     max_len = config.max_position_embeddings
     check_ids(seqs, config.vocab_size, max_len)
@@ -213,8 +198,6 @@ def score_sequences(
     if mesh is None:
         fn = _logprob_fn(config)
     else:
-        from .parallel import axis_rules_context, batch_sharding
-
         sharded_fn = _sharded_logprob_fn(config, mesh)
         bsh = batch_sharding(mesh)
         params = _place_params(params, param_shardings(mesh, config))
@@ -287,11 +270,6 @@ def score_file(
     """Scores every record of `in_path` and writes `out_path` (process 0 only, atomically).
     mesh: default `scoring_mesh(fsdp)` (every device of every process); `batch_size` is the
     global rows per step (see `score_sequences`)."""
-    import jax
-
-    from . import storage
-    from .checkpoint import load_model, load_model_config
-    from .outputs import check_output_files, is_primary_process
 
     check_output_files([out_path], [ckpt_dir, in_path], "score OUT")
     # gs:// paths are checked (credentials, bucket, write access) before the long load and scoring
@@ -324,75 +302,5 @@ def score_file(
     if is_primary_process():  # every process has every result; one writes them
         write_jsonl_atomic(out_path, out)
     if jax.process_count() > 1:  # no process returns before the file is there
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("tinywave score written")
     return out
-
-
-def register(subparsers) -> None:
-    from .checkpoint import add_no_verify
-
-    p = subparsers.add_parser(
-        "score",
-        help="per-token log-likelihoods of token sequences (jsonl in, jsonl out)",
-        description='Each input line is {"ids": [...], ...}; each output line adds "logprobs" '
-        '(log p(ids[t] | ids[:t]) for t >= 1), "sum_logprob" and "mean_logprob". '
-        "Other keys pass through.",
-    )
-    p.add_argument(
-        "ckpt_dir", help="tinywave model checkpoint (from import-hf, init-student, distill)"
-    )
-    p.add_argument("input", help="input .jsonl")
-    p.add_argument(
-        "output",
-        help="output .jsonl (written atomically; by process 0 of a multi-process run); never "
-        "the input file or a path inside the checkpoint",
-    )
-    add_mesh_flags(p)
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=None,
-        help="compute/parameter dtype (default: as stored)",
-    )
-    add_no_verify(p)
-    p.set_defaults(func=_run)
-
-
-def add_mesh_flags(p) -> None:
-    """--batch-size and --fsdp of `score` and `eval` (how sequences are split over devices)."""
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=8,
-        help="sequences per step over ALL devices (global, not per device), rounded up to a "
-        "multiple of the device count; each device scores its share of every step's rows "
-        "(default 8)",
-    )
-    p.add_argument(
-        "--fsdp",
-        type=int,
-        default=1,
-        metavar="N",
-        help="shard the parameters over groups of N devices (as training's mesh.fsdp), for a "
-        "model too large to hold on each device; default 1: every device holds the whole "
-        "model. Runs on every device of every process either way (TINYWAVE_COORDINATOR etc. "
-        "or a TPU pod start several processes, as for distill)",
-    )
-
-
-def _run(a) -> int:
-    from .parallel.distributed import maybe_initialize
-
-    maybe_initialize()  # multi-process runs: before any jax device is touched
-    score_file(
-        a.ckpt_dir,
-        a.input,
-        a.output,
-        a.batch_size,
-        a.dtype,
-        verify=not a.no_verify,
-        fsdp=a.fsdp,
-    )
-    return 0

@@ -32,7 +32,11 @@ import dataclasses
 import math
 from typing import Optional
 
-from .config import ConfigError, from_dict, to_dict
+from .config import from_dict, to_dict
+from .errors import ConfigError
+from .models.attention import resolve, splash_block
+from .train.metrics import step_flops
+from .train.recipes import prepare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +65,7 @@ def _variant_cfg(cfg, recipe, ls: int, lt: int, chunk: Optional[int]):
         return from_dict(type(cfg), d)
     d["distill"].update(logit_chunk_size=chunk, attention_block_size=cfg.data.seq_len)
     d["student"].update(path=None, shape=student, num_layers=None)
-    if recipe.spec.needs_teacher:
+    if recipe.spec.runs_teacher:
         teacher = recipe.teacher_full.replace(num_hidden_layers=lt)
         d["teacher"].update(path=None, shape=to_dict(teacher))
         # every student layer is aligned to one teacher layer; the last tap is the teacher's last
@@ -72,7 +76,7 @@ def _variant_cfg(cfg, recipe, ls: int, lt: int, chunk: Optional[int]):
 def _points(recipe) -> list[tuple[int, int]]:
     if recipe.kind != "distill":
         return [(1, 0), (2, 0)]
-    if not recipe.spec.needs_teacher:
+    if not recipe.spec.runs_teacher:
         return [(1, 0), (2, 0)]
     return [(1, 2), (2, 2), (1, 4)]
 
@@ -100,7 +104,6 @@ def splash_flops(cfg, spec, teacher_layers: int) -> float:
     2 T^2 H hd over the tiles on or below the diagonal ((n + 1) / 2n of n x n tiles). The
     forward has 2 matmuls (q k^T, p v); the student's backward 7 (dq kernel: s, dp, dq; dkv
     kernel: s, dp, dv, dk) plus, under remat, its forward again."""
-    from .models.attention import splash_block
 
     t = cfg.data.seq_len
     n = t // splash_block(t)
@@ -164,14 +167,11 @@ def estimate(cfg, topology, devices, compile_variant) -> dict:
         figure is negative or the chunk body comes out non-positive, as at full size on v6e).
 
     `compile_variant(cfg, label) -> cost dict` compiles one variant (plan.py's compile path)."""
-    from .models.attention import resolve
-    from .train.metrics import step_flops
-    from .train.recipes import prepare
 
     recipe = prepare(cfg)
     spec = recipe.spec
     ls = spec.student.num_hidden_layers
-    lt = spec.teacher.num_hidden_layers if recipe.kind == "distill" and spec.needs_teacher else 0
+    lt = spec.teacher.num_hidden_layers if recipe.kind == "distill" and spec.runs_teacher else 0
     chunk = _logit_chunk(cfg)
     points = [(vs, vt, chunk) for vs, vt in _points(recipe)]
     if chunk is not None:  # the chunk loop's body, from a variant at half the chunk

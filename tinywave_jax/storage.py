@@ -23,15 +23,22 @@ setting to fix instead of a library traceback after the first checkpoint.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import re
+import shutil
 import socket
+import tempfile
 import threading
 import uuid
 from pathlib import Path
 from typing import Union
+from urllib.parse import urlsplit
 
-from .errors import ConfigError, TinywaveError
+from etils import epath
+
+from .errors import ConfigError, MissingInputError, TinywaveError, first_line
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -98,8 +105,6 @@ def check_scheme(p: AnyPath) -> None:
 def path(p: AnyPath):
     """`p` as a path object: etils.epath.Path for `scheme://` paths, pathlib.Path otherwise."""
     if is_remote(p):
-        from etils import epath
-
         check_scheme(p)
         _configure_gcsfs()
         return epath.Path(str(p))
@@ -126,14 +131,13 @@ def _configure_gcsfs() -> None:
     the first gs:// filesystem is made."""
     global _CONFIGURED
     if not _CONFIGURED:
-        import fsspec.config
+        import fsspec.config  # fsspec comes with gcsfs (the gcs extra): gs:// only
 
         for proto in ("gs", "gcs"):
             conf = fsspec.config.conf.setdefault(proto, {})
             conf.setdefault("use_listings_cache", False)
             # gcsfs waits on a silent endpoint without end unless given a per-request timeout
             conf.setdefault("requests_timeout", deadline_s())
-        import logging
 
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             # gcsfs asks the real control API for each bucket's type and warns on every
@@ -150,7 +154,6 @@ class _RetryLogsAtDebug:
     on (the root logger at DEBUG, or TINYWAVE_STORAGE_DEBUG=1)."""
 
     def filter(self, record) -> bool:
-        import logging
 
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return bool(os.environ.get("TINYWAVE_STORAGE_DEBUG")) or logging.getLogger().isEnabledFor(
@@ -160,17 +163,12 @@ class _RetryLogsAtDebug:
 
 def fs(p: AnyPath):
     """The fsspec filesystem behind a remote path (gcsfs for gs://)."""
-    import fsspec
+    import fsspec  # fsspec comes with gcsfs (the gcs extra): gs:// only
 
     check_scheme(p)
     _configure_gcsfs()
     proto = _SCHEME.match(str(p)).group(1)
     return fsspec.filesystem("gcs" if proto == "gs" else proto)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
 
 
 def _credentials_problem() -> str | None:
@@ -179,14 +177,14 @@ def _credentials_problem() -> str | None:
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         return None
     try:
-        import google.auth
+        import google.auth  # the gcs extra: gs:// only
         import google.auth.exceptions
     except ImportError:
         return "google-auth is not installed (pip install gcsfs)"
     try:
         google.auth.default()
     except google.auth.exceptions.DefaultCredentialsError as e:
-        return _first_line(e)
+        return first_line(e)
     return None
 
 
@@ -208,7 +206,6 @@ def _endpoints() -> list[tuple[str, str]]:
 
 def _unreachable(url: str) -> str | None:
     """Why no TCP connection to `url` opens within CONNECT_TIMEOUT_S, or None."""
-    from urllib.parse import urlsplit
 
     parts = urlsplit(url if "://" in url else f"http://{url}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -232,7 +229,7 @@ def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> Non
     if key in _CHECKED:
         return
     try:
-        import gcsfs  # noqa: F401
+        import gcsfs  # noqa: F401  (the gcs extra: is it installed?)
     except ImportError:
         raise StorageAccessError(
             f"{what} {p}: gs:// paths need gcsfs: pip install 'tinywave_jax[gcs]'"
@@ -269,7 +266,7 @@ def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> Non
         found = gcs.exists(name)
     except Exception as e:  # gcsfs raises HttpError, OSError, ... for refused or failed requests
         raise StorageAccessError(
-            f"{what} {p}: cannot reach bucket {name!r}: {_first_line(e)}; check the bucket name, "
+            f"{what} {p}: cannot reach bucket {name!r}: {first_line(e)}; check the bucket name, "
             "GOOGLE_APPLICATION_CREDENTIALS (the account needs storage access) and "
             "STORAGE_EMULATOR_HOST"
         ) from None
@@ -288,7 +285,7 @@ def check_gcs(p: AnyPath | None, write: bool = False, what: str = "path") -> Non
             gcs.rm_file(probe)
         except Exception as e:
             raise StorageAccessError(
-                f"{what} {p}: cannot write to bucket {name!r}: {_first_line(e)}; the account "
+                f"{what} {p}: cannot write to bucket {name!r}: {first_line(e)}; the account "
                 "of GOOGLE_APPLICATION_CREDENTIALS (or the VM's service account) needs "
                 "roles/storage.objectAdmin on the bucket"
             ) from None
@@ -347,8 +344,6 @@ def copy_tree(src: AnyPath, dst: AnyPath, last: tuple[str, ...] = ()) -> list[st
         elif is_remote(b):
             fs(b).put_file(a, b)
         else:
-            import shutil
-
             Path(b).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(a, b)
     return order
@@ -363,7 +358,6 @@ def rmtree(p: AnyPath) -> None:
         if files:
             gcs.rm(files)
         return
-    import shutil
 
     shutil.rmtree(p, ignore_errors=True)
 
@@ -406,7 +400,6 @@ def remove_dead_temps(folder: Path, prefix: str) -> list[Path]:
             pass
         except OSError:
             continue
-        import shutil
 
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
@@ -421,11 +414,8 @@ def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
     match the remote listing (recorded in MIRROR_MANIFEST); every name is checked (safe_relpath)
     before it becomes a local path; the copy
     is made in a temporary sibling and renamed into place, so a killed download is never used."""
-    import json
-    import shutil
-    import tempfile
 
-    from .outputs import check_remote_complete
+    from .outputs import check_remote_complete  # import cycle: outputs.py imports storage
 
     check_gcs(remote, what=what)
     check_remote_complete(remote, what)  # a killed commit's partial copy is not mirrored
@@ -434,8 +424,6 @@ def local_mirror(remote: AnyPath, what: str = "folder") -> Path:
     stripped = _SCHEME.sub("", base, count=1)
     listing = _listing(gcs, base, str(remote))
     if not listing:
-        from .errors import MissingInputError
-
         raise MissingInputError(f"{what} not found: {remote}")
     root = Path(os.environ.get("TINYWAVE_CACHE_DIR") or tempfile.gettempdir()) / "tinywave-cache"
     dest = root / _SCHEME.match(base).group(1) / stripped
@@ -485,7 +473,7 @@ def storage_failure(e: BaseException) -> str | None:
             or _TENSORSTORE_GAVE_UP.search(str(e))
         ):
             return (
-                f"an object-storage request failed: {type(e).__name__}: {_first_line(e)}; check "
+                f"an object-storage request failed: {first_line(e, with_type=True)}; check "
                 "the network, the bucket and the credentials (GOOGLE_APPLICATION_CREDENTIALS, or "
                 "STORAGE_EMULATOR_HOST / TENSORSTORE_GCS_HTTP_URL for an emulator) and rerun "
                 "(runs: with --resume)"
@@ -598,6 +586,7 @@ def bound_tensorstore_retries() -> None:
     if _TS_BOUNDED:
         return
     try:
+        # orbax's private module: an orbax without it keeps its own schedule (below)
         from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
         contexts = (ts_utils._BASE_TS_CONTEXT, ts_utils._DEFAULT_OCDBT_TS_CONTEXT)
@@ -616,7 +605,6 @@ def bound_tensorstore_retries() -> None:
     }
     for context in contexts:
         context["gcs_request_retries"] = retries
-    import logging
 
     # orbax logs each failed background write with its traceback at ERROR (several per lost
     # save) before the named error: debug detail, as gcsfs's retries

@@ -29,6 +29,7 @@ import importlib.util
 import os
 import re
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from .errors import ConfigError
 
@@ -66,8 +67,6 @@ def libtpu_available() -> bool:
 
 
 def libtpu_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("libtpu")
     except PackageNotFoundError:
@@ -94,6 +93,7 @@ def keep_jax_off_absent_tpu() -> None:
     if "jax" not in sys.modules:
         os.environ["JAX_PLATFORMS"] = "cpu"  # read by jax at import
         return
+    # jax is imported here, never at the top: this module decides JAX_PLATFORMS before it loads
     import jax
     from jax._src import config, xla_bridge
 
@@ -117,17 +117,22 @@ def topology_devices(name: str) -> list:
     """The devices of TPU slice `name` (v5p:4x4x2) to compile for. ConfigError naming the
     topology and the valid forms when libtpu cannot build it; naming the extra without libtpu."""
     if not is_topology_name(name):
-        raise ConfigError(f"--topology {name!r}: not a TPU topology; valid forms: {FORMS}")
+        raise ConfigError(
+            f"topology {name!r}: not a TPU topology; valid forms: {FORMS}", param="topology"
+        )
     if not libtpu_available():
-        raise ConfigError(f"--topology {name!r}: the TPU compiler needs libtpu: {EXTRA}")
+        raise ConfigError(
+            f"topology {name!r}: the TPU compiler needs libtpu: {EXTRA}", param="topology"
+        )
     _quiet_host_discovery(name)
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # jax: after the platform is decided (see above)
 
     try:
         topo = topologies.get_topology_desc(topology_name=name, platform="tpu")
     except Exception as e:  # libtpu's INVALID_ARGUMENT: unknown generation, bad slice shape
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"--topology {name!r}: libtpu cannot build this slice ({reason}); valid forms: {FORMS}"
+            f"topology {name!r}: libtpu cannot build this slice ({reason}); valid forms: {FORMS}",
+            param="topology",
         ) from e
     return list(topo.devices)

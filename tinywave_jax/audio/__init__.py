@@ -3,18 +3,17 @@
 wav = read_audio("a.flac")                    # float32 mono, 16 kHz
 ext = load_extractor("units/")                # folder from `tinywave units fit` / `hubert-spec`
 streams = ext.extract(wav, f0_mean=None)      # {"hubert": (ids, start_s), "pitch": ..., ...}
+
+Names are imported lazily so that `tinywave --help` does not pay for soundfile and scipy.
 """
 
-from .extractor import UnitExtractor, load_extractor
-from .io import SAMPLE_RATE, list_audio, read_audio
-from .pitch import estimate_f0, mean_log_f0
+from .._lazy import lazy_exports
 
-__all__ = [
-    "SAMPLE_RATE",
-    "UnitExtractor",
-    "estimate_f0",
-    "list_audio",
-    "load_extractor",
-    "mean_log_f0",
-    "read_audio",
-]
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "extractor": ["UnitExtractor", "load_extractor"],
+        "io": ["SAMPLE_RATE", "list_audio", "read_audio"],
+        "pitch": ["estimate_f0", "mean_log_f0"],
+    },
+)

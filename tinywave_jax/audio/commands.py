@@ -61,7 +61,7 @@ def register(subparsers) -> None:
     )
     fit.add_argument("--skip-bad", action="store_true", help="warn on unreadable files, not fail")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing units folder")
-    fit.set_defaults(func=_fit)
+    fit.set_defaults(func=_fit, param_dests={"hubert_spec": "hubert"})
 
     spec = sub.add_parser(
         "hubert-spec",

@@ -21,8 +21,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..config import ConfigError, from_dict, to_dict
-from ..errors import InputError, MissingInputError
+from ..config import from_dict, to_dict
+from ..errors import ConfigError, InputError, MissingInputError
 from .features import SpectralConfig, hop_samples, phonetic_features
 from .hubert import HubertFeatures, HubertModelConfig
 from .io import SAMPLE_RATE, check_waveform

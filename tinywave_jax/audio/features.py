@@ -14,8 +14,9 @@ import dataclasses
 from typing import Literal
 
 import numpy as np
+from scipy.fft import dct
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .io import SAMPLE_RATE
 
 LOG_FLOOR = 1e-10
@@ -141,7 +142,6 @@ def log_mel(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
 
 def mfcc(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
     """[frames, n_mfcc] orthonormal DCT-II of the log-mel energies."""
-    from scipy.fft import dct
 
     return dct(log_mel(wav, cfg), type=2, norm="ortho", axis=-1)[:, : cfg.n_mfcc]
 

@@ -42,7 +42,10 @@ def _resolve_phonetic(spec_dir: Path) -> PhoneticConfig:
     """The phonetic section of a HuBERT spec folder with its paths made absolute."""
     ph = read_units_config(spec_dir).phonetic
     if ph.kind != "hubert":
-        raise InputError(f"{spec_dir}: --hubert needs a HuBERT spec folder (phonetic.kind hubert)")
+        raise InputError(
+            f"hubert_spec {spec_dir}: not a HuBERT spec folder (phonetic.kind hubert)",
+            param="hubert_spec",
+        )
     absolute = lambda p: str(p if Path(p).is_absolute() else (spec_dir / p).resolve())  # noqa: E731
     return dataclasses.replace(
         ph,
@@ -79,11 +82,17 @@ def fit_units(
     """
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() and not overwrite:
-        raise OutputExistsError(f"{out_dir / CONFIG_FILE} exists (pass --overwrite to replace it)")
+        raise OutputExistsError(
+            f"{out_dir / CONFIG_FILE} exists (pass --overwrite / overwrite=True to replace it)"
+        )
     if units < 1 and hubert_spec is None:
-        raise ConfigError(f"--units must be >= 1, got {units}")
+        raise ConfigError(f"units: must be >= 1, got {units}", param="units")
     if pitch_bins == 1 or pitch_bins < 0 or style_classes < 0:
-        raise ConfigError("--pitch-bins must be 0 (off) or >= 2; --style-classes >= 0")
+        raise ConfigError(
+            f"pitch_bins: must be 0 (off) or >= 2, got {pitch_bins}; style_classes >= 0, got "
+            f"{style_classes}",
+            param=("pitch_bins", "style_classes"),
+        )
 
     phonetic = (
         _resolve_phonetic(Path(hubert_spec))
@@ -121,7 +130,9 @@ def fit_units(
             wav = check_waveform(read_audio(path), str(path), min_samples)
         except InputError as e:
             if not skip_bad:
-                raise InputError(f"{e} (pass --skip-bad to leave such files out)") from None
+                raise InputError(
+                    f"{e} (pass --skip-bad / skip_bad=True to leave such files out)"
+                ) from None
             warnings.warn(f"skipping {e}", stacklevel=2)
             skipped += 1
             continue

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .features import check_frame_rate, hop_samples
 from .io import SAMPLE_RATE
 
@@ -46,8 +45,8 @@ class HubertFeatures:
     """Layer-`layer` hidden states [frames, hidden] (float32, CPU) of a local HF HubertModel."""
 
     def __init__(self, cfg: HubertModelConfig, base_dir: Path | None = None):
-        import torch
-        from transformers import HubertModel
+        import torch  # the torch extra
+        from transformers import HubertModel  # the torch extra
 
         path = Path(cfg.model_dir)
         if base_dir is not None and not path.is_absolute():
@@ -75,7 +74,7 @@ class HubertFeatures:
             self.min_samples += 1
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
-        import torch
+        import torch  # the torch extra
 
         x = torch.from_numpy(np.asarray(wav, dtype=np.float32))[None]
         if self.cfg.normalize_waveform:

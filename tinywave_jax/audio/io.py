@@ -6,6 +6,8 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly  # slow first import; 16 kHz files skip it
 
 from ..errors import InputError, MissingInputError
 
@@ -22,7 +24,6 @@ def read_audio(path: str | Path) -> np.ndarray:
     or silent-only: a missing file is a bad record of a corpus (`units fit --skip-bad` skips it),
     so it is not a MissingInputError.
     """
-    import soundfile as sf
 
     path = Path(path)
     if not path.is_file():
@@ -35,8 +36,6 @@ def read_audio(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: audio file is empty (0 samples)")
     wav = wav.mean(axis=1)
     if rate != SAMPLE_RATE:
-        from scipy.signal import resample_poly  # slow first import; 16 kHz files skip it
-
         g = gcd(int(rate), SAMPLE_RATE)
         wav = resample_poly(wav, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
     check_waveform(wav, name=str(path))

@@ -130,7 +130,7 @@ def load_centroids(path: str | Path, dim: int | None = None) -> np.ndarray:
         if path.suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
         else:
-            import torch
+            import torch  # the torch extra
 
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):

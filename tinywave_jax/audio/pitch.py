@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy import fft
 
-from ..config import ConfigError
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .features import FRAMES_PER_BLOCK, check_frame_rate, hop_samples
 from .io import SAMPLE_RATE
 
@@ -93,7 +93,6 @@ def _yin_frames(
     """YIN on frames x [n, win + tau_max + 1]: (period in samples, dips under threshold, energy)."""
     n = len(x)
     # d(tau) = sum_{j<win} (x_j - x_{j+tau})^2 = e(0) + e(tau) - 2 r(tau), r by FFT correlation
-    from scipy import fft
 
     nfft = 1 << (x.shape[1] - 1).bit_length()  # lags < x.shape[1] - win never wrap around
     r = fft.irfft(np.conj(fft.rfft(x[:, :win], nfft)) * fft.rfft(x, nfft), nfft)

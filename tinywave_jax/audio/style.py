@@ -14,8 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from ..config import ConfigError
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .features import SpectralConfig, check_frame_rate, hop_samples, log_mel, mfcc
 from .io import SAMPLE_RATE
 

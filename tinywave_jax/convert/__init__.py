@@ -1,5 +1,5 @@
 """Hugging Face <-> tinywave conversion (`tinywave import-hf` / `export-hf`), and GGUF for llama.cpp
-(`tinywave export-gguf`; running a GGUF file: `gguf_run`).
+(`tinywave export-gguf`; running and scoring a GGUF file: `eval/gguf_run.py`).
 
 The name/shape table lives in `models/param_layout.py`; `hf_import` and `hf_export` use it both
 ways.

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from ..flags import add_dtype, add_no_verify
+
 
 class ProgressPrinter:
     """Prints 'tensors done/total, GB done/total' to stderr, at most every `every_s` seconds."""
@@ -74,7 +76,6 @@ def _export_gguf(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from ..checkpoint import add_no_verify
 
     p = subparsers.add_parser(
         "import-hf",
@@ -85,12 +86,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("hf_dir", metavar="HF_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="parameter dtype of the checkpoint (default float32)",
-    )
+    add_dtype(p, "parameter dtype of the checkpoint (default float32)", default="float32")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -107,12 +103,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("ckpt_dir", metavar="CKPT_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=None,
-        help="tensor dtype (default: the checkpoint's)",
-    )
+    add_dtype(p, "tensor dtype (default: the checkpoint's)")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -161,4 +152,4 @@ def register(subparsers) -> None:
         "inside CKPT_DIR)",
     )
     add_no_verify(p)
-    p.set_defaults(func=_export_gguf)
+    p.set_defaults(func=_export_gguf, param_dests={"gguf_type": "type"})

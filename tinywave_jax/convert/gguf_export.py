@@ -42,11 +42,17 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
+import gguf
 import numpy as np
 
+from .. import storage
+from ..checkpoint import load_model, load_model_config
+from ..data.layout import VOCAB_PRESETS, TokenLayout, resolve_layout
 from ..errors import ConfigError, ConversionError, MissingInputError, OutputExistsError
 from ..models.config import LlamaConfig
+from ..models.llama import rope_inv_freq
 from ..models.param_layout import TensorMap, check_params, flatten, tensor_maps
+from ..outputs import check_not_an_input
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 DEFAULT_TYPE = "f16"
@@ -70,7 +76,9 @@ class GgufExport:
 
 def check_type(gguf_type: str) -> str:
     if gguf_type not in GGUF_TYPES:
-        raise ConfigError(f"--type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
+        raise ConfigError(
+            f"gguf_type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}", param="gguf_type"
+        )
     return gguf_type
 
 
@@ -145,7 +153,6 @@ def _tokenizer_entries(path: Path) -> tuple[dict[int, tuple[str, float, str]], s
 def build_vocab(config: LlamaConfig, tokenizer_dir: str | Path | None, layout) -> Vocab:
     """One string, score and type per id of `config.vocab_size` (see the module docstring).
     `layout`: a data.layout.TokenLayout or None."""
-    import gguf
 
     T = gguf.TokenType
     n = config.vocab_size
@@ -210,8 +217,6 @@ def build_vocab(config: LlamaConfig, tokenizer_dir: str | Path | None, layout) -
 def resolve_gguf_layout(layout, vocab_size: int):
     """A TokenLayout from a TokenLayout, preset name or layout JSON path; None: the SpiritLM
     preset of a SpiritLM vocabulary size, else None (no layout)."""
-    from ..data.layout import TokenLayout
-    from ..eval.sequences import VOCAB_PRESETS, resolve_layout
 
     if isinstance(layout, TokenLayout):
         if layout.used_size > vocab_size:
@@ -242,7 +247,6 @@ def _gguf_name(name_map, hf_name: str) -> str:
 
 
 def _qtype(gguf_type: str, name: str, shape: tuple[int, ...], config: LlamaConfig, notes: list):
-    import gguf
 
     Q = gguf.GGMLQuantizationType
     if len(shape) == 1 or gguf_type == "f32":
@@ -262,7 +266,6 @@ def _qtype(gguf_type: str, name: str, shape: tuple[int, ...], config: LlamaConfi
 def rope_freq_factors(config: LlamaConfig) -> np.ndarray | None:
     """llama3 rope scaling as llama.cpp reads it: per-frequency divisors (plain inverse
     frequency / scaled inverse frequency), [head_dim / 2] float32; None for other rope types."""
-    from ..models.llama import rope_inv_freq
 
     rs = config.rope_scaling
     if rs is None or rs.rope_type != "llama3":
@@ -274,7 +277,6 @@ def rope_freq_factors(config: LlamaConfig) -> np.ndarray | None:
 def _plan_tensors(
     params: Mapping, config: LlamaConfig, gguf_type: str, notes: list
 ) -> list[_Tensor]:
-    import gguf
 
     leaves = flatten(params)
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
@@ -308,14 +310,12 @@ def _plan_tensors(
 
 
 def _nbytes(shape: tuple[int, ...], qtype) -> int:
-    import gguf
 
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     return math.prod(shape[:-1]) * (shape[-1] // block) * size
 
 
 def _encode(array: np.ndarray, qtype) -> np.ndarray:
-    import gguf
 
     Q = gguf.GGMLQuantizationType
     if qtype == Q.F32:
@@ -327,7 +327,6 @@ def _encode(array: np.ndarray, qtype) -> np.ndarray:
 
 # ---- the file -----------------------------------------------------------------------------------
 def _file_type(gguf_type: str) -> int:
-    import gguf
 
     F = gguf.LlamaFileType
     return int(
@@ -342,7 +341,6 @@ def _file_type(gguf_type: str) -> int:
 
 
 def _write_metadata(w, config: LlamaConfig, vocab: Vocab, gguf_type: str, name: str) -> None:
-    import gguf
 
     w.add_name(name)
     w.add_file_type(_file_type(gguf_type))
@@ -410,7 +408,6 @@ def check_output_file(
 ) -> None:
     """Raises unless `out` is a new file or (overwrite) an existing file, apart from every input
     in `sources` (never inside a checkpoint folder it reads, even with overwrite)."""
-    from ..outputs import check_not_an_input
 
     check_not_an_input(out, sources)
     out = Path(out)
@@ -453,7 +450,6 @@ def write_gguf(
     """Writes params (layout of models/param_layout.py, numpy or jax arrays) as one GGUF file
     (see the module docstring). `layout`: TokenLayout, preset name, layout JSON path or None
     (a SpiritLM vocabulary size implies its preset). `sources`: inputs `out` must be apart from."""
-    import gguf
 
     check_type(gguf_type)
     check_llama_cpp_expressible(config)
@@ -513,9 +509,6 @@ def export_gguf(
     `gguf_type`). Input problems (unknown type, output in the way or inside the checkpoint, a
     config llama.cpp cannot express) fail before the checkpoint is loaded. verify: check the
     params files against their recorded sha256 (checkpoint.load_model)."""
-    from .. import storage
-    from ..checkpoint import load_model, load_model_config
-    from ..outputs import check_not_an_input
 
     check_type(gguf_type)
     name = str(ckpt_dir).rstrip("/").rsplit("/", 1)[-1]
@@ -571,7 +564,6 @@ def _name_of(out) -> str:
 
 
 def _check_remote_output(out, overwrite: bool) -> None:
-    from .. import storage
 
     p = storage.path(out)
     if p.is_dir():

@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import storage
+from ..checkpoint import copy_tokenizer_files, load_model
 from ..errors import ConfigError, MissingInputError
 from ..models.config import LlamaConfig
 from ..models.param_layout import TensorMap, check_params, flatten, tensor_maps
+from ..outputs import atomic_output_dir, check_output_dir
 from .hf_import import Progress
 from .safetensors_io import TensorToWrite, write_file
 
@@ -131,8 +133,6 @@ def write_hf_dir(
 ) -> Path:
     """Writes params as a Hugging Face Llama folder (see module doc). dtype None: as stored.
     `sources`: the inputs `out_dir` must be apart from (outputs.check_not_an_input)."""
-    from ..checkpoint import copy_tokenizer_files
-    from ..outputs import atomic_output_dir
 
     leaves = _host_leaves(params, config)
     dtype = np.dtype(dtype) if dtype is not None else _uniform_dtype(leaves)
@@ -198,8 +198,6 @@ def export_hf(
     """Writes the tinywave model checkpoint `ckpt_dir` as a Hugging Face folder `out_dir`.
     dtype None: the checkpoint's dtype. verify: check the params files against their recorded
     sha256 (checkpoint.load_model)."""
-    from ..checkpoint import load_model
-    from ..outputs import check_output_dir
 
     storage.check_gcs(ckpt_dir, what="tinywave checkpoint folder")
     ckpt_dir = storage.path(ckpt_dir)

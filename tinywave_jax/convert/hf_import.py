@@ -18,9 +18,11 @@ import ml_dtypes
 import numpy as np
 
 from .. import storage
+from ..checkpoint import save_model
 from ..errors import ConfigError, ConversionError, MissingInputError
 from ..models.config import LlamaConfig
 from ..models.param_layout import flatten, get_path, param_shapes, set_path, tensor_maps
+from ..outputs import check_output_dir, check_remote_complete
 from .safetensors_io import SafetensorsFile
 
 # Looked for in this order, like transformers: (listing file, kind).
@@ -52,7 +54,7 @@ def to_numpy(x) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     if type(x).__module__.startswith("torch"):
-        import torch
+        import torch  # the torch extra
 
         x = x.detach()
         if x.dtype == torch.bfloat16:
@@ -62,7 +64,7 @@ def to_numpy(x) -> np.ndarray:
 
 
 def _load_bin(path: Path) -> dict:
-    import torch
+    import torch  # the torch extra
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -215,7 +217,6 @@ def import_hf(
     progress: Progress | None = None,
 ) -> Path:
     """Converts a Hugging Face Llama folder into a tinywave model checkpoint at `out_dir`."""
-    from ..outputs import check_output_dir, check_remote_complete
 
     if dtype not in PARAM_DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {list(PARAM_DTYPES)}")
@@ -240,7 +241,6 @@ def import_hf(
 
 
 def _import(hf_dir: Path, source_name: str, out_dir, dtype, overwrite, progress, source) -> Path:
-    from ..checkpoint import save_model
 
     config = LlamaConfig.from_hf_file(hf_dir / "config.json")
     weights = HFWeights(hf_dir)

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+# every batch's keys (the contract above)
+BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+# with `keys=True` (data/pipeline.py), each token's key for a teacher cache: its stream's index in
+# the mixture, its record's index in that stream, its position in the record (all [B, T])
+TOKEN_KEYS = ("stream_ids", "record_ids", "token_positions")
+# a teacher cache's rows, joined to the batch by those keys (distill/teacher_cache.py): [B, T, k]
+CACHE_KEYS = ("topk_ids", "topk_logprobs")
+
 
 def contract_batch(input_ids, segment_ids) -> dict:
     """Rows of packed ids and their segment ids -> the full batch dict of the contract."""

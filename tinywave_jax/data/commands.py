@@ -5,7 +5,8 @@ inside it."""
 from __future__ import annotations
 
 import argparse
-import sys
+
+from ..errors import log_stderr
 
 
 def _pairs(text: str, flag: str) -> dict:
@@ -129,10 +130,6 @@ def register(subparsers):
     s.set_defaults(func=_show)
 
 
-def _log_stderr(msg):
-    print(msg, file=sys.stderr)
-
-
 def host_share(num_hosts, host_index, environ=None) -> tuple[int, int]:
     """(--num-hosts, --host-index), given or from the launch: the process count and index that
     `jax.process_count()` / `process_index()` report in a multi-process run. Explicit and SLURM
@@ -183,7 +180,7 @@ def _build(args):
         speaker_f0=not args.no_speaker_f0,
         num_hosts=num_hosts,
         host_index=host_index,
-        log=_log_stderr,
+        log=log_stderr,
     )
     if "share" in summary:
         print(f"share {host_index} of {num_hosts}:")
@@ -198,7 +195,7 @@ def _finalize(args):
     summary = finalize_corpus(
         args.out,
         max_skipped="shares" if args.max_skipped is None else args.max_skipped,
-        log=_log_stderr,
+        log=log_stderr,
     )
     print(format_summary(summary))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..audio import SAMPLE_RATE, load_extractor, read_audio
+from ..audio.pitch import PitchConfig, tracker_f0
 from .corpus_format import CorpusError
 from .corpus_inputs import Item, make_record
 from .layout import STREAMS
@@ -14,7 +16,6 @@ _EXTRACTORS: dict = {}
 
 def cached_extractor(directory: str):
     """The extractor in `directory`, loaded once per process (workers reuse it across shards)."""
-    from ..audio import load_extractor
 
     if directory not in _EXTRACTORS:
         _EXTRACTORS[directory] = load_extractor(directory)
@@ -24,7 +25,6 @@ def cached_extractor(directory: str):
 def _read(item):
     """Waveform (float32, 16 kHz) of an audio item; unreadable, empty or silent audio is a
     CorpusError naming the item."""
-    from ..audio import read_audio
 
     path = item.data.get("path")
     if not path:
@@ -40,7 +40,6 @@ def audio_record(
 ) -> dict:
     """An audio file -> record through `tinywave_jax.audio`; `f0_means` maps speaker -> mean
     log-F0 for pitch/style normalisation (None: each utterance's own mean)."""
-    from ..audio import SAMPLE_RATE
 
     ext = cached_extractor(extractor_dir)
     wav = _read(item)
@@ -64,7 +63,6 @@ def _utterance_log_f0(job):
     """First pass: (sum of log F0 over voiced frames, voiced frame count) of one utterance,
     with the extractor's own pitch tracker settings."""
     item, extractor_dir = job
-    from ..audio.pitch import PitchConfig, tracker_f0
 
     cfg = (
         getattr(getattr(cached_extractor(extractor_dir), "cfg", None), "pitch", None)

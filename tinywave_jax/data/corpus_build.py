@@ -24,17 +24,27 @@ files, same records in the same order per split; TFDS orders records by a hash o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
+import multiprocessing
 import os
 import re
+import tempfile
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import tensorflow_datasets as tfds
+
 from .. import storage
+from ..audio.extractor import CONFIG_FILE
 from ..errors import ConfigError, MissingInputError
-from ..outputs import write_file_atomic
+from ..outputs import atomic_output_dir, write_file_atomic
 from .corpus_audio import audio_record, cached_extractor, combine_log_f0, item_log_f0_stats
 from .corpus_format import NAME, SPLITS, VERSION, CorpusError, encode_example, features
 from .corpus_inputs import (
@@ -51,11 +61,9 @@ from .layout import STREAMS, dedup
 
 
 def _pool(workers):
-    import contextlib
 
     if workers <= 1:
         return contextlib.nullcontext(None)
-    import multiprocessing
 
     return multiprocessing.get_context("spawn").Pool(workers)
 
@@ -92,10 +100,6 @@ _ARRAYS = tuple(f"{s}{t}" for s in STREAMS for t in ("", "_times"))
 def _encode_shard(records: list[dict], skipped: list) -> bytes:
     """A staged shard as .npz bytes: each record's arrays as `R.FIELD`, everything else (ids,
     words, skips) in one JSON entry `meta`; no pickled object anywhere."""
-    import io
-    import zipfile
-
-    import numpy as np
 
     meta = {
         "records": [{k: v for k, v in r.items() if k not in _ARRAYS} for r in records],
@@ -116,10 +120,6 @@ def read_shard(f) -> dict:
     """{"records", "skipped"} of a staged shard file; CorpusError naming the file when it is
     truncated, damaged or not a staged shard (allow_pickle=False: a planted pickle is refused,
     never run)."""
-    import io
-    import zipfile
-
-    import numpy as np
 
     try:
         with np.load(io.BytesIO(storage.path(f).read_bytes()), allow_pickle=False) as z:
@@ -153,7 +153,6 @@ def _staged_records(staging: Path, split: str | None = None):
 
 
 def _builder_class():
-    import tensorflow_datasets as tfds
 
     class TinywaveCorpus(tfds.core.GeneratorBasedBuilder):
         """Tokenized speech corpus (see tinywave_jax.data.corpus_format)."""
@@ -204,10 +203,11 @@ def builder_class():
 def check_hosts(num_hosts: int, host_index: int) -> None:
     """Refuses a host share that cannot exist (ConfigError, before any input is read)."""
     if num_hosts < 1:
-        raise ConfigError(f"--num-hosts {num_hosts} must be at least 1")
+        raise ConfigError(f"num_hosts {num_hosts} must be at least 1", param="num_hosts")
     if not 0 <= host_index < num_hosts:
         raise ConfigError(
-            f"--host-index {host_index} is outside 0..{num_hosts - 1} (--num-hosts {num_hosts})"
+            f"host_index {host_index} is outside 0..{num_hosts - 1} (num_hosts {num_hosts})",
+            param=("host_index", "num_hosts"),
         )
 
 
@@ -291,8 +291,6 @@ def build_corpus(
         "frame_rates": opts["frame_rates"],
     }
     if mode == "audio":  # a refitted extractor must not mix with shards staged by the old one
-        from ..audio.extractor import CONFIG_FILE
-
         plan["extractor"] = (Path(extractor) / CONFIG_FILE).read_text()
         if not speaker_f0:  # (only when off: digests of earlier stagings stay valid)
             plan["speaker_f0"] = False
@@ -419,10 +417,6 @@ def _finish(out, staging, max_skipped, rebuild: bool) -> dict:
         )
     version_dir = out / NAME / VERSION
     if rebuild or not (version_dir / "dataset_info.json").exists():
-        import tempfile
-
-        from ..outputs import atomic_output_dir
-
         # written aside (locally: on the same disk, so that it can be renamed), then put in
         # place as one folder replacing the old one only once complete: a killed re-finalize
         # leaves the corpus that was there
@@ -570,9 +564,6 @@ def finalize_corpus(out, *, max_skipped="shares", log=print) -> dict:
 
 
 def _prepare(out: Path, staging: Path, splits):
-    import logging
-
-    import tensorflow_datasets as tfds
 
     logging.getLogger("absl").setLevel(logging.WARNING)
     tfds.disable_progress_bar()

@@ -14,6 +14,7 @@ float32 seconds.
 from __future__ import annotations
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from ..errors import InputError
 from .layout import STREAMS, time_key
@@ -28,7 +29,6 @@ class CorpusError(InputError):
 
 def features():
     """The TFDS features of a stored record."""
-    import tensorflow_datasets as tfds
 
     spec = {
         "id": tfds.features.Text(),

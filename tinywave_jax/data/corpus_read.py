@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import tensorflow_datasets as tfds
+from array_record.python.array_record_module import ArrayRecordReader
 
 from .. import storage
 from ..errors import MissingInputError
@@ -40,7 +42,6 @@ def version_dir(corpus_dir) -> Path:
 
 def corpus_splits(corpus_dir) -> list[str]:
     """The splits a built corpus holds, sorted."""
-    import tensorflow_datasets as tfds
 
     return sorted(tfds.builder_from_directory(str(version_dir(corpus_dir))).info.splits)
 
@@ -54,7 +55,6 @@ class CorpusSource:
         self._open()
 
     def _open(self):
-        import tensorflow_datasets as tfds
 
         builder = tfds.builder_from_directory(self.dir)
         if self.split not in builder.info.splits:  # as corpus_splits
@@ -84,8 +84,6 @@ class CorpusSource:
 
     def _reader(self, path):
         if path not in self._readers:
-            from array_record.python.array_record_module import ArrayRecordReader
-
             self._readers[path] = ArrayRecordReader(path, "readahead_buffer_size:0")
         return self._readers[path]
 

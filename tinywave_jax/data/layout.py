@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import re
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..config import from_dict
+from ..errors import ConfigError, InputError, MissingInputError
 
 STREAMS = ("hubert", "pitch", "style")  # merge order at equal times: style, pitch, hubert
 STREAM_PREFIX = {"hubert": "Hu", "pitch": "Pi", "style": "St"}
@@ -312,9 +315,54 @@ def join_spans(layout: TokenLayout, spans, leading_marker: bool = True, bos: boo
 # ---------------------------------------------------------------- text and token strings
 
 
+# the output modalities generation can be held to (generation.allowed_ids): HuBERT units; HuBERT,
+# pitch and style units; text ids; every id the layout uses
+MODALITIES = ("speech", "expressive", "text", "any")
+
+
+# the SpiritLM presets by vocabulary size, for a model that names no layout
+VOCAB_PRESETS = {32512: "spiritlm_base", 32768: "spiritlm_expressive"}
+
+
+def resolve_layout(layout: str | None, vocab_size: int) -> TokenLayout:
+    """The token layout of a model: a preset name, a JSON file of LayoutConfig fields (e.g.
+    {"preset": null, "text_vocab_size": 100, "num_units": 50, "vocab_size": 211}), or None to
+    infer a SpiritLM preset from the vocabulary size (32512: base, 32768: expressive)."""
+    spec = layout
+    if spec is None:
+        if vocab_size not in VOCAB_PRESETS:
+            raise ConfigError(
+                f"layout: cannot infer the token layout of a model with vocab "
+                f"{vocab_size}; give a preset ({', '.join(VOCAB_PRESETS.values())}) "
+                "or a layout JSON file",
+                param="layout",
+            )
+        layout = preset_layout(VOCAB_PRESETS[vocab_size])
+    elif Path(spec).suffix == ".json" or Path(spec).is_file():
+        path = Path(spec)
+        if not path.is_file():
+            raise MissingInputError(f"layout file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        try:
+            layout = from_dict(LayoutConfig, data).build()
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    else:
+        layout = preset_layout(spec)
+    if layout.used_size > vocab_size:
+        raise ConfigError(
+            f"layout {layout.name} uses {layout.used_size} ids but the model's "
+            f"vocabulary has {vocab_size}"
+        )
+    return layout
+
+
 def load_tokenizer(path: str, layout: TokenLayout):
     """Hugging Face tokenizer from a directory; checks it fits the layout's text range."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # the torch extra (text spans only)
 
     tok = AutoTokenizer.from_pretrained(path)
     if len(tok) > layout.text_vocab_size:

@@ -25,11 +25,16 @@ import threading
 from typing import Literal, Optional
 
 import grain
+import jax
 import numpy as np
+from absl import flags
 from grain._src.python.experimental.index_shuffle.python import index_shuffle_module
+from grain.experimental import ConcatThenSplitIterDataset
 
 from ..errors import ConfigError, InputError
 from .batches import contract_batch
+from .corpus_format import CorpusError
+from .corpus_read import CorpusSource
 from .layout import LayoutConfig, load_tokenizer
 from .streams import DEFAULT_PATTERN_PROBS, KINDS, PATTERNS, BadRecord, sequence_for
 
@@ -131,7 +136,6 @@ class _Tokens:
         self._lock = threading.Lock()
 
     def __call__(self, index, rng: np.random.Generator):
-        from .corpus_format import CorpusError
 
         try:
             rec = self.source[int(index)]
@@ -226,9 +230,6 @@ def make_dataset(
     """The grain IterDataset of contract batches for one host (see the module docstring).
     `key`: where `cfg` sits in its config file, for error messages (DataConfig.validate).
     `keys`: batches also carry each token's key (`_to_contract`), for a teacher cache."""
-    from grain.experimental import ConcatThenSplitIterDataset
-
-    from .corpus_read import CorpusSource
 
     cfg.validate(key)  # also when built in Python rather than from YAML
     if cfg.batch_size % process_count:
@@ -289,7 +290,6 @@ def _to_contract(b, rows):
 
 def _parse_absl_flags():
     # grain's worker processes read absl flags; unparsed flags raise UnparsedFlagAccessError.
-    from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(sys.argv[:1])
@@ -361,8 +361,6 @@ def make_train_iterator(
     """This host's iterator of contract batches; host defaults come from jax. `key`: where
     `config` sits in its config file (`data.corpus` in a run config), for error messages."""
     if process_index is None or process_count is None:
-        import jax
-
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     return TrainIterator(config, process_index, process_count, source, key, keys)

@@ -133,7 +133,7 @@ def export_student_gguf(student_ckpt: Path, out_dir: Path, layout_path: Path, lo
 def score_llama_cpp(gguf_path: Path, inputs: dict) -> dict:
     """`score_model`'s raw scores from llama.cpp running a GGUF file (llama-cpp-python),
     the same inputs, the same scoring (mean log-likelihood per unit, pooled perplexity)."""
-    from ..convert.gguf_run import (
+    from ..eval.gguf_run import (
         llama_cpp_pairwise_accuracy,
         llama_cpp_perplexity,
         load_llama_cpp,
@@ -235,8 +235,8 @@ def export_and_compare(
 
     from ..checkpoint import load_model
     from ..convert.hf_export import export_hf
+    from ..data.layout import resolve_layout
     from ..eval.perplexity import corpus_seqs
-    from ..eval.sequences import resolve_layout
     from ..models import decode
 
     hf_dir = out_dir / "student_hf"
@@ -279,7 +279,7 @@ def export_and_compare(
         "equal": True,
     }
     if gguf is not None:
-        from ..convert.gguf_run import llama_cpp_greedy, load_llama_cpp
+        from ..eval.gguf_run import llama_cpp_greedy, load_llama_cpp
 
         cpp_out = llama_cpp_greedy(load_llama_cpp(gguf, logits_all=False), prompt, new_tokens)
         same = decode.common_prefix(jax_out, cpp_out)

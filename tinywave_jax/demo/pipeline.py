@@ -338,9 +338,9 @@ class Demo(StagedRun):
 
     def _plots(self) -> list[str]:
         from ..checkpoint import load_model
+        from ..data.layout import resolve_layout
         from ..distill.layer_map import resolve_layer_map
         from ..eval.perplexity import corpus_seqs
-        from ..eval.sequences import resolve_layout
         from .plots import plot_attention, plot_losses
 
         rows = self.rows()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Union
 
-from ..config import ConfigError, apply_overrides, from_dict, to_dict
+from ..config import apply_overrides, from_dict, to_dict
+from ..errors import ConfigError
 from .world import WorldSplits
 
 

@@ -11,16 +11,29 @@ processes, gathered back); the primary process writes. Format and keys: teacher_
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import logging
 import time
+from typing import Any
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from .. import storage
+from ..data.corpus_read import CorpusSource
+from ..data.layout import load_tokenizer
+from ..data.streams import BadRecord, sequence_for
 from ..errors import ConfigError
+from ..models import llama
+from ..models.llama import apply_llama, lm_head_kernel
 from ..outputs import is_primary_process, write_file_atomic
+from ..parallel import axis_rules_context, batch_divisor, batch_sharding, make_mesh, tree_shardings
+from ..train.recipes import _source_config, load_or_init
+from .losses import teacher_topk
 from .teacher_cache import (
     FORMAT,
     ID_DTYPE,
@@ -38,9 +51,6 @@ log = logging.getLogger(__name__)
 
 
 def _teacher(cfg, mesh):
-    from ..models import llama
-    from ..parallel import tree_shardings
-    from ..train.recipes import _source_config, load_or_init
 
     config = _source_config(cfg.teacher, "teacher").replace(
         dtype=cfg.teacher.dtype, param_dtype=cfg.teacher.dtype, remat="none"
@@ -56,19 +66,15 @@ def _teacher(cfg, mesh):
 
 
 def _topk_fn(config, k: int, chunk, mesh, param_sh):
-    import jax
-
-    from ..models.llama import Llama, lm_head_kernel
-    from ..parallel import axis_rules_context, batch_sharding
-    from .losses import teacher_topk
 
     def fn(params, ids, seg, pos):
-        out = Llama(config).apply({"params": params}, ids, pos, seg, return_logits=False)
+        out = apply_llama(config, params, ids, pos, seg, return_logits=False)
         return teacher_topk(out.final_hidden, lm_head_kernel(params, config), k, chunk)
 
     bsh = batch_sharding(mesh)
     jitted = jax.jit(fn, in_shardings=(param_sh, bsh, bsh, bsh), out_shardings=(bsh, bsh))
-    compiled = []
+    compiled: list = []
+    timing = {"compile_s": 0.0}  # the first call's compile, timed apart
 
     def call(params, ids, seg, pos):
         def put(x):
@@ -79,16 +85,13 @@ def _topk_fn(config, k: int, chunk, mesh, param_sh):
             if not compiled:  # timed apart: the build's tokens/s is the teacher's, not XLA's
                 t0 = time.time()
                 compiled.append(jitted.lower(*args).compile())
-                call.compile_s = time.time() - t0
+                timing["compile_s"] = time.time() - t0
             out = compiled[0](*args)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             out = multihost_utils.process_allgather(out, tiled=True)
         return tuple(np.asarray(x) for x in out)
 
-    call.compile_s = 0.0
-    return call
+    return call, timing
 
 
 def _shard_done(out, s: int) -> bool:
@@ -119,18 +122,11 @@ def build_teacher_cache(
     """Builds (or resumes) the teacher cache of `cfg` (a DistillConfig) in `out`; returns
     {"shards", "built", "skipped", "tokens", "bytes", "seconds", "tokens_per_s", "compile_s"}
     (seconds and tokens/s of this call's built shards, the teacher's compilation left out)."""
-    import dataclasses
-
-    from ..data.layout import load_tokenizer
-    from ..data.streams import BadRecord, sequence_for
-    from ..parallel import batch_divisor, make_mesh
 
     if records_per_shard < 1:
         raise ConfigError(f"--records-per-shard: must be >= 1, got {records_per_shard}")
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, top_k=top_k))
     if source is None:
-        from ..data.corpus_read import CorpusSource
-
         corpus = cfg.data.corpus_config()
         source = CorpusSource(corpus.corpus_dir, corpus.split)
     identity, corpus = run_identity(cfg, source)
@@ -162,7 +158,9 @@ def build_teacher_cache(
     mesh = make_mesh(cfg.mesh) if mesh is None else mesh
     config, params, param_sh = _teacher(cfg, mesh)
     if top_k > config.vocab_size:
-        raise ConfigError(f"--top-k: {top_k} exceeds the teacher's vocab_size {config.vocab_size}")
+        raise ConfigError(
+            f"top_k: {top_k} exceeds the teacher's vocab_size {config.vocab_size}", param="top_k"
+        )
     window = cfg.data.seq_len
     if window > config.max_position_embeddings:
         raise ConfigError(
@@ -171,10 +169,16 @@ def build_teacher_cache(
         )
     div = batch_divisor(mesh)
     rows = -(-cfg.data.batch_size // div) * div
-    call = _topk_fn(config, top_k, cfg.distill.logit_chunk_size, mesh, param_sh)
+    call, timing = _topk_fn(config, top_k, cfg.distill.logit_chunk_size, mesh, param_sh)
     layout = corpus.layout.build()
     tokenizer = load_tokenizer(corpus.tokenizer, layout) if corpus.tokenizer else None
-    summary = {"shards": info["num_shards"], "built": 0, "skipped": 0, "tokens": 0, "bytes": 0}
+    summary: dict[str, Any] = {
+        "shards": info["num_shards"],
+        "built": 0,
+        "skipped": 0,
+        "tokens": 0,
+        "bytes": 0,
+    }
     t0 = time.time()
     for s in range(info["num_shards"]):
         if _shard_done(out, s):
@@ -219,7 +223,7 @@ def build_teacher_cache(
         }
         tokens = sum(len(x) for _, _, x in seqs)
         if is_primary_process():
-            files = {}
+            files: dict[str, dict[str, Any]] = {}
             for name, x in arrays.items():
                 data = _npy(x)
                 write_file_atomic(root / name, data)
@@ -230,70 +234,12 @@ def build_teacher_cache(
         summary["built"] += 1
         summary["tokens"] += tokens
         log.info("teacher cache %s: %s done (%d tokens)", out, shard_name(s), tokens)
-    summary["compile_s"] = call.compile_s
-    summary["seconds"] = time.time() - t0 - call.compile_s
+    summary["compile_s"] = timing["compile_s"]
+    summary["seconds"] = time.time() - t0 - timing["compile_s"]
     summary["tokens_per_s"] = summary["tokens"] / max(summary["seconds"], 1e-9)
     return summary
 
 
 def _sha256_bytes(data: bytes) -> str:
-    import hashlib
 
     return hashlib.sha256(data).hexdigest()
-
-
-_HELP = """\
-Run the teacher of a distill CONFIG once over its corpus split (data.source: corpus) and store
-its top-k next-token ids (uint16) and log-probs (float16) per token, keyed by stream kind, record
-and token position (4 k bytes per token: 256 at k = 64). Then `distill` with
-`teacher.cache: DIR` and `distill.terms.topk_kl: 1` loads no teacher weights for the step and runs
-no teacher forward. Resumable: run the same command again after a stop; finished shards are kept.
-Rows per teacher call: data.batch_size, split over the mesh's data x fsdp devices.
-
-example: tinywave teacher-cache build configs/distill.yaml --out caches/t7b --top-k 64
-"""
-
-
-def register(subparsers) -> None:
-    import argparse
-
-    p = subparsers.add_parser(
-        "teacher-cache",
-        help="an offline teacher: build its top-k cache over a corpus",
-        description="An offline teacher's top-k log-probs (teacher_cache.py).",
-    )
-    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    b = sub.add_parser(
-        "build",
-        help="run the teacher once over the corpus and store its top-k",
-        description=_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    b.add_argument("config", help="distill config YAML (teacher:, data:, mesh:)")
-    b.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides (after CONFIG)"
-    )
-    b.add_argument("--out", required=True, help="cache folder (local or gs://); resumed if there")
-    b.add_argument("--top-k", type=int, default=64, help="teacher ids kept per token (64)")
-    b.add_argument(
-        "--records-per-shard", type=int, default=256, help="records per cache shard (256)"
-    )
-    b.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    from ..config import load_config
-    from ..parallel.distributed import maybe_initialize
-    from ..train.config import DistillConfig
-
-    maybe_initialize()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg = load_config(DistillConfig, args.config, args.overrides)
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k: must be >= 1, got {args.top_k}")
-    s = build_teacher_cache(cfg, args.out, args.top_k, args.records_per_shard)
-    print(
-        f"teacher cache {args.out}: {s['built']} shards built, {s['skipped']} kept, "
-        f"{s['tokens']} tokens at {s['tokens_per_s']:.0f} tok/s"
-    )
-    return 0

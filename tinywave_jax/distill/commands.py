@@ -1,11 +1,16 @@
-"""`tinywave init-student`: write a student checkpoint cut from a teacher checkpoint, or random."""
+"""The distillation commands: `tinywave distill` (a distill run config, through train/api.py),
+`tinywave init-student` (a student checkpoint cut from a teacher's layers, or random) and
+`tinywave teacher-cache build` (an offline teacher's top-k, cache_build.py)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
-from ..config import ConfigError
+from ..errors import ConfigError
+from ..flags import add_dtype, add_no_verify
+from ..train.commands import add_run_command
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -134,9 +139,29 @@ def _init_student(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    from ..checkpoint import add_no_verify
+_DISTILL_HELP = """\
+Distil a frozen teacher into a student (TinyWave): CE + temperature logit KL + hidden-state
+alignment + attention KL at mapped layer pairs (section `distill:`; `distill.terms.NAME: W` adds
+a registered term, e.g. topk_kl, the KL over the teacher's top distill.top_k ids), on a
+(data, fsdp, tensor) device mesh (section `mesh:`). `teacher.cache: DIR` (from `tinywave
+teacher-cache build`) stands in for the teacher: no teacher forward in the step (topk_kl only).
+Results: RUN_DIR/metrics.jsonl, RUN_DIR/tb/, RUN_DIR/checkpoints/, and the student as a
+tinywave model checkpoint in RUN_DIR/final/ (for `tinywave export-hf`). From Python:
+`tinywave_jax.train.distill(config_or_dict, overrides)` (the same code path).
 
+example: tinywave distill configs/distill_tiny.yaml train.steps=200 run_dir=runs/tiny
+"""
+
+
+def register(subparsers) -> None:
+    add_run_command(
+        subparsers, "distill", "distil a teacher into a student (TinyWave)", _DISTILL_HELP
+    )
+    _register_init_student(subparsers)
+    _register_teacher_cache(subparsers)
+
+
+def _register_init_student(subparsers) -> None:
     p = subparsers.add_parser(
         "init-student",
         help="build a student checkpoint from a teacher's layers (or random)",
@@ -170,12 +195,7 @@ def register(subparsers) -> None:
     p.add_argument("--random", action="store_true", help="random init instead of teacher layers")
     p.add_argument("--config", default=None, help="with --random: the student's HF config.json")
     p.add_argument("--seed", type=int, default=0, help="with --random: the init seed (default 0)")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=None,
-        help="parameter dtype of the student (default: the teacher's / float32)",
-    )
+    add_dtype(p, "parameter dtype of the student (default: the teacher's / float32)")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -184,3 +204,59 @@ def register(subparsers) -> None:
     )
     add_no_verify(p)
     p.set_defaults(func=_init_student)
+
+
+_CACHE_HELP = """\
+Run the teacher of a distill CONFIG once over its corpus split (data.source: corpus) and store
+its top-k next-token ids (uint16) and log-probs (float16) per token, keyed by stream kind, record
+and token position (4 k bytes per token: 256 at k = 64). Then `distill` with
+`teacher.cache: DIR` and `distill.terms.topk_kl: 1` loads no teacher weights for the step and runs
+no teacher forward. Resumable: run the same command again after a stop; finished shards are kept.
+Rows per teacher call: data.batch_size, split over the mesh's data x fsdp devices.
+
+example: tinywave teacher-cache build configs/distill.yaml --out caches/t7b --top-k 64
+"""
+
+
+def _register_teacher_cache(subparsers) -> None:
+    p = subparsers.add_parser(
+        "teacher-cache",
+        help="an offline teacher: build its top-k cache over a corpus",
+        description="An offline teacher's top-k log-probs (teacher_cache.py).",
+    )
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    b = sub.add_parser(
+        "build",
+        help="run the teacher once over the corpus and store its top-k",
+        description=_CACHE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("config", help="distill config YAML (teacher:, data:, mesh:)")
+    b.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides (after CONFIG)"
+    )
+    b.add_argument("--out", required=True, help="cache folder (local or gs://); resumed if there")
+    b.add_argument("--top-k", type=int, default=64, help="teacher ids kept per token (64)")
+    b.add_argument(
+        "--records-per-shard", type=int, default=256, help="records per cache shard (256)"
+    )
+    b.set_defaults(func=_build_cache)
+
+
+def _build_cache(args) -> int:
+    from ..config import load_config
+    from ..parallel.distributed import maybe_initialize
+    from ..train.config import DistillConfig
+    from .cache_build import build_teacher_cache
+
+    maybe_initialize()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = load_config(DistillConfig, args.config, args.overrides)
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k: must be >= 1, got {args.top_k}")
+    s = build_teacher_cache(cfg, args.out, args.top_k, args.records_per_shard)
+    print(
+        f"teacher cache {args.out}: {s['built']} shards built, {s['skipped']} kept, "
+        f"{s['tokens']} tokens at {s['tokens_per_s']:.0f} tok/s"
+    )
+    return 0

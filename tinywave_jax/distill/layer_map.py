@@ -19,7 +19,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 LayerMapSpec = Union[str, Sequence[int]]
 PRESETS = ("uniform", "tinywave")
@@ -119,7 +119,7 @@ def resolve_layer_map(
         layers = _preset(spec, teacher_layers, student_layers, key)
         what = f"preset {spec!r} gives"
     else:
-        layers, what = spec, "map"
+        layers, what = list(spec), "map"
     mapped = check_layer_list(layers, teacher_layers, student_layers, key, what)
     if isinstance(init_layers, str):
         if init_layers != "mapped":

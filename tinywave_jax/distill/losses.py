@@ -148,6 +148,25 @@ def _seq_chunks(x: jax.Array, chunk_size: Optional[int]) -> tuple:
     return jnp.moveaxis(x.reshape(x.shape[0], n, c, *x.shape[2:]), 1, 0), n, c
 
 
+def chunked_token_logprobs(
+    hidden: jax.Array, head_kernel: jax.Array, targets: jax.Array, chunk_size: Optional[int] = 256
+) -> jax.Array:
+    """log p(targets[:, t]) per position, float32 [B, T], without full logits: the scoring
+    engine's (scoring.py) per-token log-likelihoods, from the same chunked logits as the losses.
+    hidden [B, T, D], head_kernel [D, V], targets [B, T] int."""
+    b, t = targets.shape
+    h_chunks, _, _ = _seq_chunks(hidden, chunk_size)
+    t_chunks, _, _ = _seq_chunks(targets, chunk_size)
+
+    def one(args):
+        h, tgt = args
+        logits = _logits(h, head_kernel)
+        return -_target_nll(logits, jax.nn.logsumexp(logits, axis=-1), tgt)
+
+    lp = lax.map(one, (h_chunks, t_chunks))  # [n, B, c]
+    return jnp.moveaxis(lp, 0, 1).reshape(b, -1)[:, :t]
+
+
 def teacher_topk(
     hidden: jax.Array, head_kernel: jax.Array, k: int, chunk_size: Optional[int] = 256
 ) -> tuple[jax.Array, jax.Array]:

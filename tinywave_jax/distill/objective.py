@@ -24,7 +24,7 @@ from typing import Literal, Mapping, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .layer_map import check_layer_map_spec
 from .terms import PAPER_TERMS, TERMS, Metric, TermInputs, declared_metrics
 

@@ -30,12 +30,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from .. import storage
-from ..errors import InputError
+from ..checkpoint import FILES_KEY, HASHES_KEY, load_model_info
+from ..config import to_dict
+from ..data.batches import TOKEN_KEYS
+from ..data.corpus_read import CorpusSource, version_dir
+from ..errors import ConfigError, InputError
 
 FORMAT, VERSION = "tinywave-teacher-cache", 1
 INFO = "cache.json"
@@ -61,8 +65,6 @@ def teacher_identity(teacher) -> dict:
     """The teacher a cache belongs to (`teacher:` section): a checkpoint by the sha256 over its
     recorded file hashes (no weights read), a random one by shape and seed; and the dtype it ran in."""
     if teacher.path is not None:
-        from ..checkpoint import FILES_KEY, HASHES_KEY, load_model_info
-
         info = load_model_info(teacher.path)
         if HASHES_KEY not in info:
             raise TeacherCacheError(
@@ -71,8 +73,6 @@ def teacher_identity(teacher) -> dict:
             )
         recorded = {"params": info[HASHES_KEY], "files": info.get(FILES_KEY, {})}
     else:
-        from ..config import to_dict
-
         recorded = {"shape": to_dict(teacher.shape), "seed": teacher.seed}
     digest = hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
     return {"sha256": digest, "dtype": teacher.dtype}
@@ -85,8 +85,6 @@ def corpus_identity(corpus_cfg, source) -> dict:
     if hasattr(source, "identity"):
         digest = source.identity()
     else:
-        from ..data.corpus_read import version_dir
-
         info = storage.path(version_dir(corpus_cfg.corpus_dir)) / "dataset_info.json"
         digest = hashlib.sha256(info.read_bytes()).hexdigest()
     return {"split": corpus_cfg.split, "records": len(source), "sha256": digest}
@@ -94,7 +92,6 @@ def corpus_identity(corpus_cfg, source) -> dict:
 
 def layout_identity(corpus_cfg) -> dict:
     """What turns a record into token ids: the token layout, tokenizer and stream options."""
-    from ..config import to_dict
 
     return {
         "layout": to_dict(corpus_cfg.layout),
@@ -150,7 +147,8 @@ class TeacherCache:
             )
         self.k, self.rps = int(self.info["top_k"]), int(self.info["records_per_shard"])
         self.kinds = list(self.info["kinds"])
-        self.shards = [self._shard_meta(s) for s in range(int(self.info["num_shards"]))]
+        # each shard's meta (None: unfinished, which _check_complete refuses)
+        self.shards: list[Any] = [self._shard_meta(s) for s in range(int(self.info["num_shards"]))]
         self._check_complete()
         self._open: dict[int, tuple] = {}
 
@@ -263,7 +261,7 @@ class CacheJoin:
     and "topk_logprobs" [B, T, k] rows (zeros on padding) and lose the key arrays; its state is
     the wrapped iterator's."""
 
-    KEYS = ("stream_ids", "record_ids", "token_positions")
+    KEYS = TOKEN_KEYS
 
     def __init__(self, batches, cache: TeacherCache, kinds):
         self.batches, self.cache, self.kinds = batches, cache, list(kinds)
@@ -292,10 +290,8 @@ class CacheJoin:
         self.batches.set_state(state)
 
 
-def run_identity(cfg, source=None) -> tuple[dict, object]:
+def run_identity(cfg, source=None) -> tuple[dict, Any]:
     """(the identity a run's cache must have, the corpus config) of a DistillConfig."""
-    from ..data.corpus_read import CorpusSource
-    from ..errors import ConfigError
 
     if cfg.data.source != "corpus":
         raise ConfigError(

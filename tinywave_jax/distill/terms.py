@@ -22,7 +22,7 @@ A user's own term: `register_term(Term(...))` from Python before the config is l
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal, Mapping, Optional
+from typing import Any, Callable, Final, Literal, Mapping, Optional
 
 import jax.numpy as jnp
 
@@ -199,7 +199,8 @@ def _topk_kl(x: TermInputs) -> dict:
 
 
 _OUT, _HID, _QK, _TOPK = (frozenset({f}) for f in ("output", "hidden", "qk", "topk"))
-LOSS, VALID = "loss_tokens", "valid_tokens"
+LOSS: Final = "loss_tokens"
+VALID: Final = "valid_tokens"
 
 TERMS: dict[str, Term] = {}  # registry order = computing order = metric order
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import sys
 from pathlib import Path
 
-from ..errors import InputError
+from ..data.layout import SPEECH, TEXT
+from ..errors import InputError, log_stderr
 
 SALMON_SUBSETS = (
     "bg_alignment",
@@ -41,6 +41,15 @@ SALMON_SUBSETS = (
 )
 SEPARATOR = {"ssc": "_", "tsc": "_", "swuggy": "_", "sblimp": "+"}
 AUDIO_TASKS = ("salmon", *SEPARATOR)
+# cross-modal cloze (crossmodal.py): the modality of the context and of the endings
+CROSS_MODAL_TASKS = {
+    "cloze_ss": (SPEECH, SPEECH),
+    "cloze_st": (SPEECH, TEXT),
+    "cloze_ts": (TEXT, SPEECH),
+    "cloze_tt": (TEXT, TEXT),
+}
+# every task `tinywave eval` runs (harness.py), named here so the command line needs no jax
+TASKS = (*AUDIO_TASKS, *CROSS_MODAL_TASKS, "pairs", "ppl")
 _SALMON_NAME = re.compile(r"sample_(\d+)_(\d+)")
 _MAX_LISTED = 20
 
@@ -149,10 +158,6 @@ def salmon_subset_pairs(folder: Path) -> list[FilePair]:
     return pairs
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
 def unknown_salmon_folders(root: Path) -> list[Path]:
     """Sub-folders of a SALMon root that are not one of the eight subsets (hidden ones aside)."""
     return sorted(
@@ -162,7 +167,7 @@ def unknown_salmon_folders(root: Path) -> list[Path]:
     )
 
 
-def salmon_pairs(root: str | Path, subsets=None, warn=_stderr) -> list[FilePair]:
+def salmon_pairs(root: str | Path, subsets=None, warn=log_stderr) -> list[FilePair]:
     """All SALMon subsets under `root` (default: those of the eight present; none present is an
     error); `root` may also be a single subset folder. Any other sub-folder (a misspelled subset)
     is skipped with a warning through `warn` (default: stderr) naming it and the known subsets."""
@@ -195,7 +200,7 @@ def salmon_pairs(root: str | Path, subsets=None, warn=_stderr) -> list[FilePair]
     return pairs
 
 
-def benchmark_pairs(task: str, root: str | Path, warn=_stderr) -> list[FilePair]:
+def benchmark_pairs(task: str, root: str | Path, warn=log_stderr) -> list[FilePair]:
     if task == "salmon":
         return salmon_pairs(root, warn=warn)
     if task in SEPARATOR:

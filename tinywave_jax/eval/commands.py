@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ..errors import log_stderr
+from ..flags import add_dtype, add_mesh_flags, add_no_verify
+
 TASK_HELP = (
     "ssc/tsc: StoryCloze folder; swuggy/sblimp: folder of wavs; salmon: folder of the "
     "eight subset folders; cloze_ss/cloze_st/cloze_ts/cloze_tt (context -> ending in speech "
@@ -12,7 +15,7 @@ TASK_HELP = (
 
 
 def register(subparsers) -> None:
-    from .harness import TASKS
+    from .benchmarks import TASKS
 
     p = subparsers.add_parser(
         "eval",
@@ -61,16 +64,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--split", default="test", help="corpus split for --task ppl (default test)")
     p.add_argument("--limit", type=int, help="only the first N pairs / sequences")
-    from ..scoring import add_mesh_flags
 
     add_mesh_flags(p)
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=None,
-        help="compute/parameter dtype (default: as stored)",
-    )
-    from ..checkpoint import add_no_verify
+    add_dtype(p)
 
     add_no_verify(p)
     p.set_defaults(func=_run)
@@ -78,7 +74,7 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     from ..parallel.distributed import maybe_initialize
-    from .harness import _stderr, evaluate
+    from .harness import evaluate
 
     maybe_initialize()  # multi-process runs: before any jax device is touched
     evaluate(
@@ -96,7 +92,7 @@ def _run(args) -> int:
         split=args.split,
         limit=args.limit,
         progress=True,
-        log=_stderr,
+        log=log_stderr,
         verify=not args.no_verify,
         fsdp=args.fsdp,
         reference=args.reference,

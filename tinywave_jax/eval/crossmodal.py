@@ -28,15 +28,10 @@ from pathlib import Path
 from ..data.layout import SPEECH, TEXT, encode_text, join_spans
 from ..errors import ConfigError, InputError, MissingInputError
 from ..jsonl import iter_jsonl
+from .benchmarks import CROSS_MODAL_TASKS
 from .pairwise import PairItem
 from .sequences import Seq
 
-CROSS_MODAL_TASKS = {
-    "cloze_ss": (SPEECH, SPEECH),
-    "cloze_st": (SPEECH, TEXT),
-    "cloze_ts": (TEXT, SPEECH),
-    "cloze_tt": (TEXT, TEXT),
-}
 _FIELD = {SPEECH: "audio", TEXT: "text"}
 _PARTS = ("context", "positive", "negative")
 
@@ -55,7 +50,9 @@ class ClozeItem:
 def read_cloze_jsonl(path: str | Path, task: str) -> list[ClozeItem]:
     """The pairs of `path` for `task`, every needed field present and every audio file found."""
     if task not in CROSS_MODAL_TASKS:
-        raise ConfigError(f"--task: {task!r} is not a cross-modal task {list(CROSS_MODAL_TASKS)}")
+        raise ConfigError(
+            f"task: {task!r} is not a cross-modal task {list(CROSS_MODAL_TASKS)}", param="task"
+        )
     path = Path(path)
     ctx_mod, end_mod = CROSS_MODAL_TASKS[task]
     modality = {"context": ctx_mod, "positive": end_mod, "negative": end_mod}

@@ -14,19 +14,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
+import jax
+from jax.experimental import multihost_utils
+
 from .. import storage
+from ..checkpoint import load_model, load_model_config, load_model_info
+from ..data.layout import SPEECH, TEXT, load_tokenizer, resolve_layout
 from ..errors import ConfigError, InputError, MissingInputError, OutputExistsError, TinywaveError
-from .benchmarks import AUDIO_TASKS, benchmark_pairs
-from .crossmodal import CROSS_MODAL_TASKS, cloze_pairs, read_cloze_jsonl
+from ..outputs import check_output_files, is_primary_process
+from ..scoring import param_shardings, rows_per_step, scoring_mesh
+from . import report
+from .benchmarks import CROSS_MODAL_TASKS, TASKS, benchmark_pairs
+from .crossmodal import cloze_pairs, read_cloze_jsonl
 from .pairwise import SCORINGS, PairItem, check_vocab, pairwise_accuracy, read_pairs_jsonl
 from .perplexity import corpus_seqs, perplexity, read_ppl_jsonl
 from .references import check_reference, copy_rule_accuracy, ending_alone
-from .sequences import AudioTokenizer, Seq, resolve_layout
+from .sequences import AudioTokenizer, Seq
 
-TASKS = (*AUDIO_TASKS, *CROSS_MODAL_TASKS, "pairs", "ppl")
 # what `evaluate` writes into --out; all of them are removed before a run writes its own, so no
 # report.md of an earlier --compare run sits beside new results (other files are left alone)
 OUT_FILES = ("results.json", "pairs.jsonl", "report.md", "report.json")
@@ -54,7 +60,7 @@ def prepare_inputs(
     """Reads and tokenises a task's data; `limit` keeps the first pairs / sequences.
     `tokenizer`: a Hugging Face tokenizer folder, for the text spans of cross-modal cloze."""
     if task not in TASKS:
-        raise ConfigError(f"--task: unknown task {task!r}; expected one of {TASKS}")
+        raise ConfigError(f"task: unknown task {task!r}; expected one of {TASKS}", param="task")
     # jsonl inputs (pairs, ppl, cloze files) may be gs://; benchmark audio folders and corpora
     # are read locally
     data = storage.path(data)
@@ -70,7 +76,9 @@ def prepare_inputs(
         return _cross_modal_inputs(task, data, vocab_size, extractor, layout, tokenizer, limit, log)
     files = benchmark_pairs(task, data)[:limit]
     if extractor is None:
-        raise ConfigError(f"{task}: audio benchmarks need --extractor (a units folder)")
+        raise ConfigError(
+            f"extractor: audio benchmarks ({task}) need a units folder", param="extractor"
+        )
     tokenize = AudioTokenizer(extractor, resolve_layout(layout, vocab_size))
     log(f"eval {task}: tokenising {2 * len(files)} files of {len(files)} pairs")
     return TaskInputs(
@@ -88,7 +96,6 @@ def prepare_inputs(
 
 
 def _cross_modal_inputs(task, data, vocab_size, extractor, layout, tokenizer, limit, log):
-    from ..data.layout import SPEECH, TEXT, load_tokenizer
 
     items = read_cloze_jsonl(data, task)[:limit]  # every field and audio file checked first
     token_layout = resolve_layout(layout, vocab_size)
@@ -117,12 +124,9 @@ def run_task(
 
 
 def _load(ckpt, dtype, verify=True, mesh=None):
-    from ..checkpoint import load_model, load_model_config
 
     shardings = None
     if mesh is not None:  # straight onto the mesh (each process reads its own shards)
-        from ..scoring import param_shardings
-
         shardings = param_shardings(mesh, load_model_config(ckpt))
     params, config, _ = load_model(ckpt, dtype=dtype, shardings=shardings, verify=verify)
     if dtype:
@@ -133,7 +137,6 @@ def _load(ckpt, dtype, verify=True, mesh=None):
 def _model_config(ckpt, flag: str | None = None):
     """The model config of checkpoint `ckpt` (its tinywave.json and config.json only, no
     params), so that a wrong path fails before anything is scored; errors name `flag`."""
-    from ..checkpoint import load_model_config, load_model_info
 
     try:
         load_model_info(ckpt)
@@ -206,11 +209,9 @@ def evaluate(
     With `out`, writes results.json, pairs.jsonl (per-pair scores; pairwise tasks) and, with
     `compare`, report.md / report.json.
     """
-    from ..scoring import rows_per_step, scoring_mesh
-    from . import report
 
     if scoring not in SCORINGS:
-        raise ConfigError(f"--scoring {scoring!r} is not one of {SCORINGS}")
+        raise ConfigError(f"scoring {scoring!r} is not one of {SCORINGS}", param="scoring")
     check_reference(reference, task, compare)
     mesh = scoring_mesh(fsdp) if mesh is None else mesh
     rows_per_step(batch_size, mesh)  # a bad --batch-size fails before anything is read
@@ -218,12 +219,12 @@ def evaluate(
     config = _model_config(ckpt)
     teacher_config = _model_config(compare, "--compare") if compare else None
     if extractor is not None and not Path(extractor).is_dir():
-        raise MissingInputError(f"--extractor: units folder not found: {extractor}")
+        raise MissingInputError(
+            f"extractor: units folder not found: {extractor}", param="extractor"
+        )
     if layout is not None:
         resolve_layout(layout, config.vocab_size)
     if out is not None:
-        from ..outputs import check_output_files
-
         check_output_files(
             [storage.path(out) / name for name in OUT_FILES],
             [
@@ -238,7 +239,7 @@ def evaluate(
         )
     storage.check_gcs(out, write=True, what="--out")
     if out is not None and storage.path(out).exists() and not storage.path(out).is_dir():
-        raise OutputExistsError(f"--out {out}: exists and is not a folder")
+        raise OutputExistsError(f"out {out}: exists and is not a folder", param="out")
     inputs = prepare_inputs(
         task,
         data,
@@ -277,8 +278,6 @@ def evaluate(
             task, out_doc["teacher_result"], out_doc["result"]
         )
     if out is not None:
-        from ..outputs import is_primary_process
-
         if is_primary_process():  # every process has every result; one writes them
             _write(storage.path(out), out_doc, str(ckpt), str(compare) if compare else None, log)
         _barrier("tinywave eval written")  # no process returns before the files are there
@@ -286,16 +285,12 @@ def evaluate(
 
 
 def _barrier(name: str) -> None:
-    import jax
 
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
 def _write(out: Path, doc: dict, student: str, teacher: str | None, log) -> None:
-    from . import report
 
     if not storage.is_remote(out):  # object storage has no folders to make
         out.mkdir(parents=True, exist_ok=True)
@@ -323,7 +318,3 @@ def _write(out: Path, doc: dict, student: str, teacher: str | None, log) -> None
         md, _ = report.write_report(out, doc["comparison"], teacher, student, slim)
         log(md.read_text())
     log(f"eval: wrote {out}")
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..jsonl import iter_jsonl
+from ..scoring import score_sequences
 from .sequences import Seq, checked_seq
 
 SCORINGS = ("mean", "sum")
@@ -89,7 +90,6 @@ def score_seqs(
 ) -> np.ndarray:
     """Scores (float64) of `seqs`, each scored once, batched by length bucket; `mesh`: split
     over its devices (`scoring.score_sequences`)."""
-    from ..scoring import score_sequences
 
     check_vocab(seqs, config.vocab_size, config.max_position_embeddings)
     lps = score_sequences(

@@ -22,8 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.corpus_read import CorpusSource
+from ..data.streams import sequence_for
 from ..errors import InputError
 from ..jsonl import iter_jsonl
+from ..scoring import score_sequences
+from .pairwise import check_vocab
 from .sequences import AUDIO_SCORE_FROM, Seq, checked_seq
 
 
@@ -40,8 +44,6 @@ def read_ppl_jsonl(path: str | Path) -> list[Seq]:
 
 def corpus_seqs(corpus_dir: str | Path, split: str, layout, limit: int | None = None) -> list[Seq]:
     """A corpus split's utterances as speech (or expressive) sequences with their durations."""
-    from ..data.corpus_read import CorpusSource
-    from ..data.streams import sequence_for
 
     source = CorpusSource(corpus_dir, split)
     kind = "expressive" if layout.is_expressive else "speech"
@@ -67,8 +69,6 @@ def perplexity(
     params, config, seqs: list[Seq], batch_size: int = 8, progress: bool = False, mesh=None
 ) -> dict:
     """mesh: None (one device) or a mesh to split the sequences over (`scoring.scoring_mesh`)."""
-    from ..scoring import score_sequences
-    from .pairwise import check_vocab
 
     check_vocab(seqs, config.vocab_size, config.max_position_embeddings)
     lps = score_sequences(

@@ -103,8 +103,10 @@ def check_reference(reference: str | None, task: str, compare) -> None:
     if reference is None:
         return
     if reference not in REFERENCES:
-        raise ConfigError(f"--reference: {reference!r} is not one of {REFERENCES}")
+        raise ConfigError(f"reference: {reference!r} is not one of {REFERENCES}", param="reference")
     if task == "ppl":
-        raise ConfigError("--reference: only for pairwise tasks, not ppl")
+        raise ConfigError("reference: only for pairwise tasks, not ppl", param="reference")
     if reference == "copy" and compare:
-        raise ConfigError("--reference copy scores no model: drop --compare")
+        raise ConfigError(
+            "reference copy scores no model: drop compare", param=("reference", "compare")
+        )

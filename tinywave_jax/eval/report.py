@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import storage
+
 TASK_TITLES = {
     "ssc": "sSC",
     "tsc": "tSC",
@@ -96,7 +98,6 @@ def markdown(rows: list[dict], teacher: str, student: str) -> str:
 def write_report(
     out_dir: str | Path, rows: list[dict], teacher: str, student: str, details: dict
 ) -> tuple[Path, Path]:
-    from .. import storage
 
     out_dir = storage.path(out_dir)
     if not storage.is_remote(out_dir):

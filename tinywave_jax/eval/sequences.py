@@ -14,12 +14,13 @@ says nothing about the audio.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, InputError, MissingInputError, TinywaveError
+from ..audio import SAMPLE_RATE, load_extractor, read_audio
+from ..data.layout import SPEECH, join_spans, merge_streams
+from ..errors import ConfigError, InputError, TinywaveError
 
 AUDIO_SCORE_FROM = 2  # bos, [Speech]
 
@@ -60,7 +61,6 @@ class AudioTokenizer:
     spec). `expressive` (default: the layout's) merges pitch and style tokens in."""
 
     def __init__(self, extractor_dir: str | Path, layout, expressive: bool | None = None):
-        from ..audio import load_extractor
 
         self.layout = layout
         self.expressive = layout.is_expressive if expressive is None else expressive
@@ -90,8 +90,6 @@ class AudioTokenizer:
         return self._tokens(path)[0]
 
     def _tokens(self, path: str | Path) -> tuple[np.ndarray, float]:
-        from ..audio import SAMPLE_RATE, read_audio
-        from ..data.layout import merge_streams
 
         key = str(path)
         if key not in self._cache:
@@ -106,48 +104,7 @@ class AudioTokenizer:
 
     def __call__(self, path: str | Path) -> Seq:
         """The file as a scored sequence: bos, [Speech], its units (scored)."""
-        from ..data.layout import SPEECH, join_spans
 
         ids, seconds = self._tokens(path)
         seq = join_spans(self.layout, [(SPEECH, ids)])
         return Seq(seq.astype(np.int64), AUDIO_SCORE_FROM, str(path), seconds)
-
-
-VOCAB_PRESETS = {32512: "spiritlm_base", 32768: "spiritlm_expressive"}
-
-
-def resolve_layout(spec: str | None, vocab_size: int):
-    """The token layout of a model: a preset name, a JSON file of LayoutConfig fields (e.g.
-    {"preset": null, "text_vocab_size": 100, "num_units": 50, "vocab_size": 211}), or None to
-    infer a SpiritLM preset from the vocabulary size (32512: base, 32768: expressive)."""
-    from ..config import from_dict
-    from ..data.layout import LayoutConfig, preset_layout
-
-    if spec is None:
-        if vocab_size not in VOCAB_PRESETS:
-            raise ConfigError(
-                f"--layout: cannot infer the token layout of a model with vocab "
-                f"{vocab_size}; give a preset ({', '.join(VOCAB_PRESETS.values())}) "
-                "or a layout JSON file"
-            )
-        layout = preset_layout(VOCAB_PRESETS[vocab_size])
-    elif Path(spec).suffix == ".json" or Path(spec).is_file():
-        path = Path(spec)
-        if not path.is_file():
-            raise MissingInputError(f"layout file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        try:
-            layout = from_dict(LayoutConfig, data).build()
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-    else:
-        layout = preset_layout(spec)
-    if layout.used_size > vocab_size:
-        raise ConfigError(
-            f"layout {layout.name} uses {layout.used_size} ids but the model's "
-            f"vocabulary has {vocab_size}"
-        )
-    return layout

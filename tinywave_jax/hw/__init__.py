@@ -20,7 +20,8 @@ from importlib import resources
 
 import yaml
 
-from ..config import ConfigError, read_yaml
+from ..config import read_yaml
+from ..errors import ConfigError
 
 
 def names() -> list[str]:

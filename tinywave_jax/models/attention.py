@@ -24,7 +24,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax._src import mesh as mesh_lib
+from jax.experimental.pallas.ops.tpu import splash_attention as sa
+from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
 from jax.sharding import PartitionSpec as P
+
+from ..parallel.rules import fit_spec, logical_to_spec
 
 IMPLEMENTATIONS = ("dense", "splash", "cudnn")
 SPLASH_MIN_BLOCK = 128  # the kernel's lane width: the sequence must be a multiple of it
@@ -54,7 +59,6 @@ def dense(q, k, v, mask, scale):
 
 @functools.lru_cache(maxsize=16)
 def _splash_kernel(heads: int, t: int, interpret: bool):
-    from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
     b = splash_block(t)
     blocks = sa.BlockSizes(
@@ -75,7 +79,6 @@ def _splash_kernel(heads: int, t: int, interpret: bool):
 
 def _context_mesh():
     """The concrete mesh of `jax.set_mesh` (None outside one, or when it is empty)."""
-    from jax._src import mesh as mesh_lib
 
     mesh = mesh_lib.get_concrete_mesh()
     return None if mesh is None or mesh.empty else mesh
@@ -83,7 +86,6 @@ def _context_mesh():
 
 def splash(q, k, v, segment_ids, scale):
     """q [B,T,H,hd], k/v [B,KVH,T,hd], segment_ids [B,T] -> [B,T,H*hd] (see module doc)."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
 
     b, t, h, hd = q.shape
     mesh = _context_mesh()
@@ -103,8 +105,6 @@ def splash(q, k, v, segment_ids, scale):
     if mesh is None:
         out = local(q, k, v, segment_ids)
     else:
-        from ..parallel.rules import fit_spec, logical_to_spec
-
         rows = logical_to_spec(("batch",))[0]
         heads = fit_spec(mesh, P(rows, "tensor", None, None), q.shape, "splash queries")
         kv = fit_spec(mesh, P(rows, "tensor", None, None), k.shape, "splash keys")
@@ -138,7 +138,8 @@ def precision_refuses_splash() -> str:
     """Why splash cannot compile for a TPU in this process ("" if it can): the kernel's dots take
     the process-wide jax_default_matmul_precision, and Mosaic refuses fp32 contract precision on
     bf16 operands ("Bad lhs type", deep inside the step's compile)."""
-    precision = jax.config.jax_default_matmul_precision
+    # jax's Config declares its flags at run time, which its type stubs cannot show
+    precision = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
     if precision not in ("highest", "float32"):
         return ""
     return (

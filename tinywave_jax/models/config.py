@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, cast
 
-from ..config import ConfigError, building_key, from_dict
+from ..config import building_key, from_dict
+from ..errors import ConfigError
+from ..storage import path as _path
 
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "save_attn_proj"]
 Attention = Literal["dense", "splash", "cudnn"]  # models/attention.py
@@ -118,7 +120,7 @@ class LlamaConfig:
             )
         if self.attention not in ("dense", "splash", "cudnn"):
             raise ConfigError(f"{at('attention')}: dense, splash or cudnn, got {self.attention!r}")
-        if self.head_dim % 2:
+        if cast(int, self.head_dim) % 2:  # set by __post_init__
             raise ConfigError(f"{at('head_dim')}: must be even for RoPE, got {self.head_dim}")
 
     @property
@@ -130,7 +132,7 @@ class LlamaConfig:
 
     def num_params(self) -> int:
         """Exact parameter count (embedding and head counted separately when untied)."""
-        d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        d, f, hd = self.hidden_size, self.intermediate_size, cast(int, self.head_dim)
         q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
         attn = d * q + 2 * d * kv + q * d + (q + 2 * kv + d if self.attention_bias else 0)
         mlp = 3 * d * f + (2 * f + d if self.mlp_bias else 0)
@@ -198,7 +200,11 @@ class LlamaConfig:
             raise ConfigError(f"{where}: {e}") from None
 
     def to_hf_dict(self) -> dict:
-        out = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu"}
+        out: dict[str, Any] = {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_act": "silu",
+        }
         out.update({k: getattr(self, k) for k in self.HF_KEYS})
         rope = {"rope_type": "default", "rope_theta": self.rope_theta}
         if self.rope_scaling is not None and self.rope_scaling.rope_type != "default":
@@ -216,28 +222,26 @@ class LlamaConfig:
 
     @classmethod
     def from_hf_file(cls, path: str | Path, **jax_options) -> "LlamaConfig":
-        from ..storage import path as _path
 
-        path = _path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise ConfigError(f"missing model config: {path}")
+        p = _path(path)
+        if p.is_dir():
+            p = p / "config.json"
+        if not p.is_file():
+            raise ConfigError(f"missing model config: {p}")
         try:
-            hf = json.loads(path.read_text())
+            hf = json.loads(p.read_text())
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON: {e}") from None
-        return cls.from_hf_dict(hf, where=str(path), **jax_options)
+            raise ConfigError(f"{p}: not valid JSON: {e}") from None
+        return cls.from_hf_dict(hf, where=str(p), **jax_options)
 
     def write_hf_file(self, path: str | Path) -> None:
-        from ..storage import path as _path
 
         _path(path).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
 
 
 def tiny_config(**kw) -> LlamaConfig:
     """A few-thousand-parameter Llama for tests and the CPU smoke configs."""
-    base = dict(
+    base: dict[str, Any] = dict(
         vocab_size=211,
         hidden_size=64,
         intermediate_size=160,

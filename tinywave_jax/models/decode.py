@@ -8,7 +8,7 @@ P + max_new_tokens slots; slot s of every row holds the token at array column s.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +122,7 @@ def generate(
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)
     layer_params = None
     if split_layers:  # split once, outside the token loop
-        layer_params, caches = unstack_layers(params, caches, config)
+        layer_params, caches = unstack_layers(params, cast(tuple, caches), config)
 
     def forward(token, position, caches, cache_mask, slot):
         return model.apply(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence, cast
 
 import flax.linen as nn
 import jax
@@ -131,7 +131,8 @@ class RMSNorm(nn.Module):
         )
         xf = x.astype(jnp.float32)
         y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return scale.astype(self.dtype) * y.astype(self.dtype)
+        # flax returns the unboxed array (its stubs say LogicallyPartitioned)
+        return cast(Array, scale).astype(self.dtype) * y.astype(self.dtype)
 
 
 def _dense(features: int, axes: tuple[str, str], bias: bool, cfg: LlamaConfig, name: str):
@@ -152,14 +153,15 @@ class Attention(nn.Module):
 
     def setup(self):
         c = self.config
+        hd = cast(int, c.head_dim)  # set by LlamaConfig.__post_init__
         self.q_proj = _dense(
-            c.num_attention_heads * c.head_dim, ("embed", "heads"), c.attention_bias, c, "q_proj"
+            c.num_attention_heads * hd, ("embed", "heads"), c.attention_bias, c, "q_proj"
         )
         self.k_proj = _dense(
-            c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), c.attention_bias, c, "k_proj"
+            c.num_key_value_heads * hd, ("embed", "kv_heads"), c.attention_bias, c, "k_proj"
         )
         self.v_proj = _dense(
-            c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), c.attention_bias, c, "v_proj"
+            c.num_key_value_heads * hd, ("embed", "kv_heads"), c.attention_bias, c, "v_proj"
         )
         self.o_proj = _dense(c.hidden_size, ("heads", "embed"), c.attention_bias, c, "o_proj")
 
@@ -188,7 +190,7 @@ class Attention(nn.Module):
             keys, values, new_cache = ck.astype(q.dtype), cv.astype(q.dtype), (ck, cv)
         else:
             keys, values, new_cache = k_heads, v_heads, None
-        scale = c.head_dim**-0.5
+        scale = cast(int, c.head_dim) ** -0.5
         if cache_kv is not None or c.attention == "dense":
             out = dot_product_attention(q, keys, values, mask, scale)
         else:  # a kernel: `mask` is the segment ids [B, T] (Llama.__call__)
@@ -444,6 +446,20 @@ def lm_head_kernel(params: dict, config: LlamaConfig) -> Array:
     return params["lm_head"]["kernel"]
 
 
+def apply_llama(
+    config: LlamaConfig,
+    params: dict,
+    input_ids: Array,
+    positions: Optional[Array] = None,
+    segment_ids: Optional[Array] = None,
+    **kwargs,
+) -> LlamaOutput:
+    """`Llama(config).apply({'params': params}, input_ids, positions, segment_ids, **kwargs)`, typed:
+    flax's `apply` is declared to return Any or (output, variables)."""
+    out = Llama(config).apply({"params": params}, input_ids, positions, segment_ids, **kwargs)
+    return cast(LlamaOutput, out)
+
+
 @functools.partial(
     jax.jit, static_argnames=("config", "tap_layers", "tap_hidden", "tap_qk", "return_logits")
 )
@@ -457,4 +473,4 @@ def forward(
 ) -> LlamaOutput:
     """Jitted `Llama(config).apply({'params': params}, input_ids, positions, segment_ids, **kwargs)`;
     `tap_layers` must be a tuple."""
-    return Llama(config).apply({"params": params}, input_ids, positions, segment_ids, **kwargs)
+    return apply_llama(config, params, input_ids, positions, segment_ids, **kwargs)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import cast
 
 import ml_dtypes  # noqa: F401  (registers "bfloat16" as a numpy dtype name)
 import numpy as np
@@ -41,8 +42,9 @@ class TensorMap:
 def _layer_tensors(c: LlamaConfig) -> list[tuple[str, tuple[str, ...], bool, tuple[int, ...]]]:
     """(HF suffix, params path under "layers", transpose, HF shape) of one decoder layer."""
     d, f = c.hidden_size, c.intermediate_size
-    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-    out = []
+    hd = cast(int, c.head_dim)  # set by LlamaConfig.__post_init__
+    q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
+    out: list[tuple[str, tuple[str, ...], bool, tuple[int, ...]]] = []
 
     def linear(module, proj, n_in, n_out, bias):
         out.append((f"{module}.{proj}.weight", (module, proj, "kernel"), True, (n_out, n_in)))
@@ -122,8 +124,8 @@ def check_params(
 ) -> None:
     """Raises ConversionError naming the first missing, mis-shaped or (unless `allow_extra`)
     extra parameter."""
-    expected = flatten(param_shapes(config))
-    actual = flatten(params)
+    expected: dict = flatten(param_shapes(config))
+    actual: dict = flatten(params)
     for path, shape in expected.items():
         if path not in actual:
             raise ConversionError(f"{where}: missing parameter {'/'.join(path)} {list(shape)}")

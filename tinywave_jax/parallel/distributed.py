@@ -20,12 +20,15 @@ process per node driving all of its GPUs; with several tasks per node each task 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from ..config import ConfigError
+import jax
+
+from ..errors import ConfigError
 
 _EXPLICIT = ("TINYWAVE_COORDINATOR", "TINYWAVE_NUM_PROCESSES", "TINYWAVE_PROCESS_ID")
 
@@ -119,7 +122,6 @@ def _slurm_spec(env: Mapping[str, str]) -> Optional[DistributedSpec]:
 def on_tpu_vm() -> bool:
     """A Cloud TPU VM: libtpu installed, and TPU chips at /dev/accel* (v4) or /dev/vfio/N (v5e,
     v5p, v6e; VFIO alone is not enough, other machines have it too)."""
-    import importlib.util
 
     chips = any(Path("/dev").glob("accel[0-9]*")) or any(Path("/dev/vfio").glob("[0-9]*"))
     return chips and importlib.util.find_spec("libtpu") is not None
@@ -169,7 +171,6 @@ def maybe_initialize(
     spec = detect(environ, tpu_vm)
     if spec is None:
         return None
-    import jax
 
     if initialize is None:
         if jax.distributed.is_initialized():

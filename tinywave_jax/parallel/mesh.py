@@ -13,7 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..config import ConfigError
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh
+
+from ..errors import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -57,9 +61,6 @@ class MeshConfig:
 
 def make_mesh(config: MeshConfig, devices=None):
     """A `jax.sharding.Mesh` over (data, fsdp, tensor) with Auto axis types."""
-    import jax
-    import numpy as np
-    from jax.sharding import AxisType, Mesh
 
     devices = list(jax.devices() if devices is None else devices)
     sizes = config.shape(len(devices))

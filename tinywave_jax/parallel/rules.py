@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import cast
 
+import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
-LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
@@ -47,9 +49,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
 
 def logical_to_spec(logical: P | tuple) -> P:
     """Logical PartitionSpec -> mesh PartitionSpec via LOGICAL_AXIS_RULES."""
-    import flax.linen as nn
 
-    return nn.logical_to_mesh_axes(tuple(logical), LOGICAL_AXIS_RULES)
+    return cast(P, nn.logical_to_mesh_axes(tuple(logical), LOGICAL_AXIS_RULES))
 
 
 def _axis_size(mesh, entry) -> int:
@@ -62,7 +63,7 @@ def _axis_size(mesh, entry) -> int:
 def fit_spec(mesh, spec: P, shape: tuple[int, ...], name: str = "array") -> P:
     """`spec` with every entry that does not divide its dimension replaced by None (logged)."""
     entries = list(spec) + [None] * (len(shape) - len(spec))
-    out = []
+    out: list = []
     for dim, entry in zip(shape, entries):
         size = _axis_size(mesh, entry)
         if size > 1 and dim % size:
@@ -112,6 +113,5 @@ def batch_divisor(mesh) -> int:
 
 def axis_rules_context():
     """Context making the model's `nn.with_logical_constraint` use LOGICAL_AXIS_RULES."""
-    import flax.linen as nn
 
     return nn.logical_axis_rules(LOGICAL_AXIS_RULES)

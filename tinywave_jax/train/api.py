@@ -13,7 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+from ..config import apply_overrides, from_dict, load_config, to_dict
 from .config import DistillConfig, TrainConfig
+from .loop import run
+from .recipes import prepare
 
 Source = Union[str, Path, dict, DistillConfig, TrainConfig]
 
@@ -21,7 +24,6 @@ Source = Union[str, Path, dict, DistillConfig, TrainConfig]
 def load_run_config(cls: type, config: Source, overrides: Sequence[str] = ()):
     """A checked `cls` from a YAML path, a dict (the YAML's content) or an instance, with
     dotted `key=value` overrides applied; bad keys fail naming them, as on the command line."""
-    from ..config import apply_overrides, from_dict, load_config, to_dict
 
     if isinstance(config, (str, Path)):
         return load_config(cls, config, list(overrides))
@@ -40,8 +42,6 @@ def run_config(
     return_state: bool = False,
 ) -> dict[str, Any]:
     """Runs a checked DistillConfig / TrainConfig; what `tinywave distill|train` runs."""
-    from .loop import run
-    from .recipes import prepare
 
     prepare(cfg)  # all model-dependent checks before any jax device work
     return run(

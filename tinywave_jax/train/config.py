@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional
 
-from ..config import ConfigError
+from ..config import from_dict
 from ..data.corpus_format import SPLITS
+from ..data.pipeline import DataConfig
+from ..data.synthetic import SyntheticDataConfig
 from ..distill.objective import DistillLossConfig, LossWeights
+from ..errors import ConfigError
 from ..models.config import DType, LlamaConfig, RematPolicy
 from ..parallel.mesh import MeshConfig
 from .lora import LoraConfig
@@ -128,27 +131,6 @@ class LoopConfig:
             raise ConfigError("train.throttle_s: must be >= 0")
 
 
-@dataclasses.dataclass(frozen=True)
-class SyntheticDataConfig:
-    """In-memory documents: each a walk on a fixed random sparse bigram table (`table_seed`), so
-    there is structure to learn; `data.seed` picks the walks (a held-out set: another seed)."""
-
-    vocab_size: Optional[int] = None  # ids drawn from [first_id, vocab_size); null: the model's
-    first_id: int = 3  # keep 0..2 (pad/bos/eos) out of the documents
-    branching: int = 4  # successors per token (lower: easier to learn)
-    min_doc_len: int = 8
-    max_doc_len: int = 96
-    table_seed: int = 0
-
-    def validate(self):
-        if self.branching < 1:
-            raise ConfigError("data.synthetic.branching: must be >= 1")
-        if not 2 <= self.min_doc_len <= self.max_doc_len:
-            raise ConfigError("data.synthetic.min_doc_len/max_doc_len: need 2 <= min <= max")
-        if self.vocab_size is not None and self.vocab_size <= self.first_id + 1:
-            raise ConfigError("data.synthetic.vocab_size: must exceed first_id + 1")
-
-
 CORPUS_KEY = "data.corpus"  # where a run config nests the data.DataConfig keys
 
 
@@ -176,8 +158,6 @@ class DataSection:
             self.corpus_config()  # validates data.corpus.* now
 
     def corpus_config(self):
-        from ..config import from_dict
-        from ..data.pipeline import DataConfig
 
         return from_dict(
             DataConfig,
@@ -268,7 +248,6 @@ __all__ = [
     "ModelSource",
     "OptimizerConfig",
     "StudentConfig",
-    "SyntheticDataConfig",
     "TeacherConfig",
     "TrainConfig",
 ]

@@ -22,16 +22,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import yaml
+from jax.experimental import multihost_utils
 
 from .. import storage
-from ..config import ConfigError, to_dict
-from ..errors import OutputExistsError, TinywaveError
+from ..checkpoint import save_model
+from ..config import to_dict
+from ..distill.teacher_cache import CacheJoin, open_for_run
+from ..errors import ConfigError, OutputExistsError, TinywaveError
 from ..outputs import check_not_an_input
 from .data import make_batches
 from .metrics import MetricsWriter, Progress, step_flops
@@ -62,7 +67,6 @@ def _check_finite(step: int, metrics, saved: int, run_dir) -> None:
     """Raises NonFiniteError when step `step`'s loss or grad_norm is not finite. Each step is
     checked once its successor is dispatched (no pipeline stall), and always before a checkpoint
     or export of its state."""
-    import math
 
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     bad = [k for k in ("loss", "grad_norm") if k in m and not math.isfinite(m[k])]
@@ -113,8 +117,6 @@ class _StopFlag:
     def __enter__(self):
         self._multi = jax.process_count() > 1
         if self._multi:
-            from jax.experimental import multihost_utils
-
             try:  # the sync manager's counter starts at 0 (no sync point is 0): a pure probe
                 multihost_utils.reached_preemption_sync_point(0)
                 self._sync = True
@@ -148,8 +150,6 @@ class _StopFlag:
         """Reports `step` (the newest checkpoint's, or 0) to the sync manager, before the run
         restores and compiles; a sync point agreed before this is 1 (see the class doc)."""
         if self._sync:
-            from jax.experimental import multihost_utils
-
             multihost_utils.reached_preemption_sync_point(step)
 
     def before_step(self) -> bool:
@@ -160,14 +160,12 @@ class _StopFlag:
         """Stop after this step (several processes: True on all of them at the same step)."""
         if not self._multi:
             return self.set
-        from jax.experimental import multihost_utils
 
         if self._sync:
             if multihost_utils.reached_preemption_sync_point(step):
                 log.warning("SIGTERM reached a process: all save step %d, then exit", step)
                 return True
             return False
-        import numpy as np
 
         return bool(np.any(multihost_utils.process_allgather(np.array([self.set], np.int32))))
 
@@ -190,9 +188,6 @@ def _run_lock(run_dir: Path):
         except RunInUseError as e:
             lock, err = None, e
     if jax.process_count() > 1:
-        import numpy as np
-        from jax.experimental import multihost_utils
-
         ok = multihost_utils.process_allgather(np.array([err is None], np.int32))
         if err is None and not np.all(ok):
             err = RunInUseError(f"{run_dir}: in use (process 0 could not lock it; see its log)")
@@ -238,8 +233,6 @@ def run(
     check_not_an_input(run_dir / "final", recipe.inputs())  # before any work, not at the end
     cache = None
     if recipe.kind == "distill" and recipe.spec.teacher_cached:
-        from ..distill.teacher_cache import open_for_run
-
         cache = open_for_run(cfg)  # its teacher, top_k, layout and corpus: before any work
     primary = jax.process_index() == 0
     new_config = to_dict(cfg)
@@ -340,7 +333,6 @@ def _batches(cfg, recipe, cache=None):
     )
     if cache is None:
         return batches
-    from ..distill.teacher_cache import CacheJoin
 
     return CacheJoin(batches, cache, list(cfg.data.corpus_config().mixture))
 
@@ -433,7 +425,6 @@ def _train(
 
 
 def _export(session: Session, state: TrainState, frozen: dict, run_dir: Path) -> Path:
-    from ..checkpoint import save_model
 
     recipe = session.recipe
     provenance = {

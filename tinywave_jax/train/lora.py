@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models.config import LlamaConfig
+from ..models.llama import param_logical_axes
 
 # Projection name -> the module holding it under params["layers"].
 TARGET_MODULES = {
@@ -159,7 +160,6 @@ def merge_lora(params: dict, lora_params: dict, lora_cfg: LoraConfig) -> dict:
 def lora_logical_axes(config: LlamaConfig, lora_cfg: LoraConfig) -> dict:
     """Logical-axis PartitionSpecs of the LoRA params, following the base kernels' axes:
     A ('layers', <kernel in-axis>, None), B ('layers', None, <kernel out-axis>); rank unsharded."""
-    from ..models.llama import param_logical_axes
 
     base = param_logical_axes(config)
     axes: dict = {"layers": {}}

@@ -19,7 +19,9 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
+
+from tensorboardX import SummaryWriter
 
 from .. import storage
 from ..distill.terms import weighted_metric_names
@@ -80,13 +82,13 @@ def flops_per_token(
     s = student
     flops = (
         6 * matmul_params(s)
-        + 12 * s.num_hidden_layers * s.num_attention_heads * s.head_dim * seq_len
+        + 12 * s.num_hidden_layers * s.num_attention_heads * cast(int, s.head_dim) * seq_len
     )
     if teacher is not None:
         t = teacher
         flops += (
             2 * matmul_params(t, with_head=teacher_head)
-            + 4 * t.num_hidden_layers * t.num_attention_heads * t.head_dim * seq_len
+            + 4 * t.num_hidden_layers * t.num_attention_heads * cast(int, t.head_dim) * seq_len
         )
     return float(flops)
 
@@ -98,7 +100,7 @@ def step_flops(spec, seq_len: int, batch_size: int) -> float:
     per_token = flops_per_token(
         spec.student,
         seq_len,
-        spec.teacher if spec.needs_teacher else None,
+        spec.teacher if spec.runs_teacher else None,
         teacher_head=spec.teacher_head,
     )
     return per_token * batch_size * seq_len
@@ -122,8 +124,6 @@ class MetricsWriter:
         if enabled and not self.remote:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if enabled and tensorboard:
-            from tensorboardX import SummaryWriter
-
             self._tb = SummaryWriter(str(storage.path(run_dir) / "tb"))
 
     def truncate_after(self, step: int) -> None:
@@ -180,7 +180,9 @@ class Progress:
 
     def __init__(self, total_steps: int, stream=sys.stderr):
         self.total, self.stream = total_steps, stream
-        self.last = None  # (time, step) of the previous line; the first interval includes compiling
+        self.last: Optional[tuple[float, int]] = (
+            None  # (time, step) of the previous line; the first interval includes compiling
+        )
 
     def line(self, step: int, metrics: dict) -> str:
         now = time.time()

@@ -15,16 +15,19 @@ declares, and asks it for the initial params and the exported model; it never br
 from __future__ import annotations
 
 import dataclasses
-from typing import Union
+from typing import Optional, Union, cast
 
 import jax
 import jax.numpy as jnp
 
-from ..config import ConfigError, to_dict
+from ..checkpoint import load_model, load_model_config
+from ..config import to_dict
 from ..distill.attention_kl import head_groups
 from ..distill.layer_map import LayerMap, resolve_layer_map
 from ..distill.losses import init_hidden_projector
+from ..distill.student_init import init_student_from_teacher
 from ..distill.terms import TERMS
+from ..errors import ConfigError
 from ..models import llama
 from ..models.config import LlamaConfig
 from ..parallel import tree_shardings
@@ -38,13 +41,11 @@ Declared = dict  # name -> (abstract params tree, logical axes tree)
 
 def _source_config(src: ModelSource, key: str) -> LlamaConfig:
     if src.path is not None:
-        from ..checkpoint import load_model_config
-
         try:
             return load_model_config(src.path)
         except (ConfigError, FileNotFoundError) as e:
             raise ConfigError(f"{key}.path: {e}") from None
-    return src.shape
+    return cast(LlamaConfig, src.shape)  # validated: a path or a shape
 
 
 def _student_numerics(config: LlamaConfig, cfg: RunConfig) -> LlamaConfig:
@@ -63,8 +64,6 @@ def load_or_init(src: ModelSource, config: LlamaConfig, shardings, verify: bool 
     verify: check a loaded checkpoint's files against their recorded sha256 first."""
     dtype = jnp.dtype(config.param_dtype)
     if src.path is not None:
-        from ..checkpoint import load_model
-
         return load_model(src.path, dtype=dtype, shardings=shardings, verify=verify)[0]
     init_cfg = config.replace(param_dtype="float32", dtype="float32")
     # the seed is an argument, not a constant, so one compiled init serves every seed
@@ -90,11 +89,12 @@ class FineTuneRecipe:
         s = self.spec
         if s.lora is None:
             return {"model": _model(s.student)}
+        lora = s.lora
         abstract = jax.eval_shape(
-            lambda p: init_lora(p, s.student, s.lora, jax.random.key(0)),
+            lambda p: init_lora(p, s.student, lora, jax.random.key(0)),
             llama.abstract_params(s.student),
         )
-        return {"lora": (abstract, lora_logical_axes(s.student, s.lora))}
+        return {"lora": (abstract, lora_logical_axes(s.student, lora))}
 
     def frozen(self) -> Declared:
         return {} if self.spec.lora is None else {"base": _model(self.spec.student)}
@@ -110,19 +110,19 @@ class FineTuneRecipe:
             )
         frozen = {"base": load_or_init(src, s.student, frozen_sh["base"])}
         trainable = {}
+        lora = s.lora
         if trainable_too:
             trainable["lora"] = jax.jit(
-                lambda p: init_lora(p, s.student, s.lora, jax.random.key(self.cfg.train.seed)),
+                lambda p: init_lora(p, s.student, lora, jax.random.key(self.cfg.train.seed)),
                 out_shardings=trainable_sh["lora"],
             )(frozen["base"])
         return frozen, trainable
 
     def final_params(self, params: dict, frozen: dict) -> dict:
-        if self.spec.lora is None:
+        lora = self.spec.lora
+        if lora is None:
             return params["model"]
-        return jax.jit(lambda b, a: merge_lora(b, a, self.spec.lora))(
-            frozen["base"], params["lora"]
-        )
+        return jax.jit(lambda b, a: merge_lora(b, a, lora))(frozen["base"], params["lora"])
 
     def inputs(self) -> tuple:
         """The model folders the run reads (final/ must be apart from them)."""
@@ -151,7 +151,8 @@ class DistillRecipe:
         s = self.spec
         out = {"model": _model(s.student)}
         if self.projector:
-            shape = (len(s.student_taps), s.student.hidden_size, s.teacher.hidden_size)
+            teacher = cast(LlamaConfig, s.teacher)  # a distill step always has one
+            shape = (len(s.student_taps), s.student.hidden_size, teacher.hidden_size)
             out["projector"] = (
                 {"kernel": jax.ShapeDtypeStruct(shape, jnp.float32)},
                 {"kernel": jax.sharding.PartitionSpec(None, None, None)},
@@ -159,7 +160,8 @@ class DistillRecipe:
         return out
 
     def frozen(self) -> Declared:
-        return {"teacher": _model(self.spec.teacher)} if self.spec.needs_teacher else {}
+        teacher = cast(LlamaConfig, self.spec.teacher)
+        return {"teacher": _model(teacher)} if self.spec.runs_teacher else {}
 
     def create(self, mesh, frozen_sh: dict, trainable_sh: dict, trainable_too: bool) -> tuple:
         """(frozen, trainable) params with their shardings; `trainable_too=False`: a resume (the
@@ -178,8 +180,6 @@ class DistillRecipe:
         if trainable_too and own_student:
             trainable["model"] = load_or_init(cfg.student, s.student, trainable_sh["model"])
         elif trainable_too:
-            from ..distill.student_init import init_student_from_teacher
-
             layers, dtype = self.layer_map.init_teacher_layers, jnp.dtype(s.student.param_dtype)
             trainable["model"] = jax.jit(
                 lambda t: _cast(init_student_from_teacher(t, full, layers)[0], dtype),
@@ -191,13 +191,13 @@ class DistillRecipe:
                     jax.random.key(cfg.train.seed),
                     len(s.student_taps),
                     s.student.hidden_size,
-                    s.teacher.hidden_size,
+                    cast(LlamaConfig, s.teacher).hidden_size,
                 ),
                 out_shardings=trainable_sh["projector"],
             )()
         if "teacher" not in frozen_sh:
             return {}, trainable
-        n = s.teacher.num_hidden_layers
+        n = cast(LlamaConfig, s.teacher).num_hidden_layers
         if n != full.num_hidden_layers:  # keep only the layers up to the last tapped one
             teacher = jax.jit(
                 lambda t: {**t, "layers": jax.tree.map(lambda x: x[:n], t["layers"])},
@@ -256,6 +256,7 @@ def _prepare_distill(cfg: DistillConfig) -> DistillRecipe:
         remat="none",
         scan_layers=cfg.train.scan_layers,
     )
+    depth: Optional[int]
     if cfg.student.path is not None or cfg.student.shape is not None:
         student = _source_config(cfg.student, "student")
         depth = student.num_hidden_layers

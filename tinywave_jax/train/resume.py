@@ -24,7 +24,9 @@ with a ConfigError naming each dotted key and its two values.
 
 from __future__ import annotations
 
+import difflib
 import gc
+import hashlib
 import json
 import logging
 import re
@@ -33,11 +35,19 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, Optional, cast
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax import lax
+from jax.experimental import multihost_utils
 
 from .. import storage
+from ..config import to_dict
 from ..errors import ConfigError, InputError, MissingInputError, TinywaveError
+from ..models.config import LlamaConfig
 from .state import TrainState
 
 log = logging.getLogger(__name__)
@@ -105,8 +115,6 @@ def config_defaults(cls) -> dict:
     model shape the default leaves None (model.shape, teacher.shape) filled by LlamaConfig's
     defaults, so a shape key added since a checkpoint (model.shape.attention) is no change
     while it keeps its default."""
-    from ..config import to_dict
-    from ..models.config import LlamaConfig
 
     d = to_dict(cls())
     for section in d.values():
@@ -123,7 +131,6 @@ def _short(value) -> str:
 def _check_allowed_keys(allow: Iterable[str], saved: dict, new: dict) -> None:
     """Refuses an --allow-config-change KEY that names no config key (a typo would otherwise
     allow nothing, silently)."""
-    import difflib
 
     keys = set(_flatten(json.loads(json.dumps(saved)))) | set(_flatten(json.loads(json.dumps(new))))
     sections = {k.rsplit(".", i)[0] for k in keys for i in range(k.count(".") + 1)}
@@ -131,8 +138,9 @@ def _check_allowed_keys(allow: Iterable[str], saved: dict, new: dict) -> None:
         if a not in sections:
             near = difflib.get_close_matches(a, sorted(sections), n=1)
             raise ConfigError(
-                f"--allow-config-change {a}: no such config key"
-                + (f" (did you mean {near[0]}?)" if near else "")
+                f"allow_config_change {a}: no such config key"
+                + (f" (did you mean {near[0]}?)" if near else ""),
+                param="allow_config_change",
             )
 
 
@@ -162,7 +170,6 @@ def _absolute(p):
 
 
 def checkpoint_manager(run_dir: str | Path, keep: int = 3, async_save: bool = True):
-    import orbax.checkpoint as ocp
 
     if storage.is_remote(run_dir):
         storage.bound_tensorstore_retries()
@@ -179,8 +186,6 @@ def _all_process_states(data_state: dict) -> dict:
     """Every process's data-iterator state (orbax writes JSON items from process 0 only)."""
     if jax.process_count() == 1:
         return data_state
-    import numpy as np
-    from jax.experimental import multihost_utils
 
     raw = np.frombuffer(json.dumps(data_state).encode(), np.uint8)
     sizes = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32))).reshape(
@@ -195,8 +200,6 @@ def _all_process_states(data_state: dict) -> dict:
 def _leaf_digest(x):
     """Two uint32 checksums of an array's bits (a plain and a position-weighted wrapping sum):
     integer sums are exact in any order, so the digest does not depend on the mesh."""
-    import jax.numpy as jnp
-    from jax import lax
 
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
@@ -221,7 +224,6 @@ def state_digest(state: TrainState) -> dict[str, str]:
     """{leaf path: checksum of its bits} of a train state, recorded in a checkpoint's meta when it
     is saved and compared after a restore: a flipped byte that still decodes (a parameter changed,
     not a file cut short) is found, and the checkpoint is treated as damaged."""
-    import numpy as np
 
     global _DIGEST
     if _DIGEST is None:  # one jitted function: compiled once per state structure
@@ -235,7 +237,6 @@ def state_digest(state: TrainState) -> dict[str, str]:
 
 
 def _data_digest(data_state) -> str:
-    import hashlib
 
     # as JsonRestore gives it back: tuples are lists
     text = json.dumps(json.loads(json.dumps(data_state)), sort_keys=True)
@@ -248,7 +249,6 @@ class StateDigestError(ValueError):
 
 
 def save_checkpoint(mngr, state: TrainState, data_state: dict, meta: dict) -> None:
-    import orbax.checkpoint as ocp
 
     step = int(jax.device_get(state.step))
     data_state = _all_process_states(data_state)
@@ -304,7 +304,6 @@ def _verify(step: int, state: TrainState, data, meta: dict) -> None:
 
 def read_meta(mngr, step: int) -> dict:
     """The meta item of checkpoint `step` (kind, process count, config, step)."""
-    import orbax.checkpoint as ocp
 
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
@@ -324,7 +323,6 @@ def restore_checkpoint(
     """(state, data iterator state, meta) of `step` (default: latest), restored onto the shardings
     carried by `target` (ShapeDtypeStructs). Fails clearly when the process count changed.
     `meta`: that step's meta item, if read already."""
-    import orbax.checkpoint as ocp
 
     step = mngr.latest_step() if step is None else step
     if step is None:
@@ -382,8 +380,8 @@ class _FailedReadNoise(logging.Filter):
 
 
 def _reason(e: BaseException) -> str:
-    text = str(e).split(" [tensorstore_spec", 1)[0].strip().splitlines()
-    text = re.sub(r'(Error opening "\w+" driver: )+', "", text[0] if text else "")
+    lines = str(e).split(" [tensorstore_spec", 1)[0].strip().splitlines()
+    text = re.sub(r'(Error opening "\w+" driver: )+', "", lines[0] if lines else "")
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -393,8 +391,6 @@ def _everyone(ok: bool) -> bool:
     """True when `ok` holds on every process (one process may see damage another does not)."""
     if jax.process_count() == 1:
         return ok
-    import numpy as np
-    from jax.experimental import multihost_utils
 
     return bool(np.all(multihost_utils.process_allgather(np.array([ok], np.int32))))
 
@@ -417,8 +413,6 @@ def _set_aside(mngr, steps: list[int]) -> Path:
             else:
                 shutil.move(str(directory / str(step)), str(target))
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("tinywave_set_aside_corrupt_checkpoints")
     mngr.reload()
     return dest
@@ -438,7 +432,7 @@ def restore_intact(
     steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
         raise MissingInputError(f"{mngr.directory}: no checkpoint to restore")
-    noise, skipped = _FailedReadNoise(), []
+    noise, skipped = _FailedReadNoise(), cast(list[tuple[int, str]], [])
     noise.install()
     try:
         return _newest_intact(mngr, target, check_meta, steps, skipped, tuple(allowed_changes))
@@ -450,7 +444,8 @@ def restore_intact(
 
 def _newest_intact(mngr, target, check_meta, steps: list[int], skipped: list, allowed=()) -> tuple:
     for step in steps:
-        reason, got = None, None
+        reason: Optional[str] = None
+        got: Any = None
         try:
             meta = read_meta(mngr, step)
         except TinywaveError:

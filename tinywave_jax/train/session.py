@@ -10,8 +10,9 @@ import dataclasses
 
 import jax
 
-from ..config import ConfigError
-from ..parallel import make_mesh, tree_shardings
+from ..errors import ConfigError
+from ..models import attention
+from ..parallel import batch_sharding, make_mesh, tree_shardings
 from .recipes import Recipe
 from .state import TrainState, abstract_state, init_state, make_optimizer, state_shardings
 from .step import CompiledStep, StepSpec
@@ -20,7 +21,6 @@ from .step import CompiledStep, StepSpec
 def with_attention(spec: StepSpec, cfg, platform: str) -> StepSpec:
     """`spec` with `train.attention` resolved for `platform` in the student's and teacher's
     configs (models/attention.py); ConfigError where the choice cannot run this shape."""
-    from ..models import attention
 
     t, dtype = cfg.data.seq_len, spec.student.dtype
     impl = attention.resolve(cfg.train.attention, platform, t)
@@ -82,7 +82,6 @@ class Session:
 
     def global_batch(self, batch: dict) -> dict:
         """This host's rows of a contract batch as global arrays, rows over (data, fsdp)."""
-        from ..parallel import batch_sharding
 
         sh = batch_sharding(self.mesh)
         return {k: jax.make_array_from_process_local_data(sh, batch[k]) for k in batch}

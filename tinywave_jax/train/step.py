@@ -14,13 +14,14 @@ donated; the frozen params (teacher / LoRA base) are a separate, non-donated inp
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional, cast
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
+from ..data.batches import BATCH_KEYS, CACHE_KEYS
 from ..distill.losses import teacher_topk
 from ..distill.objective import (
     DistillLossConfig,
@@ -33,14 +34,11 @@ from ..distill.objective import (
     weighted_loss,
 )
 from ..models.config import LlamaConfig
-from ..models.llama import Llama, lm_head_kernel
+from ..models.llama import apply_llama, lm_head_kernel
 from ..parallel import axis_rules_context, batch_sharding, replicated
 from ..parallel.rules import logical_to_spec
 from .lora import LoraConfig, apply_lora
 from .state import TrainState
-
-BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
-CACHE_KEYS = ("topk_ids", "topk_logprobs")  # a teacher cache's rows, joined to the batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +72,15 @@ class StepSpec:
         return "qk" in self.student_needs | self.teacher_needs
 
     @property
-    def needs_teacher(self) -> bool:
-        """Whether the teacher runs in the step (never with a cache)."""
+    def runs_teacher(self) -> bool:
+        """Whether the teacher runs in the step (never with a cache); what it must compute is
+        `teacher_needs`, the union of the active terms' `needs_teacher` (distill/terms.py)."""
         return bool(self.teacher_needs) and not self.teacher_cached
 
     @property
     def teacher_head(self) -> bool:
         """Whether the teacher runs to its last layer and its LM head (its logits or top-k)."""
-        return self.needs_teacher and bool({"output", "topk"} & self.teacher_needs)
+        return self.runs_teacher and bool({"output", "topk"} & self.teacher_needs)
 
     @property
     def batch_keys(self) -> tuple:
@@ -98,8 +97,9 @@ def student_params(spec: StepSpec, trainable: dict, frozen: dict) -> dict:
 def _features(
     config: LlamaConfig, params: dict, mb: dict, taps: tuple, hidden: bool, qk: bool, output: bool
 ) -> dict:
-    out = Llama(config).apply(
-        {"params": params},
+    out = apply_llama(
+        config,
+        params,
         mb["input_ids"],
         mb["positions"],
         mb["segment_ids"],
@@ -114,17 +114,17 @@ def _features(
     return {k: v for k, v in feats.items() if v is not None}
 
 
-def teacher_features(spec: StepSpec, teacher: dict, mb: dict) -> dict:
+def teacher_features(spec: StepSpec, teacher: Optional[dict], mb: dict) -> dict:
     """Only what an active term needs; constants for the student's gradient. With a teacher
     cache, its top-k rows come with the microbatch and the teacher does not run."""
     if spec.teacher_cached:
         return {k: mb[k] for k in CACHE_KEYS}
-    if not spec.needs_teacher:
+    if not spec.runs_teacher:
         return {}
     need = spec.teacher_needs
     feats = _features(
-        spec.teacher,
-        teacher,
+        cast(LlamaConfig, spec.teacher),  # a step that runs its teacher has one, and its params
+        cast(dict, teacher),
         mb,
         spec.teacher_taps,
         "hidden" in need,
@@ -260,7 +260,7 @@ class CompiledStep:
             out_shardings=(state_sh, replicated(mesh)),
             donate_argnums=(0,),
         )
-        self._compiled = None
+        self._compiled: Any = None
         self.keys = spec.batch_keys
 
     def lower(self, state, frozen, batch):

@@ -14,8 +14,9 @@ import math
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .data import held_out_batches
 from .session import Session
 from .step import CompiledEval
@@ -35,8 +36,6 @@ class Validation:
         )
         n = len(local)
         if jax.process_count() > 1:  # hosts may run out at different batches: all use the fewest
-            from jax.experimental import multihost_utils
-
             n = int(np.min(multihost_utils.process_allgather(np.array([n], np.int32))))
         if n == 0:
             raise ConfigError(f"train.eval_split: split {cfg.eval_split!r} gives no batch")

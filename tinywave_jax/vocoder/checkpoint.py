@@ -25,10 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..checkpoint import HASHES_KEY, SIZES_KEY, hash_params, verify_params
+from ..convert.safetensors_io import load_file, save_file
 from ..errors import ConversionError, InputError, MissingInputError
 from ..outputs import atomic_output_dir
 from .config import TRAINING_KEYS, VocoderConfig
+from .model import param_shapes
 
 FORMAT = "tinywave-vocoder"
 FORMAT_VERSION = 1
@@ -115,7 +118,6 @@ def _to_flax(path: tuple[str, ...], w: np.ndarray) -> np.ndarray:
 def map_state_dict(sd: dict[str, np.ndarray], config: VocoderConfig, where: str) -> dict:
     """The Flax params tree from a PyTorch CodeHiFiGAN state dict (numpy values). Raises
     ConversionError naming every missing, extra or misshapen tensor first."""
-    from .model import param_shapes
 
     expected = _flat(param_shapes(config))
     params, used, problems = {}, set(), []
@@ -160,7 +162,7 @@ def _to_torch_shape(path, shape):
 
 def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """The generator state dict of a .pt file as float32 numpy arrays (weights_only load)."""
-    import torch
+    import torch  # the torch extra
 
     path = Path(path)
     if not path.is_file():
@@ -199,8 +201,6 @@ def save_vocoder(
     sources=(),
 ) -> Path:
     """Writes a vocoder folder atomically; `sources`: inputs the folder must be apart from."""
-    from .. import __version__
-    from ..convert.safetensors_io import save_file
 
     flat = {".".join(p): np.asarray(v, np.float32) for p, v in _flat(params).items()}
     with atomic_output_dir(out_dir, overwrite, sources) as tmp:
@@ -223,8 +223,6 @@ def save_vocoder(
 
 def load_vocoder(voc_dir: str | Path, verify: bool = True) -> tuple[VocoderConfig, dict, dict]:
     """(config, params, info) of a vocoder folder; params/ checked against its hashes first."""
-    from ..convert.safetensors_io import load_file
-    from .model import param_shapes
 
     voc_dir = Path(voc_dir)
     info_path = voc_dir / INFO_FILE

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..audio.io import list_audio
 from ..errors import InputError
+from ..jsonl import iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,6 @@ def as_items(xs) -> list[Item]:
 
 
 def read_items(source) -> list[Item]:
-    from ..audio.io import list_audio
-    from ..jsonl import iter_jsonl
 
     source = Path(source)
     if source.suffix != ".jsonl":

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ..errors import ConfigError
+
 LRELU_SLOPE = 0.1
 
 
@@ -25,7 +27,6 @@ class DiscriminatorConfig:
     scales: int = 3
 
     def validate(self) -> None:
-        from ..errors import ConfigError
 
         if len(self.msd_groups) != len(self.msd_channels) or len(self.msd_channels) != 7:
             raise ConfigError("msd_channels / msd_groups: 7 layers each (HiFi-GAN's MSD)")

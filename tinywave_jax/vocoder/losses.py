@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
+from ..audio.features import mel_filterbank
+
 
 @dataclass(frozen=True)
 class MelConfig:
@@ -25,7 +27,6 @@ class MelConfig:
 def log_mel(wav, cfg: MelConfig, sample_rate: int):
     """(B, T) -> (B, frames, n_mels) log(max(1e-5, mel magnitude)); reflect-padded by
     (n_fft - hop) / 2 each side, Hann window, no centring (as HiFi-GAN's mel_spectrogram)."""
-    from ..audio.features import mel_filterbank
 
     pad = (cfg.n_fft - cfg.hop) // 2
     x = jnp.pad(wav, ((0, 0), (pad, pad)), mode="reflect")

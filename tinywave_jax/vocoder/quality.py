@@ -25,7 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio import load_extractor, read_audio
 from ..errors import ConfigError, InputError
+from ..eval.bootstrap import interval, resamples
+from .checkpoint import load_vocoder
+from .synthesis import Vocoder
 
 TARGET_WER_GAP = 15.0  # points: resynthesis WER at most this far above the original's
 TARGET_AGREEMENT = 80.0  # % of frames
@@ -51,7 +55,7 @@ def words_of(text: str) -> list[str]:
 def word_errors(reference: str, hypothesis: str) -> int:
     """Substitutions + deletions + insertions (jiwer's alignment) of `hypothesis` against a
     non-empty `reference`, as lowercase words."""
-    import jiwer
+    import jiwer  # the vocoder extra (pocketsphinx, jiwer, pystoi)
 
     ref, hyp = " ".join(words_of(reference)), " ".join(words_of(hypothesis))
     if not hyp:
@@ -67,7 +71,7 @@ class Recognizer:
         try:
             import jiwer  # noqa: F401  (scored later: missing, fail here, before any synthesis)
             import pystoi  # noqa: F401
-            from pocketsphinx import Decoder
+            from pocketsphinx import Decoder  # the vocoder extra
         except ImportError:
             raise ConfigError(
                 "vocoder eval needs pocketsphinx, jiwer and pystoi: pip install -e '.[vocoder]'"
@@ -94,7 +98,7 @@ def score_pair(
 ) -> Score:
     """One utterance's Score: `original` audio, its `resynth`esis (from `units`, one per frame),
     the reference `transcript`; `extractor` re-tokenises, `recognize` is the ASR."""
-    from pystoi import stoi
+    from pystoi import stoi  # the vocoder extra
 
     if not words_of(transcript):
         raise InputError(f"{path}: the transcript has no words to score WER against")
@@ -121,7 +125,6 @@ def score_pair(
 
 def summarize(scores: list[Score], draws: int = 2000, seed: int = 0) -> dict:
     """Pooled WERs (%), their gap, mean STOI and unit agreement (%), each with `<key>_ci`."""
-    from ..eval.bootstrap import interval, resamples
 
     words = np.array([s.words for s in scores], float)
     err_o = np.array([s.errors_original for s in scores], float)
@@ -184,9 +187,6 @@ def evaluate_vocoder(
 ) -> dict:
     """{"summary": summarize(...), "utterances": [Score as dict, ...]} for `items`
     (`corpus.Item`s with transcripts; the first `limit`)."""
-    from ..audio import load_extractor, read_audio
-    from .checkpoint import load_vocoder
-    from .synthesis import Vocoder
 
     config, params, info = load_vocoder(vocoder_dir)
     extractor = load_extractor(units_dir)

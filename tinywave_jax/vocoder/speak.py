@@ -20,8 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
+from ..audio import load_extractor, read_audio
+from ..checkpoint import load_model
+from ..data.layout import SPEECH, dedup, join_spans, resolve_layout
 from ..errors import ConfigError, InputError, OutputExistsError
+from ..eval.gguf_run import llama_cpp_generate, load_llama_cpp
+from ..generation import allowed_ids, generate_tokens
+from .checkpoint import load_vocoder
+from .synthesis import Vocoder
 
 
 @dataclass
@@ -50,10 +58,6 @@ class Speaker:
     per token on 1 thread, 60-100 ms on 2 under load, for the demo teacher at q8_0)."""
 
     def __init__(self, model, units_dir, vocoder_dir, layout: str | None = None, threads: int = 1):
-        from ..audio import load_extractor
-        from ..eval.sequences import resolve_layout
-        from .checkpoint import load_vocoder
-        from .synthesis import Vocoder
 
         config, params, _ = load_vocoder(vocoder_dir)
         self.vocoder = Vocoder(config, params)
@@ -67,25 +71,18 @@ class Speaker:
             )
         model = Path(model)
         if model.suffix == ".gguf":
-            from ..convert.gguf_run import load_llama_cpp
-
             if not model.is_file():
                 raise InputError(f"{model}: GGUF file not found")
             self.llm = load_llama_cpp(model, logits_all=False, n_threads=threads)
             self.lm, vocab = None, self.llm.n_vocab()
         else:
-            from ..checkpoint import load_model
-
             params, lm_config, _ = load_model(model)
             self.llm, self.lm, vocab = None, (params, lm_config), lm_config.vocab_size
         self.layout = resolve_layout(layout, vocab)
 
     def _continue(self, prompt_ids, new_tokens, greedy, temperature, top_p, seed) -> list[int]:
-        from ..generation import allowed_ids, generate_tokens
 
         if self.llm is not None:
-            from ..convert.gguf_run import llama_cpp_generate
-
             eos = self.llm.token_eos()
             stops = () if eos is None or eos < 0 else (int(eos),)
             return llama_cpp_generate(
@@ -126,12 +123,10 @@ class Speaker:
         style: int | None = None,
         overwrite: bool = False,
     ) -> SpeakResult:
-        from ..audio import read_audio
-        from ..data.layout import SPEECH, dedup, join_spans
 
         prompt_wav, out_wav = Path(prompt_wav), Path(out_wav)
         if not seconds > 0:
-            raise ConfigError(f"--seconds: {seconds} must be > 0")
+            raise ConfigError(f"seconds: {seconds} must be > 0", param="seconds")
         if out_wav.exists() and not overwrite:
             raise OutputExistsError(f"{out_wav} exists (pass --overwrite to replace it)")
         if out_wav.exists() and prompt_wav.exists() and os.path.samefile(out_wav, prompt_wav):
@@ -184,7 +179,6 @@ class Speaker:
 
 def _write_wav(path: Path, wav: np.ndarray, rate: int) -> None:
     """PCM-16 wav, written to a temporary sibling and renamed into place."""
-    import soundfile as sf
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

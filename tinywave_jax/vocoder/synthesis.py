@@ -17,10 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import jax
 import numpy as np
 
 from ..errors import ConfigError, InputError
 from .config import VocoderConfig
+from .model import CodeHiFiGAN
 
 BUCKET_FRAMES = 32
 
@@ -97,9 +99,6 @@ class Vocoder:
     """A CodeHiFiGAN with its params, ready to synthesise (float32, the default jax device)."""
 
     def __init__(self, config: VocoderConfig, params: dict):
-        import jax
-
-        from .model import CodeHiFiGAN
 
         self.config, self.params = config, params
         model = CodeHiFiGAN(config)

@@ -29,14 +29,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import flax.serialization
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
+from ..audio import load_extractor, read_audio
+from ..config import to_dict
 from ..errors import ConfigError, InputError, OutputExistsError
-from ..outputs import write_file_atomic
+from ..outputs import check_output_dir, write_file_atomic
+from . import losses
+from .checkpoint import save_vocoder
 from .config import VocoderConfig
 from .corpus import as_items
-from .discriminators import DiscriminatorConfig
+from .discriminators import DiscriminatorConfig, Discriminators
 from .losses import MelConfig
+from .model import CodeHiFiGAN, init_params
+from .synthesis import check_ids
 
 
 @dataclass(frozen=True)
@@ -103,8 +113,6 @@ def _sha256(path: Path) -> str:
 
 def load_data(items, units_dir, config: VocoderConfig, log=print) -> list[Utterance]:
     """Each file's units and frame-aligned audio; `items`: `corpus.Item`s or audio paths."""
-    from ..audio import load_extractor, read_audio
-    from .synthesis import check_ids
 
     if config.num_f0_tokens or config.num_style_tokens:
         raise ConfigError(
@@ -173,13 +181,6 @@ def sample_batch(data: list[Utterance], cfg: VocoderTrainConfig, hop: int, step:
 
 def make_step(config: VocoderConfig, cfg: VocoderTrainConfig):
     """(init(rng) -> state, jitted step(state, batch) -> (state, metrics))."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from . import losses
-    from .discriminators import Discriminators
-    from .model import CodeHiFiGAN, init_params
 
     gen, disc = CodeHiFiGAN(config), Discriminators(cfg.discriminators())
     schedule = optax.exponential_decay(
@@ -275,12 +276,6 @@ def train_vocoder(
 ) -> Path:
     """Trains (or, with `resume`, continues) a vocoder and writes it to `out_dir`.
     `audio_files`: paths (speaker = parent folder name) or `corpus.Item`s."""
-    import flax.serialization
-    import jax
-
-    from ..config import to_dict
-    from ..outputs import check_output_dir
-    from .checkpoint import save_vocoder
 
     config, _ = VocoderConfig.from_file(config_path)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -303,17 +298,21 @@ def train_vocoder(
         saved = json.loads(meta_file.read_text())
         for key in ("vocoder_config", "data_sha256", "speakers"):
             if saved.get(key) != meta[key]:
-                raise ConfigError(f"--resume: {key} differs from the run in {run_dir}")
+                raise ConfigError(
+                    f"resume: {key} differs from the run in {run_dir}", param="resume"
+                )
         for key, value in meta["train_config"].items():
             if (
                 key not in ("steps", "log_every", "save_every")
                 and saved["train_config"].get(key) != value
             ):
                 raise ConfigError(
-                    f"--resume: {key} {value!r} differs from the run's {saved['train_config'].get(key)!r}"
+                    f"resume: {key} {value!r} differs from the run's "
+                    f"{saved['train_config'].get(key)!r}",
+                    param="resume",
                 )
     elif run_dir.is_dir() and any(run_dir.iterdir()):
-        raise OutputExistsError(f"{run_dir} is not empty (--resume continues it)")
+        raise OutputExistsError(f"{run_dir} is not empty (resume=True / --resume continues it)")
     check_output_dir(out_dir, overwrite, sources=[run_dir, *files])  # before training, not after
 
     data = load_data(items, units_dir, config, log)

@@ -15,7 +15,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ..checkpoint import load_model
+from ..convert.gguf_export import export_gguf
 from ..errors import InputError
+from ..models import decode
+from ..scoring import score_sequences
+from .pairwise import pair_outcome, pairwise_accuracy, sequence_score
 
 
 def load_llama_cpp(
@@ -29,7 +34,7 @@ def load_llama_cpp(
     keep the logits of every position (log-probs need them; greedy decoding does not);
     f32_kv_cache: keys and values cached in float32 instead of llama.cpp's default float16
     (which alone moves float32 log-probs by up to ~3e-3)."""
-    import llama_cpp
+    import llama_cpp  # llama-cpp-python: the llamacpp extra
 
     threads = n_threads or max(1, len(os.sched_getaffinity(0)))
     return llama_cpp.Llama(
@@ -98,7 +103,7 @@ def llama_cpp_greedy(model, prompt: Sequence[int], max_new_tokens: int) -> list[
     llm = _model(model)
     prompt = _check(prompt, llm, "prompt")
     _check([0] * (len(prompt) + max_new_tokens - 1), llm, "prompt + new tokens")
-    import llama_cpp
+    import llama_cpp  # llama-cpp-python: the llamacpp extra
 
     n_vocab = llm.n_vocab()
     llm.reset()
@@ -133,7 +138,7 @@ def llama_cpp_generate(
     llm = _model(model)
     prompt = _check(prompt, llm, "prompt")
     _check([0] * (len(prompt) + max_new_tokens - 1), llm, "prompt + new tokens")
-    import llama_cpp
+    import llama_cpp  # llama-cpp-python: the llamacpp extra
 
     n_vocab = llm.n_vocab()
     rng = np.random.default_rng(seed)
@@ -166,7 +171,6 @@ def llama_cpp_generate(
 def llama_cpp_pairwise_accuracy(model, items: list, scoring: str = "mean") -> dict:
     """`eval.pairwise.pairwise_accuracy` with llama.cpp's log-probabilities: {"accuracy",
     "n_pairs", "pairs": [{"name", "positive", "negative", "outcome"}]}."""
-    from ..eval.pairwise import pair_outcome, sequence_score
 
     llm = _model(model)
     seqs = [s for it in items for s in (it.positive, it.negative)]
@@ -225,12 +229,6 @@ def export_gguf_and_compare(
     whose outcome agrees and the per-token log-prob gap (mean, max |JAX - llama.cpp|); the
     greedy continuation of `prompt` (ids) in both and the length of their common prefix. Returns
     a JSON-able dict; nothing is asserted (a quantized file may differ a little)."""
-
-    from ..checkpoint import load_model
-    from ..eval.pairwise import pairwise_accuracy
-    from ..models import decode
-    from ..scoring import score_sequences
-    from .gguf_export import export_gguf
 
     result = export_gguf(ckpt_dir, out, gguf_type, overwrite=overwrite, layout=layout)
     for note in result.notes:
