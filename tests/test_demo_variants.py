@@ -60,6 +60,20 @@ def test_variant_settings_are_checked(tmp_path):
         demo.run(ablation=True)
 
 
+def test_training_length_is_the_teachers_unless_set(tmp_path):
+    for variant, teacher in (
+        ("base", "base"),
+        ("expressive", "expressive"),
+        ("interleaved", "expressive"),
+    ):
+        demo = Demo(tmp_path / variant, demo_settings(False, [], variant), log=lambda m: None)
+        prov = json.loads((PACKAGE_DIRS[teacher] / "provenance.json").read_text())
+        assert demo.seq_len == prov["settings"]["seq_len"] == (256 if teacher == "base" else 384)
+    assert Demo(tmp_path / "s", demo_settings(False, ["seq_len=96"]), log=print).seq_len == 96
+    with pytest.raises(ConfigError, match="seq_len: must be >= 1, or 0"):
+        demo_settings(overrides=["seq_len=-1"])
+
+
 def test_a_teacher_of_the_other_variant_is_refused(tmp_path):
     demo = Demo(
         tmp_path / "e",

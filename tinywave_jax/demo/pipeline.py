@@ -77,6 +77,14 @@ class Demo(StagedRun):
         return PACKAGE_DIRS["base" if self.settings.variant == "base" else "expressive"]
 
     @property
+    def seq_len(self) -> int:
+        """Training sequence length: the setting, or (0) the teacher's pretraining length."""
+        if self.settings.seq_len:
+            return self.settings.seq_len
+        prov = json.loads((self.teacher_dir / "provenance.json").read_text())
+        return int(prov["settings"]["seq_len"])
+
+    @property
     def expressive_dir(self) -> Path:
         return Path(self.settings.expressive_workdir or self.dir / "expressive")
 
@@ -203,7 +211,7 @@ class Demo(StagedRun):
         return data_section(
             self.tokens_dir / "corpus" / "distill",
             self.tokens(),
-            s.seq_len,
+            self.seq_len,
             s.batch_size,
             s.seed,
             MIXTURES[s.variant],
