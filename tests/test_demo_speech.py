@@ -127,6 +127,29 @@ def test_natural_sentences_match_the_cli_and_carry_word_times():
     assert abs(len(wav) - len(lib.wav) * RATE / ESPEAK_RATE) <= 2
 
 
+def test_word_times_stay_ordered_when_the_first_word_has_no_event():
+    """Said after two sentences by one synthesiser in this voice, espeak-ng reports no word event
+    for "Hugo" and a stray one (text position 0) at the sentence's end; the words still follow
+    the text in order, inside the audio, and the first starts where the sound does (found as a
+    pretraining record whose word starts went back)."""
+    from tinywave_jax.demo.espeak import synthesize_many
+    from tinywave_jax.demo.synth import PRETRAIN_VOICES
+
+    texts = [
+        "Ruby and Hugo walked to the cafe on Sunday.",
+        "They stayed there until dark.",
+        "Hugo carried the coffee all the way home.",
+    ]
+    voice = PRETRAIN_VOICES[2]
+    events = synthesize_many(texts, voice.espeak, voice.speed, voice.pitch)[2].words
+    assert min(events)[0] < 0 and 0 not in [c for c, _ in events]  # the case this test is for
+    for text, (wav, words) in zip(texts, speak(texts, voice)):
+        assert [w for w, _, _ in words] == world_text.words_of(text)
+        starts = [s for _, s, _ in words]
+        assert starts == sorted(starts) and all(s < e for _, s, e in words)
+        assert 0 <= words[0][1] < words[1][1] and words[-1][2] <= len(wav)
+
+
 def test_a_cloze_pair_shares_its_context_audio():
     """Natural synthesis of a pair: the context sentences are said once, so both files hold the
     same context samples, and the ending starts at the same time."""

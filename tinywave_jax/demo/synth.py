@@ -219,13 +219,16 @@ def _timed(sentence: str, out, voice: Voice) -> tuple[np.ndarray, list]:
     runs = _sound_runs(out.wav, 1.0)
     if not spans or not runs:
         raise RuntimeError(f"espeak-ng said nothing for {sentence!r} ({voice.espeak})")
-    events = sorted(out.words)
+    # Some sentences also carry a word event at text position 0 (offset -1) at their end; it
+    # starts no word. A first word without its own event starts with the sound (group -1).
+    events = sorted(e for e in out.words if e[0] >= 0)
     groups: dict[int, list[str]] = {}  # event index -> the words it starts
     for w, at in spans:
-        k = max([i for i, (c, _) in enumerate(events) if c <= at], default=0)
+        k = max([i for i, (c, _) in enumerate(events) if c <= at], default=-1)
         groups.setdefault(k, []).append(w)
     order = sorted(groups)
-    bounds = [max(runs[0][0], events[k][1]) for k in order] + [runs[-1][1]]
+    starts = [runs[0][0] if k < 0 else max(runs[0][0], events[k][1]) for k in order]
+    bounds = [*np.minimum(np.maximum.accumulate(starts), runs[-1][1]).tolist(), runs[-1][1]]
     words = []
     for k, a, b in zip(order, bounds, bounds[1:]):
         letters = np.cumsum([0] + [len(w) for w in groups[k]])
