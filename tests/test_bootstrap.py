@@ -1,0 +1,102 @@
+"""Paired-bootstrap intervals (eval/bootstrap.py): against an independent numpy computation, the
+demo's results table on fixed outcomes (the digits the demo printed before its bootstrap moved
+into the library), and `tinywave eval --compare`'s intervals against the demo's on the same
+per-pair outcomes."""
+
+import numpy as np
+
+# Fixed per-item outcomes (a seeded legacy RandomState: the same arrays on every numpy): four
+# models, three pairwise tasks with ties, and per-story NLL / unit counts for perplexity.
+N = {"ssc": 60, "tsc": 60, "swuggy": 40}
+P_RIGHT = {"teacher": 0.8, "student": 0.72, "baseline": 0.6, "student_q8_0": 0.71}
+
+
+def fixed_raw() -> dict:
+    rs = np.random.RandomState(7)
+    tokens = rs.randint(20, 80, 12).astype(np.float64)
+    raw = {}
+    for name, p in P_RIGHT.items():
+        raw[name] = {
+            t: np.where(rs.random_sample(n) < 0.05, 0.5, (rs.random_sample(n) < p).astype(float))
+            for t, n in N.items()
+        }
+        raw[name]["ppl"] = (tokens * (2.0 + 0.3 * rs.random_sample(12) - p), tokens)
+    return raw
+
+
+def demo_doc(raw: dict, draws: int = 300, seed: int = 3) -> dict:
+    """results.json's rows, differences and targets as `demo.results.write_results` assembles
+    them from raw scores (no models, no llama.cpp)."""
+    from tinywave_jax.demo.evaluate import difference, summarize
+    from tinywave_jax.demo.results import Q8, targets
+
+    rows = {}
+    for name, layers, params in (
+        ("teacher", 4, 2_400_000),
+        ("baseline", 2, 1_300_000),
+        ("student", 2, 1_300_000),
+        (Q8, 2, 1_300_000),
+    ):
+        rows[name] = summarize(raw[name], draws, seed)
+        rows[name].update(layers=layers, params=params)
+        if name in ("baseline", "student"):
+            rows[name].update(lr=3e-3, lr_sweep={})
+    rows[Q8].update(gguf_bytes=1_456_789, outcome_agreement=97.5)
+    diff = difference(raw["student"], raw["baseline"], draws, seed)
+    q8_diff = difference(raw[Q8], raw["student"], draws, seed)
+    return {
+        **rows,
+        "student_minus_baseline": diff,
+        "q8_0_minus_student": q8_diff,
+        "targets": targets(rows, diff, q8_diff),
+    }
+
+
+# What the demo printed and saved for these outcomes before its bootstrap code moved into the
+# library (demo/evaluate.py's own summarize/difference at commit ccd0074): recorded, not derived.
+TABLE_BEFORE = """\
+| model | params | lr | sSC | tSC | words | PPL |
+|---|---|---|---|---|---|---|
+| Teacher (4 layers, pretrained, LoRA-corrected) | 2.40M | - | 78.3 [66.2, 89.2] | 72.5 [59.6, 83.8] | 77.5 [65.6, 88.8] | 3.81 [3.60, 4.01] |
+| Baseline (2 layers, random init, CE only) | 1.30M | 0.003 | 55.0 [42.1, 67.5] | 62.5 [52.5, 75.4] | 53.8 [40.0, 68.2] | 4.57 [4.36, 4.87] |
+| **Distilled student** (2 layers, full recipe) | 1.30M | 0.003 | 66.7 [53.3, 78.8] | 79.2 [68.7, 88.8] | 75.0 [62.5, 86.2] | 4.09 [3.89, 4.33] |
+| Distilled student, q8_0 GGUF in llama.cpp (1.46 MB) | 1.30M | - | 75.0 [64.2, 85.4] | 65.0 [52.5, 77.1] | 70.0 [55.0, 83.8] | 4.02 [3.84, 4.29] |
+| student / teacher | 0.54x | | 85% | 109% | 97% | |
+| student - baseline | | | +11.7 [-7.1, +30.0] | +16.7 [+2.1, +30.8] | +21.2 [+3.1, +37.5] | -0.48 [-0.87, -0.10] |
+"""  # noqa: E501 (the table as printed)
+Q8_NOTE_BEFORE = (
+    "q8_0 - student: sSC +8.3 [-7.1, +25.0], tSC -14.2 [-29.2, -0.8], words -5.0 [-25.1, +14.4], "
+    "PPL -0.07 [-0.27, +0.13]"
+)
+STUDENT_BEFORE = {
+    "ppl": 4.088,
+    "ppl_ci": [3.89, 4.33],
+    "ppl_tokens": 576,
+    "ssc": 66.67,
+    "ssc_ci": [53.33, 78.77],
+    "words": 75.0,
+    "words_ci": [62.5, 86.25],
+    "tsc": 79.17,
+    "tsc_ci": [68.73, 88.77],
+    "pairs": {"ssc": 60, "swuggy": 40, "tsc": 60},
+}
+DIFF_BEFORE = {
+    "ppl": {"diff": -0.485, "ci": [-0.87, -0.1]},
+    "ssc": {"diff": 11.67, "ci": [-7.1, 30.0]},
+    "words": {"diff": 21.25, "ci": [3.09, 37.5]},
+    "tsc": {"diff": 16.67, "ci": [2.06, 30.83]},
+}
+
+
+def test_demo_table_prints_the_same_digits():
+    """The demo's results table, rows and differences on fixed outcomes are what they were
+    before the bootstrap moved into the library, to the digit."""
+    from tinywave_jax.demo.results import table_of
+
+    doc = demo_doc(fixed_raw())
+    table = table_of(doc)
+    assert table.startswith(TABLE_BEFORE)
+    assert Q8_NOTE_BEFORE in table
+    student = {k: v for k, v in doc["student"].items() if k in STUDENT_BEFORE}
+    assert student == STUDENT_BEFORE
+    assert doc["student_minus_baseline"] == DIFF_BEFORE
