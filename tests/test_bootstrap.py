@@ -4,6 +4,7 @@ into the library), and `tinywave eval --compare`'s intervals against the demo's 
 per-pair outcomes."""
 
 import numpy as np
+import pytest
 
 # Fixed per-item outcomes (a seeded legacy RandomState: the same arrays on every numpy): four
 # models, three pairwise tasks with ties, and per-story NLL / unit counts for perplexity.
@@ -100,3 +101,60 @@ def test_demo_table_prints_the_same_digits():
     student = {k: v for k, v in doc["student"].items() if k in STUDENT_BEFORE}
     assert student == STUDENT_BEFORE
     assert doc["student_minus_baseline"] == DIFF_BEFORE
+
+
+def numpy_intervals(raw: dict, draws: int, seed: int) -> dict:
+    """The paired percentile bootstrap written out directly: task k (sorted) resamples its items
+    with numpy's Generator seeded seed + k; accuracy in %, perplexity pooled."""
+    out = {}
+    for k, task in enumerate(sorted(raw)):
+        rng = np.random.default_rng(seed + k)
+        if task == "ppl":
+            nll, tok = raw[task]
+            idx = rng.integers(0, len(nll), size=(draws, len(nll)))
+            stats = [np.exp(nll[i].sum() / tok[i].sum()) for i in idx]
+            value = np.exp(nll.sum() / tok.sum())
+        else:
+            o = raw[task]
+            idx = rng.integers(0, len(o), size=(draws, len(o)))
+            stats = [100 * o[i].mean() for i in idx]
+            value = 100 * o.mean()
+        out[task] = (value, np.percentile(stats, 2.5), np.percentile(stats, 97.5), idx)
+    return out
+
+
+def test_intervals_equal_an_independent_numpy_computation():
+    from tinywave_jax.eval import bootstrap
+
+    raw = fixed_raw()
+    student, baseline = raw["student"], raw["baseline"]
+    ref = numpy_intervals(student, 500, 11)
+    got = bootstrap.summarize(student, 500, 11)
+    assert sorted(got) == sorted(ref)
+    for task, (value, lo, hi, _) in ref.items():
+        assert got[task]["value"] == round(value, 3 if task == "ppl" else 2)
+        assert got[task]["ci"] == [round(lo, 2), round(hi, 2)]
+        assert got[task]["n"] == (12 if task == "ppl" else N[task])
+    diff = bootstrap.difference(student, baseline, 500, 11)
+    for task, (_, _, _, idx) in ref.items():  # the difference on the same resamples
+        if task == "ppl":
+            (na, ta), (nb, tb) = student[task], baseline[task]
+            stats = [
+                np.exp(na[i].sum() / ta[i].sum()) - np.exp(nb[i].sum() / tb[i].sum()) for i in idx
+            ]
+            value = np.exp(na.sum() / ta.sum()) - np.exp(nb.sum() / tb.sum())
+        else:
+            a, b = student[task], baseline[task]
+            stats = [100 * a[i].mean() - 100 * b[i].mean() for i in idx]
+            value = 100 * (a.mean() - b.mean())
+        lo, hi = np.percentile(stats, [2.5, 97.5])
+        assert diff[task]["diff"] == round(value, 3 if task == "ppl" else 2)
+        assert diff[task]["ci"] == [round(lo, 2), round(hi, 2)]
+
+
+def test_a_difference_needs_the_same_items():
+    from tinywave_jax.eval import bootstrap
+
+    a = {"ssc": np.ones(5)}
+    with pytest.raises(ValueError, match="ssc: 5 vs 4 items"):
+        bootstrap.difference(a, {"ssc": np.ones(4)}, 10)

@@ -25,7 +25,7 @@ from ..data.layout import SPEECH, TEXT, load_tokenizer, resolve_layout
 from ..errors import ConfigError, InputError, MissingInputError, OutputExistsError, TinywaveError
 from ..outputs import check_output_files, is_primary_process
 from ..scoring import param_shardings, rows_per_step, scoring_mesh
-from . import report
+from . import bootstrap, report
 from .benchmarks import CROSS_MODAL_TASKS, TASKS, benchmark_pairs
 from .crossmodal import cloze_pairs, read_cloze_jsonl
 from .pairwise import SCORINGS, PairItem, check_vocab, pairwise_accuracy, read_pairs_jsonl
@@ -194,6 +194,8 @@ def evaluate(
     fsdp: int = 1,
     mesh=None,
     reference: str | None = None,
+    draws: int = 2000,
+    seed: int = 0,
 ) -> dict:
     """Evaluates checkpoint `ckpt` (and teacher checkpoint `compare`) on one task.
     reference: "copy" or "ending" (see references.py): the copy rule instead of the model (the
@@ -204,8 +206,14 @@ def evaluate(
     multiple of the device count). With several processes each computes every result and only
     process 0 writes `out`.
 
-    Returns {"task", "scoring", "data", "checkpoint", "result"} plus, with `compare`,
-    {"teacher_checkpoint", "teacher_result", "comparison": rows}. Accuracies are fractions.
+    draws, seed: the 95 % paired-bootstrap intervals (`bootstrap.py`): `draws` resamples of
+    the pairs (sequences for ppl), seeded by `seed`, the same for both models.
+
+    Returns {"task", "scoring", "data", "checkpoint", "result", "intervals"} plus, with
+    `compare`, {"teacher_checkpoint", "teacher_result", "comparison": rows}. Accuracies are
+    fractions, except in "intervals" ({"draws", "seed", "result": {"value", "ci", "n"}, with
+    `compare` "teacher_result" and "difference": {"diff", "ci"}, student minus teacher}), which
+    holds them in % as printed.
     With `out`, writes results.json, pairs.jsonl (per-pair scores; pairwise tasks) and, with
     `compare`, report.md / report.json.
     """
@@ -213,6 +221,8 @@ def evaluate(
     if scoring not in SCORINGS:
         raise ConfigError(f"scoring {scoring!r} is not one of {SCORINGS}", param="scoring")
     check_reference(reference, task, compare)
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ConfigError(f"draws: must be an integer >= 1, got {draws!r}", param="draws")
     mesh = scoring_mesh(fsdp) if mesh is None else mesh
     rows_per_step(batch_size, mesh)  # a bad --batch-size fails before anything is read
     # every named path and setting is checked before the (long) tokenising and scoring
@@ -277,11 +287,26 @@ def evaluate(
         out_doc["comparison"] = report.compare_rows(
             task, out_doc["teacher_result"], out_doc["result"]
         )
+    out_doc["intervals"] = intervals(task, out_doc, draws, seed)
+    log(report.interval_line(task, out_doc["intervals"]))
     if out is not None:
         if is_primary_process():  # every process has every result; one writes them
             _write(storage.path(out), out_doc, str(ckpt), str(compare) if compare else None, log)
         _barrier("tinywave eval written")  # no process returns before the files are there
     return out_doc
+
+
+def intervals(task: str, doc: dict, draws: int, seed: int) -> dict:
+    """`evaluate`'s "intervals": the model's (and with a teacher, the teacher's and the
+    student-minus-teacher difference's) 95 % paired-bootstrap intervals, from the per-item
+    scores in its results, on the same resamples (`bootstrap.summarize` / `difference`)."""
+    raw = {task: bootstrap.task_scores(task, doc["result"])}
+    out = {"draws": draws, "seed": seed, "result": bootstrap.summarize(raw, draws, seed)[task]}
+    if "teacher_result" in doc:
+        teacher = {task: bootstrap.task_scores(task, doc["teacher_result"])}
+        out["teacher_result"] = bootstrap.summarize(teacher, draws, seed)[task]
+        out["difference"] = bootstrap.difference(raw, teacher, draws, seed)[task]
+    return out
 
 
 def _barrier(name: str) -> None:
