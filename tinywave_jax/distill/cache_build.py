@@ -32,6 +32,7 @@ from ..models import llama
 from ..models.llama import apply_llama, lm_head_kernel
 from ..outputs import is_primary_process, write_file_atomic
 from ..parallel import axis_rules_context, batch_divisor, batch_sharding, make_mesh, tree_shardings
+from ..storage import sha256_file
 from ..train.recipes import _source_config, load_or_init
 from .losses import teacher_topk
 from .teacher_cache import (
@@ -43,7 +44,6 @@ from .teacher_cache import (
     TeacherCacheError,
     _differences,
     run_identity,
-    sha256_file,
     shard_name,
 )
 
