@@ -124,7 +124,9 @@ def build_teacher_cache(
     (seconds and tokens/s of this call's built shards, the teacher's compilation left out)."""
 
     if records_per_shard < 1:
-        raise ConfigError(f"--records-per-shard: must be >= 1, got {records_per_shard}")
+        raise ConfigError(
+            f"records_per_shard: must be >= 1, got {records_per_shard}", param="records_per_shard"
+        )
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, top_k=top_k))
     if source is None:
         corpus = cfg.data.corpus_config()

@@ -22,7 +22,14 @@ from jax.experimental import multihost_utils
 from .. import storage
 from ..checkpoint import load_model, load_model_config, load_model_info
 from ..data.layout import SPEECH, TEXT, load_tokenizer, resolve_layout
-from ..errors import ConfigError, InputError, MissingInputError, OutputExistsError, TinywaveError
+from ..errors import (
+    ConfigError,
+    InputError,
+    MissingInputError,
+    OutputExistsError,
+    TinywaveError,
+    naming,
+)
 from ..outputs import check_output_files, is_primary_process
 from ..scoring import param_shardings, rows_per_step, scoring_mesh
 from . import bootstrap, report
@@ -134,28 +141,29 @@ def _load(ckpt, dtype, verify=True, mesh=None):
     return params, config
 
 
-def _model_config(ckpt, flag: str | None = None):
+def _model_config(ckpt, param: str | None = None):
     """The model config of checkpoint `ckpt` (its tinywave.json and config.json only, no
-    params), so that a wrong path fails before anything is scored; errors name `flag`."""
+    params), so that a wrong path fails before anything is scored; errors name `param`."""
 
     try:
         load_model_info(ckpt)
         return load_model_config(ckpt)
     except TinywaveError as e:
-        if flag is None:
+        if param is None:
             raise
-        raise type(e)(f"{flag}: {e}") from None
+        raise type(e)(f"{param}: {e}", param=param) from None
 
 
-def _check_inputs(inputs: TaskInputs, config, who: str | None = None) -> None:
-    """Ids and lengths of every sequence against one model, before any model is scored."""
+def _check_inputs(inputs: TaskInputs, config, who: str | None = None, param=None) -> None:
+    """Ids and lengths of every sequence against one model, before any model is scored; errors
+    start with `who` (naming parameter `param`)."""
     seqs = inputs.seqs or [s for it in inputs.pairs or () for s in (it.positive, it.negative)]
     try:
         check_vocab(seqs, config.vocab_size, config.max_position_embeddings)
     except InputError as e:
         if who is None:
             raise
-        raise InputError(f"{who}: {e}") from None
+        raise InputError(f"{who}: {e}", param=param) from None
 
 
 def _summary(task: str, result: dict) -> str:
@@ -200,7 +208,7 @@ def evaluate(
     """Evaluates checkpoint `ckpt` (and teacher checkpoint `compare`) on one task.
     reference: "copy" or "ending" (see references.py): the copy rule instead of the model (the
     checkpoint then only names the vocabulary and layout), or the model on the endings alone.
-    verify: check each checkpoint's files against their recorded sha256 (--no-verify: False).
+    verify: check each checkpoint's files against their recorded sha256.
     mesh: the devices that share the sequences; default `scoring.scoring_mesh(fsdp)`, every
     device of every process (`batch_size` is the global rows per step, rounded up to a
     multiple of the device count). With several processes each computes every result and only
@@ -227,7 +235,7 @@ def evaluate(
     rows_per_step(batch_size, mesh)  # a bad --batch-size fails before anything is read
     # every named path and setting is checked before the (long) tokenising and scoring
     config = _model_config(ckpt)
-    teacher_config = _model_config(compare, "--compare") if compare else None
+    teacher_config = _model_config(compare, "compare") if compare else None
     if extractor is not None and not Path(extractor).is_dir():
         raise MissingInputError(
             f"extractor: units folder not found: {extractor}", param="extractor"
@@ -235,19 +243,21 @@ def evaluate(
     if layout is not None:
         resolve_layout(layout, config.vocab_size)
     if out is not None:
-        check_output_files(
-            [storage.path(out) / name for name in OUT_FILES],
-            [
-                ckpt,
-                compare,
-                data,
-                extractor,
-                tokenizer,
-                layout if layout and Path(layout).exists() else None,
-            ],
-            "--out file",
-        )
-    storage.check_gcs(out, write=True, what="--out")
+        with naming("out"):
+            check_output_files(
+                [storage.path(out) / name for name in OUT_FILES],
+                [
+                    ckpt,
+                    compare,
+                    data,
+                    extractor,
+                    tokenizer,
+                    layout if layout and Path(layout).exists() else None,
+                ],
+                "out file",
+            )
+    with naming("out"):
+        storage.check_gcs(out, write=True, what="out")
     if out is not None and storage.path(out).exists() and not storage.path(out).is_dir():
         raise OutputExistsError(f"out {out}: exists and is not a folder", param="out")
     inputs = prepare_inputs(
@@ -265,7 +275,7 @@ def evaluate(
         inputs = TaskInputs(task, pairs=ending_alone(inputs.pairs))
     _check_inputs(inputs, config)
     if teacher_config is not None:
-        _check_inputs(inputs, teacher_config, f"--compare {compare}")
+        _check_inputs(inputs, teacher_config, f"compare {compare}", "compare")
     out_doc = {
         "task": task,
         "scoring": scoring if task != "ppl" else None,
