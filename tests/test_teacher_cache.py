@@ -165,9 +165,9 @@ def test_packed_shuffled_batches_join_their_tokens_cached_rows(corpus, cache):
             cols = np.nonzero(seg[r] == sid)[0]
             same[r, cols] = pos[r, cols[0]] == 0
     assert same.sum() > 50 and (~same & (seg > 0)).any()  # both kinds present
-    np.testing.assert_array_equal(np.asarray(feats["topk_ids"])[same], joined["topk_ids"][same])
+    np.testing.assert_array_equal(np.asarray(feats.topk_ids)[same], joined["topk_ids"][same])
     np.testing.assert_allclose(
-        np.asarray(feats["topk_logprobs"])[same],
+        np.asarray(feats.topk_logprobs)[same],
         joined["topk_logprobs"][same].astype(np.float32),
         atol=2e-2,
         rtol=2e-3,
