@@ -79,6 +79,13 @@ def test_a_flag_named_unlike_its_parameter_is_mapped_by_param_dests():
     # a message that starts with no parameter (None first) has the later ones written as flags
     mid = ConfigError("run/: changed; or stop_ids 3 on purpose", param=(None, "stop_ids"))
     assert cli.flag_message(parser, args, mid) == "run/: changed; or --stop 3 on purpose"
+    # a parameter's name inside a path or a config key is left alone; at a sentence's end not
+    where = ConfigError(
+        "runs/stop_ids/x: data.stop_ids set; pass stop_ids.", param=(None, "stop_ids")
+    )
+    assert (
+        cli.flag_message(parser, args, where) == "runs/stop_ids/x: data.stop_ids set; pass --stop."
+    )
 
 
 def test_naming_gives_a_helpers_error_its_parameter():

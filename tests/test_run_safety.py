@@ -595,3 +595,20 @@ def test_resume_errors_name_the_python_parameter(tmp_path):
     with pytest.raises(ConfigError, match="^allow_config_change optimiser: no such config key"):
         check_resume_config(saved, new, ("optimiser",), "run (checkpoint 3)")
     check_resume_config(saved, new, ("optimizer",), "run (checkpoint 3)")  # allowed on purpose
+
+
+def test_a_run_dir_with_checkpoints_names_resume(tmp_path, capsys):
+    """A second run into a run_dir with checkpoints is refused: from Python naming `resume`,
+    on the command line --resume (a run_dir named like the parameter is left alone)."""
+    from tinywave_jax.config import load_config
+    from tinywave_jax.errors import OutputExistsError
+    from tinywave_jax.train.config import DistillConfig
+
+    (tmp_path / "resume").mkdir()
+    config, run_dir = _config(tmp_path / "resume", steps=3)
+    assert _distill(config) == 0
+    assert _distill(config) == 2
+    err = _error_line(capsys)
+    assert f"{run_dir} already holds checkpoints (latest step 3); continue it with --resume," in err
+    with pytest.raises(OutputExistsError, match="continue it with resume, or choose another"):
+        run(load_config(DistillConfig, str(config), []))

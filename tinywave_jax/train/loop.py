@@ -248,7 +248,8 @@ def run(
             if latest is not None and not resume:
                 raise OutputExistsError(
                     f"{run_dir} already holds checkpoints (latest step {latest}); "
-                    "pass --resume to continue it or choose another run_dir"
+                    "continue it with resume, or choose another run_dir",
+                    param=(None, "resume"),
                 )
 
             def check(step: int, saved: dict) -> None:
