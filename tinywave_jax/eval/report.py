@@ -85,8 +85,9 @@ def interval_line(task: str, intervals: dict) -> str:
     digits = 3 if task == "ppl" else 2
     r = intervals["result"]
     what = "sequences" if task == "ppl" else "pairs"
+    kind = "paired-bootstrap intervals" if "teacher_result" in intervals else "bootstrap interval"
     head = (
-        f"eval {task}: 95 % paired-bootstrap intervals ({intervals['draws']} resamples of "
+        f"eval {task}: 95 % {kind} ({intervals['draws']} resamples of "
         f"{r['n']} {what}, seed {intervals['seed']}; "
         + ("perplexity" if task == "ppl" else "accuracy %")
         + "): "
