@@ -192,17 +192,32 @@ def test_ppl_per_token_and_per_second(models):
     ]
     recs[1]["score_from"] = 5
     (root / "ppl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    doc = evaluate(root / "student", "ppl", root / "ppl.jsonl", log=lambda m: None)["result"]
-    nll = sum(
-        -torch_logprobs(models["student"], r["ids"])[r.get("score_from", 1) - 1 :].sum()
-        for r in recs
+    logged = []
+    full = evaluate(root / "student", "ppl", root / "ppl.jsonl", log=logged.append, draws=300)
+    doc = full["result"]
+    per_seq = np.array(
+        [
+            -torch_logprobs(models["student"], r["ids"])[r.get("score_from", 1) - 1 :].sum()
+            for r in recs
+        ]
     )
+    nll = per_seq.sum()
     tokens = sum(len(r["ids"]) - r.get("score_from", 1) for r in recs)
     seconds = sum(r["seconds"] for r in recs)
     assert doc["scored_tokens"] == tokens
     assert doc["ppl"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
     assert doc["nll_per_second"] == pytest.approx(nll / seconds, rel=1e-5)
     assert doc["ppl_per_second"] == pytest.approx(math.exp(nll / seconds), rel=1e-4)
+    # its bootstrap interval: sequences resampled (numpy's Generator, seed 0), NLL pooled
+    n_tok = np.array([len(r["ids"]) - r.get("score_from", 1) for r in recs], float)
+    idx = np.random.default_rng(0).integers(0, 4, size=(300, 4))
+    lo, hi = np.percentile(np.exp(per_seq[idx].sum(1) / n_tok[idx].sum(1)), [2.5, 97.5])
+    iv = full["intervals"]["result"]
+    assert iv["n"] == 4 and iv["value"] == pytest.approx(math.exp(nll / tokens), abs=6e-4)
+    assert iv["ci"] == pytest.approx([lo, hi], abs=6e-3)  # rounded to 2 digits
+    assert any(
+        m.startswith("eval ppl: 95 % bootstrap interval (300 resamples of 4") for m in logged
+    )
 
 
 # ------------------------------------------------------------------ benchmark folder pairing
