@@ -158,3 +158,30 @@ def test_a_difference_needs_the_same_items():
     a = {"ssc": np.ones(5)}
     with pytest.raises(ValueError, match="ssc: 5 vs 4 items"):
         bootstrap.difference(a, {"ssc": np.ones(4)}, 10)
+
+
+def test_the_demos_q8_0_agreement_pools_the_pairs_as_before(monkeypatch):
+    """demo.evaluate.score_llama_cpp takes llama.cpp's scores from eval.gguf_run.compare_gguf
+    and pools the pairs decided alike over the pairwise tasks: the share the demo computed
+    itself before (np.mean over the concatenated outcomes), to the printed digit."""
+    from tinywave_jax.demo import evaluate as demo_eval
+    from tinywave_jax.eval import gguf_run
+
+    raw = fixed_raw()
+    student, q8 = raw["student"], raw["student_q8_0"]
+
+    def fake_compare(model, *, inputs, jax_scores):  # compare_gguf's "tasks" on fixed scores
+        assert model == "m.gguf" and jax_scores is student and set(inputs) == set(q8)
+        tasks = {}
+        for t, s in q8.items():
+            tasks[t] = {"scores": s}
+            if t != "ppl":
+                agree = int(np.sum(student[t] == s))
+                tasks[t].update(n_pairs=len(s), agreeing_pairs=agree)
+        return {"tasks": tasks}
+
+    monkeypatch.setattr(gguf_run, "compare_gguf", fake_compare)
+    got, agreement = demo_eval.score_llama_cpp("m.gguf", dict.fromkeys(q8), student)
+    before = np.mean(np.concatenate([q8[t] == student[t] for t in q8 if t != "ppl"]))
+    assert agreement == round(100 * float(before), 2)
+    assert got.keys() == q8.keys() and all(got[t] is q8[t] for t in q8)
