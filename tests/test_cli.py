@@ -76,3 +76,26 @@ def test_a_flag_named_unlike_its_parameter_is_mapped_by_param_dests():
     assert cli.flag_message(parser, args, unnamed) == "top_k appears here without param"
     both = ConfigError("top_k: 9 needs stop_ids, unlike top_kk", param=("top_k", "stop_ids"))
     assert cli.flag_message(parser, args, both) == "--top-k: 9 needs --stop, unlike top_kk"
+    # a message that starts with no parameter (None first) has the later ones written as flags
+    mid = ConfigError("run/: changed; or stop_ids 3 on purpose", param=(None, "stop_ids"))
+    assert cli.flag_message(parser, args, mid) == "run/: changed; or --stop 3 on purpose"
+    # a parameter's name inside a path or a config key is left alone; at a sentence's end not
+    where = ConfigError(
+        "runs/stop_ids/x: data.stop_ids set; pass stop_ids.", param=(None, "stop_ids")
+    )
+    assert (
+        cli.flag_message(parser, args, where) == "runs/stop_ids/x: data.stop_ids set; pass --stop."
+    )
+
+
+def test_naming_gives_a_helpers_error_its_parameter():
+    """`errors.naming`: a helper told what="out" raises an error naming no parameter; inside
+    `naming("out")` it names `out`, which the CLI writes as --out (eval's --out checks)."""
+    from tinywave_jax.errors import naming
+
+    with pytest.raises(ConfigError) as e, naming("out"):
+        raise ConfigError("out file x.json is the input x.json")
+    assert e.value.param == "out"
+    with pytest.raises(ConfigError) as e, naming("out"):  # an error that names one keeps it
+        raise ConfigError("layout: bad", param="layout")
+    assert e.value.param == "layout"

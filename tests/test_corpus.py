@@ -330,3 +330,13 @@ def test_build_with_every_utterance_skipped_fails_and_writes_no_corpus(tmp_path,
     assert err[-1].startswith("tinywave corpus: error: no usable utterance: all 2 were skipped")
     assert f"no corpus was written to {out}" in err[-1]
     assert not (out / "tinywave_corpus").exists() and not (out / "summary.json").exists()
+
+
+def test_an_audio_folder_without_extractor_names_the_parameter(tmp_path):
+    from tinywave_jax.data.corpus_format import CorpusError
+
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / "audio" / "a.wav", np.zeros(1600, np.float32), 16000)
+    with pytest.raises(CorpusError, match="^extractor: an audio folder needs a units folder") as e:
+        build_corpus(tmp_path / "out", audio_dir=tmp_path / "audio")
+    assert e.value.param == "extractor"

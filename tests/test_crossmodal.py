@@ -125,3 +125,16 @@ def test_missing_transcript_or_audio_is_named_before_scoring(setup):
     bad.write_text(json.dumps(rec) + "\n")
     with pytest.raises(MissingInputError, match=r"no_audio.jsonl:1: negative.audio .*missing.wav"):
         evaluate(root / "ckpt", "cloze_ts", bad, layout=str(root / "layout.json"), log=print)
+
+
+def test_missing_span_tokenizers_are_named_as_parameters():
+    """From Python the error names evaluate's `extractor` / `tokenizer`; the CLI writes the flag."""
+    from tinywave_jax.errors import ConfigError
+    from tinywave_jax.eval.crossmodal import cloze_pairs
+
+    with pytest.raises(ConfigError, match="^cloze_ss: speech spans need extractor") as e:
+        cloze_pairs([], "cloze_ss", None)
+    assert e.value.param == (None, "extractor")
+    with pytest.raises(ConfigError, match="^cloze_tt: text spans need tokenizer") as e:
+        cloze_pairs([], "cloze_tt", None)
+    assert e.value.param == (None, "tokenizer")

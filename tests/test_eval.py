@@ -123,13 +123,16 @@ def test_pairs_match_exported_hf_model(models, scoring):
 def test_compare_writes_teacher_student_report(models):
     root = models["root"]
     recs = write_pairs(root / "pairs_cmp.jsonl", np.random.RandomState(4))
+    logged = []
     doc = evaluate(
         root / "student",
         "pairs",
         root / "pairs_cmp.jsonl",
         compare=root / "teacher",
         out=root / "cmp",
-        log=lambda m: None,
+        log=logged.append,
+        draws=400,
+        seed=5,
     )
     acc = {}
     for who in ("student", "teacher"):
@@ -150,6 +153,35 @@ def test_compare_writes_teacher_student_report(models):
     assert doc["comparison"] == report["rows"]
     md = (root / "cmp" / "report.md").read_text()
     assert "| pairs | all | accuracy % |" in md and f"{acc['teacher']:.2f}" in md
+    # 95 % paired-bootstrap intervals: the demo's on the same per-pair outcomes (its resamples
+    # depend only on the task's position, n, draws and seed: one task, position 0 either way)
+    from tinywave_jax.demo.evaluate import difference, summarize
+
+    outcomes = {
+        who: np.array([p["outcome"] for p in doc[key]["pairs"]])
+        for who, key in (("student", "result"), ("teacher", "teacher_result"))
+    }
+    assert list(outcomes["student"]) == [
+        json.loads(x)["outcome"] for x in open(root / "cmp" / "pairs.jsonl")
+    ]
+    iv = doc["intervals"]
+    assert iv["draws"] == 400 and iv["seed"] == 5
+    for who, key in (("student", "result"), ("teacher", "teacher_result")):
+        row = summarize({"ssc": outcomes[who]}, 400, 5)
+        assert iv[key] == {"value": row["ssc"], "ci": row["ssc_ci"], "n": len(recs)}
+        assert iv[key]["value"] == pytest.approx(acc[who], abs=0.005)
+    assert (
+        iv["difference"]
+        == difference({"ssc": outcomes["student"]}, {"ssc": outcomes["teacher"]}, 400, 5)["ssc"]
+    )
+    line = next(m for m in logged if "paired-bootstrap" in m)
+    d = iv["difference"]
+    assert f"student - teacher {d['diff']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]" in line
+    assert (
+        f"teacher {iv['teacher_result']['value']:.2f} [{iv['teacher_result']['ci'][0]:.2f}," in line
+    )
+    assert line.split(": ", 1)[1] in md
+    assert json.loads((root / "cmp" / "results.json").read_text())["intervals"] == iv
 
 
 def test_ppl_per_token_and_per_second(models):
@@ -160,17 +192,32 @@ def test_ppl_per_token_and_per_second(models):
     ]
     recs[1]["score_from"] = 5
     (root / "ppl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    doc = evaluate(root / "student", "ppl", root / "ppl.jsonl", log=lambda m: None)["result"]
-    nll = sum(
-        -torch_logprobs(models["student"], r["ids"])[r.get("score_from", 1) - 1 :].sum()
-        for r in recs
+    logged = []
+    full = evaluate(root / "student", "ppl", root / "ppl.jsonl", log=logged.append, draws=300)
+    doc = full["result"]
+    per_seq = np.array(
+        [
+            -torch_logprobs(models["student"], r["ids"])[r.get("score_from", 1) - 1 :].sum()
+            for r in recs
+        ]
     )
+    nll = per_seq.sum()
     tokens = sum(len(r["ids"]) - r.get("score_from", 1) for r in recs)
     seconds = sum(r["seconds"] for r in recs)
     assert doc["scored_tokens"] == tokens
     assert doc["ppl"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
     assert doc["nll_per_second"] == pytest.approx(nll / seconds, rel=1e-5)
     assert doc["ppl_per_second"] == pytest.approx(math.exp(nll / seconds), rel=1e-4)
+    # its bootstrap interval: sequences resampled (numpy's Generator, seed 0), NLL pooled
+    n_tok = np.array([len(r["ids"]) - r.get("score_from", 1) for r in recs], float)
+    idx = np.random.default_rng(0).integers(0, 4, size=(300, 4))
+    lo, hi = np.percentile(np.exp(per_seq[idx].sum(1) / n_tok[idx].sum(1)), [2.5, 97.5])
+    iv = full["intervals"]["result"]
+    assert iv["n"] == 4 and iv["value"] == pytest.approx(math.exp(nll / tokens), abs=6e-4)
+    assert iv["ci"] == pytest.approx([lo, hi], abs=6e-3)  # rounded to 2 digits
+    assert any(
+        m.startswith("eval ppl: 95 % bootstrap interval (300 resamples of 4") for m in logged
+    )
 
 
 # ------------------------------------------------------------------ benchmark folder pairing
@@ -579,6 +626,7 @@ def test_reference_flags_are_checked(models, capsys):
     for extra, needle in (
         (["--reference", "copy", "--compare", str(root / "teacher")], "drop --compare"),
         (["--reference", "nonsense"], "invalid choice"),
+        (["--draws", "0"], "--draws: must be an integer >= 1, got 0"),
     ):
         try:  # argparse exits; a ConfigError is printed and returns 2
             code = cli.main(

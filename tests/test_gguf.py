@@ -478,3 +478,43 @@ def test_a_killed_exports_leftover_is_removed_by_the_next_export(model, tmp_path
     alive.write_bytes(b"being written")
     export_gguf(model["ckpt"], tmp_path / "m.gguf", "q4_0", layout=LAYOUT)
     assert sorted(os.listdir(tmp_path)) == [alive.name, "m.gguf"]
+
+
+def test_compare_gguf_scores_tasks_as_llama_cpp_and_jax_do(model):
+    """The demo's q8_0 row: each task scored in llama.cpp (pairs and perplexity) beside the JAX
+    model's per-item scores, given or computed, with the pairs decided alike counted."""
+    from tinywave_jax.eval import bootstrap
+    from tinywave_jax.eval.gguf_run import (
+        compare_gguf,
+        llama_cpp_pairwise_accuracy,
+        llama_cpp_perplexity,
+    )
+    from tinywave_jax.eval.harness import TaskInputs, run_task
+    from tinywave_jax.eval.pairwise import PairItem
+    from tinywave_jax.eval.sequences import checked_seq
+
+    rs = np.random.RandomState(6)
+
+    def seq(name):
+        return checked_seq([1, 101] + rs.randint(102, 202, 30).tolist(), name, score_from=2)
+
+    inputs = {
+        "ssc": TaskInputs("ssc", pairs=[PairItem(seq(f"p{i}"), seq(f"n{i}")) for i in range(6)]),
+        "ppl": TaskInputs("ppl", seqs=[seq(f"s{i}") for i in range(3)]),
+    }
+    params, config = model["params"], model["config"]
+    jax = {t: bootstrap.task_scores(t, run_task(params, config, inp)) for t, inp in inputs.items()}
+    llm = load_llama_cpp(model["files"]["q4_0"].path)
+    computed = compare_gguf(llm, params, config, inputs=inputs)["tasks"]
+    given = compare_gguf(llm, inputs=inputs, jax_scores=jax)["tasks"]  # no JAX model needed
+    pairs = llama_cpp_pairwise_accuracy(llm, inputs["ssc"].pairs)
+    ppl = llama_cpp_perplexity(llm, inputs["ppl"].seqs)
+    for got in (computed, given):
+        s, p = got["ssc"], got["ppl"]
+        assert s["result"] == pairs and list(s["scores"]) == [q["outcome"] for q in pairs["pairs"]]
+        assert s["jax_accuracy"] == pytest.approx(jax["ssc"].mean())
+        assert s["llama_cpp_accuracy"] == pairs["accuracy"]
+        agree = int((jax["ssc"] == s["scores"]).sum())
+        assert s["agreeing_pairs"] == agree and s["outcome_agreement"] == agree / 6
+        assert p["llama_cpp_ppl"] == ppl["ppl"] and list(p["scores"][0]) == ppl["sequence_nll"]
+        assert p["jax_ppl"] == pytest.approx(np.exp(jax["ppl"][0].sum() / jax["ppl"][1].sum()))

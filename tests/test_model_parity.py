@@ -216,3 +216,34 @@ def test_bfloat16_compute_close_to_float32():
     bf16 = llama.forward(params, cfg.replace(dtype="bfloat16", param_dtype="bfloat16"), ids).logits
     assert bf16.dtype == jnp.bfloat16
     assert rel_err(bf16, f32) < 3e-2
+
+
+def test_attention_maps_match_hf_and_the_demo_figure():
+    """`llama.attention_maps` (the dense path's softmax on the tapped q/k) equals transformers'
+    attention probabilities, a padded row included; the demo's figure averages them over heads."""
+    from tinywave_jax.demo.plots import attention_maps as demo_maps
+
+    model = make_hf_model(seed=6, num_key_value_heads=2)
+    cfg = jax_config(model)
+    params = params_from_hf(model, cfg)
+    t, pad_from = 40, 25
+    ids = np.random.RandomState(7).randint(0, cfg.vocab_size, (2, t))
+    mask = np.ones((2, t), np.int64)
+    mask[1, pad_from:] = 0
+    with torch.no_grad():
+        hf = model(
+            torch.tensor(ids), attention_mask=torch.tensor(mask), output_attentions=True
+        ).attentions
+    layers = (2, 0)  # in the order asked
+    maps = np.asarray(
+        llama.attention_maps(params, cfg, jnp.asarray(ids), layers, jnp.asarray(mask, jnp.int32))
+    )
+    assert maps.shape == (2, 2, cfg.num_attention_heads, t, t)
+    for i, layer in enumerate(layers):
+        ref = hf[layer].numpy()
+        assert rel_err(maps[i, 0], ref[0]) < 1e-5
+        assert rel_err(maps[i, 1, :, :pad_from, :pad_from], ref[1, :, :pad_from, :pad_from]) < 1e-5
+    figure = demo_maps(params, cfg, ids[0], layers)
+    np.testing.assert_allclose(
+        figure, np.stack([hf[layer].numpy()[0].mean(0) for layer in layers]), atol=1e-6
+    )

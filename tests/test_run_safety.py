@@ -319,7 +319,7 @@ def test_resume_notes_and_a_misspelt_allow_config_change_key_is_refused(tmp_path
     config, run_dir = _config(tmp_path, steps=3)
     # --resume of an empty folder, or past the end, says so
     assert _distill(config, "--resume") == 0
-    assert f"--resume: {run_dir} holds no checkpoint; starting" in caplog.text
+    assert f"resume: {run_dir} holds no checkpoint; starting" in caplog.text
     assert _distill(config, "--resume", "train.steps=2") == 0
     assert "checkpoint 3 is at or past train.steps=2" in caplog.text
     # nothing else changed: the typo used to pass unnoticed (exit 0), allowing nothing
@@ -578,3 +578,37 @@ def test_a_demo_stage_stopped_by_sigterm_saves_then_exits_143_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("tinywave demo-teacher: student/pretrain: stopped by SIGTERM at step")
     assert len(err.splitlines()) == 1
+
+
+def test_resume_errors_name_the_python_parameter(tmp_path):
+    """From Python the resume check names `allow_config_change`, the parameter a caller passes;
+    the CLI writes it as --allow-config-change (the tests above)."""
+    from tinywave_jax.errors import ConfigError
+    from tinywave_jax.train.resume import check_resume_config
+
+    saved = {"optimizer": {"learning_rate": 0.01}, "train": {"steps": 3}}
+    new = {"optimizer": {"learning_rate": 0.02}, "train": {"steps": 3}}
+    with pytest.raises(ConfigError) as e:
+        check_resume_config(saved, new, (), "run (checkpoint 3)")
+    assert "or allow_config_change optimizer.learning_rate to change" in str(e.value)
+    assert "--" not in str(e.value) and e.value.param == (None, "allow_config_change")
+    with pytest.raises(ConfigError, match="^allow_config_change optimiser: no such config key"):
+        check_resume_config(saved, new, ("optimiser",), "run (checkpoint 3)")
+    check_resume_config(saved, new, ("optimizer",), "run (checkpoint 3)")  # allowed on purpose
+
+
+def test_a_run_dir_with_checkpoints_names_resume(tmp_path, capsys):
+    """A second run into a run_dir with checkpoints is refused: from Python naming `resume`,
+    on the command line --resume (a run_dir named like the parameter is left alone)."""
+    from tinywave_jax.config import load_config
+    from tinywave_jax.errors import OutputExistsError
+    from tinywave_jax.train.config import DistillConfig
+
+    (tmp_path / "resume").mkdir()
+    config, run_dir = _config(tmp_path / "resume", steps=3)
+    assert _distill(config) == 0
+    assert _distill(config) == 2
+    err = _error_line(capsys)
+    assert f"{run_dir} already holds checkpoints (latest step 3); continue it with --resume," in err
+    with pytest.raises(OutputExistsError, match="continue it with resume, or choose another"):
+        run(load_config(DistillConfig, str(config), []))

@@ -165,9 +165,9 @@ def test_packed_shuffled_batches_join_their_tokens_cached_rows(corpus, cache):
             cols = np.nonzero(seg[r] == sid)[0]
             same[r, cols] = pos[r, cols[0]] == 0
     assert same.sum() > 50 and (~same & (seg > 0)).any()  # both kinds present
-    np.testing.assert_array_equal(np.asarray(feats["topk_ids"])[same], joined["topk_ids"][same])
+    np.testing.assert_array_equal(np.asarray(feats.topk_ids)[same], joined["topk_ids"][same])
     np.testing.assert_allclose(
-        np.asarray(feats["topk_logprobs"])[same],
+        np.asarray(feats.topk_logprobs)[same],
         joined["topk_logprobs"][same].astype(np.float32),
         atol=2e-2,
         rtol=2e-3,
@@ -300,3 +300,21 @@ def test_a_cache_on_a_bucket(corpus, cache, tmp_path):
             args = (np.zeros_like(pos), np.full_like(pos, rec), pos, ["speech"])
             np.testing.assert_array_equal(there.lookup(*args)[0], local.lookup(*args)[0])
             np.testing.assert_array_equal(there.lookup(*args)[1], local.lookup(*args)[1])
+
+
+def test_records_per_shard_is_named_as_the_parameter(tmp_path, capsys):
+    """From Python the error names `records_per_shard`; the CLI writes --records-per-shard."""
+    from tinywave_jax import cli
+
+    with pytest.raises(ConfigError, match="^records_per_shard: must be >= 1, got 0"):
+        build_teacher_cache(None, tmp_path / "cache", records_per_shard=0)
+    import yaml
+
+    from tinywave_jax.config import to_dict
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(to_dict(distill_config())))
+    argv = [str(config), "--out", str(tmp_path / "c"), "--records-per-shard", "0"]
+    code = cli.main(["teacher-cache", "build", *argv])
+    assert code == 2
+    assert "--records-per-shard: must be >= 1, got 0" in capsys.readouterr().err

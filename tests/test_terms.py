@@ -10,7 +10,15 @@ from train_fixtures import distill_config, one_step
 from tinywave_jax.config import from_dict
 from tinywave_jax.distill.losses import chunked_topk_losses, teacher_topk
 from tinywave_jax.distill.objective import DistillLossConfig, loss_terms, normalisers
-from tinywave_jax.distill.terms import Metric, Term, register_term, unregister_term
+from tinywave_jax.distill.terms import (
+    Features,
+    Metric,
+    Term,
+    TermInputs,
+    TermSum,
+    register_term,
+    unregister_term,
+)
 from tinywave_jax.errors import ConfigError
 from tinywave_jax.train.metrics import step_flops
 from tinywave_jax.train.recipes import prepare
@@ -61,7 +69,11 @@ def test_user_term_is_selected_computed_and_weighted(final_mse):
     assert cfg.active_terms() == ("final_mse",)
     terms = loss_terms(cfg, batch, {"final_hidden": s}, {"final_hidden": te})
     assert set(terms) == {"final_mse"}  # nothing else computed: no head kernels were given
+    assert isinstance(terms["final_mse"], TermSum)  # the user's plain pair, typed at the seam
     total, count = terms["final_mse"]
+    typed = loss_terms(cfg, batch, Features(final_hidden=s), Features(final_hidden=te))
+    assert float(typed["final_mse"].total) == float(total)
+    assert float(typed["final_mse"].tokens) == float(count)
     ref = ((s - te) ** 2).sum(-1)[seg != 0]
     np.testing.assert_allclose(float(total), ref.sum(), rtol=1e-6)
     assert float(count) == float(normalisers(batch)["valid_tokens"]) == (seg != 0).sum()
@@ -84,6 +96,32 @@ def test_unknown_or_negative_terms_are_refused_naming_the_key(final_mse):
         distill_config(distill={"terms": {"hidden": 1.0}})
     with pytest.raises(ValueError, match="registered already"):
         register_term(Term("final_mse", _final_mse, {"x": Metric("loss_tokens", "final_mse")}))
+
+
+def test_features_are_typed_and_a_misnamed_one_is_named(final_mse):
+    """The features a term reads are `Features` fields: a mapping with a misspelt key fails
+    naming it and the fields, a term asking for a feature that does not exist names it, and a
+    needed feature left out names the model, the feature and the term."""
+    batch = {
+        "targets": jnp.zeros((1, 3), jnp.int32),
+        "loss_mask": jnp.ones((1, 3), jnp.float32),
+        "segment_ids": jnp.ones((1, 3), jnp.int32),
+    }
+    cfg = from_dict(
+        DistillLossConfig,
+        {
+            "weights": {"ce": 0, "logit_kl": 0, "hidden": 0, "attention": 0},
+            "terms": {"final_mse": 1},
+        },
+    )
+    x = jnp.ones((1, 3, 2))
+    with pytest.raises(KeyError, match=r"unknown features \['final_hiden'\]; features are"):
+        loss_terms(cfg, batch, {"final_hiden": x}, {"final_hidden": x})
+    with pytest.raises(KeyError, match="student features lack 'final_hidden', needed by the final"):
+        loss_terms(cfg, batch, Features(), Features(final_hidden=x))
+    inputs = TermInputs(cfg, batch, Features(final_hidden=x), Features())
+    with pytest.raises(KeyError, match="my_term: no feature named 'logits'"):
+        inputs.need("student", "logits", "my_term")
 
 
 def test_what_runs_derives_from_the_active_terms():

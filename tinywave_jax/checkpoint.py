@@ -19,7 +19,6 @@ with an UnverifiedCheckpointWarning. The parameter layout is models/param_layout
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from . import __version__, storage
-from .errors import ConversionError, InputError, MissingInputError, TinywaveError, first_line
+from .errors import ConversionError, MissingInputError, TinywaveError, first_line
 from .models.config import LlamaConfig
 from .models.param_layout import check_params, flatten, param_shapes, set_path
 from .outputs import COMMIT_MARKER, atomic_output_dir, check_remote_complete, is_primary_process
@@ -71,21 +70,13 @@ def _params_files(params_dir: Path) -> list[str]:
     return storage.rel_files(params_dir)
 
 
-def _sha256(path: Path) -> str:
-    try:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-
-
 def hash_params(params_dir: str | Path) -> tuple[dict[str, str], dict[str, int]]:
     """(sha256 hex, size) of every file under `params_dir`, keyed by relative path; files are
     hashed in parallel threads (hashlib releases the GIL)."""
     params_dir = storage.path(params_dir)
     files = _params_files(params_dir)
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(files)))) as ex:
-        digests = list(ex.map(lambda rel: _sha256(params_dir / rel), files))
+        digests = list(ex.map(lambda rel: storage.sha256_file(params_dir / rel), files))
     sizes = [storage.size(params_dir / rel) for rel in files]
     return dict(zip(files, digests)), dict(zip(files, sizes))
 
@@ -175,7 +166,7 @@ def _verify_other_files(ckpt_dir, info: dict) -> None:
         elif rel not in recorded:
             what = "was not part of the saved checkpoint"
         elif (
-            _sha256(ckpt_dir / storage.safe_relpath(rel, str(ckpt_dir / INFO_FILE)))
+            storage.sha256_file(ckpt_dir / storage.safe_relpath(rel, str(ckpt_dir / INFO_FILE)))
             != recorded[rel]
         ):
             what = "differs from the sha256 recorded in tinywave.json when saved"
@@ -304,7 +295,7 @@ def save_model(
         if primary:
             # orbax's save returned once every process's shards are final
             info[HASHES_KEY], info[SIZES_KEY] = hash_params(tmp / "params")
-            info[FILES_KEY] = {rel: _sha256(tmp / rel) for rel in _other_files(tmp)}
+            info[FILES_KEY] = {rel: storage.sha256_file(tmp / rel) for rel in _other_files(tmp)}
             (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 

@@ -90,7 +90,8 @@ def flag_message(parser: argparse.ArgumentParser, args, e: BaseException) -> str
         if k == 0 and msg.startswith(param):
             msg = flag + msg[len(param) :]
         elif k > 0:
-            msg = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flag, msg)
+            # as a word of its own: not inside a path (runs/resume/) or a config key (data.x)
+            msg = re.sub(rf"(?<![\w./-]){re.escape(param)}(?![\w/-]|\.\w)", flag, msg)
     return msg
 
 

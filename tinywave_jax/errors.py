@@ -13,15 +13,17 @@ parameter's name and says so in `param`; the CLI (cli.py) writes the flag in its
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 
 class TinywaveError(Exception):
     """Root of the errors whose message tells the user what to fix. `param`: the function
     parameter the message starts with, which the CLI replaces by the flag that set it; a tuple
-    names further parameters the message mentions (each replaced wherever it stands as a word)."""
+    names further parameters the message mentions (each replaced wherever it stands as a word);
+    its first entry None: the message starts with no parameter."""
 
-    def __init__(self, *args, param: str | tuple[str, ...] | None = None):
+    def __init__(self, *args, param: str | tuple[str | None, ...] | None = None):
         super().__init__(*args)
         self.param = param
 
@@ -53,6 +55,18 @@ class RunStopped(TinywaveError):
     def __init__(self, message: str, signal: str = "SIGTERM"):
         super().__init__(message)
         self.signal = signal
+
+
+@contextlib.contextmanager
+def naming(param: str):
+    """A `TinywaveError` raised inside that names no parameter gets `param`: its message starts
+    with what a helper was told to call `param` (`what="out"`), which the CLI writes as a flag."""
+    try:
+        yield
+    except TinywaveError as e:
+        if e.param is None:
+            e.param = param
+        raise
 
 
 def first_line(e: BaseException, with_type: bool = False) -> str:

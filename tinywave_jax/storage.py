@@ -23,6 +23,7 @@ setting to fix instead of a library traceback after the first checkpoint.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from urllib.parse import urlsplit
 
 from etils import epath
 
-from .errors import ConfigError, MissingInputError, TinywaveError, first_line
+from .errors import ConfigError, InputError, MissingInputError, TinywaveError, first_line
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -366,6 +367,16 @@ def size(p) -> int:
     """The size in bytes of a local or remote file."""
     st = p.stat() if hasattr(p, "stat") else path(p).stat()
     return int(st.st_size if hasattr(st, "st_size") else st.length)
+
+
+def sha256_file(p) -> str:
+    """The sha256 hex digest of a local or remote file (the one definition: checkpoints,
+    teacher caches, vocoders and the demo's packages record and check files with it)."""
+    try:
+        with path(p).open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise InputError(f"{p}: cannot read: {e.strerror or e}") from None
 
 
 MIRROR_MANIFEST = ".tinywave-mirror.json"

@@ -43,7 +43,7 @@ import tensorflow_datasets as tfds
 
 from .. import storage
 from ..audio.extractor import CONFIG_FILE
-from ..errors import ConfigError, MissingInputError
+from ..errors import ConfigError, MissingInputError, naming
 from ..outputs import atomic_output_dir, write_file_atomic
 from .corpus_audio import audio_record, cached_extractor, combine_log_f0, item_log_f0_stats
 from .corpus_format import NAME, SPLITS, VERSION, CorpusError, encode_example, features
@@ -256,14 +256,17 @@ def build_corpus(
     each host computes those of its shards, then waits for the others' before extracting.
     """
     check_hosts(num_hosts, host_index)
-    storage.check_gcs(out, write=True, what="corpus --out")
+    with naming("out"):
+        storage.check_gcs(out, write=True, what="out")
     out = storage.absolute(out)
     if (manifest is None) == (audio_dir is None):
         raise CorpusError("give exactly one of a manifest or an audio folder")
     items = read_manifest(manifest) if manifest is not None else scan_audio_folder(audio_dir)
     mode = "audio" if extractor is not None else "units"
     if mode == "units" and audio_dir is not None:
-        raise CorpusError("an audio folder needs --extractor DIR")
+        raise CorpusError(
+            "extractor: an audio folder needs a units folder to tokenise it", param="extractor"
+        )
     if not items:
         raise CorpusError(f"no utterances found in {manifest or audio_dir}")
     ids = Counter(item_id(i) for i in items)

@@ -10,13 +10,11 @@ the same resamples for every model, so a difference between two models gets its 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-from ..eval.bootstrap import interval as _interval
-from ..eval.bootstrap import resamples as _resamples
+from ..eval import bootstrap
 
 CLOZE = ("ssc", "tsc")
 GGUF_FILE = "student.q8_0.gguf"  # the quantized student the results table scores in llama.cpp
@@ -86,10 +84,7 @@ def reference_scores(inputs: dict, params, config) -> dict:
     from ..eval.references import copy_rule_accuracy, ending_alone
 
     cloze = {t: inp for t, inp in inputs.items() if t.partition(UNSEEN)[0] in CLOZE}
-    copy = {
-        t: np.asarray([p["outcome"] for p in copy_rule_accuracy(inp.pairs)["pairs"]])
-        for t, inp in cloze.items()
-    }
+    copy = {t: bootstrap.task_scores(t, copy_rule_accuracy(inp.pairs)) for t, inp in cloze.items()}
     alone = {t: TaskInputs(t, pairs=ending_alone(inp.pairs)) for t, inp in cloze.items()}
     return {"copy_rule": copy, "ending_alone": score_model(params, config, alone)}
 
@@ -108,14 +103,7 @@ def score_model(params, config, inputs: dict) -> dict:
 
     out = {}
     for task, inp in inputs.items():
-        r = run_task(params, config, inp, scoring="mean")
-        if task == "ppl":
-            out[task] = (
-                np.asarray(r["sequence_nll"]),
-                np.asarray(r["sequence_tokens"], np.float64),
-            )
-        else:
-            out[task] = np.asarray([p["outcome"] for p in r["pairs"]])
+        out[task] = bootstrap.task_scores(task, run_task(params, config, inp, scoring="mean"))
     return out
 
 
@@ -130,80 +118,43 @@ def export_student_gguf(student_ckpt: Path, out_dir: Path, layout_path: Path, lo
     return out
 
 
-def score_llama_cpp(gguf_path: Path, inputs: dict) -> dict:
-    """`score_model`'s raw scores from llama.cpp running a GGUF file (llama-cpp-python),
-    the same inputs, the same scoring (mean log-likelihood per unit, pooled perplexity)."""
-    from ..eval.gguf_run import (
-        llama_cpp_pairwise_accuracy,
-        llama_cpp_perplexity,
-        load_llama_cpp,
-    )
+def score_llama_cpp(gguf_path: Path, inputs: dict, student_raw: dict) -> tuple[dict, float]:
+    """(`score_model`'s raw scores from llama.cpp running a GGUF file, the share of pairs in %
+    it decides as the float32 student did): `eval.gguf_run.compare_gguf` on the same inputs,
+    the same scoring (mean log-likelihood per unit, pooled perplexity)."""
+    from ..eval.gguf_run import compare_gguf
 
-    llm = load_llama_cpp(gguf_path)
-    out = {}
-    for task, inp in inputs.items():
-        if task == "ppl":
-            r = llama_cpp_perplexity(llm, inp.seqs)
-            out[task] = (
-                np.asarray(r["sequence_nll"]),
-                np.asarray(r["sequence_tokens"], np.float64),
-            )
-        else:
-            r = llama_cpp_pairwise_accuracy(llm, inp.pairs, scoring="mean")
-            out[task] = np.asarray([p["outcome"] for p in r["pairs"]])
-    return out
+    tasks = compare_gguf(gguf_path, inputs=inputs, jax_scores=student_raw)["tasks"]
+    pairs = [v for v in tasks.values() if "agreeing_pairs" in v]
+    agree = sum(v["agreeing_pairs"] for v in pairs) / sum(v["n_pairs"] for v in pairs)
+    return {task: v["scores"] for task, v in tasks.items()}, round(100 * agree, 2)
 
 
 def ppl_of(nll: np.ndarray, tokens: np.ndarray) -> float:
-    return math.exp(nll.sum() / tokens.sum())
-
-
-def _statistic(task: str, scores, idx=None):
-    """A task's statistic (accuracy in %, or perplexity) on all items, or with `idx` [draws, n]
-    on each resample (an array of `draws` values)."""
-    if task == "ppl":
-        nll, tok = scores
-        return ppl_of(nll, tok) if idx is None else np.exp(nll[idx].sum(1) / tok[idx].sum(1))
-    return 100 * float(scores.mean()) if idx is None else 100 * scores[idx].mean(1)
-
-
-def _tasks(raw: dict, draws: int, seed: int):
-    """(task, the key it reports under, its resamples) for each task, in a fixed order: the
-    resamples depend only on (task, n, draws, seed), so every model scored on the same inputs
-    gets the same ones."""
-    for k, task in enumerate(sorted(raw)):
-        n = len(raw[task][0] if task == "ppl" else raw[task])
-        yield task, result_key(task), _resamples(n, draws, seed + k)
+    return bootstrap.statistic(bootstrap.PPL, (nll, tokens))
 
 
 def summarize(raw: dict, draws: int, seed: int = 0) -> dict:
-    """One model's row from raw scores: accuracies in %, perplexity, each with `<key>_ci`, and
-    `pairs`."""
+    """One model's row from raw scores (`eval.bootstrap.summarize`): accuracies in %,
+    perplexity, each with `<key>_ci`, under the demo's keys, and `pairs`."""
     row, pairs = {}, {}
-    for task, key, idx in _tasks(raw, draws, seed):
-        row[key] = round(_statistic(task, raw[task]), 3 if task == "ppl" else 2)
-        row[f"{key}_ci"] = _interval(_statistic(task, raw[task], idx))
-        if task == "ppl":
+    for task, s in bootstrap.summarize(raw, draws, seed).items():
+        key = result_key(task)
+        row[key], row[f"{key}_ci"] = s["value"], s["ci"]
+        if task == bootstrap.PPL:
             row["ppl_tokens"] = int(raw[task][1].sum())
         else:
-            pairs[task] = len(raw[task])
+            pairs[task] = s["n"]
     row["pairs"] = pairs
     return row
 
 
 def difference(raw_a: dict, raw_b: dict, draws: int, seed: int = 0) -> dict:
-    """{key: {"diff", "ci"}}: model a minus model b (accuracy points, perplexity), with the
-    paired-bootstrap interval (both on the same resamples, those of `summarize`)."""
-    out = {}
-    for task, key, idx in _tasks(raw_a, draws, seed):
-        a, b = raw_a[task], raw_b[task]
-        if task == "ppl":
-            diff = _statistic(task, a) - _statistic(task, b)
-            boot = _statistic(task, a, idx) - _statistic(task, b, idx)
-        else:  # accuracy is linear in the outcomes: score the paired differences
-            diff, boot = _statistic(task, a - b), _statistic(task, a - b, idx)
-        out[key] = {"diff": round(diff, 3 if task == "ppl" else 2), "ci": _interval(boot)}
-    return out
+    """{key: {"diff", "ci"}}: model a minus model b with its paired-bootstrap interval
+    (`eval.bootstrap.difference`, on the resamples of `summarize`), under the demo's keys."""
+    return {
+        result_key(task): d for task, d in bootstrap.difference(raw_a, raw_b, draws, seed).items()
+    }
 
 
 def save_raw(path: Path, raw: dict) -> None:
@@ -279,10 +230,11 @@ def export_and_compare(
         "equal": True,
     }
     if gguf is not None:
-        from ..eval.gguf_run import llama_cpp_greedy, load_llama_cpp
+        from ..eval.gguf_run import compare_gguf, load_llama_cpp
 
-        cpp_out = llama_cpp_greedy(load_llama_cpp(gguf, logits_all=False), prompt, new_tokens)
-        same = decode.common_prefix(jax_out, cpp_out)
+        llm = load_llama_cpp(gguf, logits_all=False)  # greedy only: no logits kept
+        cont = compare_gguf(llm, prompt=prompt, jax_continuation=jax_out, log=lambda m: None)
+        cpp_out, same = cont["continuation"]["llama_cpp"], cont["continuation"]["common_prefix"]
         log(f"  llama.cpp q8_0 greedy: {show(cpp_out)}")
         log(f"  llama.cpp ({gguf.name}) equals JAX on the first {same}/{new_tokens} tokens")
         doc.update(gguf=str(gguf), llama_cpp_q8_0=cpp_out, llama_cpp_common_prefix=same)

@@ -50,30 +50,14 @@ def plot_losses(runs: dict[str, Path], out: Path) -> Path:
 
 
 def attention_maps(params, config, ids: np.ndarray, layers: tuple[int, ...]) -> np.ndarray:
-    """Head-averaged causal attention probabilities [len(layers), T, T] of one sequence,
-    recomputed from the post-RoPE queries and keys the model taps."""
+    """Head-averaged causal attention probabilities [len(layers), T, T] of one sequence, from
+    the model's own attention (`models.llama.attention_maps`)."""
     import jax.numpy as jnp
 
-    from ..models.llama import forward
+    from ..models.llama import attention_maps as model_maps
 
-    out = forward(
-        params,
-        config,
-        jnp.asarray(ids[None]),
-        tap_layers=tuple(layers),
-        tap_qk=True,
-        return_logits=False,
-    )
-    q = np.asarray(out.queries[:, 0], np.float64)  # [L, T, H, hd]
-    k = np.asarray(out.keys[:, 0], np.float64)  # [L, T, KVH, hd]
-    k = np.repeat(k, config.num_attention_heads // config.num_key_value_heads, axis=2)
-    scores = np.einsum("lqhd,lkhd->lhqk", q, k) / np.sqrt(config.head_dim)
-    t = len(ids)
-    scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
-    scores -= scores.max(axis=-1, keepdims=True)
-    p = np.exp(scores)
-    p /= p.sum(axis=-1, keepdims=True)
-    return p.mean(axis=1)
+    maps = model_maps(params, config, jnp.asarray(ids[None]), layers)  # [L, 1, H, T, T]
+    return np.asarray(maps[:, 0], np.float64).mean(axis=1)
 
 
 def plot_attention(

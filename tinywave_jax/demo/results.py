@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from .evaluate import CLOZE, UNSEEN_BENCH
 from .speech import Cast
 from .training import ROWS
@@ -132,16 +130,14 @@ def _score_q8_0(demo, student_row: dict, student_raw: dict, inputs: dict, log) -
     gguf = export_student_gguf(
         demo.rows()["student"]["model"], demo.dir, demo.tokens_dir / "layout.json", log
     )
-    raw = score_llama_cpp(gguf, inputs)
+    raw, agreement = score_llama_cpp(gguf, inputs, student_raw)
     save_raw(demo.dir / "scores" / f"{Q8}.json", raw)
     row = summarize(raw, demo.settings.bootstrap, demo.settings.seed)
-    pairs = [t for t in raw if t != "ppl"]
-    agree = np.mean(np.concatenate([raw[t] == student_raw[t] for t in pairs]))
     row.update(
         {k: student_row[k] for k in ("layers", "params")},
         gguf=str(gguf),
         gguf_bytes=gguf.stat().st_size,
-        outcome_agreement=round(100 * float(agree), 2),
+        outcome_agreement=agreement,
     )
     log(
         f"  {Q8} (llama.cpp): "

@@ -16,12 +16,12 @@ Stages (in WORKDIR, each recorded when done, so a rerun resumes):
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from ..errors import InputError
+from ..storage import sha256_file
 from .settings import TeacherSettings, settings_dict
 from .stages import StagedRun
 
@@ -32,14 +32,6 @@ PACKAGE_DIRS = {  # variant -> its shipped teacher
 }
 PROVENANCE = "provenance.json"
 FORMAT = "tinywave-demo-teacher/1"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def folder_hashes(folder: Path) -> dict[str, str]:

@@ -21,15 +21,17 @@ from .losses import (
     init_hidden_projector,
 )
 from .objective import DistillLossConfig, LossWeights, distill_loss
-from .terms import Metric, Term, TermInputs, register_term
+from .terms import Features, Metric, Term, TermInputs, TermSum, register_term
 
 __all__ = [
     "DistillLossConfig",
+    "Features",
     "LayerMap",
     "LossWeights",
     "Metric",
     "Term",
     "TermInputs",
+    "TermSum",
     "register_term",
     "attention_kl",
     "check_layer_map_spec",

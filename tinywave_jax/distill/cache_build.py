@@ -32,6 +32,7 @@ from ..models import llama
 from ..models.llama import apply_llama, lm_head_kernel
 from ..outputs import is_primary_process, write_file_atomic
 from ..parallel import axis_rules_context, batch_divisor, batch_sharding, make_mesh, tree_shardings
+from ..storage import sha256_file
 from ..train.recipes import _source_config, load_or_init
 from .losses import teacher_topk
 from .teacher_cache import (
@@ -43,7 +44,6 @@ from .teacher_cache import (
     TeacherCacheError,
     _differences,
     run_identity,
-    sha256_file,
     shard_name,
 )
 
@@ -124,7 +124,9 @@ def build_teacher_cache(
     (seconds and tokens/s of this call's built shards, the teacher's compilation left out)."""
 
     if records_per_shard < 1:
-        raise ConfigError(f"--records-per-shard: must be >= 1, got {records_per_shard}")
+        raise ConfigError(
+            f"records_per_shard: must be >= 1, got {records_per_shard}", param="records_per_shard"
+        )
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, top_k=top_k))
     if source is None:
         corpus = cfg.data.corpus_config()

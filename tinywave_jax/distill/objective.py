@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from ..errors import ConfigError
 from .layer_map import check_layer_map_spec
-from .terms import PAPER_TERMS, TERMS, Metric, TermInputs, declared_metrics
+from .terms import PAPER_TERMS, TERMS, Features, Metric, TermInputs, TermSum, declared_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,30 +144,31 @@ def _declared(name: str) -> Metric:
 
 
 # ---- terms: (sum, count) over the tokens each averages ------------------------------------------
-Terms = dict  # name -> (sum, count): float32 scalars, or [pairs] arrays for per-layer metrics
+Terms = dict[str, TermSum]  # metric name -> its (sum, count)
 
 
 def loss_terms(
     cfg: DistillLossConfig,
     batch: Mapping,
-    student: Mapping,
-    teacher: Mapping,
+    student: Features | Mapping,
+    teacher: Features | Mapping,
     projector: Optional[Mapping] = None,
 ) -> Terms:
-    """Every term with weight > 0 (and the metrics computed alongside) as (sum, count).
+    """Every term with weight > 0 (and the metrics computed alongside) as a `TermSum`.
 
     batch: "targets" [B, T], "loss_mask" [B, T], "segment_ids" [B, T].
-    student / teacher features (each needed only when its term's weight is > 0):
+    student / teacher: `Features` (or a mapping of its field names), each field needed only
+    when its term's weight is > 0:
       "final_hidden" [B, T, D] post-norm, "head_kernel" [D, V]   (ce, logit_kl; ce needs student only)
       "hidden": per mapped pair [B, T, D]                          (hidden)
       "q": per mapped pair [B, T, H, hd], "k": [B, T, KVH, hd]     (attention)
       teacher "topk_ids", "topk_logprobs" [B, T, k]                 (topk_kl)
-    and whatever a registered term reads (terms.py). Per-pair features are lists in layer-map
+    Per-pair features are lists in layer-map
     order (entry i of the student list is aligned to entry i of the teacher list) or arrays
     stacked on a leading pair axis.
     projector: {"kernel": [P, D_s, D_t]} from `init_hidden_projector`, required when widths differ.
     """
-    inputs = TermInputs(cfg, batch, student, teacher, projector)
+    inputs = TermInputs(cfg, batch, Features.of(student), Features.of(teacher), projector)
     active = cfg.active_terms()
     terms: Terms = {}
     for name in active:
@@ -177,7 +178,7 @@ def loss_terms(
         for metric, value in t.fn(inputs).items():
             if metric not in t.metrics:
                 raise KeyError(f"term {name!r} returned undeclared metric {metric!r}")
-            terms.setdefault(metric, value)  # "ce" from the first pass that reports it
+            terms.setdefault(metric, TermSum(*value))  # "ce" from the first pass reporting it
     return terms
 
 
@@ -221,8 +222,8 @@ def metric_values(cfg: DistillLossConfig, terms: Terms, counts: Mapping) -> dict
 def distill_loss(
     cfg: DistillLossConfig,
     batch: Mapping,
-    student: Mapping,
-    teacher: Mapping,
+    student: Features | Mapping,
+    teacher: Features | Mapping,
     projector: Optional[Mapping] = None,
 ) -> tuple[jax.Array, dict]:
     """The weighted loss of one batch and its metrics (`loss_terms` for the arguments): total =

@@ -56,11 +56,6 @@ def shard_name(s: int) -> str:
     return f"shard-{s:05d}"
 
 
-def sha256_file(p: Path) -> str:
-    with open(p, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def teacher_identity(teacher) -> dict:
     """The teacher a cache belongs to (`teacher:` section): a checkpoint by the sha256 over its
     recorded file hashes (no weights read), a random one by shape and seed; and the dtype it ran in."""
@@ -203,7 +198,7 @@ class TeacherCache:
             meta = self.shards[s]
             for suffix in ("ids", "lp"):
                 name = f"{shard_name(s)}.{suffix}.npy"
-                if sha256_file(self.dir / name) != meta["files"][name]["sha256"]:
+                if storage.sha256_file(self.dir / name) != meta["files"][name]["sha256"]:
                     raise TeacherCacheError(
                         f"teacher.cache {self.where}: {name} differs from the sha256 recorded "
                         f"in {shard_name(s)}.json (damaged; it holds records "

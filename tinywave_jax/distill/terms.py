@@ -3,7 +3,9 @@
 A `Term` names its weight (a `distill.weights` field for the paper's four terms, a
 `distill.terms.<name>` entry for every other registered term), the metrics it reports (each with
 its normaliser, `Metric`), the features it needs from the student and the teacher, and a pure
-function `fn(ctx) -> {metric: (sum, count)}`. Everything else derives from the active terms
+function `fn(ctx) -> {metric: (sum, count)}`. At the seams the records are typed: each model's
+features are a `Features` (the train step builds them; a mapping of the same names is converted),
+each metric's pair a `TermSum(total, tokens)`. Everything else derives from the active terms
 (weight > 0): which features the step taps, whether and how far the teacher runs, which teacher
 outputs a cache must hold, the FLOPs counted, the progress line.
 
@@ -22,8 +24,9 @@ A user's own term: `register_term(Term(...))` from Python before the config is l
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Final, Literal, Mapping, Optional
+from typing import Any, Callable, Final, Literal, Mapping, NamedTuple, Optional, Union
 
+import jax
 import jax.numpy as jnp
 
 from .attention_kl import attention_kl
@@ -47,6 +50,42 @@ class Metric:
     per_layer: bool = False  # one value per mapped layer pair; the term is their mean
 
 
+PerPair = Union[jax.Array, list, tuple]  # per mapped layer pair: a list, or stacked on axis 0
+
+
+class Features(NamedTuple):
+    """What one model hands the loss terms: each field None unless an active term needs it (the
+    feature names above). A pytree, so it passes jit, `lax.stop_gradient` and scans as is."""
+
+    final_hidden: Optional[jax.Array] = None  # "output": [B, T, D] after the final norm
+    head_kernel: Optional[jax.Array] = None  # "output": [D, V], logits = final_hidden @ it
+    hidden: Optional[PerPair] = None  # "hidden": [B, T, D] per mapped pair
+    q: Optional[PerPair] = None  # "qk": post-RoPE queries [B, T, H, hd] per mapped pair
+    k: Optional[PerPair] = None  # "qk": post-RoPE keys [B, T, KVH, hd] per mapped pair
+    topk_ids: Optional[jax.Array] = None  # "topk", teacher only: [B, T, k] ids
+    topk_logprobs: Optional[jax.Array] = None  # "topk", teacher only: [B, T, k] log-probs
+
+    @classmethod
+    def of(cls, feats: "Features | Mapping | None") -> "Features":
+        """`feats` as a Features: a mapping's keys must be field names (a typo fails naming it)."""
+        if isinstance(feats, Features):
+            return feats
+        feats = dict(feats or {})
+        unknown = sorted(set(feats) - set(cls._fields))
+        if unknown:
+            raise KeyError(f"unknown features {unknown}; features are {list(cls._fields)}")
+        return cls(**feats)
+
+
+class TermSum(NamedTuple):
+    """One metric of a batch as the exact (sum, count) pair the train step accumulates: the sum
+    over the tokens it averages and their count, float32 scalars or [pairs] arrays for a
+    per-layer metric."""
+
+    total: jax.Array
+    tokens: jax.Array
+
+
 @dataclasses.dataclass(frozen=True)
 class TermInputs:
     """What a term's function gets: the `distill:` config, the batch (targets, loss_mask,
@@ -55,17 +94,20 @@ class TermInputs:
 
     cfg: Any  # objective.DistillLossConfig
     batch: Mapping
-    student: Mapping
-    teacher: Mapping
+    student: Features
+    teacher: Features
     projector: Optional[Mapping] = None
 
     def need(self, who: str, key: str, term: str):
         feats = self.student if who == "student" else self.teacher
-        if key not in feats or feats[key] is None:
+        if key not in Features._fields:
+            raise KeyError(f"{term}: no feature named {key!r}; features are {Features._fields}")
+        value = getattr(feats, key)
+        if value is None:
             raise KeyError(
                 f"{who} features lack {key!r}, needed by the {term} term (its weight is > 0)"
             )
-        return feats[key]
+        return value
 
     def aligned(self, key: str, term: str) -> list[tuple]:
         """(student, teacher) per mapped pair of per-pair feature `key`."""
@@ -82,7 +124,7 @@ class TermInputs:
 @dataclasses.dataclass(frozen=True)
 class Term:
     name: str  # also its weight's name
-    fn: Callable[[TermInputs], dict]  # -> {metric: (sum, count)}, metrics as declared
+    fn: Callable[[TermInputs], Mapping]  # -> {metric: TermSum or (sum, count)}, as declared
     metrics: Mapping[str, Metric]
     needs_student: frozenset = frozenset()
     needs_teacher: frozenset = frozenset()
@@ -104,17 +146,19 @@ def _layers(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x[i] for i in range(x.shape[0])]
 
 
-def _stack(per_layer: list[dict]) -> tuple:
-    return (jnp.stack([o["sum"] for o in per_layer]), jnp.stack([o["count"] for o in per_layer]))
+def _stack(per_layer: list[dict]) -> TermSum:
+    return TermSum(
+        jnp.stack([o["sum"] for o in per_layer]), jnp.stack([o["count"] for o in per_layer])
+    )
 
 
-def _pairs(sums: dict) -> dict:
+def _pairs(sums: dict) -> dict[str, TermSum]:
     count = sums.pop("num_tokens")
-    return {k: (v, count) for k, v in sums.items()}
+    return {k: TermSum(v, count) for k, v in sums.items()}
 
 
 # ---- the paper's four terms (weights: distill.weights.<name>) -----------------------------------
-def _ce(x: TermInputs) -> dict:
+def _ce(x: TermInputs) -> dict[str, TermSum]:
     b = x.batch
     return _pairs(
         chunked_cross_entropy(
@@ -127,7 +171,7 @@ def _ce(x: TermInputs) -> dict:
     )
 
 
-def _logit_kl(x: TermInputs) -> dict:
+def _logit_kl(x: TermInputs) -> dict[str, TermSum]:
     b = x.batch
     return _pairs(
         chunked_logit_losses(
@@ -143,7 +187,7 @@ def _logit_kl(x: TermInputs) -> dict:
     )
 
 
-def _hidden(x: TermInputs) -> dict:
+def _hidden(x: TermInputs) -> dict[str, TermSum]:
     valid = x.batch["segment_ids"] != 0
     per_layer = []
     for i, (s, t) in enumerate(x.aligned("hidden", "hidden")):
@@ -159,7 +203,7 @@ def _hidden(x: TermInputs) -> dict:
     return {"hidden": _stack(per_layer)}
 
 
-def _attention(x: TermInputs) -> dict:
+def _attention(x: TermInputs) -> dict[str, TermSum]:
     c = x.cfg
     qs, ks = x.aligned("q", "attention"), x.aligned("k", "attention")
     return {
@@ -182,7 +226,7 @@ def _attention(x: TermInputs) -> dict:
     }
 
 
-def _topk_kl(x: TermInputs) -> dict:
+def _topk_kl(x: TermInputs) -> dict[str, TermSum]:
     b = x.batch
     return _pairs(
         chunked_topk_losses(

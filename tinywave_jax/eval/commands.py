@@ -21,7 +21,9 @@ def register(subparsers) -> None:
         "eval",
         help="pairwise-likelihood benchmarks and perplexity (teacher vs student)",
         description="Scores a checkpoint on a benchmark. Pairwise tasks count a pair 1 when the "
-        "positive scores higher, 0.5 on a tie, 0 otherwise. " + TASK_HELP,
+        "positive scores higher, 0.5 on a tie, 0 otherwise. Each result comes with a 95 %% "
+        "bootstrap interval; with --compare, the teacher's and the student-minus-teacher "
+        "difference's too, on the same resamples (paired). " + TASK_HELP,
     )
     p.add_argument("ckpt", help="tinywave model checkpoint (the student, when --compare is given)")
     p.add_argument("--task", required=True, choices=TASKS)
@@ -62,6 +64,14 @@ def register(subparsers) -> None:
         "each ending's unit n-grams, n = 1..4, already in the context; CKPT only names the "
         "vocabulary), ending = CKPT scores the endings without the story",
     )
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=2000,
+        help="bootstrap resamples of the pairs (sequences for ppl) for the 95 %% intervals "
+        "printed and saved with every result, paired between student and teacher (default 2000)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--split", default="test", help="corpus split for --task ppl (default test)")
     p.add_argument("--limit", type=int, help="only the first N pairs / sequences")
 
@@ -96,5 +106,7 @@ def _run(args) -> int:
         verify=not args.no_verify,
         fsdp=args.fsdp,
         reference=args.reference,
+        draws=args.draws,
+        seed=args.seed,
     )
     return 0

@@ -83,9 +83,14 @@ def cloze_pairs(items: list[ClozeItem], task: str, layout, tokenizer=None, audio
     `tokenizer`: the text tokenizer (text tasks)."""
     ctx_mod, end_mod = CROSS_MODAL_TASKS[task]
     if SPEECH in (ctx_mod, end_mod) and audio is None:
-        raise ConfigError(f"{task}: speech spans need --extractor (a units folder)")
+        raise ConfigError(
+            f"{task}: speech spans need extractor (a units folder)", param=(None, "extractor")
+        )
     if TEXT in (ctx_mod, end_mod) and tokenizer is None:
-        raise ConfigError(f"{task}: text spans need --tokenizer (a Hugging Face tokenizer folder)")
+        raise ConfigError(
+            f"{task}: text spans need tokenizer (a Hugging Face folder)",
+            param=(None, "tokenizer"),
+        )
 
     def tokens(value, modality, where):
         if modality == SPEECH:

@@ -1,6 +1,7 @@
 """Running an exported GGUF file in llama.cpp (through `llama-cpp-python`, the `gguf` extra):
-per-token log-probabilities, greedy continuation, pairwise accuracy, and `export_gguf_and_compare`,
-the check that a GGUF export scores and continues like the JAX model it came from.
+per-token log-probabilities, greedy continuation, pairwise accuracy and perplexity (`run_task`'s
+counterpart), and `compare_gguf` / `export_gguf_and_compare`: one check that a GGUF export scores
+and continues like the JAX model it came from (the demo's q8_0 row and continuation use it too).
 
 Token ids go in directly (no llama.cpp tokenizer in between), as the audio tokenizer in front
 of a speech LM produces them. Log-probabilities follow `scoring.score_sequences`:
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -20,7 +21,10 @@ from ..convert.gguf_export import export_gguf
 from ..errors import InputError
 from ..models import decode
 from ..scoring import score_sequences
-from .pairwise import pair_outcome, pairwise_accuracy, sequence_score
+from . import bootstrap
+from .bootstrap import PPL
+from .harness import TaskInputs, run_task
+from .pairwise import pair_outcome, sequence_score
 
 
 def load_llama_cpp(
@@ -211,6 +215,81 @@ def llama_cpp_perplexity(model, seqs: list) -> dict:
     }
 
 
+def run_task_llama_cpp(model, inputs: TaskInputs, scoring: str = "mean") -> dict:
+    """`harness.run_task` in llama.cpp: the same result keys (pairs or per-sequence NLL)."""
+    if inputs.task == PPL:
+        return llama_cpp_perplexity(model, inputs.seqs or [])
+    return llama_cpp_pairwise_accuracy(model, inputs.pairs or [], scoring)
+
+
+def compare_gguf(
+    model,
+    params=None,
+    config=None,
+    *,
+    inputs: Mapping[str, TaskInputs] | None = None,
+    jax_scores: Mapping[str, bootstrap.Scores] | None = None,
+    prompt: Sequence[int] | None = None,
+    new_tokens: int = 24,
+    jax_continuation: Sequence[int] | None = None,
+    scoring: str = "mean",
+    log=print,
+) -> dict:
+    """llama.cpp running a GGUF file (`model`: its path or a loaded `llama_cpp.Llama`) against
+    the JAX model it was exported from (`params`, `config`; not needed for what is given).
+
+    inputs: {task: TaskInputs}, each scored in llama.cpp and in JAX (`jax_scores`: the JAX
+    model's per-item scores, `bootstrap.task_scores`, where scored already): "tasks": {task:
+    {"result": llama.cpp's result, "scores": its per-item scores, "jax_accuracy" and
+    "llama_cpp_accuracy" (fractions), "n_pairs", "agreeing_pairs" and "outcome_agreement"
+    (pairs decided alike, a fraction); for perplexity "jax_ppl" and "llama_cpp_ppl"}}.
+    prompt: greedy continuation of `new_tokens` in both (`jax_continuation`: JAX's, where
+    decoded already): "continuation": {"prompt", "jax", "llama_cpp", "common_prefix"}.
+    Nothing is asserted (a quantized file may differ a little)."""
+    llm = _model(model)
+    doc: dict = {}
+    if inputs:
+        doc["tasks"] = {}
+        for task, inp in inputs.items():
+            jax = (jax_scores or {}).get(task)
+            if jax is None:
+                jax = bootstrap.task_scores(task, run_task(params, config, inp, scoring))
+            result = run_task_llama_cpp(llm, inp, scoring)
+            cpp = bootstrap.task_scores(task, result)
+            entry: dict = {"result": result, "scores": cpp}
+            if task == PPL:
+                entry.update(jax_ppl=bootstrap.statistic(task, jax), llama_cpp_ppl=result["ppl"])
+            else:
+                agree = int(np.sum(np.asarray(jax) == np.asarray(cpp)))
+                entry.update(
+                    jax_accuracy=float(np.mean(jax)),
+                    llama_cpp_accuracy=result["accuracy"],
+                    n_pairs=len(cpp),
+                    agreeing_pairs=agree,
+                    outcome_agreement=agree / len(cpp),
+                )
+            doc["tasks"][task] = entry
+    if prompt is not None:
+        prompt = [int(i) for i in prompt]
+        jax_out = (
+            decode.greedy(params, config, prompt, new_tokens)
+            if jax_continuation is None
+            else [int(i) for i in jax_continuation]
+        )
+        cpp_out = llama_cpp_greedy(llm, prompt, len(jax_out))
+        same = decode.common_prefix(jax_out, cpp_out)
+        doc["continuation"] = {
+            "prompt": prompt,
+            "jax": jax_out,
+            "llama_cpp": cpp_out,
+            "common_prefix": same,
+        }
+        log(
+            f"  greedy continuation: llama.cpp equals JAX on the first {same}/{len(jax_out)} tokens"
+        )
+    return doc
+
+
 def export_gguf_and_compare(
     ckpt_dir: str | Path,
     out: str | Path,
@@ -224,11 +303,11 @@ def export_gguf_and_compare(
     scoring: str = "mean",
     log=print,
 ) -> dict:
-    """Exports `ckpt_dir` to the GGUF file `out` and compares llama.cpp on it with the JAX model:
-    pairwise accuracy of `items` (eval.pairwise.PairItem) in both, with the share of pairs
-    whose outcome agrees and the per-token log-prob gap (mean, max |JAX - llama.cpp|); the
-    greedy continuation of `prompt` (ids) in both and the length of their common prefix. Returns
-    a JSON-able dict; nothing is asserted (a quantized file may differ a little)."""
+    """Exports `ckpt_dir` to the GGUF file `out` and compares llama.cpp on it with the JAX model
+    (`compare_gguf`): pairwise accuracy of `items` (eval.pairwise.PairItem) in both, with the
+    share of pairs whose outcome agrees and the per-token log-prob gap (mean, max |JAX -
+    llama.cpp|); the greedy continuation of `prompt` (ids) in both and the length of their
+    common prefix. Returns a JSON-able dict; nothing is asserted."""
 
     result = export_gguf(ckpt_dir, out, gguf_type, overwrite=overwrite, layout=layout)
     for note in result.notes:
@@ -237,9 +316,19 @@ def export_gguf_and_compare(
     log(f"  wrote {result.path} ({result.type}, {result.bytes / 1e6:.2f} MB)")
     params, config, _ = load_model(ckpt_dir)
     llm = load_llama_cpp(result.path)
+    inputs = {"pairs": TaskInputs("pairs", pairs=items)} if items else None
+    compared = compare_gguf(
+        llm,
+        params,
+        config,
+        inputs=inputs,
+        prompt=prompt,
+        new_tokens=new_tokens,
+        scoring=scoring,
+        log=log,
+    )
     if items:
-        jax_acc = pairwise_accuracy(params, config, items, scoring)
-        cpp_acc = llama_cpp_pairwise_accuracy(llm, items, scoring)
+        t = compared["tasks"]["pairs"]
         seqs = [s.ids.tolist() for it in items for s in (it.positive, it.negative)]
         gaps = np.concatenate(
             [
@@ -249,32 +338,20 @@ def export_gguf_and_compare(
                 )
             ]
         )
-        agree = np.mean(
-            [a["outcome"] == b["outcome"] for a, b in zip(jax_acc["pairs"], cpp_acc["pairs"])]
-        )
         doc["pairwise"] = {
             "n_pairs": len(items),
-            "jax_accuracy": jax_acc["accuracy"],
-            "llama_cpp_accuracy": cpp_acc["accuracy"],
-            "outcome_agreement": float(agree),
+            "jax_accuracy": t["jax_accuracy"],
+            "llama_cpp_accuracy": t["llama_cpp_accuracy"],
+            "outcome_agreement": t["outcome_agreement"],
             "logprob_gap_mean": float(gaps.mean()),
             "logprob_gap_max": float(gaps.max()),
         }
         log(
-            f"  pairwise accuracy: JAX {100 * jax_acc['accuracy']:.1f}, llama.cpp "
-            f"{100 * cpp_acc['accuracy']:.1f} ({100 * agree:.1f}% of pairs agree; per-token "
+            f"  pairwise accuracy: JAX {100 * t['jax_accuracy']:.1f}, llama.cpp "
+            f"{100 * t['llama_cpp_accuracy']:.1f} "
+            f"({100 * t['outcome_agreement']:.1f}% of pairs agree; per-token "
             f"log-prob gap mean {gaps.mean():.4f}, max {gaps.max():.4f})"
         )
-    if prompt is not None:
-        prompt = [int(i) for i in prompt]
-        jax_out = decode.greedy(params, config, prompt, new_tokens)
-        cpp_out = llama_cpp_greedy(llm, prompt, new_tokens)
-        same = decode.common_prefix(jax_out, cpp_out)
-        doc["continuation"] = {
-            "prompt": prompt,
-            "jax": jax_out,
-            "llama_cpp": cpp_out,
-            "common_prefix": same,
-        }
-        log(f"  greedy continuation: llama.cpp equals JAX on the first {same}/{new_tokens} tokens")
+    if "continuation" in compared:
+        doc["continuation"] = compared["continuation"]
     return doc

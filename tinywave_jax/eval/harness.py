@@ -22,10 +22,17 @@ from jax.experimental import multihost_utils
 from .. import storage
 from ..checkpoint import load_model, load_model_config, load_model_info
 from ..data.layout import SPEECH, TEXT, load_tokenizer, resolve_layout
-from ..errors import ConfigError, InputError, MissingInputError, OutputExistsError, TinywaveError
+from ..errors import (
+    ConfigError,
+    InputError,
+    MissingInputError,
+    OutputExistsError,
+    TinywaveError,
+    naming,
+)
 from ..outputs import check_output_files, is_primary_process
 from ..scoring import param_shardings, rows_per_step, scoring_mesh
-from . import report
+from . import bootstrap, report
 from .benchmarks import CROSS_MODAL_TASKS, TASKS, benchmark_pairs
 from .crossmodal import cloze_pairs, read_cloze_jsonl
 from .pairwise import SCORINGS, PairItem, check_vocab, pairwise_accuracy, read_pairs_jsonl
@@ -134,28 +141,29 @@ def _load(ckpt, dtype, verify=True, mesh=None):
     return params, config
 
 
-def _model_config(ckpt, flag: str | None = None):
+def _model_config(ckpt, param: str | None = None):
     """The model config of checkpoint `ckpt` (its tinywave.json and config.json only, no
-    params), so that a wrong path fails before anything is scored; errors name `flag`."""
+    params), so that a wrong path fails before anything is scored; errors name `param`."""
 
     try:
         load_model_info(ckpt)
         return load_model_config(ckpt)
     except TinywaveError as e:
-        if flag is None:
+        if param is None:
             raise
-        raise type(e)(f"{flag}: {e}") from None
+        raise type(e)(f"{param}: {e}", param=param) from None
 
 
-def _check_inputs(inputs: TaskInputs, config, who: str | None = None) -> None:
-    """Ids and lengths of every sequence against one model, before any model is scored."""
+def _check_inputs(inputs: TaskInputs, config, who: str | None = None, param=None) -> None:
+    """Ids and lengths of every sequence against one model, before any model is scored; errors
+    start with `who` (naming parameter `param`)."""
     seqs = inputs.seqs or [s for it in inputs.pairs or () for s in (it.positive, it.negative)]
     try:
         check_vocab(seqs, config.vocab_size, config.max_position_embeddings)
     except InputError as e:
         if who is None:
             raise
-        raise InputError(f"{who}: {e}") from None
+        raise InputError(f"{who}: {e}", param=param) from None
 
 
 def _summary(task: str, result: dict) -> str:
@@ -194,18 +202,26 @@ def evaluate(
     fsdp: int = 1,
     mesh=None,
     reference: str | None = None,
+    draws: int = 2000,
+    seed: int = 0,
 ) -> dict:
     """Evaluates checkpoint `ckpt` (and teacher checkpoint `compare`) on one task.
     reference: "copy" or "ending" (see references.py): the copy rule instead of the model (the
     checkpoint then only names the vocabulary and layout), or the model on the endings alone.
-    verify: check each checkpoint's files against their recorded sha256 (--no-verify: False).
+    verify: check each checkpoint's files against their recorded sha256.
     mesh: the devices that share the sequences; default `scoring.scoring_mesh(fsdp)`, every
     device of every process (`batch_size` is the global rows per step, rounded up to a
     multiple of the device count). With several processes each computes every result and only
     process 0 writes `out`.
 
-    Returns {"task", "scoring", "data", "checkpoint", "result"} plus, with `compare`,
-    {"teacher_checkpoint", "teacher_result", "comparison": rows}. Accuracies are fractions.
+    draws, seed: the 95 % paired-bootstrap intervals (`bootstrap.py`): `draws` resamples of
+    the pairs (sequences for ppl), seeded by `seed`, the same for both models.
+
+    Returns {"task", "scoring", "data", "checkpoint", "result", "intervals"} plus, with
+    `compare`, {"teacher_checkpoint", "teacher_result", "comparison": rows}. Accuracies are
+    fractions, except in "intervals" ({"draws", "seed", "result": {"value", "ci", "n"}, with
+    `compare` "teacher_result" and "difference": {"diff", "ci"}, student minus teacher}), which
+    holds them in % as printed.
     With `out`, writes results.json, pairs.jsonl (per-pair scores; pairwise tasks) and, with
     `compare`, report.md / report.json.
     """
@@ -213,11 +229,13 @@ def evaluate(
     if scoring not in SCORINGS:
         raise ConfigError(f"scoring {scoring!r} is not one of {SCORINGS}", param="scoring")
     check_reference(reference, task, compare)
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ConfigError(f"draws: must be an integer >= 1, got {draws!r}", param="draws")
     mesh = scoring_mesh(fsdp) if mesh is None else mesh
     rows_per_step(batch_size, mesh)  # a bad --batch-size fails before anything is read
     # every named path and setting is checked before the (long) tokenising and scoring
     config = _model_config(ckpt)
-    teacher_config = _model_config(compare, "--compare") if compare else None
+    teacher_config = _model_config(compare, "compare") if compare else None
     if extractor is not None and not Path(extractor).is_dir():
         raise MissingInputError(
             f"extractor: units folder not found: {extractor}", param="extractor"
@@ -225,19 +243,21 @@ def evaluate(
     if layout is not None:
         resolve_layout(layout, config.vocab_size)
     if out is not None:
-        check_output_files(
-            [storage.path(out) / name for name in OUT_FILES],
-            [
-                ckpt,
-                compare,
-                data,
-                extractor,
-                tokenizer,
-                layout if layout and Path(layout).exists() else None,
-            ],
-            "--out file",
-        )
-    storage.check_gcs(out, write=True, what="--out")
+        with naming("out"):
+            check_output_files(
+                [storage.path(out) / name for name in OUT_FILES],
+                [
+                    ckpt,
+                    compare,
+                    data,
+                    extractor,
+                    tokenizer,
+                    layout if layout and Path(layout).exists() else None,
+                ],
+                "out file",
+            )
+    with naming("out"):
+        storage.check_gcs(out, write=True, what="out")
     if out is not None and storage.path(out).exists() and not storage.path(out).is_dir():
         raise OutputExistsError(f"out {out}: exists and is not a folder", param="out")
     inputs = prepare_inputs(
@@ -255,7 +275,7 @@ def evaluate(
         inputs = TaskInputs(task, pairs=ending_alone(inputs.pairs))
     _check_inputs(inputs, config)
     if teacher_config is not None:
-        _check_inputs(inputs, teacher_config, f"--compare {compare}")
+        _check_inputs(inputs, teacher_config, f"compare {compare}", "compare")
     out_doc = {
         "task": task,
         "scoring": scoring if task != "ppl" else None,
@@ -277,11 +297,26 @@ def evaluate(
         out_doc["comparison"] = report.compare_rows(
             task, out_doc["teacher_result"], out_doc["result"]
         )
+    out_doc["intervals"] = intervals(task, out_doc, draws, seed)
+    log(report.interval_line(task, out_doc["intervals"]))
     if out is not None:
         if is_primary_process():  # every process has every result; one writes them
             _write(storage.path(out), out_doc, str(ckpt), str(compare) if compare else None, log)
         _barrier("tinywave eval written")  # no process returns before the files are there
     return out_doc
+
+
+def intervals(task: str, doc: dict, draws: int, seed: int) -> dict:
+    """`evaluate`'s "intervals": the model's (and with a teacher, the teacher's and the
+    student-minus-teacher difference's) 95 % paired-bootstrap intervals, from the per-item
+    scores in its results, on the same resamples (`bootstrap.summarize` / `difference`)."""
+    raw = {task: bootstrap.task_scores(task, doc["result"])}
+    out = {"draws": draws, "seed": seed, "result": bootstrap.summarize(raw, draws, seed)[task]}
+    if "teacher_result" in doc:
+        teacher = {task: bootstrap.task_scores(task, doc["teacher_result"])}
+        out["teacher_result"] = bootstrap.summarize(teacher, draws, seed)[task]
+        out["difference"] = bootstrap.difference(raw, teacher, draws, seed)[task]
+    return out
 
 
 def _barrier(name: str) -> None:

@@ -4,7 +4,8 @@
 (`auto`: splash on TPU, dense elsewhere) is resolved against the mesh's platform by
 `resolve_attention`. The distillation taps (hidden states, post-RoPE q/k) are taken before the
 attention, so a tapped layer runs whichever implementation the model uses: the attention KL
-recomputes the maps from the tapped q/k itself (distill/attention_kl.py). The KV-cache decode
+recomputes the maps from the tapped q/k itself (distill/attention_kl.py), and
+`llama.attention_maps` builds them with the dense path's `probabilities` (for figures). The KV-cache decode
 path is always dense.
 
   * dense: scores [B, KVH, G, T, T] in float32, softmax, second matmul (HF numerics, any shape);
@@ -43,16 +44,23 @@ def splash_block(t: int) -> int:
     raise ValueError(f"splash attention needs the sequence length a multiple of 128, got {t}")
 
 
-def dense(q, k, v, mask, scale):
-    """q [B,Tq,H,hd], k/v [B,KVH,Tk,hd] (heads-major, the KV-cache layout), mask [B,Tq,Tk]
-    -> [B,Tq,H*hd]. Softmax in float32 (HF). Heads-major keys make both einsums plain batched
-    matmuls: with [B,Tk,KVH,hd] keys XLA on CPU transposes the whole cache per layer per token."""
+def probabilities(q, k, mask, scale):
+    """The dense path's attention map: q [B,Tq,H,hd], k [B,KVH,Tk,hd], mask [B,Tq,Tk] ->
+    float32 [B,KVH,G,Tq,Tk] (G = H / KVH: query head h = kv head h // G, group h % G)."""
     b, tq, h, hd = q.shape
     kvh = k.shape[1]
     q = q.reshape(b, tq, kvh, h // kvh, hd)
     scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k) * jnp.asarray(scale, q.dtype)
     scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def dense(q, k, v, mask, scale):
+    """q [B,Tq,H,hd], k/v [B,KVH,Tk,hd] (heads-major, the KV-cache layout), mask [B,Tq,Tk]
+    -> [B,Tq,H*hd]. Softmax in float32 (HF). Heads-major keys make both einsums plain batched
+    matmuls: with [B,Tk,KVH,hd] keys XLA on CPU transposes the whole cache per layer per token."""
+    b, tq, h, hd = q.shape
+    probs = probabilities(q, k, mask, scale).astype(v.dtype)
     out = jnp.einsum("bkgqs,bksd->bqkgd", probs, v)
     return out.reshape(b, tq, h * hd)
 

@@ -474,3 +474,35 @@ def forward(
     """Jitted `Llama(config).apply({'params': params}, input_ids, positions, segment_ids, **kwargs)`;
     `tap_layers` must be a tuple."""
     return apply_llama(config, params, input_ids, positions, segment_ids, **kwargs)
+
+
+def attention_maps(
+    params: dict,
+    config: LlamaConfig,
+    input_ids: Array,
+    layers: Sequence[int],
+    segment_ids: Optional[Array] = None,
+) -> Array:
+    """Attention probabilities float32 [len(layers), B, H, T, T] of `layers` (in that order):
+    the tapped post-RoPE queries and keys through the dense path's softmax
+    (`attention.probabilities`), the map every implementation attends with. For figures and
+    checks: it builds the whole [T, T] map, which training never does."""
+    out = forward(
+        params,
+        config,
+        input_ids,
+        segment_ids=segment_ids,
+        tap_layers=tuple(int(i) for i in layers),
+        tap_qk=True,
+        return_logits=False,
+    )
+    assert out.queries is not None and out.keys is not None  # tap_qk with layers given
+    b, t = input_ids.shape
+    mask = attention_mask(jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids)
+    scale = cast(int, config.head_dim) ** -0.5
+
+    def one(q, k):  # k [B, T, KVH, hd] -> heads-major, as the dense path takes it
+        p = attention_impl.probabilities(q, k.transpose(0, 2, 1, 3), mask, scale)
+        return p.reshape(b, config.num_attention_heads, t, t)
+
+    return jnp.stack([one(q, k) for q, k in zip(out.queries, out.keys)])

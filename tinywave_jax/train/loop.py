@@ -73,14 +73,15 @@ def _check_finite(step: int, metrics, saved: int, run_dir) -> None:
     if bad:
         shown = ", ".join(f"{k} {v:.6g}" for k, v in m.items())
         last = (
-            f"the last checkpoint is step {saved} (continue from it with --resume, e.g. with a "
-            "lower optimizer.learning_rate or clip_norm: --allow-config-change optimizer)"
+            f"the last checkpoint is step {saved} (continue from it by resuming, e.g. with a "
+            "lower optimizer.learning_rate or clip_norm: allow_config_change optimizer)"
             if saved
             else "no checkpoint was saved"
         )
         raise NonFiniteError(
             f"{run_dir}: training diverged at step {step}: non-finite {' and '.join(bad)} "
-            f"({shown}); nothing of it was saved, {last}"
+            f"({shown}); nothing of it was saved, {last}",
+            param=(None, "allow_config_change") if saved else None,
         )
 
 
@@ -247,7 +248,8 @@ def run(
             if latest is not None and not resume:
                 raise OutputExistsError(
                     f"{run_dir} already holds checkpoints (latest step {latest}); "
-                    "pass --resume to continue it or choose another run_dir"
+                    "continue it with resume, or choose another run_dir",
+                    param=(None, "resume"),
                 )
 
             def check(step: int, saved: dict) -> None:
@@ -264,9 +266,7 @@ def run(
                 )
 
             if resume and latest is None:
-                log.warning(
-                    "--resume: %s holds no checkpoint; starting the run from step 0", run_dir
-                )
+                log.warning("resume: %s holds no checkpoint; starting the run from step 0", run_dir)
             if latest is not None:
                 step, state, data_state, _ = storage.within_deadline(
                     lambda: restore_intact(

@@ -129,7 +129,7 @@ def _short(value) -> str:
 
 
 def _check_allowed_keys(allow: Iterable[str], saved: dict, new: dict) -> None:
-    """Refuses an --allow-config-change KEY that names no config key (a typo would otherwise
+    """Refuses an allow_config_change KEY that names no config key (a typo would otherwise
     allow nothing, silently)."""
 
     keys = set(_flatten(json.loads(json.dumps(saved)))) | set(_flatten(json.loads(json.dumps(new))))
@@ -158,8 +158,9 @@ def check_resume_config(
         raise ConfigError(
             f"{where}: the resumed config differs from the checkpoint's: "
             + ", ".join(f"{k} {_short(x)} -> {_short(y)}" for k, x, y in changes)
-            + f"; resume with the checkpoint's values, or pass --allow-config-change {keys} "
-            "to change them on purpose"
+            + f"; resume with the checkpoint's values, or allow_config_change {keys} "
+            "to change them on purpose",
+            param=(None, "allow_config_change"),
         )
 
 
@@ -480,7 +481,7 @@ def _newest_intact(mngr, target, check_meta, steps: list[int], skipped: list, al
         skipped.append((step, reason))
     advice = (
         # every step failing alike after a change allowed on purpose: most likely the change
-        f" (--allow-config-change {' '.join(allowed)} may have changed the shape of the state, "
+        f" (allow_config_change {' '.join(allowed)} may have changed the shape of the state, "
         "which the checkpoints, intact or not, cannot be restored into: resume without that "
         "change, or train it in a new run_dir)"
         if allowed
@@ -489,5 +490,6 @@ def _newest_intact(mngr, target, check_meta, steps: list[int], skipped: list, al
     raise CheckpointCorruptError(
         f"{mngr.directory}: no checkpoint restores whole: "
         + "; ".join(f"step {s}: {r}" for s, r in skipped)
-        + advice
+        + advice,
+        param=(None, "allow_config_change") if allowed else None,
     )

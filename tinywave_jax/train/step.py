@@ -33,6 +33,7 @@ from ..distill.objective import (
     normalisers,
     weighted_loss,
 )
+from ..distill.terms import Features
 from ..models.config import LlamaConfig
 from ..models.llama import apply_llama, lm_head_kernel
 from ..parallel import axis_rules_context, batch_sharding, replicated
@@ -96,7 +97,7 @@ def student_params(spec: StepSpec, trainable: dict, frozen: dict) -> dict:
 
 def _features(
     config: LlamaConfig, params: dict, mb: dict, taps: tuple, hidden: bool, qk: bool, output: bool
-) -> dict:
+) -> Features:
     out = apply_llama(
         config,
         params,
@@ -108,19 +109,21 @@ def _features(
         tap_qk=qk,
         return_logits=False,
     )
-    feats = {"hidden": out.hidden, "q": out.queries, "k": out.keys}
+    feats = Features(hidden=out.hidden, q=out.queries, k=out.keys)
     if output:
-        feats.update(final_hidden=out.final_hidden, head_kernel=lm_head_kernel(params, config))
-    return {k: v for k, v in feats.items() if v is not None}
+        feats = feats._replace(
+            final_hidden=out.final_hidden, head_kernel=lm_head_kernel(params, config)
+        )
+    return feats
 
 
-def teacher_features(spec: StepSpec, teacher: Optional[dict], mb: dict) -> dict:
+def teacher_features(spec: StepSpec, teacher: Optional[dict], mb: dict) -> Features:
     """Only what an active term needs; constants for the student's gradient. With a teacher
     cache, its top-k rows come with the microbatch and the teacher does not run."""
     if spec.teacher_cached:
-        return {k: mb[k] for k in CACHE_KEYS}
+        return Features.of({k: mb[k] for k in CACHE_KEYS})
     if not spec.runs_teacher:
-        return {}
+        return Features()
     need = spec.teacher_needs
     feats = _features(
         cast(LlamaConfig, spec.teacher),  # a step that runs its teacher has one, and its params
@@ -131,18 +134,19 @@ def teacher_features(spec: StepSpec, teacher: Optional[dict], mb: dict) -> dict:
         "qk" in need,
         output=spec.teacher_head,
     )
-    if "topk" in need:
-        feats["topk_ids"], feats["topk_logprobs"] = teacher_topk(
-            feats["final_hidden"], feats["head_kernel"], spec.loss.top_k, spec.loss.logit_chunk_size
+    if "topk" in need:  # the teacher ran to its head (`teacher_head`)
+        assert feats.final_hidden is not None and feats.head_kernel is not None
+        ids, logprobs = teacher_topk(
+            feats.final_hidden, feats.head_kernel, spec.loss.top_k, spec.loss.logit_chunk_size
         )
+        feats = feats._replace(topk_ids=ids, topk_logprobs=logprobs)
     if "output" not in need:
-        feats.pop("final_hidden", None)
-        feats.pop("head_kernel", None)
+        feats = feats._replace(final_hidden=None, head_kernel=None)
     return lax.stop_gradient(feats)
 
 
 def microbatch_loss(
-    spec: StepSpec, trainable: dict, frozen: dict, mb: dict, teacher: dict, counts: dict
+    spec: StepSpec, trainable: dict, frozen: dict, mb: dict, teacher: Features, counts: dict
 ) -> tuple[jax.Array, Terms]:
     """This microbatch's share of the full-batch loss (its term sums over the FULL batch's counts,
     so the shares add up to the full-batch loss exactly), and its terms as (sum, count)."""
@@ -221,7 +225,7 @@ def eval_terms(spec: StepSpec, trainable: dict, frozen: dict, batch: dict) -> tu
 
     def one(mb):
         student = _features(spec.student, params, mb, (), False, False, output=True)
-        return loss_terms(ce_only, mb, student, {})["ce"]
+        return loss_terms(ce_only, mb, student, Features())["ce"]
 
     batch = {k: batch[k] for k in BATCH_KEYS}
     if spec.microbatches == 1:

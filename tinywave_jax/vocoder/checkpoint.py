@@ -18,7 +18,6 @@ import fails naming them (and the config field that sizes them) before anything 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..checkpoint import HASHES_KEY, SIZES_KEY, hash_params, verify_params
 from ..convert.safetensors_io import load_file, save_file
 from ..errors import ConversionError, InputError, MissingInputError
 from ..outputs import atomic_output_dir
+from ..storage import sha256_file
 from .config import TRAINING_KEYS, VocoderConfig
 from .model import param_shapes
 
@@ -183,11 +183,6 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def num_params(params: dict) -> int:
     return int(sum(np.asarray(v).size for v in _flat(params).values()))
 
@@ -272,9 +267,9 @@ def import_vocoder(
     provenance = {
         "source": "pytorch CodeHiFiGAN (speech-resynthesis / SpiritLM generator.pt)",
         "generator": str(generator.resolve()),
-        "generator_sha256": _sha256(generator),
+        "generator_sha256": sha256_file(generator),
         "config": str(config_path.resolve()),
-        "config_sha256": _sha256(config_path),
+        "config_sha256": sha256_file(config_path),
         "weight_norm_folded": sum(
             name.endswith("weight_g") or name.endswith("original0") for name in sd
         ),

@@ -22,7 +22,6 @@ folder with provenance (command, settings, data sha256, final losses).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -39,6 +38,7 @@ from ..audio import load_extractor, read_audio
 from ..config import to_dict
 from ..errors import ConfigError, InputError, OutputExistsError
 from ..outputs import check_output_dir, write_file_atomic
+from ..storage import sha256_file
 from . import losses
 from .checkpoint import save_vocoder
 from .config import VocoderConfig
@@ -104,11 +104,6 @@ class Utterance:
     codes: np.ndarray  # unit ids per frame
     wav: np.ndarray  # frames * hop samples
     speaker: int
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_data(items, units_dir, config: VocoderConfig, log=print) -> list[Utterance]:
@@ -288,7 +283,7 @@ def train_vocoder(
         "vocoder_config": config.to_json_dict(),
         "train_config": to_dict(cfg),
         "units_dir": str(Path(units_dir).resolve()),
-        "data_sha256": {f: _sha256(Path(f)) for f in files},
+        "data_sha256": {f: sha256_file(Path(f)) for f in files},
         "speakers": sorted({i.speaker for i in items}),
     }
     state_file, meta_file = run_dir / "state.msgpack", run_dir / "run.json"
