@@ -38,7 +38,7 @@ from tinywave_jax.demo.teacher import PACKAGE_DIR, teacher_world
 
 pytestmark = pytest.mark.slow
 STRANGER = world_text.WorldSplits(kind="stranger")  # the shipped teacher's world
-ROWS = ("teacher", "baseline", "init_ce", "logit", "hidden", "student")
+ROWS = ("teacher", "baseline", "init_ce", "logit", "topk_cached", "hidden", "student")
 
 
 def _env() -> dict:
@@ -315,6 +315,84 @@ def test_results_json_holds_every_row_with_intervals(quick_run):
         "student_minus_baseline_interval_above_0",
         "ppl_student_below_baseline",
     }
+
+
+def test_cached_row_trains_from_the_teacher_cache_alone(quick_run, tmp_path):
+    """The ablation's cached top-k row: built once (k = 64, the corrected teacher over the
+    distillation corpus), every run of its sweep reads that cache with the logit row's data,
+    steps and learning rates, starts from the teacher's mapped layers cut beforehand and loads no
+    teacher weights (its config trains with the teacher's params/ deleted); results.json holds
+    each row's training time and the cache's build."""
+    import jax
+    import yaml
+
+    from tinywave_jax.checkpoint import load_model
+    from tinywave_jax.config import from_dict
+    from tinywave_jax.distill.layer_map import resolve_layer_map
+    from tinywave_jax.distill.teacher_cache import teacher_identity
+    from tinywave_jax.train.config import DistillConfig, TeacherConfig
+    from tinywave_jax.train.metrics import read_metrics
+    from tinywave_jax.train.recipes import prepare
+
+    workdir, _ = quick_run
+    res = json.loads((workdir / "results.json").read_text())
+    settings = json.loads((workdir / "settings.json").read_text())
+    teacher = workdir / "runs" / "teacher" / "correct" / "final"
+    assert "| cached top-k logit KD (k=64) (2 layers) | " in (workdir / "results.md").read_text()
+    rec = json.loads((workdir / "teacher_cache.json").read_text())
+    info = json.loads((workdir / "teacher_cache" / "cache.json").read_text())
+    n = len((workdir / "speech" / "distill.jsonl").read_text().splitlines())
+    assert info["top_k"] == 64 and info["corpus"]["split"] == "train"
+    assert info["corpus"]["records"] == n and info["kinds"] == ["speech"]
+    assert info["teacher"] == teacher_identity(TeacherConfig(path=str(teacher), dtype="float32"))
+    build = res["topk_cached"]["teacher_cache"]
+    assert build == rec["build"] and build["wall_seconds"] > 0 and build["skipped"] == 0
+    # 64 uint16 ids + 64 float16 log-probs per token, plus each .npy file's header
+    assert 0 < build["bytes"] - 256 * build["tokens"] <= 2 * 256 * build["shards"]
+    # the cut student: the teacher's mapped layers, as a distill run cuts them
+    t_params, t_cfg, _ = load_model(teacher, as_numpy=True)
+    s_params, _, s_info = load_model(rec["start"], as_numpy=True)
+    layers = resolve_layer_map(
+        tuple(settings["layer_map"]), t_cfg.num_hidden_layers, settings["student_layers"]
+    ).init_teacher_layers
+    assert s_info["provenance"]["teacher_layers"] == list(layers)
+    for a, b in zip(jax.tree.leaves(s_params["layers"]), jax.tree.leaves(t_params["layers"])):
+        np.testing.assert_array_equal(a, b[list(layers)])
+    for lr in settings["lr_sweep"]:
+        run = workdir / "runs" / "topk_cached" / f"lr{lr:g}"
+        cfg = yaml.safe_load((run / "run.yaml").read_text())
+        logit = yaml.safe_load((workdir / "runs" / "logit" / f"lr{lr:g}" / "run.yaml").read_text())
+        assert cfg["teacher"]["cache"] == rec["cache"] == str(workdir / "teacher_cache")
+        assert cfg["student"] == {"path": rec["start"]}
+        assert cfg["distill"]["terms"] == {"topk_kl": 1.0} and cfg["distill"]["top_k"] == 64
+        assert cfg["distill"]["weights"] == {"ce": 1.0, "logit_kl": 0, "hidden": 0, "attention": 0}
+        for key in ("data", "train"):
+            assert cfg[key] == logit[key], key
+        assert cfg["optimizer"] == logit["optimizer"] and cfg["optimizer"]["learning_rate"] == lr
+        assert not prepare(from_dict(DistillConfig, cfg)).spec.runs_teacher
+        assert json.loads((run / "final" / "tinywave.json").read_text())["provenance"][
+            "teacher_cache"
+        ] == str(workdir / "teacher_cache")
+        metrics = read_metrics(run)
+        assert metrics[-1]["topk_kl"] > 0 and "logit_kl" not in metrics[-1]
+        for row in ("topk_cached", "logit"):
+            timing = res[row]["train_seconds"][f"{lr:g}"]
+            assert timing["wall_seconds"] > 0 and timing["cpu_seconds"] > 0, row
+    # no teacher weights read: the same config trains with the teacher's params/ deleted
+    stripped = tmp_path / "teacher"
+    shutil.copytree(teacher, stripped, ignore=shutil.ignore_patterns("params"))
+    assert not (stripped / "params").exists() and (teacher / "params").is_dir()
+    run = workdir / "runs" / "topk_cached" / f"lr{settings['lr_sweep'][0]:g}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinywave_jax.cli", "distill", str(run / "run.yaml")]
+        + [f"teacher.path={stripped}", f"run_dir={tmp_path / 'run'}", "train.steps=2"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_metrics(tmp_path / "run")[-1]["topk_kl"] > 0
 
 
 def test_q8_0_row_is_the_gguf_export_scored_in_llama_cpp(quick_run):

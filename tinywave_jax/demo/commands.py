@@ -15,7 +15,9 @@ Benchmarks all models on 128 held-out stories (spoken / topic story cloze, word 
 perplexity, 95 % paired-bootstrap intervals), scores the student's q8_0 GGUF export in llama.cpp
 as one more row, and exports the student to Hugging Face format, checking that transformers
 continues speech exactly as JAX does. `--ablation` adds the rows
-between the baseline and the full recipe. Every stage is cached in WORKDIR: a rerun resumes.
+between the baseline and the full recipe, and a cached top-k logit KD row (k = 64) trained from
+a teacher cache built once (no teacher in its step). Every stage is cached in WORKDIR: a rerun
+resumes.
 
 `--variant expressive` runs the same recipe on the expressive teacher (units + pitch + style
 tokens merged by time, pretrained on expressive speech, text and speech-text interleaving) and
@@ -75,7 +77,7 @@ def register(subparsers) -> None:
         "--ablation",
         action="store_true",
         help="also train and score the ablation rows (teacher-layer init + CE, "
-        "+ logit KD, + hidden-state loss)",
+        "+ logit KD, + hidden-state loss, cached top-k logit KD from a teacher cache)",
     )
     p.add_argument(
         "--set",

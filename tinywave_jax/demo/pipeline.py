@@ -19,7 +19,10 @@ a rerun skips finished stages and resumes an interrupted training run from its c
   5 student   the distilled student and the from-scratch baseline, each trained at every
               learning rate of `lr_sweep`; validation perplexity picks one per row
   6 ablation  (only with --ablation, base variant) the rows between them: teacher-layer init
-              + CE, + logit KD, + hidden-state loss, each with the same sweep
+              + CE, + logit KD, + hidden-state loss, and cached top-k logit KD (k = 64: the
+              corrected teacher's top-k over the distillation corpus, built once by the
+              library's teacher cache in WORKDIR/teacher_cache/, its record and build time in
+              WORKDIR/teacher_cache.json; the run loads no teacher), each with the same sweep
   7 bench     sSC / tSC / words / perplexity (expressive and interleaved: + speaker consistency
               and cross-modal cloze) on the test stories with 95 % paired-bootstrap intervals:
               results.md, results.json, loss curves and attention maps; the student is also
@@ -40,7 +43,7 @@ from .evaluate import UNSEEN_BENCH
 from .results import Q8
 from .settings import DemoSettings
 from .stages import StagedRun
-from .training import ABLATION_ROWS, MAIN_ROWS, ROWS
+from .training import ABLATION_ROWS, CACHED_ROWS, MAIN_ROWS, ROWS
 
 STAGES = ("speech", "tokens", "teacher", "expressive", "student", "ablation", "bench", "export")
 # what each variant trains on (data.mixture)
@@ -228,16 +231,49 @@ class Demo(StagedRun):
         )
         return {"model": str(train_runs([("teacher/correct", cfg)], self.log)["teacher/correct"])}
 
+    def _cached_inputs(self) -> dict:
+        """What the cached rows train from, made once (WORKDIR/teacher_cache.json records it; an
+        interrupted build resumes shard by shard): the student cut from the corrected teacher
+        beforehand and that teacher's top-k cache over the distillation corpus."""
+        from ..checkpoint import load_model_config
+        from ..outputs import write_file_atomic
+        from .training import build_cache, cut_student, row_config
+
+        record = self.dir / "teacher_cache.json"
+        if record.is_file():
+            return json.loads(record.read_text())
+        s, teacher = self.settings, self.runs_dir / "teacher/correct/final"
+        start = cut_student(teacher, s, self.runs_dir / "cached_init", self.log)
+        cache = self.dir / "teacher_cache"
+        row = CACHED_ROWS[0]  # the cache is built from a cached run's own config
+        cfg = row_config(
+            row,
+            s.lr_sweep[0],
+            s,
+            teacher,
+            load_model_config(teacher),
+            self.data(),
+            self.runs_dir / row / "cache_build",
+            start=str(start),
+            cache=str(cache),
+        )
+        rec = {"start": str(start), "cache": str(cache), "build": build_cache(cfg, cache, self.log)}
+        write_file_atomic(record, json.dumps(rec, indent=1))
+        return rec
+
     def _sweep(self, rows) -> dict:
         """Each row at every learning rate (all runs side by side, one CPU core each); validation
-        perplexity picks one learning rate per row (ties: the lower)."""
+        perplexity picks one learning rate per row (ties: the lower). Cached rows train from
+        `_cached_inputs`; each run's wall and CPU seconds go in its row's `train_seconds`."""
         from ..checkpoint import load_model, load_model_config
         from .evaluate import ppl_inputs, ppl_of, score_model
-        from .training import row_config, train_runs
+        from .training import row_config, run_timing, train_runs
 
         s, teacher = self.settings, self.runs_dir / "teacher/correct/final"
         t_config = load_model_config(teacher)
-        starts = self.done("expressive") or {}
+        starts = dict(self.done("expressive") or {})
+        cached = self._cached_inputs() if set(CACHED_ROWS) & set(rows) else None
+        starts.update({row: cached["start"] for row in CACHED_ROWS if cached})
         jobs = [
             (
                 f"{row}/lr{lr:g}",
@@ -250,6 +286,7 @@ class Demo(StagedRun):
                     self.data(),
                     self.runs_dir / f"{row}/lr{lr:g}",
                     start=starts.get(row),
+                    cache=cached["cache"] if row in CACHED_ROWS else None,
                 ),
             )
             for row in rows
@@ -276,7 +313,13 @@ class Demo(StagedRun):
                 "chosen_lr": float(best),
                 "model": tried[best]["model"],
                 "sweep": tried,
+                "train_seconds": {
+                    f"{lr:g}": run_timing(Path(finals[f"{row}/lr{lr:g}"]).parent)
+                    for lr in s.lr_sweep
+                },
             }
+            if row in CACHED_ROWS:
+                out[row]["teacher_cache"] = cached["build"]
             self.log(
                 f"  {row}: validation perplexity "
                 + ", ".join(f"lr {k} {v['valid_ppl']:.3f}" for k, v in tried.items())
@@ -408,6 +451,9 @@ class Demo(StagedRun):
             if (s != "ablation" or ablation) and (s != "expressive" or interleaved)
         ]
         with self.locked():  # the records below are changed under the workdir's lock too
+            abl = self.done("ablation")
+            if ablation and abl is not None and not set(ABLATION_ROWS) <= set(abl["rows"]):
+                self.record("ablation").unlink()  # gains the cached row (finished runs are kept)
             bench = self.done("bench")
             if bench is not None and (
                 (ablation and not set(ABLATION_ROWS) <= set(bench["rows"]))  # gains ablation rows

@@ -3,8 +3,10 @@
 results.json: per model (`teacher`, `student`, `baseline`, and the ablation rows when trained)
 `ssc`, `tsc`, `words` (accuracy in %), `ppl` (and, for the expressive and interleaved variants,
 `voice`: speaker consistency, and `ss`, `st`, `ts`, `tt`: cross-modal topic cloze), each with
-`<metric>_ci` ([lo, hi], 95 % paired bootstrap), `pairs` ({task: n}), `params`, `layers`, `lr`
-and `lr_sweep` (validation perplexity per learning rate tried); `student_q8_0`: the same student
+`<metric>_ci` ([lo, hi], 95 % paired bootstrap), `pairs` ({task: n}), `params`, `layers`, `lr`,
+`lr_sweep` (validation perplexity per learning rate tried) and `train_seconds` (per learning rate:
+the run's wall and CPU seconds; the cached top-k row also `teacher_cache`, its cache's build
+summary with `wall_seconds`); `student_q8_0`: the same student
 exported to a q8_0 GGUF file and scored by llama.cpp (with `gguf`, `gguf_bytes` and
 `outcome_agreement`: the share of pairs it decides as the float32 student does); top level
 `student_minus_baseline` and `q8_0_minus_student` ({metric: {diff, ci}}), `targets` (the issues'
@@ -31,6 +33,7 @@ ORDER = (
     "baseline",
     "init_ce",
     "logit",
+    "topk_cached",
     "hidden",
     "student",
     "student_q8_0",
@@ -93,6 +96,12 @@ def score_all(demo, log=print) -> tuple[dict, dict]:
             row.update(
                 lr=models[name]["chosen_lr"],
                 lr_sweep={lr: v["valid_ppl"] for lr, v in models[name]["sweep"].items()},
+                # training time per learning rate (and the cached row's cache build)
+                **{
+                    k: models[name][k]
+                    for k in ("train_seconds", "teacher_cache")
+                    if k in models[name]
+                },
             )
         rows[name] = row
         log(f"  {name}: " + "  ".join(f"{k} {row[k]:.1f}" for k in metrics_of(row)))

@@ -7,6 +7,9 @@
                          baseline  random init, cross-entropy only
                          init_ce   cut from the teacher's layers, cross-entropy only
                          logit     + logit KD
+                         topk_cached  cut from the teacher's layers, CE + top-k logit KD read
+                                   from the teacher cache (no teacher weights, no teacher
+                                   forward: the student is cut once beforehand, init/)
                          hidden    + hidden-state alignment
                          student   + attention-map alignment: the full TinyWave recipe
 Each run's model is RUN_DIR/final (a tinywave model checkpoint); a run interrupted before that
@@ -19,7 +22,9 @@ from pathlib import Path
 
 from ..errors import RunStopped
 
-# row -> (what it is, loss weights; None: a random model trained with cross-entropy alone)
+TOP_K = 64  # the cached row's teacher support (teacher ids kept per token)
+# row -> (what it is, loss weights; None: a random model trained with cross-entropy alone);
+# weights beyond the paper's four are registered terms (distill.terms, e.g. topk_kl)
 ROWS = {
     "baseline": ("random init, CE only", None),
     "init_ce": (
@@ -27,6 +32,10 @@ ROWS = {
         {"ce": 1.0, "logit_kl": 0.0, "hidden": 0.0, "attention": 0.0},
     ),
     "logit": ("+ logit KD", {"ce": 1.0, "logit_kl": 1.0, "hidden": 0.0, "attention": 0.0}),
+    "topk_cached": (
+        f"cached top-k logit KD (k={TOP_K})",
+        {"ce": 1.0, "logit_kl": 0.0, "hidden": 0.0, "attention": 0.0, "topk_kl": 1.0},
+    ),
     "hidden": (
         "+ hidden-state loss",
         {"ce": 1.0, "logit_kl": 1.0, "hidden": 1.0, "attention": 0.0},
@@ -37,7 +46,9 @@ ROWS = {
     ),
 }
 MAIN_ROWS = ("student", "baseline")
-ABLATION_ROWS = ("init_ce", "logit", "hidden")
+ABLATION_ROWS = ("init_ce", "logit", "topk_cached", "hidden")
+# rows trained from the teacher cache (teacher.cache) instead of a teacher in the step
+CACHED_ROWS = ("topk_cached",)
 
 
 def data_section(
@@ -132,10 +143,16 @@ def row_config(
     data: dict,
     run_dir: Path,
     start: str | None = None,
+    cache: str | None = None,
 ) -> dict:
     """One student row at learning rate `lr` (DemoSettings `s`); `teacher_config`: the corrected
     teacher's LlamaConfig (the baseline takes its width and vocabulary). `start`: a model the
-    row starts from instead (the interleaved variant's rows start from the expressive ones)."""
+    row starts from instead (the interleaved variant's rows start from the expressive ones, a
+    cached row from its student cut beforehand). `cache`: a CACHED_ROWS row's teacher cache."""
+    from ..distill.terms import PAPER_TERMS
+
+    if (row in CACHED_ROWS) != (cache is not None):
+        raise ValueError(f"{row}: a teacher cache is for the rows {CACHED_ROWS} only")
     weights = None if ROWS[row][1] is None else dict(ROWS[row][1])
     layer_map = s.layer_map if isinstance(s.layer_map, str) else list(s.layer_map)
     common = {
@@ -160,12 +177,17 @@ def row_config(
             "eos_token_id": t.eos_token_id,
         }
         return {**common, "model": {"shape": shape, "seed": s.seed + 1}, "logit_chunk_size": None}
+    teacher = {"path": str(teacher_ckpt), "dtype": "float32"}
+    if cache is not None:  # the cache stands in for the teacher, which still names what it matches
+        teacher["cache"] = str(cache)
+    terms = {k: v for k, v in weights.items() if k not in PAPER_TERMS}
     return {
         **common,
-        "teacher": {"path": str(teacher_ckpt), "dtype": "float32"},
+        "teacher": teacher,
         "student": {"path": str(start)} if start else {"num_layers": s.student_layers},
         "distill": {
-            "weights": weights,
+            "weights": {k: v for k, v in weights.items() if k in PAPER_TERMS},
+            **({"terms": terms, "top_k": TOP_K} if terms else {}),  # other rows' as before
             "temperature": s.temperature,
             "layer_map": layer_map,
             "init_layers": "mapped",
@@ -175,6 +197,71 @@ def row_config(
             "logit_chunk_size": None,
         },
     }
+
+
+TIMING = "timing.json"
+
+
+def run_timing(run_dir: Path) -> dict | None:
+    """{"wall_seconds", "cpu_seconds", "resumed"} of the process that finished the run (its
+    start, compilation and final save included); None for a run finished before they were kept."""
+    import json
+
+    path = Path(run_dir) / TIMING
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def cut_student(teacher: Path, s, out: Path, log=print) -> Path:
+    """The student cut from `teacher`'s layers at `s.layer_map` (DemoSettings), as a distill
+    run with init_layers: mapped cuts it (the same library function, float32), saved once in
+    `out` so that a cached row loads no teacher weights."""
+    from ..checkpoint import load_model, save_model
+    from ..distill.layer_map import resolve_layer_map
+    from ..distill.student_init import init_student_from_teacher
+
+    if (out / "tinywave.json").is_file():
+        return out
+    params, config, _ = load_model(teacher, dtype="float32", as_numpy=True)
+    lm = resolve_layer_map(
+        s.layer_map, config.num_hidden_layers, s.student_layers, key="demo.layer_map"
+    )
+    layers = lm.init_teacher_layers
+    student, student_cfg = init_student_from_teacher(params, config, layers, "demo.layer_map")
+    prov = {"kind": "student-from-teacher", "teacher": str(teacher), "teacher_layers": list(layers)}
+    save_model(out, student, student_cfg, prov, overwrite=True, tokenizer_dir=teacher / "tokenizer")
+    log(f"  the cached rows' student: teacher layers {list(layers)} -> {out}")
+    return out
+
+
+def build_cache(cfg_dict: dict, out: Path, log=print) -> dict:
+    """The teacher cache (k = TOP_K) that the cached run config `cfg_dict` reads, built in `out`
+    by the library's `teacher-cache build` from that config's own teacher and corpus (so the
+    run's checks of teacher, layout, corpus and top_k hold); an interrupted build resumes.
+    Returns its summary with `wall_seconds` (the whole call: teacher load, compile, shards)."""
+    import time
+
+    from ..config import from_dict
+    from ..distill.cache_build import build_teacher_cache
+    from ..train.config import DistillConfig
+
+    t0 = time.time()
+    cfg = from_dict(DistillConfig, cfg_dict, prefix="teacher cache")
+    summary = build_teacher_cache(cfg, out, TOP_K)
+    summary = {
+        "dir": str(out),
+        "top_k": TOP_K,
+        "wall_seconds": round(time.time() - t0, 1),
+        **{k: round(v, 1) if isinstance(v, float) else v for k, v in summary.items()},
+        # of the shards built in this call (None: all were kept from an interrupted one)
+        "bytes_per_token": round(summary["bytes"] / summary["tokens"], 1)
+        if summary["tokens"]
+        else None,
+    }
+    log(
+        f"  teacher cache (k={TOP_K}): {summary['tokens']} tokens, {summary['bytes'] / 1e6:.1f} "
+        f"MB in {summary['wall_seconds']:.0f} s ({summary['skipped']} shards kept from before)"
+    )
+    return summary
 
 
 def _cores() -> list[int]:
@@ -194,7 +281,9 @@ def train_runs(
     as `tinywave train|distill` subprocesses, each pinned to one CPU core, as many at once as
     there are cores: a run's numerics then do not depend on how many run beside it, and two
     single-core runs on 2 cores train ~1.5x faster than one run on both. Returns name -> final/.
-    Each run's console output is in RUN_DIR/train.log; progress is echoed every 30 s."""
+    Each run's console output is in RUN_DIR/train.log; progress is echoed every 30 s; a run
+    trained here records its wall and CPU seconds in RUN_DIR/timing.json (run_timing)."""
+    import json
     import os
     import subprocess
     import sys
@@ -203,6 +292,7 @@ def train_runs(
     import yaml
 
     from ..config import from_dict
+    from ..outputs import write_file_atomic
     from ..train.config import DistillConfig, TrainConfig
     from ..train.metrics import read_metrics
 
@@ -249,8 +339,10 @@ def train_runs(
             )
         time.sleep(0.5)
         for core, (name, cfg, proc, logf, t0) in list(running.items()):
-            if proc.poll() is None:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # its own CPU time, unlike poll
+            if pid == 0:
                 continue
+            proc.returncode = os.waitstatus_to_exitcode(status)
             logf.close()
             del running[core]
             final = Path(cfg["run_dir"]) / "final"
@@ -263,6 +355,12 @@ def train_runs(
                     f"resume. End of {cfg['run_dir']}/train.log:\n{tail}"
                 )
             rows = read_metrics(cfg["run_dir"])
+            timing = {  # this call's process: a resumed run's earlier sessions are not in it
+                "wall_seconds": round(time.time() - t0, 1),
+                "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+                "resumed": "--resume" in proc.args,
+            }
+            write_file_atomic(Path(cfg["run_dir"]) / TIMING, json.dumps(timing))
             log(f"  {name}: done in {time.time() - t0:.0f} s, final loss {rows[-1]['loss']:.4f}")
             out[name] = final
         if running and time.time() - last_echo > 30:
