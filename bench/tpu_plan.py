@@ -138,8 +138,8 @@ def _preset(topology: str, suffix: str, skip_cpu: bool, factor) -> dict:
 
 
 def cached_cost(path: Path, key: dict, compile_cost) -> dict:
-    """`compile_cost()` once per `key` (a variant's whole config, topology and compiler
-    versions): each cost is kept in the JSON file `path` as soon as it is compiled, so a bench
+    """`compile_cost()` once per `key` (a variant's whole config, topology, compiler versions
+    and source digest): each cost is kept in the JSON file `path` as soon as it is compiled, so a bench
     stopped after some of its 20-30 min variants starts again from the first one missing."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     done = json.loads(path.read_text()) if path.exists() else {}
@@ -152,6 +152,15 @@ def cached_cost(path: Path, key: dict, compile_cost) -> dict:
     tmp.write_text(json.dumps(done, indent=1))
     os.replace(tmp, path)
     return cost
+
+
+def source_digest() -> str:
+    """Digest of the package's Python sources: a cached variant cost is only valid for the code
+    that compiled it (a change to, say, the attention KL changes the program, not the config)."""
+    h = hashlib.sha256()
+    for path in sorted((REPO / "tinywave_jax").rglob("*.py")):
+        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def estimate_only(cfg, topology_name: str, log_name: str):
@@ -169,7 +178,7 @@ def estimate_only(cfg, topology_name: str, log_name: str):
     topo = resolve_topology(topology_name)
     devices = tpu.topology_devices(topo.tpu)
     topo = dataclasses.replace(topo, devices=len(devices))
-    versions = {"jax": jax.__version__, "libtpu": tpu.libtpu_version()}
+    versions = {"jax": jax.__version__, "libtpu": tpu.libtpu_version(), "code": source_digest()}
 
     def compile_variant(variant_cfg, label):
         t = time.perf_counter()

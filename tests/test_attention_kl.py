@@ -94,6 +94,7 @@ _dense_grad = jax.jit(jax.grad(dense_jnp_attention_kl, (0, 1)), static_argnums=(
     "hs,kvs,ht,kvt,heads,block",
     [
         (4, 4, 4, 4, "grouped", 4),  # MHA, ragged last block (13 = 3 * 4 + 1)
+        (4, 2, 4, 1, "grouped", 5),  # one-to-one heads (the one-pass forward), both GQA
         (4, 2, 8, 4, "grouped", 5),  # both GQA; teacher has 2x the heads: its pairs are averaged
         (8, 4, 2, 1, "grouped", 16),  # student has 4x the heads (its groups averaged); block > T
         (3, 3, 2, 2, "mean", 6),  # counts that do not divide: all heads averaged
@@ -114,6 +115,26 @@ def test_blockwise_matches_dense_value_and_grad(hs, kvs, ht, kvt, heads, block):
     assert float(jnp.abs(ref_gq).max()) > 1e-4
     # padding positions get no gradient
     assert float(jnp.abs(gq[0, -2:]).max()) == 0.0 and float(jnp.abs(gk[1, :3]).max()) == 0.0
+
+
+def test_one_pass_forward_follows_a_moving_maximum():
+    """One-to-one heads take the one-pass forward, whose E_p_t[t - s] is rescaled whenever a
+    row's running maximum moves: scores that grow along the keys move it at every block, and
+    large ones (scale 4: scores up to ~100) make a missed rescale visible."""
+    rng = np.random.default_rng(6)
+    sq, sk, tq, tk = _inputs(rng, 2, 2, 2, 2)
+    ramp = jnp.linspace(0.5, 4.0, T)[None, :, None, None]
+    sk, tk = sk * ramp, tk * ramp  # both models' keys grow along T
+    sq, tq = 4 * sq, 4 * tq
+    seg = jnp.asarray(SEG)
+    for block in (2, 3):
+        value, (gq, gk) = _blockwise_grad(sq, sk, tq, tk, seg, block, "grouped")
+        ref = numpy_attention_kl(sq, sk, tq, tk, SEG, 2)
+        assert ref > 0.5
+        np.testing.assert_allclose(value, ref, rtol=2e-5)
+        ref_gq, ref_gk = _dense_grad(sq, sk, tq, tk, SEG, 2)
+        np.testing.assert_allclose(gq, ref_gq, atol=1e-5 * float(jnp.abs(ref_gq).max()))
+        np.testing.assert_allclose(gk, ref_gk, atol=1e-5 * float(jnp.abs(ref_gk).max()))
 
 
 def test_block_size_that_divides_t():

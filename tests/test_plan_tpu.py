@@ -265,3 +265,17 @@ def test_bench_keeps_each_variant_cost_so_a_stopped_run_resumes(tmp_path):
     assert cached_cost(path, other, compile_cost(3.0)) == {"flops": 3.0}
     assert calls == [1.0, 3.0]
     assert len(json.loads(path.read_text())) == 2
+
+
+def test_bench_cache_key_changes_with_the_package_sources(tmp_path, monkeypatch):
+    """A cached variant cost belongs to the code that compiled it: editing any module of the
+    package (the attention KL, say) gives a new key, so the variant is compiled again."""
+    bench = _bench()
+    pkg = tmp_path / "tinywave_jax" / "distill"
+    pkg.mkdir(parents=True)
+    (pkg / "attention_kl.py").write_text("X = 1\n")
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    before = bench.source_digest()
+    assert bench.source_digest() == before
+    (pkg / "attention_kl.py").write_text("X = 2\n")
+    assert bench.source_digest() != before

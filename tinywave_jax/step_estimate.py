@@ -17,8 +17,10 @@ variants and the trip counts are put back by arithmetic:
     of which the n - 1 chunks the loop hides are added (unchunked logits of a 128k vocabulary
     would not fit);
   * the attention KL as one causal T x T tile (`attention_block_size = T`): it also computes the
-    masked half, which the blockwise loop skips (blocks of 256 at T = 2048 do 36 of 64 tiles):
-    an overestimate of that term.
+    masked half, which the blockwise loop skips (blocks of 256 at T = 2048 do 36 of 64 tiles),
+    but XLA shares its scores between forward and backward, which the loop recomputes per tile
+    and pass: neither bound of the run's term, which XLA cannot count (docs/scaling.md, "Third
+    attempt": 20.6 GB per layer and v6e chip, near half a student layer's bytes).
 
 Only the variants' costs are used: they hold more memory than the run (one attention tile), and
 a variant the compiler refuses for lack of HBM makes the estimate unavailable, said so. The time
