@@ -9,7 +9,9 @@ MANIFEST is a speech manifest (jsonl: `path` relative to its folder, `speaker`, 
 cut from the utterance's units by frame start time and deduplicated, as the teacher sees it.
 Each config fits k-means with the library's code (`phonetic_features`, `fit_kmeans`) on another
 seeded `--fit-per-voice` utterances of every voice, disjoint from the probe; `--units-dir`
-probes an already-fitted units folder as it is. One JSON line per config, then a table:
+probes an already-fitted units folder as it is. `--config` names are CONFIGS below (the
+library's features remove the mean only: no variance normalisation is offered). One JSON line
+per config, then a table:
   cross_acc    for each word token, its nearest token of the OTHER voices by normalised edit
                distance (Levenshtein / longer length) is the same word (ties: the share of the
                tied nearest that are); chance_cross: a random other-voice token is.
@@ -46,6 +48,8 @@ CONFIGS = {
     "current": (128, CURRENT),
     "utt_cmn": (128, {**CURRENT, "cmn_seconds": 0.0}),  # the whole utterance's mean
     "no_cmn": (128, {**CURRENT, "cmn": False}),
+    # the sounding frames' mean as `current`, over the whole utterance (any under 60 s)
+    "cmn_60s": (128, {**CURRENT, "cmn_seconds": 60.0}),
     "mfcc8": (128, {**CURRENT, "n_mfcc": 8}),
     "k64": (64, CURRENT),
     "k256": (256, CURRENT),
