@@ -1,0 +1,61 @@
+"""bench/unit_robustness.py's core against hand-computed edit distances and neighbours."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinywave_jax.errors import InputError
+
+
+def _bench():
+    path = Path(__file__).resolve().parent.parent / "bench" / "unit_robustness.py"
+    spec = importlib.util.spec_from_file_location("unit_robustness_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_normalised_edit_distance_divides_by_the_longer_sequence():
+    d = _bench().normalised_distances([[1, 2, 3]], [[1, 2, 4], [4, 6], [3, 1, 2], [1, 2, 3]])
+    # one substitution; three edits; insert 3 in front and drop the last 3; equal
+    np.testing.assert_allclose(d, [[1 / 3, 1.0, 2 / 3, 0.0]], rtol=1e-6)
+
+
+def test_word_identification_on_a_hand_computed_example():
+    seqs = [[1, 2, 3], [4, 5], [1, 2, 4], [4, 6], [7, 8, 9]]
+    words = ["cat", "dog", "cat", "dog", "cat"]
+    voices = ["a", "a", "b", "b", "c"]
+    # distances by hand: d(0,2) = 1/3, d(1,3) = 1/2, every other pair 1.0
+    r = _bench().word_identification(seqs, words, voices)
+    # 0-3 find their twin in the other voice; 4's nearest are all four tokens tied, 2 of them cats
+    assert r["cross_acc"] == pytest.approx((4 + 0.5) / 5)
+    # one other voice at a time: (a,b) 1, (a,c) 1/2, (b,a) 1, (b,c) 1/2, (c,a) 1/2, (c,b) 1/2
+    assert r["pair_acc"] == pytest.approx(4 / 6)
+    assert r["within_acc"] == 0.0  # each voice's only other token is the other word; c has none
+    assert r["chance_cross"] == pytest.approx((2 / 3 + 1 / 3 + 2 / 3 + 1 / 3 + 1 / 2) / 5)
+    assert r["chance_within"] == 0.0
+    assert r["d_same"] == pytest.approx((1 / 3 + 1 + 1 + 1 / 2) / 4)
+    assert r["d_diff"] == pytest.approx(1.0)
+    assert r["per_voice"] == pytest.approx({"a": 1.0, "b": 1.0, "c": 0.5})
+
+
+def test_words_are_cut_by_frame_time_deduplicated_and_short_ones_left_out():
+    rows = [
+        {"speaker": "a", "words": [["abcd", 0.0, 0.06], ["ab", 0.06, 0.08], ["efgh", 0.06, 0.2]]}
+    ]
+    ids = np.array([5, 5, 6, 6, 7, 1, 1])  # 50 Hz: frames start at 0, 0.02, ..., 0.12 s
+    seqs, words, voices = _bench().word_tokens(rows, [ids], 50.0, min_letters=4)
+    assert seqs == [[5, 6], [6, 7, 1]] and words == ["abcd", "efgh"] and voices == ["a", "a"]
+
+
+def test_samples_are_per_voice_disjoint_and_a_short_voice_is_named():
+    bench = _bench()
+    rows = [{"speaker": v} for v in "aaaabbbb"]
+    probe = bench.sample(rows, 2, np.random.default_rng(0), set())
+    fit = bench.sample(rows, 2, np.random.default_rng(1), set(probe))
+    assert sorted(rows[i]["speaker"] for i in probe) == ["a", "a", "b", "b"]
+    assert sorted(probe + fit) == list(range(8))
+    with pytest.raises(InputError, match="voice 'a': 2 utterances, fewer than 3"):
+        bench.sample(rows, 3, np.random.default_rng(0), set(probe))
