@@ -50,6 +50,10 @@ CONFIGS = {
     "no_cmn": (128, {**CURRENT, "cmn": False}),
     # the sounding frames' mean as `current`, over the whole utterance (any under 60 s)
     "cmn_60s": (128, {**CURRENT, "cmn_seconds": 60.0}),
+    # per frame the mean of all frames so far (the first 3 s for the head): causal, so usable
+    # on cloze benchmarks, unlike utt_cmn
+    "running": (128, {**CURRENT, "cmn_running": True}),
+    "running_1s": (128, {**CURRENT, "cmn_seconds": 1.0, "cmn_running": True}),
     "mfcc8": (128, {**CURRENT, "n_mfcc": 8}),
     "k64": (64, CURRENT),
     "k256": (256, CURRENT),

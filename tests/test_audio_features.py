@@ -177,3 +177,21 @@ def test_head_mean_removal_ignores_later_audio_and_silence():
     np.testing.assert_allclose(fa[:50], raw - sounding.mean(0), rtol=1e-4, atol=1e-4)
     with pytest.raises(Exception, match="cmn_seconds"):
         SpectralConfig(cmn_seconds=-1).validate()
+
+
+def test_running_mean_removal_is_causal_after_its_head():
+    """cmn_running: frame t subtracts the mean of every frame up to max(t, head), computed here
+    naively frame by frame; two recordings that agree up to a point agree in features there."""
+    rs = np.random.default_rng(4)
+    shared = np.concatenate([np.zeros(4000), 0.3 * rs.standard_normal(SAMPLE_RATE * 2)])
+    a = np.concatenate([shared, 0.3 * rs.standard_normal(SAMPLE_RATE)])
+    b = np.concatenate([shared, 0.02 * rs.standard_normal(SAMPLE_RATE * 2)])
+    cfg = SpectralConfig(cmn_seconds=1.0, cmn_running=True, deltas=False)
+    fa, fb = phonetic_features(a, cfg), phonetic_features(b, cfg)
+    raw = mfcc(a, SpectralConfig(cmn=False)).astype(np.float64)
+    head = 25  # 1 s at 25 Hz
+    naive = np.stack([raw[t] - raw[: max(t + 1, head)].mean(0) for t in range(len(raw))])
+    np.testing.assert_allclose(fa, naive, rtol=1e-4, atol=1e-4)
+    n = int(2.2 * 25)  # frames whose window lies inside the shared audio
+    np.testing.assert_allclose(fa[:n], fb[:n], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(fa[-5:].mean(0), raw[-5:].mean(0) - raw[:head].mean(0), atol=1e-3)

@@ -38,6 +38,10 @@ class SpectralConfig:
     # > 0: the mean of the sounding frames of the first `cmn_seconds` only, so a frame's features
     # do not depend on audio long after it (a cloze pair's endings leave its context's units alone)
     cmn_seconds: float = 0.0
+    # True: frame t subtracts the mean of ALL frames up to max(t, the first cmn_seconds): near the
+    # whole utterance's mean (the most speaker-robust in bench/unit_robustness.py) yet causal after
+    # the first cmn_seconds, so a cloze pair's shared context still gets the same units
+    cmn_running: bool = False
 
     def validate(self):
         check_frame_rate(self.frame_rate, "frame_rate")
@@ -158,8 +162,14 @@ def deltas(feats: np.ndarray, width: int = 2) -> np.ndarray:
 
 
 def _cmn_mean(feats: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
-    """[1, dim] mean to subtract: the whole utterance's, or that of the sounding frames (log
-    energy within 30 dB-ish of the loudest) among the first `cmn_seconds`."""
+    """[1 or frames, dim] mean to subtract: the whole utterance's, that of the sounding frames
+    (log energy within 30 dB-ish of the loudest) among the first `cmn_seconds`, or (cmn_running)
+    per frame the mean of all frames up to max(t, the first cmn_seconds)."""
+    if cfg.cmn_running:
+        head = min(len(feats), max(1, int(round(cfg.cmn_seconds * cfg.frame_rate))))
+        running = np.cumsum(feats, axis=0, dtype=np.float64) / np.arange(1, len(feats) + 1)[:, None]
+        running[: head - 1] = running[head - 1]
+        return running
     if cfg.cmn_seconds <= 0:
         return feats.mean(axis=0, keepdims=True)
     head = feats[: max(1, int(round(cfg.cmn_seconds * cfg.frame_rate)))]

@@ -66,6 +66,7 @@ def fit_units(
     max_hours: float | None = None,
     cmn: bool = True,
     cmn_seconds: float = 0.0,
+    cmn_running: bool = False,
     frame_rate: float = SpectralConfig.frame_rate,
     window_seconds: float = SpectralConfig.window_seconds,
     skip_bad: bool = False,
@@ -77,7 +78,8 @@ def fit_units(
     With `hubert_spec`, phonetic units come from that HuBERT spec (nothing is fitted for them).
     Files are visited in a seeded random order when `max_hours` caps the training audio.
     `cmn`: subtract each utterance's feature mean (spectral units; see SpectralConfig.cmn);
-    `cmn_seconds` > 0: the mean of its first seconds' sounding frames only.
+    `cmn_seconds` > 0: the mean of its first seconds' sounding frames only; `cmn_running`: per
+    frame, the mean of all frames so far (from the first `cmn_seconds` on).
     `frame_rate` (Hz) and `window_seconds`: the spectral units' hop and analysis window.
     """
     out_dir = Path(out_dir)
@@ -103,6 +105,7 @@ def fit_units(
                 features=features,
                 cmn=cmn,
                 cmn_seconds=cmn_seconds,
+                cmn_running=cmn_running,
                 frame_rate=frame_rate,
                 window_seconds=window_seconds,
             ),

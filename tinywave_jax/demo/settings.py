@@ -47,6 +47,9 @@ class TeacherSettings:
     unit_frame_rate: float = 50.0
     unit_window_seconds: float = 0.025
     cmn_seconds: float = 3.0  # units' mean removal over the first seconds (0: none)
+    # True: each frame's mean is that of all frames so far (the first cmn_seconds for the head),
+    # more speaker-robust than the head's mean alone (docs/demo_teacher.md, unit probe)
+    cmn_running: bool = False
     pitch_bins: int = 0  # pitch tokens (0: none; SpiritLM has 64)
     style_classes: int = 0  # style tokens (0: none; SpiritLM has 100)
     mixture: dict[str, float] = dataclasses.field(
@@ -69,6 +72,8 @@ class TeacherSettings:
             raise ConfigError(f"synthesis: {self.synthesis!r} is not 'natural' or 'word_bank'")
         if self.cmn_seconds < 0:
             raise ConfigError("cmn_seconds: must be >= 0 (0: no mean removal)")
+        if self.cmn_running and self.cmn_seconds <= 0:
+            raise ConfigError("cmn_running: needs cmn_seconds > 0 (the head's length)")
         from ..audio.features import SpectralConfig
 
         SpectralConfig(

@@ -178,6 +178,7 @@ class TeacherBuild(StagedRun):
             # (the whole-utterance mean would); 0 (the word-bank teachers): none
             cmn=s.cmn_seconds > 0,
             cmn_seconds=s.cmn_seconds,
+            cmn_running=s.cmn_running,
             frame_rate=s.unit_frame_rate,
             window_seconds=s.unit_window_seconds,
             log=lambda m: self.log("  " + m),
