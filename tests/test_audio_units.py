@@ -10,6 +10,7 @@ from speech_fixtures import SENTENCES, VOICES, speech_corpus, synthesize
 from tinywave_jax import cli
 from tinywave_jax.audio import SAMPLE_RATE, UnitExtractor, list_audio, load_extractor, read_audio
 from tinywave_jax.audio.extractor import CONFIG_FILE
+from tinywave_jax.audio.features import SpectralConfig
 from tinywave_jax.audio.pitch import UNVOICED_BIN
 from tinywave_jax.errors import ConfigError, InputError
 
@@ -286,3 +287,13 @@ def test_frame_rate_and_window_are_fitted_recorded_and_checked(corpus, tmp_path,
         assert main(["units", "fit", str(corpus / "audio"), str(tmp_path / "x"), *args, bad]) != 0
         assert key in capsys.readouterr().err
         assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
+def test_fit_help_states_spectral_configs_defaults(capsys):
+    """`units fit --frame-rate/--window-seconds` default to SpectralConfig's (the parser leaves
+    them unset so `tinywave --help` loads no scipy); its help states those numbers."""
+    with pytest.raises(SystemExit):
+        main(["units", "fit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"default: SpectralConfig's, {SpectralConfig.frame_rate:g};" in help_text
+    assert f"default: SpectralConfig's, {SpectralConfig.window_seconds:g} s" in help_text

@@ -164,8 +164,14 @@ def test_finalize_names_a_missing_share_or_shard(shards, tmp_path, capsys):
 
     shutil.copy(root / "hosts" / "_staging" / "share-00001-of-00002.json", out / "_staging")
     (out / "_staging" / "shard-00007.npz").unlink()  # as if host 1's disk lost a shard
-    with pytest.raises(CorpusError, match=r"share 1 of 2 .* incomplete: shard\(s\) shard-00007"):
+    with pytest.raises(
+        CorpusError, match=r"share 1 of 2 .* incomplete: shard\(s\) shard-00007"
+    ) as e:
         finalize_corpus(out, log=lambda m: None)
+    assert str(e.value).endswith(
+        "build it again (build_corpus(..., num_hosts=2, host_index=1), or `tinywave corpus "
+        "build ... --num-hosts 2 --host-index 1`)"
+    )
 
     with pytest.raises(MissingInputError, match=r"no host share in .*_staging"):
         finalize_corpus(root / "one", log=lambda m: None)  # a one-process build has none

@@ -126,6 +126,21 @@ def test_settings_fail_naming_the_key():
         teacher_settings(overrides=["world.test=1"])
 
 
+def test_run_configs_fail_naming_the_key_as_they_are_built():
+    """The demo's run configs are typed TrainConfig / DistillConfig from the start: a bad key in
+    a section fails where the config is made, naming the run and the key."""
+    from tinywave_jax.demo import demo_settings
+    from tinywave_jax.demo.training import correction_config
+    from tinywave_jax.errors import ConfigError
+    from tinywave_jax.train.config import TrainConfig
+
+    s = demo_settings(quick=True)
+    data = {"seq_len": 32, "batch_size": 2}
+    assert isinstance(correction_config(s, Path("ck"), data, Path("r")), TrainConfig)
+    with pytest.raises(ConfigError, match=r"teacher/correct\.data\.bogus"):
+        correction_config(s, Path("ck"), {**data, "bogus": 1}, Path("r"))
+
+
 def test_stages_need_their_predecessors(tmp_path):
     from tinywave_jax.demo import Demo, demo_settings
     from tinywave_jax.errors import ConfigError
@@ -363,7 +378,7 @@ def test_cached_row_trains_from_the_teacher_cache_alone(quick_run, tmp_path):
         cfg = yaml.safe_load((run / "run.yaml").read_text())
         logit = yaml.safe_load((workdir / "runs" / "logit" / f"lr{lr:g}" / "run.yaml").read_text())
         assert cfg["teacher"]["cache"] == rec["cache"] == str(workdir / "teacher_cache")
-        assert cfg["student"] == {"path": rec["start"]}
+        assert cfg["student"]["path"] == rec["start"] and cfg["student"]["num_layers"] is None
         assert cfg["distill"]["terms"] == {"topk_kl": 1.0} and cfg["distill"]["top_k"] == 64
         assert cfg["distill"]["weights"] == {"ce": 1.0, "logit_kl": 0, "hidden": 0, "attention": 0}
         for key in ("data", "train"):

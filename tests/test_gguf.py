@@ -344,7 +344,7 @@ def test_unknown_type_lists_the_valid_ones(model, tmp_path, capsys):
 def test_existing_output_kept_unless_overwrite_and_never_inside_the_checkpoint(model, tmp_path):
     out = tmp_path / "m.gguf"
     out.write_bytes(b"precious")
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match=r"\(pass overwrite=True to replace it\)"):
         export_gguf(model["ckpt"], out, "q8_0")
     assert out.read_bytes() == b"precious"
     assert cli.main(["export-gguf", str(model["ckpt"]), str(out), "--type", "q8_0"]) == 2

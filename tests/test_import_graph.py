@@ -2,6 +2,9 @@
 command modules, library modules import at the top, and the layering the architecture states."""
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tinywave_jax"
@@ -65,7 +68,8 @@ def test_library_modules_import_at_the_top():
 
 
 def test_layering():
-    """No library module imports the demo; convert/ (formats) imports neither eval/ nor train/."""
+    """No library module imports the demo (command modules included: test_demo_stays_apart);
+    convert/ (formats) imports neither eval/ nor train/."""
     for rel, tree in _library_modules():
         for node, _ in _imports(tree):
             for target in _targets(rel, node):
@@ -75,3 +79,36 @@ def test_layering():
                         rel,
                         target,
                     )
+
+
+def test_demo_stays_apart():
+    """No module outside demo/ imports it, command modules included: only cli.py's lazy loader
+    names it (as a string), so the library works without the demo."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("demo/") or rel == "cli.py":
+            continue
+        for node, _ in _imports(ast.parse(path.read_text())):
+            for target in _targets(rel, node):
+                assert not target.startswith("tinywave_jax.demo"), (rel, target)
+
+
+def test_help_loads_no_jax_or_scipy():
+    """`tinywave --help` builds every command's parser without jax, flax, orbax, scipy or torch
+    (each parser's module imports only what it needs to describe its flags)."""
+    code = (
+        "import sys\n"
+        "from tinywave_jax import cli\n"
+        "try:\n"
+        "    cli.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('jax', 'flax', 'orbax', 'optax', 'scipy', 'torch', 'soundfile')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent), "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]

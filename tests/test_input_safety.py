@@ -8,7 +8,7 @@ import pytest
 from train_fixtures import TEACHER, distill_config, train_config
 
 from tinywave_jax import cli
-from tinywave_jax.config import load_config, read_yaml
+from tinywave_jax.config import load_config, merged, read_yaml
 from tinywave_jax.errors import ConfigError
 from tinywave_jax.train.config import TrainConfig
 from tinywave_jax.train.recipes import prepare
@@ -240,3 +240,14 @@ def test_unsupported_url_schemes_are_one_line(tmp_path, capsys, url):
     assert f"{url.split(':')[0]}:// paths are not supported" in err
     assert cli.main(["export-hf", str(tmp_path), url]) == 2
     _one_line_error(capsys, "export-hf")
+
+
+def test_a_base_chain_and_the_demos_presets_merge_key_by_key(tmp_path):
+    """config.merged, the one merge rule: a later mapping merges into an earlier one's at the same
+    key, anything else replaces it (a YAML's base: chain, the demo's presets)."""
+    (tmp_path / "b.yaml").write_text("train: {steps: 5, log_every: 2}\ndata: {seq_len: 8}\n")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain: {steps: 1}\ndata: 3\n")
+    assert read_yaml(tmp_path / "a.yaml") == {"train": {"steps": 1, "log_every": 2}, "data": 3}
+    layers = ({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}}, {"b": {"c": 1}})
+    assert merged(*layers) == {"a": {"x": 1, "y": 3}, "b": {"c": 1}}
+    assert layers[0] == {"a": {"x": 1, "y": 2}, "b": 1}  # the layers are left as they were

@@ -279,6 +279,9 @@ def test_the_cli_resumes_a_finished_cache_and_names_a_mismatch(corpus, cache, tm
     assert main(["teacher-cache", "build", *over, *argv, "--top-k", "4"]) == 2
     err = capsys.readouterr().err
     assert "holds a cache built otherwise" in err and "top_k: cache 8, run 4" in err
+    assert err.strip().endswith("; use another --out")
+    with pytest.raises(TeacherCacheError, match="top_k: cache 8, run 4.*; use another out$"):
+        build_teacher_cache(_cfg(corpus), copy, top_k=4, records_per_shard=4)  # from Python
     assert "window: cache 32, run 16" in err
 
 

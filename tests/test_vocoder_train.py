@@ -131,7 +131,7 @@ def test_cli_vocoder_train(data, tmp_path, capsys):
 
 def test_bad_runs_are_refused_before_training(data, tmp_path):
     _train(data, tmp_path, "c", 1)
-    with pytest.raises(OutputExistsError, match="--resume continues it"):
+    with pytest.raises(OutputExistsError, match=r"\(resume=True continues it\)"):
         _train(data, tmp_path, "c", 2)
     with pytest.raises(ConfigError, match="batch_size 3 differs"):
         _train(data, tmp_path, "c", 2, resume=True, batch_size=3)

@@ -114,7 +114,8 @@ def verify_params(ckpt_dir: str | Path, info: dict | None = None) -> bool:
         more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
         raise CheckpointIntegrityError(
             f"{ckpt_dir}: params/{rel} {what}{more}; the checkpoint is damaged or incomplete: "
-            "copy or save it again (--no-verify loads it regardless)"
+            "copy or save it again (verify=False loads it regardless)",
+            param=(None, "verify"),
         )
 
     missing = sorted(set(recorded) - present)
@@ -174,7 +175,8 @@ def _verify_other_files(ckpt_dir, info: dict) -> None:
             continue
         raise CheckpointIntegrityError(
             f"{ckpt_dir}: {rel} {what}; the checkpoint is damaged or was edited: copy or save it "
-            "again (--no-verify loads it regardless)"
+            "again (verify=False loads it regardless)",
+            param=(None, "verify"),
         )
 
 
@@ -332,10 +334,11 @@ def _damaged(ckpt_dir: Path, what: str, verified: bool | None) -> CheckpointInte
     how = {
         True: "",
         False: " (it records no sha256 to tell which file: save or copy it again)",
-        None: " (load it without --no-verify to find the file that changed)",
+        None: " (drop verify=False to find the file that changed)",
     }[verified]
     return CheckpointIntegrityError(
-        f"{ckpt_dir}: {what}; the checkpoint is damaged or incomplete{how}"
+        f"{ckpt_dir}: {what}; the checkpoint is damaged or incomplete{how}",
+        param=(None, "verify") if verified is None else None,
     )
 
 

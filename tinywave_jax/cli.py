@@ -63,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         from .storage import storage_failure
 
-        named = disk_full(e) or storage_failure(e)
+        named = disk_full(e)
+        if named is None and storage_failure(e) is not None:  # names `resume`: as its flag
+            named = flag_message(
+                parser, args, TinywaveError(storage_failure(e), param=(None, "resume"))
+            )
         if named is None:
             raise
         if "tinywave_jax.checkpoint" in sys.modules:  # orbax's abandoned writes report at exit
@@ -82,17 +86,43 @@ def flag_message(parser: argparse.ArgumentParser, args, e: BaseException) -> str
     if command is None:
         return msg
     dests = getattr(args, "param_dests", None) or {}
-    flags = {a.dest: max(a.option_strings, key=len) for a in command._actions if a.option_strings}
+    actions = {a.dest: a for a in command._actions if a.option_strings}
     for k, param in enumerate(params):
-        flag = flags.get(dests.get(param, param))
-        if flag is None:
+        if param is None:
             continue
+        # `param=VALUE` as the command line writes it: `--flag VALUE`, or a switch's flag alone
+        # (`overwrite=True` -> --overwrite, `verify=False` -> --no-verify)
+        dest = dests.get(param, param)
+        msg = re.sub(
+            rf"(?<![\w./-]){re.escape(param)}=([\w.]+)",
+            lambda m, dest=dest: _flag_with(actions, dest, m.group(1)) or m.group(0),
+            msg,
+        )
+        action = actions.get(dest)
+        if action is None:
+            continue
+        flag = max(action.option_strings, key=len)
         if k == 0 and msg.startswith(param):
             msg = flag + msg[len(param) :]
         elif k > 0:
             # as a word of its own: not inside a path (runs/resume/) or a config key (data.x)
-            msg = re.sub(rf"(?<![\w./-]){re.escape(param)}(?![\w/-]|\.\w)", flag, msg)
+            msg = re.sub(rf"(?<![\w./-]){re.escape(param)}(?![\w/=-]|\.\w)", flag, msg)
     return msg
+
+
+def _flag_with(actions: dict, dest: str, value: str) -> str | None:
+    """How the command line sets parameter `dest` to `value` (a Python literal's text): the flag
+    and the value, a switch's flag when it sets that value (its `--no-X` one for X=False), or
+    None when no flag does."""
+    action = actions.get(dest)
+    if action is not None and action.nargs != 0:
+        return f"{max(action.option_strings, key=len)} {value}"
+    if action is not None and str(action.const) == value:
+        return max(action.option_strings, key=len)
+    negated = actions.get(f"no_{dest}")
+    if negated is not None and negated.nargs == 0 and str(not negated.const) == value:
+        return max(negated.option_strings, key=len)
+    return None
 
 
 def _command_parser(parser: argparse.ArgumentParser, func):

@@ -209,4 +209,4 @@ def _register_generate(subparsers) -> None:
     add_dtype(p)
     add_no_verify(p)
     p.add_argument("--out", help="write the JSON here instead of stdout")
-    p.set_defaults(func=_generate, param_dests={"stop_ids": "stop"})
+    p.set_defaults(func=_generate, param_dests={"stop_ids": "stop", "expressive": "modality"})

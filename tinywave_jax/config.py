@@ -169,10 +169,16 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+def merged(*layers: dict) -> dict:
+    """The mappings merged in order: a later one's mapping merges key by key into an earlier
+    one's at the same key, any other value replaces it (a YAML's `base:` chain, the demo's
+    presets)."""
+    out: dict = {}
+    for layer in layers:
+        for k, v in layer.items():
+            out[k] = (
+                merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+            )
     return out
 
 
@@ -219,13 +225,13 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
             raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
         if not (path.parent / base).is_file():
             raise ConfigError(f"{path}: base: config file not found: {path.parent / base}")
-        data = _merge(read_yaml(path.parent / base, (*_chain, key)), data)
+        data = merged(read_yaml(path.parent / base, (*_chain, key)), data)
     return data
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Applies `a.b.c=value` overrides; values are parsed as YAML (`3`, `true`, `[1,2]`, `x`)."""
-    data = _merge({}, data)
+    data = merged(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")

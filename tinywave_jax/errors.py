@@ -20,8 +20,9 @@ import sys
 class TinywaveError(Exception):
     """Root of the errors whose message tells the user what to fix. `param`: the function
     parameter the message starts with, which the CLI replaces by the flag that set it; a tuple
-    names further parameters the message mentions (each replaced wherever it stands as a word);
-    its first entry None: the message starts with no parameter."""
+    names further parameters the message mentions (each replaced wherever it stands as a word,
+    `param=VALUE` as the command line sets it: `overwrite=True` -> --overwrite); its first entry
+    None: the message starts with no parameter."""
 
     def __init__(self, *args, param: str | tuple[str | None, ...] | None = None):
         super().__init__(*args)

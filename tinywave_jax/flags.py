@@ -5,6 +5,12 @@ from __future__ import annotations
 DTYPES = ("float32", "bfloat16")
 
 
+def flag_name(param: str) -> str:
+    """The flag of a parameter whose flag is spelt like it (hbm_gib -> --hbm-gib), for text a
+    library function words with a caller-given `name` (plan.format_plan)."""
+    return "--" + param.replace("_", "-")
+
+
 def add_dtype(parser, help: str = "compute/parameter dtype (default: as stored)", default=None):
     """--dtype: the dtype a model is loaded (or written) at."""
     parser.add_argument("--dtype", choices=DTYPES, default=default, help=help)

@@ -76,8 +76,9 @@ def parse_prompt(
         try:
             ids = parse_token_string(prompt, layout, tokenizer, add_bos=add_bos)
         except TinywaveError as e:  # keep the class: a missing tokenizer is a ConfigError
-            msg = str(e).replace("(data.tokenizer)", "(--tokenizer)")
-            raise type(e)(f"{where} {prompt[:60]!r}: {msg}") from None
+            # the layout names the run config's key; a caller here passed `tokenizer`
+            msg = str(e).replace("a tokenizer (data.tokenizer)", "tokenizer")
+            raise type(e)(f"{where} {prompt[:60]!r}: {msg}", param=(None, "tokenizer")) from None
     else:
         if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in prompt):
             raise InputError(f"{where}: ids must be integers")

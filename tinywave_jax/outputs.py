@@ -166,7 +166,8 @@ def check_output_dir(
         raise OutputExistsError(f"{out_dir} exists and is not a folder")
     if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
         raise OutputExistsError(
-            f"{out_dir} is not empty (pass --overwrite / overwrite=True to replace it)"
+            f"{out_dir} is not empty (pass overwrite=True to replace it)",
+            param=(None, "overwrite"),
         )
 
 

@@ -13,7 +13,7 @@ import math
 import re
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -345,7 +345,9 @@ def _compiled_for(p: dict) -> str:
     return f"{p['devices']} simulated {p['backend_compiled_for']} devices"
 
 
-def format_plan(p: dict) -> str:
+def format_plan(p: dict, name: Callable[[str], str] = str) -> str:
+    """The plan as text; `name(param)`: how its reader sets resolve_topology's parameter `param`
+    (`tinywave plan` gives its flags)."""
     m, x = p["memory_per_device_bytes"], p["xla_memory_per_device_bytes"]
     mesh = " x ".join(f"{k} {v}" for k, v in p["mesh"].items())
     lines = [
@@ -372,7 +374,7 @@ def format_plan(p: dict) -> str:
     ]
     hbm = p["hbm_per_device_bytes"]
     if hbm is None:
-        lines.append("  device memory unknown (give --hbm-gib): fit not checked")
+        lines.append(f"  device memory unknown (give {name('hbm_gib')}): fit not checked")
     elif p["fits"]:
         lines.append(f"  fits: {100 * x['peak'] / hbm:.0f}% of {_gib(hbm).strip()} per device")
     else:
@@ -398,7 +400,7 @@ def format_plan(p: dict) -> str:
             f"{p['tokens_per_s']:,.0f} tokens/s"
         )
     else:
-        lines.append("  no peak FLOP/s known (give --peak-tflops): no step time")
+        lines.append(f"  no peak FLOP/s known (give {name('peak_tflops')}): no step time")
     e = p.get("estimate")
     if e and e["available"]:
         mfu = "" if e["mfu"] is None else f", MFU {100 * e['mfu']:.1f}%"

@@ -474,7 +474,8 @@ _TENSORSTORE_GAVE_UP = re.compile(r"All \d+ retry attempts failed|CURL error")
 def storage_failure(e: BaseException) -> str | None:
     """A one-line message when `e` (or what caused it) is an object-storage request that failed
     in the middle of a command (the bucket became unreachable, credentials expired): the start-up
-    check (check_gcs) had passed. None for anything else."""
+    check (check_gcs) had passed. None for anything else. It names parameter `resume` (an error
+    quoting it says so in `param`)."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -487,7 +488,7 @@ def storage_failure(e: BaseException) -> str | None:
                 f"an object-storage request failed: {first_line(e, with_type=True)}; check "
                 "the network, the bucket and the credentials (GOOGLE_APPLICATION_CREDENTIALS, or "
                 "STORAGE_EMULATOR_HOST / TENSORSTORE_GCS_HTTP_URL for an emulator) and rerun "
-                "(runs: with --resume)"
+                "(runs: with resume=True)"
             )
         e = e.__cause__ or e.__context__
     return None
@@ -573,13 +574,16 @@ def within_deadline(fn, what: str, where: AnyPath):
             f"{where}: {what} did not finish within {limit:g} s ({DEADLINE_ENV}): bucket "
             f"{bucket(where)!r} is unreachable or too slow; what was complete before stays "
             "intact (an unfinished checkpoint step has no commit marker and is never used); "
-            "check the network and credentials and rerun (runs: with --resume)"
+            "check the network and credentials and rerun (runs: with resume=True)",
+            param=(None, "resume"),
         )
     if "error" in box:
         failed = storage_failure(box["error"])
         if failed is not None:  # named with the path and the operation it broke
             _LOST.append(what)
-            raise StorageRequestError(f"{where}: {what} failed: {failed}") from box["error"]
+            raise StorageRequestError(
+                f"{where}: {what} failed: {failed}", param=(None, "resume")
+            ) from box["error"]
         raise box["error"]
     return box.get("value")
 

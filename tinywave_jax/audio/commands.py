@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from .features import SpectralConfig
-
 
 def register(subparsers) -> None:
     units = subparsers.add_parser("units", help="speech units: fit, hubert-spec, extract")
@@ -47,18 +45,20 @@ def register(subparsers) -> None:
     fit.add_argument(
         "--frame-rate",
         type=float,
-        default=SpectralConfig.frame_rate,
+        default=argparse.SUPPRESS,
         metavar="HZ",
-        help="spectral units per second before deduplication (default %(default)s; HuBERT's 50 "
-        "gives a word's repeats more of the same units than 25)",
+        help="spectral units per second before deduplication (default: SpectralConfig's, 25; "
+        "HuBERT's 50 gives a word's repeats more of the same units than 25)",
     )
     fit.add_argument(
         "--window-seconds",
         type=float,
-        default=SpectralConfig.window_seconds,
+        default=argparse.SUPPRESS,
         metavar="S",
-        help="spectral analysis window (default %(default)s s)",
+        help="spectral analysis window (default: SpectralConfig's, 0.04 s)",
     )
+    # (no argparse values unless given above: fit_units has SpectralConfig's, whose module loads
+    # scipy, which `tinywave --help` should not pay for; test_audio_units checks the help's numbers)
     fit.add_argument("--skip-bad", action="store_true", help="warn on unreadable files, not fail")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing units folder")
     fit.set_defaults(func=_fit, param_dests={"hubert_spec": "hubert"})
@@ -102,8 +102,7 @@ def _fit(args) -> int:
         overwrite=args.overwrite,
         cmn=args.cmn,
         cmn_seconds=args.cmn_seconds,
-        frame_rate=args.frame_rate,
-        window_seconds=args.window_seconds,
+        **{k: getattr(args, k) for k in ("frame_rate", "window_seconds") if hasattr(args, k)},
     )
     return 0
 

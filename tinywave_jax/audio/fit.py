@@ -85,7 +85,8 @@ def fit_units(
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() and not overwrite:
         raise OutputExistsError(
-            f"{out_dir / CONFIG_FILE} exists (pass --overwrite / overwrite=True to replace it)"
+            f"{out_dir / CONFIG_FILE} exists (pass overwrite=True to replace it)",
+            param=(None, "overwrite"),
         )
     if units < 1 and hubert_spec is None:
         raise ConfigError(f"units: must be >= 1, got {units}", param="units")
@@ -134,7 +135,7 @@ def fit_units(
         except InputError as e:
             if not skip_bad:
                 raise InputError(
-                    f"{e} (pass --skip-bad / skip_bad=True to leave such files out)"
+                    f"{e} (pass skip_bad=True to leave such files out)", param=(None, "skip_bad")
                 ) from None
             warnings.warn(f"skipping {e}", stacklevel=2)
             skipped += 1

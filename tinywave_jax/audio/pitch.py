@@ -193,7 +193,8 @@ def fit_pitch_edges(values: np.ndarray, bins: int) -> np.ndarray:
     if values.size == 0:
         raise InputError(
             "pitch: no voiced frames in the training audio to fit pitch bins on "
-            "(pass --pitch-bins 0 to leave pitch out)"
+            "(pass pitch_bins=0 to leave pitch out)",
+            param=(None, "pitch_bins"),
         )
     return np.quantile(values, np.linspace(0, 1, bins)[1:-1]).astype(np.float64)
 

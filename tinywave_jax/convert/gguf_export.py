@@ -414,7 +414,9 @@ def check_output_file(
     if out.is_dir():
         raise OutputExistsError(f"{out} is a folder; give a file name such as model.q8_0.gguf")
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists (pass --overwrite / overwrite=True to replace it)")
+        raise OutputExistsError(
+            f"{out} exists (pass overwrite=True to replace it)", param=(None, "overwrite")
+        )
 
 
 @contextlib.contextmanager
@@ -569,4 +571,6 @@ def _check_remote_output(out, overwrite: bool) -> None:
     if p.is_dir():
         raise OutputExistsError(f"{out} is a folder; give a file name such as model.q8_0.gguf")
     if p.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists (pass --overwrite / overwrite=True to replace it)")
+        raise OutputExistsError(
+            f"{out} exists (pass overwrite=True to replace it)", param=(None, "overwrite")
+        )

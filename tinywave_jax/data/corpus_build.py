@@ -303,7 +303,8 @@ def build_corpus(
         raise CorpusError(
             f"{staging} was staged from different inputs or settings"
             + (" (by another host or an earlier build)" if num_hosts > 1 else "")
-            + "; delete it (or use another --out) to rebuild"
+            + "; delete it (or use another out) to rebuild",
+            param=(None, "out"),
         )
     write_file_atomic(plan_file, digest)
 
@@ -473,6 +474,15 @@ def _finish_share(
     return {**summary, "share": share}
 
 
+def _build_share(n="N", i="I") -> str:
+    """How a host's share is built, from Python and on the command line (finalize's errors send
+    the user back to that other step, whichever way it was run)."""
+    return (
+        f"build_corpus(..., num_hosts={n}, host_index={i}), or `tinywave corpus build ... "
+        f"--num-hosts {n} --host-index {i}`"
+    )
+
+
 def finalize_corpus(out, *, max_skipped="shares", log=print) -> dict:
     """Checks the shares of a host-sharded build (`build_corpus(..., num_hosts=N,
     host_index=I)` for every I) and writes the corpus and summary.json from them; returns the
@@ -481,14 +491,15 @@ def finalize_corpus(out, *, max_skipped="shares", log=print) -> dict:
     records, their splits and their order equal a one-process build's: the TFDS pass reads the
     same staged shards. `max_skipped`: "shares" uses the smallest limit the shares were built
     with; None (no limit) or a number overrides it."""
-    storage.check_gcs(out, write=True, what="corpus finalize OUT")
+    with naming("out"):
+        storage.check_gcs(out, write=True, what="out")
     out = storage.absolute(out)
     staging = out / "_staging"
     files = sorted(staging.glob("share-*-of-*.json"), key=str)
     if not files:
         raise MissingInputError(
-            f"no host share in {staging}: run `tinywave corpus build ... --out {out} "
-            "--num-hosts N --host-index I` on every host first"
+            f"no host share in {staging}: build every host's share into {out} first "
+            f"({_build_share()})"
         )
     shares = {}
     for f in files:
@@ -504,7 +515,7 @@ def finalize_corpus(out, *, max_skipped="shares", log=print) -> dict:
         stale = [f.name for f, s in shares.items() if s["num_hosts"] != n]
         raise CorpusError(
             f"{staging} holds shares of different host counts: {', '.join(stale)} do not belong "
-            f"to the {counts[n]} share(s) of --num-hosts {n}; delete the stale ones"
+            f"to the {counts[n]} share(s) of num_hosts {n}; delete the stale ones"
         )
     n = next(iter(counts))
     by_index = {s["host_index"]: (f, s) for f, s in shares.items()}
@@ -513,9 +524,8 @@ def finalize_corpus(out, *, max_skipped="shares", log=print) -> dict:
         raise CorpusError(
             f"{len(missing)} of {n} host shares missing: "
             + ", ".join(f"share {i} ({staging / share_name(i, n)})" for i in missing)
-            + "; run (or finish) `tinywave corpus build ... --num-hosts "
-            + f"{n} --host-index I` for "
-            + ("it" if len(missing) == 1 else "them")
+            + f"; build (or finish) {'it' if len(missing) == 1 else 'them'} "
+            + f"({_build_share(n)})"
         )
     digests = Counter(s["plan"] for _, s in by_index.values())
     ref = max(
@@ -557,7 +567,7 @@ def finalize_corpus(out, *, max_skipped="shares", log=print) -> dict:
             raise CorpusError(
                 f"share {i} of {n} ({f}) is incomplete: shard(s) "
                 f"{', '.join(shard_name(k) for k in (absent or want))} missing from "
-                f"{staging}; rerun its `corpus build ... --host-index {i}`"
+                f"{staging}; build it again ({_build_share(n, i)})"
             )
     if max_skipped == "shares":
         limits = [s["max_skipped"] for _, s in by_index.values() if s["max_skipped"] is not None]

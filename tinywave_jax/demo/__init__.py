@@ -15,7 +15,10 @@ benchmarks with intervals -> Hugging Face export.
     stages    a work folder of cached stages;  pipeline  the demo's stages, `run_demo`
 """
 
-from .pipeline import STAGES, Demo, run_demo
-from .settings import DemoSettings, demo_settings
+from .._lazy import lazy_exports
 
-__all__ = ["STAGES", "Demo", "DemoSettings", "demo_settings", "run_demo"]
+# lazily, so that `tinywave --help` (demo/commands.py lives in this package) loads no jax
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {"pipeline": ["STAGES", "Demo", "run_demo"], "settings": ["DemoSettings", "demo_settings"]},
+)

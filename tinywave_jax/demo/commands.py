@@ -55,11 +55,11 @@ training.steps=500, --set teacher_dir=DIR, ...). See docs/vocoder.md.
 """
 
 
-def register(subparsers) -> None:
-    from .pipeline import STAGES
-    from .teacher import TeacherBuild
-    from .vocoder import VocoderBuild
+# the stage names live with each build (importing them here would load jax for `tinywave --help`)
+_STAGES_HELP = "comma-separated stages to run (default: all; earlier ones must be done)"
 
+
+def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
         help="end-to-end TinyWave demo on CPU (no downloads)",
@@ -89,8 +89,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--stages",
-        default=",".join(STAGES),
-        help="comma-separated stages to run (earlier ones must be done)",
+        help=_STAGES_HELP,
     )
     p.set_defaults(func=_run)
 
@@ -121,8 +120,7 @@ def register(subparsers) -> None:
     )
     t.add_argument(
         "--stages",
-        default=",".join(TeacherBuild.STAGES),
-        help="comma-separated stages to run (earlier ones must be done)",
+        help=_STAGES_HELP,
     )
     t.set_defaults(func=_run_teacher)
 
@@ -150,13 +148,14 @@ def register(subparsers) -> None:
     )
     v.add_argument(
         "--stages",
-        default=",".join(VocoderBuild.STAGES),
-        help="comma-separated stages to run (earlier ones must be done)",
+        help=_STAGES_HELP,
     )
     v.set_defaults(func=_run_vocoder)
 
 
-def _stages(arg: str, known) -> list[str]:
+def _stages(arg: str | None, known) -> list[str]:
+    if arg is None:
+        return list(known)
     stages = [s.strip() for s in arg.split(",") if s.strip()]
     bad = [s for s in stages if s not in known]
     if bad:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Union
 
-from ..config import apply_overrides, from_dict, to_dict
+from ..config import apply_overrides, from_dict, merged, to_dict
 from ..errors import ConfigError
 from .world import WorldSplits
 
@@ -206,16 +206,6 @@ TEACHER_VARIANTS = {
 QUICK_TEACHER_VARIANTS = {"base": {}, "expressive": {"pitch_bins": 4, "style_classes": 3}}
 
 
-def _merged(*layers: dict) -> dict:
-    out: dict = {}
-    for layer in layers:
-        for k, v in layer.items():
-            out[k] = (
-                _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-            )
-    return out
-
-
 def _variant(variant: str, table: dict, flag: str) -> dict:
     if variant not in table:
         raise ConfigError(f"{flag}: {variant!r} is not one of {list(table)}")
@@ -225,7 +215,7 @@ def _variant(variant: str, table: dict, flag: str) -> dict:
 def demo_settings(
     quick: bool = False, overrides: list[str] = (), variant: str = "base"
 ) -> DemoSettings:
-    base = _merged(_variant(variant, DEMO_VARIANTS, "--variant"), QUICK_DEMO if quick else {})
+    base = merged(_variant(variant, DEMO_VARIANTS, "--variant"), QUICK_DEMO if quick else {})
     data = apply_overrides(base, list(overrides))
     return from_dict(DemoSettings, data, prefix="demo")
 
@@ -233,7 +223,7 @@ def demo_settings(
 def teacher_settings(
     quick: bool = False, overrides: list[str] = (), variant: str = "base"
 ) -> TeacherSettings:
-    base = _merged(
+    base = merged(
         _variant(variant, TEACHER_VARIANTS, "--variant"),
         QUICK_TEACHER if quick else {},
         QUICK_TEACHER_VARIANTS[variant] if quick else {},

@@ -201,7 +201,7 @@ class TeacherBuild(StagedRun):
         }
 
     def stage_pretrain(self) -> dict:
-        from .training import data_section, pretrain_config, train_run
+        from .training import data_section, pretrain_config, train_runs
 
         s = self.settings
         data = data_section(
@@ -216,7 +216,8 @@ class TeacherBuild(StagedRun):
             s.mixture,
         )
         cfg = pretrain_config(s, data, self.run_dir, self.done("tokens")["vocab_size"])
-        final = train_run("teacher/pretrain", cfg, self.log)
+        # one run on every core (the sweep's runs take one core each)
+        final = train_runs([("teacher/pretrain", cfg)], self.log, pin=False)["teacher/pretrain"]
         from ..train.metrics import read_metrics
 
         last = read_metrics(self.run_dir)[-1]

@@ -12,15 +12,21 @@
                                    forward: the student is cut once beforehand, init/)
                          hidden    + hidden-state alignment
                          student   + attention-map alignment: the full TinyWave recipe
-Each run's model is RUN_DIR/final (a tinywave model checkpoint); a run interrupted before that
-resumes from its latest checkpoint on the next call.
+Each run's config is a checked TrainConfig / DistillConfig from the moment it is built (a bad key
+fails there, naming the run); each run's model is RUN_DIR/final (a tinywave model checkpoint); a
+run interrupted before that resumes from its latest checkpoint on the next call.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Union
 
+from ..config import from_dict, to_dict
 from ..errors import RunStopped
+from ..train.config import DistillConfig, TrainConfig
+
+RunConfig = Union[TrainConfig, DistillConfig]
 
 TOP_K = 64  # the cached row's teacher support (teacher ids kept per token)
 # row -> (what it is, loss weights; None: a random model trained with cross-entropy alone);
@@ -109,29 +115,41 @@ def model_shape(shape, vocab_size: int) -> dict:
     }
 
 
-def pretrain_config(s, data: dict, run_dir: Path, vocab_size: int) -> dict:
+def _checked(name: str, cfg: dict) -> RunConfig:
+    """The run config `cfg` (a `tinywave train|distill` YAML's content) as its typed object:
+    DistillConfig when it has a teacher. An unknown key or a bad value fails here, naming `name`."""
+    return from_dict(DistillConfig if "teacher" in cfg else TrainConfig, cfg, prefix=name)
+
+
+def pretrain_config(s, data: dict, run_dir: Path, vocab_size: int) -> TrainConfig:
     """The teacher's pretraining (TeacherSettings `s`)."""
-    return {
-        "run_dir": str(run_dir),
-        "model": {"shape": model_shape(s.shape, vocab_size), "seed": s.seed},
-        "optimizer": optimizer_section(s.learning_rate, s.steps, s.warmup_steps),
-        "train": loop_section(s.steps, checkpoint_every=max(1, min(250, s.steps))),
-        "data": data,
-        "logit_chunk_size": 128,
-    }
+    return _checked(
+        "teacher/pretrain",
+        {
+            "run_dir": str(run_dir),
+            "model": {"shape": model_shape(s.shape, vocab_size), "seed": s.seed},
+            "optimizer": optimizer_section(s.learning_rate, s.steps, s.warmup_steps),
+            "train": loop_section(s.steps, checkpoint_every=max(1, min(250, s.steps))),
+            "data": data,
+            "logit_chunk_size": 128,
+        },
+    )
 
 
-def correction_config(s, teacher_ckpt: Path, data: dict, run_dir: Path) -> dict:
+def correction_config(s, teacher_ckpt: Path, data: dict, run_dir: Path) -> TrainConfig:
     """LoRA teacher correction (DemoSettings `s`)."""
-    return {
-        "run_dir": str(run_dir),
-        "model": {"path": str(teacher_ckpt)},
-        "lora": {"enabled": True, "rank": s.lora_rank, "alpha": 2.0 * s.lora_rank},
-        "optimizer": optimizer_section(s.lora_lr, s.lora_steps),
-        "train": loop_section(s.lora_steps),
-        "data": data,
-        "logit_chunk_size": 128,
-    }
+    return _checked(
+        "teacher/correct",
+        {
+            "run_dir": str(run_dir),
+            "model": {"path": str(teacher_ckpt)},
+            "lora": {"enabled": True, "rank": s.lora_rank, "alpha": 2.0 * s.lora_rank},
+            "optimizer": optimizer_section(s.lora_lr, s.lora_steps),
+            "train": loop_section(s.lora_steps),
+            "data": data,
+            "logit_chunk_size": 128,
+        },
+    )
 
 
 def row_config(
@@ -144,7 +162,7 @@ def row_config(
     run_dir: Path,
     start: str | None = None,
     cache: str | None = None,
-) -> dict:
+) -> RunConfig:
     """One student row at learning rate `lr` (DemoSettings `s`); `teacher_config`: the corrected
     teacher's LlamaConfig (the baseline takes its width and vocabulary). `start`: a model the
     row starts from instead (the interleaved variant's rows start from the expressive ones, a
@@ -161,8 +179,9 @@ def row_config(
         "train": loop_section(s.distill_steps),
         "data": data,
     }
+    name = f"{row}/lr{lr:g}"
     if weights is None and start is not None:
-        return {**common, "model": {"path": str(start)}, "logit_chunk_size": None}
+        return _checked(name, {**common, "model": {"path": str(start)}, "logit_chunk_size": None})
     if weights is None:
         t = teacher_config
         shape = {
@@ -176,27 +195,31 @@ def row_config(
             "bos_token_id": t.bos_token_id,
             "eos_token_id": t.eos_token_id,
         }
-        return {**common, "model": {"shape": shape, "seed": s.seed + 1}, "logit_chunk_size": None}
+        model = {"shape": shape, "seed": s.seed + 1}
+        return _checked(name, {**common, "model": model, "logit_chunk_size": None})
     teacher = {"path": str(teacher_ckpt), "dtype": "float32"}
     if cache is not None:  # the cache stands in for the teacher, which still names what it matches
         teacher["cache"] = str(cache)
     terms = {k: v for k, v in weights.items() if k not in PAPER_TERMS}
-    return {
-        **common,
-        "teacher": teacher,
-        "student": {"path": str(start)} if start else {"num_layers": s.student_layers},
-        "distill": {
-            "weights": {k: v for k, v in weights.items() if k in PAPER_TERMS},
-            **({"terms": terms, "top_k": TOP_K} if terms else {}),  # other rows' as before
-            "temperature": s.temperature,
-            "layer_map": layer_map,
-            "init_layers": "mapped",
-            # whole-sequence logits and 128-query attention blocks: ~30 % faster
-            # than chunking at these sizes, and the demo's memory is small
-            "attention_block_size": 128,
-            "logit_chunk_size": None,
+    return _checked(
+        name,
+        {
+            **common,
+            "teacher": teacher,
+            "student": {"path": str(start)} if start else {"num_layers": s.student_layers},
+            "distill": {
+                "weights": {k: v for k, v in weights.items() if k in PAPER_TERMS},
+                **({"terms": terms, "top_k": TOP_K} if terms else {}),  # other rows' as before
+                "temperature": s.temperature,
+                "layer_map": layer_map,
+                "init_layers": "mapped",
+                # whole-sequence logits and 128-query attention blocks: ~30 % faster
+                # than chunking at these sizes, and the demo's memory is small
+                "attention_block_size": 128,
+                "logit_chunk_size": None,
+            },
         },
-    }
+    )
 
 
 TIMING = "timing.json"
@@ -233,19 +256,16 @@ def cut_student(teacher: Path, s, out: Path, log=print) -> Path:
     return out
 
 
-def build_cache(cfg_dict: dict, out: Path, log=print) -> dict:
-    """The teacher cache (k = TOP_K) that the cached run config `cfg_dict` reads, built in `out`
+def build_cache(cfg: DistillConfig, out: Path, log=print) -> dict:
+    """The teacher cache (k = TOP_K) that the cached run config `cfg` reads, built in `out`
     by the library's `teacher-cache build` from that config's own teacher and corpus (so the
     run's checks of teacher, layout, corpus and top_k hold); an interrupted build resumes.
     Returns its summary with `wall_seconds` (the whole call: teacher load, compile, shards)."""
     import time
 
-    from ..config import from_dict
     from ..distill.cache_build import build_teacher_cache
-    from ..train.config import DistillConfig
 
     t0 = time.time()
-    cfg = from_dict(DistillConfig, cfg_dict, prefix="teacher cache")
     summary = build_teacher_cache(cfg, out, TOP_K)
     summary = {
         "dir": str(out),
@@ -274,26 +294,39 @@ def _cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
+def latest_step(run_dir: Path) -> int | None:
+    """The step of the checkpoint a run in `run_dir` would resume from, None when there is none
+    (the library's own reading of its checkpoints/: an unfinished step's folder does not count)."""
+    from ..train.resume import checkpoint_manager
+
+    if not (Path(run_dir) / "checkpoints").is_dir():
+        return None
+    mngr = checkpoint_manager(run_dir, 1, False)
+    try:
+        return mngr.latest_step()
+    finally:
+        mngr.close()
+
+
 def train_runs(
-    jobs: list[tuple[str, dict]], log=print, max_parallel: int | None = None
+    jobs: list[tuple[str, RunConfig]], log=print, max_parallel: int | None = None, pin: bool = True
 ) -> dict[str, Path]:
-    """Runs `jobs` ([(name, config dict)], each finished run skipped, an interrupted one resumed)
-    as `tinywave train|distill` subprocesses, each pinned to one CPU core, as many at once as
-    there are cores: a run's numerics then do not depend on how many run beside it, and two
-    single-core runs on 2 cores train ~1.5x faster than one run on both. Returns name -> final/.
+    """Runs `jobs` ([(name, run config)]) through the library's `tinywave train|distill` (the
+    train/api.py entry point), each finished run skipped, an interrupted one resumed (latest_step).
+    Returns name -> final/. Each run is a subprocess with one CPU device; with `pin`, each is
+    pinned to one CPU core, as many at once as there are cores: a run's numerics then do not
+    depend on how many run beside it, and two single-core runs on 2 cores train ~1.5x faster
+    than one run on both; without, one run at a time on every core (the teacher's pretraining).
     Each run's console output is in RUN_DIR/train.log; progress is echoed every 30 s; a run
-    trained here records its wall and CPU seconds in RUN_DIR/timing.json (run_timing)."""
+    trained here records its wall and CPU seconds in RUN_DIR/timing.json (run_timing).
+    SIGTERM or Ctrl-C is passed on to the runs, which save a checkpoint and stop; then RunStopped
+    (the CLI exits 143 / 130), and the same call resumes them."""
     import json
     import os
-    import subprocess
-    import sys
+    import signal
     import time
 
-    import yaml
-
-    from ..config import from_dict
     from ..outputs import write_file_atomic
-    from ..train.config import DistillConfig, TrainConfig
     from ..train.metrics import read_metrics
 
     out, todo = {}, []
@@ -304,104 +337,112 @@ def train_runs(
         if not f.startswith("--xla_force_host_platform_device_count")
     )
     for name, cfg in jobs:
-        from_dict(DistillConfig if "teacher" in cfg else TrainConfig, cfg, prefix=name)  # fail now
-        final = Path(cfg["run_dir"]) / "final"
+        final = Path(cfg.run_dir) / "final"
         if (final / "tinywave.json").is_file():
             log(f"  {name}: done already ({final})")
             out[name] = final
         else:
             todo.append((name, cfg))
-    cores = _cores()
+    cores = _cores() if pin else []
     slots = cores or [None]
     slots = slots[:max_parallel] if max_parallel else slots
     running: dict[int | None, tuple] = {}
-    last_echo = time.time()
-    while todo or running:
-        for core in [c for c in slots if c not in running]:
-            if not todo:
-                break
-            name, cfg = todo.pop(0)
-            run_dir = Path(cfg["run_dir"])
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-            kind = "distill" if "teacher" in cfg else "train"
-            resume = any((run_dir / "checkpoints").glob("[0-9]*"))
-            cmd = [sys.executable, "-m", "tinywave_jax.cli", kind, str(run_dir / "run.yaml")]
-            cmd += ["--resume"] * resume
-            if core is not None:
-                cmd = ["taskset", "-c", str(core)] + cmd
-            logf = open(run_dir / "train.log", "a")
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-            running[core] = (name, cfg, proc, logf, time.time())
-            log(
-                f"  {name}: {'resuming' if resume else 'training'} for {cfg['train']['steps']} "
-                f"steps" + (f" on core {core}" if core is not None else "")
-            )
-        time.sleep(0.5)
-        for core, (name, cfg, proc, logf, t0) in list(running.items()):
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # its own CPU time, unlike poll
-            if pid == 0:
-                continue
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            logf.close()
-            del running[core]
-            final = Path(cfg["run_dir"]) / "final"
-            if proc.returncode != 0 or not (final / "tinywave.json").is_file():
-                for _, _, other, _, _ in running.values():
-                    other.terminate()
-                tail = (Path(cfg["run_dir"]) / "train.log").read_text()[-3000:]
-                raise RuntimeError(
-                    f"{name}: training failed (exit {proc.returncode}); rerun to "
-                    f"resume. End of {cfg['run_dir']}/train.log:\n{tail}"
-                )
-            rows = read_metrics(cfg["run_dir"])
-            timing = {  # this call's process: a resumed run's earlier sessions are not in it
-                "wall_seconds": round(time.time() - t0, 1),
-                "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
-                "resumed": "--resume" in proc.args,
-            }
-            write_file_atomic(Path(cfg["run_dir"]) / TIMING, json.dumps(timing))
-            log(f"  {name}: done in {time.time() - t0:.0f} s, final loss {rows[-1]['loss']:.4f}")
-            out[name] = final
-        if running and time.time() - last_echo > 30:
-            last_echo = time.time()
-            for name, cfg, *_ in running.values():
-                path = Path(cfg["run_dir"]) / "metrics.jsonl"
-                if path.exists() and path.read_text().strip():
-                    r = read_metrics(cfg["run_dir"])[-1]
-                    log(
-                        f"  {name}: step {r['step']}/{cfg['train']['steps']} loss {r['loss']:.4f} "
-                        f"tok/s {r['tokens_per_s'] / 1e3:.1f}k"
+    stopped: list[str] = []  # the signal that stopped the runs, once one has
+
+    def pass_on(signum, frame):
+        if not stopped:
+            stopped.append(signal.Signals(signum).name)
+            for _, _, proc, _, _ in running.values():
+                proc.send_signal(signum)
+
+    # (the runs have their own session, so a Ctrl-C reaches each once: from here)
+    before = {s: signal.signal(s, pass_on) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        last_echo = time.time()
+        while (todo and not stopped) or running:
+            for core in [c for c in slots if c not in running]:
+                if not todo or stopped:
+                    break
+                name, cfg = todo.pop(0)
+                running[core] = _start(name, cfg, core, env, log)
+            time.sleep(0.5)
+            for core, (name, cfg, proc, logf, t0) in list(running.items()):
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # its own CPU time
+                if pid == 0:
+                    continue
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                logf.close()
+                del running[core]
+                final = Path(cfg.run_dir) / "final"
+                if stopped and proc.returncode in (130, 143):
+                    continue  # saved and stopped: resumed by the next call
+                if proc.returncode != 0 or not (final / "tinywave.json").is_file():
+                    for _, _, other, _, _ in running.values():
+                        other.terminate()
+                    tail = (Path(cfg.run_dir) / "train.log").read_text()[-3000:]
+                    raise RuntimeError(
+                        f"{name}: training failed (exit {proc.returncode}); rerun to "
+                        f"resume. End of {cfg.run_dir}/train.log:\n{tail}"
                     )
+                rows = read_metrics(cfg.run_dir)
+                timing = {  # this call's process: a resumed run's earlier sessions are not in it
+                    "wall_seconds": round(time.time() - t0, 1),
+                    "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+                    "resumed": "--resume" in proc.args,
+                }
+                write_file_atomic(Path(cfg.run_dir) / TIMING, json.dumps(timing))
+                log(
+                    f"  {name}: done in {time.time() - t0:.0f} s, final loss {rows[-1]['loss']:.4f}"
+                )
+                out[name] = final
+            if running and time.time() - last_echo > 30:
+                last_echo = time.time()
+                for name, cfg, *_ in running.values():
+                    path = Path(cfg.run_dir) / "metrics.jsonl"
+                    if path.exists() and path.read_text().strip():
+                        r = read_metrics(cfg.run_dir)[-1]
+                        log(
+                            f"  {name}: step {r['step']}/{cfg.train.steps} loss {r['loss']:.4f} "
+                            f"tok/s {r['tokens_per_s'] / 1e3:.1f}k"
+                        )
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    if stopped:
+        steps = {n: latest_step(c.run_dir) for n, c in jobs if n not in out}
+        left = [(n, step) for n, step in steps.items() if step is not None] or [("runs", 0)]
+        raise RunStopped(
+            f"{', '.join(n for n, _ in left)}: stopped by {stopped[0]} at step "
+            f"{', '.join(str(step) for _, step in left)} after saving a checkpoint; rerun the "
+            "same command to resume",
+            stopped[0],
+        )
     return out
 
 
-def train_run(name: str, cfg_dict: dict, log=print) -> Path:
-    """Runs (or resumes, or skips when finished) one run in this process; returns its final
-    model folder."""
-    from ..config import from_dict
-    from ..train.config import DistillConfig, TrainConfig
-    from ..train.loop import run
-    from ..train.resume import checkpoint_manager
+def _start(name: str, cfg: RunConfig, core: int | None, env: dict, log) -> tuple:
+    """Starts run `name` as `tinywave train|distill RUN_DIR/run.yaml [--resume]` (on `core`)."""
+    import subprocess
+    import sys
+    import time
 
-    run_dir = Path(cfg_dict["run_dir"])
-    final = run_dir / "final"
-    if (final / "tinywave.json").is_file():
-        log(f"  {name}: done already ({final})")
-        return final
-    cls = DistillConfig if "teacher" in cfg_dict else TrainConfig
-    cfg = from_dict(cls, cfg_dict, prefix=name)
-    resume = False
-    if (run_dir / "checkpoints").is_dir():
-        mngr = checkpoint_manager(run_dir, 1, False)
-        resume = mngr.latest_step() is not None
-        mngr.close()
-    log(f"  {name}: {'resuming' if resume else 'training'} for {cfg.train.steps} steps")
-    out = run(cfg, resume=resume, echo=True)
-    if out["final_dir"] is None:
-        raise RunStopped(
-            f"{name}: stopped by {out['signal']} at step {out['step']} after saving a "
-            "checkpoint; rerun the same command to resume",
-            out["signal"],
-        )
-    return Path(out["final_dir"])
+    import yaml
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    kind = "distill" if isinstance(cfg, DistillConfig) else "train"
+    resume = latest_step(run_dir) is not None
+    cmd = [sys.executable, "-m", "tinywave_jax.cli", kind, str(run_dir / "run.yaml")]
+    cmd += ["--resume"] * resume
+    if core is not None:
+        cmd = ["taskset", "-c", str(core)] + cmd
+    logf = open(run_dir / "train.log", "a")
+    proc = subprocess.Popen(
+        cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    log(
+        f"  {name}: {'resuming' if resume else 'training'} for {cfg.train.steps} steps"
+        + (f" on core {core}" if core is not None else "")
+    )
+    return name, cfg, proc, logf, time.time()

@@ -12,34 +12,22 @@
 - `layer_map`: which teacher layer each student layer is aligned to / initialised from.
 """
 
-from .attention_kl import attention_kl, head_groups
-from .layer_map import LayerMap, check_layer_map_spec, resolve_layer_map
-from .losses import (
-    chunked_cross_entropy,
-    chunked_logit_losses,
-    hidden_alignment,
-    init_hidden_projector,
-)
-from .objective import DistillLossConfig, LossWeights, distill_loss
-from .terms import Features, Metric, Term, TermInputs, TermSum, register_term
+from .._lazy import lazy_exports
 
-__all__ = [
-    "DistillLossConfig",
-    "Features",
-    "LayerMap",
-    "LossWeights",
-    "Metric",
-    "Term",
-    "TermInputs",
-    "TermSum",
-    "register_term",
-    "attention_kl",
-    "check_layer_map_spec",
-    "chunked_cross_entropy",
-    "chunked_logit_losses",
-    "distill_loss",
-    "head_groups",
-    "hidden_alignment",
-    "init_hidden_projector",
-    "resolve_layer_map",
-]
+# lazily, so that `tinywave --help` (distill/commands.py lives in this package) loads no jax;
+# the function attention_kl is not re-exported: its module's name would shadow it once imported
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "attention_kl": ["head_groups"],
+        "layer_map": ["LayerMap", "check_layer_map_spec", "resolve_layer_map"],
+        "losses": [
+            "chunked_cross_entropy",
+            "chunked_logit_losses",
+            "hidden_alignment",
+            "init_hidden_projector",
+        ],
+        "objective": ["DistillLossConfig", "LossWeights", "distill_loss"],
+        "terms": ["Features", "Metric", "Term", "TermInputs", "TermSum", "register_term"],
+    },
+)

@@ -27,7 +27,7 @@ from .. import storage
 from ..data.corpus_read import CorpusSource
 from ..data.layout import load_tokenizer
 from ..data.streams import BadRecord, sequence_for
-from ..errors import ConfigError
+from ..errors import ConfigError, naming
 from ..models import llama
 from ..models.llama import apply_llama, lm_head_kernel
 from ..outputs import is_primary_process, write_file_atomic
@@ -143,14 +143,16 @@ def build_teacher_cache(
         "num_shards": -(-n // records_per_shard),
         "dtypes": {"ids": np.dtype(ID_DTYPE).name, "logprobs": np.dtype(LP_DTYPE).name},
     }
-    storage.check_gcs(out, write=True, what="teacher-cache --out")
+    with naming("out"):
+        storage.check_gcs(out, write=True, what="out")
     root = storage.path(out)
     if (root / INFO).exists():
         saved = json.loads((root / INFO).read_text())
         diff = _differences(saved, info)
         if diff:
             raise TeacherCacheError(
-                f"{out} holds a cache built otherwise: " + "; ".join(diff) + "; use another --out"
+                f"{out} holds a cache built otherwise: " + "; ".join(diff) + "; use another out",
+                param=(None, "out"),
             )
     elif is_primary_process():
         if not storage.is_remote(out):

@@ -48,6 +48,14 @@ ID_DTYPE, LP_DTYPE = np.uint16, np.float16
 IDENTITY = ("teacher", "top_k", "layout", "corpus")
 
 
+# how a cache is built, from Python and on the command line: a run reading `teacher.cache` sends
+# the user back to that other step, whichever way they run it
+_BUILD = (
+    "cache_build.build_teacher_cache(config, out), or `tinywave teacher-cache build CONFIG "
+    "--out DIR`"
+)
+
+
 class TeacherCacheError(InputError):
     """A teacher cache that does not fit the run, or is incomplete or damaged; names what."""
 
@@ -116,8 +124,7 @@ class TeacherCache:
         info_path = self.dir / INFO
         if not info_path.is_file():
             raise TeacherCacheError(
-                f"teacher.cache {self.where}: no {INFO}; build it with `tinywave teacher-cache "
-                "build CONFIG --out DIR`"
+                f"teacher.cache {self.where}: no {INFO}; build it first ({_BUILD})"
             )
         try:
             self.info = json.loads(info_path.read_text())
@@ -165,8 +172,8 @@ class TeacherCache:
             lost = sum(min(n, (s + 1) * self.rps) - s * self.rps for s in missing)
             raise TeacherCacheError(
                 f"teacher.cache {self.where} is missing {lost} of its corpus's {n} records: "
-                f"shards {[shard_name(s) for s in missing][:10]} were never finished; run "
-                "`tinywave teacher-cache build` again with the same --out (it resumes)"
+                f"shards {[shard_name(s) for s in missing][:10]} were never finished; build it "
+                f"again into the same folder, which resumes ({_BUILD})"
             )
         for s, meta in enumerate(self.shards):
             for suffix, dtype in (("ids", ID_DTYPE), ("lp", LP_DTYPE)):

@@ -66,8 +66,9 @@ class AudioTokenizer:
         self.expressive = layout.is_expressive if expressive is None else expressive
         if self.expressive and not layout.is_expressive:
             raise ConfigError(
-                f"layout {layout.name} has no pitch/style tokens to tokenise audio "
-                "expressively (--modality expressive)"
+                f"expressive: layout {layout.name} has no pitch/style tokens to tokenise audio "
+                "expressively",
+                param="expressive",
             )
         self.extractor = load_extractor(extractor_dir)
         self.streams = ("hubert", "pitch", "style") if self.expressive else ("hubert",)

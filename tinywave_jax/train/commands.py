@@ -15,6 +15,7 @@ from typing import Optional
 
 from .. import tpu
 from ..errors import ConfigError
+from ..flags import flag_name
 
 _CHILD_ENV = "TINYWAVE_PLAN_CHILD"  # set in the re-executed `plan` with N simulated devices
 
@@ -264,7 +265,7 @@ def _plan(args) -> int:
             f"--estimate: needs the TPU compiler (a TPU topology, libtpu: {tpu.EXTRA})"
         )
     plan = make_plan(cfg, topo, args.mfu, devices=devices, estimate=args.estimate)
-    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan, flag_name))
     return 0
 
 

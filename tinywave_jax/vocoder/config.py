@@ -234,7 +234,8 @@ class VocoderConfig:
         if unknown and not allow_unknown:
             raise ConfigError(
                 f"{where}: unknown key(s) {', '.join(unknown)}: tinywave's vocoder does not know "
-                "whether they change the generator (--allow-unknown-keys imports regardless)"
+                "whether they change the generator (allow_unknown_keys=True imports regardless)",
+                param=(None, "allow_unknown_keys"),
             )
         try:
             return from_dict(cls, {k: v for k, v in data.items() if k in fields}), unknown

@@ -162,14 +162,16 @@ def speaker_ids(items, config, info: dict, speaker: int | None) -> list[int | No
     if not names:
         raise ConfigError(
             "the vocoder has a speaker embedding but records no training speakers "
-            "(an imported vocoder): choose one with --speaker ID"
+            "(an imported vocoder): choose one with speaker=ID",
+            param=(None, "speaker"),
         )
     out = []
     for item in items:
         if item.speaker not in names:
             raise InputError(
                 f"{item.path}: speaker {item.speaker!r} is not one the vocoder was trained on "
-                f"({', '.join(names)}); choose one with --speaker ID"
+                f"({', '.join(names)}); choose one with speaker=ID",
+                param=(None, "speaker"),
             )
         out.append(names.index(item.speaker))
     return out

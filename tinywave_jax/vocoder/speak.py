@@ -128,7 +128,9 @@ class Speaker:
         if not seconds > 0:
             raise ConfigError(f"seconds: {seconds} must be > 0", param="seconds")
         if out_wav.exists() and not overwrite:
-            raise OutputExistsError(f"{out_wav} exists (pass --overwrite to replace it)")
+            raise OutputExistsError(
+                f"{out_wav} exists (pass overwrite=True to replace it)", param=(None, "overwrite")
+            )
         if out_wav.exists() and prompt_wav.exists() and os.path.samefile(out_wav, prompt_wav):
             raise ConfigError(f"{out_wav} is the prompt: choose another output file")
         voc, layout, times = self.vocoder, self.layout, {}
@@ -202,5 +204,7 @@ def speak(
     """One prompt through `Speaker` (options: seconds, greedy, temperature, top_p, seed,
     speaker, style, overwrite)."""
     if Path(out_wav).exists() and not options.get("overwrite"):  # before loading anything
-        raise OutputExistsError(f"{out_wav} exists (pass --overwrite to replace it)")
+        raise OutputExistsError(
+            f"{out_wav} exists (pass overwrite=True to replace it)", param=(None, "overwrite")
+        )
     return Speaker(model, units_dir, vocoder_dir, layout, threads)(prompt_wav, out_wav, **options)

@@ -307,7 +307,9 @@ def train_vocoder(
                     param="resume",
                 )
     elif run_dir.is_dir() and any(run_dir.iterdir()):
-        raise OutputExistsError(f"{run_dir} is not empty (resume=True / --resume continues it)")
+        raise OutputExistsError(
+            f"{run_dir} is not empty (resume=True continues it)", param=(None, "resume")
+        )
     check_output_dir(out_dir, overwrite, sources=[run_dir, *files])  # before training, not after
 
     data = load_data(items, units_dir, config, log)
