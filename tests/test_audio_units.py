@@ -10,7 +10,7 @@ from speech_fixtures import SENTENCES, VOICES, speech_corpus, synthesize
 from tinywave_jax import cli
 from tinywave_jax.audio import SAMPLE_RATE, UnitExtractor, list_audio, load_extractor, read_audio
 from tinywave_jax.audio.extractor import CONFIG_FILE
-from tinywave_jax.audio.features import SpectralConfig
+from tinywave_jax.audio.features import SpectralConfig, phonetic_features
 from tinywave_jax.audio.pitch import UNVOICED_BIN
 from tinywave_jax.errors import ConfigError, InputError
 
@@ -297,3 +297,18 @@ def test_fit_help_states_spectral_configs_defaults(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert f"default: SpectralConfig's, {SpectralConfig.frame_rate:g};" in help_text
     assert f"default: SpectralConfig's, {SpectralConfig.window_seconds:g} s" in help_text
+
+
+def test_fit_cmn_running_is_recorded_and_used(corpus, tmp_path):
+    """--cmn-running reaches units.json, and the loaded extractor's units are those of the
+    running-mean features (nearest centroid computed here in numpy)."""
+    out = tmp_path / "running"
+    argv = ["units", "fit", str(corpus / "audio"), str(out), "--units", "8", "--cmn-seconds", "1"]
+    assert main([*argv, "--cmn-running", "--pitch-bins", "0", "--style-classes", "0"]) == 0
+    spectral = json.loads((out / CONFIG_FILE).read_text())["phonetic"]["spectral"]
+    assert spectral["cmn_running"] is True and spectral["cmn_seconds"] == 1.0
+    wav = read_audio(list_audio(corpus / "audio")[0])
+    feats = phonetic_features(wav, SpectralConfig(**spectral))
+    centroids = np.load(out / "phonetic_centroids.npy")
+    expect = ((feats[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(-1)
+    np.testing.assert_array_equal(load_extractor(out).extract(wav)["hubert"][0], expect)

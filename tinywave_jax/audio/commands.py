@@ -43,6 +43,13 @@ def register(subparsers) -> None:
         "utterance's (0: whole), so a frame's units do not depend on audio long after it",
     )
     fit.add_argument(
+        "--cmn-running",
+        action="store_true",
+        help="subtract from each frame the mean of all frames so far (of the first "
+        "--cmn-seconds for those): causal like --cmn-seconds, nearly as speaker-robust as the "
+        "whole utterance's mean (docs/demo_teacher.md)",
+    )
+    fit.add_argument(
         "--frame-rate",
         type=float,
         default=argparse.SUPPRESS,
@@ -102,6 +109,7 @@ def _fit(args) -> int:
         overwrite=args.overwrite,
         cmn=args.cmn,
         cmn_seconds=args.cmn_seconds,
+        cmn_running=args.cmn_running,
         **{k: getattr(args, k) for k in ("frame_rate", "window_seconds") if hasattr(args, k)},
     )
     return 0
