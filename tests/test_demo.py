@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
@@ -324,6 +325,7 @@ def test_results_json_holds_every_row_with_intervals(quick_run):
     for k in ("ssc", "tsc"):
         assert diff[k]["diff"] == pytest.approx(res["student"][k] - res["baseline"][k], abs=0.02)
         assert diff[k]["ci"][0] <= diff[k]["diff"] <= diff[k]["ci"][1]
+    assert res["environment"]["packages"]["jax"] == jax.__version__  # what computed the table
     assert set(res["targets"]) >= {
         "teacher_ssc_ge_75",
         "ssc_student_above_baseline",

@@ -10,13 +10,15 @@ summary with `wall_seconds`); `student_q8_0`: the same student
 exported to a q8_0 GGUF file and scored by llama.cpp (with `gguf`, `gguf_bytes` and
 `outcome_agreement`: the share of pairs it decides as the float32 student does); top level
 `student_minus_baseline` and `q8_0_minus_student` ({metric: {diff, ci}}), `targets` (the issues'
-targets, checked, never tuned for) and `settings`.
+targets, checked, never tuned for), `settings` and `environment` (package versions and the CPU,
+environment.py: a moved number can then be told from a moved environment).
 """
 
 from __future__ import annotations
 
 import json
 
+from ..environment import environment
 from .evaluate import CLOZE, UNSEEN_BENCH
 from .speech import Cast
 from .training import ROWS
@@ -288,6 +290,7 @@ def write_results(demo, log=print) -> dict:
         "q8_0_minus_student": q8_diff,
         "targets": targets(rows, diff, q8_diff),
         "settings": to_dict(demo.settings),
+        "environment": environment(),
         "rows": {k: ROWS[k][0] for k in rows if k in ROWS},
     }
     (demo.dir / "results.json").write_text(json.dumps(doc, indent=1))
