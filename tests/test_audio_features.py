@@ -195,3 +195,5 @@ def test_running_mean_removal_is_causal_after_its_head():
     n = int(2.2 * 25)  # frames whose window lies inside the shared audio
     np.testing.assert_allclose(fa[:n], fb[:n], rtol=1e-5, atol=1e-5)
     assert not np.allclose(fa[-5:].mean(0), raw[-5:].mean(0) - raw[:head].mean(0), atol=1e-3)
+    with pytest.raises(Exception, match="cmn_running"):
+        SpectralConfig(cmn=False, cmn_running=True).validate()

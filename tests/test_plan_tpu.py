@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from bench_module import load_bench
 from train_fixtures import distill_dict
 
 from tinywave_jax import cli, tpu
@@ -236,14 +237,7 @@ def test_libtpu_installed_does_not_start_a_tpu_backend_in_ordinary_runs():
 
 
 def _bench():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "bench" / "tpu_plan.py"
-    spec = importlib.util.spec_from_file_location("tpu_plan_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("tpu_plan")
 
 
 def test_bench_keeps_each_variant_cost_so_a_stopped_run_resumes(tmp_path):

@@ -1,20 +1,14 @@
 """bench/unit_robustness.py's core against hand-computed edit distances and neighbours."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from bench_module import load_bench
 
 from tinywave_jax.errors import InputError
 
 
 def _bench():
-    path = Path(__file__).resolve().parent.parent / "bench" / "unit_robustness.py"
-    spec = importlib.util.spec_from_file_location("unit_robustness_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("unit_robustness")
 
 
 def test_normalised_edit_distance_divides_by_the_longer_sequence():

@@ -54,6 +54,8 @@ class SpectralConfig:
             )
         if self.cmn_seconds < 0:
             raise ConfigError(f"cmn_seconds: must be >= 0, got {self.cmn_seconds}")
+        if self.cmn_running and not self.cmn:
+            raise ConfigError("cmn_running: needs cmn (a mean to remove)")
         if self.features == "mfcc" and not 0 < self.n_mfcc <= self.n_mels:
             raise ConfigError(
                 f"n_mfcc: need 0 < n_mfcc <= n_mels, got {self.n_mfcc} > {self.n_mels}"
@@ -165,14 +167,14 @@ def _cmn_mean(feats: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
     """[1 or frames, dim] mean to subtract: the whole utterance's, that of the sounding frames
     (log energy within 30 dB-ish of the loudest) among the first `cmn_seconds`, or (cmn_running)
     per frame the mean of all frames up to max(t, the first cmn_seconds)."""
-    if cfg.cmn_running:
-        head = min(len(feats), max(1, int(round(cfg.cmn_seconds * cfg.frame_rate))))
-        running = np.cumsum(feats, axis=0, dtype=np.float64) / np.arange(1, len(feats) + 1)[:, None]
-        running[: head - 1] = running[head - 1]
-        return running
-    if cfg.cmn_seconds <= 0:
+    if cfg.cmn_seconds <= 0 and not cfg.cmn_running:
         return feats.mean(axis=0, keepdims=True)
-    head = feats[: max(1, int(round(cfg.cmn_seconds * cfg.frame_rate)))]
+    n_head = min(len(feats), max(1, int(round(cfg.cmn_seconds * cfg.frame_rate))))
+    if cfg.cmn_running:
+        running = np.cumsum(feats, axis=0, dtype=np.float64) / np.arange(1, len(feats) + 1)[:, None]
+        running[: n_head - 1] = running[n_head - 1]
+        return running
+    head = feats[:n_head]
     energy = head[:, 0]  # c0 (MFCC) or the lowest mel band: both track loudness
     sounding = head[energy >= energy.max() - SOUNDING_RANGE]
     return sounding.mean(axis=0, keepdims=True)
