@@ -10,7 +10,8 @@ cut from the utterance's units by frame start time and deduplicated, as the teac
 Each config fits k-means with the library's code (`phonetic_features`, `fit_kmeans`) on another
 seeded `--fit-per-voice` utterances of every voice, disjoint from the probe; `--units-dir`
 probes an already-fitted units folder as it is. `--config` names are CONFIGS below (the
-library's features remove the mean only: no variance normalisation is offered). One JSON line
+library's features remove the mean only: no variance normalisation is offered; `*_lda*` configs
+fit the library's LDA projection on the fit utterances' word times first). One JSON line
 per config, then a table:
   cross_acc    for each word token, its nearest token of the OTHER voices by normalised edit
                distance (Levenshtein / longer length) is the same word (ties: the share of the
@@ -38,6 +39,7 @@ from tinywave_jax.audio.extractor import timestamps
 from tinywave_jax.audio.features import SpectralConfig, phonetic_features
 from tinywave_jax.audio.io import read_audio
 from tinywave_jax.audio.kmeans import fit_kmeans, nearest_centroid
+from tinywave_jax.audio.lda import fit_lda, frame_labels, project
 from tinywave_jax.data.layout import dedup
 from tinywave_jax.errors import InputError
 from tinywave_jax.jsonl import iter_jsonl
@@ -58,7 +60,14 @@ CONFIGS = {
     "k64": (64, CURRENT),
     "k256": (256, CURRENT),
     "25hz": (128, {**CURRENT, "frame_rate": 25.0, "window_seconds": 0.04}),
+    # k-means on an LDA projection fitted on the fit utterances' word times (audio/lda.py)
+    "running_lda": (128, {**CURRENT, "cmn_running": True, "lda_dims": 20}),
+    "running_lda_ctx4": (
+        128,
+        {**CURRENT, "cmn_running": True, "context_frames": 4, "lda_dims": 40, "lda_bins": 8},
+    ),
 }
+LDA_KEYS = ("lda_dims", "lda_bins")  # fit settings, not SpectralConfig's
 
 
 def normalised_distances(a: list, b: list) -> np.ndarray:
@@ -176,13 +185,32 @@ def main() -> None:
         )
     for name in args.config:
         k, changes = CONFIGS[name]
-        spec = dataclasses.replace(SpectralConfig(), **changes)
+        lda = {key: changes[key] for key in LDA_KEYS if key in changes}
+        spec = dataclasses.replace(
+            SpectralConfig(), **{key: v for key, v in changes.items() if key not in LDA_KEYS}
+        )
         spec.validate()
-        feats = np.concatenate([phonetic_features(w, spec) for w in fit_wavs])
+        per_file = [phonetic_features(w, spec) for w in fit_wavs]
+        feats = np.concatenate(per_file)
+        projection = None
+        if lda:
+            labels = np.concatenate(
+                [
+                    frame_labels(len(f), spec.frame_rate, rows[i]["words"], lda.get("lda_bins", 8))
+                    for i, f in zip(fit_ids, per_file)
+                ]
+            )
+            projection = fit_lda(feats, labels, lda["lda_dims"])
+            feats = project(feats, projection)
+
+        def features(w, spec=spec, projection=projection):
+            f = phonetic_features(w, spec)
+            return f if projection is None else project(f, projection)
+
         centroids = fit_kmeans(feats, k, seed=args.seed)
         report(
             name,
-            [nearest_centroid(phonetic_features(w, spec), centroids) for w in probe_wavs],
+            [nearest_centroid(features(w), centroids) for w in probe_wavs],
             spec.frame_rate,
             {"units": k, "fit_frames": len(feats), **changes},
         )

@@ -64,6 +64,26 @@ def register(subparsers) -> None:
         metavar="S",
         help="spectral analysis window (default: SpectralConfig's, 0.04 s)",
     )
+    fit.add_argument(
+        "--lda-dims",
+        type=int,
+        default=0,
+        metavar="N",
+        help="k-means on an N-dim LDA projection of the features, fitted on which word and "
+        "which part of it each frame is: AUDIO must be a jsonl speech manifest with `words` "
+        "([[word, start_s, end_s], ...]); makes units far more alike across voices "
+        "(docs/demo_teacher.md); 0: off",
+    )
+    fit.add_argument(
+        "--lda-bins", type=int, default=8, metavar="B", help="LDA labels: parts per word"
+    )
+    fit.add_argument(
+        "--context-frames",
+        type=int,
+        default=0,
+        metavar="C",
+        help="each frame's features with C frames either side (for --lda-dims)",
+    )
     # (no argparse values unless given above: fit_units has SpectralConfig's, whose module loads
     # scipy, which `tinywave --help` should not pay for; test_audio_units checks the help's numbers)
     fit.add_argument("--skip-bad", action="store_true", help="warn on unreadable files, not fail")
@@ -90,10 +110,14 @@ def register(subparsers) -> None:
 
 
 def _fit(args) -> int:
-    from .fit import fit_units
+    from .fit import fit_units, read_word_timed_manifest
     from .io import list_audio
 
-    files = list_audio(args.audio)
+    word_times = None
+    if args.lda_dims:
+        files, word_times = read_word_timed_manifest(args.audio)
+    else:
+        files = list_audio(args.audio)
     print(f"units fit: {len(files)} audio files in {args.audio}")
     fit_units(
         files,
@@ -110,6 +134,10 @@ def _fit(args) -> int:
         cmn=args.cmn,
         cmn_seconds=args.cmn_seconds,
         cmn_running=args.cmn_running,
+        context_frames=args.context_frames,
+        lda_dims=args.lda_dims,
+        lda_bins=args.lda_bins,
+        word_times=word_times,
         **{k: getattr(args, k) for k in ("frame_rate", "window_seconds") if hasattr(args, k)},
     )
     return 0

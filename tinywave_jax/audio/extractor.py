@@ -27,6 +27,7 @@ from .features import SpectralConfig, hop_samples, phonetic_features
 from .hubert import HubertFeatures, HubertModelConfig
 from .io import SAMPLE_RATE, check_waveform
 from .kmeans import load_centroids, nearest_centroid
+from .lda import project
 from .pitch import PitchConfig, normalised_log_f0, quantise_pitch, speaker_mean, tracker_f0
 from .style import STYLE_FEATURES, StyleConfig, style_features
 
@@ -38,6 +39,9 @@ FORMAT = "tinywave-units/1"
 class PhoneticConfig:
     kind: Literal["spectral", "hubert"] = "spectral"
     centroids: str = "phonetic_centroids.npy"
+    # an affine projection [dim + 1, out] applied to the features before k-means (audio/lda.py;
+    # `units fit --lda-dims`); None: the features as they are
+    projection: str | None = None
     spectral: SpectralConfig = dataclasses.field(default_factory=SpectralConfig)
     hubert: HubertModelConfig | None = None
 
@@ -107,6 +111,16 @@ class StreamExtractor(UnitExtractor):
         else:
             self.hubert = None
             dim, self.min_samples = ph.spectral.dim, hop_samples(ph.spectral.frame_rate)
+        self.projection = None
+        if ph.projection is not None:
+            path = self._file(ph.projection)
+            self.projection = _load_array(path, "phonetic projection")
+            if self.projection.ndim != 2 or self.projection.shape[0] != dim + 1:
+                raise InputError(
+                    f"{path}: expected a phonetic projection of shape [{dim + 1}, out] for "
+                    f"features of dim {dim}, got {self.projection.shape}"
+                )
+            dim = self.projection.shape[1]
         self.centroids = load_centroids(self._file(ph.centroids), dim)
         self.vocab_sizes = {"hubert": len(self.centroids)}
         self.frame_rates = {"hubert": ph.frame_rate}
@@ -137,8 +151,10 @@ class StreamExtractor(UnitExtractor):
 
     def phonetic_features(self, wav: np.ndarray) -> np.ndarray:
         if self.hubert is not None:
-            return self.hubert(wav)
-        return phonetic_features(wav, self.cfg.phonetic.spectral)
+            feats = self.hubert(wav)
+        else:
+            feats = phonetic_features(wav, self.cfg.phonetic.spectral)
+        return feats if self.projection is None else project(feats, self.projection)
 
     def extract(self, wav, f0_mean=None):
         wav = check_waveform(wav, min_samples=self.min_samples)

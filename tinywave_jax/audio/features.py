@@ -42,6 +42,10 @@ class SpectralConfig:
     # whole utterance's mean (the most speaker-robust in bench/unit_robustness.py) yet causal after
     # the first cmn_seconds, so a cloze pair's shared context still gets the same units
     cmn_running: bool = False
+    # > 0: each frame is its features and those of the `context_frames` frames either side
+    # (edges repeated), the input of a fitted LDA projection (audio/lda.py) that can then use
+    # the sound's course, not one frame's spectrum
+    context_frames: int = 0
 
     def validate(self):
         check_frame_rate(self.frame_rate, "frame_rate")
@@ -54,6 +58,8 @@ class SpectralConfig:
             )
         if self.cmn_seconds < 0:
             raise ConfigError(f"cmn_seconds: must be >= 0, got {self.cmn_seconds}")
+        if self.context_frames < 0:
+            raise ConfigError(f"context_frames: must be >= 0, got {self.context_frames}")
         if self.cmn_running and not self.cmn:
             raise ConfigError("cmn_running: needs cmn (a mean to remove)")
         if self.features == "mfcc" and not 0 < self.n_mfcc <= self.n_mels:
@@ -64,7 +70,7 @@ class SpectralConfig:
     @property
     def dim(self) -> int:
         base = self.n_mfcc if self.features == "mfcc" else self.n_mels
-        return base * (2 if self.deltas else 1)
+        return base * (2 if self.deltas else 1) * (2 * self.context_frames + 1)
 
 
 def check_frame_rate(frame_rate: float, key: str) -> None:
@@ -183,11 +189,20 @@ def _cmn_mean(feats: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
 SOUNDING_RANGE = 7.0  # natural-log units below the loudest frame still counted as sound
 
 
+def stack_context(feats: np.ndarray, c: int) -> np.ndarray:
+    """[frames, d] -> [frames, d * (2c + 1)]: frames t-c..t+c side by side, edges repeated."""
+    if c == 0:
+        return feats
+    padded = np.pad(feats, ((c, c), (0, 0)), mode="edge")
+    return np.concatenate([padded[i : i + len(feats)] for i in range(2 * c + 1)], axis=1)
+
+
 def phonetic_features(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
-    """[frames, cfg.dim] float32: MFCC or log-mel, plus deltas and utterance mean removal if set."""
+    """[frames, cfg.dim] float32: MFCC or log-mel, plus utterance mean removal, deltas and
+    context frames if set."""
     feats = mfcc(wav, cfg) if cfg.features == "mfcc" else log_mel(wav, cfg)
     if cfg.cmn and len(feats):
         feats = feats - _cmn_mean(feats, cfg)
     if cfg.deltas:
         feats = np.concatenate([feats, deltas(feats)], axis=-1)
-    return feats.astype(np.float32)
+    return stack_context(feats, cfg.context_frames).astype(np.float32)

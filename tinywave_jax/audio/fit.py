@@ -24,6 +24,7 @@ from .extractor import (
 from .features import SpectralConfig, hop_samples, phonetic_features
 from .io import SAMPLE_RATE, check_waveform, read_audio
 from .kmeans import clamp_clusters, fit_kmeans
+from .lda import fit_lda, frame_labels, project
 from .pitch import fit_pitch_edges, normalised_log_f0, speaker_mean, tracker_f0
 from .style import style_features
 
@@ -54,6 +55,30 @@ def _resolve_phonetic(spec_dir: Path) -> PhoneticConfig:
     )
 
 
+def read_word_timed_manifest(path: str | Path) -> tuple[list[Path], list[list]]:
+    """A speech manifest (jsonl: `path` relative to its folder or absolute, `words` as
+    [[word, start_s, end_s], ...]) -> (audio files, word times per file); a line without
+    usable word times is named."""
+    from ..jsonl import iter_jsonl
+
+    path = Path(path)
+    files, word_times = [], []
+    for where, row in iter_jsonl(path, "speech manifest"):
+        try:
+            words = [(str(w), float(s), float(e)) for w, s, e in row["words"]]
+            audio = Path(row["path"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(
+                f"{where}: needs `path` and `words` as [[word, start_s, end_s], ...] "
+                "(word times label the frames an LDA projection is fitted on)"
+            ) from None
+        files.append(audio if audio.is_absolute() else path.parent / audio)
+        word_times.append(words)
+    if not files:
+        raise InputError(f"{path}: speech manifest lists no audio files")
+    return files, word_times
+
+
 def fit_units(
     files: list[Path],
     out_dir: str | Path,
@@ -69,6 +94,10 @@ def fit_units(
     cmn_running: bool = False,
     frame_rate: float = SpectralConfig.frame_rate,
     window_seconds: float = SpectralConfig.window_seconds,
+    context_frames: int = 0,
+    lda_dims: int = 0,
+    lda_bins: int = 8,
+    word_times: list | None = None,
     skip_bad: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
@@ -81,6 +110,10 @@ def fit_units(
     `cmn_seconds` > 0: the mean of its first seconds' sounding frames only; `cmn_running`: per
     frame, the mean of all frames so far (from the first `cmn_seconds` on).
     `frame_rate` (Hz) and `window_seconds`: the spectral units' hop and analysis window.
+    `lda_dims` > 0: k-means runs on an LDA projection (audio/lda.py) of the features, each with
+    `context_frames` frames either side, fitted on labels "word|position" (`lda_bins` parts per
+    word) from `word_times`: per file, [(word, start_s, end_s), ...] (a speech manifest's
+    `words`).
     """
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() and not overwrite:
@@ -90,6 +123,19 @@ def fit_units(
         )
     if units < 1 and hubert_spec is None:
         raise ConfigError(f"units: must be >= 1, got {units}", param="units")
+    if lda_dims < 0 or lda_bins < 1:
+        raise ConfigError(
+            f"lda_dims: must be >= 0, got {lda_dims}; lda_bins >= 1, got {lda_bins}",
+            param=("lda_dims", "lda_bins"),
+        )
+    if lda_dims and (hubert_spec is not None or word_times is None):
+        raise ConfigError(
+            "lda_dims: an LDA projection needs spectral units and word times for every file "
+            "(a speech manifest with `words`)",
+            param="lda_dims",
+        )
+    if word_times is not None and len(word_times) != len(files):
+        raise InputError(f"word_times: {len(word_times)} entries for {len(files)} files")
     if pitch_bins == 1 or pitch_bins < 0 or style_classes < 0:
         raise ConfigError(
             f"pitch_bins: must be 0 (off) or >= 2, got {pitch_bins}; style_classes >= 0, got "
@@ -109,7 +155,9 @@ def fit_units(
                 cmn_running=cmn_running,
                 frame_rate=frame_rate,
                 window_seconds=window_seconds,
+                context_frames=context_frames,
             ),
+            projection="phonetic_projection.npy" if lda_dims else None,
         )
     )
     if phonetic.kind == "spectral":
@@ -122,12 +170,13 @@ def fit_units(
         style.validate()
 
     min_samples = hop_samples(phonetic.frame_rate)  # one phonetic frame (style needs less)
-    order = list(files)
+    order = np.arange(len(files))
     if max_hours is not None:
         np.random.default_rng(seed).shuffle(order)
-    phon, pitch_values, style_rows = [], [], []
+    phon, labels, pitch_values, style_rows = [], [], [], []
     seconds, used, skipped, last_log = 0.0, 0, 0, time.monotonic()
-    for i, path in enumerate(order):
+    for i, index in enumerate(order):
+        path = files[index]
         if max_hours is not None and seconds >= max_hours * 3600:
             break
         try:
@@ -142,6 +191,8 @@ def fit_units(
             continue
         if phonetic.kind == "spectral":
             phon.append(phonetic_features(wav, phonetic.spectral))
+            if lda_dims:
+                labels.append(frame_labels(len(phon[-1]), frame_rate, word_times[index], lda_bins))
         if pitch or style:
             track = tracker_f0(wav, pitch or PitchFiles())
             if pitch:
@@ -161,6 +212,15 @@ def fit_units(
     if phonetic.kind == "spectral":
         x = np.concatenate(phon)
         frames["hubert"] = len(x)
+        if lda_dims:
+            y = np.concatenate(labels)
+            log(
+                f"units fit: LDA to {lda_dims} dims on {len(x)} frames of dim {x.shape[1]}, "
+                f"{len(np.unique(y))} word-position classes"
+            )
+            projection = fit_lda(x, y, lda_dims)
+            np.save(out_dir / phonetic.projection, projection)
+            x = project(x, projection)
         k = clamp_clusters(x, units, "phonetic units")
         log(f"units fit: k-means with {k} phonetic units on {len(x)} frames of dim {x.shape[1]}")
         np.save(out_dir / phonetic.centroids, fit_kmeans(x, k, seed=seed))

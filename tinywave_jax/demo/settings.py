@@ -50,6 +50,12 @@ class TeacherSettings:
     # True: each frame's mean is that of all frames so far (the first cmn_seconds for the head),
     # more speaker-robust than the head's mean alone (docs/demo_teacher.md, unit probe)
     cmn_running: bool = False
+    # > 0: k-means on an LDA projection of the features (each with unit_context_frames frames
+    # either side) fitted on which word and which of unit_lda_bins parts of it each pretraining
+    # frame is: the same word's units far more alike across voices (docs/demo_teacher.md)
+    unit_lda_dims: int = 0
+    unit_lda_bins: int = 8
+    unit_context_frames: int = 0
     pitch_bins: int = 0  # pitch tokens (0: none; SpiritLM has 64)
     style_classes: int = 0  # style tokens (0: none; SpiritLM has 100)
     mixture: dict[str, float] = dataclasses.field(
@@ -74,6 +80,10 @@ class TeacherSettings:
             raise ConfigError("cmn_seconds: must be >= 0 (0: no mean removal)")
         if self.cmn_running and self.cmn_seconds <= 0:
             raise ConfigError("cmn_running: needs cmn_seconds > 0 (the head's length)")
+        if self.unit_lda_dims < 0 or self.unit_lda_bins < 1 or self.unit_context_frames < 0:
+            raise ConfigError(
+                "unit_lda_dims, unit_context_frames: must be >= 0; unit_lda_bins: >= 1"
+            )
         from ..audio.features import SpectralConfig
 
         SpectralConfig(

@@ -181,6 +181,10 @@ class TeacherBuild(StagedRun):
             cmn_running=s.cmn_running,
             frame_rate=s.unit_frame_rate,
             window_seconds=s.unit_window_seconds,
+            context_frames=s.unit_context_frames,
+            lda_dims=s.unit_lda_dims,
+            lda_bins=s.unit_lda_bins,
+            word_times=[r["words"] for r in rows] if s.unit_lda_dims else None,
             log=lambda m: self.log("  " + m),
         )
         n_text = tokens.write_text_tokenizer(vocabulary(), self.tokens_dir / "tokenizer")
