@@ -1,7 +1,7 @@
 """How speaker-invariant are spectral units? Cross-voice spoken-word identification, no model.
 
     .venv/bin/python bench/unit_robustness.py MANIFEST [--per-voice 40] [--fit-per-voice 15]
-        [--seed 0] [--min-letters 4] [--config NAME ...] [--units-dir DIR ...]
+        [--seed 0] [--min-letters 4] [--config NAME ...] [--units-dir DIR ...] [--hold-out VOICE]
 
 MANIFEST is a speech manifest (jsonl: `path` relative to its folder, `speaker`, `words` as
 [[word, start_s, end_s], ...]), e.g. a `demo-teacher` workdir's speech/pretrain.jsonl. A seeded
@@ -157,11 +157,18 @@ def main() -> None:
     ap.add_argument("--min-letters", type=int, default=4, help="shorter words are left out")
     ap.add_argument("--config", nargs="*", default=["current"], choices=list(CONFIGS))
     ap.add_argument("--units-dir", nargs="*", default=[], help="fitted units folders to probe")
+    ap.add_argument(
+        "--hold-out",
+        metavar="VOICE",
+        help="fit the configs without this voice's utterances (its per_voice figure is then "
+        "that of a voice the units never saw)",
+    )
     args = ap.parse_args()
     rows = [r for _, r in iter_jsonl(args.manifest, "speech manifest")]
     rng = np.random.default_rng(args.seed)
     probe = sample(rows, args.per_voice, rng, set())
     fit_ids = sample(rows, args.fit_per_voice, rng, set(probe)) if args.config else []
+    fit_ids = [i for i in fit_ids if rows[i]["speaker"] != args.hold_out]
     root = args.manifest.parent
     probe_rows = [rows[i] for i in probe]
     probe_wavs = [read_audio(root / r["path"]) for r in probe_rows]
@@ -171,6 +178,8 @@ def main() -> None:
     def report(name, units, rate, extra):
         seqs, words, voices = word_tokens(probe_rows, units, rate, args.min_letters)
         res = {"config": name, **extra, "tokens": len(seqs), "words": len(set(words))}
+        if args.hold_out:
+            res["held_out"] = args.hold_out
         res.update(word_identification(seqs, words, voices))
         print(json.dumps(res), flush=True)
         results.append(res)
@@ -215,6 +224,10 @@ def main() -> None:
             {"units": k, "fit_frames": len(feats), **changes},
         )
     print(f"\nprobe: {len(probe)} utterances ({args.per_voice} per voice, seed {args.seed})")
+    if args.hold_out:
+        print(f"configs fitted without voice {args.hold_out!r}; its cross-voice acc:")
+        for r in results:
+            print(f"  {r['config']}: {100 * r['per_voice'][args.hold_out]:.1f}")
     print(
         "| config | cross-voice acc | one other voice | within-voice acc | chance (cross / "
         "within) | d same / diff |"

@@ -282,7 +282,11 @@ def test_frame_rate_and_window_are_fitted_recorded_and_checked(corpus, tmp_path,
     assert len(ids) == len(wav) // 320  # one unit per 20 ms hop
     np.testing.assert_allclose(times, np.arange(len(ids)) / 50.0)
     assert len(load_extractor(corpus / "units").extract(wav)["hubert"][0]) == len(wav) // 640
-    for bad, key in (("--frame-rate=7", "frame_rate: 7.0 Hz"), ("--window-seconds=0", "window_")):
+    for bad, key in (
+        ("--frame-rate=7", "--frame-rate: 7.0 Hz"),
+        ("--window-seconds=0", "--window-seconds: must be > 0"),
+        ("--context-frames=-1", "--context-frames: must be >= 0"),
+    ):
         capsys.readouterr()
         assert main(["units", "fit", str(corpus / "audio"), str(tmp_path / "x"), *args, bad]) != 0
         assert key in capsys.readouterr().err

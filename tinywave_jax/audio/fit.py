@@ -55,6 +55,10 @@ def _resolve_phonetic(spec_dir: Path) -> PhoneticConfig:
     )
 
 
+# SpectralConfig fields that are also fit_units parameters (the CLI's flags)
+SPECTRAL_PARAMS = ("frame_rate", "window_seconds", "cmn_seconds", "cmn_running", "context_frames")
+
+
 def read_word_timed_manifest(path: str | Path) -> tuple[list[Path], list[list]]:
     """A speech manifest (jsonl: `path` relative to its folder or absolute, `words` as
     [[word, start_s, end_s], ...]) -> (audio files, word times per file); a line without
@@ -161,7 +165,11 @@ def fit_units(
         )
     )
     if phonetic.kind == "spectral":
-        phonetic.spectral.validate()
+        try:
+            phonetic.spectral.validate()
+        except ConfigError as e:  # the message starts with the SpectralConfig field at fault
+            key = str(e).split(":")[0]
+            raise ConfigError(str(e), param=key if key in SPECTRAL_PARAMS else None) from None
     pitch = PitchFiles(bins=pitch_bins) if pitch_bins else None
     style = StyleFiles(classes=style_classes) if style_classes else None
     if pitch:
