@@ -516,7 +516,7 @@ def export_gguf(
     name = str(ckpt_dir).rstrip("/").rsplit("/", 1)[-1]
     if storage.is_remote(out):  # bucket and overwrite rules checked before any download
         check_not_an_input(out, [ckpt_dir])
-        storage.check_gcs(out, write=True, what="OUT.gguf")
+        storage.check_gcs(out, write=True, what="GGUF output file")
         _check_remote_output(out, overwrite)
     given = ckpt_dir
     if storage.is_remote(ckpt_dir):  # read from a local mirror (one download per host)
