@@ -66,6 +66,18 @@ CONFIGS = {
         128,
         {**CURRENT, "cmn_running": True, "context_frames": 4, "lda_dims": 40, "lda_bins": 8},
     ),
+    "25hz_lda_ctx2": (
+        128,
+        {
+            **CURRENT,
+            "frame_rate": 25.0,
+            "window_seconds": 0.04,
+            "cmn_running": True,
+            "context_frames": 2,
+            "lda_dims": 40,
+            "lda_bins": 8,
+        },
+    ),
 }
 LDA_KEYS = ("lda_dims", "lda_bins")  # fit settings, not SpectralConfig's
 
