@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, InputError, OutputExistsError
+from ..jsonl import iter_jsonl
 from .extractor import (
     CONFIG_FILE,
     PhoneticConfig,
@@ -63,8 +64,6 @@ def read_word_timed_manifest(path: str | Path) -> tuple[list[Path], list[list]]:
     """A speech manifest (jsonl: `path` relative to its folder or absolute, `words` as
     [[word, start_s, end_s], ...]) -> (audio files, word times per file); a line without
     usable word times is named."""
-    from ..jsonl import iter_jsonl
-
     path = Path(path)
     files, word_times = [], []
     for where, row in iter_jsonl(path, "speech manifest"):
