@@ -53,3 +53,45 @@ def test_samples_are_per_voice_disjoint_and_a_short_voice_is_named():
     assert sorted(probe + fit) == list(range(8))
     with pytest.raises(InputError, match="voice 'a': 2 utterances, fewer than 3"):
         bench.sample(rows, 3, np.random.default_rng(0), set(probe))
+
+
+def test_main_fits_each_config_and_a_held_out_voice_is_left_out_of_the_fit(
+    tmp_path, monkeypatch, capsys
+):
+    """End to end on three synthesised voices: one JSON line per config (the LDA config with
+    its projection fitted on the fit utterances' word times), and --hold-out drops that voice's
+    fit utterances (its per-voice figure is reported)."""
+    import json
+
+    import soundfile as sf
+    from speech_fixtures import SENTENCES, VOICES, speech_corpus
+
+    paths = speech_corpus(tmp_path / "audio", sentences=SENTENCES[:4], voices=VOICES)
+    with open(tmp_path / "m.jsonl", "w") as f:
+        for p in paths:
+            seconds = sf.info(p).duration
+            words = [[f"{p.stem}part{i}", i * seconds / 4, (i + 1) * seconds / 4] for i in range(4)]
+            row = {"path": str(p.relative_to(tmp_path)), "speaker": p.parent.name, "words": words}
+            f.write(json.dumps(row) + "\n")
+    argv = ["unit_robustness.py", str(tmp_path / "m.jsonl"), "--per-voice", "2"]
+    argv += ["--fit-per-voice", "2", "--config", "current", "running_lda", "--hold-out", "voice0"]
+    monkeypatch.setattr("sys.argv", argv)
+    bench = _bench()
+    fitted = []
+    real_fit = bench.fit_lda
+    monkeypatch.setattr(
+        bench, "fit_lda", lambda x, y, d: fitted.append(len(x)) or real_fit(x, y, d)
+    )
+    bench.main()
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [r["config"] for r in lines] == ["current", "running_lda"]
+    assert lines[1]["lda_dims"] == 20 and len(fitted) == 1
+    assert lines[0]["fit_frames"] == lines[1]["fit_frames"] == fitted[0]
+    for r in lines:
+        assert r["held_out"] == "voice0" and set(r["per_voice"]) == {"voice0", "voice1", "voice2"}
+        assert 0.0 <= r["pair_acc"] <= 1.0 and r["tokens"] == 3 * 2 * 4
+    # without --hold-out the same seed fits on all three voices' utterances: a third more frames
+    monkeypatch.setattr("sys.argv", argv[:-3])  # --config current
+    bench.main()
+    everyone = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert everyone[0]["fit_frames"] > lines[0]["fit_frames"] * 1.2
