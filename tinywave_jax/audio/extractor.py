@@ -23,9 +23,9 @@ import numpy as np
 
 from ..config import from_dict, to_dict
 from ..errors import ConfigError, InputError, MissingInputError
-from .features import SpectralConfig, hop_samples, phonetic_features
+from .features import SpectralConfig, hop_samples, phonetic_features, timestamps
 from .hubert import HubertFeatures, HubertModelConfig
-from .io import SAMPLE_RATE, check_waveform
+from .io import check_waveform
 from .kmeans import load_centroids, nearest_centroid
 from .lda import project
 from .pitch import PitchConfig, normalised_log_f0, quantise_pitch, speaker_mean, tracker_f0
@@ -75,11 +75,6 @@ class UnitsConfig:
     def validate(self):
         if self.format != FORMAT:
             raise ConfigError(f"format: expected {FORMAT!r}, got {self.format!r}")
-
-
-def timestamps(n: int, frame_rate: float) -> np.ndarray:
-    """Start times (s, float64) of n frames of hop SAMPLE_RATE / frame_rate samples."""
-    return np.arange(n) * hop_samples(frame_rate) / SAMPLE_RATE
 
 
 class UnitExtractor(abc.ABC):

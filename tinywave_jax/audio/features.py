@@ -84,6 +84,11 @@ def hop_samples(frame_rate: float) -> int:
     return int(round(SAMPLE_RATE / frame_rate))
 
 
+def timestamps(n: int, frame_rate: float) -> np.ndarray:
+    """Start times (s, float64) of n frames of hop SAMPLE_RATE / frame_rate samples."""
+    return np.arange(n) * hop_samples(frame_rate) / SAMPLE_RATE
+
+
 def frame_signal(
     wav: np.ndarray, hop: int, window: int, first: int = 0, last: int | None = None
 ) -> np.ndarray:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .features import hop_samples
-from .io import SAMPLE_RATE
+from .features import timestamps
 
 SILENCE = "<sil>"  # label of frames outside every word
 RIDGE = 1e-4  # added to the within-class scatter's diagonal (relative to its mean variance)
@@ -23,7 +22,7 @@ RIDGE = 1e-4  # added to the within-class scatter's diagonal (relative to its me
 def frame_labels(n: int, frame_rate: float, words, bins: int) -> np.ndarray:
     """[n] labels "word|position" (position 0..bins-1 within the word by time) or SILENCE, for
     frames starting at i * hop; `words`: [(word, start_s, end_s), ...]."""
-    starts = np.arange(n) * hop_samples(frame_rate) / SAMPLE_RATE
+    starts = timestamps(n, frame_rate)
     labels = np.full(n, SILENCE, dtype=object)
     for word, start, end in words:
         inside = (starts >= start) & (starts < end)
