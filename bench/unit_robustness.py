@@ -35,8 +35,7 @@ from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
 from tinywave_jax.audio import load_extractor
-from tinywave_jax.audio.extractor import timestamps
-from tinywave_jax.audio.features import SpectralConfig, phonetic_features
+from tinywave_jax.audio.features import SpectralConfig, phonetic_features, timestamps
 from tinywave_jax.audio.io import read_audio
 from tinywave_jax.audio.kmeans import fit_kmeans, nearest_centroid
 from tinywave_jax.audio.lda import fit_lda, frame_labels, project
