@@ -38,7 +38,7 @@ from tinywave_jax.audio import load_extractor
 from tinywave_jax.audio.features import SpectralConfig, phonetic_features, timestamps
 from tinywave_jax.audio.io import read_audio
 from tinywave_jax.audio.kmeans import fit_kmeans, nearest_centroid
-from tinywave_jax.audio.lda import fit_lda, frame_labels, project
+from tinywave_jax.audio.lda import fit_word_lda, project
 from tinywave_jax.data.layout import dedup
 from tinywave_jax.errors import InputError
 from tinywave_jax.jsonl import iter_jsonl
@@ -60,7 +60,7 @@ CONFIGS = {
     "k256": (256, CURRENT),
     "25hz": (128, {**CURRENT, "frame_rate": 25.0, "window_seconds": 0.04}),
     # k-means on an LDA projection fitted on the fit utterances' word times (audio/lda.py)
-    "running_lda": (128, {**CURRENT, "cmn_running": True, "lda_dims": 20}),
+    "running_lda": (128, {**CURRENT, "cmn_running": True, "lda_dims": 20, "lda_bins": 8}),
     "running_lda_ctx4": (
         128,
         {**CURRENT, "cmn_running": True, "context_frames": 4, "lda_dims": 40, "lda_bins": 8},
@@ -214,13 +214,11 @@ def main() -> None:
         feats = np.concatenate(per_file)
         projection = None
         if lda:
-            labels = np.concatenate(
-                [
-                    frame_labels(len(f), spec.frame_rate, rows[i]["words"], lda.get("lda_bins", 8))
-                    for i, f in zip(fit_ids, per_file)
-                ]
+            words = [rows[i]["words"] for i in fit_ids]
+            counts = [len(f) for f in per_file]
+            projection = fit_word_lda(
+                feats, counts, words, spec.frame_rate, lda["lda_dims"], lda["lda_bins"]
             )
-            projection = fit_lda(feats, labels, lda["lda_dims"])
             feats = project(feats, projection)
 
         def features(w, spec=spec, projection=projection):

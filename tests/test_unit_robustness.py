@@ -78,9 +78,9 @@ def test_main_fits_each_config_and_a_held_out_voice_is_left_out_of_the_fit(
     monkeypatch.setattr("sys.argv", argv)
     bench = _bench()
     fitted = []
-    real_fit = bench.fit_lda
+    real_fit = bench.fit_word_lda
     monkeypatch.setattr(
-        bench, "fit_lda", lambda x, y, d: fitted.append(len(x)) or real_fit(x, y, d)
+        bench, "fit_word_lda", lambda x, *rest: fitted.append(len(x)) or real_fit(x, *rest)
     )
     bench.main()
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]

@@ -50,18 +50,24 @@ class SpectralConfig:
     def validate(self):
         check_frame_rate(self.frame_rate, "frame_rate")
         if not self.window_seconds > 0:
-            raise ConfigError(f"window_seconds: must be > 0, got {self.window_seconds}")
+            raise ConfigError(
+                f"window_seconds: must be > 0, got {self.window_seconds}", param="window_seconds"
+            )
         if not 0 < self.fmin < self.fmax <= SAMPLE_RATE / 2:
             raise ConfigError(
                 f"fmin/fmax: need 0 < fmin < fmax <= {SAMPLE_RATE // 2}, got "
                 f"{self.fmin}, {self.fmax}"
             )
         if self.cmn_seconds < 0:
-            raise ConfigError(f"cmn_seconds: must be >= 0, got {self.cmn_seconds}")
+            raise ConfigError(
+                f"cmn_seconds: must be >= 0, got {self.cmn_seconds}", param="cmn_seconds"
+            )
         if self.context_frames < 0:
-            raise ConfigError(f"context_frames: must be >= 0, got {self.context_frames}")
+            raise ConfigError(
+                f"context_frames: must be >= 0, got {self.context_frames}", param="context_frames"
+            )
         if self.cmn_running and not self.cmn:
-            raise ConfigError("cmn_running: needs cmn (a mean to remove)")
+            raise ConfigError("cmn_running: needs cmn (a mean to remove)", param="cmn_running")
         if self.features == "mfcc" and not 0 < self.n_mfcc <= self.n_mels:
             raise ConfigError(
                 f"n_mfcc: need 0 < n_mfcc <= n_mels, got {self.n_mfcc} > {self.n_mels}"
@@ -74,10 +80,13 @@ class SpectralConfig:
 
 
 def check_frame_rate(frame_rate: float, key: str) -> None:
-    """A frame rate must give a whole number of samples per hop at SAMPLE_RATE."""
+    """A frame rate must give a whole number of samples per hop at SAMPLE_RATE (`key`: the
+    setting's name, the error's `param`)."""
     hop = SAMPLE_RATE / frame_rate if frame_rate > 0 else 0.0
     if hop < 1 or abs(hop - round(hop)) > 1e-6:
-        raise ConfigError(f"{key}: {frame_rate} Hz does not give a whole hop at {SAMPLE_RATE} Hz")
+        raise ConfigError(
+            f"{key}: {frame_rate} Hz does not give a whole hop at {SAMPLE_RATE} Hz", param=key
+        )
 
 
 def hop_samples(frame_rate: float) -> int:

@@ -25,7 +25,7 @@ from .extractor import (
 from .features import SpectralConfig, hop_samples, phonetic_features
 from .io import SAMPLE_RATE, check_waveform, read_audio
 from .kmeans import clamp_clusters, fit_kmeans
-from .lda import fit_lda, frame_labels, project
+from .lda import fit_word_lda, project
 from .pitch import fit_pitch_edges, normalised_log_f0, speaker_mean, tracker_f0
 from .style import style_features
 
@@ -54,10 +54,6 @@ def _resolve_phonetic(spec_dir: Path) -> PhoneticConfig:
         centroids=absolute(ph.centroids),
         hubert=dataclasses.replace(ph.hubert, model_dir=absolute(ph.hubert.model_dir)),
     )
-
-
-# SpectralConfig fields that are also fit_units parameters (the CLI's flags)
-SPECTRAL_PARAMS = ("frame_rate", "window_seconds", "cmn_seconds", "cmn_running", "context_frames")
 
 
 def read_word_timed_manifest(path: str | Path) -> tuple[list[Path], list[list]]:
@@ -164,11 +160,7 @@ def fit_units(
         )
     )
     if phonetic.kind == "spectral":
-        try:
-            phonetic.spectral.validate()
-        except ConfigError as e:  # the message starts with the SpectralConfig field at fault
-            key = str(e).split(":")[0]
-            raise ConfigError(str(e), param=key if key in SPECTRAL_PARAMS else None) from None
+        phonetic.spectral.validate()  # its errors name the field, = fit_units' parameter
     pitch = PitchFiles(bins=pitch_bins) if pitch_bins else None
     style = StyleFiles(classes=style_classes) if style_classes else None
     if pitch:
@@ -180,7 +172,7 @@ def fit_units(
     order = np.arange(len(files))
     if max_hours is not None:
         np.random.default_rng(seed).shuffle(order)
-    phon, labels, pitch_values, style_rows = [], [], [], []
+    phon, used_words, pitch_values, style_rows = [], [], [], []
     seconds, used, skipped, last_log = 0.0, 0, 0, time.monotonic()
     for i, index in enumerate(order):
         path = files[index]
@@ -199,7 +191,7 @@ def fit_units(
         if phonetic.kind == "spectral":
             phon.append(phonetic_features(wav, phonetic.spectral))
             if lda_dims:
-                labels.append(frame_labels(len(phon[-1]), frame_rate, word_times[index], lda_bins))
+                used_words.append(word_times[index])
         if pitch or style:
             track = tracker_f0(wav, pitch or PitchFiles())
             if pitch:
@@ -220,12 +212,9 @@ def fit_units(
         x = np.concatenate(phon)
         frames["hubert"] = len(x)
         if lda_dims:
-            y = np.concatenate(labels)
-            log(
-                f"units fit: LDA to {lda_dims} dims on {len(x)} frames of dim {x.shape[1]}, "
-                f"{len(np.unique(y))} word-position classes"
-            )
-            projection = fit_lda(x, y, lda_dims)
+            log(f"units fit: LDA to {lda_dims} dims on {len(x)} frames of dim {x.shape[1]}")
+            counts = [len(f) for f in phon]
+            projection = fit_word_lda(x, counts, used_words, frame_rate, lda_dims, lda_bins)
             np.save(out_dir / phonetic.projection, projection)
             x = project(x, projection)
         k = clamp_clusters(x, units, "phonetic units")

@@ -61,6 +61,15 @@ def fit_lda(x: np.ndarray, labels: np.ndarray, dims: int) -> np.ndarray:
     return np.vstack([matrix, -mean @ matrix]).astype(np.float32)
 
 
+def fit_word_lda(
+    x: np.ndarray, frame_counts, word_times, frame_rate: float, dims: int, bins: int
+) -> np.ndarray:
+    """`fit_lda` on frames `x` [frames, dim] of files with `frame_counts` frames each, labelled
+    by `frame_labels` from each file's `word_times` ([(word, start_s, end_s), ...])."""
+    labels = [frame_labels(n, frame_rate, w, bins) for n, w in zip(frame_counts, word_times)]
+    return fit_lda(x, np.concatenate(labels), dims)
+
+
 def project(x: np.ndarray, projection: np.ndarray) -> np.ndarray:
     """[frames, dim] -> [frames, out] with an affine projection from `fit_lda`."""
     return (x @ projection[:-1] + projection[-1]).astype(np.float32)
