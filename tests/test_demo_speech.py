@@ -3,6 +3,7 @@ command-line tool, word lists of the texts, and the stories' own words."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -82,6 +83,69 @@ def test_scene_sSC_endings_differ_only_in_words_the_story_never_says():
     # coherence): templates 5 and 6 ("met the worker at the place") are left out
     assert world_text.SCENE_TEMPLATES == (0, 1, 2, 3, 4, 7)
     assert Counter(s.template for s in world["test"]) == dict.fromkeys((0, 1, 2, 3, 4, 7), 8)
+
+
+def test_a_scene_storys_mirror_swaps_which_ending_is_right():
+    """The mirror tells the story of the wrong ending's scene with the same template, people
+    and time: its right ending is the story's wrong one and the reverse, it fills every scene
+    slot from that scene, and it is kept only where its text is no story of any split."""
+    world = world_text.make_world(world_text.WorldSplits(test=48, validation=12, train=2000))
+    texts = {s.text for v in world.values() for s in v}
+    mirrors = world_text.mirrored(world, "test", "scene")
+    assert world_text.mirrored(world, "test", "stranger") is None
+    kept = [(s, m) for s, m in zip(world["test"], mirrors) if m is not None]
+    assert len(kept) > 0.7 * len(mirrors)
+    scene_words = {w for sc in world_text.SCENES for x in sc for w in world_text.words_of(x)}
+    for s, m in kept:
+        assert (m.ending, m.wrong) == (s.wrong, s.ending) and m.text not in texts
+        assert (m.template, m.people) == (s.template, s.people) and m.scene != s.scene
+        mine = {w for x in world_text.SCENES[m.scene] for w in world_text.words_of(x)}
+        said = set(world_text.words_of(m.text)) & scene_words
+        assert said <= mine | set(world_text.words_of(" ".join(world_text.TIMES))), m.id
+        # the same sentences but the scene's words: the story's time of day is kept
+        strip = lambda t, sc: [w for w in world_text.words_of(t) if w not in sc]  # noqa: E731
+        theirs = {w for x in world_text.SCENES[s.scene] for w in world_text.words_of(x)}
+        assert strip(" ".join(m.context), mine) == strip(" ".join(s.context), theirs), m.id
+    for s, m in zip(world["test"], mirrors):
+        if m is None:  # dropped only for a repeated text or a said scene word
+            full = world_text.mirror(s)
+            said = set(world_text.words_of(" ".join(full.context)))
+            assert full.text in texts or said & set(world_text.words_of(s.decoy)), s.id
+
+
+def test_a_mirrored_sSC_folder_gives_both_endings_the_same_audio(tmp_path):
+    """In a scene world's sSC each story comes with its mirror: four files, the story's pair
+    and the mirror's, whose endings are the same two waveforms with right and wrong swapped;
+    a story without a mirror has no sSC pair (tSC keeps every story)."""
+    import soundfile as sf
+
+    from tinywave_jax.demo.speech import write_bench
+
+    world = world_text.make_world(world_text.WorldSplits(test=6, validation=2, train=50))
+    mirrors = world_text.mirrored(world, "test", "scene")
+    mirrors[1] = None
+    cast = Cast(natural=True)
+    counts = write_bench(tmp_path, world["test"], "b", (), False, cast, False, mirrors)
+    items = json.loads((tmp_path / "b" / "items.json").read_text())
+    kept = [m for m in mirrors if m is not None]
+    assert counts == {"ssc": 2 * len(kept), "tsc": 6} and len(kept) >= 4
+    folder = tmp_path / "b" / "ssc"
+    assert len(list(folder.glob("*.wav"))) == 4 * len(kept)
+    for story_pair, mirror_pair in zip(items["ssc"][::2], items["ssc"][1::2]):
+        assert mirror_pair["story"] == story_pair["story"] + "m"
+        assert (mirror_pair["positive"], mirror_pair["negative"]) == (
+            story_pair["negative"],
+            story_pair["positive"],
+        )
+        endings = []
+        for pair in (story_pair, mirror_pair):
+            for name in pair["files"]:
+                wav, rate = sf.read(folder / name)
+                endings.append(wav[int(pair["ending_start"] * rate) :])
+        # story right == mirror wrong, story wrong == mirror right (same samples)
+        np.testing.assert_array_equal(endings[0], endings[3])
+        np.testing.assert_array_equal(endings[1], endings[2])
+        assert not np.array_equal(endings[0][: len(endings[1])], endings[1][: len(endings[0])])
 
 
 def test_the_shipped_teachers_worlds_are_still_generated():

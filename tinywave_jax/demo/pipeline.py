@@ -157,8 +157,8 @@ class Demo(StagedRun):
     def stage_speech(self) -> dict:
         from ..jsonl import write_jsonl_atomic
         from . import speech
-        from .teacher import teacher_cast, verify_teacher
-        from .world import WORD_PAIRS
+        from .teacher import teacher_cast, teacher_world, verify_teacher
+        from .world import WORD_PAIRS, mirrored
 
         prov = verify_teacher(self.teacher_dir)
         world, out, cast = self.world(prov), self.speech_dir, teacher_cast(prov)
@@ -169,9 +169,14 @@ class Demo(StagedRun):
         for name, rows in manifests.items():
             write_jsonl_atomic(out / f"{name}.jsonl", rows)
         extras = self.settings.variant != "base"
-        pairs = speech.write_bench(out, world["test"], "bench", WORD_PAIRS, extras, cast)
+        mirrors = mirrored(world, "test", teacher_world(prov)["kind"])
+        pairs = speech.write_bench(
+            out, world["test"], "bench", WORD_PAIRS, extras, cast, False, mirrors
+        )
         if cast.unseen:  # natural speech: the test stories in voices no model heard too
-            speech.write_bench(out, world["test"], UNSEEN_BENCH, WORD_PAIRS, extras, cast, True)
+            speech.write_bench(
+                out, world["test"], UNSEEN_BENCH, WORD_PAIRS, extras, cast, True, mirrors
+            )
         hours = speech.hours(manifests["distill"])
         self.log(
             f"  {len(manifests['distill'])} distillation utterances ({hours:.2f} h), "

@@ -210,29 +210,53 @@ def other_pitch_range(voice: Voice) -> Voice:
 
 
 def _cloze_pair(
-    out: Path, folder: str, k: int, story, other, extras: bool, voice: Voice, natural: bool
+    out: Path,
+    folder: str,
+    k: int,
+    story,
+    other,
+    extras: bool,
+    voice: Voice,
+    natural: bool,
+    mirrors: bool = False,
+    mirror=None,
 ) -> dict:
     """sSC and tSC pairs of one story in one utterance voice (the context said once, so both
     files of a pair share its audio); with `extras` also its speaker-consistency pair and its
-    cross-modal cloze files."""
+    cross-modal cloze files. `mirrors` (scene worlds): sSC holds the story's pair and its
+    `mirror`'s (world.mirror), whose endings are the same audio with right and wrong swapped,
+    or no pair where the mirror is None; items["ssc"] is a list of 0-2 pairs."""
     variant = utterance_voice(voice, story.id, held_out=True)
-    sp = Speaker(variant, natural, (*story.sentences, story.wrong, other.ending))
-    context = list(story.context)
-    n_context = sum(len(x) for x in _sentences(context))
-    items = {}
-    for task, wrong in (("ssc", story.wrong), ("tsc", other.ending)):
+    said = (*story.sentences, story.wrong, other.ending, *(mirror.context if mirror else ()))
+    sp = Speaker(variant, natural, said)
+
+    def pair(task: str, index: int, st, wrong: str) -> dict:
+        context = list(st.context)
+        n_context = sum(len(x) for x in _sentences(context))
         pos, pos_words, _ = sp.write(
-            out, f"{folder}/{task}/{2 * k}_{story.id}.wav", context + [story.ending]
+            out, f"{folder}/{task}/{index}_{st.id}.wav", context + [st.ending]
         )
-        neg, _, _ = sp.write(out, f"{folder}/{task}/{2 * k + 1}_{story.id}.wav", context + [wrong])
-        items[task] = {
-            "story": story.id,
+        neg, _, _ = sp.write(out, f"{folder}/{task}/{index + 1}_{st.id}.wav", context + [wrong])
+        return {
+            "story": st.id,
             "speaker": voice.name,
-            "positive": story.ending,
+            "positive": st.ending,
             "negative": wrong,
             "files": [pos.name, neg.name],
             "ending_start": pos_words[n_context][1],
         }
+
+    items: dict = {"tsc": pair("tsc", 2 * k, story, other.ending)}
+    if not mirrors:
+        items["ssc"] = [pair("ssc", 2 * k, story, story.wrong)]
+    elif mirror is not None:
+        items["ssc"] = [
+            pair("ssc", 4 * k, story, story.wrong),
+            pair("ssc", 4 * k + 2, mirror, mirror.wrong),
+        ]
+    else:
+        items["ssc"] = []
+    context = list(story.context)
     if extras:
         texts = context + [story.ending]
         shifted = Speaker(other_pitch_range(variant), natural, [story.ending])
@@ -276,11 +300,14 @@ def write_bench(
     extras: bool = False,
     cast: Cast = Cast(),
     unseen: bool = False,
+    mirrors: list | None = None,
 ) -> dict[str, int]:
     """sSC / tSC (and word-test) pair folders under `out/folder`; items.json says what each pair
     holds, in which voice, and where the ending starts (s). tSC's wrong ending is the next
     story's ending. Story k is spoken by voice k % n of the cast's distillation voices (or, with
-    `unseen`, of its unseen ones). `extras`: the speaker-consistency pairs and crossmodal.jsonl."""
+    `unseen`, of its unseen ones). `extras`: the speaker-consistency pairs and crossmodal.jsonl.
+    `mirrors` (scene worlds: `world.mirrored`, one per story): sSC holds each story whose mirror
+    exists and its mirror, so an ending scored without its story wins exactly half the pairs."""
     from ..jsonl import write_jsonl_atomic
 
     voices = cast.unseen if unseen else cast.distill
@@ -288,12 +315,12 @@ def write_bench(
         _cloze_pair,
         [
             (out, folder, k, st, stories[(k + 1) % len(stories)], extras, voices[k % len(voices)])
-            + (cast.natural,)
+            + (cast.natural, mirrors is not None, mirrors[k] if mirrors else None)
             for k, st in enumerate(stories)
         ],
         cast.natural,
     )
-    items = {task: [p[task] for p in pairs] for task in ("ssc", "tsc")}
+    items = {"ssc": [x for p in pairs for x in p["ssc"]], "tsc": [p["tsc"] for p in pairs]}
     if extras:
         items["voice"] = [p["voice"] for p in pairs]
         write_jsonl_atomic(out / folder / "crossmodal.jsonl", [p["crossmodal"] for p in pairs])

@@ -132,7 +132,7 @@ class TeacherBuild(StagedRun):
     def stage_speech(self) -> dict:
         from ..jsonl import write_jsonl_atomic
         from . import speech
-        from .world import world_hash
+        from .world import mirrored, world_hash
 
         world, out, cast = self.world(), self.speech_dir, self.cast
         manifests = {
@@ -142,8 +142,11 @@ class TeacherBuild(StagedRun):
         for name, rows in manifests.items():
             write_jsonl_atomic(out / f"{name}.jsonl", rows)
         extras = self.settings.variant == "expressive"
+        kind = self.settings.world.kind
         pairs = {
-            folder: speech.write_bench(out, world[split], folder, words, extras, cast, unseen)
+            folder: speech.write_bench(
+                out, world[split], folder, words, extras, cast, unseen, mirrored(world, split, kind)
+            )
             for folder, split, words, unseen in speech.bench_folders(cast)
         }
         hours = speech.hours(manifests["pretrain"])

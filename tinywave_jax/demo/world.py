@@ -333,6 +333,45 @@ def _scene_wrong(rng, template, scene, people, time):
     return wrong, " ".join(words[k] for k in new)
 
 
+def mirror(story: Story) -> Story:
+    """A scene story told of its wrong ending's scene: the same template, people and time, the
+    context filled from the other scene, `story.wrong` its right ending and `story.ending` its
+    wrong one. A story and its mirror hold the same two endings, right once and wrong once, so
+    whatever scores an ending without the story wins exactly one of the two pairs."""
+    new = new_slots(story.template)
+    other = next(
+        i
+        for i, sc in enumerate(SCENES)
+        if " ".join(sc[SLOTS.index(k)] for k in new) == story.decoy and i != story.scene
+    )
+    people = story.people
+    time = next(
+        t for t in TIMES if _fill(story.template, story.scene, people, t)[0] == story.context
+    )
+    context, ending = _fill(story.template, other, people, time)
+    assert ending == story.wrong, (ending, story.wrong)
+    decoy = " ".join(SCENES[story.scene][SLOTS.index(k)] for k in new)
+    return Story(
+        story.id + "m", story.template, other, people, context, ending, story.ending, decoy
+    )
+
+
+def mirrored(world: dict[str, list[Story]], split: str, kind: str) -> list[Story | None] | None:
+    """For a scene world (`kind`), the mirror of each story of `split`, or None where the
+    mirror's text is a story of any split (a training story's would leak its answer) or its
+    context says the story's own scene word (a time of day can: "before school"); for other
+    kinds None (their sSC has no mirrors)."""
+    if kind != "scene":
+        return None
+    texts = {s.text for stories in world.values() for s in stories}
+    out: list[Story | None] = []
+    for story in world[split]:
+        m = mirror(story)
+        fits = m.text not in texts and _unsaid(m.template, story.scene, m.context)
+        out.append(m if fits else None)
+    return out
+
+
 def _stranger_split(name: str, n: int, rng: random.Random, seen: set, total: int) -> list[Story]:
     """Name-swap stories (the first world's sSC)."""
     return _template_split(name, n, rng, seen, total, _stranger_wrong)
