@@ -9,7 +9,8 @@ Which audio exists (every utterance its own synthesis, `synth.utterance_voice`):
              SpiritLM's data) for teacher correction, distillation and the baseline
   heldout    validation and test stories in the target voice: perplexity, and (validation only)
              the learning-rate sweeps' choice
-  bench/     test stories as benchmark pairs: ssc/, tsc/, swuggy/ + items.json; for the
+  bench/     test stories as benchmark pairs: ssc/ (in a scene world each story and its
+             mirror, world.mirror), tsc/, swuggy/ + items.json; for the
              expressive and interleaved variants also salmon/speaker_consistency/ (the ending in
              the story's voice vs. in another pitch range and speed, SALMon's layout) and
              crossmodal.jsonl + crossmodal/ (context and endings as separate audio, with their

@@ -11,7 +11,10 @@ the distillation set. Three kinds of story (`WorldSplits.kind`), each with its o
             wrong ending takes that word from another scene ("... at the forest."). Neither
             ending's differing word is in the story, so copying cannot tell them apart; a
             model must know which words go together (the 6 x 128 teacher shape learns it in
-            text; it did not learn the binding).
+            text; it did not learn the binding). The benchmarks pair each held-out story
+            with its `mirror` (the same sentences told of the wrong ending's scene), so the
+            two endings are right once and wrong once: scored without the story, an ending
+            wins exactly half of the pairs.
   binding   two people, each bound to one scene's place, worker or item ("Anna went to the
             bakery. Leo went to the river."); the ending says something new about one binding
             in words the context never uses together ("Later Anna came back from the
