@@ -12,9 +12,11 @@ llama.cpp warm up), then ONE timed greedy continuation of the same prompt. tok/s
 seconds of that call (prompt processing included). The last line printed is ONE JSON object with
 jax_tok_s, hf_tok_s, llamacpp_f32_tok_s, llamacpp_f16_tok_s, llamacpp_q8_0_tok_s,
 llamacpp_q4_0_tok_s, the files' sizes (MB), each engine's peak RSS (MB) and load time, the q8_0 /
-transformers speed ratio, and how many greedy tokens each engine shares with JAX (llama.cpp f32
-runs with an f32 KV cache, the exact reference; on random weights the logits are nearly flat, so
-reduced precision flips greedy choices early).
+transformers speed ratio, the ggml-cpu library llama.cpp chose for this CPU (llamacpp_cpu_variant:
+"haswell" for AVX2, "zen4" for AVX-512 with VNNI and BF16, ...; null for a one-level build) with
+its features, and how many greedy tokens each engine shares with JAX (llama.cpp f32 runs with an
+f32 KV cache, the exact reference; on random weights the logits are nearly flat, so reduced
+precision flips greedy choices early).
 """
 
 from __future__ import annotations
@@ -134,7 +136,11 @@ def run_engine(engine: str, work: Path, prompt: list[int], new: int, threads: in
         load_s = time.perf_counter() - t0
         generate(8)
     else:
-        from tinywave_jax.eval.gguf_run import llama_cpp_greedy, load_llama_cpp
+        from tinywave_jax.eval.gguf_run import (
+            llama_cpp_cpu_backend,
+            llama_cpp_greedy,
+            load_llama_cpp,
+        )
 
         gguf_type = engine.split("_", 1)[1]
         llm = load_llama_cpp(
@@ -153,7 +159,12 @@ def run_engine(engine: str, work: Path, prompt: list[int], new: int, threads: in
     t = time.perf_counter()
     tokens = generate(new)
     seconds = time.perf_counter() - t
+    extra = {}
+    if engine.startswith("llamacpp"):  # which ggml-cpu library (instruction-set level) ran
+        cpu = llama_cpp_cpu_backend()
+        extra = {"cpu_variant": cpu["variant"], "cpu_features": sorted(cpu["features"])}
     return {
+        **extra,
         "tok_s": round(new / seconds, 1),
         "seconds": round(seconds, 2),
         "load_s": round(load_s, 1),
@@ -220,6 +231,9 @@ def main():
             result[f"{engine}_tok_s"] = r["tok_s"]
             result[f"{engine}_peak_rss_mb"] = r["peak_rss_mb"]
             result[f"{engine}_load_s"] = r["load_s"]
+            if "cpu_variant" in r:
+                result["llamacpp_cpu_variant"] = r["cpu_variant"]
+                result["llamacpp_cpu_features"] = ",".join(r["cpu_features"])
             print(f"{engine}: {r}", flush=True)
         from tinywave_jax.models.decode import common_prefix
 

@@ -10,6 +10,7 @@ lp[t - 1] = log p(ids[t] | ids[:t]) for t >= 1, computed in float64 from llama.c
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -18,13 +19,65 @@ import numpy as np
 
 from ..checkpoint import load_model
 from ..convert.gguf_export import export_gguf
-from ..errors import InputError
+from ..errors import InputError, TinywaveError
 from ..models import decode
 from ..scoring import score_sequences
 from . import bootstrap
 from .bootstrap import PPL
 from .harness import TaskInputs, run_task
 from .pairwise import pair_outcome, sequence_score
+
+
+class _Feature(ctypes.Structure):  # ggml-backend.h: struct ggml_backend_feature
+    _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_char_p)]
+
+
+def llama_cpp_cpu_backend() -> dict:
+    """Loads llama.cpp's CPU backend if none is loaded yet and says which one runs:
+    {"library": path of the ggml-cpu library mapped into this process, "variant": its
+    instruction-set level ("haswell", "zen4", ...; None for a one-level build), "features":
+    {name: value} as ggml reports them}.
+
+    The Makefile's build ships one ggml-cpu library per level in llama_cpp/lib (GGML_BACKEND_DL);
+    ggml itself looks for them only beside the executable and in the working directory, so they
+    are loaded from the package here, ggml scoring each against this CPU's cpuid."""
+    import llama_cpp  # llama-cpp-python: the llamacpp extra
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))  # llama_cpp loaded it: the same handle
+    ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+    ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    if not ggml.ggml_backend_reg_by_name(b"CPU"):
+        ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+    reg = ggml.ggml_backend_reg_by_name(b"CPU")
+    if not reg:
+        raise TinywaveError(
+            f"llama.cpp found no CPU backend this CPU can run in {lib_dir}: reinstall "
+            "llama-cpp-python with `make venv` (its build flags are in the Makefile)"
+        )
+    features = {}
+    get = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_get_features")
+    if get:
+        feats = ctypes.CFUNCTYPE(ctypes.POINTER(_Feature), ctypes.c_void_p)(get)(reg)
+        i = 0
+        while feats[i].name is not None:
+            features[feats[i].name.decode()] = feats[i].value.decode()
+            i += 1
+    maps = Path("/proc/self/maps")  # Linux: which ggml-cpu file the loader mapped
+    libs = sorted(
+        {ln.split()[-1] for ln in maps.read_text().splitlines() if "/libggml-cpu" in ln}
+        if maps.exists()
+        else ()
+    )
+    stem = Path(libs[0]).name.split(".so")[0] if libs else ""
+    return {
+        "library": libs[0] if libs else None,
+        "variant": stem.removeprefix("libggml-cpu").lstrip("-") or None,
+        "features": features,
+    }
 
 
 def load_llama_cpp(
@@ -40,6 +93,7 @@ def load_llama_cpp(
     (which alone moves float32 log-probs by up to ~3e-3)."""
     import llama_cpp  # llama-cpp-python: the llamacpp extra
 
+    llama_cpp_cpu_backend()
     threads = n_threads or max(1, len(os.sched_getaffinity(0)))
     return llama_cpp.Llama(
         model_path=str(gguf_path),
