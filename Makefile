@@ -2,25 +2,41 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+
+# llama-cpp-python (test extra, runs `export-gguf` files) compiles llama.cpp from source with the
+# machine's gcc/g++ and cmake (PyPI's cmake when there is none), once. ggml's runtime CPU dispatch
+# (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS): one ggml-cpu library per x86 instruction-set level
+# (x64, sse42, ..., haswell = AVX2, skylakex/icelake/zen4 = AVX-512 with VNNI/BF16, alderlake =
+# AVX-VNNI) in llama_cpp/lib; convert/gguf_run.py loads the best this CPU's cpuid allows, so each
+# machine runs its best kernels and none an instruction it lacks. ggml scores a variant on cpuid
+# alone, not on whether the OS enabled AMX tiles, which crash (SIGILL) where the CPU advertises
+# them and the kernel or sandbox does not enable them, as on this project's machines: the AMX
+# variant (sapphirerapids) is deleted after the install. GGML_BACKEND_DIR puts the libraries in the
+# package (:STRING, relative to the install prefix: as a PATH cmake makes it absolute under the
+# temporary build folder). No llava (multimodal) library.
+# pip caches a built wheel under the package's name and version whatever CMAKE_ARGS were, so the
+# package is installed on its own, uncached, whenever .venv/.llama-cpp-build records other flags.
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON \
+	-DGGML_BACKEND_DIR:STRING=llama_cpp/lib -DLLAVA_BUILD=OFF
+LLAMA_CPP := $(shell sed -n 's/^ *\(llama-cpp-python==[^ ]*\) *$$/\1/p' setup.cfg | head -1)
+LLAMA_CPP_BUILD := $(LLAMA_CPP) $(LLAMA_CPP_CMAKE_ARGS)
+STAMP := $(VENV)/.installed-$(shell echo '$(LLAMA_CPP_BUILD)' | cat setup.cfg pyproject.toml - | \
+	cksum | cut -d' ' -f1)
 
 .PHONY: venv test lint format demo demo-expressive demo-interleaved demo-teacher demo-teacher-expressive clean espeak shellcheck
 
 venv: $(STAMP)
 
-# llama-cpp-python (test extra, runs `export-gguf` files) compiles llama.cpp from source with the
-# machine's gcc/g++ and cmake (PyPI's cmake when there is none): ~13 min on 2 cores, once (pip
-# caches the wheel). Portable AVX2 flags rather than -march=native: a native build uses AMX tiles
-# where the CPU advertises them, which crash (SIGILL) where the kernel or sandbox does not enable
-# AMX, as on this project's machines. No llava (multimodal) library.
-LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON \
-	-DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
-
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/python -m pip install -q -e '.[test]'
+	test "$$(cat $(VENV)/.llama-cpp-build 2>/dev/null)" = '$(LLAMA_CPP_BUILD)' || { \
+	  CMAKE_ARGS='$(LLAMA_CPP_CMAKE_ARGS)' $(BIN)/python -m pip install -q --no-cache-dir \
+	    --force-reinstall --no-deps '$(LLAMA_CPP)' && \
+	  rm -f $(VENV)/lib/python*/site-packages/llama_cpp/lib/libggml-cpu-sapphirerapids.so && \
+	  echo '$(LLAMA_CPP_BUILD)' > $(VENV)/.llama-cpp-build; }
+	$(BIN)/python -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 # Tests see 8 simulated CPU devices (set in tests/conftest.py before jax is imported).

@@ -9,6 +9,9 @@ stay within log-prob gaps measured on this model (docs/benchmarks.md records the
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import gguf
 import jax
@@ -187,6 +190,70 @@ def test_f32_greedy_and_logprobs_equal_jax(model):
     # the greedy choices are clear: a tie-level numeric difference could not flip them
     logits = llama_cpp_logits_sorted(llm, model["seq"])
     assert (logits[PROMPT_LEN - 1 : -1, -1] - logits[PROMPT_LEN - 1 : -1, -2]).min() > 1e-2
+
+
+# The /proc/cpuinfo flags (the kernel's view: cpuid and what the OS enabled) behind each
+# instruction set that ggml's CPU backend reports compiling in.
+CPUINFO_FLAGS = {
+    "SSE3": {"pni"},
+    "SSSE3": {"ssse3"},
+    "AVX": {"avx"},
+    "AVX2": {"avx2"},
+    "F16C": {"f16c"},
+    "FMA": {"fma"},
+    "BMI2": {"bmi2"},
+    "AVX_VNNI": {"avx_vnni"},
+    "AVX512": {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"},
+    "AVX512_VBMI": {"avx512vbmi"},
+    "AVX512_VNNI": {"avx512_vnni"},
+    "AVX512_BF16": {"avx512_bf16"},
+    "AMX_INT8": {"amx_int8"},
+}
+
+
+def test_llama_cpp_runs_the_best_cpu_library_this_cpu_allows_and_never_amx(model):
+    """The Makefile's build (GGML_BACKEND_DL, one ggml-cpu library per instruction-set level):
+    the library loaded uses only instruction sets /proc/cpuinfo lists, includes AVX2 / AVX-512
+    (VNNI, BF16) wherever the CPU has them, and no installed library holds AMX code (the SIGILL
+    where the OS does not enable tiles). In a child process, so an illegal instruction fails the
+    test instead of killing pytest."""
+    code = (
+        "import json, sys\n"
+        "from tinywave_jax.convert.gguf_run import llama_cpp_cpu_backend, llama_cpp_greedy, "
+        "load_llama_cpp\n"
+        "llm = load_llama_cpp(sys.argv[1], f32_kv_cache=True)\n"
+        "cont = llama_cpp_greedy(llm, json.loads(sys.argv[2]), 8)\n"
+        "print(json.dumps({'cpu': llama_cpp_cpu_backend(), 'cont': cont}))\n"
+    )
+    path = [str(Path(__file__).resolve().parents[1]), *sys.path]  # the llama_cpp this process has
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    args = [str(model["files"]["f32"].path), json.dumps(model["prompt"])]
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, (r.returncode, r.stderr[-3000:])  # SIGILL: -4
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["cont"] == model["cont"][:8]  # the f32 file continues as JAX does
+    cpu = out["cpu"]
+    assert cpu["variant"], f"a one-level llama.cpp build, not the Makefile's: {cpu['library']}"
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    isa = {f for f in cpu["features"] if f in CPUINFO_FLAGS}
+    assert isa >= {"AVX", "SSE3"}, cpu  # the reporting itself works
+    for f in isa:
+        assert CPUINFO_FLAGS[f] <= flags, (cpu["variant"], f, "not on this CPU")
+    for f in ("AVX2", "AVX512", "AVX512_VNNI", "AVX512_BF16"):
+        if CPUINFO_FLAGS[f] <= flags:
+            assert f in isa, (cpu["variant"], f, "on this CPU but not used")
+    assert "AMX_INT8" not in isa
+    # amx.cpp's message exists only where AMX kernels were compiled in
+    libs = sorted(Path(cpu["library"]).parent.glob("libggml-cpu*.so*"))
+    assert len(libs) > 1, libs
+    amx = [p.name for p in libs if b"AMX is not ready to be used" in p.read_bytes()]
+    assert not amx, amx
 
 
 def llama_cpp_logits_sorted(llm, ids):

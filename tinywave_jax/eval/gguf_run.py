@@ -11,6 +11,7 @@ lp[t - 1] = log p(ids[t] | ids[:t]) for t >= 1, computed in float64 from llama.c
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -51,6 +52,9 @@ def llama_cpp_cpu_backend() -> dict:
     ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     if not ggml.ggml_backend_reg_by_name(b"CPU"):
+        log = logging.getLogger("llama-cpp-python")  # quiet, as Llama(verbose=False) sets it
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.ERROR)
         ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
     reg = ggml.ggml_backend_reg_by_name(b"CPU")
     if not reg:
