@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # machine's gcc/g++ and cmake (PyPI's cmake when there is none), once. ggml's runtime CPU dispatch
 # (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS): one ggml-cpu library per x86 instruction-set level
 # (x64, sse42, ..., haswell = AVX2, skylakex/icelake/zen4 = AVX-512 with VNNI/BF16, alderlake =
-# AVX-VNNI) in llama_cpp/lib; convert/gguf_run.py loads the best this CPU's cpuid allows, so each
+# AVX-VNNI) in llama_cpp/lib; eval/gguf_run.py loads the best this CPU's cpuid allows, so each
 # machine runs its best kernels and none an instruction it lacks. ggml scores a variant on cpuid
 # alone, not on whether the OS enabled AMX tiles, which crash (SIGILL) where the CPU advertises
 # them and the kernel or sandbox does not enable them, as on this project's machines: the AMX

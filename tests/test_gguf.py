@@ -219,7 +219,7 @@ def test_llama_cpp_runs_the_best_cpu_library_this_cpu_allows_and_never_amx(model
     test instead of killing pytest."""
     code = (
         "import json, sys\n"
-        "from tinywave_jax.convert.gguf_run import llama_cpp_cpu_backend, llama_cpp_greedy, "
+        "from tinywave_jax.eval.gguf_run import llama_cpp_cpu_backend, llama_cpp_greedy, "
         "load_llama_cpp\n"
         "llm = load_llama_cpp(sys.argv[1], f32_kv_cache=True)\n"
         "cont = llama_cpp_greedy(llm, json.loads(sys.argv[2]), 8)\n"
