@@ -45,7 +45,7 @@ def llama_cpp_cpu_backend() -> dict:
     import llama_cpp  # llama-cpp-python: the llamacpp extra
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))  # llama_cpp loaded it: the same handle
+    ggml = ctypes.CDLL(str(_loaded_ggml(lib_dir)))
     ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
     ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
@@ -82,6 +82,20 @@ def llama_cpp_cpu_backend() -> dict:
         "variant": stem.removeprefix("libggml-cpu").lstrip("-") or None,
         "features": features,
     }
+
+
+def _loaded_ggml(lib_dir: Path) -> Path:
+    """The libggml file llama_cpp's libllama loaded (its soname, libggml.so.0, found through
+    its $ORIGIN runpath). A wheel stores libggml.so, .so.0 and .so.0.25.3 as three copies, not
+    links: opening another of them would load a second ggml whose backend registry libllama
+    never sees ("no backends are loaded")."""
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        for line in maps.read_text().splitlines():
+            path = Path(line.split()[-1])
+            if path.parent == lib_dir and path.name.startswith("libggml.so"):
+                return path
+    return lib_dir / "libggml.so.0"
 
 
 def load_llama_cpp(
