@@ -40,6 +40,8 @@ def quick_teacher(tmp_path_factory):
             str(root / "pkg"),
             "--workdir",
             str(root / "work"),
+            "--set",
+            "text_steps=3",
         ],
         env=env,
         capture_output=True,
@@ -87,6 +89,22 @@ def test_package_records_every_file_and_its_origin(quick_teacher):
         for k in ("ssc", "tsc", "ppl"):
             assert q[f"{k}_ci"][0] <= q[k] <= q[f"{k}_ci"][1]
     assert verify_teacher(pkg) == prov
+
+
+def test_text_steps_pretrain_on_text_alone_then_continue_from_that_model(quick_teacher):
+    """`text_steps`: a text-only run first, then the mixture's run starting from its final
+    model (SpiritLM continues a text LLM), each with its own schedule."""
+    import yaml
+
+    pkg, work = quick_teacher
+    text = yaml.safe_load((work / "pretrain_text" / "config.yaml").read_text())
+    main = yaml.safe_load((work / "pretrain" / "config.yaml").read_text())
+    assert text["data"]["corpus"]["mixture"] == {"text": 1.0} and text["train"]["steps"] == 3
+    assert text["model"]["shape"] is not None and text["model"]["path"] is None
+    assert main["model"]["path"] == str(work / "pretrain_text" / "final")
+    assert main["data"]["corpus"]["mixture"] == {"speech": 1.0}
+    prov = verify_teacher(pkg)
+    assert prov["settings"]["text_steps"] == 3
 
 
 def test_units_remove_the_speakers_mean_yet_a_cloze_pair_shares_its_context_units(quick_teacher):

@@ -66,6 +66,9 @@ class TeacherSettings:
     seq_len: int = 320  # >= a whole story (at most ~285 units at 50 Hz)
     batch_size: int = 16
     steps: int = 1000  # ~22 min on 2 cores
+    # > 0: first this many steps on the stories' text alone, then `steps` on `mixture` from that
+    # model (SpiritLM continues a text LLM); the same learning-rate schedule for each run
+    text_steps: int = 0
     learning_rate: float = 3e-3
     warmup_steps: int = 50
     seed: int = 0
@@ -74,6 +77,8 @@ class TeacherSettings:
         for f in ("units", "seq_len", "batch_size", "steps"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f}: must be >= 1")
+        if self.text_steps < 0:
+            raise ConfigError("text_steps: must be >= 0 (0: no text-only run first)")
         if self.synthesis not in ("natural", "word_bank"):
             raise ConfigError(f"synthesis: {self.synthesis!r} is not 'natural' or 'word_bank'")
         if self.cmn_seconds < 0:

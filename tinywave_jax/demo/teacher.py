@@ -208,30 +208,36 @@ class TeacherBuild(StagedRun):
         }
 
     def stage_pretrain(self) -> dict:
+        from ..train.metrics import read_metrics
         from .training import data_section, pretrain_config, train_runs
 
         s = self.settings
-        data = data_section(
-            self.tokens_dir / "corpus" / "pretrain",
-            {
+        vocab = self.done("tokens")["vocab_size"]
+
+        def data(mixture: dict) -> dict:
+            tokens = {
                 "layout": json.loads((self.tokens_dir / "layout.json").read_text()),
                 "tokenizer": self.tokens_dir / "tokenizer",
-            },
-            s.seq_len,
-            s.batch_size,
-            s.seed,
-            s.mixture,
-        )
-        cfg = pretrain_config(s, data, self.run_dir, self.done("tokens")["vocab_size"])
-        # one run on every core (the sweep's runs take one core each)
-        final = train_runs([("teacher/pretrain", cfg)], self.log, pin=False)["teacher/pretrain"]
-        from ..train.metrics import read_metrics
+            }
+            corpus = self.tokens_dir / "corpus" / "pretrain"
+            return data_section(corpus, tokens, s.seq_len, s.batch_size, s.seed, mixture)
 
+        start, out = None, {}
+        if s.text_steps:  # as SpiritLM starts from a text LLM: the stories' text alone first
+            name, run_dir = "teacher/pretrain_text", self.dir / "pretrain_text"
+            cfg = pretrain_config(name, s, data({"text": 1.0}), run_dir, vocab, s.text_steps)
+            # one run on every core (the sweep's runs take one core each)
+            start = train_runs([(name, cfg)], self.log, pin=False)[name]
+            out["text_final_train_ce"] = round(read_metrics(run_dir)[-1]["ce"], 4)
+        name = "teacher/pretrain"
+        cfg = pretrain_config(name, s, data(s.mixture), self.run_dir, vocab, s.steps, start)
+        final = train_runs([(name, cfg)], self.log, pin=False)[name]
         last = read_metrics(self.run_dir)[-1]
-        return {
+        steps = s.text_steps + s.steps
+        return out | {
             "final": str(final),
             "steps": s.steps,
-            "tokens_seen": s.steps * s.batch_size * s.seq_len,
+            "tokens_seen": steps * s.batch_size * s.seq_len,
             "final_train_ce": round(last["ce"], 4),
         }
 

@@ -121,15 +121,29 @@ def _checked(name: str, cfg: dict) -> RunConfig:
     return from_dict(DistillConfig if "teacher" in cfg else TrainConfig, cfg, prefix=name)
 
 
-def pretrain_config(s, data: dict, run_dir: Path, vocab_size: int) -> TrainConfig:
-    """The teacher's pretraining (TeacherSettings `s`)."""
+def pretrain_config(
+    name: str,
+    s,
+    data: dict,
+    run_dir: Path,
+    vocab_size: int,
+    steps: int,
+    start: Path | None = None,
+) -> TrainConfig:
+    """One run `name` of the teacher's pretraining (TeacherSettings `s`): `steps` steps from a
+    random model of `s.shape`, or from the model folder `start` (the text-only run's final/)."""
+    model = (
+        {"path": str(start)}
+        if start is not None
+        else {"shape": model_shape(s.shape, vocab_size), "seed": s.seed}
+    )
     return _checked(
-        "teacher/pretrain",
+        name,
         {
             "run_dir": str(run_dir),
-            "model": {"shape": model_shape(s.shape, vocab_size), "seed": s.seed},
-            "optimizer": optimizer_section(s.learning_rate, s.steps, s.warmup_steps),
-            "train": loop_section(s.steps, checkpoint_every=max(1, min(250, s.steps))),
+            "model": model,
+            "optimizer": optimizer_section(s.learning_rate, steps, s.warmup_steps),
+            "train": loop_section(steps, checkpoint_every=max(1, min(250, steps))),
             "data": data,
             "logit_chunk_size": 128,
         },
