@@ -219,17 +219,17 @@ def _cloze_pair(
     extras: bool,
     voice: Voice,
     natural: bool,
-    mirrors: bool = False,
-    mirror=None,
+    ssc_stories: tuple | None = None,
 ) -> dict:
     """sSC and tSC pairs of one story in one utterance voice (the context said once, so both
     files of a pair share its audio); with `extras` also its speaker-consistency pair and its
-    cross-modal cloze files. `mirrors` (scene worlds): sSC holds the story's pair and its
-    `mirror`'s (world.mirror), whose endings are the same audio with right and wrong swapped,
-    or no pair where the mirror is None; items["ssc"] is a list of 0-2 pairs."""
+    cross-modal cloze files. `ssc_stories` (scene worlds): the stories whose sSC pairs this one
+    writes instead of its own, the story and its mirror (world.mirror), whose endings are then
+    the same audio with right and wrong swapped, or none; items["ssc"] is a list of pairs."""
     variant = utterance_voice(voice, story.id, held_out=True)
-    said = (*story.sentences, story.wrong, other.ending, *(mirror.context if mirror else ()))
-    sp = Speaker(variant, natural, said)
+    mirrored = ssc_stories is not None
+    extra_contexts = [c for st in ssc_stories or () for c in st.context]
+    sp = Speaker(variant, natural, (*story.sentences, story.wrong, other.ending, *extra_contexts))
 
     def pair(task: str, index: int, st, wrong: str) -> dict:
         context = list(st.context)
@@ -247,16 +247,12 @@ def _cloze_pair(
             "ending_start": pos_words[n_context][1],
         }
 
-    items: dict = {"tsc": pair("tsc", 2 * k, story, other.ending)}
-    if not mirrors:
-        items["ssc"] = [pair("ssc", 2 * k, story, story.wrong)]
-    elif mirror is not None:
-        items["ssc"] = [
-            pair("ssc", 4 * k, story, story.wrong),
-            pair("ssc", 4 * k + 2, mirror, mirror.wrong),
-        ]
-    else:
-        items["ssc"] = []
+    items: dict = {
+        "tsc": pair("tsc", 2 * k, story, other.ending),
+        "ssc": [pair("ssc", 4 * k + 2 * j, st, st.wrong) for j, st in enumerate(ssc_stories)]
+        if mirrored
+        else [pair("ssc", 2 * k, story, story.wrong)],
+    }
     context = list(story.context)
     if extras:
         texts = context + [story.ending]
@@ -293,6 +289,12 @@ def _word_pair(
     return {"positive": word, "negative": nonword, "files": [pos.name, neg.name]}
 
 
+def _with_mirror(story, mirror) -> tuple:
+    """A scene story's sSC stories: it and its mirror, or none when it has no mirror (an
+    unmirrored pair would let the endings alone win more or less than half)."""
+    return (story, mirror) if mirror is not None else ()
+
+
 def write_bench(
     out: Path,
     stories,
@@ -316,7 +318,7 @@ def write_bench(
         _cloze_pair,
         [
             (out, folder, k, st, stories[(k + 1) % len(stories)], extras, voices[k % len(voices)])
-            + (cast.natural, mirrors is not None, mirrors[k] if mirrors else None)
+            + (cast.natural, None if mirrors is None else _with_mirror(st, mirrors[k]))
             for k, st in enumerate(stories)
         ],
         cast.natural,
