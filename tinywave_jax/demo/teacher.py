@@ -222,11 +222,11 @@ class TeacherBuild(StagedRun):
             corpus = self.tokens_dir / "corpus" / "pretrain"
             return data_section(corpus, tokens, s.seq_len, s.batch_size, s.seed, mixture)
 
+        # each run on every core, one after the other (the sweep's runs take one core each)
         start, out = None, {}
         if s.text_steps:  # as SpiritLM starts from a text LLM: the stories' text alone first
             name, run_dir = "teacher/pretrain_text", self.dir / "pretrain_text"
             cfg = pretrain_config(name, s, data({"text": 1.0}), run_dir, vocab, s.text_steps)
-            # one run on every core (the sweep's runs take one core each)
             start = train_runs([(name, cfg)], self.log, pin=False)[name]
             out["text_final_train_ce"] = round(read_metrics(run_dir)[-1]["ce"], 4)
         name = "teacher/pretrain"
