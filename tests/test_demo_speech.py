@@ -107,10 +107,10 @@ def test_a_scene_storys_mirror_swaps_which_ending_is_right():
         theirs = {w for x in world_text.SCENES[s.scene] for w in world_text.words_of(x)}
         assert strip(" ".join(m.context), mine) == strip(" ".join(s.context), theirs), m.id
     for s, m in zip(world["test"], mirrors):
-        if m is None:  # dropped only for a repeated text or a said scene word
+        if m is None:  # dropped only for a repeated text or the story's scene word said
             full = world_text.mirror(s)
             said = set(world_text.words_of(" ".join(full.context)))
-            assert full.text in texts or said & set(world_text.words_of(s.decoy)), s.id
+            assert full.text in texts or said & set(world_text.words_of(full.decoy)), s.id
 
 
 def test_a_mirrored_sSC_folder_gives_both_endings_the_same_audio(tmp_path):
