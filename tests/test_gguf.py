@@ -215,7 +215,8 @@ def test_llama_cpp_runs_the_best_cpu_library_this_cpu_allows_and_never_amx(model
     """The Makefile's build (GGML_BACKEND_DL, one ggml-cpu library per instruction-set level):
     the library loaded uses only instruction sets /proc/cpuinfo lists, includes AVX2 / AVX-512
     (VNNI, BF16) wherever the CPU has them, and no installed library holds AMX code (the SIGILL
-    where the OS does not enable tiles). In a child process, so an illegal instruction fails the
+    where the OS does not enable tiles); running llama.cpp alone never imports JAX (so
+    bench/gguf.py's peak RSS is llama.cpp's). In a child process, so an illegal instruction fails the
     test instead of killing pytest."""
     code = (
         "import json, sys\n"
@@ -223,7 +224,8 @@ def test_llama_cpp_runs_the_best_cpu_library_this_cpu_allows_and_never_amx(model
         "load_llama_cpp\n"
         "llm = load_llama_cpp(sys.argv[1], f32_kv_cache=True)\n"
         "cont = llama_cpp_greedy(llm, json.loads(sys.argv[2]), 8)\n"
-        "print(json.dumps({'cpu': llama_cpp_cpu_backend(), 'cont': cont}))\n"
+        "print(json.dumps({'cpu': llama_cpp_cpu_backend(), 'cont': cont, "
+        "'jax': 'jax' in sys.modules}))\n"
     )
     path = [str(Path(__file__).resolve().parents[1]), *sys.path]  # the llama_cpp this process has
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
@@ -234,6 +236,7 @@ def test_llama_cpp_runs_the_best_cpu_library_this_cpu_allows_and_never_amx(model
     assert r.returncode == 0, (r.returncode, r.stderr[-3000:])  # SIGILL: -4
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["cont"] == model["cont"][:8]  # the f32 file continues as JAX does
+    assert not out["jax"], "running llama.cpp alone imported JAX (its RSS is ~290 MB)"
     cpu = out["cpu"]
     assert cpu["variant"], f"a one-level llama.cpp build, not the Makefile's: {cpu['library']}"
     flags = set()

@@ -14,19 +14,20 @@ import ctypes
 import logging
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from ..checkpoint import load_model
-from ..convert.gguf_export import export_gguf
 from ..errors import InputError, TinywaveError
-from ..models import decode
-from ..scoring import score_sequences
 from . import bootstrap
 from .bootstrap import PPL
-from .harness import TaskInputs, run_task
-from .pairwise import pair_outcome, sequence_score
+
+if TYPE_CHECKING:
+    from .harness import TaskInputs
+
+# The JAX side (checkpoint, decode, scoring, harness) is imported where a comparison needs it:
+# a process that only runs llama.cpp (bench/gguf.py's engines, `speak` on a GGUF file) then
+# never loads JAX, whose import alone is ~290 MB of RSS.
 
 
 class _Feature(ctypes.Structure):  # ggml-backend.h: struct ggml_backend_feature
@@ -248,6 +249,8 @@ def llama_cpp_pairwise_accuracy(model, items: list, scoring: str = "mean") -> di
     """`eval.pairwise.pairwise_accuracy` with llama.cpp's log-probabilities: {"accuracy",
     "n_pairs", "pairs": [{"name", "positive", "negative", "outcome"}]}."""
 
+    from .pairwise import pair_outcome, sequence_score
+
     llm = _model(model)
     seqs = [s for it in items for s in (it.positive, it.negative)]
     lps = llama_cpp_logprobs(llm, [s.ids for s in seqs])
@@ -318,6 +321,9 @@ def compare_gguf(
     prompt: greedy continuation of `new_tokens` in both (`jax_continuation`: JAX's, where
     decoded already): "continuation": {"prompt", "jax", "llama_cpp", "common_prefix"}.
     Nothing is asserted (a quantized file may differ a little)."""
+    from ..models import decode
+    from .harness import run_task
+
     llm = _model(model)
     doc: dict = {}
     if inputs:
@@ -380,6 +386,10 @@ def export_gguf_and_compare(
     share of pairs whose outcome agrees and the per-token log-prob gap (mean, max |JAX -
     llama.cpp|); the greedy continuation of `prompt` (ids) in both and the length of their
     common prefix. Returns a JSON-able dict; nothing is asserted."""
+    from ..checkpoint import load_model
+    from ..convert.gguf_export import export_gguf
+    from ..scoring import score_sequences
+    from .harness import TaskInputs
 
     result = export_gguf(ckpt_dir, out, gguf_type, overwrite=overwrite, layout=layout)
     for note in result.notes:
