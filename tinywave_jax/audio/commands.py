@@ -84,6 +84,20 @@ def register(subparsers) -> None:
         metavar="C",
         help="each frame's features with C frames either side (for --lda-dims)",
     )
+    fit.add_argument(
+        "--vtln",
+        action="store_true",
+        help="vocal tract length normalisation: each utterance's mel filters warped by the "
+        "factor (0.80-1.20) its own first --vtln-seconds choose against a codebook fitted "
+        "here; no speaker labels (docs/demo_teacher.md)",
+    )
+    fit.add_argument(
+        "--vtln-seconds",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="S",
+        help="audio the warp is chosen on (default: SpectralConfig's, 3 s; 0: all of it)",
+    )
     # (no argparse values unless given above: fit_units has SpectralConfig's, whose module loads
     # scipy, which `tinywave --help` should not pay for; test_audio_units checks the help's numbers)
     fit.add_argument("--skip-bad", action="store_true", help="warn on unreadable files, not fail")
@@ -137,8 +151,13 @@ def _fit(args) -> int:
         context_frames=args.context_frames,
         lda_dims=args.lda_dims,
         lda_bins=args.lda_bins,
+        vtln=args.vtln,
         word_times=word_times,
-        **{k: getattr(args, k) for k in ("frame_rate", "window_seconds") if hasattr(args, k)},
+        **{
+            k: getattr(args, k)
+            for k in ("frame_rate", "window_seconds", "vtln_seconds")
+            if hasattr(args, k)
+        },
     )
     return 0
 

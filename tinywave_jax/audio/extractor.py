@@ -23,6 +23,7 @@ import numpy as np
 
 from ..config import from_dict, to_dict
 from ..errors import ConfigError, InputError, MissingInputError
+from . import vtln
 from .features import SpectralConfig, hop_samples, phonetic_features, timestamps
 from .hubert import HubertFeatures, HubertModelConfig
 from .io import check_waveform
@@ -42,6 +43,9 @@ class PhoneticConfig:
     # an affine projection [dim + 1, out] applied to the features before k-means (audio/lda.py;
     # `units fit --lda-dims`); None: the features as they are
     projection: str | None = None
+    # spectral.vtln: the codebook each utterance's mel-filter warp is chosen against [k, dim
+    # without context frames] (audio/vtln.py; `units fit --vtln`)
+    warp_codebook: str | None = None
     spectral: SpectralConfig = dataclasses.field(default_factory=SpectralConfig)
     hubert: HubertModelConfig | None = None
 
@@ -106,6 +110,21 @@ class StreamExtractor(UnitExtractor):
         else:
             self.hubert = None
             dim, self.min_samples = ph.spectral.dim, hop_samples(ph.spectral.frame_rate)
+        self.warp_codebook = None
+        if ph.kind == "spectral" and ph.spectral.vtln:
+            if ph.warp_codebook is None:
+                raise InputError(
+                    f"{self.directory}: phonetic.spectral.vtln is set but phonetic.warp_codebook "
+                    "names no file (refit the units with `units fit --vtln`)"
+                )
+            path = self._file(ph.warp_codebook)
+            self.warp_codebook = _load_array(path, "VTLN warp codebook")
+            base = ph.spectral.dim // (2 * ph.spectral.context_frames + 1)
+            if self.warp_codebook.ndim != 2 or self.warp_codebook.shape[1] != base:
+                raise InputError(
+                    f"{path}: expected a VTLN warp codebook of shape [k, {base}], got "
+                    f"{self.warp_codebook.shape}"
+                )
         self.projection = None
         if ph.projection is not None:
             path = self._file(ph.projection)
@@ -147,6 +166,8 @@ class StreamExtractor(UnitExtractor):
     def phonetic_features(self, wav: np.ndarray) -> np.ndarray:
         if self.hubert is not None:
             feats = self.hubert(wav)
+        elif self.warp_codebook is not None:
+            feats = vtln.features(wav, self.cfg.phonetic.spectral, self.warp_codebook)
         else:
             feats = phonetic_features(wav, self.cfg.phonetic.spectral)
         return feats if self.projection is None else project(feats, self.projection)

@@ -46,6 +46,11 @@ class SpectralConfig:
     # (edges repeated), the input of a fitted LDA projection (audio/lda.py) that can then use
     # the sound's course, not one frame's spectrum
     context_frames: int = 0
+    # True: vocal tract length normalisation (audio/vtln.py): the mel filters of each utterance
+    # are warped by the factor (of vtln.WARPS) whose features on its first `vtln_seconds` (0: all
+    # of it) sit closest to a codebook fitted with the units; no speaker labels are needed
+    vtln: bool = False
+    vtln_seconds: float = 3.0
 
     def validate(self):
         check_frame_rate(self.frame_rate, "frame_rate")
@@ -61,6 +66,10 @@ class SpectralConfig:
         if self.cmn_seconds < 0:
             raise ConfigError(
                 f"cmn_seconds: must be >= 0, got {self.cmn_seconds}", param="cmn_seconds"
+            )
+        if self.vtln_seconds < 0:
+            raise ConfigError(
+                f"vtln_seconds: must be >= 0, got {self.vtln_seconds}", param="vtln_seconds"
             )
         if self.context_frames < 0:
             raise ConfigError(
@@ -114,10 +123,27 @@ def frame_signal(
     return seg[starts[:, None] + np.arange(window)[None, :]]
 
 
+def warp_frequencies(f: np.ndarray, warp: float, fmax: float) -> np.ndarray:
+    """Piecewise-linear frequency warp (as Kaldi's VTLN): f -> warp * f up to the knee
+    0.85 * fmax / max(warp, 1), then the straight line to (fmax, fmax), so every filter stays
+    below fmax and in order whatever the factor."""
+    knee = 0.85 * fmax / max(warp, 1.0)
+    f = np.asarray(f, np.float64)
+    above = warp * knee + (fmax - warp * knee) * (f - knee) / (fmax - knee)
+    return np.where(f <= knee, warp * f, above)
+
+
 def mel_filterbank(
-    n_mels: int, n_fft: int, fmin: float, fmax: float, sample_rate: int = SAMPLE_RATE
+    n_mels: int,
+    n_fft: int,
+    fmin: float,
+    fmax: float,
+    sample_rate: int = SAMPLE_RATE,
+    warp: float = 1.0,
 ) -> np.ndarray:
-    """[n_mels, n_fft // 2 + 1] HTK triangular filters (peak 1) on the FFT bin frequencies."""
+    """[n_mels, n_fft // 2 + 1] HTK triangular filters (peak 1) on the FFT bin frequencies;
+    `warp` != 1 moves every filter edge by `warp_frequencies` (a voice whose formants sit
+    `warp` times higher then lands on the same filters)."""
 
     def hz_to_mel(f):
         return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
@@ -126,6 +152,8 @@ def mel_filterbank(
         return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
 
     edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    if warp != 1.0:
+        edges = warp_frequencies(edges, warp, fmax)
     freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (freqs[None, :] - lower) / (centre - lower)
@@ -152,24 +180,36 @@ def power_spectrogram(
     return np.abs(np.fft.rfft(frames, n=n_fft, axis=-1)) ** 2
 
 
-def log_mel(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
-    """[frames, n_mels] natural-log mel energies."""
+def log_mels(wav: np.ndarray, cfg: SpectralConfig, warps=(1.0,)) -> list[np.ndarray]:
+    """[frames, n_mels] natural-log mel energies for each mel-filter warp in `warps` (one FFT)."""
     window = int(round(cfg.window_seconds * SAMPLE_RATE))
-    fbank = mel_filterbank(cfg.n_mels, 1 << (window - 1).bit_length(), cfg.fmin, cfg.fmax)
+    n_fft = 1 << (window - 1).bit_length()
+    banks = [mel_filterbank(cfg.n_mels, n_fft, cfg.fmin, cfg.fmax, warp=w).T for w in warps]
     n = len(wav) // hop_samples(cfg.frame_rate)
-    blocks = [
-        power_spectrogram(wav, cfg.frame_rate, cfg.window_seconds, i, i + FRAMES_PER_BLOCK)
-        @ fbank.T
-        for i in range(0, n, FRAMES_PER_BLOCK)
+    blocks: list[list[np.ndarray]] = [[] for _ in warps]
+    for i in range(0, n, FRAMES_PER_BLOCK):
+        power = power_spectrogram(wav, cfg.frame_rate, cfg.window_seconds, i, i + FRAMES_PER_BLOCK)
+        for out, bank in zip(blocks, banks):
+            out.append(power @ bank)
+    return [
+        np.log(np.maximum(np.concatenate(b) if b else np.zeros((0, cfg.n_mels)), LOG_FLOOR))
+        for b in blocks
     ]
-    mel = np.concatenate(blocks) if blocks else np.zeros((0, cfg.n_mels))
-    return np.log(np.maximum(mel, LOG_FLOOR))
 
 
-def mfcc(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
+def log_mel(wav: np.ndarray, cfg: SpectralConfig, warp: float = 1.0) -> np.ndarray:
+    """[frames, n_mels] natural-log mel energies."""
+    return log_mels(wav, cfg, (warp,))[0]
+
+
+def mfcc(wav: np.ndarray, cfg: SpectralConfig, warp: float = 1.0) -> np.ndarray:
     """[frames, n_mfcc] orthonormal DCT-II of the log-mel energies."""
 
-    return dct(log_mel(wav, cfg), type=2, norm="ortho", axis=-1)[:, : cfg.n_mfcc]
+    return _cepstra(log_mel(wav, cfg, warp), cfg)
+
+
+def _cepstra(logmel: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
+    return dct(logmel, type=2, norm="ortho", axis=-1)[:, : cfg.n_mfcc]
 
 
 def deltas(feats: np.ndarray, width: int = 2) -> np.ndarray:
@@ -211,12 +251,20 @@ def stack_context(feats: np.ndarray, c: int) -> np.ndarray:
     return np.concatenate([padded[i : i + len(feats)] for i in range(2 * c + 1)], axis=1)
 
 
-def phonetic_features(wav: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
-    """[frames, cfg.dim] float32: MFCC or log-mel, plus utterance mean removal, deltas and
-    context frames if set."""
-    feats = mfcc(wav, cfg) if cfg.features == "mfcc" else log_mel(wav, cfg)
+def frame_features(logmel: np.ndarray, cfg: SpectralConfig) -> np.ndarray:
+    """[frames, n_mels] log-mel -> [frames, dim without context] float32: MFCC or log-mel, mean
+    removal and deltas as `cfg` says."""
+    feats = _cepstra(logmel, cfg) if cfg.features == "mfcc" else logmel
     if cfg.cmn and len(feats):
         feats = feats - _cmn_mean(feats, cfg)
     if cfg.deltas:
         feats = np.concatenate([feats, deltas(feats)], axis=-1)
+    return feats.astype(np.float32)
+
+
+def phonetic_features(wav: np.ndarray, cfg: SpectralConfig, warp: float = 1.0) -> np.ndarray:
+    """[frames, cfg.dim] float32: MFCC or log-mel (mel filters warped by `warp`), plus mean
+    removal, deltas and context frames if set. `cfg.vtln` is not applied here: the warp is
+    chosen by audio/vtln.py, which needs the units' codebook."""
+    feats = frame_features(log_mel(wav, cfg, warp), cfg)
     return stack_context(feats, cfg.context_frames).astype(np.float32)

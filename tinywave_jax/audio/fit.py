@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError, OutputExistsError
 from ..jsonl import iter_jsonl
+from . import vtln as vtln_lib
 from .extractor import (
     CONFIG_FILE,
     PhoneticConfig,
@@ -22,7 +23,7 @@ from .extractor import (
     read_units_config,
     write_units_config,
 )
-from .features import SpectralConfig, hop_samples, phonetic_features
+from .features import SpectralConfig, hop_samples, phonetic_features, stack_context
 from .io import SAMPLE_RATE, check_waveform, read_audio
 from .kmeans import clamp_clusters, fit_kmeans
 from .lda import fit_word_lda, project
@@ -96,6 +97,8 @@ def fit_units(
     context_frames: int = 0,
     lda_dims: int = 0,
     lda_bins: int = 8,
+    vtln: bool = False,
+    vtln_seconds: float = SpectralConfig.vtln_seconds,
     word_times: list | None = None,
     skip_bad: bool = False,
     overwrite: bool = False,
@@ -112,7 +115,8 @@ def fit_units(
     `lda_dims` > 0: k-means runs on an LDA projection (audio/lda.py) of the features, each with
     `context_frames` frames either side, fitted on labels "word|position" (`lda_bins` parts per
     word) from `word_times`: per file, [(word, start_s, end_s), ...] (a speech manifest's
-    `words`).
+    `words`). `vtln`: each utterance's mel filters warped by the factor its first `vtln_seconds`
+    choose against a codebook fitted here (audio/vtln.py), before any projection and k-means.
     """
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() and not overwrite:
@@ -127,6 +131,8 @@ def fit_units(
             f"lda_dims: must be >= 0, got {lda_dims}; lda_bins >= 1, got {lda_bins}",
             param=("lda_dims", "lda_bins"),
         )
+    if vtln and hubert_spec is not None:
+        raise ConfigError("vtln: warps the spectral units' mel filters, not HuBERT's", param="vtln")
     if lda_dims and (hubert_spec is not None or word_times is None):
         raise ConfigError(
             "lda_dims: an LDA projection needs spectral units and word times for every file "
@@ -155,8 +161,11 @@ def fit_units(
                 frame_rate=frame_rate,
                 window_seconds=window_seconds,
                 context_frames=context_frames,
+                vtln=vtln,
+                vtln_seconds=vtln_seconds,
             ),
             projection="phonetic_projection.npy" if lda_dims else None,
+            warp_codebook="phonetic_warp_codebook.npy" if vtln else None,
         )
     )
     if phonetic.kind == "spectral":
@@ -189,7 +198,8 @@ def fit_units(
             skipped += 1
             continue
         if phonetic.kind == "spectral":
-            phon.append(phonetic_features(wav, phonetic.spectral))
+            spec = phonetic.spectral
+            phon.append(vtln_lib.candidates(wav, spec) if vtln else phonetic_features(wav, spec))
             if lda_dims:
                 used_words.append(word_times[index])
         if pitch or style:
@@ -209,6 +219,16 @@ def fit_units(
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = {}
     if phonetic.kind == "spectral":
+        if vtln:
+            codebook, choice = vtln_lib.fit_codebook(phon, phonetic.spectral, seed)
+            np.save(out_dir / phonetic.warp_codebook, codebook)
+            counts = np.bincount(choice, minlength=len(vtln_lib.WARPS))
+            log(
+                "units fit: VTLN warps chosen "
+                + ", ".join(f"{w}: {n}" for w, n in zip(vtln_lib.WARPS, counts) if n)
+            )
+            c = phonetic.spectral.context_frames
+            phon = [stack_context(f[i], c) for f, i in zip(phon, choice)]
         x = np.concatenate(phon)
         frames["hubert"] = len(x)
         if lda_dims:

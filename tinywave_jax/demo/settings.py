@@ -56,6 +56,9 @@ class TeacherSettings:
     unit_lda_dims: int = 0
     unit_lda_bins: int = 8
     unit_context_frames: int = 0
+    # True: vocal tract length normalisation of the units (audio/vtln.py): each utterance's mel
+    # filters warped by the factor its own first 3 s choose, no speaker labels
+    unit_vtln: bool = False
     pitch_bins: int = 0  # pitch tokens (0: none; SpiritLM has 64)
     style_classes: int = 0  # style tokens (0: none; SpiritLM has 100)
     mixture: dict[str, float] = dataclasses.field(

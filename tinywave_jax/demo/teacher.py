@@ -187,6 +187,7 @@ class TeacherBuild(StagedRun):
             context_frames=s.unit_context_frames,
             lda_dims=s.unit_lda_dims,
             lda_bins=s.unit_lda_bins,
+            vtln=s.unit_vtln,
             word_times=[r["words"] for r in rows] if s.unit_lda_dims else None,
             log=lambda m: self.log("  " + m),
         )
