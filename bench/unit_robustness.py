@@ -11,7 +11,10 @@ Each config fits k-means with the library's code (`phonetic_features`, `fit_kmea
 seeded `--fit-per-voice` utterances of every voice, disjoint from the probe; `--units-dir`
 probes an already-fitted units folder as it is. `--config` names are CONFIGS below (the
 library's features remove the mean only: no variance normalisation is offered; `*_lda*` configs
-fit the library's LDA projection on the fit utterances' word times first). One JSON line
+fit the library's LDA projection on the fit utterances' word times first; `spk_*` and `vtln_*`
+normalise each voice with its own statistics and vocal-tract-length warp, given the speaker
+labels (probe-only); `uvtln*` are the library's VTLN, `units fit --vtln`: each utterance warped
+by the factor its own first seconds choose, no labels). One JSON line
 per config, then a table:
   cross_acc    for each word token, its nearest token of the OTHER voices by normalised edit
                distance (Levenshtein / longer length) is the same word (ties: the share of the
@@ -34,8 +37,15 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
-from tinywave_jax.audio import load_extractor
-from tinywave_jax.audio.features import SpectralConfig, phonetic_features, timestamps
+from tinywave_jax.audio import load_extractor, vtln
+from tinywave_jax.audio.features import (
+    SpectralConfig,
+    frame_features,
+    log_mel,
+    phonetic_features,
+    stack_context,
+    timestamps,
+)
 from tinywave_jax.audio.io import read_audio
 from tinywave_jax.audio.kmeans import fit_kmeans, nearest_centroid
 from tinywave_jax.audio.lda import fit_word_lda, project
@@ -78,7 +88,87 @@ CONFIGS = {
         },
     ),
 }
+# speaker-level normalisation, given speaker labels (probe-only): each voice's statistics from
+# its fit utterances (a held-out voice's from its probe utterances, as unsupervised adaptation
+# would): "var" divides each feature by the voice's standard deviation, "meanvar" also removes
+# the voice's mean; "speaker_vtln" warps each voice's mel filters by the factor (vtln.WARPS)
+# that best fits a codebook shared by all voices
+CTX4_LDA = {**CURRENT, "cmn_running": True, "context_frames": 4, "lda_dims": 40, "lda_bins": 8}
+CONFIGS.update(
+    {
+        "spk_meanvar": (128, {**CURRENT, "cmn": False, "speaker_norm": "meanvar"}),
+        "running_spk_var": (128, {**CURRENT, "cmn_running": True, "speaker_norm": "var"}),
+        "spk_meanvar_lda_ctx4": (
+            128,
+            {**CTX4_LDA, "cmn": False, "cmn_running": False, "speaker_norm": "meanvar"},
+        ),
+        "running_spk_var_lda_ctx4": (128, {**CTX4_LDA, "speaker_norm": "var"}),
+        "vtln_spk_meanvar": (
+            128,
+            {**CURRENT, "cmn": False, "speaker_norm": "meanvar", "speaker_vtln": True},
+        ),
+        "vtln_spk_meanvar_lda_ctx4": (
+            128,
+            {
+                **CTX4_LDA,
+                "cmn": False,
+                "cmn_running": False,
+                "speaker_norm": "meanvar",
+                "speaker_vtln": True,
+            },
+        ),
+        "vtln_running_lda_ctx4": (128, {**CTX4_LDA, "speaker_norm": "var", "speaker_vtln": True}),
+        # the library's VTLN (audio/vtln.py, no speaker labels): each utterance's own warp,
+        # chosen on its first `vtln_seconds` (0: all of it)
+        "uvtln_running": (128, {**CURRENT, "cmn_running": True, "vtln": True, "vtln_seconds": 0.0}),
+        "uvtln3s_running": (128, {**CURRENT, "cmn_running": True, "vtln": True}),
+        "uvtln_running_lda_ctx4": (128, {**CTX4_LDA, "vtln": True, "vtln_seconds": 0.0}),
+        "uvtln3s_running_lda_ctx4": (128, {**CTX4_LDA, "vtln": True}),
+    }
+)
 LDA_KEYS = ("lda_dims", "lda_bins")  # fit settings, not SpectralConfig's
+PROBE_KEYS = (*LDA_KEYS, "speaker_norm", "speaker_vtln")
+
+
+def base_features(wav, spec: SpectralConfig, warp: float = 1.0) -> np.ndarray:
+    """`phonetic_features` without context frames, the mel filters warped by `warp`."""
+    return frame_features(log_mel(wav, spec, warp), spec)
+
+
+def speaker_stats(feats: list) -> tuple:
+    x = np.concatenate(feats).astype(np.float64)
+    return x.mean(axis=0), x.std(axis=0) + 1e-6
+
+
+def normalise(f, stats, how):
+    mean, std = stats
+    return ((f - mean) / std if how == "meanvar" else f / std).astype(np.float32)
+
+
+def choose_warps(wavs_by_voice: dict, spec, how, k: int, seed: int, rounds: int = 2) -> dict:
+    """voice -> the vtln.WARPS factor whose speaker-normalised frames sit closest (mean squared
+    distance) to a codebook of every voice's frames, the codebook refitted on the chosen warps
+    `rounds` times (maximum-likelihood VTLN with k-means in place of a GMM)."""
+    cache: dict = {}
+
+    def feats(v, a):
+        if (v, a) not in cache:
+            fs = [base_features(w, spec, a) for w in wavs_by_voice[v]]
+            cache[v, a] = np.concatenate([normalise(f, speaker_stats(fs), how) for f in fs])
+        return cache[v, a]
+
+    warps = dict.fromkeys(wavs_by_voice, 1.0)
+    for _ in range(rounds):
+        codebook = fit_kmeans(np.concatenate([feats(v, warps[v]) for v in warps]), k, seed=seed)
+        c_sq = (codebook.astype(np.float64) ** 2).sum(1)
+        for v in warps:
+            cost = {}
+            for a in vtln.WARPS:
+                x = feats(v, float(a)).astype(np.float64)
+                d = (x * x).sum(1)[:, None] + c_sq[None] - 2 * x @ codebook.T
+                cost[float(a)] = float(d.min(axis=1).mean())
+            warps[v] = min(cost, key=cost.get)
+    return warps
 
 
 def normalised_distances(a: list, b: list) -> np.ndarray:
@@ -159,6 +249,44 @@ def word_tokens(rows, units, rate: float, min_letters: int):
     return seqs, words, voices
 
 
+def _utterance_warp_features(spec, fit_wavs, seed):
+    """(row, wav) -> features under the library's VTLN (audio/vtln.py) with a codebook fitted
+    on the fit utterances, as `units fit --vtln` does."""
+    codebook, choice = vtln.fit_codebook([vtln.candidates(w, spec) for w in fit_wavs], spec, seed)
+    counts = np.bincount(choice, minlength=len(vtln.WARPS)).tolist()
+    print(json.dumps({"vtln_fit_warps": dict(zip(map(str, vtln.WARPS), counts))}), flush=True)
+    return lambda r, w: vtln.features(w, spec, codebook)
+
+
+def _voice_features(spec, how, speaker_vtln, fit_rows, fit_wavs, probe_rows, probe_wavs, k, seed):
+    """(row, wav) -> [frames, dim] features under `spec`, speaker-normalised (`how`) with each
+    voice's statistics and (speaker_vtln) warp from its fit utterances, else from its probe ones."""
+    if spec.vtln:
+        return _utterance_warp_features(spec, fit_wavs, seed)
+    if how is None:
+        return lambda r, w: phonetic_features(w, spec)
+    by_voice: dict = {}
+    for r, w in zip(fit_rows, fit_wavs):
+        by_voice.setdefault(r["speaker"], []).append(w)
+    for r, w in zip(probe_rows, probe_wavs):
+        if r["speaker"] not in {x["speaker"] for x in fit_rows}:
+            by_voice.setdefault(r["speaker"], []).append(w)
+    warps = choose_warps(by_voice, spec, how, 64, seed) if speaker_vtln else {}
+    if speaker_vtln:
+        print(json.dumps({"vtln_warps": warps}), flush=True)
+    stats = {
+        v: speaker_stats([base_features(w, spec, warps.get(v, 1.0)) for w in ws])
+        for v, ws in by_voice.items()
+    }
+
+    def features(r, w):
+        v = r["speaker"]
+        f = normalise(base_features(w, spec, warps.get(v, 1.0)), stats[v], how)
+        return stack_context(f, spec.context_frames).astype(np.float32)
+
+    return features
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("manifest", type=Path, help="speech manifest (jsonl with word times)")
@@ -182,6 +310,7 @@ def main() -> None:
     fit_ids = [i for i in fit_ids if rows[i]["speaker"] != args.hold_out]
     root = args.manifest.parent
     probe_rows = [rows[i] for i in probe]
+    fit_rows = [rows[i] for i in fit_ids]
     probe_wavs = [read_audio(root / r["path"]) for r in probe_rows]
     fit_wavs = [read_audio(root / rows[i]["path"]) for i in fit_ids]
     results = []
@@ -205,30 +334,46 @@ def main() -> None:
         )
     for name in args.config:
         k, changes = CONFIGS[name]
-        lda = {key: changes[key] for key in LDA_KEYS if key in changes}
+        extra = {key: changes[key] for key in PROBE_KEYS if key in changes}
         spec = dataclasses.replace(
-            SpectralConfig(), **{key: v for key, v in changes.items() if key not in LDA_KEYS}
+            SpectralConfig(), **{key: v for key, v in changes.items() if key not in PROBE_KEYS}
         )
         spec.validate()
-        per_file = [phonetic_features(w, spec) for w in fit_wavs]
+        how = extra.get("speaker_norm")
+        features = _voice_features(
+            spec,
+            how,
+            extra.get("speaker_vtln"),
+            fit_rows,
+            fit_wavs,
+            probe_rows,
+            probe_wavs,
+            k,
+            args.seed,
+        )
+        per_file = [features(r, w) for r, w in zip(fit_rows, fit_wavs)]
         feats = np.concatenate(per_file)
         projection = None
-        if lda:
-            words = [rows[i]["words"] for i in fit_ids]
+        if "lda_dims" in extra:
             counts = [len(f) for f in per_file]
             projection = fit_word_lda(
-                feats, counts, words, spec.frame_rate, lda["lda_dims"], lda["lda_bins"]
+                feats,
+                counts,
+                [r["words"] for r in fit_rows],
+                spec.frame_rate,
+                extra["lda_dims"],
+                extra["lda_bins"],
             )
             feats = project(feats, projection)
 
-        def features(w, spec=spec, projection=projection):
-            f = phonetic_features(w, spec)
+        def final(r, w, features=features, projection=projection):
+            f = features(r, w)
             return f if projection is None else project(f, projection)
 
         centroids = fit_kmeans(feats, k, seed=args.seed)
         report(
             name,
-            [nearest_centroid(features(w), centroids) for w in probe_wavs],
+            [nearest_centroid(final(r, w), centroids) for r, w in zip(probe_rows, probe_wavs)],
             spec.frame_rate,
             {"units": k, "fit_frames": len(feats), **changes},
         )

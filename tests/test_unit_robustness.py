@@ -59,7 +59,8 @@ def test_main_fits_each_config_and_a_held_out_voice_is_left_out_of_the_fit(
     tmp_path, monkeypatch, capsys
 ):
     """End to end on three synthesised voices: one JSON line per config (the LDA config with
-    its projection fitted on the fit utterances' word times), and --hold-out drops that voice's
+    its projection fitted on the fit utterances' word times; the VTLN config with its codebook
+    fitted on the fit utterances), and --hold-out drops that voice's
     fit utterances (its per-voice figure is reported)."""
     import json
 
@@ -74,7 +75,8 @@ def test_main_fits_each_config_and_a_held_out_voice_is_left_out_of_the_fit(
             row = {"path": str(p.relative_to(tmp_path)), "speaker": p.parent.name, "words": words}
             f.write(json.dumps(row) + "\n")
     argv = ["unit_robustness.py", str(tmp_path / "m.jsonl"), "--per-voice", "2"]
-    argv += ["--fit-per-voice", "2", "--config", "current", "running_lda", "--hold-out", "voice0"]
+    configs = ["--config", "current", "running_lda", "uvtln3s_running"]
+    argv += ["--fit-per-voice", "2", *configs, "--hold-out", "voice0"]
     monkeypatch.setattr("sys.argv", argv)
     bench = _bench()
     fitted = []
@@ -83,15 +85,20 @@ def test_main_fits_each_config_and_a_held_out_voice_is_left_out_of_the_fit(
         bench, "fit_word_lda", lambda x, *rest: fitted.append(len(x)) or real_fit(x, *rest)
     )
     bench.main()
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
-    assert [r["config"] for r in lines] == ["current", "running_lda"]
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    lines = [r for r in out if "config" in r]
+    assert [r["config"] for r in lines] == ["current", "running_lda", "uvtln3s_running"]
+    # the library's VTLN: the fit utterances' warps (all of vtln.WARPS counted), then its units
+    (warps,) = [r["vtln_fit_warps"] for r in out if "vtln_fit_warps" in r]
+    assert len(warps) == 11 and sum(warps.values()) == 2 * 2  # the two fitted voices' files
+    assert lines[2]["vtln"] is True and lines[2]["fit_frames"] == lines[0]["fit_frames"]
     assert lines[1]["lda_dims"] == 20 and len(fitted) == 1
     assert lines[0]["fit_frames"] == lines[1]["fit_frames"] == fitted[0]
     for r in lines:
         assert r["held_out"] == "voice0" and set(r["per_voice"]) == {"voice0", "voice1", "voice2"}
         assert 0.0 <= r["pair_acc"] <= 1.0 and r["tokens"] == 3 * 2 * 4
     # without --hold-out the same seed fits on all three voices' utterances: a third more frames
-    monkeypatch.setattr("sys.argv", argv[:-3])  # --config current
+    monkeypatch.setattr("sys.argv", argv[:-4])  # --config current
     bench.main()
     everyone = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert everyone[0]["fit_frames"] > lines[0]["fit_frames"] * 1.2
