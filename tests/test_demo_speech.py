@@ -3,6 +3,7 @@ command-line tool, word lists of the texts, and the stories' own words."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -239,10 +240,25 @@ def test_join_puts_sentences_in_order_with_pauses():
     assert len(wav) / RATE >= words[-1][2] + 0.09
 
 
-def test_cast_voices_exist_and_a_missing_voice_is_named():
-    check_voices([v.espeak for v in Cast(natural=True).voices()])
-    assert len(Cast(natural=True).distill) >= 4 and Cast(natural=True).unseen
-    names = {v.name for v in Cast(natural=True).voices()}
-    assert len(names) == len(Cast(natural=True).voices())
+@pytest.mark.parametrize("roster", ["accents", "us"])
+def test_cast_voices_exist_and_a_missing_voice_is_named(roster):
+    cast = Cast(natural=True, roster=roster)
+    check_voices([v.espeak for v in cast.voices()])
+    assert len(cast.distill) >= 4 and cast.unseen and cast.distill[0].name == "target"
+    assert len({v.name for v in cast.voices()}) == len(cast.voices())
+    # no model hears the unseen voice's espeak voice under another name
+    trained = {v.espeak for v in (*cast.distill, *cast.pretrain)}
+    assert not trained & {v.espeak for v in cast.unseen}
+    if roster == "us":  # one accent: every voice a variant of US English, each variant once
+        assert all(v.espeak.startswith("en-us+") for v in cast.voices())
+        assert len({v.espeak for v in cast.voices()}) == len(cast.voices())
     with pytest.raises(EspeakError, match="no-such-voice"):
         check_voices(["en-us", "no-such-voice"])
+
+
+def test_a_bad_voice_roster_is_named():
+    from tinywave_jax.demo.settings import TeacherSettings
+    from tinywave_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="voices: 'uk' is not 'accents' or 'us'"):
+        dataclasses.replace(TeacherSettings(), voices="uk").validate()

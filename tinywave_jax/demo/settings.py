@@ -40,6 +40,9 @@ class TeacherSettings:
     # events) in the many-voice cast (speech.Cast); "word_bank": utterances concatenated from
     # single-word syntheses in one target voice (the first shipped teachers)
     synthesis: Literal["natural", "word_bank"] = "natural"
+    # natural speech's voices (synth.ROSTERS): "accents", twelve voices over seven English
+    # accents; "us", twelve speakers of US English (the accents change the words' sounds)
+    voices: Literal["accents", "us"] = "accents"
     units: int = 128  # MFCC k-means units
     # units per second before deduplication, and their analysis window: at 50 Hz (HuBERT's
     # rate) two spoken repeats of a word share far more unit bigrams than at 25 Hz (the
@@ -84,6 +87,8 @@ class TeacherSettings:
             raise ConfigError("text_steps: must be >= 0 (0: no text-only run first)")
         if self.synthesis not in ("natural", "word_bank"):
             raise ConfigError(f"synthesis: {self.synthesis!r} is not 'natural' or 'word_bank'")
+        if self.voices not in ("accents", "us"):
+            raise ConfigError(f"voices: {self.voices!r} is not 'accents' or 'us'", param="voices")
         if self.cmn_seconds < 0:
             raise ConfigError("cmn_seconds: must be >= 0 (0: no mean removal)")
         if self.cmn_running and self.cmn_seconds <= 0:

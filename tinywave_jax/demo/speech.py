@@ -37,12 +37,10 @@ import numpy as np
 
 from . import world as world_text
 from .synth import (
-    DISTILL_VOICES,
     OTHER_VOICES,
-    PRETRAIN_VOICES,
     RATE,
+    ROSTERS,
     TARGET_VOICE,
-    UNSEEN_VOICES,
     Voice,
     join,
     render,
@@ -58,8 +56,9 @@ THREADS = 4  # word banks: espeak-ng runs as subprocesses, threads overlap them
 @dataclasses.dataclass(frozen=True)
 class Cast:
     """Who speaks what. `natural`: every sentence one espeak-ng library call (coarticulated,
-    word times from its word events) and the voice roster below; otherwise the first world's
-    word banks in the target voice (the shipped teacher's speech).
+    word times from its word events) and the voice roster `roster` (synth.ROSTERS: "accents",
+    twelve voices over seven English accents; "us", twelve speakers of one accent); otherwise
+    the first world's word banks in the target voice (the shipped teacher's speech).
 
       distill   voices of the distillation corpus (story i in distill[i % n]) and of the
                 benchmark's "training voices" column; the teacher hears them too
@@ -68,18 +67,19 @@ class Cast:
     """
 
     natural: bool = False
+    roster: str = "accents"
 
     @property
     def distill(self) -> tuple[Voice, ...]:
-        return DISTILL_VOICES if self.natural else (TARGET_VOICE,)
+        return ROSTERS[self.roster][0] if self.natural else (TARGET_VOICE,)
 
     @property
     def pretrain(self) -> tuple[Voice, ...]:
-        return PRETRAIN_VOICES if self.natural else OTHER_VOICES
+        return ROSTERS[self.roster][1] if self.natural else OTHER_VOICES
 
     @property
     def unseen(self) -> tuple[Voice, ...]:
-        return UNSEEN_VOICES if self.natural else ()
+        return ROSTERS[self.roster][2] if self.natural else ()
 
     def voices(self) -> tuple[Voice, ...]:
         return (*self.distill, *self.pretrain, *self.unseen)

@@ -80,6 +80,33 @@ PRETRAIN_VOICES = (
 )
 UNSEEN_VOICES = (Voice("unseen", "en-gb-x-rp+m5", 158, 42),)
 
+# One accent (espeak-ng's US English), many speakers: the variants change vocal tract, pitch and
+# voice quality but not the phonemes, where the accents above change how words are pronounced
+# (bench/unit_robustness.py: a word's units match across two voices of one accent far more often
+# than across accents; docs/demo_teacher.md).
+US_DISTILL_VOICES = (
+    TARGET_VOICE,
+    Voice("u1", "en-us+f3", 165, 65),
+    Voice("u2", "en-us+m1", 150, 40),
+    Voice("u3", "en-us+f2", 180, 55),
+)
+US_PRETRAIN_VOICES = (
+    Voice("u4", "en-us+m7", 170, 45),
+    Voice("u5", "en-us+f4", 160, 60),
+    Voice("u6", "en-us+m2", 175, 35),
+    Voice("u7", "en-us+f1", 155, 70),
+    Voice("u8", "en-us+m4", 165, 50),
+    Voice("u9", "en-us+f5", 170, 60),
+    Voice("u10", "en-us+m6", 185, 45),
+    Voice("u11", "en-us+m5", 160, 55),
+)
+US_UNSEEN_VOICES = (Voice("unseen", "en-us+m8", 158, 42),)
+# roster name -> (distillation, other pretraining, unseen) voices of natural speech
+ROSTERS = {
+    "accents": (DISTILL_VOICES, PRETRAIN_VOICES, UNSEEN_VOICES),
+    "us": (US_DISTILL_VOICES, US_PRETRAIN_VOICES, US_UNSEEN_VOICES),
+}
+
 
 def utterance_voice(voice: Voice, key: str, held_out: bool) -> Voice:
     """The variant of `voice` that speaks utterance `key` (the same for the same key): speed offset

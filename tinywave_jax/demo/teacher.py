@@ -54,7 +54,11 @@ def teacher_cast(prov: dict):
     built from word banks in one target voice."""
     from .speech import Cast
 
-    return Cast(natural=prov["settings"].get("synthesis", "word_bank") == "natural")
+    settings = prov["settings"]
+    return Cast(
+        natural=settings.get("synthesis", "word_bank") == "natural",
+        roster=settings.get("voices", "accents"),
+    )
 
 
 class TeacherError(InputError):
@@ -126,7 +130,7 @@ class TeacherBuild(StagedRun):
     def cast(self):
         from .speech import Cast
 
-        return Cast(natural=self.settings.synthesis == "natural")
+        return Cast(natural=self.settings.synthesis == "natural", roster=self.settings.voices)
 
     # ---------------------------------------------------------------- stages
     def stage_speech(self) -> dict:
