@@ -40,7 +40,7 @@ class TeacherSettings:
     # events) in the many-voice cast (speech.Cast); "word_bank": utterances concatenated from
     # single-word syntheses in one target voice (the first shipped teachers)
     synthesis: Literal["natural", "word_bank"] = "natural"
-    # natural speech's voices (synth.ROSTERS): "accents", twelve voices over seven English
+    # natural speech's voices (synth.ROSTERS): "accents", twelve voices over eight English
     # accents; "us", twelve speakers of US English (the accents change the words' sounds)
     voices: Literal["accents", "us"] = "accents"
     units: int = 128  # MFCC k-means units

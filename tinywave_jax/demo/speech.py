@@ -57,7 +57,7 @@ THREADS = 4  # word banks: espeak-ng runs as subprocesses, threads overlap them
 class Cast:
     """Who speaks what. `natural`: every sentence one espeak-ng library call (coarticulated,
     word times from its word events) and the voice roster `roster` (synth.ROSTERS: "accents",
-    twelve voices over seven English accents; "us", twelve speakers of one accent); otherwise
+    twelve voices over eight English accents; "us", twelve speakers of one accent); otherwise
     the first world's word banks in the target voice (the shipped teacher's speech).
 
       distill   voices of the distillation corpus (story i in distill[i % n]) and of the
