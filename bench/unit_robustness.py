@@ -145,30 +145,23 @@ def normalise(f, stats, how):
     return ((f - mean) / std if how == "meanvar" else f / std).astype(np.float32)
 
 
-def choose_warps(wavs_by_voice: dict, spec, how, k: int, seed: int, rounds: int = 2) -> dict:
-    """voice -> the vtln.WARPS factor whose speaker-normalised frames sit closest (mean squared
-    distance) to a codebook of every voice's frames, the codebook refitted on the chosen warps
-    `rounds` times (maximum-likelihood VTLN with k-means in place of a GMM)."""
-    cache: dict = {}
-
-    def feats(v, a):
-        if (v, a) not in cache:
-            fs = [base_features(w, spec, a) for w in wavs_by_voice[v]]
-            cache[v, a] = np.concatenate([normalise(f, speaker_stats(fs), how) for f in fs])
-        return cache[v, a]
-
-    warps = dict.fromkeys(wavs_by_voice, 1.0)
-    for _ in range(rounds):
-        codebook = fit_kmeans(np.concatenate([feats(v, warps[v]) for v in warps]), k, seed=seed)
-        c_sq = (codebook.astype(np.float64) ** 2).sum(1)
-        for v in warps:
-            cost = {}
-            for a in vtln.WARPS:
-                x = feats(v, float(a)).astype(np.float64)
-                d = (x * x).sum(1)[:, None] + c_sq[None] - 2 * x @ codebook.T
-                cost[float(a)] = float(d.min(axis=1).mean())
-            warps[v] = min(cost, key=cost.get)
-    return warps
+def choose_warps(wavs_by_voice: dict, spec, how, seed: int) -> dict:
+    """voice -> the vtln.WARPS factor chosen for all of the voice's speaker-normalised frames at
+    once: `vtln.fit_codebook` with one voice in place of one file."""
+    per_voice = []
+    for wavs in wavs_by_voice.values():
+        cands = [vtln.candidates(w, spec) for w in wavs]  # each [warps, frames, dim]
+        per_warp = [[c[i] for c in cands] for i in range(len(vtln.WARPS))]
+        per_voice.append(
+            np.stack(
+                [
+                    np.concatenate([normalise(f, speaker_stats(fs), how) for f in fs])
+                    for fs in per_warp
+                ]
+            )
+        )
+    _, choice = vtln.fit_codebook(per_voice, dataclasses.replace(spec, vtln_seconds=0.0), seed)
+    return {v: vtln.WARPS[i] for v, i in zip(wavs_by_voice, choice)}
 
 
 def normalised_distances(a: list, b: list) -> np.ndarray:
@@ -258,7 +251,7 @@ def _utterance_warp_features(spec, fit_wavs, seed):
     return lambda r, w: vtln.features(w, spec, codebook)
 
 
-def _voice_features(spec, how, speaker_vtln, fit_rows, fit_wavs, probe_rows, probe_wavs, k, seed):
+def _voice_features(spec, how, speaker_vtln, fit_rows, fit_wavs, probe_rows, probe_wavs, seed):
     """(row, wav) -> [frames, dim] features under `spec`, speaker-normalised (`how`) with each
     voice's statistics and (speaker_vtln) warp from its fit utterances, else from its probe ones."""
     if spec.vtln:
@@ -268,10 +261,11 @@ def _voice_features(spec, how, speaker_vtln, fit_rows, fit_wavs, probe_rows, pro
     by_voice: dict = {}
     for r, w in zip(fit_rows, fit_wavs):
         by_voice.setdefault(r["speaker"], []).append(w)
+    fitted = set(by_voice)
     for r, w in zip(probe_rows, probe_wavs):
-        if r["speaker"] not in {x["speaker"] for x in fit_rows}:
+        if r["speaker"] not in fitted:
             by_voice.setdefault(r["speaker"], []).append(w)
-    warps = choose_warps(by_voice, spec, how, 64, seed) if speaker_vtln else {}
+    warps = choose_warps(by_voice, spec, how, seed) if speaker_vtln else {}
     if speaker_vtln:
         print(json.dumps({"vtln_warps": warps}), flush=True)
     stats = {
@@ -348,7 +342,6 @@ def main() -> None:
             fit_wavs,
             probe_rows,
             probe_wavs,
-            k,
             args.seed,
         )
         per_file = [features(r, w) for r, w in zip(fit_rows, fit_wavs)]
