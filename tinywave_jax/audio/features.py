@@ -266,5 +266,4 @@ def phonetic_features(wav: np.ndarray, cfg: SpectralConfig, warp: float = 1.0) -
     """[frames, cfg.dim] float32: MFCC or log-mel (mel filters warped by `warp`), plus mean
     removal, deltas and context frames if set. `cfg.vtln` is not applied here: the warp is
     chosen by audio/vtln.py, which needs the units' codebook."""
-    feats = frame_features(log_mel(wav, cfg, warp), cfg)
-    return stack_context(feats, cfg.context_frames).astype(np.float32)
+    return stack_context(frame_features(log_mel(wav, cfg, warp), cfg), cfg.context_frames)
